@@ -1,0 +1,162 @@
+"""The ``Middleware`` resource: one deployment of one engine in one topology."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from middleware.models.common import (
+    CustomResource,
+    LocalObjectReference,
+    ObjectMeta,
+    Resources,
+    ResourceStatus,
+    Storage,
+    WireModel,
+)
+
+
+class EngineName(StrEnum):
+    REDIS = "redis"
+    POSTGRESQL = "postgresql"
+    MONGODB = "mongodb"
+    ZOOKEEPER = "zookeeper"
+
+
+class Topology(StrEnum):
+    STANDALONE = "standalone"
+    SENTINEL = "sentinel"
+    CLUSTER = "cluster"
+    REPLICATION = "replication"
+    REPLICASET = "replicaset"
+    ENSEMBLE = "ensemble"
+
+
+# Which topologies suit which engine. The CRD carries the same rule as CEL (see crdgen), so the
+# apiserver rejects a mismatch before the operator ever sees it.
+ENGINE_TOPOLOGIES: dict[EngineName, tuple[Topology, ...]] = {
+    EngineName.REDIS: (Topology.STANDALONE, Topology.SENTINEL, Topology.CLUSTER),
+    EngineName.POSTGRESQL: (Topology.STANDALONE, Topology.REPLICATION),
+    EngineName.MONGODB: (Topology.REPLICASET,),
+    EngineName.ZOOKEEPER: (Topology.ENSEMBLE,),
+}
+
+
+class DeletionPolicy(StrEnum):
+    RETAIN = "Retain"
+    DELETE = "Delete"
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    UPDATING = "Updating"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+    DELETING = "Deleting"
+
+
+class BackupPolicy(WireModel):
+    repository: LocalObjectReference = Field(description="BackupRepository to write to.")
+    schedule: str = Field(description="Cron expression (5 fields), e.g. '0 3 * * *'.")
+    keep_last: int | None = Field(default=7, ge=1, description="Keep at least this many backups.")
+    keep_days: int | None = Field(default=None, ge=1, description="Also keep backups younger than this.")
+    suspend: bool = False
+
+    @model_validator(mode="after")
+    def _cron(self) -> BackupPolicy:
+        if len(self.schedule.split()) != 5:
+            raise ValueError(f"schedule {self.schedule!r} must be a 5-field cron expression")
+        return self
+
+
+ParameterValue = str | int | float | bool
+
+
+class MiddlewareSpec(WireModel):
+    engine: EngineName
+    version: str | None = Field(default=None, description="Engine version; the catalog default if unset.")
+    topology: Topology
+    plan: str | None = Field(default=None, description="Catalog plan (small, medium, large).")
+    shards: int | None = Field(
+        default=None, ge=1, le=64, description="Redis cluster only: number of shards (masters)."
+    )
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description=(
+            "Data members per shard, the primary included (standalone: 1; sentinel: 1 master + "
+            "replicas-1 replicas; cluster: per shard). Maps to StatefulSet replicas."
+        ),
+    )
+    sentinels: int | None = Field(default=None, ge=3, le=7, description="Sentinel topology only.")
+    resources: Resources | None = Field(default=None, description="Overrides the plan's resources.")
+    storage: Storage | None = Field(default=None, description="Overrides the plan's storage.")
+    parameters: dict[str, ParameterValue] = Field(
+        default_factory=dict, description="Engine parameters, checked against the catalog definition."
+    )
+    extensions: list[str] = Field(default_factory=list, description="e.g. ['vector'] for PostgreSQL.")
+    backup: BackupPolicy | None = None
+    deletion_policy: DeletionPolicy = Field(
+        default=DeletionPolicy.RETAIN,
+        description="Retain keeps PVCs and the credentials Secret when the Middleware is deleted.",
+    )
+    image: str | None = Field(default=None, description="Overrides the catalog image for this version.")
+
+    @model_validator(mode="after")
+    def _topology_suits_engine(self) -> MiddlewareSpec:
+        allowed = ENGINE_TOPOLOGIES[EngineName(self.engine)]
+        if Topology(self.topology) not in allowed:
+            names = ", ".join(t.value for t in allowed)
+            raise ValueError(f"topology {self.topology!r} does not suit engine {self.engine!r} (allowed: {names})")
+        if self.shards is not None and self.topology != Topology.CLUSTER:
+            raise ValueError("shards is only valid for topology 'cluster'")
+        if self.sentinels is not None and self.topology != Topology.SENTINEL:
+            raise ValueError("sentinels is only valid for topology 'sentinel'")
+        if self.topology == Topology.STANDALONE and self.replicas not in (None, 1):
+            raise ValueError("replicas must be 1 for topology 'standalone'")
+        return self
+
+
+class MemberStatus(WireModel):
+    name: str
+    address: str = Field(description="host:port where the member answers.")
+    role: str = Field(description="master, replica, sentinel, primary, leader, follower, unknown.")
+    healthy: bool
+    shard: int | None = None
+
+
+class MiddlewareStatus(ResourceStatus):
+    members: list[MemberStatus] = Field(default_factory=list)
+    endpoints: dict[str, str] = Field(
+        default_factory=dict, description="Named client endpoints, e.g. master, sentinel, cluster."
+    )
+    version: str | None = None
+    credentials_secret: str | None = None
+
+
+class Middleware(CustomResource):
+    KIND: ClassVar[str] = "Middleware"
+    PLURAL: ClassVar[str] = "middlewares"
+    SHORT_NAMES: ClassVar[list[str]] = ["mw"]
+    PRINTER_COLUMNS: ClassVar[list[tuple[str, str, str, str]]] = [
+        ("Engine", "string", ".spec.engine", "Engine"),
+        ("Version", "string", ".spec.version", "Engine version"),
+        ("Topology", "string", ".spec.topology", "Topology"),
+        ("Phase", "string", ".status.phase", "Lifecycle phase"),
+        ("Reason", "string", ".status.phaseReason", "Why the phase"),
+        ("Age", "date", ".metadata.creationTimestamp", ""),
+    ]
+
+    kind: Literal["Middleware"] = "Middleware"
+    metadata: ObjectMeta
+    spec: MiddlewareSpec
+    status: MiddlewareStatus | None = None
+
+    @classmethod
+    def from_manifest(cls, doc: dict[str, Any]) -> Middleware:
+        return cls.model_validate(doc)

@@ -1,0 +1,99 @@
+"""The ``RedisSync`` resource: cross-cluster Redis replication with supervised redis-shake workloads."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from middleware.models.common import (
+    CustomResource,
+    NamespacedReference,
+    ObjectMeta,
+    Resources,
+    ResourceStatus,
+    SecretKeyReference,
+    WireModel,
+)
+
+
+class RedisEndpointKind(StrEnum):
+    STANDALONE = "standalone"
+    SENTINEL = "sentinel"
+    CLUSTER = "cluster"
+
+
+class RedisSyncSide(WireModel):
+    middleware: NamespacedReference | None = Field(default=None, description="A Moorage Middleware.")
+    addresses: list[str] | None = Field(default=None, description="host:port list, when not a Middleware.")
+    kind: RedisEndpointKind | None = Field(default=None, description="Required with addresses.")
+    sentinel_master_name: str | None = None
+    password: SecretKeyReference | None = None
+    kubeconfig: SecretKeyReference | None = Field(
+        default=None, description="Kubeconfig of another cluster where this side lives."
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RedisSyncSide:
+        if (self.middleware is None) == (self.addresses is None):
+            raise ValueError("exactly one of middleware or addresses must be set")
+        if self.addresses is not None and self.kind is None:
+            raise ValueError("kind is required with addresses")
+        return self
+
+
+class SyncFilter(WireModel):
+    allow_key_prefixes: list[str] = Field(default_factory=list)
+    block_key_prefixes: list[str] = Field(default_factory=list)
+    allow_dbs: list[int] = Field(default_factory=list)
+
+
+class SyncDirection(StrEnum):
+    FORWARD = "Forward"
+    REVERSE = "Reverse"
+    STOPPED = "Stopped"
+
+
+class RedisSyncSpec(WireModel):
+    source: RedisSyncSide
+    target: RedisSyncSide
+    filter: SyncFilter | None = None
+    direction: SyncDirection = Field(
+        default=SyncDirection.FORWARD, description="Reverse replicates target into source (recovery)."
+    )
+    image: str | None = None
+    resources: Resources | None = None
+
+
+class SyncWorkloadStatus(WireModel):
+    name: str
+    source: str
+    state: str
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+    restarts: int = 0
+    last_restart_reason: str | None = None
+
+
+class RedisSyncStatus(ResourceStatus):
+    workloads: list[SyncWorkloadStatus] = Field(default_factory=list)
+    consistent: bool | None = None
+    last_verified_at: str | None = None
+
+
+class RedisSync(CustomResource):
+    KIND: ClassVar[str] = "RedisSync"
+    PLURAL: ClassVar[str] = "redissyncs"
+    SHORT_NAMES: ClassVar[list[str]] = ["rsync"]
+    PRINTER_COLUMNS: ClassVar[list[tuple[str, str, str, str]]] = [
+        ("Direction", "string", ".spec.direction", "Forward, Reverse or Stopped"),
+        ("Phase", "string", ".status.phase", "Lifecycle phase"),
+        ("Consistent", "boolean", ".status.consistent", "Last verify result"),
+        ("Age", "date", ".metadata.creationTimestamp", ""),
+    ]
+
+    kind: Literal["RedisSync"] = "RedisSync"
+    metadata: ObjectMeta
+    spec: RedisSyncSpec
+    status: RedisSyncStatus | None = None

@@ -1,0 +1,123 @@
+"""From a user's ``Middleware`` to a fully resolved spec: every default filled in from the catalog.
+
+Everything downstream (renderers, runtimes, live operations) works on ``ResolvedSpec`` only, so
+defaults and validation live in exactly one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from middleware.catalog import Catalog, load_default_catalog, validate_parameters
+from middleware.errors import SpecError
+from middleware.models.common import Resources, Storage
+from middleware.models.middleware import DeletionPolicy, Middleware, Topology
+
+
+@dataclass(frozen=True)
+class ResolvedSpec:
+    name: str
+    namespace: str
+    engine: str
+    version: str
+    image: str
+    topology: str
+    replicas: int
+    shards: int
+    sentinels: int
+    resources: Resources
+    storage: Storage
+    parameters: dict[str, str]
+    extensions: tuple[str, ...]
+    deletion_policy: str
+    components: tuple[str, ...]
+    # Parameters the catalog marks as applied live; the rest need a restart of the members.
+    dynamic_parameters: frozenset[str] = frozenset()
+    labels: dict[str, str] = field(default_factory=dict)
+    generation: int | None = None
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.topology == Topology.CLUSTER
+
+    def shard_indexes(self) -> range:
+        return range(self.shards)
+
+
+def load_middleware(document: dict[str, Any]) -> Middleware:
+    """Parse a manifest; pydantic errors become one SpecError naming the first bad field."""
+    try:
+        return Middleware.model_validate(document)
+    except ValidationError as error:
+        raise spec_error_from(error) from None
+
+
+def spec_error_from(error: ValidationError) -> SpecError:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"]) or "(document)"
+    message = first["msg"].removeprefix("Value error, ")
+    return SpecError(location, message)
+
+
+def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedSpec:
+    catalog = catalog or load_default_catalog()
+    spec = middleware.spec
+    engine = catalog.engine(spec.engine)
+    version = engine.version(spec.version)
+    if version is None:
+        known = ", ".join(v.version for v in engine.versions)
+        raise SpecError("spec.version", f"unknown version {spec.version!r} of {engine.name} (catalog has: {known})")
+    topology = engine.topology(spec.topology)
+    if topology is None:
+        known = ", ".join(str(t.name) for t in engine.topologies)
+        raise SpecError("spec.topology", f"{spec.topology!r} is not offered for {engine.name} (offered: {known})")
+    plan_name = spec.plan or engine.default_plan
+    plan = engine.plan(plan_name)
+    if plan is None:
+        known = ", ".join(p.name for p in engine.plans)
+        raise SpecError("spec.plan", f"unknown plan {plan_name!r} (catalog has: {known})")
+
+    replicas = spec.replicas if spec.replicas is not None else topology.default_replicas
+    if replicas < topology.min_replicas:
+        raise SpecError("spec.replicas", f"must be at least {topology.min_replicas} for {spec.topology}")
+    shards = 1
+    if topology.default_shards is not None:
+        shards = spec.shards if spec.shards is not None else topology.default_shards
+        if topology.min_shards is not None and shards < topology.min_shards:
+            raise SpecError("spec.shards", f"must be at least {topology.min_shards} for {spec.topology}")
+    sentinels = 0
+    if topology.default_sentinels is not None:
+        sentinels = spec.sentinels if spec.sentinels is not None else topology.default_sentinels
+
+    resources = spec.resources or Resources(cpu=plan.cpu, memory=plan.memory)
+    resources = resources.model_copy(
+        update={
+            "cpu_limit": resources.cpu_limit or resources.cpu,
+            "memory_limit": resources.memory_limit or resources.memory,
+        }
+    )
+    storage = spec.storage or Storage(size=plan.storage)
+    parameters = validate_parameters(engine, str(spec.topology), spec.parameters)
+    return ResolvedSpec(
+        name=middleware.metadata.name,
+        namespace=middleware.metadata.namespace,
+        engine=str(spec.engine),
+        version=version.version,
+        image=spec.image or version.image,
+        topology=str(spec.topology),
+        replicas=replicas,
+        shards=shards,
+        sentinels=sentinels,
+        resources=resources,
+        storage=storage,
+        parameters=parameters,
+        extensions=tuple(spec.extensions),
+        deletion_policy=str(spec.deletion_policy or DeletionPolicy.RETAIN),
+        components=tuple(topology.components),
+        dynamic_parameters=frozenset(p.name for p in engine.parameters if p.dynamic),
+        labels=dict(middleware.metadata.labels),
+        generation=middleware.metadata.generation,
+    )
