@@ -1,0 +1,150 @@
+"""The one protocol every engine package implements, and the data both runtimes share.
+
+Names follow KubeBlocks' lifecycle actions where they exist: ``bootstrap`` (PostProvision),
+``observe`` (RoleProbe), ``scale`` (MemberJoin/MemberLeave), ``reconfigure`` (Reconfigure),
+``switchover`` (Switchover).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from middleware.endpoints import Endpoint
+from middleware.spec import ResolvedSpec
+
+# Placeholders in config templates. The Kubernetes runtime fills them in an init container from the
+# pod's own name; the local runtime fills them from its port allocation. Secrets never appear in a
+# template: they go to a separate file written with mode 0600 (local) or from a Secret (Kubernetes).
+PLACEHOLDERS = ("BIND", "PORT", "BUS_PORT", "DATA_DIR", "ANNOUNCE_HOST", "SECRETS_FILE")
+
+Progress = Callable[[str, float, float], None]
+"""progress(step description, done, total): long operations report through this."""
+
+
+def no_progress(_step: str, _done: float, _total: float) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """One planned member. ``name`` is the pod name in Kubernetes and the process name locally."""
+
+    name: str
+    component: str  # "data" or "sentinel" (engine-defined)
+    workload: str  # StatefulSet name in Kubernetes
+    ordinal: int
+    shard: int | None = None
+    # Ports the member listens on, by role; the local runtime allocates real ones for each.
+    ports: tuple[str, ...] = ("PORT",)
+
+
+@dataclass
+class Member:
+    """A planned member as a runtime sees it: where it answers and whether its process is up."""
+
+    plan: MemberPlan
+    endpoint: Endpoint
+    up: bool
+
+
+@dataclass
+class Connection:
+    """What live operations need: every member's endpoint plus the credentials."""
+
+    members: list[Member]
+    password: str | None
+
+    def of(self, component: str, shard: int | None = None) -> list[Member]:
+        return [
+            m
+            for m in self.members
+            if m.plan.component == component and (shard is None or m.plan.shard == shard)
+        ]
+
+    def endpoint(self, name: str) -> Endpoint:
+        return next(m.endpoint for m in self.members if m.plan.name == name)
+
+
+@dataclass
+class ObservedMember:
+    name: str
+    address: str
+    role: str
+    healthy: bool
+    shard: int | None = None
+
+
+@dataclass
+class Observation:
+    """What an engine reports about a running deployment (RoleProbe for all members)."""
+
+    members: list[ObservedMember]
+    ready: bool
+    reason: str
+    message: str = ""
+    endpoints: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    """What a live operation did; ``changed`` is False when it was a no-op (idempotent re-run)."""
+
+    changed: bool
+    actions: list[str] = field(default_factory=list)
+
+    def add(self, action: str) -> None:
+        self.actions.append(action)
+        self.changed = True
+
+
+@dataclass
+class ReconfigureReport:
+    applied_live: dict[str, str] = field(default_factory=dict)
+    needs_restart: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    name: str
+
+    def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
+        """Every member the spec asks for, in start order (e.g. sentinels after the data members)."""
+        ...
+
+    def config_templates(self, spec: ResolvedSpec) -> dict[str, str]:
+        """Config file templates by file name (e.g. redis.conf, sentinel.conf), with placeholders."""
+        ...
+
+    def config_file_for(self, member: MemberPlan) -> str:
+        """Which template a member starts from."""
+        ...
+
+    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+        """The process command line for a member, given its rendered config file path."""
+        ...
+
+    def secrets_file(self, member: MemberPlan, password: str) -> str:
+        """Contents of the member's secrets file (included by the config)."""
+        ...
+
+    def render(self, spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[dict[str, Any]]:
+        """Pure: the Kubernetes manifests for the spec (no Secret data: credentials are separate)."""
+        ...
+
+    def bootstrap(self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Report:
+        ...
+
+    def observe(self, spec: ResolvedSpec, conn: Connection) -> Observation:
+        ...
+
+    def scale(
+        self, old: ResolvedSpec, new: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Report:
+        """Called after the runtime has started the members ``new`` adds and before it stops the
+        members ``old`` had and ``new`` drops: data is moved off leaving members here."""
+        ...
+
+    def reconfigure(self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]) -> ReconfigureReport:
+        ...

@@ -1,0 +1,1 @@
+"""Redis: standalone, sentinel and cluster topologies (the engine lives in ``engine.py``)."""

@@ -1,0 +1,465 @@
+"""Kubernetes manifests for Redis (standalone, sentinel, cluster). Pure: spec in, plain dicts out.
+
+The config templates of ``config.py`` ship unrendered in a ConfigMap; an init container fills the
+placeholders per pod (its own DNS name) with sed, so Kubernetes pods and local processes start from
+the very same files. The password only travels Secret → env → a memory-backed emptyDir file that the
+config includes: never the ConfigMap, container args or annotations.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any, TypedDict
+
+from middleware.engines.base import PLACEHOLDERS
+from middleware.engines.redis.config import (
+    BUS_PORT,
+    REDIS_PORT,
+    SENTINEL_PORT,
+    redis_conf,
+    secrets_conf,
+    sentinel_conf,
+)
+from middleware.engines.redis.topology import (
+    DATA_COMPONENT,
+    SENTINEL_COMPONENT,
+    data_workload,
+    headless_service,
+    sentinel_workload,
+    shard_workload,
+)
+from middleware.kube import builders as kube
+from middleware.models.common import Resources
+from middleware.models.middleware import Topology
+from middleware.spec import ResolvedSpec
+
+Manifest = dict[str, Any]
+
+REDIS_CONF = "redis.conf"
+SENTINEL_CONF = "sentinel.conf"
+TEMPLATES_DIR = "/etc/redis-templates"
+CONFIG_DIR = "/etc/redis"
+SECRETS_DIR = "/etc/redis-secrets"
+SECRETS_FILE = f"{SECRETS_DIR}/secrets.conf"
+DATA_DIR = "/data"
+BIND_ALL = "0.0.0.0"
+PASSWORD_KEY = "password"
+PASSWORD_ENV = "REDIS_PASSWORD"
+# redis-cli reads this instead of -a, so probes neither put the password in argv nor print a warning.
+CLI_AUTH_ENV = "REDISCLI_AUTH"
+POD_NAME_ENV = "POD_NAME"
+# The `redis` user and group of the official image, which owns its data directory.
+REDIS_UID = 999
+
+# Sentinels hold a few KB of state; they need not cost what a data member costs, but their requests
+# still equal their limits so sentinel pods keep Guaranteed QoS too.
+SENTINEL_RESOURCES = Resources(cpu="100m", memory="64Mi")
+# Sentinel rewrites its own config (known masters, replicas, epochs); it must survive restarts, or a
+# restarted sentinel would forget a failover and could vote for the old master again.
+SENTINEL_STORAGE = "64Mi"
+# On SIGTERM Redis waits for replicas to catch up (shutdown-timeout, 10s) and may save an RDB; give it
+# time before the SIGKILL, which would lose writes since the last fsync.
+DATA_GRACE_SECONDS = 60
+SENTINEL_GRACE_SECONDS = 30
+
+_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+_TEMPLATES_VOLUME = "templates"
+_CONFIG_VOLUME = "config"
+_SECRETS_VOLUME = "secrets"
+_DATA_VOLUME = "data"
+
+
+def config_map_name(spec: ResolvedSpec) -> str:
+    return f"{spec.name}-config"
+
+
+def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[Manifest]:
+    """Every manifest of the deployment except the credentials Secret (see ``render_credentials``)."""
+    if spec.engine != "redis":
+        raise ValueError(f"the redis renderer got a {spec.engine!r} spec")
+    if not _DNS_NAME_RE.match(cluster_domain):
+        # It ends up inside a shell script: only a plain DNS name may pass.
+        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+    renderer = _RENDERERS.get(Topology(spec.topology))
+    if renderer is None:
+        raise ValueError(f"redis cannot render topology {spec.topology!r}")
+    return renderer(spec, cluster_domain)
+
+
+def render_credentials(spec: ResolvedSpec, password: str) -> Manifest:
+    """The credentials Secret. Separate from ``render`` because the runtime creates it once with a
+    generated password and never overwrites it: re-applying it would lock every client out."""
+    return kube.credentials_secret(spec, password, key=PASSWORD_KEY)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Topologies
+
+
+def _standalone(spec: ResolvedSpec, cluster_domain: str) -> list[Manifest]:
+    name = data_workload(spec.name)
+    headless = headless_service(spec.name)
+    # No PodDisruptionBudget: with one pod, maxUnavailable 1 protects nothing, and minAvailable 1
+    # would block every node drain forever. A single member is downtime on any eviction by design;
+    # the object set then also stays the same whatever happens (no PDB to prune).
+    return [
+        _config_map(spec),
+        kube.headless_service(spec, name=headless, component=DATA_COMPONENT, ports=[("redis", REDIS_PORT)]),
+        kube.client_service(spec, name=spec.name, component=DATA_COMPONENT, ports=[("redis", REDIS_PORT)]),
+        _data_statefulset(spec, name=name, headless=headless, cluster_domain=cluster_domain),
+    ]
+
+
+def _sentinel(spec: ResolvedSpec, cluster_domain: str) -> list[Manifest]:
+    data = data_workload(spec.name)
+    sentinels = sentinel_workload(spec.name)
+    headless = headless_service(spec.name)
+    sentinel_headless = headless_service(spec.name, SENTINEL_COMPONENT)
+    redis_port = [("redis", REDIS_PORT)]
+    sentinel_port = [("sentinel", SENTINEL_PORT)]
+    return [
+        _config_map(spec),
+        kube.headless_service(spec, name=headless, component=DATA_COMPONENT, ports=redis_port),
+        kube.headless_service(
+            spec, name=sentinel_headless, component=SENTINEL_COMPONENT, ports=sentinel_port
+        ),
+        # The operator labels the pod sentinels report as master `moorage.io/role=master` (the others
+        # `replica`) on every observation, so these Services follow failovers. Until the first
+        # observation they have no endpoints, which is right: no master is known yet. Sentinel-aware
+        # clients use the `-sentinel` Service instead.
+        kube.client_service(
+            spec,
+            name=f"{spec.name}-master",
+            component=DATA_COMPONENT,
+            ports=redis_port,
+            extra_selector={kube.ROLE_LABEL: "master"},
+        ),
+        kube.client_service(
+            spec,
+            name=f"{spec.name}-replicas",
+            component=DATA_COMPONENT,
+            ports=redis_port,
+            extra_selector={kube.ROLE_LABEL: "replica"},
+        ),
+        kube.client_service(spec, name=sentinels, component=SENTINEL_COMPONENT, ports=sentinel_port),
+        _data_statefulset(spec, name=data, headless=headless, cluster_domain=cluster_domain),
+        _sentinel_statefulset(
+            spec, name=sentinels, headless=sentinel_headless, cluster_domain=cluster_domain
+        ),
+        kube.pod_disruption_budget(spec, name=data, component=DATA_COMPONENT),
+        kube.pod_disruption_budget(spec, name=sentinels, component=SENTINEL_COMPONENT),
+    ]
+
+
+def _cluster(spec: ResolvedSpec, cluster_domain: str) -> list[Manifest]:
+    headless = headless_service(spec.name)
+    shards = [(shard_workload(spec.name, i), {kube.SHARD_LABEL: str(i)}) for i in spec.shard_indexes()]
+    return [
+        _config_map(spec),
+        # One headless Service for every shard: nodes announce `<pod>.<name>-headless...`, and the
+        # bus port must be reachable between any two nodes, whatever their shard.
+        kube.headless_service(
+            spec, name=headless, component=DATA_COMPONENT, ports=[("redis", REDIS_PORT), ("bus", BUS_PORT)]
+        ),
+        kube.client_service(spec, name=spec.name, component=DATA_COMPONENT, ports=[("redis", REDIS_PORT)]),
+        *(
+            _data_statefulset(
+                spec, name=name, headless=headless, cluster_domain=cluster_domain, shard_labels=labels
+            )
+            for name, labels in shards
+        ),
+        # Per shard: an eviction may take one member of each shard at once, never a shard's master and
+        # its only replica together.
+        *(
+            kube.pod_disruption_budget(spec, name=name, component=DATA_COMPONENT, extra_selector=labels)
+            for name, labels in shards
+        ),
+    ]
+
+
+_RENDERERS: dict[Topology, Callable[[ResolvedSpec, str], list[Manifest]]] = {
+    Topology.STANDALONE: _standalone,
+    Topology.SENTINEL: _sentinel,
+    Topology.CLUSTER: _cluster,
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Workloads
+
+
+def _config_map(spec: ResolvedSpec) -> Manifest:
+    data = {REDIS_CONF: redis_conf(spec)}
+    if spec.topology == Topology.SENTINEL:
+        data[SENTINEL_CONF] = sentinel_conf(spec)
+    return kube.config_map(spec, name=config_map_name(spec), data=data)
+
+
+def _data_statefulset(
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    headless: str,
+    cluster_domain: str,
+    shard_labels: Mapping[str, str] | None = None,
+) -> Manifest:
+    ports = [("redis", REDIS_PORT)]
+    if spec.topology == Topology.CLUSTER:
+        ports.append(("bus", BUS_PORT))
+    config_file = f"{CONFIG_DIR}/{REDIS_CONF}"
+    script = init_script(
+        template=f"{TEMPLATES_DIR}/{REDIS_CONF}",
+        target=config_file,
+        values=placeholder_values(
+            port=REDIS_PORT, headless=headless, spec=spec, cluster_domain=cluster_domain
+        ),
+        sentinel=False,
+        keep_existing=False,
+    )
+    init = kube.container(
+        "config",
+        spec.image,
+        resources=spec.resources,
+        command=["sh", "-c", script],
+        env=_init_env(spec),
+        volume_mounts=[
+            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            _mount(_CONFIG_VOLUME, CONFIG_DIR),
+            _mount(_SECRETS_VOLUME, SECRETS_DIR),
+        ],
+    )
+    main = kube.container(
+        "redis",
+        spec.image,
+        resources=spec.resources,
+        command=["redis-server", config_file],
+        env=[_cli_auth_env(spec)],
+        ports=ports,
+        volume_mounts=[
+            # Writable: CONFIG REWRITE (persisting live parameter changes) rewrites this file.
+            _mount(_CONFIG_VOLUME, CONFIG_DIR),
+            _mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            _mount(_DATA_VOLUME, DATA_DIR),
+        ],
+        **_probes(REDIS_PORT),
+    )
+    spread = [(100, kube.selector_labels(spec, DATA_COMPONENT, shard_labels))]
+    if shard_labels:
+        # Above all keep a shard's master and replicas apart (losing one node must not lose a shard),
+        # then spread the shards too.
+        spread.append((50, kube.selector_labels(spec, DATA_COMPONENT)))
+    pod = kube.pod_spec(
+        init_containers=[init],
+        containers=[main],
+        volumes=[_templates_volume(spec), {"name": _CONFIG_VOLUME, "emptyDir": {}}, _secrets_volume()],
+        security_context=kube.pod_security_context(user=REDIS_UID, group=REDIS_UID),
+        affinity=kube.pod_anti_affinity(spread),
+        termination_grace_period_seconds=DATA_GRACE_SECONDS,
+    )
+    return kube.statefulset(
+        spec,
+        name=name,
+        component=DATA_COMPONENT,
+        service_name=headless,
+        replicas=spec.replicas,
+        template=pod,
+        volume_claim_templates=[
+            kube.volume_claim_template(
+                spec,
+                name=_DATA_VOLUME,
+                component=DATA_COMPONENT,
+                size=spec.storage.size,
+                storage_class_name=spec.storage.storage_class_name,
+                extra_labels=shard_labels,
+            )
+        ],
+        extra_labels=shard_labels,
+        # OrderedReady, never Parallel: with sentinel, a data pod racing ahead of ordinal 0 at first
+        # start can be elected or left as a second master (redis #12271). Ready only means "answers
+        # PING", so ordered start costs seconds.
+        pod_management_policy=kube.ORDERED_READY,
+    )
+
+
+def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain: str) -> Manifest:
+    config_file = f"{DATA_DIR}/{SENTINEL_CONF}"
+    script = init_script(
+        template=f"{TEMPLATES_DIR}/{SENTINEL_CONF}",
+        target=config_file,
+        values=placeholder_values(
+            port=SENTINEL_PORT, headless=headless, spec=spec, cluster_domain=cluster_domain
+        ),
+        sentinel=True,
+        keep_existing=True,
+    )
+    init = kube.container(
+        "config",
+        spec.image,
+        resources=SENTINEL_RESOURCES,
+        command=["sh", "-c", script],
+        env=_init_env(spec),
+        volume_mounts=[
+            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            _mount(_SECRETS_VOLUME, SECRETS_DIR),
+            _mount(_DATA_VOLUME, DATA_DIR),
+        ],
+    )
+    main = kube.container(
+        "sentinel",
+        spec.image,
+        resources=SENTINEL_RESOURCES,
+        command=["redis-server", config_file, "--sentinel"],
+        env=[_cli_auth_env(spec)],
+        ports=[("sentinel", SENTINEL_PORT)],
+        volume_mounts=[_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True), _mount(_DATA_VOLUME, DATA_DIR)],
+        **_probes(SENTINEL_PORT, sentinel=True),
+    )
+    pod = kube.pod_spec(
+        init_containers=[init],
+        containers=[main],
+        volumes=[_templates_volume(spec), _secrets_volume()],
+        security_context=kube.pod_security_context(user=REDIS_UID, group=REDIS_UID),
+        # Sentinels on one node would lose the quorum with it.
+        affinity=kube.pod_anti_affinity([(100, kube.selector_labels(spec, SENTINEL_COMPONENT))]),
+        termination_grace_period_seconds=SENTINEL_GRACE_SECONDS,
+    )
+    return kube.statefulset(
+        spec,
+        name=name,
+        component=SENTINEL_COMPONENT,
+        service_name=headless,
+        replicas=spec.sentinels,
+        template=pod,
+        volume_claim_templates=[
+            kube.volume_claim_template(
+                spec,
+                name=_DATA_VOLUME,
+                component=SENTINEL_COMPONENT,
+                size=SENTINEL_STORAGE,
+                storage_class_name=spec.storage.storage_class_name,
+            )
+        ],
+        pod_management_policy=kube.ORDERED_READY,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pod pieces
+
+
+def _mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": volume, "mountPath": path}
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def _templates_volume(spec: ResolvedSpec) -> dict[str, Any]:
+    return {"name": _TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}}
+
+
+def _secrets_volume() -> dict[str, Any]:
+    # Memory-backed: the rendered secrets file never reaches the node's disk.
+    return {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+
+
+def _init_env(spec: ResolvedSpec) -> list[dict[str, Any]]:
+    return [
+        kube.env_from_field(POD_NAME_ENV, "metadata.name"),
+        kube.env_from_secret(PASSWORD_ENV, kube.credentials_secret_name(spec), PASSWORD_KEY),
+    ]
+
+
+def _cli_auth_env(spec: ResolvedSpec) -> dict[str, Any]:
+    return kube.env_from_secret(CLI_AUTH_ENV, kube.credentials_secret_name(spec), PASSWORD_KEY)
+
+
+def _ping(port: int, accept: str) -> list[str]:
+    # redis-cli exits 0 even on an error reply, so the reply itself decides; without a tty it prints
+    # bare replies ("PONG", "LOADING ...") on stdout.
+    return ["sh", "-c", f"redis-cli -h 127.0.0.1 -p {port} ping 2>&1 | grep -qE '{accept}'"]
+
+
+class _Probes(TypedDict):
+    startup: dict[str, Any]
+    readiness: dict[str, Any]
+    liveness: dict[str, Any]
+
+
+def _probes(port: int, *, sentinel: bool = False) -> _Probes:
+    """Ready only on PONG (clients may use it). Alive also while LOADING a large dataset or while a
+    replica has lost its master (MASTERDOWN): restarting then would only make things worse. The
+    startup probe gives a slow first start (volume attach, big AOF) time before liveness kills it."""
+    alive = "^PONG$" if sentinel else "^(PONG|LOADING|MASTERDOWN)"
+    return {
+        "startup": kube.exec_probe(_ping(port, alive), period=5, timeout=3, failure_threshold=60),
+        "readiness": kube.exec_probe(_ping(port, "^PONG$"), period=5, timeout=3, failure_threshold=3),
+        "liveness": kube.exec_probe(_ping(port, alive), period=10, timeout=5, failure_threshold=6),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The init container's script
+
+
+def placeholder_values(
+    *, port: int, headless: str, spec: ResolvedSpec, cluster_domain: str
+) -> dict[str, str]:
+    """The value of every placeholder, as shell words to put inside double quotes. ANNOUNCE_HOST
+    is the pod's stable DNS name, expanded by the shell from the downward-API POD_NAME."""
+    return {
+        "BIND": BIND_ALL,
+        "PORT": str(port),
+        "BUS_PORT": str(BUS_PORT),
+        "DATA_DIR": DATA_DIR,
+        "ANNOUNCE_HOST": f"${{{POD_NAME_ENV}}}.{headless}.{spec.namespace}.svc.{cluster_domain}",
+        "SECRETS_FILE": SECRETS_FILE,
+    }
+
+
+def init_script(
+    *, template: str, target: str, values: Mapping[str, str], sentinel: bool, keep_existing: bool
+) -> str:
+    """POSIX sh (dash, busybox) rendering ``template`` into ``target`` and writing the secrets file.
+
+    Kubelet rewrites ``$(NAME)`` and ``$$`` in command and args, so the script uses neither (no
+    command substitution). Placeholders are matched as ``[$]{NAME}``: a literal ``$`` in both the
+    shell and sed, whatever their dialect. ``keep_existing`` leaves a config the server rewrites
+    itself (sentinel.conf on its PVC) untouched after the first start.
+    """
+    missing = [name for name in PLACEHOLDERS if name not in values]
+    if missing:
+        raise ValueError(f"no value for placeholders {missing}")
+    render = [
+        "sed \\",
+        *(f'  -e "s|[$]{{{name}}}|{values[name]}|g" \\' for name in PLACEHOLDERS),
+        f"  {template} > {target}.tmp",
+        # Rename, so a crash half-way never leaves a truncated config that keep_existing would keep.
+        f"mv {target}.tmp {target}",
+    ]
+    if keep_existing:
+        # -s, not -f: an empty file holds nothing worth keeping.
+        render = [f"if [ ! -s {target} ]; then", *(f"  {line}" for line in render), "fi"]
+    # The secrets file comes from config.secrets_conf itself, with the password as printf's %s, so
+    # both runtimes write byte-identical files. sed escapes \ and " the way secrets_conf does.
+    template_secrets = secrets_conf("%s", sentinel=sentinel)
+    printf_format = template_secrets.replace("\n", "\\n")
+    if "'" in printf_format:
+        raise ValueError("the secrets file template cannot be quoted for sh")
+    passwords = " ".join('"$password"' for _ in range(template_secrets.count("%s")))
+    lines = [
+        "set -eu",
+        "umask 077",
+        f'if [ -z "${{{PASSWORD_ENV}:-}}" ]; then',
+        f'  echo "{PASSWORD_ENV} is empty: refusing to start Redis without authentication" >&2',
+        "  exit 1",
+        "fi",
+        *render,
+        f"printf '%s\\n' \"${PASSWORD_ENV}\" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/\"/\\\\\"/g' | {{",
+        "  IFS= read -r password",
+        f"  printf '{printf_format}' {passwords} > {SECRETS_FILE}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,362 @@
+"""Engine-agnostic Kubernetes manifest builders: pure functions from a ResolvedSpec to plain dicts.
+
+Engines compose these; the builders own the rules every engine must follow, so an engine cannot
+forget them: the standard labels, selectors that survive upgrades, Guaranteed QoS on every container
+(init containers included), a restricted-profile securityContext, PVCs that outlive their pods.
+Nothing here talks to the API server or imports the kubernetes client.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from middleware.models.common import Resources
+from middleware.spec import ResolvedSpec
+
+Manifest = dict[str, Any]
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+VERSION_LABEL = "app.kubernetes.io/version"
+MANAGED_BY = "moorage"
+# Set on pods by the operator (never by a template) from what the engine reports, so Services such as
+# `-master` follow failovers without re-rendering anything.
+ROLE_LABEL = "moorage.io/role"
+SHARD_LABEL = "moorage.io/shard"
+GENERATED_ANNOTATION = "moorage.io/generated"
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
+ORDERED_READY = "OrderedReady"
+PARALLEL = "Parallel"
+
+
+def credentials_secret_name(spec: ResolvedSpec) -> str:
+    return f"{spec.name}-credentials"
+
+
+def selector_labels(
+    spec: ResolvedSpec, component: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Labels that select pods. StatefulSet selectors are immutable, so only what never changes for
+    the life of the instance belongs here: never the version, or every upgrade would be rejected."""
+    labels = {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name, COMPONENT_LABEL: component}
+    labels.update(extra or {})
+    return labels
+
+
+def stable_labels(
+    spec: ResolvedSpec, component: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Labels for immutable places (volumeClaimTemplates): the standard set minus the version."""
+    return {**selector_labels(spec, component, extra), MANAGED_BY_LABEL: MANAGED_BY}
+
+
+def standard_labels(
+    spec: ResolvedSpec, component: str, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    return {**stable_labels(spec, component, extra), VERSION_LABEL: spec.version}
+
+
+def metadata(
+    spec: ResolvedSpec,
+    name: str,
+    component: str,
+    *,
+    extra_labels: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": spec.namespace,
+        "labels": standard_labels(spec, component, extra_labels),
+    }
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def resource_requirements(resources: Resources) -> dict[str, Any]:
+    # ResolvedSpec fills the limits from the requests unless the user set them, so by default
+    # requests == limits and the pod gets Guaranteed QoS (last to be evicted or OOM-killed).
+    return {
+        "requests": {"cpu": resources.cpu, "memory": resources.memory},
+        "limits": {
+            "cpu": resources.cpu_limit or resources.cpu,
+            "memory": resources.memory_limit or resources.memory,
+        },
+    }
+
+
+def pod_security_context(*, user: int, group: int) -> dict[str, Any]:
+    """Pod-level half of the `restricted` Pod Security Standard; the uid is the image's own user."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": user,
+        "runAsGroup": group,
+        "fsGroup": group,
+        # A recursive chown of a large data volume on every start can take minutes.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    # Containers only write to mounted volumes, so the image filesystem can be read-only.
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def env_from_field(name: str, field_path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def env_from_secret(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def exec_probe(
+    command: Sequence[str], *, period: int, timeout: int, failure_threshold: int
+) -> dict[str, Any]:
+    return {
+        "exec": {"command": list(command)},
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def container(
+    name: str,
+    image: str,
+    *,
+    resources: Resources,
+    command: Sequence[str],
+    env: Sequence[Mapping[str, Any]] = (),
+    ports: Sequence[tuple[str, int]] = (),
+    volume_mounts: Sequence[Mapping[str, Any]] = (),
+    readiness: Mapping[str, Any] | None = None,
+    liveness: Mapping[str, Any] | None = None,
+    startup: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A container (app or init) that always carries resources and the securityContext: one missing
+    resources block on any container, init ones included, drops the whole pod out of Guaranteed QoS."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(command),
+    }
+    if env:
+        spec["env"] = [dict(e) for e in env]
+    if ports:
+        spec["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports]
+    if volume_mounts:
+        spec["volumeMounts"] = [dict(m) for m in volume_mounts]
+    spec["resources"] = resource_requirements(resources)
+    spec["securityContext"] = container_security_context()
+    for key, probe in (("startupProbe", startup), ("readinessProbe", readiness), ("livenessProbe", liveness)):
+        if probe is not None:
+            spec[key] = dict(probe)
+    return spec
+
+
+def pod_anti_affinity(terms: Sequence[tuple[int, Mapping[str, str]]]) -> dict[str, Any]:
+    """Preferred (not required) anti-affinity per (weight, labels) term: a small cluster with fewer
+    nodes than members must still schedule every pod rather than leave some Pending forever."""
+    return {
+        "podAntiAffinity": {
+            "preferredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "weight": weight,
+                    "podAffinityTerm": {
+                        "labelSelector": {"matchLabels": dict(labels)},
+                        "topologyKey": HOSTNAME_TOPOLOGY_KEY,
+                    },
+                }
+                for weight, labels in terms
+            ]
+        }
+    }
+
+
+def pod_spec(
+    *,
+    containers: Sequence[Mapping[str, Any]],
+    init_containers: Sequence[Mapping[str, Any]] = (),
+    volumes: Sequence[Mapping[str, Any]] = (),
+    security_context: Mapping[str, Any],
+    affinity: Mapping[str, Any] | None = None,
+    termination_grace_period_seconds: int = 30,
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        # The pods never call the Kubernetes API; a mounted token would only be something to steal.
+        "automountServiceAccountToken": False,
+        # Service links inject <SERVICE>_PORT-style variables for every Service in the namespace;
+        # a Service named like an engine (e.g. "redis") would shadow variables the image reads.
+        "enableServiceLinks": False,
+        "securityContext": dict(security_context),
+        "terminationGracePeriodSeconds": termination_grace_period_seconds,
+    }
+    if affinity:
+        spec["affinity"] = dict(affinity)
+    if init_containers:
+        spec["initContainers"] = [dict(c) for c in init_containers]
+    spec["containers"] = [dict(c) for c in containers]
+    if volumes:
+        spec["volumes"] = [dict(v) for v in volumes]
+    return spec
+
+
+def volume_claim_template(
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    component: str,
+    size: str,
+    storage_class_name: str | None = None,
+    extra_labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    claim: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}}
+    if storage_class_name:
+        claim["storageClassName"] = storage_class_name
+    # volumeClaimTemplates cannot change after creation, hence no version label here.
+    return {"metadata": {"name": name, "labels": stable_labels(spec, component, extra_labels)}, "spec": claim}
+
+
+def statefulset(
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    component: str,
+    service_name: str,
+    replicas: int,
+    template: Mapping[str, Any],
+    volume_claim_templates: Sequence[Mapping[str, Any]] = (),
+    extra_labels: Mapping[str, str] | None = None,
+    pod_management_policy: str = ORDERED_READY,
+) -> dict[str, Any]:
+    """``template`` is a pod spec (see ``pod_spec``); labels are added here so they always match the
+    selector. OrderedReady by default: starting replicas in parallel lets a fresh, empty member race
+    the one holding the data (redis #12271); an engine opts into Parallel only when that is safe."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": metadata(spec, name, component, extra_labels=extra_labels),
+        "spec": {
+            "serviceName": service_name,
+            "replicas": replicas,
+            "podManagementPolicy": pod_management_policy,
+            "updateStrategy": {"type": "RollingUpdate"},
+            # Always Retain, whatever spec.deletionPolicy says: deleting a StatefulSet is also a
+            # routine repair (orphan-delete and recreate to grow volumeClaimTemplates, kubernetes
+            # #68737), and it must never take the data with it. The operator deletes PVCs itself,
+            # and only when the user asked for deletionPolicy Delete.
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
+            "selector": {"matchLabels": selector_labels(spec, component, extra_labels)},
+            "template": {
+                "metadata": {"labels": standard_labels(spec, component, extra_labels)},
+                "spec": dict(template),
+            },
+            "volumeClaimTemplates": [dict(t) for t in volume_claim_templates],
+        },
+    }
+
+
+def _service_ports(ports: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
+    # Target the container port by name so a port change stays in one place (the container).
+    return [{"name": n, "port": p, "targetPort": n, "protocol": "TCP"} for n, p in ports]
+
+
+def headless_service(
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    component: str,
+    ports: Sequence[tuple[str, int]],
+    extra_selector: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Per-pod DNS for a StatefulSet. Not-ready pods are published because members must find each
+    other before they can be ready (cluster MEET, replicas reaching their master, sentinels)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(spec, name, component),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(spec, component, extra_selector),
+            "ports": _service_ports(ports),
+        },
+    }
+
+
+def client_service(
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    component: str,
+    ports: Sequence[tuple[str, int]],
+    extra_selector: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(spec, name, component),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(spec, component, extra_selector),
+            "ports": _service_ports(ports),
+        },
+    }
+
+
+def pod_disruption_budget(
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    component: str,
+    extra_selector: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    # maxUnavailable (not minAvailable) keeps node drains possible at any replica count while
+    # never letting voluntary evictions take two members of the same group at once.
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(spec, name, component, extra_labels=extra_selector),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(spec, component, extra_selector)},
+        },
+    }
+
+
+def config_map(
+    spec: ResolvedSpec, *, name: str, data: Mapping[str, str], component: str = "config"
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, name, component),
+        "data": {key: data[key] for key in sorted(data)},
+    }
+
+
+def credentials_secret(spec: ResolvedSpec, password: str, *, key: str = "password") -> dict[str, Any]:
+    """The generated credentials. ``data`` (base64), not ``stringData``: the object then looks exactly
+    like what the API server returns, so comparing it with the live one needs no translation."""
+    encoded = base64.b64encode(password.encode("utf-8")).decode("ascii")
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(
+            spec, credentials_secret_name(spec), "credentials", annotations={GENERATED_ANNOTATION: "true"}
+        ),
+        "type": "Opaque",
+        "data": {key: encoded},
+    }
