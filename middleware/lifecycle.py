@@ -1,0 +1,269 @@
+"""Engine-agnostic orchestration of a deployment's lifecycle on any Runtime (used by the CLI).
+
+up: resolve → runtime.apply → wait for members → engine.bootstrap → wait until observed Ready.
+Changes to an existing deployment go to engine.scale (shape) or engine.reconfigure (parameters).
+The desired manifest is recorded only after the change succeeded, so a failed change is retried
+from the old shape by running the same command again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from middleware.catalog import Catalog, load_default_catalog
+from middleware.engines.base import (
+    Connection,
+    Engine,
+    Member,
+    Observation,
+    Progress,
+    ReconfigureReport,
+    no_progress,
+)
+from middleware.engines.registry import get_engine
+from middleware.errors import MoorageError, NotReady, OperationError, SpecError
+from middleware.models.middleware import MemberStatus, Middleware, MiddlewareStatus, Phase
+from middleware.runtime.base import Runtime
+from middleware.spec import ResolvedSpec, load_middleware, resolve
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """Deadlines for the blocking CLI flow (the operator never blocks: it retries instead)."""
+
+    member_start_timeout: float = 30.0
+    ready_timeout: float = 90.0
+    poll_interval: float = 0.25
+
+
+@dataclass
+class Deployment:
+    middleware: Middleware
+    spec: ResolvedSpec
+    engine: Engine
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        runtime: Runtime,
+        catalog: Catalog | None = None,
+        settings: LifecycleSettings | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.catalog = catalog or load_default_catalog()
+        self.settings = settings or LifecycleSettings()
+
+    # -- reading --------------------------------------------------------------------------------
+    def prepare(self, manifest: dict[str, Any]) -> Deployment:
+        """Validate everything before anything starts: an invalid spec starts nothing."""
+        middleware = load_middleware(manifest)
+        spec = resolve(middleware, self.catalog)
+        engine = get_engine(spec.engine)
+        return Deployment(middleware, spec, engine)
+
+    def existing(self, namespace: str, name: str) -> Deployment:
+        manifest = self.runtime.applied_manifest(namespace, name)
+        if manifest is None:
+            raise MoorageError(f"no Middleware {namespace}/{name}: create it with `moorage up -f FILE`")
+        return self.prepare(manifest)
+
+    def connection(self, deployment: Deployment, *extra: Deployment) -> Connection:
+        members: dict[str, Member] = {}
+        for each in (deployment, *extra):
+            for member in self.runtime.members(each.spec, each.engine):
+                members.setdefault(member.plan.name, member)
+        return Connection(list(members.values()), self.runtime.password(deployment.spec))
+
+    # -- up -------------------------------------------------------------------------------------
+    def up(self, manifest: dict[str, Any], progress: Progress = no_progress) -> MiddlewareStatus:
+        wanted = self.prepare(manifest)
+        spec = wanted.spec
+        previous_manifest = self.runtime.applied_manifest(spec.namespace, spec.name)
+        if previous_manifest is None:
+            return self._create(wanted, manifest, progress)
+        previous = self.prepare(previous_manifest)
+        self._check_immutable(previous.spec, spec)
+        if _shape(previous.spec) != _shape(spec):
+            self._scale(previous, wanted, progress)
+        changed = {k: v for k, v in spec.parameters.items() if previous.spec.parameters.get(k) != v}
+        self._ensure_running(wanted, progress)
+        if changed:
+            self._reconfigure(wanted, changed)
+        self.runtime.record_manifest(spec, manifest)
+        return self._wait_ready(wanted, progress)
+
+    def _create(self, wanted: Deployment, manifest: dict[str, Any], progress: Progress) -> MiddlewareStatus:
+        self._ensure_running(wanted, progress)
+        self.runtime.record_manifest(wanted.spec, manifest)
+        return self._wait_ready(wanted, progress)
+
+    def _ensure_running(self, deployment: Deployment, progress: Progress) -> None:
+        spec, engine = deployment.spec, deployment.engine
+        self._save(spec, Phase.PROVISIONING, "StartingMembers", "starting members")
+        planned = engine.members(spec)
+        progress("starting members", 0, len(planned))
+        self.runtime.apply(spec, engine)
+        self._wait_members_up(deployment, progress)
+        progress("bootstrapping", 0, 1)
+        engine.bootstrap(spec, self.connection(deployment), progress)
+        progress("bootstrapping", 1, 1)
+
+    def _wait_members_up(self, deployment: Deployment, progress: Progress) -> None:
+        spec, engine = deployment.spec, deployment.engine
+        planned = engine.members(spec)
+
+        def all_up() -> bool:
+            members = self.runtime.members(spec, engine)
+            up = sum(1 for m in members if m.up)
+            progress("starting members", up, len(planned))
+            for member in planned:
+                if self.runtime.member_exited(spec, member):
+                    tail = self.runtime.member_log_tail(spec, member)
+                    raise OperationError(f"member {member.name} exited right after start; its log ends:\n{tail}")
+            return up == len(planned)
+
+        self._poll(all_up, self.settings.member_start_timeout, "members did not start in time")
+
+    def _wait_ready(self, deployment: Deployment, progress: Progress) -> MiddlewareStatus:
+        last: list[Observation] = []
+
+        def ready() -> bool:
+            observation = deployment.engine.observe(deployment.spec, self.connection(deployment))
+            last[:] = [observation]
+            progress("waiting until ready", sum(m.healthy for m in observation.members), len(observation.members))
+            return observation.ready
+
+        try:
+            self._poll(ready, self.settings.ready_timeout, "not ready in time")
+        except NotReady:
+            status = self._status_from(deployment, last[0]) if last else None
+            if status is not None:
+                self.runtime.save_status(deployment.spec.namespace, deployment.spec.name, status.to_wire())
+            reason = f"{last[0].reason}: {last[0].message}" if last else "no observation"
+            raise OperationError(f"{deployment.spec.name} did not become ready: {reason}") from None
+        status = self._status_from(deployment, last[0])
+        self.runtime.save_status(deployment.spec.namespace, deployment.spec.name, status.to_wire())
+        return status
+
+    def _poll(self, check: Callable[[], bool], timeout: float, message: str) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if check():
+                return
+            if time.monotonic() > deadline:
+                raise NotReady(message)
+            time.sleep(self.settings.poll_interval)
+
+    @staticmethod
+    def _check_immutable(old: ResolvedSpec, new: ResolvedSpec) -> None:
+        for field in ("engine", "topology"):
+            if getattr(old, field) != getattr(new, field):
+                raise SpecError(
+                    f"spec.{field}",
+                    f"cannot change from {getattr(old, field)!r} to {getattr(new, field)!r} "
+                    "(create a new Middleware and restore a backup into it)",
+                )
+
+    # -- changes --------------------------------------------------------------------------------
+    def _scale(self, previous: Deployment, wanted: Deployment, progress: Progress) -> None:
+        spec, engine = wanted.spec, wanted.engine
+        self._save(spec, Phase.UPDATING, "Scaling", f"{_shape(previous.spec)} -> {_shape(spec)}")
+        self.runtime.apply(spec, engine)
+        self._wait_members_up(wanted, progress)
+        engine.scale(previous.spec, spec, self.connection(wanted, previous), progress)
+        wanted_names = {m.name for m in engine.members(spec)}
+        leaving = [m for m in previous.engine.members(previous.spec) if m.name not in wanted_names]
+        if leaving:
+            self.runtime.retire(spec, engine, leaving)
+
+    def _reconfigure(self, deployment: Deployment, changed: dict[str, str]) -> ReconfigureReport:
+        spec, engine = deployment.spec, deployment.engine
+        report = engine.reconfigure(spec, self.connection(deployment), changed)
+        self.runtime.update_config(spec, engine, changed)
+        return report
+
+    def scale(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        shards: int | None = None,
+        replicas: int | None = None,
+        progress: Progress = no_progress,
+    ) -> MiddlewareStatus:
+        manifest = self.existing(namespace, name).middleware.to_wire()
+        manifest.pop("status", None)
+        if shards is not None:
+            manifest["spec"]["shards"] = shards
+        if replicas is not None:
+            manifest["spec"]["replicas"] = replicas
+        return self.up(manifest, progress)
+
+    def set_parameters(
+        self, namespace: str, name: str, parameters: dict[str, str], progress: Progress = no_progress
+    ) -> ReconfigureReport:
+        deployment = self.existing(namespace, name)
+        manifest = deployment.middleware.to_wire()
+        manifest.pop("status", None)
+        manifest["spec"]["parameters"] = {**manifest["spec"].get("parameters", {}), **parameters}
+        wanted = self.prepare(manifest)  # validates the new values before touching anything
+        changed = {
+            k: v for k, v in wanted.spec.parameters.items() if deployment.spec.parameters.get(k) != v
+        }
+        report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
+        self.runtime.record_manifest(wanted.spec, manifest)
+        return report
+
+    # -- status ---------------------------------------------------------------------------------
+    def status(self, namespace: str, name: str) -> MiddlewareStatus:
+        deployment = self.existing(namespace, name)
+        observation = deployment.engine.observe(deployment.spec, self.connection(deployment))
+        status = self._status_from(deployment, observation)
+        self.runtime.save_status(namespace, name, status.to_wire())
+        return status
+
+    def _status_from(self, deployment: Deployment, observation: Observation) -> MiddlewareStatus:
+        spec = deployment.spec
+        status = MiddlewareStatus(
+            observed_generation=spec.generation,
+            members=[
+                MemberStatus(name=m.name, address=m.address, role=m.role, healthy=m.healthy, shard=m.shard)
+                for m in observation.members
+            ],
+            endpoints=observation.endpoints,
+            version=spec.version,
+        )
+        previous = self.runtime.load_status(spec.namespace, spec.name)
+        if previous:
+            status.conditions = MiddlewareStatus.model_validate(previous).conditions
+        status.set_condition("Provisioned", True, "MembersRunning", f"{len(observation.members)} members")
+        status.set_condition("Ready", observation.ready, observation.reason, observation.message)
+        degraded = not all(m.healthy for m in observation.members)
+        status.set_condition(
+            "Degraded", degraded, "MembersUnhealthy" if degraded else "AllMembersHealthy", observation.message
+        )
+        status.phase = Phase.READY if observation.ready and not degraded else (
+            Phase.DEGRADED if observation.ready else Phase.PROVISIONING
+        )
+        status.phase_reason = observation.reason
+        return status
+
+    def _save(self, spec: ResolvedSpec, phase: Phase, reason: str, message: str) -> None:
+        stored = self.runtime.load_status(spec.namespace, spec.name)
+        status = MiddlewareStatus.model_validate(stored) if stored else MiddlewareStatus()
+        status.phase, status.phase_reason = phase, reason
+        status.set_condition("Progressing", True, reason, message)
+        self.runtime.save_status(spec.namespace, spec.name, status.to_wire())
+
+    def down(self, namespace: str, name: str, *, purge: bool) -> None:
+        self.runtime.delete(namespace, name, purge=purge)
+
+
+def _shape(spec: ResolvedSpec) -> tuple[int, int, int]:
+    return (spec.shards, spec.replicas, spec.sentinels)

@@ -1,0 +1,56 @@
+"""The Runtime protocol, implemented by the local runtime here and the Kubernetes runtime later."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from middleware.engines.base import Engine, Member, MemberPlan
+from middleware.spec import ResolvedSpec
+
+
+class Runtime(Protocol):
+    def apply(self, spec: ResolvedSpec, engine: Engine) -> list[MemberPlan]:
+        """Make every planned member exist and run; returns the members it had to start."""
+        ...
+
+    def record_manifest(self, spec: ResolvedSpec, manifest: dict[str, Any]) -> None:
+        """Remember the manifest as applied, once the change it asked for is done."""
+        ...
+
+    def member_exited(self, spec: ResolvedSpec, member: MemberPlan) -> bool:
+        """True when the member was started and its process has ended (crashed or killed)."""
+        ...
+
+    def member_log_tail(self, spec: ResolvedSpec, member: MemberPlan, lines: int = 5) -> str: ...
+
+    def members(self, spec: ResolvedSpec, engine: Engine) -> list[Member]:
+        """The planned members with their endpoints and whether they are up right now."""
+        ...
+
+    def password(self, spec: ResolvedSpec) -> str:
+        """The deployment's password: generated once on first use, never regenerated."""
+        ...
+
+    def retire(self, spec: ResolvedSpec, engine: Engine, members: list[MemberPlan]) -> None:
+        """Stop members the spec no longer has; their data is kept (like PVCs on scale-in)."""
+        ...
+
+    def update_config(self, spec: ResolvedSpec, engine: Engine, directives: dict[str, str]) -> None:
+        """Persist changed parameters in every member's config, so a restart keeps them."""
+        ...
+
+    def delete(self, namespace: str, name: str, *, purge: bool) -> None:
+        """Stop every member; with ``purge`` also delete data and credentials."""
+        ...
+
+    def applied_manifest(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Middleware manifest last applied, or None if it does not exist."""
+        ...
+
+    def save_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+    def load_status(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def list(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every deployment this runtime knows."""
+        ...

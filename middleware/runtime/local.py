@@ -1,0 +1,392 @@
+"""LocalRuntime: each member is a local process on 127.0.0.1, started from the same config templates
+the Kubernetes runtime puts in ConfigMaps (placeholders filled with local ports and paths).
+
+State lives on disk (``.moorage/`` by default) so deployments outlive the CLI process; members are
+stopped by their own PIDs, checked against the process start time so a recycled PID is never killed.
+It runs our engines and nothing else: it is not a kubelet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from middleware.endpoints import Endpoint
+from middleware.engines.base import Engine, Member, MemberPlan
+from middleware.errors import MoorageError, OperationError
+from middleware.spec import ResolvedSpec
+
+log = logging.getLogger(__name__)
+
+STATE_DIR_ENV = "MOORAGE_STATE_DIR"
+LOOPBACK = "127.0.0.1"
+STOP_GRACE_SECONDS = 10.0
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".moorage")
+
+
+def fill_placeholders(template: str, values: dict[str, str]) -> str:
+    """Replace ``${NAME}`` placeholders only; any other ``$`` in a config value is left alone."""
+    text = template
+    for key, value in values.items():
+        text = text.replace("${" + key + "}", value)
+    leftover = re.search(r"\$\{[A-Z_]+\}", text)
+    if leftover:
+        raise OperationError(f"config template has an unfilled placeholder {leftover.group(0)}")
+    return text
+
+
+def _process_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after the closing parenthesis are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    state, start = fields[0], fields[19]
+    return None if state == "Z" else start
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Servers bind with SO_REUSEADDR: a port whose last owner died and left connections in
+        # TIME_WAIT is free for them, and a member must get its old address back (peers and
+        # sentinels know it by that address).
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def _allocate_port(taken: set[int]) -> int:
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((LOOPBACK, 0))
+            port = int(probe.getsockname()[1])
+        # Redis derives nothing from the port when cluster-port is explicit, but keep clear of the
+        # conventional +10000 bus offset of any port we hand out, in case a config relies on it.
+        if port not in taken and port + 10000 not in taken and port < 55000:
+            return port
+    raise OperationError("could not find a free port on 127.0.0.1")
+
+
+def _accepts(endpoint: Endpoint, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class LocalRuntime:
+    def __init__(self, state_dir: Path | str | None = None) -> None:
+        self.root = Path(state_dir) if state_dir else default_state_dir()
+
+    # -- layout ---------------------------------------------------------------------------------
+    def _dir(self, namespace: str, name: str) -> Path:
+        return self.root / namespace / name
+
+    def _member_dir(self, spec: ResolvedSpec, member: MemberPlan) -> Path:
+        return self._dir(spec.namespace, spec.name) / "members" / member.name
+
+    def _state_path(self, namespace: str, name: str) -> Path:
+        return self._dir(namespace, name) / "state.json"
+
+    def _read_state(self, namespace: str, name: str) -> dict[str, Any]:
+        path = self._state_path(namespace, name)
+        if not path.exists():
+            return {"members": {}}
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def _write_state(self, namespace: str, name: str, state: dict[str, Any]) -> None:
+        path = self._state_path(namespace, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
+        tmp.replace(path)
+
+    @contextlib.contextmanager
+    def _locked(self, namespace: str, name: str) -> Iterator[None]:
+        # Two CLI invocations on one deployment must not both allocate ports or start members.
+        directory = self._dir(namespace, name)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- Runtime protocol -------------------------------------------------------------------------
+    def password(self, spec: ResolvedSpec) -> str:
+        path = self._dir(spec.namespace, spec.name) / "credentials.json"
+        if path.exists():
+            return str(json.loads(path.read_text())["password"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump({"password": password}, handle)
+        return password
+
+    def record_manifest(self, spec: ResolvedSpec, manifest: dict[str, Any]) -> None:
+        directory = self._dir(spec.namespace, spec.name)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "middleware.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+
+    def apply(self, spec: ResolvedSpec, engine: Engine) -> list[MemberPlan]:
+        with self._locked(spec.namespace, spec.name):
+            password = self.password(spec)
+            templates = engine.config_templates(spec)
+            state = self._read_state(spec.namespace, spec.name)
+            taken = {p for m in state["members"].values() for p in m["ports"].values()}
+            started: list[MemberPlan] = []
+            for member in engine.members(spec):
+                record = state["members"].setdefault(member.name, {"ports": {}})
+                for port_name in member.ports:
+                    if port_name not in record["ports"] or not self._port_reusable(record, port_name):
+                        record["ports"][port_name] = _allocate_port(taken)
+                    taken.add(record["ports"][port_name])
+                config_path = self._write_config(spec, engine, member, record, templates, password)
+                if not self._alive(record):
+                    self._start(spec, engine, member, record, config_path)
+                    started.append(member)
+                self._write_state(spec.namespace, spec.name, state)
+            return started
+
+    def _port_reusable(self, record: dict[str, Any], port_name: str) -> bool:
+        # A member that is down may find its old port taken by someone else meanwhile.
+        return self._alive(record) or _port_free(int(record["ports"][port_name]))
+
+    def _write_config(
+        self,
+        spec: ResolvedSpec,
+        engine: Engine,
+        member: MemberPlan,
+        record: dict[str, Any],
+        templates: dict[str, str],
+        password: str,
+    ) -> Path:
+        member_dir = self._member_dir(spec, member)
+        data_dir = member_dir / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        secrets_path = member_dir / "secrets.conf"
+        if not secrets_path.exists():
+            fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(engine.secrets_file(member, password))
+        file_name = engine.config_file_for(member)
+        # The config lives in the data dir: engines rewrite it (CONFIG REWRITE, sentinel state), and
+        # those rewrites (e.g. who is master now) must survive restarts. Written once, then kept.
+        config_path = data_dir / file_name
+        ports = record["ports"]
+        values = {
+            "BIND": LOOPBACK,
+            "PORT": str(ports["PORT"]),
+            "BUS_PORT": str(ports.get("BUS_PORT", 0)),
+            "DATA_DIR": str(data_dir),
+            "ANNOUNCE_HOST": LOOPBACK,
+            "SECRETS_FILE": str(secrets_path),
+        }
+        if not config_path.exists():
+            config_path.write_text(fill_placeholders(templates[file_name], values))
+        else:
+            self._sync_port_lines(config_path, values)
+        return config_path
+
+    @staticmethod
+    def _sync_port_lines(config_path: Path, values: dict[str, str]) -> None:
+        # Ports may have been re-allocated while the member was down; everything else is the
+        # engine's own (rewritten) state and stays as it is.
+        lines = config_path.read_text().splitlines()
+        for directive, key in (("port", "PORT"), ("cluster-port", "BUS_PORT")):
+            lines = [f"{directive} {values[key]}" if ln.split(" ", 1)[0] == directive else ln for ln in lines]
+        config_path.write_text("\n".join(lines) + "\n")
+
+    def _start(
+        self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, record: dict[str, Any], config: Path
+    ) -> None:
+        member_dir = self._member_dir(spec, member)
+        command = engine.command(member, str(config))
+        if shutil.which(command[0]) is None:
+            raise MoorageError(
+                f"{command[0]} is not installed: run `make setup` (or apt-get install the engine's package)"
+            )
+        with open(member_dir / "member.log", "ab") as log_file:
+            process = subprocess.Popen(
+                command,
+                cwd=member_dir / "data",
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the CLI and its terminal
+            )
+        record["pid"] = process.pid
+        record["starttime"] = _process_start_time(process.pid)
+        log.info("started %s (pid %d)", member.name, process.pid)
+
+    def _alive(self, record: dict[str, Any]) -> bool:
+        pid = record.get("pid")
+        if not pid:
+            return False
+        start = _process_start_time(int(pid))
+        return start is not None and start == record.get("starttime")
+
+    def members(self, spec: ResolvedSpec, engine: Engine) -> list[Member]:
+        state = self._read_state(spec.namespace, spec.name)
+        result = []
+        for member in engine.members(spec):
+            record = state["members"].get(member.name)
+            if record is None or "PORT" not in record["ports"]:
+                continue
+            endpoint = Endpoint(LOOPBACK, int(record["ports"]["PORT"]))
+            up = self._alive(record) and _accepts(endpoint)
+            result.append(Member(plan=member, endpoint=endpoint, up=up))
+        return result
+
+    def member_log_tail(self, spec: ResolvedSpec, member: MemberPlan, lines: int = 5) -> str:
+        path = self._member_dir(spec, member) / "member.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def member_exited(self, spec: ResolvedSpec, member: MemberPlan) -> bool:
+        record = self._read_state(spec.namespace, spec.name)["members"].get(member.name, {})
+        return bool(record.get("pid")) and not self._alive(record)
+
+    def kill_member(self, spec: ResolvedSpec, name: str, sig: int = signal.SIGKILL) -> None:
+        """Chaos and tests: kill a member's process without any cleanup (as a node failure would)."""
+        with self._locked(spec.namespace, spec.name):
+            state = self._read_state(spec.namespace, spec.name)
+            record = state["members"][name]
+            self._signal_and_wait(record, sig, STOP_GRACE_SECONDS)
+
+    def retire(self, spec: ResolvedSpec, engine: Engine, members: list[MemberPlan]) -> None:
+        with self._locked(spec.namespace, spec.name):
+            state = self._read_state(spec.namespace, spec.name)
+            for member in members:
+                record = state["members"].get(member.name)
+                if record:
+                    self._stop(record)
+                    record.pop("pid", None)
+            self._write_state(spec.namespace, spec.name, state)
+
+    def update_config(self, spec: ResolvedSpec, engine: Engine, directives: dict[str, str]) -> None:
+        with self._locked(spec.namespace, spec.name):
+            for member in engine.members(spec):
+                path = self._member_dir(spec, member) / "data" / engine.config_file_for(member)
+                if not path.exists() or member.component != "data":
+                    continue
+                lines = path.read_text().splitlines()
+                for key, value in directives.items():
+                    replacement = f"{key} {value}"
+                    indexes = [i for i, ln in enumerate(lines) if ln.split(" ", 1)[0] == key]
+                    if indexes:
+                        lines[indexes[0]] = replacement
+                        lines = [ln for i, ln in enumerate(lines) if i not in indexes[1:]]
+                    else:
+                        lines.append(replacement)
+                path.write_text("\n".join(lines) + "\n")
+
+    def _stop(self, record: dict[str, Any]) -> None:
+        self._signal_and_wait(record, signal.SIGTERM, STOP_GRACE_SECONDS)
+
+    def _signal_and_wait(self, record: dict[str, Any], sig: int, grace: float) -> None:
+        if not self._alive(record):
+            return
+        pid = int(record["pid"])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while self._alive(record) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        if self._alive(record):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while self._alive(record):
+                _reap(pid)
+                time.sleep(0.05)
+        _reap(pid)
+
+    def start_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> None:
+        """Start one stopped member again with its existing data (a pod restart)."""
+        with self._locked(spec.namespace, spec.name):
+            state = self._read_state(spec.namespace, spec.name)
+            member = next(m for m in engine.members(spec) if m.name == name)
+            record = state["members"][name]
+            if not self._alive(record):
+                config = self._member_dir(spec, member) / "data" / engine.config_file_for(member)
+                self._start(spec, engine, member, record, config)
+            self._write_state(spec.namespace, spec.name, state)
+
+    def delete(self, namespace: str, name: str, *, purge: bool) -> None:
+        directory = self._dir(namespace, name)
+        if not directory.exists():
+            raise MoorageError(f"no deployment {namespace}/{name} in {self.root}")
+        with self._locked(namespace, name):
+            state = self._read_state(namespace, name)
+            for record in state["members"].values():
+                self._stop(record)
+                record.pop("pid", None)
+            self._write_state(namespace, name, state)
+        if purge:
+            shutil.rmtree(directory)
+        else:
+            # Like a deleted Middleware with deletionPolicy Retain: data and credentials stay, and
+            # `moorage up` with the same name picks them up again.
+            (directory / "middleware.yaml").unlink(missing_ok=True)
+            (directory / "status.json").unlink(missing_ok=True)
+
+    def applied_manifest(self, namespace: str, name: str) -> dict[str, Any] | None:
+        path = self._dir(namespace, name) / "middleware.yaml"
+        if not path.exists():
+            return None
+        data: dict[str, Any] = yaml.safe_load(path.read_text())
+        return data
+
+    def save_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        path = self._dir(namespace, name) / "status.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(status, indent=2, sort_keys=True))
+
+    def load_status(self, namespace: str, name: str) -> dict[str, Any] | None:
+        path = self._dir(namespace, name) / "status.json"
+        if not path.exists():
+            return None
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+
+    def list(self) -> list[tuple[str, str]]:
+        if not self.root.exists():
+            return []
+        return sorted(
+            (p.parent.parent.name, p.parent.name) for p in self.root.glob("*/*/middleware.yaml")
+        )
+
+
+def _reap(pid: int) -> None:
+    # Members started by this very process are our children: reap them so they don't linger as
+    # zombies (a zombie still has a /proc entry, which would read as "alive").
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
