@@ -1,0 +1,328 @@
+"""The Redis engine: the engine protocol implemented on top of topology, config, render and the
+live-operation modules. Decisions that depend on topology are made here; the mechanics live in
+``cluster.py`` (Redis Cluster), ``sentinel.py`` (Sentinel) and ``live.py`` (per node).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from middleware.endpoints import Endpoint
+from middleware.engines.base import (
+    Connection,
+    Member,
+    MemberPlan,
+    Observation,
+    ObservedMember,
+    Progress,
+    ReconfigureReport,
+    Report,
+    no_progress,
+)
+from middleware.engines.redis import cluster, live, sentinel
+from middleware.engines.redis.config import redis_conf, secrets_conf, sentinel_conf
+from middleware.engines.redis.render import render as render_manifests
+from middleware.engines.redis.topology import (
+    DATA_COMPONENT,
+    SENTINEL_COMPONENT,
+    plan_members,
+    sentinel_master_name,
+)
+from middleware.errors import NotReady, OperationError
+from middleware.models.middleware import Topology
+from middleware.spec import ResolvedSpec
+
+log = logging.getLogger(__name__)
+
+# Sentinel timings: fast enough to fail over within seconds, slow enough not to flap on a GC pause.
+DOWN_AFTER_MS = 5000
+FAILOVER_TIMEOUT_MS = 30000
+
+
+class RedisEngine:
+    name = "redis"
+
+    # -- static facts --------------------------------------------------------------------------
+    def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
+        return plan_members(spec)
+
+    def config_templates(self, spec: ResolvedSpec) -> dict[str, str]:
+        templates = {"redis.conf": redis_conf(spec)}
+        if spec.topology == Topology.SENTINEL:
+            templates["sentinel.conf"] = sentinel_conf(spec)
+        return templates
+
+    def config_file_for(self, member: MemberPlan) -> str:
+        return "sentinel.conf" if member.component == SENTINEL_COMPONENT else "redis.conf"
+
+    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+        if member.component == SENTINEL_COMPONENT:
+            return ["redis-server", config_path, "--sentinel"]
+        return ["redis-server", config_path]
+
+    def secrets_file(self, member: MemberPlan, password: str) -> str:
+        return secrets_conf(password, sentinel=member.component == SENTINEL_COMPONENT)
+
+    def render(self, spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[dict[str, Any]]:
+        return render_manifests(spec, cluster_domain=cluster_domain)
+
+    # -- live ----------------------------------------------------------------------------------
+    def bootstrap(self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Report:
+        report = Report(changed=False)
+        if spec.topology == Topology.CLUSTER:
+            shards = [_endpoints(_by_ordinal(conn.of(DATA_COMPONENT, shard))) for shard in range(spec.shards)]
+            result = cluster.create_cluster(shards, conn.password)
+            if result.changed:
+                report.add(f"cluster: {'; '.join(result.actions)}")
+            healed = cluster.heal_cluster(_endpoints(conn.of(DATA_COMPONENT)), conn.password)
+            if healed.changed:
+                report.add(f"healed: {'; '.join(healed.actions)}")
+        elif spec.topology == Topology.SENTINEL:
+            data = _endpoints(_by_ordinal(conn.of(DATA_COMPONENT)))
+            sentinels = _endpoints(_by_ordinal(conn.of(SENTINEL_COMPONENT)))
+            result_s = sentinel.bootstrap_sentinel(
+                data[0],
+                data[1:],
+                sentinels,
+                master_name=sentinel_master_name(spec),
+                password=conn.password,
+                sentinel_password=conn.password,
+                quorum=len(sentinels) // 2 + 1,
+                down_after_ms=DOWN_AFTER_MS,
+                failover_timeout_ms=FAILOVER_TIMEOUT_MS,
+            )
+            if result_s.changed:
+                report.add(f"sentinel: master {result_s.master.address}")
+            # A member restarted after a failover may come back believing it is master.
+            view = self._sentinel_view(spec, conn)
+            demoted = sentinel.demote_stray_masters(view, conn.password) if view.conflicts else []
+            for endpoint in demoted:
+                report.add(f"demoted stray master {endpoint.address}")
+        else:
+            for endpoint in _endpoints(conn.of(DATA_COMPONENT)):
+                live.node_role(endpoint, conn.password)
+        return report
+
+    def _sentinel_view(self, spec: ResolvedSpec, conn: Connection) -> sentinel.SentinelView:
+        return sentinel.observe_sentinel(
+            _endpoints(conn.of(SENTINEL_COMPONENT)),
+            sentinel_master_name(spec),
+            conn.password,
+            sentinel_password=conn.password,
+            data_nodes=_endpoints(conn.of(DATA_COMPONENT)),
+        )
+
+    def observe(self, spec: ResolvedSpec, conn: Connection) -> Observation:
+        if spec.topology == Topology.CLUSTER:
+            return self._observe_cluster(spec, conn)
+        if spec.topology == Topology.SENTINEL:
+            return self._observe_sentinel(spec, conn)
+        return self._observe_standalone(conn)
+
+    def _observe_cluster(self, spec: ResolvedSpec, conn: Connection) -> Observation:
+        view = cluster.observe_cluster(_endpoints(conn.members), conn.password)
+        nodes = {node.endpoint: node for node in view.nodes}
+        members = []
+        for member in conn.of(DATA_COMPONENT):
+            node = nodes.get(member.endpoint) if member.up else None
+            healthy = node is not None and node.healthy
+            role = node.role if node is not None and member.up else "unknown"
+            members.append(
+                ObservedMember(member.plan.name, member.endpoint.address, role, healthy, member.plan.shard)
+            )
+        masters_per_shard = {
+            shard: sum(1 for m in members if m.shard == shard and m.role == "master" and m.healthy)
+            for shard in range(spec.shards)
+        }
+        problems = []
+        if view.cluster_state != "ok":
+            problems.append(f"cluster_state {view.cluster_state}")
+        if view.slots_assigned != cluster.SLOTS:
+            problems.append(f"{view.slots_assigned}/{cluster.SLOTS} slots assigned")
+        if view.open_slots:
+            problems.append(f"{len(view.open_slots)} open slots")
+        headless = [s for s, count in masters_per_shard.items() if count != 1]
+        if headless:
+            problems.append(f"shards without exactly one healthy master: {headless}")
+        entry = ",".join(m.address for m in members if m.role == "master" and m.healthy)
+        return Observation(
+            members=members,
+            ready=not problems,
+            reason="ClusterOK" if not problems else "ClusterNotReady",
+            message="; ".join(problems),
+            endpoints={"cluster": entry},
+        )
+
+    def _observe_sentinel(self, spec: ResolvedSpec, conn: Connection) -> Observation:
+        view = self._sentinel_view(spec, conn)
+        members = []
+        for member in _by_ordinal(conn.of(DATA_COMPONENT)):
+            role_of = view.nodes.get(member.endpoint)
+            if not member.up or role_of is None:
+                members.append(ObservedMember(member.plan.name, member.endpoint.address, "unknown", False))
+                continue
+            is_master = view.master is not None and live.same_node(view.master, member.endpoint)
+            role = "master" if is_master else ("replica" if role_of.is_replica else "master")
+            healthy = role_of.is_master if is_master else (role_of.is_replica and role_of.link_up)
+            members.append(ObservedMember(member.plan.name, member.endpoint.address, role, healthy))
+        for member in _by_ordinal(conn.of(SENTINEL_COMPONENT)):
+            reachable = member.up and member.endpoint in view.sentinels_reachable
+            members.append(ObservedMember(member.plan.name, member.endpoint.address, "sentinel", reachable))
+        problems = []
+        if not view.healthy:
+            if view.master is None:
+                problems.append("sentinels do not agree on a master")
+            if view.master_down:
+                problems.append("master is down")
+            if view.failover_in_progress:
+                problems.append("failover in progress")
+            if not view.quorum_ok:
+                problems.append(f"quorum: {view.quorum_detail}")
+            problems += [f"{c.kind} {c.endpoint.address}: {c.detail}" for c in view.conflicts]
+        endpoints = {
+            "sentinels": ",".join(m.endpoint.address for m in conn.of(SENTINEL_COMPONENT)),
+            "masterName": sentinel_master_name(spec),
+        }
+        if view.master is not None:
+            endpoints["master"] = view.master.address
+        return Observation(
+            members=members,
+            ready=not problems,
+            reason="SentinelOK" if not problems else "SentinelNotReady",
+            message="; ".join(problems),
+            endpoints=endpoints,
+        )
+
+    def _observe_standalone(self, conn: Connection) -> Observation:
+        members = []
+        for member in conn.of(DATA_COMPONENT):
+            healthy = False
+            if member.up:
+                try:
+                    healthy = live.node_role(member.endpoint, conn.password).is_master
+                except NotReady:
+                    healthy = False
+            members.append(ObservedMember(member.plan.name, member.endpoint.address, "master", healthy))
+        ready = all(m.healthy for m in members) and bool(members)
+        return Observation(
+            members=members,
+            ready=ready,
+            reason="Ready" if ready else "NotReachable",
+            endpoints={"master": members[0].address} if members else {},
+        )
+
+    def scale(
+        self, old: ResolvedSpec, new: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Report:
+        report = Report(changed=False)
+        if new.topology == Topology.CLUSTER:
+            self._scale_cluster(old, new, conn, progress, report)
+        elif new.topology == Topology.SENTINEL:
+            self._scale_sentinel(old, new, conn, report)
+        return report
+
+    def _scale_cluster(
+        self, old: ResolvedSpec, new: ResolvedSpec, conn: Connection, progress: Progress, report: Report
+    ) -> None:
+        def moved(done: int, total: int) -> None:
+            progress("moving slots", done, total)
+
+        everyone = _endpoints(conn.of(DATA_COMPONENT))
+        if new.shards > old.shards:
+            existing = [m.endpoint for m in conn.of(DATA_COMPONENT) if (m.plan.shard or 0) < old.shards]
+            added = [
+                _endpoints(_by_ordinal(conn.of(DATA_COMPONENT, shard)))
+                for shard in range(old.shards, new.shards)
+            ]
+            result = cluster.add_shards(existing, added, conn.password, progress=moved)
+            report.add(f"added shards {old.shards}..{new.shards - 1}: {'; '.join(result.actions)}")
+        elif new.shards < old.shards:
+            view = cluster.observe_cluster(everyone, conn.password)
+            leaving_shards = range(new.shards, old.shards)
+            leaving_members = {m.endpoint for s in leaving_shards for m in conn.of(DATA_COMPONENT, s)}
+            leaving_masters = [
+                node.endpoint
+                for node in view.masters
+                if node.endpoint is not None and node.endpoint in leaving_members
+            ]
+            result = cluster.remove_shards(everyone, leaving_masters, conn.password, progress=moved)
+            report.add(f"removed shards {new.shards}..{old.shards - 1}: {'; '.join(result.actions)}")
+        if new.replicas != old.replicas:
+            for shard in range(min(old.shards, new.shards)):
+                self._scale_shard_replicas(old, new, conn, shard, report)
+
+    def _scale_shard_replicas(
+        self, old: ResolvedSpec, new: ResolvedSpec, conn: Connection, shard: int, report: Report
+    ) -> None:
+        members = _by_ordinal(conn.of(DATA_COMPONENT, shard))
+        staying = [m for m in members if m.plan.ordinal < new.replicas]
+        leaving = [m for m in members if m.plan.ordinal >= new.replicas]
+        everyone = _endpoints(conn.of(DATA_COMPONENT))
+        view = cluster.observe_cluster(everyone, conn.password)
+        shard_endpoints = {m.endpoint for m in members}
+        master = next((n.endpoint for n in view.masters if n.endpoint in shard_endpoints), None)
+        if master is None:
+            raise NotReady(f"shard {shard} has no master right now; retry when it has one")
+        if any(m.endpoint == master for m in leaving):
+            # The master itself is leaving: hand over to a staying replica first (CLUSTER FAILOVER).
+            master = next(m.endpoint for m in staying)
+            cluster.failover(master, conn.password)
+            report.add(f"shard {shard}: failed over to {master.address} before scaling in")
+        added = [m.endpoint for m in staying if m.plan.ordinal >= old.replicas]
+        removed = [m.endpoint for m in leaving]
+        if added or removed:
+            cluster.set_replicas(everyone, master, conn.password, add=added, remove=removed)
+            report.add(f"shard {shard}: replicas +{len(added)} -{len(removed)}")
+
+    def _scale_sentinel(self, old: ResolvedSpec, new: ResolvedSpec, conn: Connection, report: Report) -> None:
+        if new.sentinels != old.sentinels:
+            raise OperationError("changing the number of sentinels is not supported yet: recreate instead")
+        sentinels = _endpoints(conn.of(SENTINEL_COMPONENT))
+        name = sentinel_master_name(new)
+        data = _by_ordinal(conn.of(DATA_COMPONENT))
+        for member in data:
+            if old.replicas <= member.plan.ordinal < new.replicas:
+                sentinel.add_replica(
+                    sentinels, name, member.endpoint, conn.password, sentinel_password=conn.password
+                )
+                report.add(f"added replica {member.plan.name}")
+        leaving = [m for m in data if m.plan.ordinal >= new.replicas]
+        if not leaving:
+            return
+        view = self._sentinel_view(new, conn)
+        if view.master is not None and any(live.same_node(view.master, m.endpoint) for m in leaving):
+            old_master = sentinel.failover(sentinels, name, conn.password, sentinel_password=conn.password)
+            sentinel.wait_for_new_master(
+                sentinels, name, old_master, conn.password, sentinel_password=conn.password
+            )
+            report.add(f"failed over away from {old_master.address} before scaling in")
+        for member in leaving:
+            sentinel.remove_replica(
+                sentinels, name, member.endpoint, conn.password, sentinel_password=conn.password
+            )
+            report.add(f"removed replica {member.plan.name}")
+
+    def reconfigure(self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]) -> ReconfigureReport:
+        report = ReconfigureReport()
+        dynamic: dict[str, str] = {}
+        for key, value in changed.items():
+            if key in spec.dynamic_parameters:
+                dynamic[key] = value
+            else:
+                report.needs_restart[key] = value
+        if dynamic:
+            live.apply_parameters(_endpoints(conn.of(DATA_COMPONENT)), conn.password, dynamic)
+            report.applied_live.update(dynamic)
+        return report
+
+
+def _by_ordinal(members: list[Member]) -> list[Member]:
+    return sorted(members, key=lambda m: m.plan.ordinal)
+
+
+def _endpoints(members: list[Member]) -> list[Endpoint]:
+    return [m.endpoint for m in members]
+
+
+ENGINE = RedisEngine()

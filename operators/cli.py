@@ -1,0 +1,377 @@
+"""``moorage``: the CLI for platform engineers, SREs and DBAs. Thin: parse, delegate, print.
+
+Errors are one line on stderr and a non-zero exit (2 for an invalid spec, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from middleware.catalog import load_default_catalog
+from middleware.engines.base import Progress as ProgressFn
+from middleware.engines.registry import get_engine
+from middleware.errors import MoorageError, SpecError
+from middleware.kube.builders import credentials_secret, credentials_secret_name
+from middleware.lifecycle import Lifecycle
+from middleware.models.middleware import MiddlewareStatus
+from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
+
+app = typer.Typer(
+    help="Moorage: stateful middleware lifecycle manager (local runtime when no cluster is used).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(
+    help="Engines, versions, plans and parameters Moorage offers.", no_args_is_help=True
+)
+app.add_typer(catalog_app, name="catalog")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class Output(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", envvar=STATE_DIR_ENV, help="Local runtime state (default ./.moorage)."),
+]
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Middleware.")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
+
+
+def _lifecycle(state_dir: Path | None) -> Lifecycle:
+    return Lifecycle(LocalRuntime(state_dir))
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def _read_documents(files: list[Path]) -> list[dict[str, Any]]:
+    documents: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            text = file.read_text()
+        except OSError as error:
+            raise MoorageError(f"cannot read {file}: {error.strerror}") from None
+        try:
+            loaded = [d for d in yaml.safe_load_all(text) if d]
+        except yaml.YAMLError as error:
+            raise MoorageError(f"{file} is not valid YAML: {error}") from None
+        for doc in loaded:
+            if not isinstance(doc, dict):
+                raise MoorageError(f"{file}: every document must be a mapping")
+            documents.append(doc)
+    if not documents:
+        raise MoorageError("no documents found in " + ", ".join(map(str, files)))
+    return documents
+
+
+@contextmanager
+def _progress(enabled: bool = True) -> Iterator[ProgressFn]:
+    if not enabled:
+        yield lambda _s, _d, _t: None
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def report(step: str, done: float, total: float) -> None:
+        if step not in tasks:
+            tasks[step] = bars.add_task(step, total=total)
+        bars.update(tasks[step], completed=done, total=total)
+
+    with bars:
+        yield report
+
+
+def _status_document(name: str, namespace: str, engine: str, topology: str, status: MiddlewareStatus) -> dict:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "engine": engine,
+        "topology": topology,
+        "phase": status.phase,
+        "phaseReason": status.phase_reason,
+        "members": [
+            {"name": m.name, "address": m.address, "role": m.role, "healthy": m.healthy}
+            | ({"shard": m.shard} if m.shard is not None else {})
+            for m in status.members
+        ],
+        "endpoints": status.endpoints,
+        "conditions": [c.to_wire() for c in status.conditions],
+    }
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]{doc['namespace']}/{doc['name']}[/] {doc['engine']} {doc['topology']}: "
+        f"[bold]{doc['phase']}[/] ({doc['phaseReason']})"
+    )
+    table = Table(show_header=True, header_style="bold")
+    for column in ("member", "address", "role", "healthy", "shard"):
+        table.add_column(column)
+    for member in doc["members"]:
+        table.add_row(
+            member["name"],
+            member["address"],
+            member["role"],
+            "yes" if member["healthy"] else "[red]no[/]",
+            str(member.get("shard", "")),
+        )
+    out.print(table)
+    for key, value in doc["endpoints"].items():
+        out.print(f"  {key}: {value}")
+
+
+@app.command()
+def up(
+    file: Annotated[list[Path], typer.Option("--file", "-f", help="Middleware manifest(s), YAML.")],
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Create or update Middleware from manifests and wait until Ready."""
+    lifecycle = _lifecycle(state_dir)
+    documents = _read_documents(file)
+    # Validate every document before starting anything: one bad spec starts nothing.
+    deployments = [lifecycle.prepare(doc) for doc in documents]
+    results = []
+    for doc, deployment in zip(documents, deployments, strict=True):
+        spec = deployment.spec
+        err.print(f"[bold]{spec.namespace}/{spec.name}[/]: {spec.engine} {spec.topology} ...")
+        with _progress(output == Output.TABLE) as progress:
+            status = lifecycle.up(doc, progress)
+        results.append(_status_document(spec.name, spec.namespace, spec.engine, spec.topology, status))
+    if output == Output.JSON:
+        _print_json(results if len(results) > 1 else results[0])
+    else:
+        for result in results:
+            _print_status(result)
+
+
+@app.command()
+def status(
+    name: Annotated[str | None, typer.Argument(help="Middleware name; all when omitted.")] = None,
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+    reveal_secrets: Annotated[bool, typer.Option(help="Include the password in the output.")] = False,
+) -> None:
+    """Observe members live: roles, health and endpoints."""
+    lifecycle = _lifecycle(state_dir)
+    targets = [(namespace, name)] if name else lifecycle.runtime.list()
+    documents = []
+    for ns, each in targets:
+        deployment = lifecycle.existing(ns, each)
+        observed = lifecycle.status(ns, each)
+        doc = _status_document(each, ns, deployment.spec.engine, deployment.spec.topology, observed)
+        if reveal_secrets:
+            doc["password"] = lifecycle.runtime.password(deployment.spec)
+        documents.append(doc)
+    if output == Output.JSON:
+        _print_json(documents[0] if name else documents)
+        return
+    if not documents:
+        out.print("no Middleware yet: create one with `moorage up -f FILE`")
+    for doc in documents:
+        _print_status(doc)
+        if reveal_secrets:
+            out.print(f"  password: {doc['password']}")
+
+
+@app.command()
+def down(
+    name: str,
+    namespace: Namespace = "default",
+    purge: Annotated[bool, typer.Option(help="Also delete data and credentials.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Stop a Middleware. Data and credentials are kept unless --purge is given."""
+    _lifecycle(state_dir).down(namespace, name, purge=purge)
+    kept = "data deleted" if purge else "data kept (use --purge to delete it)"
+    err.print(f"{namespace}/{name} stopped; {kept}")
+
+
+@app.command()
+def scale(
+    name: str,
+    shards: Annotated[int | None, typer.Option(help="Redis cluster: number of shards.")] = None,
+    replicas: Annotated[
+        int | None, typer.Option(help="Data members per shard, the primary included.")
+    ] = None,
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Scale shards or replicas, moving data safely."""
+    if (shards is None) == (replicas is None):
+        raise SpecError("scale", "give exactly one of --shards or --replicas")
+    lifecycle = _lifecycle(state_dir)
+    deployment = lifecycle.existing(namespace, name)
+    with _progress(output == Output.TABLE) as progress:
+        observed = lifecycle.scale(namespace, name, shards=shards, replicas=replicas, progress=progress)
+    spec = deployment.spec
+    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
+    _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
+@app.command("set")
+def set_parameters(
+    name: str,
+    assignments: Annotated[list[str], typer.Argument(help="key=value parameters.")],
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Change parameters: dynamic ones are applied live, the others are reported as needing a restart."""
+    parameters: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError("set", f"{item!r} is not key=value")
+        parameters[key] = value
+    report = _lifecycle(state_dir).set_parameters(namespace, name, parameters)
+    doc = {"appliedLive": report.applied_live, "needsRestart": report.needs_restart}
+    if output == Output.JSON:
+        _print_json(doc)
+        return
+    for key, value in report.applied_live.items():
+        out.print(f"applied live: {key} = {value}")
+    for key, value in report.needs_restart.items():
+        out.print(
+            f"[yellow]needs a restart[/]: {key} = {value} (written to the config, effective on restart)"
+        )
+    if not report.applied_live and not report.needs_restart:
+        out.print("nothing changed")
+
+
+@app.command()
+def render(
+    file: Annotated[list[Path], typer.Option("--file", "-f", help="Middleware manifest(s), YAML.")],
+    cluster_domain: Annotated[str, typer.Option(help="Kubernetes cluster domain.")] = "cluster.local",
+    with_secret: Annotated[
+        bool, typer.Option(help="Also print the credentials Secret, with a newly generated password.")
+    ] = False,
+) -> None:
+    """Print the Kubernetes manifests for Middleware specs, as multi-document YAML (no cluster needed).
+
+    The credentials Secret is left out by default: applying a fresh password over an existing one
+    would lock the members out. Create it once (--with-secret, or kubectl create secret).
+    """
+    lifecycle = Lifecycle(LocalRuntime(Path("/nonexistent")))
+    manifests: list[dict[str, Any]] = []
+    for doc in _read_documents(file):
+        deployment = lifecycle.prepare(doc)
+        spec = deployment.spec
+        manifests += get_engine(spec.engine).render(spec, cluster_domain=cluster_domain)
+        if with_secret:
+            manifests.append(credentials_secret(spec, secrets.token_urlsafe(24)))
+        else:
+            err.print(
+                f"note: Secret {credentials_secret_name(spec)} (key 'password') is not printed; "
+                "create it once, e.g. with --with-secret",
+                highlight=False,
+            )
+    sys.stdout.write(yaml.safe_dump_all(manifests, sort_keys=False))
+
+
+@catalog_app.command("list")
+def catalog_list(output: OutputOpt = Output.TABLE) -> None:
+    """Engines with their versions, topologies and plans."""
+    catalog = load_default_catalog()
+    rows: list[dict[str, Any]] = [
+        {
+            "engine": str(e.name),
+            "versions": [v.version for v in e.versions],
+            "default": next(v.version for v in e.versions if v.default),
+            "topologies": [str(t.name) for t in e.topologies],
+            "plans": [p.name for p in e.plans],
+        }
+        for e in catalog.engines
+    ]
+    if output == Output.JSON:
+        _print_json(rows)
+        return
+    table = Table("engine", "versions", "topologies", "plans", header_style="bold")
+    for row in rows:
+        versions = ", ".join(v + (" (default)" if v == row["default"] else "") for v in row["versions"])
+        table.add_row(row["engine"], versions, ", ".join(row["topologies"]), ", ".join(row["plans"]))
+    out.print(table)
+
+
+@catalog_app.command("show")
+def catalog_show(engine: str, output: OutputOpt = Output.TABLE) -> None:
+    """One engine's versions, images, plans and typed parameters."""
+    entry = load_default_catalog().engine(engine)
+    if output == Output.JSON:
+        _print_json(entry.to_wire())
+        return
+    out.print(f"[bold]{entry.name}[/]: {entry.description}")
+    versions = Table("version", "image", "default", header_style="bold")
+    for v in entry.versions:
+        versions.add_row(v.version, v.image, "yes" if v.default else "")
+    out.print(versions)
+    plans = Table("plan", "cpu", "memory", "storage", header_style="bold")
+    for p in entry.plans:
+        plans.add_row(
+            p.name + (" (default)" if p.name == entry.default_plan else ""), p.cpu, p.memory, p.storage
+        )
+    out.print(plans)
+    parameters = Table("parameter", "type", "allowed", "default", "applied", header_style="bold")
+    for d in entry.parameters:
+        if d.values:
+            allowed = ", ".join(d.values)
+        elif d.minimum is not None or d.maximum is not None:
+            allowed = f"{_n(d.minimum)}..{_n(d.maximum)}"
+        else:
+            allowed = d.pattern or ""
+        parameters.add_row(
+            d.name, str(d.type), str(allowed), d.default or "", "live" if d.dynamic else "restart"
+        )
+    out.print(parameters)
+
+
+def _n(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except SpecError as error:
+        err.print(f"error: invalid spec: {error}", markup=False, highlight=False)
+        raise SystemExit(2) from None
+    except MoorageError as error:
+        err.print(f"error: {error}", markup=False, highlight=False)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

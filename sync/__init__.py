@@ -1,0 +1,1 @@
+"""Cross-cluster Redis sync with supervised redis-shake workloads (see docs/architecture.md)."""

@@ -1,0 +1,290 @@
+"""The `moorage` CLI end to end on the local runtime, with real Redis 7 processes from Debian.
+
+Each test runs the real console script in a subprocess against its own state directory, exactly as
+a user would, and checks the result against the Redis servers themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+
+from middleware.runtime.local import LocalRuntime
+from middleware.spec import load_middleware, resolve
+from tests.integration.harness import require_binary
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _redis_installed() -> None:
+    require_binary("redis-server", "redis-server")
+    require_binary("redis-cli", "redis-tools")
+
+
+class Moorage:
+    """Runs the CLI like a user; tears every deployment down (purged) at the end."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MOORAGE_STATE_DIR": str(self.state_dir), "COLUMNS": "200"}
+        result = subprocess.run(
+            [sys.executable, "-m", "operators.cli", *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"moorage {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+        return result
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-o", "json").stdout)
+
+    def status(self, name: str, *extra: str) -> dict[str, Any]:
+        doc: dict[str, Any] = self.json("status", name, *extra)
+        return doc
+
+    def runtime(self) -> LocalRuntime:
+        return LocalRuntime(self.state_dir)
+
+    def cleanup(self) -> None:
+        for namespace, name in self.runtime().list():
+            self.run("down", name, "-n", namespace, "--purge", check=False)
+
+
+@pytest.fixture
+def moorage(tmp_path: Path) -> Iterator[Moorage]:
+    cli = Moorage(tmp_path / "state")
+    try:
+        yield cli
+    finally:
+        cli.cleanup()
+
+
+def write_manifest(path: Path, name: str, **spec: Any) -> Path:
+    doc = {
+        "apiVersion": "moorage.io/v1alpha1",
+        "kind": "Middleware",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def masters(status: dict[str, Any]) -> list[dict[str, Any]]:
+    return [m for m in status["members"] if m["role"] == "master"]
+
+
+def cluster_client(status: dict[str, Any]) -> RedisCluster:
+    host, port = masters(status)[0]["address"].split(":")
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, int(port))], password=status["password"], decode_responses=True
+    )
+
+
+class Writer(threading.Thread):
+    """Writes numbered keys until stopped (bounded by a count), recording which writes succeeded."""
+
+    def __init__(self, client: RedisCluster, prefix: str, limit: int = 200_000) -> None:
+        super().__init__(daemon=True)
+        self.client, self.prefix, self.limit = client, prefix, limit
+        self.written: list[str] = []
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        for i in range(self.limit):
+            if self.halt.is_set():
+                return
+            key = f"{self.prefix}:{i}"
+            try:
+                self.client.set(key, str(i))
+                self.written.append(key)
+            except (redis.RedisError, AttributeError):
+                # AttributeError: redis-py 8.1's RedisCluster raises it instead of a RedisError when
+                # a MOVED points at a node it has not seen yet (during a shard add).
+                # A write refused during a slot move (TRYAGAIN) is not acknowledged: the client
+                # would retry it; only acknowledged writes must survive.
+                self.errors += 1
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=30)
+
+
+def assert_all_present(client: RedisCluster, keys: list[str]) -> None:
+    missing = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        values = [client.get(k) for k in chunk]
+        missing += [k for k, v in zip(chunk, values, strict=True) if v is None]
+    assert not missing, f"{len(missing)} acknowledged keys lost, e.g. {missing[:5]}"
+
+
+def test_cluster_lifecycle_scale_while_writing_failover_and_rejoin(moorage: Moorage, tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tmp_path / "cluster.yaml", "orders", engine="redis", topology="cluster", shards=3
+    )
+    up = moorage.json("up", "-f", str(manifest))
+    assert up["phase"] == "Ready", up
+    assert len(up["members"]) == 6 and len(masters(up)) == 3
+
+    status = moorage.status("orders", "--reveal-secrets")
+    client = cluster_client(status)
+    keys = [f"seed:{i}" for i in range(20_000)]
+    pipe = client.pipeline()
+    for key in keys:
+        pipe.set(key, key)
+    pipe.execute()
+
+    writer = Writer(client, "live")
+    writer.start()
+    try:
+        scaled = moorage.json("scale", "orders", "--shards", "4")
+        assert len(masters(scaled)) == 4, scaled
+        assert len(scaled["members"]) == 8
+        back = moorage.json("scale", "orders", "--shards", "3")
+        assert len(masters(back)) == 3 and len(back["members"]) == 6, back
+    finally:
+        writer.stop()
+    assert writer.written, "the writer never succeeded: the test proved nothing"
+    assert_all_present(client, keys + writer.written)
+
+    # Kill a master: its replica must be promoted, and status must say so.
+    victim = masters(moorage.status("orders"))[0]
+    shard = victim["shard"]
+    middleware = load_middleware(json.loads(manifest.read_text()))
+    spec = resolve(middleware)
+    moorage.runtime().kill_member(spec, victim["name"])
+
+    def promoted() -> dict[str, Any] | None:
+        now = moorage.status("orders")
+        shard_masters = [m for m in masters(now) if m["shard"] == shard and m["healthy"]]
+        return now if shard_masters and shard_masters[0]["name"] != victim["name"] else None
+
+    after = wait_for(f"a replica of shard {shard} to be promoted", promoted)
+    assert next(m for m in after["members"] if m["name"] == victim["name"])["healthy"] is False
+
+    # `up` again is the reconcile: it restarts the dead member, which rejoins as a replica.
+    again = moorage.json("up", "-f", str(manifest))
+    rejoined = next(m for m in again["members"] if m["name"] == victim["name"])
+    assert rejoined["role"] == "replica" and rejoined["healthy"], again
+    assert again["phase"] == "Ready" and len(masters(again)) == 3
+    assert_all_present(client, keys)
+    client.close()
+
+
+def test_sentinel_master_failover_is_reflected_in_status(moorage: Moorage, tmp_path: Path) -> None:
+    require_binary("redis-sentinel", "redis-sentinel")
+    manifest = write_manifest(tmp_path / "s.yaml", "session", engine="redis", topology="sentinel")
+    up = moorage.json("up", "-f", str(manifest))
+    assert up["phase"] == "Ready", up
+    roles = sorted(m["role"] for m in up["members"])
+    assert roles == ["master", "replica", "replica", "sentinel", "sentinel", "sentinel"]
+
+    status = moorage.status("session", "--reveal-secrets")
+    old_master = masters(status)[0]
+    host, port = old_master["address"].split(":")
+    with redis.Redis(host=host, port=int(port), password=status["password"]) as client:
+        client.set("survives", "failover")
+        client.wait(2, 5000)
+
+    spec = resolve(load_middleware(json.loads(manifest.read_text())))
+    moorage.runtime().kill_member(spec, old_master["name"])
+
+    def new_master() -> dict[str, Any] | None:
+        now = moorage.status("session")
+        current = [m for m in masters(now) if m["healthy"]]
+        return now if current and current[0]["name"] != old_master["name"] else None
+
+    after = wait_for("sentinels to promote a new master", new_master)
+    host, port = masters(after)[0]["address"].split(":")
+    with redis.Redis(host=host, port=int(port), password=status["password"]) as client:
+        assert client.get("survives") == b"failover"
+
+    # Restarting the old master must not give two masters: it comes back as a replica.
+    again = moorage.json("up", "-f", str(manifest))
+    assert len(masters(again)) == 1 and masters(again)[0]["name"] != old_master["name"], again
+    assert again["phase"] == "Ready"
+
+
+def test_invalid_spec_is_one_line_on_stderr_and_starts_nothing(moorage: Moorage, tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tmp_path / "bad.yaml", "bad", engine="redis", topology="cluster", parameters={"maxclients": 1}
+    )
+    result = moorage.run("up", "-f", str(manifest), check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [
+        "error: invalid spec: spec.parameters.maxclients: 1 is not allowed: must be an integer "
+        ">= 16 and <= 100000"
+    ], result.stderr
+    assert moorage.runtime().list() == []
+    assert not (moorage.state_dir / "default" / "bad").exists()
+
+
+def test_parameters_live_and_restart_and_down_keeps_data(moorage: Moorage, tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "one.yaml", "single", engine="redis", topology="standalone")
+    up = moorage.json("up", "-f", str(manifest))
+    assert up["phase"] == "Ready" and [m["role"] for m in up["members"]] == ["master"]
+    status = moorage.status("single", "--reveal-secrets")
+    host, port = status["members"][0]["address"].split(":")
+
+    # Auth is on by default.
+    with redis.Redis(host=host, port=int(port)) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+
+    report = moorage.json("set", "single", "maxmemory-policy=allkeys-lfu", "io-threads=2")
+    assert report == {"appliedLive": {"maxmemory-policy": "allkeys-lfu"}, "needsRestart": {"io-threads": "2"}}
+    with redis.Redis(host=host, port=int(port), password=status["password"], decode_responses=True) as client:
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lfu"}
+        client.set("kept", "yes")
+        client.save()
+
+    moorage.run("down", "single")
+    again = moorage.json("up", "-f", str(manifest))
+    address = again["members"][0]["address"]
+    host, port = address.split(":")
+    with redis.Redis(host=host, port=int(port), password=status["password"], decode_responses=True) as client:
+        assert client.get("kept") == "yes"
+        # Both the live change and the restart-only one survived the restart via the config file.
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lfu"}
+        assert client.config_get("io-threads") == {"io-threads": "2"}
+
+    bad = moorage.run("set", "single", "maxmemory-policy=sometimes", check=False)
+    assert bad.returncode == 2 and "spec.parameters.maxmemory-policy" in bad.stderr
+
+    moorage.run("down", "single", "--purge")
+    assert not (moorage.state_dir / "default" / "single").exists()
