@@ -1,0 +1,69 @@
+# Moorage developer entry points. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools
+EXAMPLES ?= examples/redis-cluster.yaml examples/redis-sentinel.yaml
+PYTEST_ARGS ?=
+
+.PHONY: help setup system-deps run stop test test-unit test-integration crds crds-check lint bench clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+system-deps: ## Install the engine binaries from Debian (redis-server, redis-sentinel, redis-tools)
+	@missing=""; \
+	for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: system-deps $(STAMP) ## Install everything: Debian packages, virtualenv, Python packages
+
+run: setup ## Bring up the examples (3-shard Redis cluster + Redis sentinel) on the local runtime
+	$(BIN)/moorage up $(foreach f,$(EXAMPLES),-f $(f))
+	$(BIN)/moorage status
+
+stop: ## Stop the examples (data is kept; `moorage down NAME --purge` deletes it)
+	-$(BIN)/moorage down redis-cluster
+	-$(BIN)/moorage down redis-sentinel
+
+test: setup crds-check ## Install everything and run all tests (unit + integration on real Redis)
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup ## Integration tests on real engine servers started on 127.0.0.1
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+crds: setup ## Regenerate crds/ from the pydantic models
+	$(PY) -m middleware.crdgen --out crds
+
+crds-check: $(STAMP)
+	$(PY) -m middleware.crdgen --check crds
+
+lint: setup ## ruff, mypy and the import layering contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check middleware operators sync backups
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+bench: setup ## Benchmarks; results in bench/results.json
+	$(PY) bench/redis_cluster_bench.py --out bench/results.json
+
+clean: ## Remove the virtualenv and local state
+	rm -rf $(VENV) .moorage .pytest_cache .mypy_cache .ruff_cache
