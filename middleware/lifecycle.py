@@ -125,7 +125,9 @@ class Lifecycle:
             for member in planned:
                 if self.runtime.member_exited(spec, member):
                     tail = self.runtime.member_log_tail(spec, member)
-                    raise OperationError(f"member {member.name} exited right after start; its log ends:\n{tail}")
+                    raise OperationError(
+                        f"member {member.name} exited right after start; its log ends:\n{tail}"
+                    )
             return up == len(planned)
 
         self._poll(all_up, self.settings.member_start_timeout, "members did not start in time")
@@ -136,7 +138,9 @@ class Lifecycle:
         def ready() -> bool:
             observation = deployment.engine.observe(deployment.spec, self.connection(deployment))
             last[:] = [observation]
-            progress("waiting until ready", sum(m.healthy for m in observation.members), len(observation.members))
+            progress(
+                "waiting until ready", sum(m.healthy for m in observation.members), len(observation.members)
+            )
             return observation.ready
 
         try:
@@ -213,9 +217,7 @@ class Lifecycle:
         manifest.pop("status", None)
         manifest["spec"]["parameters"] = {**manifest["spec"].get("parameters", {}), **parameters}
         wanted = self.prepare(manifest)  # validates the new values before touching anything
-        changed = {
-            k: v for k, v in wanted.spec.parameters.items() if deployment.spec.parameters.get(k) != v
-        }
+        changed = {k: v for k, v in wanted.spec.parameters.items() if deployment.spec.parameters.get(k) != v}
         report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
         self.runtime.record_manifest(wanted.spec, manifest)
         return report
@@ -248,8 +250,10 @@ class Lifecycle:
         status.set_condition(
             "Degraded", degraded, "MembersUnhealthy" if degraded else "AllMembersHealthy", observation.message
         )
-        status.phase = Phase.READY if observation.ready and not degraded else (
-            Phase.DEGRADED if observation.ready else Phase.PROVISIONING
+        status.phase = (
+            Phase.READY
+            if observation.ready and not degraded
+            else (Phase.DEGRADED if observation.ready else Phase.PROVISIONING)
         )
         status.phase_reason = observation.reason
         return status

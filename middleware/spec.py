@@ -69,11 +69,15 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
     version = engine.version(spec.version)
     if version is None:
         known = ", ".join(v.version for v in engine.versions)
-        raise SpecError("spec.version", f"unknown version {spec.version!r} of {engine.name} (catalog has: {known})")
+        raise SpecError(
+            "spec.version", f"unknown version {spec.version!r} of {engine.name} (catalog has: {known})"
+        )
     topology = engine.topology(spec.topology)
     if topology is None:
         known = ", ".join(str(t.name) for t in engine.topologies)
-        raise SpecError("spec.topology", f"{spec.topology!r} is not offered for {engine.name} (offered: {known})")
+        raise SpecError(
+            "spec.topology", f"{spec.topology!r} is not offered for {engine.name} (offered: {known})"
+        )
     plan_name = spec.plan or engine.default_plan
     plan = engine.plan(plan_name)
     if plan is None:

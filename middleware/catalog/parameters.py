@@ -10,8 +10,17 @@ from middleware.models.catalog import EngineEntry, ParameterDefinition, Paramete
 
 _BYTES_RE = re.compile(r"^(\d+)\s*(b|k|kb|m|mb|g|gb|ki|mi|gi)?$", re.IGNORECASE)
 _BYTES_UNITS = {
-    None: 1, "b": 1, "k": 1000, "kb": 1024, "m": 1000**2, "mb": 1024**2, "g": 1000**3, "gb": 1024**3,
-    "ki": 1024, "mi": 1024**2, "gi": 1024**3,
+    None: 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
 }
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
@@ -111,7 +120,9 @@ def validate_parameters(
         definition = engine.parameter(name)
         if definition is None:
             known = ", ".join(sorted(p.name for p in engine.parameters))
-            raise SpecError(f"spec.parameters.{name}", f"unknown parameter for {engine.name} (known: {known})")
+            raise SpecError(
+                f"spec.parameters.{name}", f"unknown parameter for {engine.name} (known: {known})"
+            )
         if definition.topologies and topology not in definition.topologies:
             where = ", ".join(str(t) for t in definition.topologies)
             raise SpecError(f"spec.parameters.{name}", f"only valid for topology {where}, not {topology}")

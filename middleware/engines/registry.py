@@ -20,7 +20,8 @@ def get_engine(name: str) -> Engine:
     except KeyError:
         available = ", ".join(sorted(_ENGINES)) or "none"
         raise SpecError(
-            "spec.engine", f"engine {name!r} is in the catalog but not implemented yet (available: {available})"
+            "spec.engine",
+            f"engine {name!r} is in the catalog but not implemented yet (available: {available})",
         ) from None
 
 

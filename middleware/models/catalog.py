@@ -37,7 +37,9 @@ class ParameterDefinition(WireModel):
     maximum: float | None = Field(default=None, description="integer/number/bytes: inclusive upper bound.")
     values: list[str] | None = Field(default=None, description="enum: the allowed values.")
     pattern: str | None = Field(default=None, description="string: a regular expression to match.")
-    default: str | None = Field(default=None, description="Written into the config when the user sets nothing.")
+    default: str | None = Field(
+        default=None, description="Written into the config when the user sets nothing."
+    )
     dynamic: bool = Field(description="True: applied live; False: needs a restart of the members.")
     description: str = ""
     topologies: list[Topology] | None = Field(

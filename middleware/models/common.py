@@ -131,9 +131,7 @@ class ResourceStatus(WireModel):
                 continue
             if (existing.status, existing.reason, existing.message) == (status, reason, message):
                 return False
-            transition = (
-                existing.last_transition_time if existing.status == status else now_rfc3339()
-            )
+            transition = existing.last_transition_time if existing.status == status else now_rfc3339()
             self.conditions[index] = Condition(
                 type=type_,
                 status=status,

@@ -112,7 +112,9 @@ class MiddlewareSpec(WireModel):
         allowed = ENGINE_TOPOLOGIES[EngineName(self.engine)]
         if Topology(self.topology) not in allowed:
             names = ", ".join(t.value for t in allowed)
-            raise ValueError(f"topology {self.topology!r} does not suit engine {self.engine!r} (allowed: {names})")
+            raise ValueError(
+                f"topology {self.topology!r} does not suit engine {self.engine!r} (allowed: {names})"
+            )
         if self.shards is not None and self.topology != Topology.CLUSTER:
             raise ValueError("shards is only valid for topology 'cluster'")
         if self.sentinels is not None and self.topology != Topology.SENTINEL:

@@ -380,9 +380,7 @@ class LocalRuntime:
     def list(self) -> list[tuple[str, str]]:
         if not self.root.exists():
             return []
-        return sorted(
-            (p.parent.parent.name, p.parent.name) for p in self.root.glob("*/*/middleware.yaml")
-        )
+        return sorted((p.parent.parent.name, p.parent.name) for p in self.root.glob("*/*/middleware.yaml"))
 
 
 def _reap(pid: int) -> None:

@@ -45,7 +45,11 @@ def test_every_engine_is_in_the_default_catalog_with_its_topologies(engine: Engi
         ({"appendonly": "maybe"}, "spec.parameters.appendonly", "true or false"),
         ({"maxmemory": "lots"}, "spec.parameters.maxmemory", "size in bytes"),
         ({"save": "every minute"}, "spec.parameters.save", "matching"),
-        ({"no-such-thing": 1}, "spec.parameters.no-such-thing", "unknown parameter for redis (known: appendfsync"),
+        (
+            {"no-such-thing": 1},
+            "spec.parameters.no-such-thing",
+            "unknown parameter for redis (known: appendfsync",
+        ),
         ({"databases": 4}, "spec.parameters.databases", "only valid for topology standalone, sentinel"),
     ],
 )
