@@ -18,6 +18,7 @@ from middleware.engines.base import (
     Connection,
     Engine,
     Member,
+    MemberPlan,
     Observation,
     Progress,
     ReconfigureReport,
@@ -108,27 +109,31 @@ class Lifecycle:
         self._save(spec, Phase.PROVISIONING, "StartingMembers", "starting members")
         planned = engine.members(spec)
         progress("starting members", 0, len(planned))
-        self.runtime.apply(spec, engine)
-        self._wait_members_up(deployment, progress)
+        for wave in engine.start_waves(spec):
+            self.runtime.apply(spec, engine, wave, self.connection(deployment))
+            self._wait_members_up(deployment, progress, wave)
         progress("bootstrapping", 0, 1)
         engine.bootstrap(spec, self.connection(deployment), progress)
         progress("bootstrapping", 1, 1)
 
-    def _wait_members_up(self, deployment: Deployment, progress: Progress) -> None:
+    def _wait_members_up(
+        self, deployment: Deployment, progress: Progress, wave: list[MemberPlan] | None = None
+    ) -> None:
         spec, engine = deployment.spec, deployment.engine
         planned = engine.members(spec)
+        waiting = {m.name for m in (wave if wave is not None else planned)}
 
         def all_up() -> bool:
             members = self.runtime.members(spec, engine)
-            up = sum(1 for m in members if m.up)
-            progress("starting members", up, len(planned))
+            progress("starting members", sum(1 for m in members if m.up), len(planned))
+            up = sum(1 for m in members if m.up and m.plan.name in waiting)
             for member in planned:
                 if self.runtime.member_exited(spec, member):
                     tail = self.runtime.member_log_tail(spec, member)
                     raise OperationError(
                         f"member {member.name} exited right after start; its log ends:\n{tail}"
                     )
-            return up == len(planned)
+            return up == len(waiting)
 
         self._poll(all_up, self.settings.member_start_timeout, "members did not start in time")
 
@@ -178,8 +183,9 @@ class Lifecycle:
     def _scale(self, previous: Deployment, wanted: Deployment, progress: Progress) -> None:
         spec, engine = wanted.spec, wanted.engine
         self._save(spec, Phase.UPDATING, "Scaling", f"{_shape(previous.spec)} -> {_shape(spec)}")
-        self.runtime.apply(spec, engine)
-        self._wait_members_up(wanted, progress)
+        for wave in engine.start_waves(spec):
+            self.runtime.apply(spec, engine, wave, self.connection(wanted, previous))
+            self._wait_members_up(wanted, progress, wave)
         engine.scale(previous.spec, spec, self.connection(wanted, previous), progress)
         wanted_names = {m.name for m in engine.members(spec)}
         leaving = [m for m in previous.engine.members(previous.spec) if m.name not in wanted_names]

@@ -40,6 +40,22 @@ class MemberPlan:
     ports: tuple[str, ...] = ("PORT",)
 
 
+@dataclass(frozen=True)
+class MemberAddress:
+    """Where peers reach a member: its host (pod DNS name, or 127.0.0.1) and its ports by name."""
+
+    host: str
+    ports: dict[str, int]
+
+    def endpoint(self, port_name: str = "PORT") -> Endpoint:
+        return Endpoint(self.host, self.ports[port_name])
+
+
+Addressing = dict[str, MemberAddress]
+"""Every planned member's address, by member name: what an engine needs to write configs that list
+peers (zoo.cfg's server lines, primary_conninfo)."""
+
+
 @dataclass
 class Member:
     """A planned member as a runtime sees it: where it answers and whether its process is up."""
@@ -109,6 +125,27 @@ class ReconfigureReport:
 class Engine(Protocol):
     name: str
 
+    def start_waves(self, spec: ResolvedSpec) -> list[list[MemberPlan]]:
+        """Members grouped by start order: each wave is up before the next is prepared (a primary
+        before the replicas cloned from it). Most engines start everything in one wave."""
+        ...
+
+    def member_files(self, spec: ResolvedSpec, member: MemberPlan, addressing: Addressing) -> dict[str, str]:
+        """Extra per-member files for the data directory (e.g. ZooKeeper's myid), written once before
+        the first start. No secrets: those go to ``secrets_file``."""
+        ...
+
+    def prepare_commands(
+        self, spec: ResolvedSpec, member: MemberPlan, data_dir: str, conn: Connection
+    ) -> list[list[str]]:
+        """Commands that initialise an empty data directory before the first start (initdb, a base
+        backup from the primary), run as ``process_user``. ``conn`` holds the members already up."""
+        ...
+
+    def process_user(self, member: MemberPlan) -> str | None:
+        """The OS user a member runs as on the local runtime (None: the current user)."""
+        ...
+
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         """Every member the spec asks for, in start order (e.g. sentinels after the data members)."""
         ...
@@ -147,3 +184,24 @@ class Engine(Protocol):
     def reconfigure(
         self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]
     ) -> ReconfigureReport: ...
+
+
+class EngineDefaults:
+    """Defaults for the optional parts of the protocol; engines inherit and override what they need."""
+
+    def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
+        raise NotImplementedError
+
+    def start_waves(self, spec: ResolvedSpec) -> list[list[MemberPlan]]:
+        return [self.members(spec)]
+
+    def member_files(self, spec: ResolvedSpec, member: MemberPlan, addressing: Addressing) -> dict[str, str]:
+        return {}
+
+    def prepare_commands(
+        self, spec: ResolvedSpec, member: MemberPlan, data_dir: str, conn: Connection
+    ) -> list[list[str]]:
+        return []
+
+    def process_user(self, member: MemberPlan) -> str | None:
+        return None

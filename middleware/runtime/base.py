@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from middleware.engines.base import Engine, Member, MemberPlan
+from middleware.engines.base import Connection, Engine, Member, MemberPlan
 from middleware.spec import ResolvedSpec
 
 
 class Runtime(Protocol):
-    def apply(self, spec: ResolvedSpec, engine: Engine) -> list[MemberPlan]:
-        """Make every planned member exist and run; returns the members it had to start."""
+    def apply(
+        self,
+        spec: ResolvedSpec,
+        engine: Engine,
+        members: list[MemberPlan] | None = None,
+        conn: Connection | None = None,
+    ) -> list[MemberPlan]:
+        """Make ``members`` (default: all planned) exist and run; returns the members it had to start.
+        ``conn`` holds the members already up, for engines that prepare a member from a peer."""
         ...
 
     def record_manifest(self, spec: ResolvedSpec, manifest: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import logging
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import yaml
 
 from middleware.endpoints import Endpoint
-from middleware.engines.base import Engine, Member, MemberPlan
+from middleware.engines.base import Addressing, Connection, Engine, Member, MemberAddress, MemberPlan
 from middleware.errors import MoorageError, OperationError
 from middleware.spec import ResolvedSpec
 
@@ -154,25 +155,86 @@ class LocalRuntime:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "middleware.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
 
-    def apply(self, spec: ResolvedSpec, engine: Engine) -> list[MemberPlan]:
+    def apply(
+        self,
+        spec: ResolvedSpec,
+        engine: Engine,
+        members: list[MemberPlan] | None = None,
+        conn: Connection | None = None,
+    ) -> list[MemberPlan]:
+        """Start ``members`` (default: all planned) that are not running; returns those it started.
+
+        Ports are allocated for every planned member first, so configs that list peers (the
+        addressing) are complete even when only one wave is being started.
+        """
         with self._locked(spec.namespace, spec.name):
             password = self.password(spec)
             templates = engine.config_templates(spec)
             state = self._read_state(spec.namespace, spec.name)
+            planned = engine.members(spec)
             taken = {p for m in state["members"].values() for p in m["ports"].values()}
-            started: list[MemberPlan] = []
-            for member in engine.members(spec):
+            for member in planned:
                 record = state["members"].setdefault(member.name, {"ports": {}})
                 for port_name in member.ports:
                     if port_name not in record["ports"] or not self._port_reusable(record, port_name):
                         record["ports"][port_name] = _allocate_port(taken)
                     taken.add(record["ports"][port_name])
+            self._write_state(spec.namespace, spec.name, state)
+            addressing: Addressing = {
+                m.name: MemberAddress(LOOPBACK, dict(state["members"][m.name]["ports"])) for m in planned
+            }
+            started: list[MemberPlan] = []
+            for member in planned if members is None else members:
+                record = state["members"][member.name]
                 config_path = self._write_config(spec, engine, member, record, templates, password)
+                self._write_member_files(spec, engine, member, addressing)
                 if not self._alive(record):
+                    self._prepare(spec, engine, member, conn or Connection([], password))
                     self._start(spec, engine, member, record, config_path)
                     started.append(member)
                 self._write_state(spec.namespace, spec.name, state)
             return started
+
+    def _write_member_files(
+        self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, addressing: Addressing
+    ) -> None:
+        data_dir = self._member_dir(spec, member) / "data"
+        for file_name, content in engine.member_files(spec, member, addressing).items():
+            path = data_dir / file_name
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(content)
+        self._hand_over(spec, engine, member)
+
+    def _hand_over(self, spec: ResolvedSpec, engine: Engine, member: MemberPlan) -> None:
+        # Engines that refuse to run as root (PostgreSQL) get their directory chowned to their user.
+        user = engine.process_user(member)
+        if user is None:
+            return
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise MoorageError(f"user {user!r} does not exist: run `make setup`") from None
+        # Only what this runtime wrote itself (the directories and the files directly in them); the
+        # engine's own files already belong to its user, and walking a large data dir is costly.
+        member_dir = self._member_dir(spec, member)
+        for path in [member_dir, *member_dir.iterdir(), *(member_dir / "data").iterdir()]:
+            if path.stat().st_uid != entry.pw_uid:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _prepare(self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, conn: Connection) -> None:
+        data_dir = self._member_dir(spec, member) / "data"
+        marker = self._member_dir(spec, member) / "prepared"
+        if marker.exists():
+            return
+        user = engine.process_user(member)
+        for command in engine.prepare_commands(spec, member, str(data_dir), conn):
+            full = ["runuser", "-u", user, "--", *command] if user and os.geteuid() == 0 else command
+            result = subprocess.run(full, cwd=data_dir, capture_output=True, text=True, timeout=300)
+            if result.returncode != 0:
+                tail = "\n".join((result.stderr or result.stdout).splitlines()[-5:])
+                raise OperationError(f"preparing {member.name}: {command[0]} failed:\n{tail}")
+        marker.write_text("prepared\n")
 
     def _port_reusable(self, record: dict[str, Any], port_name: str) -> bool:
         # A member that is down may find its old port taken by someone else meanwhile.
@@ -232,6 +294,9 @@ class LocalRuntime:
             raise MoorageError(
                 f"{command[0]} is not installed: run `make setup` (or apt-get install the engine's package)"
             )
+        user = engine.process_user(member)
+        if user is not None and os.geteuid() == 0:
+            command = ["runuser", "-u", user, "--", *command]
         with open(member_dir / "member.log", "ab") as log_file:
             process = subprocess.Popen(
                 command,

@@ -11,6 +11,7 @@ from typing import Any
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Connection,
+    EngineDefaults,
     Member,
     MemberPlan,
     Observation,
@@ -40,7 +41,7 @@ DOWN_AFTER_MS = 5000
 FAILOVER_TIMEOUT_MS = 30000
 
 
-class RedisEngine:
+class RedisEngine(EngineDefaults):
     name = "redis"
 
     # -- static facts --------------------------------------------------------------------------
