@@ -288,3 +288,45 @@ def test_parameters_live_and_restart_and_down_keeps_data(moorage: Moorage, tmp_p
 
     moorage.run("down", "single", "--purge")
     assert not (moorage.state_dir / "default" / "single").exists()
+
+
+def test_cluster_replicas_per_shard_scale_up_and_down(moorage: Moorage, tmp_path: Path) -> None:
+    manifest = write_manifest(
+        tmp_path / "c.yaml", "carts", engine="redis", topology="cluster", shards=3, replicas=1
+    )
+    up = moorage.json("up", "-f", str(manifest))
+    assert up["phase"] == "Ready" and len(up["members"]) == 3 and len(masters(up)) == 3
+
+    grown = moorage.json("scale", "carts", "--replicas", "2")
+    assert grown["phase"] == "Ready", grown
+    for shard in range(3):
+        roles = sorted(m["role"] for m in grown["members"] if m["shard"] == shard)
+        assert roles == ["master", "replica"], grown
+    assert all(m["healthy"] for m in grown["members"])
+
+    shrunk = moorage.json("scale", "carts", "--replicas", "1")
+    assert shrunk["phase"] == "Ready", shrunk
+    assert sorted(m["name"] for m in shrunk["members"]) == [f"carts-shard-{i}-0" for i in range(3)]
+    # The removed replicas are forgotten by the cluster, not just stopped.
+    status = moorage.status("carts", "--reveal-secrets")
+    host, port = masters(status)[0]["address"].split(":")
+    with redis.Redis(host=host, port=int(port), password=status["password"], decode_responses=True) as node:
+        known = node.execute_command("CLUSTER", "NODES").strip().splitlines()
+    assert len(known) == 3, known
+
+
+def test_sentinel_replicas_scale_up_and_down(moorage: Moorage, tmp_path: Path) -> None:
+    require_binary("redis-sentinel", "redis-sentinel")
+    manifest = write_manifest(tmp_path / "s.yaml", "queue", engine="redis", topology="sentinel", replicas=2)
+    up = moorage.json("up", "-f", str(manifest))
+    assert up["phase"] == "Ready", up
+
+    grown = moorage.json("scale", "queue", "--replicas", "3")
+    data = [m for m in grown["members"] if m["role"] != "sentinel"]
+    assert sorted(m["role"] for m in data) == ["master", "replica", "replica"], grown
+    assert grown["phase"] == "Ready" and all(m["healthy"] for m in grown["members"])
+
+    shrunk = moorage.json("scale", "queue", "--replicas", "1")
+    data = [m for m in shrunk["members"] if m["role"] != "sentinel"]
+    assert [m["name"] for m in data] == ["queue-0"] and data[0]["role"] == "master", shrunk
+    assert shrunk["phase"] == "Ready"

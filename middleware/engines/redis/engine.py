@@ -259,7 +259,18 @@ class RedisEngine(EngineDefaults):
         members = _by_ordinal(conn.of(DATA_COMPONENT, shard))
         staying = [m for m in members if m.plan.ordinal < new.replicas]
         leaving = [m for m in members if m.plan.ordinal >= new.replicas]
-        everyone = _endpoints(conn.of(DATA_COMPONENT))
+
+        # Only current cluster members: shards are handled in order, so earlier shards already have
+        # their new shape, later ones their old; this shard has both. Newcomers of later shards have
+        # not met the cluster yet, and waiting for them to see this change would never end.
+        def in_cluster(member: Member) -> bool:
+            member_shard = member.plan.shard or 0
+            if member_shard == shard:
+                return True
+            replicas = new.replicas if member_shard < shard else old.replicas
+            return member.plan.ordinal < replicas
+
+        everyone = [m.endpoint for m in conn.of(DATA_COMPONENT) if in_cluster(m)]
         view = cluster.observe_cluster(everyone, conn.password)
         shard_endpoints = {m.endpoint for m in members}
         master = next((n.endpoint for n in view.masters if n.endpoint in shard_endpoints), None)
