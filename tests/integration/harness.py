@@ -2,10 +2,11 @@
 
 - ``require_binary`` skips loudly (with the command that fixes it) when a binary is missing.
 - ``free_port`` binds 127.0.0.1:0; nothing ever listens on another interface.
-- ``RedisProcess`` runs ``redis-server`` in the foreground (``daemonize no``) in its own directory and
-  session, waits for PING, and is stopped by its own PID: SIGTERM, then SIGKILL after a deadline.
-  ``kill()`` simulates a crash, ``restart()`` brings the same node (same dir, nodes.conf, AOF) back,
-  optionally on new ports, which is what a pod rescheduled with a new IP looks like to its peers.
+- ``RedisProcess`` runs ``redis-server`` (a cluster node, a plain data node, or a sentinel) in the
+  foreground (``daemonize no``) in its own directory and session, waits for PING, and is stopped by
+  its own PID: SIGTERM, then SIGKILL after a deadline. ``kill()`` simulates a crash, ``restart()``
+  brings the same node (same dir, config, nodes.conf, AOF) back, optionally on new ports, which is
+  what a pod rescheduled with a new IP looks like to its peers.
 - ``RedisNodes`` owns a group of processes and stops them all; an atexit hook catches whatever an
   interrupted run leaves behind.
 """
@@ -15,14 +16,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
@@ -75,7 +77,13 @@ def _quote(value: str) -> str:
 
 
 class RedisProcess:
-    """One redis-server; its directory (nodes.conf, AOF) survives restarts, its ports may not."""
+    """One redis-server; its directory (config, nodes.conf, AOF) survives restarts, its ports may not.
+
+    ``cluster=True`` makes a cluster node, ``sentinel=True`` a sentinel (``binary`` is then
+    redis-sentinel), neither a plain data node. ``config_file=False`` passes the directives on the
+    command line instead, so the server runs without a config file (CONFIG REWRITE fails). ``extra``
+    directives, written as in redis.conf, override or add to the defaults.
+    """
 
     def __init__(
         self,
@@ -83,18 +91,24 @@ class RedisProcess:
         root: Path,
         binary: str,
         *,
-        cluster: bool,
+        cluster: bool = False,
         password: str | None,
+        sentinel: bool = False,
+        config_file: bool = True,
         extra: dict[str, str] | None = None,
     ) -> None:
+        if sentinel and (cluster or not config_file):
+            raise ValueError("a sentinel is never a cluster node and always needs its config file")
         self.name = name
         self.binary = binary
         self.cluster = cluster
+        self.sentinel = sentinel
+        self.config_file = config_file
         self.password = password
         self.extra = dict(extra or {})
         self.dir = root / name
         self.dir.mkdir(parents=True, exist_ok=False)
-        self.conf = self.dir / "redis.conf"
+        self.conf = self.dir / ("sentinel.conf" if sentinel else "redis.conf")
         self.log = self.dir / "server.log"
         self.port = 0
         self.bus_port = 0
@@ -110,37 +124,61 @@ class RedisProcess:
     def endpoint(self) -> Endpoint:
         return Endpoint(HOST, self.port)
 
-    def _config(self) -> str:
-        lines = [
-            ("port", str(self.port)),
-            ("bind", HOST),
-            ("dir", _quote(str(self.dir))),
-            ("daemonize", "no"),
-            ("logfile", '""'),
-            ("save", '""'),
-            ("appendonly", "yes"),
-            ("enable-debug-command", "local"),
+    def _directives(self) -> dict[str, str]:
+        """Directive -> value as written in a config file (quoted where needed)."""
+        directives = {
+            "port": str(self.port),
+            "bind": HOST,
+            "dir": _quote(str(self.dir)),
+            "daemonize": "no",
+            "protected-mode": "no",
+            "logfile": '""',
+        }
+        if self.sentinel:
+            # As in the pods: sentinels require the same password and use it towards their peers.
+            if self.password:
+                directives["requirepass"] = _quote(self.password)
+            return directives | self.extra
+        directives |= {
+            "save": '""',
+            "appendonly": "yes",
+            "enable-debug-command": "local",
             # 7.0 defaults to diskless sync after a 5 s delay; replicas should sync at once.
-            ("repl-diskless-sync", "yes"),
-            ("repl-diskless-sync-delay", "0"),
-        ]
+            "repl-diskless-sync": "yes",
+            "repl-diskless-sync-delay": "0",
+        }
         if self.cluster:
-            lines += [
-                ("cluster-enabled", "yes"),
-                ("cluster-config-file", "nodes.conf"),
+            directives |= {
+                "cluster-enabled": "yes",
+                "cluster-config-file": "nodes.conf",
                 # Explicit, so nothing depends on port + 10000 being free.
-                ("cluster-port", str(self.bus_port)),
-                ("cluster-node-timeout", "2000"),
-                ("cluster-announce-hostname", HOST),
-                ("cluster-preferred-endpoint-type", "hostname"),
-            ]
+                "cluster-port": str(self.bus_port),
+                "cluster-node-timeout": "2000",
+                "cluster-announce-hostname": HOST,
+                "cluster-preferred-endpoint-type": "hostname",
+            }
         if self.password:
-            lines += [("requirepass", _quote(self.password)), ("masterauth", _quote(self.password))]
-        lines += list(self.extra.items())
-        return "".join(f"{key} {value}\n" for key, value in lines)
+            directives |= {"requirepass": _quote(self.password), "masterauth": _quote(self.password)}
+        return directives | self.extra
+
+    def _config(self) -> str:
+        return "".join(f"{key} {value}\n" for key, value in self._directives().items())
+
+    def _command(self) -> list[str]:
+        if self.config_file:
+            return [self.binary, str(self.conf)]
+        args = [self.binary]
+        for key, value in self._directives().items():
+            # Unquoted here: redis-server quotes command-line values itself.
+            args += [f"--{key}", *shlex.split(value)]
+        return args
 
     def start(self, *, new_ports: bool = False) -> RedisProcess:
-        """Start (or start again). Ports are picked on the first start or when ``new_ports``."""
+        """Start (or start again). Ports are picked on the first start or when ``new_ports``.
+
+        The config file is written only then: otherwise what the server rewrote (CONFIG REWRITE,
+        sentinel state) or a test edited survives the restart, as a pod's config volume would.
+        """
         if self.running:
             raise RuntimeError(f"{self.name} is already running")
         pick = new_ports or not self.port
@@ -149,10 +187,11 @@ class RedisProcess:
                 # Another process may take a port between probe and bind: then retry with new ones.
                 self.port = free_port()
                 self.bus_port = free_port()
-            self.conf.write_text(self._config())
+                if self.config_file:
+                    self.conf.write_text(self._config())
             with self.log.open("ab") as log:
                 self.proc = subprocess.Popen(
-                    [self.binary, str(self.conf)],
+                    self._command(),
                     cwd=self.dir,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -241,19 +280,14 @@ class RedisNodes:
         self.password = password
         self.processes: list[RedisProcess] = []
 
+    def add(self, name: str, *, binary: str | None = None, **options: Any) -> RedisProcess:
+        """Start one more process in the group (``options`` as for ``RedisProcess``)."""
+        process = RedisProcess(name, self.root, binary or self.binary, password=self.password, **options)
+        self.processes.append(process)
+        return process.start()
+
     def start(self, count: int, *, cluster: bool = True, prefix: str = "node") -> list[RedisProcess]:
-        started = []
-        for _ in range(count):
-            process = RedisProcess(
-                f"{prefix}-{len(self.processes)}",
-                self.root,
-                self.binary,
-                cluster=cluster,
-                password=self.password,
-            )
-            self.processes.append(process)
-            started.append(process.start())
-        return started
+        return [self.add(f"{prefix}-{len(self.processes)}", cluster=cluster) for _ in range(count)]
 
     def by_endpoint(self, endpoint: Endpoint) -> RedisProcess:
         return next(p for p in self.processes if p.endpoint == endpoint)
@@ -269,7 +303,11 @@ class RedisNodes:
             raise RuntimeError("could not stop: " + "; ".join(errors))
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ({p.port}) ---\n{p.log_tail()}" for p in self.processes)
+        return logs(self.processes)
+
+
+def logs(processes: Iterable[RedisProcess]) -> str:
+    return "\n".join(f"--- {p.name} ({p.port}) ---\n{p.log_tail()}" for p in processes)
 
 
 def start_redis_nodes(

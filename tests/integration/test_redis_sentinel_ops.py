@@ -25,7 +25,8 @@ from middleware.engines.redis.sentinel import (
     wait_for_new_master,
 )
 from middleware.errors import OperationError, SpecError
-from tests.integration.sentinel_harness import Deployment, SentinelHarness, logs, wait_until
+from tests.integration.harness import logs, wait_until
+from tests.integration.sentinel_harness import Deployment, SentinelHarness
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +142,8 @@ def test_bootstrap_failover_and_old_master_rejoins_as_replica(deployment: Deploy
             and (role := v.nodes.get(old)) is not None
             and role.is_replica
             and role.link_up
+            # The sentinels re-link to the restarted node a moment after its ROLE turns replica.
+            and len(v.healthy_replicas) == 2
         ),
         REJOIN_DEADLINE,
         "the restarted old master to be reconfigured as a replica",
