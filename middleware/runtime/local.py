@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 STATE_DIR_ENV = "MOORAGE_STATE_DIR"
 LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 10.0
+PORT_RELEASE_SECONDS = 10.0
 
 
 def default_state_dir() -> Path:
@@ -189,7 +190,7 @@ class LocalRuntime:
                 config_path = self._write_config(spec, engine, member, record, templates, password)
                 self._write_member_files(spec, engine, member, addressing)
                 if not self._alive(record):
-                    self._prepare(spec, engine, member, conn or Connection([], password))
+                    self._prepare(spec, engine, member, record, conn or Connection([], password))
                     self._start(spec, engine, member, record, config_path)
                     started.append(member)
                 self._write_state(spec.namespace, spec.name, state)
@@ -222,23 +223,38 @@ class LocalRuntime:
             if path.stat().st_uid != entry.pw_uid:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
 
-    def _prepare(self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, conn: Connection) -> None:
+    def _prepare(
+        self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, record: dict[str, Any], conn: Connection
+    ) -> None:
+        # Before every start, not only the first: engines decide from the data directory and the
+        # members up what is needed (initdb, a clone, a rewind onto the current primary, nothing).
         data_dir = self._member_dir(spec, member) / "data"
-        marker = self._member_dir(spec, member) / "prepared"
-        if marker.exists():
-            return
+        values = self._placeholder_values(spec, member, record)
         user = engine.process_user(member)
         for command in engine.prepare_commands(spec, member, str(data_dir), conn):
+            command = [fill_placeholders(arg, values) for arg in command]
             full = ["runuser", "-u", user, "--", *command] if user and os.geteuid() == 0 else command
             result = subprocess.run(full, cwd=data_dir, capture_output=True, text=True, timeout=300)
             if result.returncode != 0:
                 tail = "\n".join((result.stderr or result.stdout).splitlines()[-5:])
                 raise OperationError(f"preparing {member.name}: {command[0]} failed:\n{tail}")
-        marker.write_text("prepared\n")
 
     def _port_reusable(self, record: dict[str, Any], port_name: str) -> bool:
-        # A member that is down may find its old port taken by someone else meanwhile.
-        return self._alive(record) or _port_free(int(record["ports"][port_name]))
+        """Keep a member's port unless someone else really took it.
+
+        A member's address is part of its peers' state (ZooKeeper's replicated config, sentinel's
+        replica list), so moving it is a last resort. A process just killed may hold its sockets for
+        a moment after it stopped counting as alive (a JVM tearing down): wait for that, briefly.
+        """
+        if self._alive(record):
+            return True
+        port = int(record["ports"][port_name])
+        deadline = time.monotonic() + PORT_RELEASE_SECONDS
+        while not _port_free(port):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _write_config(
         self,
@@ -261,20 +277,26 @@ class LocalRuntime:
         # The config lives in the data dir: engines rewrite it (CONFIG REWRITE, sentinel state), and
         # those rewrites (e.g. who is master now) must survive restarts. Written once, then kept.
         config_path = data_dir / file_name
-        ports = record["ports"]
-        values = {
-            "BIND": LOOPBACK,
-            "PORT": str(ports["PORT"]),
-            "BUS_PORT": str(ports.get("BUS_PORT", 0)),
-            "DATA_DIR": str(data_dir),
-            "ANNOUNCE_HOST": LOOPBACK,
-            "SECRETS_FILE": str(secrets_path),
-        }
+        values = self._placeholder_values(spec, member, record)
         if not config_path.exists():
             config_path.write_text(fill_placeholders(templates[file_name], values))
         else:
             self._sync_port_lines(config_path, values)
         return config_path
+
+    def _placeholder_values(
+        self, spec: ResolvedSpec, member: MemberPlan, record: dict[str, Any]
+    ) -> dict[str, str]:
+        member_dir = self._member_dir(spec, member)
+        ports = record["ports"]
+        return {
+            "BIND": LOOPBACK,
+            "PORT": str(ports["PORT"]),
+            "BUS_PORT": str(ports.get("BUS_PORT", 0)),
+            "DATA_DIR": str(member_dir / "data"),
+            "ANNOUNCE_HOST": LOOPBACK,
+            "SECRETS_FILE": str(member_dir / "secrets.conf"),
+        }
 
     @staticmethod
     def _sync_port_lines(config_path: Path, values: dict[str, str]) -> None:
@@ -295,8 +317,17 @@ class LocalRuntime:
                 f"{command[0]} is not installed: run `make setup` (or apt-get install the engine's package)"
             )
         user = engine.process_user(member)
+        as_user: dict[str, Any] = {}
         if user is not None and os.geteuid() == 0:
-            command = ["runuser", "-u", user, "--", *command]
+            # Switch user in the child itself (not through runuser, which forks and waits): the PID
+            # recorded must be the server's own, or stopping or killing it would leave it running.
+            entry = pwd.getpwnam(user)
+            as_user = {
+                "user": entry.pw_uid,
+                "group": entry.pw_gid,
+                "extra_groups": os.getgrouplist(user, entry.pw_gid),
+                "env": {**os.environ, "HOME": entry.pw_dir, "USER": user, "LOGNAME": user},
+            }
         with open(member_dir / "member.log", "ab") as log_file:
             process = subprocess.Popen(
                 command,
@@ -305,6 +336,7 @@ class LocalRuntime:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives the CLI and its terminal
+                **as_user,
             )
         record["pid"] = process.pid
         record["starttime"] = _process_start_time(process.pid)

@@ -1,0 +1,1 @@
+"""PostgreSQL (with pgvector): standalone or streaming replication with a fenced start and switchover."""

@@ -1,0 +1,288 @@
+"""Kubernetes manifests for PostgreSQL (standalone, replication). Pure: spec in, plain dicts out.
+
+The templates of ``config.py`` ship unrendered in a ConfigMap; an init container fills the
+placeholders per pod, writes the pgpass file into a memory-backed emptyDir from the Secret, and
+prepares an empty volume: ordinal 0 with no primary behind ``NAME-rw`` runs initdb, every other pod
+clones the primary with pg_basebackup; a pod whose data survived rewinds against the current primary
+before it starts (pg_rewind is a no-op when nothing diverged). The main container starts through the
+same fenced start script as local members: never writable unless promoted.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from middleware.engines.base import PLACEHOLDERS
+from middleware.engines.postgresql.config import (
+    FIRST_START_MARKER,
+    POSTGRES_PORT,
+    REPLICATION_USER,
+    START_SCRIPT,
+    SUPERUSER,
+    app_password,
+    pg_hba_conf,
+    postgresql_conf,
+    replication_password,
+)
+from middleware.engines.postgresql.topology import (
+    DATA_COMPONENT,
+    headless_service,
+    ro_service,
+    rw_service,
+    workload,
+)
+from middleware.kube import builders as kube
+from middleware.models.middleware import Topology
+from middleware.spec import ResolvedSpec
+
+Manifest = dict[str, Any]
+
+POSTGRESQL_CONF = "postgresql.conf"
+PG_HBA_CONF = "pg_hba.conf"
+TEMPLATES_DIR = "/etc/postgresql-templates"
+CONFIG_DIR = "/etc/postgresql"
+SECRETS_DIR = "/etc/postgresql-secrets"
+SECRETS_FILE = f"{SECRETS_DIR}/pgpass"
+DATA_DIR = "/data"
+PGDATA = f"{DATA_DIR}/pgdata"
+PASSWORD_KEY = "password"
+REPLICATION_PASSWORD_KEY = "replication-password"
+APP_PASSWORD_KEY = "app-password"
+PASSWORD_ENV = "POSTGRES_PASSWORD"
+REPLICATION_PASSWORD_ENV = "REPLICATION_PASSWORD"
+POD_NAME_ENV = "POD_NAME"
+# The `postgres` user and group of the official (and pgvector) images.
+POSTGRES_UID = 999
+# A fast shutdown (preStop) sends the remaining WAL to the standbys and checkpoints; give it time.
+GRACE_SECONDS = 60
+# How long a new replica's init container waits for a primary behind NAME-rw.
+PRIMARY_WAIT_SECONDS = 600
+PRIMARY_ROLE = "primary"
+REPLICA_ROLE = "replica"
+
+_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_TEMPLATES_VOLUME = "templates"
+_CONFIG_VOLUME = "config"
+_SECRETS_VOLUME = "secrets"
+_DATA_VOLUME = "data"
+_TMP_VOLUME = "tmp"
+
+
+def config_map_name(spec: ResolvedSpec) -> str:
+    return f"{spec.name}-config"
+
+
+def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[Manifest]:
+    """Every manifest of the deployment except the credentials Secret (see ``render_credentials``)."""
+    if spec.engine != "postgresql":
+        raise ValueError(f"the postgresql renderer got a {spec.engine!r} spec")
+    if not _DNS_NAME_RE.match(cluster_domain):
+        # It ends up inside a shell script: only a plain DNS name may pass.
+        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+    if spec.topology not in (Topology.STANDALONE, Topology.REPLICATION):
+        raise ValueError(f"postgresql cannot render topology {spec.topology!r}")
+    name = workload(spec.name)
+    headless = headless_service(spec.name)
+    port = [("postgresql", POSTGRES_PORT)]
+    manifests = [
+        kube.config_map(
+            spec,
+            name=config_map_name(spec),
+            data={POSTGRESQL_CONF: postgresql_conf(spec), PG_HBA_CONF: pg_hba_conf(spec)},
+        ),
+        kube.headless_service(spec, name=headless, component=DATA_COMPONENT, ports=port),
+        # The operator labels the pod the engine reports as primary `moorage.io/role=primary` (the
+        # others `replica`) on every observation, so these Services follow switchovers and failovers
+        # without re-rendering. Until then they have no endpoints, which is right.
+        kube.client_service(
+            spec,
+            name=rw_service(spec.name),
+            component=DATA_COMPONENT,
+            ports=port,
+            extra_selector={kube.ROLE_LABEL: PRIMARY_ROLE},
+        ),
+    ]
+    if spec.topology == Topology.REPLICATION:
+        manifests.append(
+            kube.client_service(
+                spec,
+                name=ro_service(spec.name),
+                component=DATA_COMPONENT,
+                ports=port,
+                extra_selector={kube.ROLE_LABEL: REPLICA_ROLE},
+            )
+        )
+    manifests.append(_statefulset(spec, name=name, headless=headless, cluster_domain=cluster_domain))
+    if spec.topology == Topology.REPLICATION:
+        # No PDB for one pod: minAvailable 1 would block node drains forever (as for Redis).
+        manifests.append(kube.pod_disruption_budget(spec, name=name, component=DATA_COMPONENT))
+    return manifests
+
+
+def render_credentials(spec: ResolvedSpec, password: str) -> Manifest:
+    """The credentials Secret: the superuser password (generated once, never overwritten) and the
+    replication and application passwords derived from it."""
+    secret = kube.credentials_secret(spec, password, key=PASSWORD_KEY)
+    derived = kube.credentials_secret(spec, replication_password(password), key=REPLICATION_PASSWORD_KEY)
+    app = kube.credentials_secret(spec, app_password(password), key=APP_PASSWORD_KEY)
+    secret["data"] = {**secret["data"], **derived["data"], **app["data"]}
+    return secret
+
+
+def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain: str) -> Manifest:
+    secret = kube.credentials_secret_name(spec)
+    init = kube.container(
+        "init",
+        spec.image,
+        resources=spec.resources,
+        command=["sh", "-c", init_script(spec, headless=headless, cluster_domain=cluster_domain)],
+        env=[
+            kube.env_from_field(POD_NAME_ENV, "metadata.name"),
+            kube.env_from_secret(PASSWORD_ENV, secret, PASSWORD_KEY),
+            kube.env_from_secret(REPLICATION_PASSWORD_ENV, secret, REPLICATION_PASSWORD_KEY),
+        ],
+        volume_mounts=[
+            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            _mount(_CONFIG_VOLUME, CONFIG_DIR),
+            _mount(_SECRETS_VOLUME, SECRETS_DIR),
+            _mount(_DATA_VOLUME, DATA_DIR),
+            _mount(_TMP_VOLUME, "/tmp"),
+        ],
+    )
+    ready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT)]
+    main = kube.container(
+        "postgresql",
+        spec.image,
+        resources=spec.resources,
+        command=["sh", "-c", START_SCRIPT, "start", "", f"{CONFIG_DIR}/{POSTGRESQL_CONF}", PGDATA],
+        ports=[("postgresql", POSTGRES_PORT)],
+        volume_mounts=[
+            _mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
+            _mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            _mount(_DATA_VOLUME, DATA_DIR),
+            _mount(_TMP_VOLUME, "/tmp"),
+        ],
+        # Crash recovery of a large database can take minutes: the startup probe allows 10.
+        startup=kube.exec_probe(ready, period=5, timeout=3, failure_threshold=120),
+        readiness=kube.exec_probe(ready, period=5, timeout=3, failure_threshold=3),
+        liveness=kube.exec_probe(ready, period=10, timeout=5, failure_threshold=6),
+    )
+    # SIGTERM is a *smart* shutdown, which waits for every client; a fast one disconnects them and
+    # still hands the last WAL to the standbys.
+    main["lifecycle"] = {
+        "preStop": {"exec": {"command": ["pg_ctl", "stop", "-D", PGDATA, "-m", "fast", "-w", "-t", "50"]}}
+    }
+    pod = kube.pod_spec(
+        init_containers=[init],
+        containers=[main],
+        volumes=[
+            {"name": _TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}},
+            {"name": _CONFIG_VOLUME, "emptyDir": {}},
+            # Memory-backed: the pgpass file never reaches the node's disk.
+            {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
+        ],
+        security_context=kube.pod_security_context(user=POSTGRES_UID, group=POSTGRES_UID),
+        affinity=kube.pod_anti_affinity([(100, kube.selector_labels(spec, DATA_COMPONENT))]),
+        termination_grace_period_seconds=GRACE_SECONDS,
+    )
+    return kube.statefulset(
+        spec,
+        name=name,
+        component=DATA_COMPONENT,
+        service_name=headless,
+        replicas=spec.replicas,
+        template=pod,
+        volume_claim_templates=[
+            kube.volume_claim_template(
+                spec,
+                name=_DATA_VOLUME,
+                component=DATA_COMPONENT,
+                size=spec.storage.size,
+                storage_class_name=spec.storage.storage_class_name,
+            )
+        ],
+        # OrderedReady: ordinal 0 initialises the cluster before anyone tries to clone it.
+        pod_management_policy=kube.ORDERED_READY,
+    )
+
+
+def _mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": volume, "mountPath": path}
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def placeholder_values() -> dict[str, str]:
+    """Shell expressions per placeholder; ``$host`` is the pod's stable DNS name (set by the script)."""
+    return {
+        "BIND": "*",
+        "PORT": str(POSTGRES_PORT),
+        "BUS_PORT": "0",
+        "DATA_DIR": CONFIG_DIR,
+        "ANNOUNCE_HOST": "$host",
+        "SECRETS_FILE": SECRETS_FILE,
+    }
+
+
+def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> str:
+    values = placeholder_values()
+    assert set(values) == set(PLACEHOLDERS)
+    # `|` delimits sed expressions; none of the values can contain it (paths and DNS names only).
+    sed = " ".join(f'-e "s|\\${{{key}}}|{values[key]}|g"' for key in PLACEHOLDERS)
+    primary = f"{rw_service(spec.name)}.{spec.namespace}.svc.{cluster_domain}"
+    conninfo = (
+        f"host={primary} port={POSTGRES_PORT} user={REPLICATION_USER} "
+        f"passfile={SECRETS_FILE} application_name=$POD_NAME"
+    )
+    rewind_source = f"host={primary} port={POSTGRES_PORT} user={SUPERUSER} passfile={SECRETS_FILE}"
+    fail = 'echo "$1" >&2; exit 1'
+    lines = [
+        "set -eu",
+        "umask 077",
+        f"fail() {{ {fail}; }}",
+        f'[ -n "${{{PASSWORD_ENV}:-}}" ] || fail "{PASSWORD_ENV} is empty: refusing to start"',
+        f'[ -n "${{{REPLICATION_PASSWORD_ENV}:-}}" ] || fail "{REPLICATION_PASSWORD_ENV} is empty"',
+        f'host="$POD_NAME.{headless}.{spec.namespace}.svc.{cluster_domain}"',
+        f"for f in {POSTGRESQL_CONF} {PG_HBA_CONF}; do",
+        f'  sed {sed} "{TEMPLATES_DIR}/$f" > "{CONFIG_DIR}/$f.tmp"',
+        f'  mv "{CONFIG_DIR}/$f.tmp" "{CONFIG_DIR}/$f"',
+        "done",
+        # pgpass escaping: backslash and colon. Backticks, not $(...), which kubelet would expand.
+        "esc() { printf '%s' \"$1\" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/:/\\\\:/g'; }",
+        f'rp=`esc "${REPLICATION_PASSWORD_ENV}"`',
+        f'sp=`esc "${PASSWORD_ENV}"`',
+        f'printf \'*:*:*:{REPLICATION_USER}:%s\\n*:*:*:{SUPERUSER}:%s\\n\' "$rp" "$sp" > {SECRETS_FILE}',
+        f"pgdata={PGDATA}",
+        f"primary_service={rw_service(spec.name)}",
+        f"primary_up() {{ pg_isready -q -t 2 -h {primary} -p {POSTGRES_PORT}; }}",
+        f'conninfo="{conninfo}"',
+        'if [ ! -s "$pgdata/PG_VERSION" ]; then',
+        '  rm -rf "$pgdata"',
+        '  if [ "${POD_NAME##*-}" = 0 ] && ! primary_up; then',
+        f"    printf '%s\\n' \"${PASSWORD_ENV}\" > {SECRETS_DIR}/pwfile",
+        f'    initdb -D "$pgdata" -U {SUPERUSER} --pwfile={SECRETS_DIR}/pwfile --auth=scram-sha-256 '
+        "--data-checksums --no-locale --encoding=UTF8",
+        f"    rm -f {SECRETS_DIR}/pwfile",
+        f'    : > "$pgdata/{FIRST_START_MARKER}"',
+        "  else",
+        "    tries=0",
+        "    until primary_up; do",
+        f'      [ "$tries" -lt {PRIMARY_WAIT_SECONDS // 2} ] || fail "no primary behind $primary_service"',
+        "      tries=`expr $tries + 1`",
+        "      sleep 2",
+        "    done",
+        '    pg_basebackup -D "$pgdata" -d "$conninfo" -X stream -c fast',
+        "  fi",
+        "elif primary_up; then",
+        # Data survived (a restart, an old primary after a failover): rewind onto the current primary.
+        f'  pg_rewind -D "$pgdata" --source-server="{rewind_source}"',
+        "fi",
+        f'if [ ! -e "$pgdata/{FIRST_START_MARKER}" ] && primary_up; then',
+        "  line=\"primary_conninfo = '$conninfo'\"",
+        '  printf \'%s\\n\' "$line" >> "$pgdata/postgresql.auto.conf"',
+        "fi",
+    ]
+    return "\n".join(lines) + "\n"
