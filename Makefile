@@ -7,16 +7,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools
+DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools zookeeper openssl
 EXAMPLES ?= examples/redis-cluster.yaml examples/redis-sentinel.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps run stop test test-unit test-integration crds crds-check lint bench clean
+.PHONY: help setup system-deps run stop test test-unit test-integration test-k8s control-plane crds crds-check lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
-system-deps: ## Install the engine binaries from Debian (redis-server, redis-sentinel, redis-tools)
+system-deps: ## Engine binaries from Debian (Redis, Sentinel, ZooKeeper) and the postgres OS user
 	@missing=""; \
 	for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
@@ -26,11 +26,14 @@ system-deps: ## Install the engine binaries from Debian (redis-server, redis-sen
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# PostgreSQL refuses to run as root: the local runtime runs its members as this user.
+	@id postgres >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO useradd --system --create-home --shell /usr/sbin/nologin postgres; }
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,local]'
 	touch $(STAMP)
 
 setup: system-deps $(STAMP) ## Install everything: Debian packages, virtualenv, Python packages
@@ -43,14 +46,20 @@ stop: ## Stop the examples (data is kept; `moorage down NAME --purge` deletes it
 	-$(BIN)/moorage down redis-cluster
 	-$(BIN)/moorage down redis-sentinel
 
-test: setup crds-check ## Install everything and run all tests (unit + integration on real Redis)
-	$(BIN)/pytest tests $(PYTEST_ARGS)
+test: setup crds-check control-plane ## Install everything and run all tests (unit, integration, k8s)
+	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: setup ## Integration tests on real engine servers started on 127.0.0.1
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-k8s: setup control-plane ## Tests on a real kube-apiserver + etcd + kube-controller-manager
+	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
+
+control-plane: ## Build kube-apiserver, kube-controller-manager, etcd into ~/.cache/moorage/k8s (~15-30 min once)
+	nice -n 19 bash hack/build-control-plane.sh
 
 crds: setup ## Regenerate crds/ from the pydantic models
 	$(PY) -m middleware.crdgen --out crds

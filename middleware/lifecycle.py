@@ -127,7 +127,8 @@ class Lifecycle:
             members = self.runtime.members(spec, engine)
             progress("starting members", sum(1 for m in members if m.up), len(planned))
             up = sum(1 for m in members if m.up and m.plan.name in waiting)
-            for member in planned:
+            # Only this wave's members: one that is down in a later wave is started by that wave.
+            for member in (m for m in planned if m.name in waiting):
                 if self.runtime.member_exited(spec, member):
                     tail = self.runtime.member_log_tail(spec, member)
                     raise OperationError(
@@ -227,6 +228,22 @@ class Lifecycle:
         report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
         self.runtime.record_manifest(wanted.spec, manifest)
         return report
+
+    def switchover(self, namespace: str, name: str, target: str | None = None) -> MiddlewareStatus:
+        deployment = self.existing(namespace, name)
+        deployment.engine.switchover(deployment.spec, self.connection(deployment), target)
+        # The old primary was fenced (stopped): starting it again lets it rejoin as a replica.
+        return self._reconcile(deployment)
+
+    def failover(self, namespace: str, name: str) -> MiddlewareStatus:
+        deployment = self.existing(namespace, name)
+        deployment.engine.failover(deployment.spec, self.connection(deployment))
+        return self._reconcile(deployment)
+
+    def _reconcile(self, deployment: Deployment) -> MiddlewareStatus:
+        manifest = deployment.middleware.to_wire()
+        manifest.pop("status", None)
+        return self.up(manifest)
 
     # -- status ---------------------------------------------------------------------------------
     def status(self, namespace: str, name: str) -> MiddlewareStatus:

@@ -25,7 +25,7 @@ from middleware.catalog import load_default_catalog
 from middleware.engines.base import Progress as ProgressFn
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
-from middleware.kube.builders import credentials_secret, credentials_secret_name
+from middleware.kube.builders import credentials_secret_name
 from middleware.lifecycle import Lifecycle
 from middleware.models.middleware import MiddlewareStatus
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
@@ -239,6 +239,37 @@ def scale(
     _print_json(doc) if output == Output.JSON else _print_status(doc)
 
 
+@app.command()
+def switchover(
+    name: str,
+    to: Annotated[str | None, typer.Option("--to", help="Member to promote (default: the best).")] = None,
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Planned change of primary: no committed write is lost; the old primary rejoins as a replica."""
+    lifecycle = _lifecycle(state_dir)
+    spec = lifecycle.existing(namespace, name).spec
+    observed = lifecycle.switchover(namespace, name, to)
+    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
+    _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
+@app.command()
+def failover(
+    name: str,
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+) -> None:
+    """Promote the most advanced replica when the primary is gone (refused while a primary answers)."""
+    lifecycle = _lifecycle(state_dir)
+    spec = lifecycle.existing(namespace, name).spec
+    observed = lifecycle.failover(namespace, name)
+    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
+    _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
 @app.command("set")
 def set_parameters(
     name: str,
@@ -289,7 +320,7 @@ def render(
         spec = deployment.spec
         manifests += get_engine(spec.engine).render(spec, cluster_domain=cluster_domain)
         if with_secret:
-            manifests.append(credentials_secret(spec, secrets.token_urlsafe(24)))
+            manifests.append(get_engine(spec.engine).render_credentials(spec, secrets.token_urlsafe(24)))
         else:
             err.print(
                 f"note: Secret {credentials_secret_name(spec)} (key 'password') is not printed; "

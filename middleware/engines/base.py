@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from middleware.endpoints import Endpoint
+from middleware.errors import OperationError
 from middleware.spec import ResolvedSpec
 
 # Placeholders in config templates. The Kubernetes runtime fills them in an init container from the
@@ -146,6 +147,18 @@ class Engine(Protocol):
         """The OS user a member runs as on the local runtime (None: the current user)."""
         ...
 
+    def render_credentials(self, spec: ResolvedSpec, password: str) -> dict[str, Any]:
+        """The credentials Secret for a generated password (created once, never overwritten)."""
+        ...
+
+    def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
+        """Planned change of primary (Switchover), to ``target`` member or the best candidate."""
+        ...
+
+    def failover(self, spec: ResolvedSpec, conn: Connection) -> Report:
+        """Promote a replica when the primary is gone (engines without automatic failover)."""
+        ...
+
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         """Every member the spec asks for, in start order (e.g. sentinels after the data members)."""
         ...
@@ -205,3 +218,17 @@ class EngineDefaults:
 
     def process_user(self, member: MemberPlan) -> str | None:
         return None
+
+    def render_credentials(self, spec: ResolvedSpec, password: str) -> dict[str, Any]:
+        # Imported here: the kube builders are only needed when rendering for Kubernetes.
+        from middleware.kube.builders import credentials_secret
+
+        return credentials_secret(spec, password)
+
+    def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
+        raise OperationError(f"switchover is not supported for {spec.engine} {spec.topology}")
+
+    def failover(self, spec: ResolvedSpec, conn: Connection) -> Report:
+        raise OperationError(
+            f"{spec.engine} {spec.topology} fails over by itself (or has no replicas): nothing to trigger"
+        )

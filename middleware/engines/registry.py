@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from middleware.engines.base import Engine
 from middleware.errors import SpecError
 
@@ -13,12 +15,22 @@ def register(engine: Engine) -> Engine:
     return engine
 
 
+# Engine packages by name, imported on first use: asking for Redis never imports psycopg or kazoo.
+_BUILTIN = {
+    "redis": "middleware.engines.redis.engine",
+    "postgresql": "middleware.engines.postgresql.engine",
+    "zookeeper": "middleware.engines.zookeeper.engine",
+}
+
+
 def get_engine(name: str) -> Engine:
-    _load_builtin()
+    if name not in _ENGINES and name in _BUILTIN:
+        module = importlib.import_module(_BUILTIN[name])
+        register(module.ENGINE)
     try:
         return _ENGINES[name]
     except KeyError:
-        available = ", ".join(sorted(_ENGINES)) or "none"
+        available = ", ".join(available_engines()) or "none"
         raise SpecError(
             "spec.engine",
             f"engine {name!r} is in the catalog but not implemented yet (available: {available})",
@@ -26,14 +38,4 @@ def get_engine(name: str) -> Engine:
 
 
 def available_engines() -> list[str]:
-    _load_builtin()
-    return sorted(_ENGINES)
-
-
-def _load_builtin() -> None:
-    # Imported lazily so that importing the registry never drags every engine's client library in.
-    if _ENGINES:
-        return
-    from middleware.engines.redis.engine import ENGINE as redis_engine
-
-    register(redis_engine)
+    return sorted(set(_ENGINES) | set(_BUILTIN))

@@ -326,7 +326,16 @@ def test_sentinel_replicas_scale_up_and_down(moorage: Moorage, tmp_path: Path) -
     assert sorted(m["role"] for m in data) == ["master", "replica", "replica"], grown
     assert grown["phase"] == "Ready" and all(m["healthy"] for m in grown["members"])
 
+    # A planned switchover through the sentinels: a new master, the old one a healthy replica.
+    before = masters(grown)[0]["name"]
+    switched = moorage.json("switchover", "queue")
+    assert switched["phase"] == "Ready", switched
+    assert len(masters(switched)) == 1 and masters(switched)[0]["name"] != before, switched
+    assert next(m for m in switched["members"] if m["name"] == before)["role"] == "replica"
+
     shrunk = moorage.json("scale", "queue", "--replicas", "1")
+    # Scaling in keeps ordinal 0 only; if it was a replica after the switchover, the master is
+    # handed over to it first.
     data = [m for m in shrunk["members"] if m["role"] != "sentinel"]
     assert [m["name"] for m in data] == ["queue-0"] and data[0]["role"] == "master", shrunk
     assert shrunk["phase"] == "Ready"

@@ -24,6 +24,7 @@ from middleware.engines.base import (
 from middleware.engines.redis import cluster, live, sentinel
 from middleware.engines.redis.config import redis_conf, secrets_conf, sentinel_conf
 from middleware.engines.redis.render import render as render_manifests
+from middleware.engines.redis.render import render_credentials
 from middleware.engines.redis.topology import (
     DATA_COMPONENT,
     SENTINEL_COMPONENT,
@@ -67,6 +68,9 @@ class RedisEngine(EngineDefaults):
 
     def render(self, spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[dict[str, Any]]:
         return render_manifests(spec, cluster_domain=cluster_domain)
+
+    def render_credentials(self, spec: ResolvedSpec, password: str) -> dict[str, Any]:
+        return render_credentials(spec, password)
 
     # -- live ----------------------------------------------------------------------------------
     def bootstrap(self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Report:
@@ -303,17 +307,57 @@ class RedisEngine(EngineDefaults):
         if not leaving:
             return
         view = self._sentinel_view(new, conn)
-        if view.master is not None and any(live.same_node(view.master, m.endpoint) for m in leaving):
+        master = next((m for m in leaving if view.master and live.same_node(view.master, m.endpoint)), None)
+        # Leaving replicas go first: when the master itself leaves, the sentinels must then have only
+        # staying replicas to choose from (they cannot be told which one to promote).
+        for member in [m for m in leaving if m is not master]:
+            sentinel.remove_replica(
+                sentinels, name, member.endpoint, conn.password, sentinel_password=conn.password
+            )
+            report.add(f"removed replica {member.plan.name}")
+        if master is not None:
+            # After SENTINEL RESET the sentinels know no replica until their next INFO (up to 10 s):
+            # wait until they list the staying ones again, or the failover finds nobody to promote.
+            for member in data:
+                if member not in leaving:
+                    sentinel.add_replica(
+                        sentinels, name, member.endpoint, conn.password, sentinel_password=conn.password
+                    )
             old_master = sentinel.failover(sentinels, name, conn.password, sentinel_password=conn.password)
             sentinel.wait_for_new_master(
                 sentinels, name, old_master, conn.password, sentinel_password=conn.password
             )
             report.add(f"failed over away from {old_master.address} before scaling in")
-        for member in leaving:
             sentinel.remove_replica(
-                sentinels, name, member.endpoint, conn.password, sentinel_password=conn.password
+                sentinels, name, master.endpoint, conn.password, sentinel_password=conn.password
             )
-            report.add(f"removed replica {member.plan.name}")
+            report.add(f"removed replica {master.plan.name}")
+
+    def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
+        """Sentinel: SENTINEL FAILOVER (sentinels pick the replica; a target cannot be chosen).
+        Cluster: CLUSTER FAILOVER on the given replica, coordinated so no acknowledged write is lost."""
+        report = Report(changed=False)
+        if spec.topology == Topology.SENTINEL:
+            if target is not None:
+                raise OperationError("sentinel picks the new master itself: run switchover without --to")
+            sentinels = _endpoints(conn.of(SENTINEL_COMPONENT))
+            name = sentinel_master_name(spec)
+            old = sentinel.failover(sentinels, name, conn.password, sentinel_password=conn.password)
+            new = sentinel.wait_for_new_master(
+                sentinels, name, old, conn.password, sentinel_password=conn.password
+            )
+            report.add(f"master {old.address} -> {new.address}")
+            return report
+        if spec.topology == Topology.CLUSTER:
+            if target is None:
+                raise OperationError("name the replica to promote: switchover NAME --to MEMBER")
+            member = next((m for m in conn.members if m.plan.name == target), None)
+            if member is None:
+                raise OperationError(f"no member {target!r} in {spec.name}")
+            cluster.failover(member.endpoint, conn.password)
+            report.add(f"{target} promoted")
+            return report
+        raise OperationError("a standalone Redis has no replica to switch over to")
 
     def reconfigure(self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]) -> ReconfigureReport:
         report = ReconfigureReport()
