@@ -151,6 +151,11 @@ class Engine(Protocol):
         """The credentials Secret for a generated password (created once, never overwritten)."""
         ...
 
+    def render_secrets(self, spec: ResolvedSpec, password: str) -> list[dict[str, Any]]:
+        """Every Secret a new deployment needs (credentials, and e.g. MongoDB's keyFile), each
+        generated once: applying a fresh one over an existing one would lock the members out."""
+        ...
+
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         """Planned change of primary (Switchover), to ``target`` member or the best candidate."""
         ...
@@ -224,6 +229,9 @@ class EngineDefaults:
         from middleware.kube.builders import credentials_secret
 
         return credentials_secret(spec, password)
+
+    def render_secrets(self, spec: ResolvedSpec, password: str) -> list[dict[str, Any]]:
+        return [self.render_credentials(spec, password)]
 
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         raise OperationError(f"switchover is not supported for {spec.engine} {spec.topology}")

@@ -20,6 +20,7 @@ _BUILTIN = {
     "redis": "middleware.engines.redis.engine",
     "postgresql": "middleware.engines.postgresql.engine",
     "zookeeper": "middleware.engines.zookeeper.engine",
+    "mongodb": "middleware.engines.mongodb.engine",
 }
 
 

@@ -1,0 +1,1 @@
+"""MongoDB replica set engine (topology ``replicaset``)."""
