@@ -29,6 +29,7 @@ from middleware.kube.builders import credentials_secret_name
 from middleware.lifecycle import Lifecycle
 from middleware.models.middleware import MiddlewareStatus
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
+from operators.sync_cli import sync_app
 
 app = typer.Typer(
     help="Moorage: stateful middleware lifecycle manager (local runtime when no cluster is used).",
@@ -39,6 +40,7 @@ catalog_app = typer.Typer(
     help="Engines, versions, plans and parameters Moorage offers.", no_args_is_help=True
 )
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(sync_app, name="sync")
 
 out = Console()
 err = Console(stderr=True)
@@ -320,7 +322,7 @@ def render(
         spec = deployment.spec
         manifests += get_engine(spec.engine).render(spec, cluster_domain=cluster_domain)
         if with_secret:
-            manifests.append(get_engine(spec.engine).render_credentials(spec, secrets.token_urlsafe(24)))
+            manifests += get_engine(spec.engine).render_secrets(spec, secrets.token_urlsafe(24))
         else:
             err.print(
                 f"note: Secret {credentials_secret_name(spec)} (key 'password') is not printed; "
@@ -397,10 +399,11 @@ def main() -> None:
     try:
         app()
     except SpecError as error:
-        err.print(f"error: invalid spec: {error}", markup=False, highlight=False)
+        # Plain write, not rich: an error must stay one line whatever the terminal width.
+        sys.stderr.write(f"error: invalid spec: {error}\n")
         raise SystemExit(2) from None
     except MoorageError as error:
-        err.print(f"error: {error}", markup=False, highlight=False)
+        sys.stderr.write(f"error: {error}\n")
         raise SystemExit(1) from None
 
 

@@ -43,7 +43,8 @@ class Moorage:
         self.state_dir = state_dir
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MOORAGE_STATE_DIR": str(self.state_dir), "COLUMNS": "200"}
+        # A narrow terminal: errors must still be one line.
+        env = {**os.environ, "MOORAGE_STATE_DIR": str(self.state_dir), "COLUMNS": "60"}
         result = subprocess.run(
             [sys.executable, "-m", "operators.cli", *args],
             cwd=REPO,

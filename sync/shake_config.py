@@ -1,0 +1,326 @@
+"""redis-shake configs and the Kubernetes objects that run one workload.
+
+redis-shake reads its password from the config file only (no env or file indirection that both v3
+and v4 document), so the renderers take the passwords as arguments and the rendered config is only
+ever stored in a **Secret** mounted as a file, never in a ConfigMap, a log line or an annotation.
+
+The key names rendered here are all in ``SHAKE_KEYS`` below; nothing else in this module spells a
+redis-shake key, so checking them against redis-shake's docs is one table's work.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from middleware.errors import SpecError
+from middleware.kube import builders as kube
+from middleware.models.common import Resources
+from sync.plan import ShakeWorkload
+
+# redis-shake config keys, following redis-shake's documented config files: v4's ``shake.toml``
+# (tair-opensource/RedisShake, branch v4: sections sync_reader / redis_writer / filter / advanced) and
+# v3's ``redis-shake.toml`` (sections source / target / advanced, top-level ``type``). Logical name ->
+# (section, key); section "" is the top level. Correct them here if redis-shake's docs say otherwise.
+SHAKE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
+    "v4": {
+        "reader.cluster": ("sync_reader", "cluster"),
+        "reader.address": ("sync_reader", "address"),
+        "reader.username": ("sync_reader", "username"),
+        "reader.password": ("sync_reader", "password"),
+        "reader.tls": ("sync_reader", "tls"),
+        "reader.sync_rdb": ("sync_reader", "sync_rdb"),
+        "reader.sync_aof": ("sync_reader", "sync_aof"),
+        "writer.cluster": ("redis_writer", "cluster"),
+        "writer.address": ("redis_writer", "address"),
+        "writer.username": ("redis_writer", "username"),
+        "writer.password": ("redis_writer", "password"),
+        "writer.tls": ("redis_writer", "tls"),
+        "filter.allow_key_prefix": ("filter", "allow_key_prefix"),
+        "filter.block_key_prefix": ("filter", "block_key_prefix"),
+        "filter.allow_db": ("filter", "allow_db"),
+        "advanced.dir": ("advanced", "dir"),
+        "advanced.status_port": ("advanced", "status_port"),
+        "advanced.log_file": ("advanced", "log_file"),
+        "advanced.log_level": ("advanced", "log_level"),
+        "advanced.log_interval": ("advanced", "log_interval"),
+        "advanced.pipeline_count_limit": ("advanced", "pipeline_count_limit"),
+        # panic | rewrite | skip when a key already exists on the target; rewrite = overwrite it.
+        "advanced.rdb_restore_command_behavior": ("advanced", "rdb_restore_command_behavior"),
+    },
+    "v3": {
+        "type": ("", "type"),
+        "reader.version": ("source", "version"),
+        "reader.address": ("source", "address"),
+        "reader.username": ("source", "username"),
+        "reader.password": ("source", "password"),
+        "reader.tls": ("source", "tls"),
+        "writer.type": ("target", "type"),  # "standalone" or "cluster"
+        "writer.version": ("target", "version"),
+        "writer.address": ("target", "address"),
+        "writer.username": ("target", "username"),
+        "writer.password": ("target", "password"),
+        "writer.tls": ("target", "tls"),
+        "advanced.dir": ("advanced", "dir"),
+        "advanced.metrics_port": ("advanced", "metrics_port"),
+        "advanced.log_file": ("advanced", "log_file"),
+        "advanced.log_level": ("advanced", "log_level"),
+        "advanced.log_interval": ("advanced", "log_interval"),
+        "advanced.pipeline_count_limit": ("advanced", "pipeline_count_limit"),
+        "advanced.rdb_restore_command_behavior": ("advanced", "rdb_restore_command_behavior"),
+    },
+}
+
+STATUS_PORT = 8080
+WORK_DIR = "/data"
+CONFIG_DIR = "/etc/redis-shake"
+CONFIG_FILE = "shake.toml"
+# The image is the user's choice (spec.image); this default names the upstream v4 image.
+DEFAULT_IMAGE = "ghcr.io/tair-opensource/redisshake:v4"
+DEFAULT_RESOURCES = Resources(cpu="1", memory="2Gi")
+# sync_reader stores the source's RDB in ``dir`` before loading it: size this like the dataset.
+DEFAULT_SCRATCH = "20Gi"
+# redis-shake is a static Go binary with no user of its own in the image; any non-root uid works.
+RUN_AS = 65532
+COMPONENT = "redis-shake"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        # JSON string escaping is valid TOML basic-string escaping for everything JSON emits.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {type(value).__name__} as TOML")
+
+
+def _render(version: str, values: Mapping[str, Any]) -> str:
+    keys = SHAKE_KEYS[version]
+    sections: dict[str, list[str]] = {}
+    for logical, value in values.items():
+        section, key = keys[logical]
+        sections.setdefault(section, []).append(f"{key} = {_toml_value(value)}")
+    lines = list(sections.pop("", []))
+    for section, entries in sections.items():
+        lines += ["", f"[{section}]", *entries]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def render_v4(
+    workload: ShakeWorkload,
+    *,
+    source_password: str | None,
+    target_password: str | None,
+    source_username: str | None = None,
+    target_username: str | None = None,
+    tls: bool = False,
+    status_port: int = STATUS_PORT,
+) -> str:
+    """``shake.toml`` for redis-shake v4 (sync_reader -> redis_writer). Contains passwords: Secret only."""
+    values: dict[str, Any] = {
+        # One shard per workload: the reader talks to that node only, never the whole source cluster.
+        "reader.cluster": False,
+        "reader.address": workload.reader.address,
+        "reader.username": source_username or "",
+        "reader.password": source_password or "",
+        "reader.tls": tls,
+        "reader.sync_rdb": True,
+        "reader.sync_aof": True,
+        "writer.cluster": workload.writer.cluster,
+        "writer.address": workload.writer.address.address,
+        "writer.username": target_username or "",
+        "writer.password": target_password or "",
+        "writer.tls": tls,
+    }
+    flt = workload.filter
+    if flt.allow_key_prefixes:
+        values["filter.allow_key_prefix"] = list(flt.allow_key_prefixes)
+    if flt.block_key_prefixes:
+        values["filter.block_key_prefix"] = list(flt.block_key_prefixes)
+    if flt.allow_dbs:
+        values["filter.allow_db"] = list(flt.allow_dbs)
+    values |= {
+        "advanced.dir": f"{WORK_DIR}/shake",
+        "advanced.status_port": status_port,
+        "advanced.log_file": "shake.log",
+        "advanced.log_level": "info",
+        "advanced.log_interval": 5,
+        "advanced.pipeline_count_limit": 1024,
+        # A restart is always a full resync (v4 cannot resume): keys written by the previous run are
+        # already there and must be overwritten, not abort the sync.
+        "advanced.rdb_restore_command_behavior": "rewrite",
+    }
+    return _render("v4", values)
+
+
+def render_v3(
+    workload: ShakeWorkload,
+    *,
+    source_password: str | None,
+    target_password: str | None,
+    source_version: str = "7.0",
+    target_version: str = "7.0",
+    tls: bool = False,
+    metrics_port: int = STATUS_PORT,
+) -> str:
+    """``redis-shake.toml`` for redis-shake v3 (type = "sync"). Contains passwords: Secret only.
+
+    v3 filters are Lua scripts given on the command line, not config keys: a workload with a filter
+    is refused here rather than silently syncing everything.
+    """
+    flt = workload.filter
+    if flt.allow_key_prefixes or flt.block_key_prefixes or flt.allow_dbs:
+        raise SpecError(
+            "spec.filter", "redis-shake v3 takes filters as Lua scripts; use v4 for key/db filters"
+        )
+    values: dict[str, Any] = {
+        "type": "sync",
+        "reader.version": float(source_version),
+        "reader.address": workload.reader.address,
+        "reader.username": "",
+        "reader.password": source_password or "",
+        "reader.tls": tls,
+        "writer.type": "cluster" if workload.writer.cluster else "standalone",
+        "writer.version": float(target_version),
+        "writer.address": workload.writer.address.address,
+        "writer.username": "",
+        "writer.password": target_password or "",
+        "writer.tls": tls,
+        "advanced.dir": f"{WORK_DIR}/shake",
+        "advanced.metrics_port": metrics_port,
+        "advanced.log_file": "redis-shake.log",
+        "advanced.log_level": "info",
+        "advanced.log_interval": 5,
+        "advanced.pipeline_count_limit": 1024,
+        "advanced.rdb_restore_command_behavior": "rewrite",
+    }
+    return _render("v3", values)
+
+
+# --- Kubernetes objects ----------------------------------------------------------------------------
+
+
+def labels(workload: ShakeWorkload) -> dict[str, str]:
+    result = {
+        kube.NAME_LABEL: COMPONENT,
+        kube.INSTANCE_LABEL: workload.sync,
+        kube.COMPONENT_LABEL: workload.name,
+        kube.MANAGED_BY_LABEL: kube.MANAGED_BY,
+        "moorage.io/sync-direction": workload.direction.value.lower(),
+    }
+    if workload.shard is not None:
+        result[kube.SHARD_LABEL] = str(workload.shard)
+    return result
+
+
+def config_secret_name(workload: ShakeWorkload) -> str:
+    return f"{workload.name}-config"
+
+
+def config_secret(workload: ShakeWorkload, namespace: str, config_text: str) -> dict[str, Any]:
+    """The Secret holding the rendered config (it contains both passwords)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": config_secret_name(workload),
+            "namespace": namespace,
+            "labels": labels(workload),
+        },
+        "type": "Opaque",
+        "data": {CONFIG_FILE: base64.b64encode(config_text.encode("utf-8")).decode("ascii")},
+    }
+
+
+def deployment(
+    workload: ShakeWorkload,
+    namespace: str,
+    *,
+    image: str = DEFAULT_IMAGE,
+    resources: Resources = DEFAULT_RESOURCES,
+    scratch: str = DEFAULT_SCRATCH,
+    status_port: int = STATUS_PORT,
+    config_checksum: str | None = None,
+) -> dict[str, Any]:
+    """One redis-shake pod. ``Recreate`` and one replica: two instances of one workload would write
+    the same keys twice and race each other's full syncs. ``config_checksum`` (of the config text)
+    goes on the pod template so a re-plan rolls the pod (a
+    password rotation needs a rollout of its own)."""
+    selector = {key: value for key, value in labels(workload).items() if key != "moorage.io/sync-direction"}
+    probe = {
+        "httpGet": {"path": "/", "port": "status"},
+        "periodSeconds": 10,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+    container = kube.container(
+        "redis-shake",
+        image,
+        resources=resources,
+        command=["redis-shake", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        ports=[("status", status_port)],
+        volume_mounts=[
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "scratch", "mountPath": WORK_DIR},
+        ],
+        readiness=probe,
+        # A generous startup window: the status port opens early, but the first full sync can take long.
+        startup={**probe, "failureThreshold": 30},
+    )
+    annotations = {"moorage.io/config-checksum": config_checksum} if config_checksum else {}
+    template_meta: dict[str, Any] = {"labels": labels(workload)}
+    if annotations:
+        template_meta["annotations"] = annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": workload.name, "namespace": namespace, "labels": labels(workload)},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": template_meta,
+                "spec": kube.pod_spec(
+                    containers=[container],
+                    volumes=[
+                        {
+                            "name": "config",
+                            "secret": {"secretName": config_secret_name(workload), "defaultMode": 0o400},
+                        },
+                        {"name": "scratch", "emptyDir": {"sizeLimit": scratch}},
+                    ],
+                    security_context=kube.pod_security_context(user=RUN_AS, group=RUN_AS),
+                ),
+            },
+        },
+    }
+
+
+def manifests(
+    workloads: Sequence[ShakeWorkload],
+    namespace: str,
+    configs: Mapping[str, str],
+    *,
+    image: str = DEFAULT_IMAGE,
+    resources: Resources = DEFAULT_RESOURCES,
+) -> list[dict[str, Any]]:
+    """Secret + Deployment per workload; ``configs`` maps workload name -> rendered config text."""
+    objects: list[dict[str, Any]] = []
+    for workload in workloads:
+        text = configs[workload.name]
+        # A checksum of the plan, not of the config text: a hash of text holding the passwords on a
+        # readable annotation would let anyone test password guesses offline.
+        checksum = hashlib.sha256(repr(workload).encode("utf-8")).hexdigest()[:16]
+        objects.append(config_secret(workload, namespace, text))
+        objects.append(
+            deployment(workload, namespace, image=image, resources=resources, config_checksum=checksum)
+        )
+    return objects

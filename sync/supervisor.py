@@ -1,0 +1,210 @@
+"""Supervise one redis-shake workload: pure decisions from what was recorded, no I/O.
+
+redis-shake v4 is a one-shot migration tool: it cannot resume, does not follow topology changes and
+can stall silently. The operator samples, every interval, redis-shake's ``status_port`` JSON, the pod's
+restart count and the source (current master, its ``master_repl_offset``, slot map) and target
+(current master), and this module turns the recent samples into a state, an action and a reason:
+
+- source failover (the shard's master changed; redis-shake #935 stops syncing)  -> re-plan
+- reshard (the shard's slots changed)                                         -> re-plan
+- target failover (a sentinel target's master changed; #833 writes to the old one) -> re-plan
+- crash-looping (restarts keep rising)                         -> none: report, Kubernetes backs off
+- stalled (redis-shake's offset frozen for N samples while the source's advances; #956, or the
+  status port silent)                                          -> restart (a full resync, v4 cannot resume)
+- healthy                                                      -> none
+
+Lag is the source master's ``master_repl_offset`` minus the offset redis-shake has received: true lag
+from the source's point of view, not redis-shake's own counters. Seconds are estimated from the
+source's write rate over the sampled window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from middleware.endpoints import Endpoint
+from middleware.engines.redis.slots import SlotRange
+from sync.plan import ShakeWorkload
+
+# Field names of redis-shake v4's status_port JSON that this module reads, in one place so they are
+# easy to check against redis-shake's status output (reader[] and writer[] per instance).
+STATUS_FIELDS = {
+    "readers": "reader",
+    "reader_status": "status",  # e.g. "hand shaking", "waiting bgsave", "receiving rdb", "syncing aof"
+    "aof_received_offset": "aof_received_offset",
+    "aof_sent_offset": "aof_sent_offset",
+    "rdb_received_bytes": "rdb_received_bytes",
+    "rdb_file_size_bytes": "rdb_file_size_bytes",
+    "rdb_sent_bytes": "rdb_sent_bytes",
+    "consistent": "consistent",
+}
+AOF_PHASE = "syncing aof"
+
+
+class State(StrEnum):
+    HEALTHY = "Healthy"
+    SYNCING_RDB = "SyncingRDB"
+    STALLED = "Stalled"
+    CRASH_LOOPING = "CrashLooping"
+    SOURCE_FAILOVER = "SourceFailover"
+    RESHARDED = "Resharded"
+    TARGET_FAILOVER = "TargetFailover"
+    UNKNOWN = "Unknown"
+
+
+class Action(StrEnum):
+    NONE = "none"
+    RESTART = "restart-full-resync"
+    REPLAN = "replan"
+
+
+@dataclass(frozen=True)
+class ShakeStatus:
+    phase: str
+    received_offset: int | None  # replication offset redis-shake has read from the source
+    sent_offset: int | None  # ... and handed to the writer
+    rdb_bytes: int  # RDB bytes received so far (progress during the full sync)
+    rdb_total: int | None
+    consistent: bool
+
+
+def parse_status(document: Mapping[str, Any]) -> ShakeStatus:
+    """redis-shake's status JSON for a one-reader workload (ours always have exactly one)."""
+    readers = document.get(STATUS_FIELDS["readers"]) or []
+    if isinstance(readers, Mapping):
+        readers = list(readers.values())
+    reader: Mapping[str, Any] = readers[0] if readers else {}
+
+    def number(name: str) -> int | None:
+        value = reader.get(STATUS_FIELDS[name])
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    return ShakeStatus(
+        phase=str(reader.get(STATUS_FIELDS["reader_status"], "unknown")),
+        received_offset=number("aof_received_offset"),
+        sent_offset=number("aof_sent_offset"),
+        rdb_bytes=number("rdb_received_bytes") or 0,
+        rdb_total=number("rdb_file_size_bytes"),
+        consistent=bool(document.get(STATUS_FIELDS["consistent"], False)),
+    )
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # seconds (monotonic or epoch, as long as one workload's samples agree)
+    status: ShakeStatus | None  # None: the status port did not answer
+    restarts: int  # the container's restartCount
+    source_master: Endpoint | None  # the shard's master now (None: could not observe)
+    source_offset: int | None  # its master_repl_offset
+    source_slots: tuple[SlotRange, ...] = ()
+    target_master: Endpoint | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    stall_samples: int = 6  # e.g. 6 x 10 s without progress while the source writes
+    crash_restarts: int = 3  # restarts within the window that make a crash loop
+    silent_samples: int = 6  # status port silent this many samples in a row
+
+
+@dataclass(frozen=True)
+class Decision:
+    state: State
+    action: Action
+    reason: str
+    lag_bytes: int | None = None
+    lag_seconds: float | None = None
+
+
+def lag(samples: Sequence[Sample]) -> tuple[int | None, float | None]:
+    """Bytes the source is ahead of redis-shake, and how long the source takes to write that much."""
+    last = samples[-1]
+    if last.status is None or last.status.received_offset is None or last.source_offset is None:
+        return None, None
+    behind = max(0, last.source_offset - last.status.received_offset)
+    if behind == 0:
+        return 0, 0.0
+    rated = [s for s in samples if s.source_offset is not None]
+    if len(rated) < 2 or rated[-1].at <= rated[0].at:
+        return behind, None
+    rate = (rated[-1].source_offset - rated[0].source_offset) / (rated[-1].at - rated[0].at)  # type: ignore[operator]
+    # No writes in the window: the backlog cannot be converted into time, only reported in bytes.
+    return behind, (behind / rate if rate > 0 else None)
+
+
+def _progress(status: ShakeStatus) -> tuple[str, int, int]:
+    return (status.phase, status.received_offset or 0, status.rdb_bytes)
+
+
+def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = Policy()) -> Decision:
+    """The state of ``workload`` and what to do, from its recent samples (oldest first)."""
+    if not samples:
+        return Decision(State.UNKNOWN, Action.NONE, "no samples yet")
+    last = samples[-1]
+    lag_bytes, lag_seconds = lag(samples)
+
+    def made(state: State, action: Action, reason: str) -> Decision:
+        return Decision(state, action, reason, lag_bytes, lag_seconds)
+
+    # Topology changes first: restarting a workload that points at the wrong node cannot help.
+    if last.source_master is not None and last.source_master != workload.source_master:
+        return made(
+            State.SOURCE_FAILOVER,
+            Action.REPLAN,
+            f"source master moved {workload.source_master} -> {last.source_master}",
+        )
+    if (
+        last.source_slots
+        and workload.source_slots
+        and tuple(last.source_slots) != tuple(workload.source_slots)
+    ):
+        return made(State.RESHARDED, Action.REPLAN, "the source shard's slots changed")
+    if (
+        last.target_master is not None
+        and not workload.writer.cluster
+        and last.target_master != workload.writer.address
+    ):
+        return made(
+            State.TARGET_FAILOVER,
+            Action.REPLAN,
+            f"target master moved {workload.writer.address} -> {last.target_master}",
+        )
+
+    window = samples[-(policy.stall_samples + 1) :]
+    if window[-1].restarts - window[0].restarts >= policy.crash_restarts:
+        return made(
+            State.CRASH_LOOPING,
+            Action.NONE,
+            f"restarted {window[-1].restarts - window[0].restarts} times in {len(window)} samples",
+        )
+
+    silent = samples[-policy.silent_samples :]
+    if len(silent) == policy.silent_samples and all(s.status is None for s in silent):
+        return made(State.STALLED, Action.RESTART, f"status port silent for {len(silent)} samples")
+    if last.status is None:
+        return made(State.UNKNOWN, Action.NONE, "status port did not answer")
+
+    # Stalled: same restart generation, redis-shake's progress frozen while the source kept writing.
+    if len(window) == policy.stall_samples + 1 and all(s.restarts == window[0].restarts for s in window):
+        statuses = [s.status for s in window]
+        offsets = [s.source_offset for s in window]
+        if all(st is not None for st in statuses) and all(o is not None for o in offsets):
+            frozen = len({_progress(st) for st in statuses if st is not None}) == 1
+            source_moved = offsets[-1] > offsets[0]  # type: ignore[operator]
+            if frozen and source_moved:
+                return made(
+                    State.STALLED,
+                    Action.RESTART,
+                    f"no progress for {policy.stall_samples} samples while the source wrote "
+                    f"{offsets[-1] - offsets[0]} bytes",  # type: ignore[operator]
+                )
+
+    if last.status.phase != AOF_PHASE:
+        total = f"/{last.status.rdb_total}" if last.status.rdb_total else ""
+        return made(
+            State.SYNCING_RDB, Action.NONE, f"{last.status.phase}: {last.status.rdb_bytes}{total} RDB bytes"
+        )
+    return made(State.HEALTHY, Action.NONE, "syncing" if lag_bytes else "in sync")

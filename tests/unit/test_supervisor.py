@@ -1,0 +1,145 @@
+"""Supervisor decisions from recorded redis-shake status documents and source observations.
+
+The status documents below are hand-written following the shape of redis-shake v4's ``status_port``
+JSON output (top-level ``consistent``, a ``reader`` list with status and offsets, a ``writer`` list);
+they were not captured from a live binary, which cannot be installed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from middleware.endpoints import Endpoint
+from middleware.models.sync import RedisEndpointKind
+from sync.plan import RedisTopology, Replica, Shard, plan
+from sync.supervisor import Action, Policy, Sample, State, decide, lag, parse_status
+
+MASTER = Endpoint("src-0", 6379)
+SLOTS = ((0, 5460),)
+SOURCE = RedisTopology(
+    RedisEndpointKind.CLUSTER, (Shard(MASTER, (Replica(Endpoint("src-0r", 6379), True),), SLOTS),)
+)
+TARGET = RedisTopology(
+    RedisEndpointKind.SENTINEL,
+    (Shard(Endpoint("dst-0", 6379)),),
+    sentinels=(Endpoint("s-0", 26379),),
+    master_name="mymaster",
+)
+(WORKLOAD,) = plan("orders", SOURCE, TARGET)
+TARGET_MASTER = Endpoint("dst-0", 6379)
+POLICY = Policy(stall_samples=3, crash_restarts=3, silent_samples=3)
+
+
+def status_doc(phase: str, received: int, *, rdb: int = 0, consistent: bool = False) -> dict[str, Any]:
+    return {
+        "start_time": "2024-05-01 10:00:00",
+        "consistent": consistent,
+        "total_entries_count": {
+            "read_count": received // 50,
+            "read_ops": 120.5,
+            "write_count": 0,
+            "write_ops": 118.0,
+        },
+        "per_cmd_entries_count": {"SET": {"read_count": 10, "write_count": 10}},
+        "reader": [
+            {
+                "name": "reader_src-0r_6379",
+                "address": "src-0r:6379",
+                "dir": "/data/shake/reader_src-0r_6379",
+                "status": phase,
+                "rdb_file_size_bytes": 1_048_576,
+                "rdb_file_size_human": "1.0 MiB",
+                "rdb_received_bytes": rdb,
+                "rdb_received_human": f"{rdb} B",
+                "rdb_sent_bytes": rdb,
+                "aof_received_offset": received,
+                "aof_sent_offset": received,
+                "aof_received_bytes": max(0, received - 1000),
+            }
+        ],
+        "writer": [{"name": "writer_dst-0_6379", "unanswered_bytes": 0, "unanswered_entries": 0}],
+    }
+
+
+def sample(
+    at: float,
+    doc: dict[str, Any] | None,
+    source_offset: int | None,
+    *,
+    restarts: int = 0,
+    master: Endpoint = MASTER,
+    slots: tuple[tuple[int, int], ...] = SLOTS,
+    target: Endpoint = TARGET_MASTER,
+) -> Sample:
+    return Sample(
+        at=at,
+        status=parse_status(doc) if doc is not None else None,
+        restarts=restarts,
+        source_master=master,
+        source_offset=source_offset,
+        source_slots=slots,
+        target_master=target,
+    )
+
+
+def test_parse_status_reads_the_reader_offsets() -> None:
+    status = parse_status(status_doc("syncing aof", 5000, rdb=1_048_576, consistent=True))
+    assert (status.phase, status.received_offset, status.rdb_bytes, status.rdb_total, status.consistent) == (
+        "syncing aof",
+        5000,
+        1_048_576,
+        1_048_576,
+        True,
+    )
+    assert parse_status({}).phase == "unknown"
+
+
+def test_healthy_with_lag_in_bytes_and_seconds() -> None:
+    samples = [
+        sample(0, status_doc("syncing aof", 1000), 2000),
+        sample(10, status_doc("syncing aof", 2500), 3000),
+    ]
+    decision = decide(WORKLOAD, samples, POLICY)
+    assert (decision.state, decision.action) == (State.HEALTHY, Action.NONE)
+    # 500 bytes behind; the source writes 100 B/s -> 5 s.
+    assert (decision.lag_bytes, decision.lag_seconds) == (500, 5.0)
+    assert lag([sample(0, status_doc("syncing aof", 3000), 3000)]) == (0, 0.0)
+
+
+def test_rdb_phase_is_reported_with_progress() -> None:
+    decision = decide(WORKLOAD, [sample(0, status_doc("receiving rdb", 0, rdb=4096), 100)], POLICY)
+    assert decision.state is State.SYNCING_RDB and "4096/1048576" in decision.reason
+    assert decision.lag_bytes == 100
+
+
+def test_stall_while_the_source_writes_restarts_with_full_resync() -> None:
+    samples = [sample(t * 10, status_doc("syncing aof", 1000), 1000 + t * 400) for t in range(4)]
+    decision = decide(WORKLOAD, samples, POLICY)
+    assert (decision.state, decision.action) == (State.STALLED, Action.RESTART)
+    assert "1200 bytes" in decision.reason
+
+
+def test_frozen_offsets_without_source_writes_are_not_a_stall() -> None:
+    samples = [sample(t * 10, status_doc("syncing aof", 1000), 1000) for t in range(4)]
+    decision = decide(WORKLOAD, samples, POLICY)
+    assert (decision.state, decision.action, decision.lag_bytes) == (State.HEALTHY, Action.NONE, 0)
+
+
+def test_silent_status_port_restarts_and_crash_loop_is_only_reported() -> None:
+    silent = [sample(t * 10, None, 1000 + t) for t in range(3)]
+    assert decide(WORKLOAD, silent, POLICY).action is Action.RESTART
+    looping = [sample(t * 10, status_doc("hand shaking", 0), 1000, restarts=t) for t in range(4)]
+    decision = decide(WORKLOAD, looping, POLICY)
+    assert (decision.state, decision.action) == (State.CRASH_LOOPING, Action.NONE)
+
+
+def test_topology_changes_replan() -> None:
+    doc = status_doc("syncing aof", 1000)
+    moved = decide(WORKLOAD, [sample(0, doc, 1000, master=Endpoint("src-0r", 6379))], POLICY)
+    assert (moved.state, moved.action) == (State.SOURCE_FAILOVER, Action.REPLAN)
+    assert "src-0:6379 -> src-0r:6379" in moved.reason
+    resharded = decide(WORKLOAD, [sample(0, doc, 1000, slots=((0, 5000),))], POLICY)
+    assert (resharded.state, resharded.action) == (State.RESHARDED, Action.REPLAN)
+    target = decide(WORKLOAD, [sample(0, doc, 1000, target=Endpoint("dst-1", 6379))], POLICY)
+    assert (target.state, target.action) == (State.TARGET_FAILOVER, Action.REPLAN)
+    assert decide(WORKLOAD, [], POLICY).state is State.UNKNOWN
