@@ -9,7 +9,6 @@ Regenerate the golden file after an intended change with
 from __future__ import annotations
 
 import base64
-import difflib
 import os
 import re
 import shutil
@@ -17,7 +16,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -28,10 +26,20 @@ from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, OperationError, SpecError
 from middleware.kube import builders as kube
 from middleware.runtime.local import fill_placeholders
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec
+from tests.unit.manifests import (
+    K8S_VERSIONS,
+    assert_golden,
+    assert_guaranteed_qos,
+    assert_strict_valid,
+    dump,
+    middleware_spec,
+    named,
+    of_kind,
+    pod_of,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "mongodb-replicaset.yaml"
-K8S_VERSIONS = ("1.30", "1.37")
 NAMESPACE = "shop"
 NAME = "orders"
 PASSWORD = "s3cr3t pa$$ \"quoted\" back\\slash 100% `tick` 'single'"
@@ -41,70 +49,24 @@ ENGINE = get_engine("mongodb")
 
 
 def make_spec(**overrides: Any) -> ResolvedSpec:
-    document = {
-        "apiVersion": "moorage.io/v1alpha1",
-        "kind": "Middleware",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {"engine": "mongodb", "topology": "replicaset", **overrides},
-    }
-    return resolve(load_middleware(document))
-
-
-def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [m for m in manifests if m["kind"] == kind]
-
-
-def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name)
-
-
-def pod_of(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    (sts,) = of_kind(manifests, "StatefulSet")
-    pod: dict[str, Any] = sts["spec"]["template"]["spec"]
-    return pod
-
-
-class _GoldenDumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_GoldenDumper.add_representer(str, _represent_str)
-
-
-def dump(manifests: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(
-        manifests, Dumper=_GoldenDumper, sort_keys=False, default_flow_style=False, width=110
-    )
+    return middleware_spec(NAME, NAMESPACE, {"engine": "mongodb", "topology": "replicaset", **overrides})
 
 
 def test_golden() -> None:
-    text = dump(render(make_spec()))
-    assert list(yaml.safe_load_all(text)) == render(make_spec()), "the golden dump must round-trip"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(text, encoding="utf-8")
-    assert GOLDEN.exists(), f"{GOLDEN} is missing: run UPDATE_GOLDEN=1 .venv/bin/pytest {__file__}"
-    golden = GOLDEN.read_text(encoding="utf-8")
-    if golden != text:
-        diff = "".join(
-            difflib.unified_diff(golden.splitlines(True), text.splitlines(True), str(GOLDEN), "render()", n=2)
-        )
-        pytest.fail(f"render() no longer matches the golden file (UPDATE_GOLDEN=1 to accept):\n{diff[:6000]}")
+    assert_golden(
+        render(make_spec()),
+        GOLDEN,
+        __file__,
+        mismatch="render() no longer matches the golden file (UPDATE_GOLDEN=1 to accept):\n",
+    )
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("replicas", [1, 3, 8])
 def test_every_manifest_passes_strict_schema(replicas: int, version: str) -> None:
     spec = make_spec(replicas=replicas, storage={"size": "20Gi", "storageClassName": "local-nvme"})
-    for manifest in [*render(spec), render_credentials(spec, PASSWORD), render_keyfile(spec, KEY)]:
-        try:
-            kubernetes_validate.validate(manifest, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            where = ".".join(str(p) for p in error.path)
-            pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} at {where}: {error.message}")
+    manifests = [*render(spec), render_credentials(spec, PASSWORD), render_keyfile(spec, KEY)]
+    assert_strict_valid(manifests, versions=(version,))
 
 
 def test_objects_services_pdb_and_parallel_start() -> None:
@@ -134,7 +96,8 @@ def test_guaranteed_qos_restricted_and_user_999() -> None:
     ctx = pod["securityContext"]
     assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 999 and ctx["fsGroup"] == 999
     for c in [*pod["initContainers"], *pod["containers"]]:
-        assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "1500m", "memory": "3Gi"}
+        assert_guaranteed_qos(c)
+        assert c["resources"]["limits"] == {"cpu": "1500m", "memory": "3Gi"}
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
 

@@ -8,7 +8,6 @@ Regenerate the golden files after an intended change with
 from __future__ import annotations
 
 import base64
-import difflib
 import os
 import re
 import stat
@@ -16,9 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
-import yaml
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.postgresql import config
@@ -27,10 +24,20 @@ from middleware.engines.postgresql.render import render, render_credentials
 from middleware.engines.registry import get_engine
 from middleware.errors import SpecError
 from middleware.kube import builders as kube
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec
+from tests.unit.manifests import (
+    K8S_VERSIONS,
+    assert_golden,
+    assert_guaranteed_qos,
+    assert_strict_valid,
+    dump,
+    middleware_spec,
+    named,
+    of_kind,
+    pod_of,
+)
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-K8S_VERSIONS = ("1.30", "1.37")
 NAMESPACE = "ai"
 PASSWORD = "s3cr3t pa$$ \"quoted\" back\\slash 100% `tick` 'single' :colon:"
 EXAMPLES: dict[str, dict[str, Any]] = {
@@ -51,44 +58,7 @@ TOPOLOGIES = tuple(EXAMPLES)
 
 def make_spec(topology: str, **overrides: Any) -> ResolvedSpec:
     example = EXAMPLES[topology]
-    document = {
-        "apiVersion": "moorage.io/v1alpha1",
-        "kind": "Middleware",
-        "metadata": {"name": example["name"], "namespace": NAMESPACE},
-        "spec": {**example["spec"], **overrides},
-    }
-    return resolve(load_middleware(document))
-
-
-def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [m for m in manifests if m["kind"] == kind]
-
-
-def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name)
-
-
-def pod_of(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    (sts,) = of_kind(manifests, "StatefulSet")
-    pod: dict[str, Any] = sts["spec"]["template"]["spec"]
-    return pod
-
-
-class _GoldenDumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_GoldenDumper.add_representer(str, _represent_str)
-
-
-def dump(manifests: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(
-        manifests, Dumper=_GoldenDumper, sort_keys=False, default_flow_style=False, width=110
-    )
+    return middleware_spec(example["name"], NAMESPACE, {**example["spec"], **overrides})
 
 
 # --- golden and schema ----------------------------------------------------------------------------
@@ -96,31 +66,19 @@ def dump(manifests: list[dict[str, Any]]) -> str:
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_golden(topology: str) -> None:
-    manifests = render(make_spec(topology))
-    text = dump(manifests)
-    assert list(yaml.safe_load_all(text)) == manifests, "the golden dump must round-trip"
-    path = GOLDEN_DIR / f"postgresql-{topology}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 .venv/bin/pytest {__file__}"
-    golden = path.read_text(encoding="utf-8")
-    if golden != text:
-        diff = "".join(
-            difflib.unified_diff(golden.splitlines(True), text.splitlines(True), str(path), "render()", n=2)
-        )
-        pytest.fail(f"render() no longer matches {path.name}; if intended, UPDATE_GOLDEN=1.\n{diff[:6000]}")
+    assert_golden(
+        render(make_spec(topology)),
+        GOLDEN_DIR / f"postgresql-{topology}.yaml",
+        __file__,
+        mismatch="render() no longer matches {name}; if intended, UPDATE_GOLDEN=1.\n",
+    )
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_every_manifest_passes_strict_schema(topology: str, version: str) -> None:
     spec = make_spec(topology)
-    for manifest in [*render(spec), render_credentials(spec, PASSWORD)]:
-        try:
-            kubernetes_validate.validate(manifest, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            where = ".".join(str(p) for p in error.path)
-            pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} at {where}: {error.message}")
+    assert_strict_valid([*render(spec), render_credentials(spec, PASSWORD)], versions=(version,))
 
 
 def test_registry_serves_the_engine() -> None:
@@ -184,7 +142,7 @@ def test_qos_security_and_probes(topology: str) -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 999
     assert pod["automountServiceAccountToken"] is False
     for c in [*pod["initContainers"], *pod["containers"]]:
-        assert c["resources"]["requests"] == c["resources"]["limits"], c["name"]
+        assert_guaranteed_qos(c, c["name"])
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     (main,) = pod["containers"]

@@ -7,7 +7,6 @@ Golden files live in tests/unit/golden/; after an intended change regenerate the
 from __future__ import annotations
 
 import base64
-import difflib
 import os
 import re
 import shutil
@@ -17,18 +16,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
-import yaml
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.redis import config
 from middleware.engines.redis.render import render, render_credentials
 from middleware.kube import builders as kube
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec
+from tests.unit.manifests import (
+    K8S_VERSIONS,
+    all_containers,
+    assert_golden,
+    assert_guaranteed_qos,
+    assert_strict_valid,
+    dump,
+    middleware_spec,
+    named,
+    of_kind,
+)
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-K8S_VERSIONS = ("1.30", "1.37")
 NAMESPACE = "shop"
 # Everything a shell or a Redis config file could trip over: quotes, backslash, $, %, spaces, backtick.
 PASSWORD = "s3cr3t pa$$ \"quoted\" back\\slash 100% `tick` 'single'"
@@ -68,30 +75,12 @@ PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 def make_spec(topology: str, **overrides: Any) -> ResolvedSpec:
     example = EXAMPLES[topology]
-    document = {
-        "apiVersion": "moorage.io/v1alpha1",
-        "kind": "Middleware",
-        "metadata": {"name": example["name"], "namespace": NAMESPACE},
-        "spec": {**example["spec"], **overrides},
-    }
-    return resolve(load_middleware(document))
-
-
-def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [m for m in manifests if m["kind"] == kind]
-
-
-def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name)
+    return middleware_spec(example["name"], NAMESPACE, {**example["spec"], **overrides})
 
 
 def pod_specs(manifests: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
     for sts in of_kind(manifests, "StatefulSet"):
         yield sts, sts["spec"]["template"]["spec"]
-
-
-def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*pod.get("initContainers", []), *pod["containers"]]
 
 
 def init_script_of(manifests: list[dict[str, Any]], workload: str) -> str:
@@ -103,46 +92,9 @@ def init_script_of(manifests: list[dict[str, Any]], workload: str) -> str:
 # --- golden -------------------------------------------------------------------------------------
 
 
-class _GoldenDumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # Config files and scripts read as themselves in the golden files, not as one escaped line.
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_GoldenDumper.add_representer(str, _represent_str)
-
-
-def dump(manifests: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(
-        manifests, Dumper=_GoldenDumper, sort_keys=False, default_flow_style=False, width=110
-    )
-
-
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_golden(topology: str) -> None:
-    manifests = render(make_spec(topology))
-    text = dump(manifests)
-    assert list(yaml.safe_load_all(text)) == manifests, "the golden dump must round-trip"
-    path = GOLDEN_DIR / f"redis-{topology}.yaml"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
-    assert path.exists(), f"{path} is missing: run UPDATE_GOLDEN=1 .venv/bin/pytest {__file__}"
-    golden = path.read_text(encoding="utf-8")
-    if golden != text:
-        diff = "".join(
-            difflib.unified_diff(
-                golden.splitlines(keepends=True), text.splitlines(keepends=True), str(path), "render()", n=2
-            )
-        )
-        pytest.fail(
-            f"render() no longer matches {path.name}. If the change is intended, regenerate with\n"
-            f"  UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_redis_render.py\n"
-            f"and review the diff.\n{diff[:6000]}"
-        )
+    assert_golden(render(make_spec(topology)), GOLDEN_DIR / f"redis-{topology}.yaml", __file__)
 
 
 # --- schema -------------------------------------------------------------------------------------
@@ -152,12 +104,7 @@ def test_golden(topology: str) -> None:
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_every_manifest_passes_strict_schema(topology: str, version: str) -> None:
     spec = make_spec(topology)
-    for manifest in [*render(spec), render_credentials(spec, PASSWORD)]:
-        try:
-            kubernetes_validate.validate(manifest, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            where = ".".join(str(p) for p in error.path)
-            pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} at {where}: {error.message}")
+    assert_strict_valid([*render(spec), render_credentials(spec, PASSWORD)], versions=(version,))
 
 
 # --- QoS, security, secrets ---------------------------------------------------------------------
@@ -170,7 +117,7 @@ def test_every_container_is_guaranteed_qos(topology: str) -> None:
             resources = c["resources"]
             where = f"{sts['metadata']['name']}/{c['name']}"
             assert set(resources["requests"]) == {"cpu", "memory"}, where
-            assert resources["requests"] == resources["limits"], where
+            assert_guaranteed_qos(c, where)
 
 
 def test_resources_follow_the_spec() -> None:

@@ -8,7 +8,6 @@ Regenerate the golden file after an intended change with
 from __future__ import annotations
 
 import base64
-import difflib
 import hashlib
 import os
 import re
@@ -22,9 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
 import pytest
-import yaml
 
 from middleware.engines.base import PLACEHOLDERS, MemberAddress
 from middleware.engines.registry import get_engine
@@ -33,10 +30,22 @@ from middleware.engines.zookeeper.render import render, render_credentials
 from middleware.errors import SpecError
 from middleware.kube import builders as kube
 from middleware.runtime.local import fill_placeholders
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec
+from tests.unit.manifests import (
+    K8S_VERSIONS,
+    REGENERATE,
+    all_containers,
+    assert_golden,
+    assert_guaranteed_qos,
+    assert_strict_valid,
+    dump,
+    middleware_spec,
+    named,
+    of_kind,
+    pod_of,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "zookeeper-ensemble.yaml"
-K8S_VERSIONS = ("1.30", "1.37")
 NAMESPACE = "shop"
 NAME = "coord"
 # What a shell could trip over: quotes, backslash, $, %, spaces, backtick.
@@ -46,85 +55,26 @@ ENGINE = get_engine("zookeeper")
 
 
 def make_spec(**overrides: Any) -> ResolvedSpec:
-    document = {
-        "apiVersion": "moorage.io/v1alpha1",
-        "kind": "Middleware",
-        "metadata": {"name": NAME, "namespace": NAMESPACE},
-        "spec": {"engine": "zookeeper", "topology": "ensemble", **overrides},
-    }
-    return resolve(load_middleware(document))
-
-
-def of_kind(manifests: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [m for m in manifests if m["kind"] == kind]
-
-
-def named(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    return next(m for m in of_kind(manifests, kind) if m["metadata"]["name"] == name)
-
-
-def pod_of(manifests: list[dict[str, Any]]) -> dict[str, Any]:
-    (sts,) = of_kind(manifests, "StatefulSet")
-    pod: dict[str, Any] = sts["spec"]["template"]["spec"]
-    return pod
-
-
-def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*pod.get("initContainers", []), *pod["containers"]]
+    return middleware_spec(NAME, NAMESPACE, {"engine": "zookeeper", "topology": "ensemble", **overrides})
 
 
 # --- golden and schema --------------------------------------------------------------------------
 
 
-class _GoldenDumper(yaml.SafeDumper):
-    pass
-
-
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
-
-
-_GoldenDumper.add_representer(str, _represent_str)
-
-
-def dump(manifests: list[dict[str, Any]]) -> str:
-    return yaml.dump_all(
-        manifests, Dumper=_GoldenDumper, sort_keys=False, default_flow_style=False, width=110
-    )
-
-
 def test_golden() -> None:
-    manifests = render(make_spec())
-    text = dump(manifests)
-    assert list(yaml.safe_load_all(text)) == manifests, "the golden dump must round-trip"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
-        GOLDEN.write_text(text, encoding="utf-8")
-    assert GOLDEN.exists(), f"{GOLDEN} is missing: run UPDATE_GOLDEN=1 .venv/bin/pytest {__file__}"
-    golden = GOLDEN.read_text(encoding="utf-8")
-    if golden != text:
-        diff = "".join(
-            difflib.unified_diff(
-                golden.splitlines(keepends=True), text.splitlines(keepends=True), str(GOLDEN), "render()", n=2
-            )
-        )
-        pytest.fail(
-            "render() no longer matches the golden file. If the change is intended, regenerate with\n"
-            "  UPDATE_GOLDEN=1 .venv/bin/pytest tests/unit/test_zookeeper_render.py\n"
-            f"and review the diff.\n{diff[:6000]}"
-        )
+    assert_golden(
+        render(make_spec()),
+        GOLDEN,
+        __file__,
+        mismatch=REGENERATE.replace("{name}", "the golden file"),
+    )
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("replicas", [1, 3, 5])
 def test_every_manifest_passes_strict_schema(replicas: int, version: str) -> None:
     spec = make_spec(replicas=replicas, storage={"size": "5Gi", "storageClassName": "local-nvme"})
-    for manifest in [*render(spec), render_credentials(spec, PASSWORD)]:
-        try:
-            kubernetes_validate.validate(manifest, version, strict=True)
-        except kubernetes_validate.ValidationError as error:
-            where = ".".join(str(p) for p in error.path)
-            pytest.fail(f"{manifest['kind']}/{manifest['metadata']['name']} at {where}: {error.message}")
+    assert_strict_valid([*render(spec), render_credentials(spec, PASSWORD)], versions=(version,))
 
 
 # --- objects ------------------------------------------------------------------------------------
@@ -187,7 +137,8 @@ def test_every_container_is_guaranteed_qos_and_restricted() -> None:
     assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["automountServiceAccountToken"] is False
     for c in all_containers(pod):
-        assert c["resources"]["requests"] == c["resources"]["limits"] == {"cpu": "1500m", "memory": "3Gi"}
+        assert_guaranteed_qos(c)
+        assert c["resources"]["limits"] == {"cpu": "1500m", "memory": "3Gi"}
         assert c["securityContext"]["allowPrivilegeEscalation"] is False
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
