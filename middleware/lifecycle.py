@@ -70,6 +70,11 @@ class Lifecycle:
 
     def existing(self, namespace: str, name: str) -> Deployment:
         manifest = self.runtime.applied_manifest(namespace, name)
+        if manifest is None and self.runtime.has_data(namespace, name):
+            raise MoorageError(
+                f"{namespace}/{name} is stopped with its data kept: `moorage up -f FILE` starts it again, "
+                f"`moorage down {name} --purge` deletes it"
+            )
         if manifest is None:
             raise MoorageError(f"no Middleware {namespace}/{name}: create it with `moorage up -f FILE`")
         return self.prepare(manifest)

@@ -462,6 +462,9 @@ class LocalRuntime:
         data: dict[str, Any] = yaml.safe_load(path.read_text())
         return data
 
+    def has_data(self, namespace: str, name: str) -> bool:
+        return (self._dir(namespace, name) / "members").is_dir()
+
     def save_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = self._dir(namespace, name) / "status.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -275,6 +275,9 @@ def test_parameters_live_and_restart_and_down_keeps_data(moorage: Moorage, tmp_p
         client.save()
 
     moorage.run("down", "single")
+    stopped = moorage.run("status", "single", check=False)
+    assert stopped.returncode == 1
+    assert "stopped with its data kept" in stopped.stderr and "--purge" in stopped.stderr
     again = moorage.json("up", "-f", str(manifest))
     address = again["members"][0]["address"]
     host, port = address.split(":")
