@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 SLOTS = TOTAL_SLOTS
 POLL_INTERVAL = 0.1
+# How long views may disagree after a slot move before we call it a failure (gossip lag).
+SETTLE_TIMEOUT = 15.0
 DEFAULT_TIMEOUT = 60.0
 # MIGRATE blocks the source node while it runs: keep each call short so client latency stays low.
 KEYS_PER_MIGRATE = 100
@@ -1620,12 +1622,27 @@ def remove_shards(
             current = _rebalance(session, endpoints, report, None, drain, progress, slots_per_batch)
         else:
             current = view
-        # Replicas may have followed their emptied master elsewhere; they leave all the same.
-        current = session.view(endpoints)
-        leaving |= {r.id for m in list(leaving) for r in current.replicas_of(m)}
-        still = [_name(n) for i in leaving if (n := current.node(i)) and n.slots]
-        if still:
-            raise OperationError(f"removed masters still own slots after draining: {', '.join(still)}")
+        views = [current]
+
+        def still_owning() -> list[str]:
+            views[0] = session.view(endpoints)
+            # Replicas may have followed their emptied master elsewhere; they leave all the same.
+            leaving.update(r.id for m in list(leaving) for r in views[0].replicas_of(m))
+            return [_name(n) for i in leaving if (n := views[0].node(i)) and n.slots]
+
+        try:
+            # Under concurrent writes a peer may still show the last SETSLOT's old owner for a moment
+            # (it learns the new epoch by gossip), so settle before judging.
+            _wait("drained masters to own no slots in every view", still_owning, SETTLE_TIMEOUT)
+        except NotReady:
+            # A move refused under load (TRYAGAIN, a busy key) leaves slots behind: drain once more.
+            _rebalance(session, endpoints, report, None, drain, progress, slots_per_batch)
+            try:
+                _wait("drained masters to own no slots in every view", still_owning, SETTLE_TIMEOUT)
+            except NotReady:
+                still = ", ".join(still_owning())
+                raise OperationError(f"removed masters still own slots after draining: {still}") from None
+        current = views[0]
         leaving_endpoints = {e for e, r in current.reports.items() if r.id in leaving}
         staying = [e for e in current.reports if e not in leaving_endpoints]
         for node_id in sorted(leaving):
