@@ -9,6 +9,7 @@ Nothing here talks to the API server or imports the kubernetes client.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -360,3 +361,36 @@ def credentials_secret(spec: ResolvedSpec, password: str, *, key: str = "passwor
         "type": "Opaque",
         "data": {key: encoded},
     }
+
+
+_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def check_cluster_domain(cluster_domain: str) -> None:
+    """Every engine puts the cluster domain inside a shell script: only a plain DNS name may pass."""
+    if not _DNS_NAME_RE.match(cluster_domain):
+        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+
+
+def config_map_name(spec: ResolvedSpec) -> str:
+    return f"{spec.name}-config"
+
+
+def volume_mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
+    mount: dict[str, Any] = {"name": volume, "mountPath": path}
+    if read_only:
+        mount["readOnly"] = True
+    return mount
+
+
+def data_volume_claim(
+    spec: ResolvedSpec, *, name: str, component: str, size: str | None = None
+) -> dict[str, Any]:
+    """The PVC template of a member's data, sized from the spec unless ``size`` says otherwise."""
+    return volume_claim_template(
+        spec,
+        name=name,
+        component=component,
+        size=size or spec.storage.size,
+        storage_class_name=spec.storage.storage_class_name,
+    )

@@ -15,7 +15,6 @@ user, 999, the ``mongodb`` user of the official image.
 from __future__ import annotations
 
 import base64
-import re
 from typing import Any, TypedDict
 
 from middleware.engines.base import PLACEHOLDERS
@@ -50,17 +49,12 @@ MONGODB_UID = 999
 # then checkpoints WiredTiger: more than the 30 s Kubernetes default on a busy member.
 GRACE_SECONDS = 60
 
-_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _TEMPLATES_VOLUME = "templates"
 _CONFIG_VOLUME = "config"
 _KEYFILE_SOURCE_VOLUME = "keyfile"
 _SECRETS_VOLUME = "secrets"
 _TMP_VOLUME = "tmp"
 _DATA_VOLUME = "data"
-
-
-def config_map_name(spec: ResolvedSpec) -> str:
-    return f"{spec.name}-config"
 
 
 def keyfile_secret_name(spec: ResolvedSpec) -> str:
@@ -78,15 +72,13 @@ def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list
         raise ValueError(f"the mongodb renderer got a {spec.engine!r} spec")
     if spec.topology != "replicaset":
         raise ValueError(f"mongodb cannot render topology {spec.topology!r}")
-    if not _DNS_NAME_RE.match(cluster_domain):
-        # It ends up inside a shell script: only a plain DNS name may pass.
-        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+    kube.check_cluster_domain(cluster_domain)
     name = workload(spec.name)
     headless = headless_service(spec.name)
     return [
         kube.config_map(
             spec,
-            name=config_map_name(spec),
+            name=kube.config_map_name(spec),
             data={CONFIG_FILE: mongod_conf(spec, replica_set_name(spec.name))},
         ),
         # Not-ready pods are published (the builder's default): members must resolve each other
@@ -169,13 +161,6 @@ def init_script(values: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
-    mount: dict[str, Any] = {"name": volume, "mountPath": path}
-    if read_only:
-        mount["readOnly"] = True
-    return mount
-
-
 def _mongosh(script: str) -> list[str]:
     # mongosh ships in the official 7.0 and 8.0 images. ping and hello need no authentication.
     return ["mongosh", "--quiet", "--norc", "--port", str(PORT), "--eval", script]
@@ -215,10 +200,10 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         ],
         env=[kube.env_from_field(POD_NAME_ENV, "metadata.name")],
         volume_mounts=[
-            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            _mount(_KEYFILE_SOURCE_VOLUME, KEYFILE_SOURCE_DIR, read_only=True),
-            _mount(_CONFIG_VOLUME, CONFIG_DIR),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR),
+            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            kube.volume_mount(_KEYFILE_SOURCE_VOLUME, KEYFILE_SOURCE_DIR, read_only=True),
+            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
         ],
     )
     main = kube.container(
@@ -230,11 +215,11 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         env=[{"name": "HOME", "value": TMP_DIR}],
         ports=[("mongodb", PORT)],
         volume_mounts=[
-            _mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
             # mongod's unix socket and mongosh's scratch files.
-            _mount(_TMP_VOLUME, TMP_DIR),
-            _mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_TMP_VOLUME, TMP_DIR),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
         ],
         **_probes(),
     )
@@ -242,7 +227,7 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         init_containers=[init],
         containers=[main],
         volumes=[
-            {"name": _TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}},
+            {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}},
             {
                 "name": _KEYFILE_SOURCE_VOLUME,
                 "secret": {"secretName": keyfile_secret_name(spec), "defaultMode": 0o400},
@@ -265,12 +250,10 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         replicas=spec.replicas,
         template=pod,
         volume_claim_templates=[
-            kube.volume_claim_template(
+            kube.data_volume_claim(
                 spec,
                 name=_DATA_VOLUME,
                 component=DATA_COMPONENT,
-                size=spec.storage.size,
-                storage_class_name=spec.storage.storage_class_name,
             )
         ],
         # Parallel. Readiness means PRIMARY or SECONDARY, which no member reaches before Moorage's

@@ -10,7 +10,6 @@ same fenced start script as local members: never writable unless promoted.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from middleware.engines.base import PLACEHOLDERS
@@ -61,7 +60,6 @@ PRIMARY_WAIT_SECONDS = 600
 PRIMARY_ROLE = "primary"
 REPLICA_ROLE = "replica"
 
-_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _TEMPLATES_VOLUME = "templates"
 _CONFIG_VOLUME = "config"
 _SECRETS_VOLUME = "secrets"
@@ -69,17 +67,11 @@ _DATA_VOLUME = "data"
 _TMP_VOLUME = "tmp"
 
 
-def config_map_name(spec: ResolvedSpec) -> str:
-    return f"{spec.name}-config"
-
-
 def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[Manifest]:
     """Every manifest of the deployment except the credentials Secret (see ``render_credentials``)."""
     if spec.engine != "postgresql":
         raise ValueError(f"the postgresql renderer got a {spec.engine!r} spec")
-    if not _DNS_NAME_RE.match(cluster_domain):
-        # It ends up inside a shell script: only a plain DNS name may pass.
-        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+    kube.check_cluster_domain(cluster_domain)
     if spec.topology not in (Topology.STANDALONE, Topology.REPLICATION):
         raise ValueError(f"postgresql cannot render topology {spec.topology!r}")
     name = workload(spec.name)
@@ -88,7 +80,7 @@ def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list
     manifests = [
         kube.config_map(
             spec,
-            name=config_map_name(spec),
+            name=kube.config_map_name(spec),
             data={POSTGRESQL_CONF: postgresql_conf(spec), PG_HBA_CONF: pg_hba_conf(spec)},
         ),
         kube.headless_service(spec, name=headless, component=DATA_COMPONENT, ports=port),
@@ -143,11 +135,11 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
             kube.env_from_secret(REPLICATION_PASSWORD_ENV, secret, REPLICATION_PASSWORD_KEY),
         ],
         volume_mounts=[
-            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            _mount(_CONFIG_VOLUME, CONFIG_DIR),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR),
-            _mount(_DATA_VOLUME, DATA_DIR),
-            _mount(_TMP_VOLUME, "/tmp"),
+            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_TMP_VOLUME, "/tmp"),
         ],
     )
     ready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT)]
@@ -158,10 +150,10 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         command=["sh", "-c", START_SCRIPT, "start", "", f"{CONFIG_DIR}/{POSTGRESQL_CONF}", PGDATA],
         ports=[("postgresql", POSTGRES_PORT)],
         volume_mounts=[
-            _mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            _mount(_DATA_VOLUME, DATA_DIR),
-            _mount(_TMP_VOLUME, "/tmp"),
+            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_TMP_VOLUME, "/tmp"),
         ],
         # Crash recovery of a large database can take minutes: the startup probe allows 10.
         startup=kube.exec_probe(ready, period=5, timeout=3, failure_threshold=120),
@@ -177,7 +169,7 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         init_containers=[init],
         containers=[main],
         volumes=[
-            {"name": _TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}},
+            {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}},
             {"name": _CONFIG_VOLUME, "emptyDir": {}},
             # Memory-backed: the pgpass file never reaches the node's disk.
             {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
@@ -195,24 +187,15 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         replicas=spec.replicas,
         template=pod,
         volume_claim_templates=[
-            kube.volume_claim_template(
+            kube.data_volume_claim(
                 spec,
                 name=_DATA_VOLUME,
                 component=DATA_COMPONENT,
-                size=spec.storage.size,
-                storage_class_name=spec.storage.storage_class_name,
             )
         ],
         # OrderedReady: ordinal 0 initialises the cluster before anyone tries to clone it.
         pod_management_policy=kube.ORDERED_READY,
     )
-
-
-def _mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
-    mount: dict[str, Any] = {"name": volume, "mountPath": path}
-    if read_only:
-        mount["readOnly"] = True
-    return mount
 
 
 def placeholder_values() -> dict[str, str]:

@@ -8,7 +8,6 @@ config includes: never the ConfigMap, container args or annotations.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict
 
@@ -63,7 +62,6 @@ SENTINEL_STORAGE = "64Mi"
 DATA_GRACE_SECONDS = 60
 SENTINEL_GRACE_SECONDS = 30
 
-_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 _TEMPLATES_VOLUME = "templates"
 _CONFIG_VOLUME = "config"
@@ -71,17 +69,11 @@ _SECRETS_VOLUME = "secrets"
 _DATA_VOLUME = "data"
 
 
-def config_map_name(spec: ResolvedSpec) -> str:
-    return f"{spec.name}-config"
-
-
 def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[Manifest]:
     """Every manifest of the deployment except the credentials Secret (see ``render_credentials``)."""
     if spec.engine != "redis":
         raise ValueError(f"the redis renderer got a {spec.engine!r} spec")
-    if not _DNS_NAME_RE.match(cluster_domain):
-        # It ends up inside a shell script: only a plain DNS name may pass.
-        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+    kube.check_cluster_domain(cluster_domain)
     renderer = _RENDERERS.get(Topology(spec.topology))
     if renderer is None:
         raise ValueError(f"redis cannot render topology {spec.topology!r}")
@@ -194,7 +186,7 @@ def _config_map(spec: ResolvedSpec) -> Manifest:
     data = {REDIS_CONF: redis_conf(spec)}
     if spec.topology == Topology.SENTINEL:
         data[SENTINEL_CONF] = sentinel_conf(spec)
-    return kube.config_map(spec, name=config_map_name(spec), data=data)
+    return kube.config_map(spec, name=kube.config_map_name(spec), data=data)
 
 
 def _data_statefulset(
@@ -225,9 +217,9 @@ def _data_statefulset(
         command=["sh", "-c", script],
         env=_init_env(spec),
         volume_mounts=[
-            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            _mount(_CONFIG_VOLUME, CONFIG_DIR),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR),
+            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
         ],
     )
     main = kube.container(
@@ -239,9 +231,9 @@ def _data_statefulset(
         ports=ports,
         volume_mounts=[
             # Writable: CONFIG REWRITE (persisting live parameter changes) rewrites this file.
-            _mount(_CONFIG_VOLUME, CONFIG_DIR),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            _mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
         ],
         **_probes(REDIS_PORT),
     )
@@ -301,9 +293,9 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
         command=["sh", "-c", script],
         env=_init_env(spec),
         volume_mounts=[
-            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR),
-            _mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
         ],
     )
     main = kube.container(
@@ -313,7 +305,10 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
         command=["redis-server", config_file, "--sentinel"],
         env=[_cli_auth_env(spec)],
         ports=[("sentinel", SENTINEL_PORT)],
-        volume_mounts=[_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True), _mount(_DATA_VOLUME, DATA_DIR)],
+        volume_mounts=[
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
+        ],
         **_probes(SENTINEL_PORT, sentinel=True),
     )
     pod = kube.pod_spec(
@@ -333,12 +328,8 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
         replicas=spec.sentinels,
         template=pod,
         volume_claim_templates=[
-            kube.volume_claim_template(
-                spec,
-                name=_DATA_VOLUME,
-                component=SENTINEL_COMPONENT,
-                size=SENTINEL_STORAGE,
-                storage_class_name=spec.storage.storage_class_name,
+            kube.data_volume_claim(
+                spec, name=_DATA_VOLUME, component=SENTINEL_COMPONENT, size=SENTINEL_STORAGE
             )
         ],
         pod_management_policy=kube.ORDERED_READY,
@@ -349,15 +340,8 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
 # Pod pieces
 
 
-def _mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
-    mount: dict[str, Any] = {"name": volume, "mountPath": path}
-    if read_only:
-        mount["readOnly"] = True
-    return mount
-
-
 def _templates_volume(spec: ResolvedSpec) -> dict[str, Any]:
-    return {"name": _TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}}
+    return {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}}
 
 
 def _secrets_volume() -> dict[str, Any]:

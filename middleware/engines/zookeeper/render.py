@@ -15,7 +15,6 @@ The superuser password only travels Secret → env → a digest in a memory-back
 
 from __future__ import annotations
 
-import re
 from typing import Any, TypedDict
 
 from middleware.engines.base import PLACEHOLDERS
@@ -63,16 +62,11 @@ MIN_HEAP_MIB = 64
 # A clean shutdown is quick (no flush beyond the transaction log, which is synced per commit).
 GRACE_SECONDS = 30
 
-_DNS_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _TEMPLATES_VOLUME = "templates"
 _SECRETS_VOLUME = "secrets"
 _TMP_VOLUME = "tmp"
 _DATA_VOLUME = "data"
 _PORTS = [("client", CLIENT_PORT), ("server", PEER_PORT), ("election", ELECTION_PORT)]
-
-
-def config_map_name(spec: ResolvedSpec) -> str:
-    return f"{spec.name}-config"
 
 
 def pod_host(spec: ResolvedSpec, pod: str, cluster_domain: str) -> str:
@@ -85,9 +79,7 @@ def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list
         raise ValueError(f"the zookeeper renderer got a {spec.engine!r} spec")
     if spec.topology != "ensemble":
         raise ValueError(f"zookeeper cannot render topology {spec.topology!r}")
-    if not _DNS_NAME_RE.match(cluster_domain):
-        # It ends up inside a shell script and a config file: only a plain DNS name may pass.
-        raise ValueError(f"cluster domain {cluster_domain!r} is not a DNS name")
+    kube.check_cluster_domain(cluster_domain)
     name = workload(spec.name)
     headless = headless_service(spec.name)
     return [
@@ -131,7 +123,7 @@ def initial_dynamic_config(spec: ResolvedSpec, cluster_domain: str) -> str:
 
 def _config_map(spec: ResolvedSpec, cluster_domain: str) -> Manifest:
     data = {CONFIG_FILE: zoo_cfg(spec), DYNAMIC_FILE: initial_dynamic_config(spec, cluster_domain)}
-    return kube.config_map(spec, name=config_map_name(spec), data=data)
+    return kube.config_map(spec, name=kube.config_map_name(spec), data=data)
 
 
 def heap_mib(spec: ResolvedSpec) -> int:
@@ -159,10 +151,10 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
             },
         ],
         volume_mounts=[
-            _mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            _mount(_SECRETS_VOLUME, SECRETS_DIR),
-            _mount(_TMP_VOLUME, TMP_DIR),
-            _mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+            kube.volume_mount(_TMP_VOLUME, TMP_DIR),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
         ],
     )
     heap = heap_mib(spec)
@@ -184,11 +176,11 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         ],
         ports=_PORTS,
         volume_mounts=[
-            _mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            _mount(_TMP_VOLUME, TMP_DIR),
+            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+            kube.volume_mount(_TMP_VOLUME, TMP_DIR),
             # zoo.cfg and the dynamic files live next to the data: ZooKeeper rewrites them on every
             # reconfig, and a restarted pod must come back with the membership it last committed.
-            _mount(_DATA_VOLUME, DATA_DIR),
+            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
         ],
         **_probes(),
     )
@@ -196,7 +188,7 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         init_containers=[init],
         containers=[main],
         volumes=[
-            {"name": _TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}},
+            {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}},
             # Memory-backed: the digest file never reaches the node's disk.
             {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
             {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
@@ -214,12 +206,10 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         replicas=spec.replicas,
         template=pod,
         volume_claim_templates=[
-            kube.volume_claim_template(
+            kube.data_volume_claim(
                 spec,
                 name=_DATA_VOLUME,
                 component=DATA_COMPONENT,
-                size=spec.storage.size,
-                storage_class_name=spec.storage.storage_class_name,
             )
         ],
         # Parallel: a member serves only once a quorum runs, so OrderedReady would wait forever for
@@ -227,13 +217,6 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         # picks the member with the newest data, never an empty one racing ahead.
         pod_management_policy=kube.PARALLEL,
     )
-
-
-def _mount(volume: str, path: str, *, read_only: bool = False) -> dict[str, Any]:
-    mount: dict[str, Any] = {"name": volume, "mountPath": path}
-    if read_only:
-        mount["readOnly"] = True
-    return mount
 
 
 def _four_letter_word(word: str, expect: str) -> list[str]:
