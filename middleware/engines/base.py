@@ -7,9 +7,9 @@ Names follow KubeBlocks' lifecycle actions where they exist: ``bootstrap`` (Post
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from middleware.endpoints import Endpoint
 from middleware.errors import OperationError
@@ -123,6 +123,59 @@ class ReconfigureReport:
     needs_restart: dict[str, str] = field(default_factory=dict)
 
 
+# -- data movement (KubeBlocks' DataDump / DataLoad) ------------------------------------------------
+# Engines produce and consume *streams*; where the bytes go (S3, a file) is the backups layer's
+# business. Every stream is read in bounded chunks, so memory never grows with the data.
+
+
+@dataclass
+class DumpObject:
+    """One object of a dump: a file name inside the backup folder, its bytes as a stream, and
+    engine metadata the loader needs (shard and slot ranges, database name, format)."""
+
+    name: str
+    stream: BinaryIO
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """An object of a stored dump as a loader sees it (its bytes come from ``DataSource.open``)."""
+
+    name: str
+    size: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class DataSource(Protocol):
+    """A stored dump, as handed to ``data_load``: the objects in dump order, each opened as a
+    stream whose checksum the source checks (a corrupt object fails its read, not silently)."""
+
+    @property
+    def objects(self) -> list[StoredObject]: ...
+
+    def open(self, name: str) -> BinaryIO: ...
+
+
+@dataclass(frozen=True)
+class DumpOrigin:
+    """What a dump was taken from (from the backup manifest), for compatibility checks."""
+
+    engine: str
+    version: str
+    topology: str
+    shards: int
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadReport:
+    """What ``data_load`` wrote, as counts comparable with ``data_inventory`` of the target."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    actions: list[str] = field(default_factory=list)
+
+
 class Engine(Protocol):
     name: str
 
@@ -203,6 +256,29 @@ class Engine(Protocol):
         self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]
     ) -> ReconfigureReport: ...
 
+    def data_dump(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        """DataDump: the deployment's data as objects, yielded one at a time; the caller reads each
+        stream to the end (and closes it) before asking for the next."""
+        ...
+
+    def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+        """What the deployment holds now, as counts by name ("keys", "db/app/tables", "znodes"):
+        what a restore would overwrite, and what a restore is verified against."""
+        ...
+
+    def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
+        """Why a dump from ``origin`` cannot be loaded into ``spec`` (None: it can)."""
+        ...
+
+    def data_load(
+        self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+    ) -> LoadReport:
+        """DataLoad: replace the deployment's data with the dump's. Returns counts that the
+        target's ``data_inventory`` must equal afterwards."""
+        ...
+
 
 class EngineDefaults:
     """Defaults for the optional parts of the protocol; engines inherit and override what they need."""
@@ -240,3 +316,21 @@ class EngineDefaults:
         raise OperationError(
             f"{spec.engine} {spec.topology} fails over by itself (or has no replicas): nothing to trigger"
         )
+
+    def data_dump(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        raise OperationError(f"backups are not supported for {spec.engine} yet")
+
+    def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+        raise OperationError(f"backups are not supported for {spec.engine} yet")
+
+    def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
+        if origin.engine != spec.engine:
+            return f"the backup is of {origin.engine}, the target runs {spec.engine}"
+        return None
+
+    def data_load(
+        self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+    ) -> LoadReport:
+        raise OperationError(f"restores are not supported for {spec.engine} yet")
