@@ -1,0 +1,70 @@
+"""Prometheus metrics of the operator, served on the metrics port by ``moorage operator``.
+
+One module owns every metric so names stay consistent; handlers call the small functions below
+instead of touching prometheus-client objects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+RECONCILES = Counter(
+    "moorage_reconcile_total",
+    "Reconcile attempts by resource kind, handler and result (ok, retry, error, invalid).",
+    ["kind", "handler", "result"],
+)
+RECONCILE_SECONDS = Histogram(
+    "moorage_reconcile_duration_seconds",
+    "Wall time of one reconcile attempt.",
+    ["kind", "handler"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+ENGINE_READY = Gauge(
+    "moorage_middleware_ready",
+    "1 when the engine reports the deployment Ready, 0 otherwise.",
+    ["namespace", "name", "engine"],
+)
+MEMBERS_HEALTHY = Gauge(
+    "moorage_middleware_members_healthy",
+    "Members the engine observed healthy.",
+    ["namespace", "name", "engine"],
+)
+
+
+@contextmanager
+def reconcile_timer(kind: str, handler: str) -> Iterator[dict[str, str]]:
+    """Time a reconcile and count it; set ``outcome["result"]`` to retry/error/invalid (default ok).
+    An exception that escapes counts as ``error`` unless the handler set a result first."""
+    outcome = {"result": "ok"}
+    started = time.perf_counter()
+    try:
+        yield outcome
+    except BaseException:
+        if outcome["result"] == "ok":
+            outcome["result"] = "error"
+        raise
+    finally:
+        RECONCILE_SECONDS.labels(kind, handler).observe(time.perf_counter() - started)
+        RECONCILES.labels(kind, handler, outcome["result"]).inc()
+
+
+def record_health(namespace: str, name: str, engine: str, *, ready: bool, healthy_members: int) -> None:
+    ENGINE_READY.labels(namespace, name, engine).set(1 if ready else 0)
+    MEMBERS_HEALTHY.labels(namespace, name, engine).set(healthy_members)
+
+
+def forget(namespace: str, name: str, engine: str) -> None:
+    """Drop a deleted deployment's series so dashboards do not show it forever."""
+    for gauge in (ENGINE_READY, MEMBERS_HEALTHY):
+        try:
+            gauge.remove(namespace, name, engine)
+        except KeyError:
+            pass
+
+
+def serve(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
+    start_http_server(port, addr=addr, registry=registry)
