@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -60,10 +60,8 @@ def record_health(namespace: str, name: str, engine: str, *, ready: bool, health
 def forget(namespace: str, name: str, engine: str) -> None:
     """Drop a deleted deployment's series so dashboards do not show it forever."""
     for gauge in (ENGINE_READY, MEMBERS_HEALTHY):
-        try:
+        with suppress(KeyError):
             gauge.remove(namespace, name, engine)
-        except KeyError:
-            pass
 
 
 def serve(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:
