@@ -21,10 +21,11 @@ from middleware.kube import builders as kube
 from middleware.models.common import Resources
 from sync.plan import ShakeWorkload
 
-# redis-shake config keys, following redis-shake's documented config files: v4's ``shake.toml``
-# (tair-opensource/RedisShake, branch v4: sections sync_reader / redis_writer / filter / advanced) and
-# v3's ``redis-shake.toml`` (sections source / target / advanced, top-level ``type``). Logical name ->
-# (section, key); section "" is the top level. Correct them here if redis-shake's docs say otherwise.
+# redis-shake config keys. Checked against redis-shake's own sample configs (tair-opensource/RedisShake:
+# v4 ``shake.toml`` with sections sync_reader / redis_writer / filter / advanced; v3 ``sync.toml`` with
+# top-level ``type`` and sections source / target / advanced) and its status code (v4
+# internal/status: ``reader`` / ``consistent``; the sync reader's stat fields). Logical name ->
+# (section, key); section "" is the top level.
 SHAKE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
     "v4": {
         "reader.cluster": ("sync_reader", "cluster"),
@@ -51,21 +52,20 @@ SHAKE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
         # panic | rewrite | skip when a key already exists on the target; rewrite = overwrite it.
         "advanced.rdb_restore_command_behavior": ("advanced", "rdb_restore_command_behavior"),
     },
+    # v3 keys as its sample sync.toml documents them: no version keys and no status/metrics port
+    # (v3 workloads are supervised from the source's replica list and the pod's restarts only).
     "v3": {
         "type": ("", "type"),
-        "reader.version": ("source", "version"),
         "reader.address": ("source", "address"),
         "reader.username": ("source", "username"),
         "reader.password": ("source", "password"),
         "reader.tls": ("source", "tls"),
         "writer.type": ("target", "type"),  # "standalone" or "cluster"
-        "writer.version": ("target", "version"),
         "writer.address": ("target", "address"),
         "writer.username": ("target", "username"),
         "writer.password": ("target", "password"),
         "writer.tls": ("target", "tls"),
         "advanced.dir": ("advanced", "dir"),
-        "advanced.metrics_port": ("advanced", "metrics_port"),
         "advanced.log_file": ("advanced", "log_file"),
         "advanced.log_level": ("advanced", "log_level"),
         "advanced.log_interval": ("advanced", "log_interval"),
@@ -165,10 +165,7 @@ def render_v3(
     *,
     source_password: str | None,
     target_password: str | None,
-    source_version: str = "7.0",
-    target_version: str = "7.0",
     tls: bool = False,
-    metrics_port: int = STATUS_PORT,
 ) -> str:
     """``redis-shake.toml`` for redis-shake v3 (type = "sync"). Contains passwords: Secret only.
 
@@ -182,19 +179,16 @@ def render_v3(
         )
     values: dict[str, Any] = {
         "type": "sync",
-        "reader.version": float(source_version),
         "reader.address": workload.reader.address,
         "reader.username": "",
         "reader.password": source_password or "",
         "reader.tls": tls,
         "writer.type": "cluster" if workload.writer.cluster else "standalone",
-        "writer.version": float(target_version),
         "writer.address": workload.writer.address.address,
         "writer.username": "",
         "writer.password": target_password or "",
         "writer.tls": tls,
         "advanced.dir": f"{WORK_DIR}/shake",
-        "advanced.metrics_port": metrics_port,
         "advanced.log_file": "redis-shake.log",
         "advanced.log_level": "info",
         "advanced.log_interval": 5,
@@ -246,7 +240,7 @@ def deployment(
     image: str = DEFAULT_IMAGE,
     resources: Resources = DEFAULT_RESOURCES,
     scratch: str = DEFAULT_SCRATCH,
-    status_port: int = STATUS_PORT,
+    status_port: int | None = STATUS_PORT,
     config_checksum: str | None = None,
 ) -> dict[str, Any]:
     """One redis-shake pod. ``Recreate`` and one replica: two instances of one workload would write
@@ -260,19 +254,21 @@ def deployment(
         "timeoutSeconds": 3,
         "failureThreshold": 3,
     }
+    # v3 has no status port (``status_port=None``): no probes then, the process itself is the signal.
+    with_status = status_port is not None
     container = kube.container(
         "redis-shake",
         image,
         resources=resources,
         command=["redis-shake", f"{CONFIG_DIR}/{CONFIG_FILE}"],
-        ports=[("status", status_port)],
+        ports=[("status", status_port)] if status_port is not None else [],
         volume_mounts=[
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "scratch", "mountPath": WORK_DIR},
         ],
-        readiness=probe,
+        readiness=probe if with_status else None,
         # A generous startup window: the status port opens early, but the first full sync can take long.
-        startup={**probe, "failureThreshold": 30},
+        startup={**probe, "failureThreshold": 30} if with_status else None,
     )
     annotations = {"moorage.io/config-checksum": config_checksum} if config_checksum else {}
     template_meta: dict[str, Any] = {"labels": labels(workload)}
@@ -311,8 +307,10 @@ def manifests(
     *,
     image: str = DEFAULT_IMAGE,
     resources: Resources = DEFAULT_RESOURCES,
+    shake_version: str = "v4",
 ) -> list[dict[str, Any]]:
-    """Secret + Deployment per workload; ``configs`` maps workload name -> rendered config text."""
+    """Secret + Deployment per workload; ``configs`` maps workload name -> rendered config text
+    (rendered for ``shake_version``: v3 workloads get no status port)."""
     objects: list[dict[str, Any]] = []
     for workload in workloads:
         text = configs[workload.name]
@@ -321,6 +319,13 @@ def manifests(
         checksum = hashlib.sha256(repr(workload).encode("utf-8")).hexdigest()[:16]
         objects.append(config_secret(workload, namespace, text))
         objects.append(
-            deployment(workload, namespace, image=image, resources=resources, config_checksum=checksum)
+            deployment(
+                workload,
+                namespace,
+                image=image,
+                resources=resources,
+                status_port=STATUS_PORT if shake_version == "v4" else None,
+                config_checksum=checksum,
+            )
         )
     return objects

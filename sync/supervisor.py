@@ -73,9 +73,11 @@ class ShakeStatus:
 
 def parse_status(document: Mapping[str, Any]) -> ShakeStatus:
     """redis-shake's status JSON for a one-reader workload (ours always have exactly one)."""
+    # Our workloads use sync_reader with cluster=false: redis-shake's standalone reader reports its
+    # stat struct as one object under "reader"; a cluster reader reports a list of them.
     readers = document.get(STATUS_FIELDS["readers"]) or []
     if isinstance(readers, Mapping):
-        readers = list(readers.values())
+        readers = [readers] if STATUS_FIELDS["reader_status"] in readers else list(readers.values())
     reader: Mapping[str, Any] = readers[0] if readers else {}
 
     def number(name: str) -> int | None:

@@ -1,8 +1,10 @@
 """Supervisor decisions from recorded redis-shake status documents and source observations.
 
 The status documents below are hand-written following the shape of redis-shake v4's ``status_port``
-JSON output (top-level ``consistent``, a ``reader`` list with status and offsets, a ``writer`` list);
-they were not captured from a live binary, which cannot be installed here.
+JSON output as its source defines it (internal/status: top-level ``consistent``, ``reader`` and
+``writer``; the sync reader's stat fields with their JSON names). A standalone sync reader (what our
+one-shard workloads run) reports one object under ``reader``, a cluster reader a list. They were
+not captured from a live binary, which cannot be installed here.
 """
 
 from __future__ import annotations
@@ -92,6 +94,13 @@ def test_parse_status_reads_the_reader_offsets() -> None:
         True,
     )
     assert parse_status({}).phase == "unknown"
+
+
+def test_parse_status_of_a_standalone_reader_object() -> None:
+    listed = status_doc("syncing aof", 7000, consistent=True)
+    single = dict(listed, reader=listed["reader"][0])
+    assert parse_status(single) == parse_status(listed)
+    assert parse_status(single).received_offset == 7000
 
 
 def test_healthy_with_lag_in_bytes_and_seconds() -> None:

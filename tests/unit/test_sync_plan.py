@@ -111,12 +111,16 @@ def test_v3_config_and_its_filter_refusal() -> None:
     assert doc["source"]["address"] == "dst-0:6379"
     assert doc["target"] == {
         "type": "cluster",
-        "version": 7.0,
         "address": "src-0:6379",
         "username": "",
         "password": PASSWORD,
         "tls": False,
     }
+    assert "version" not in doc["source"]
+    table = {(section, key) for section, key in SHAKE_KEYS["v3"].values()}
+    rendered = {("", k) for k, v in doc.items() if not isinstance(v, dict)}
+    rendered |= {(s, k) for s, v in doc.items() if isinstance(v, dict) for k in v}
+    assert rendered <= table
     filtered = plan("orders", SOURCE, TARGET, SyncFilter(allow_key_prefixes=["a"]))[0]
     with pytest.raises(SpecError, match="Lua"):
         render_v3(filtered, source_password=None, target_password=None)
@@ -151,3 +155,16 @@ def test_manifests_keep_the_rules() -> None:
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
         volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
         assert volumes["config"]["secret"]["secretName"] == secret["metadata"]["name"]
+
+
+def test_v3_workloads_have_no_status_port_or_probes() -> None:
+    workloads = plan("orders", SOURCE, TARGET)
+    configs = {w.name: render_v3(w, source_password=PASSWORD, target_password=PASSWORD) for w in workloads}
+    deployments = [
+        m for m in manifests(workloads, "sync", configs, shake_version="v3") if m["kind"] == "Deployment"
+    ]
+    assert deployments
+    for deployment in deployments:
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        assert "ports" not in container
+        assert not {"readinessProbe", "startupProbe", "livenessProbe"} & set(container)
