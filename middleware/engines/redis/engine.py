@@ -6,12 +6,17 @@ live-operation modules. Decisions that depend on topology are made here; the mec
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Connection,
+    DataSource,
+    DumpObject,
+    DumpOrigin,
     EngineDefaults,
+    LoadReport,
     Member,
     MemberPlan,
     Observation,
@@ -21,7 +26,7 @@ from middleware.engines.base import (
     Report,
     no_progress,
 )
-from middleware.engines.redis import cluster, live, sentinel
+from middleware.engines.redis import cluster, dump, live, sentinel
 from middleware.engines.redis.config import redis_conf, secrets_conf, sentinel_conf
 from middleware.engines.redis.render import render as render_manifests
 from middleware.engines.redis.render import render_credentials
@@ -371,6 +376,122 @@ class RedisEngine(EngineDefaults):
             live.apply_parameters(_endpoints(conn.of(DATA_COMPONENT)), conn.password, dynamic)
             report.applied_live.update(dynamic)
         return report
+
+    # -- data (DataDump / DataLoad): the mechanics are in dump.py -----------------------------------
+    def data_dump(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        # Sources are chosen now, so an unhealthy deployment fails the call rather than a next().
+        return dump.dump_shards(self._dump_sources(spec, conn), conn.password, progress)
+
+    def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+        return dump.inventory(self._load_target(spec, conn).masters, conn.password)
+
+    def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
+        reason = super().data_compatibility(origin, spec)
+        if reason is not None:
+            return reason
+        objects = origin.meta.get("objects")
+        metas = objects if isinstance(objects, list) else [origin.meta]
+        return self._incompatibility(metas, spec, fallback_version=origin.version)
+
+    def data_load(
+        self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+    ) -> LoadReport:
+        return dump.load_dump(
+            self._load_target(spec, conn),
+            conn.password,
+            source,
+            lambda metas: self._incompatibility(metas, spec),
+            progress,
+        )
+
+    @staticmethod
+    def _incompatibility(
+        metas: Sequence[Mapping[str, Any]], spec: ResolvedSpec, fallback_version: str | None = None
+    ) -> str | None:
+        return dump.incompatibility(
+            metas,
+            target_version=spec.version,
+            target_is_cluster=spec.topology == Topology.CLUSTER,
+            target_databases=int(spec.parameters.get("databases", "16")),
+            fallback_version=fallback_version,
+        )
+
+    def _dump_sources(self, spec: ResolvedSpec, conn: Connection) -> list[dump.ShardSource]:
+        if spec.topology == Topology.CLUSTER:
+            return self._cluster_dump_sources(spec, conn)
+        data = _by_ordinal(conn.of(DATA_COMPONENT))
+        if spec.topology != Topology.SENTINEL:
+            return [dump.ShardSource("data.rdb", data[0].endpoint, "master")]
+        master = self._sentinel_master(spec, conn)
+        for member in data:
+            if live.same_node(member.endpoint, master) or not member.up:
+                continue
+            try:
+                role = live.node_role(member.endpoint, conn.password, attempts=1)
+            except NotReady:
+                continue
+            if role.link_up and live.same_node(role.master, master):
+                return [dump.ShardSource("data.rdb", member.endpoint, "replica")]
+        return [dump.ShardSource("data.rdb", master, "master")]
+
+    def _sentinel_master(self, spec: ResolvedSpec, conn: Connection) -> Endpoint:
+        view = self._sentinel_view(spec, conn)
+        if view.master is None or view.master_down:
+            raise NotReady(f"{spec.name}: the sentinels do not report a live master; retry after failover")
+        # The member's own endpoint, not the announced name: that is what this runtime reaches.
+        return next(
+            (m.endpoint for m in conn.of(DATA_COMPONENT) if live.same_node(m.endpoint, view.master)),
+            view.master,
+        )
+
+    def _cluster_view(self, spec: ResolvedSpec, conn: Connection) -> cluster.ClusterView:
+        view = cluster.observe_cluster(_endpoints(conn.of(DATA_COMPONENT)), conn.password)
+        if not view.slots_covered:
+            raise NotReady(f"{spec.name}: only {view.slots_assigned}/{cluster.SLOTS} slots are served")
+        if view.open_slots:
+            raise NotReady(f"{spec.name}: slots are being migrated; retry when the reshard is done")
+        return view
+
+    def _cluster_dump_sources(self, spec: ResolvedSpec, conn: Connection) -> list[dump.ShardSource]:
+        view = self._cluster_view(spec, conn)
+        sources = []
+        dumped: set[str] = set()
+        for shard in range(spec.shards):
+            members = _by_ordinal(conn.of(DATA_COMPONENT, shard))
+            rank = {m.endpoint: m.plan.ordinal for m in members}
+            master = next((n for n in view.masters if n.endpoint in rank and n.healthy), None)
+            if master is None or master.endpoint is None:
+                raise NotReady(f"{spec.name}: shard {shard} has no healthy master right now")
+            replicas = sorted(
+                (n for n in view.replicas_of(master.id) if n.healthy and n.endpoint in rank),
+                key=lambda n: rank[n.endpoint] if n.endpoint is not None else 0,
+            )
+            node, role = (replicas[0].endpoint, "replica") if replicas else (master.endpoint, "master")
+            assert node is not None
+            sources.append(dump.ShardSource(f"shard-{shard}.rdb", node, role, shard, master.slots))
+            dumped.add(master.id)
+        stray = [n for n in view.masters if n.slots and n.id not in dumped]
+        if stray:
+            raise NotReady(f"{spec.name}: masters outside the planned shards serve slots: {stray[0].id[:8]}")
+        return sources
+
+    def _load_target(self, spec: ResolvedSpec, conn: Connection) -> dump.LoadTarget:
+        if spec.topology == Topology.SENTINEL:
+            return dump.LoadTarget((self._sentinel_master(spec, conn),))
+        if spec.topology != Topology.CLUSTER:
+            return dump.LoadTarget((_by_ordinal(conn.of(DATA_COMPONENT))[0].endpoint,))
+        view = self._cluster_view(spec, conn)
+        masters = [n for n in view.masters if n.endpoint is not None]
+        unhealthy = [n for n in masters if not n.healthy]
+        if unhealthy:
+            raise NotReady(f"{spec.name}: master {unhealthy[0].endpoint} is not healthy")
+        owner = [0] * cluster.SLOTS
+        for index, node in enumerate(masters):
+            for first, last in node.slots:
+                owner[first : last + 1] = [index] * (last - first + 1)
+        return dump.LoadTarget(tuple(n.endpoint for n in masters if n.endpoint is not None), tuple(owner))
 
 
 def _by_ordinal(members: list[Member]) -> list[Member]:

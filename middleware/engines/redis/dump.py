@@ -1,0 +1,422 @@
+"""Redis DataDump / DataLoad: RDB snapshots out, keys in, across any topology.
+
+Dump: one RDB object per shard, read through the replication protocol (``rdb_stream.py``) from a
+healthy replica of the shard when there is one, else from its master. Each object is a point-in-time
+snapshot of its shard (the node forks); shards are not mutually consistent.
+
+Load: every object is staged to a temporary file and opened by a scratch ``redis-server`` (no
+persistence, on a unix socket in a private directory), then copied key by key with ``DUMP``/``PTTL``
+and ``RESTORE ... REPLACE`` to the target master owning the key (by hash slot on a cluster), after
+``FLUSHALL`` on every target master. So a dump of any shape loads into any shape, and a load that
+was interrupted is repaired by running it again.
+
+The topology decisions (which node is a shard's master, who owns a slot) are made by the engine and
+passed in as plain endpoints; this module only moves bytes and keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+import redis
+from redis.crc import key_slot
+
+from middleware.endpoints import Endpoint
+from middleware.engines.base import DataSource, DumpObject, LoadReport, Progress, StoredObject, no_progress
+from middleware.engines.redis import live
+from middleware.engines.redis.rdb_stream import ReplicationRdbStream
+from middleware.engines.redis.slots import TOTAL_SLOTS, SlotRange
+from middleware.errors import NotReady, OperationError
+
+CHUNK = 4 << 20
+BATCH = 500
+# Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
+BULK_TIMEOUT = 120.0
+SCRATCH_START_TIMEOUT = 30.0
+SCRATCH_STOP_TIMEOUT = 10.0
+# Enough for any db index a source could use (the catalog allows up to 64 databases).
+SCRATCH_DATABASES = 64
+_DB = re.compile(r"^db(\d+)$")
+
+
+# --- what the engine decides ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """Where one shard's snapshot is read: ``node`` (a healthy replica, else the master)."""
+
+    name: str  # the object name: shard-<i>.rdb, or data.rdb
+    node: Endpoint
+    role: str
+    shard: int | None = None
+    slots: tuple[SlotRange, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoadTarget:
+    """Every master of the target; on a cluster, ``slot_owner[slot]`` indexes ``masters``."""
+
+    masters: tuple[Endpoint, ...]
+    slot_owner: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.masters:
+            raise NotReady("the target has no reachable master")
+        if self.slot_owner is not None and len(self.slot_owner) != TOTAL_SLOTS:
+            raise OperationError(f"the target cluster serves {len(self.slot_owner)}/{TOTAL_SLOTS} slots")
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.slot_owner is not None
+
+    def master_for(self, key: bytes) -> int:
+        return 0 if self.slot_owner is None else self.slot_owner[key_slot(key)]
+
+
+# --- counts ----------------------------------------------------------------------------------------
+
+
+def keyspace_counts(keyspace: Mapping[str, Any]) -> dict[int, int]:
+    """``INFO keyspace`` (as redis-py parses it) or a dump's ``{"db0": keys}`` meta as
+    ``{db index: keys}``, empty dbs left out."""
+    counts: dict[int, int] = {}
+    for name, value in keyspace.items():
+        match = _DB.match(str(name))
+        keys = int(value.get("keys", 0)) if isinstance(value, Mapping) else int(value)
+        if match and keys:
+            counts[int(match.group(1))] = keys
+    return counts
+
+
+def counts_by_name(per_db: Mapping[int, int]) -> dict[str, int]:
+    """The shape ``data_inventory`` and ``LoadReport.counts`` share."""
+    counts = {"keys": sum(per_db.values())}
+    counts |= {f"db{db}/keys": n for db, n in sorted(per_db.items()) if n}
+    return counts
+
+
+def inventory(masters: Iterable[Endpoint], password: str | None) -> dict[str, int]:
+    total: dict[int, int] = {}
+    for endpoint in masters:
+        keyspace = live.call(endpoint, password, lambda c: c.info("keyspace"))
+        for db, n in keyspace_counts(keyspace).items():
+            total[db] = total.get(db, 0) + n
+    return counts_by_name(total)
+
+
+# --- compatibility -------------------------------------------------------------------------------
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    match = re.match(r"^\s*(\d+)(?:\.(\d+))?", version)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+
+
+def dump_facts(metas: Iterable[Mapping[str, Any]]) -> tuple[str | None, dict[int, int]]:
+    """The newest Redis version and the per-db key counts recorded across a dump's objects."""
+    newest: str | None = None
+    per_db: dict[int, int] = {}
+    for meta in metas:
+        version = meta.get("redisVersion")
+        parsed = _major_minor(version) if isinstance(version, str) else None
+        if parsed is not None and (newest is None or parsed > (_major_minor(newest) or (0, 0))):
+            newest = str(version)
+        for db, n in keyspace_counts(meta.get("keyspace") or {}).items():
+            per_db[db] = per_db.get(db, 0) + n
+    return newest, per_db
+
+
+def incompatibility(
+    metas: Sequence[Mapping[str, Any]],
+    *,
+    target_version: str,
+    target_is_cluster: bool,
+    target_databases: int,
+    fallback_version: str | None = None,
+) -> str | None:
+    """Why a dump with these object metas cannot be loaded into the target (None: it can)."""
+    version, per_db = dump_facts(metas)
+    version = version or fallback_version
+    ours, theirs = _major_minor(target_version), _major_minor(version or "")
+    if ours is not None and theirs is not None and theirs > ours:
+        return (
+            f"the backup was taken from Redis {version}, newer than the target's {target_version}: "
+            "an older Redis cannot read its RDB format"
+        )
+    others = sorted(db for db in per_db if db != 0)
+    if target_is_cluster and others:
+        names = ", ".join(f"db{db} ({per_db[db]} keys)" for db in others)
+        return f"the backup has keys outside db0 ({names}), and a Redis cluster has db0 only"
+    beyond = [db for db in others if db >= target_databases]
+    if beyond:
+        names = ", ".join(f"db{db}" for db in beyond)
+        return f"the backup has keys in {names}, the target has only {target_databases} databases"
+    return None
+
+
+# --- dump ----------------------------------------------------------------------------------------
+
+
+def dump_shards(
+    sources: Sequence[ShardSource], password: str | None, progress: Progress = no_progress
+) -> Iterator[DumpObject]:
+    """One object per shard, each snapshot taken only when the caller asks for it (``next``)."""
+    for index, source in enumerate(sources):
+        progress(f"snapshot of {source.name} from {source.role} {source.node.address}", index, len(sources))
+        server = live.call(source.node, password, lambda c: c.info("server"))
+        keyspace = live.call(source.node, password, lambda c: c.info("keyspace"))
+        stream = ReplicationRdbStream(source.node, password)
+        meta: dict[str, Any] = {
+            "format": "rdb",
+            "node": source.node.address,
+            "role": source.role,
+            "redisVersion": str(server.get("redis_version", "")),
+            "masterReplOffset": stream.offset,
+            "transfer": stream.transfer,
+            "keyspace": {f"db{db}": n for db, n in sorted(keyspace_counts(keyspace).items())},
+        }
+        if source.shard is not None:
+            meta["shard"] = source.shard
+            meta["slots"] = [list(r) for r in source.slots]
+        # BufferedReader: callers read in their own chunk sizes, the socket is read in CHUNK.
+        yield DumpObject(source.name, cast(BinaryIO, io.BufferedReader(stream, CHUNK)), meta)
+    progress("snapshots taken", len(sources), len(sources))
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+class ScratchServer:
+    """A throwaway ``redis-server`` that opens one staged RDB file; stopped by its own PID.
+
+    It listens on a unix socket only, inside a directory only we can read, so neither the data nor
+    the server is reachable by anyone else, and no port can be taken from under it.
+    """
+
+    def __init__(self, directory: Path, rdb_name: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise OperationError("restore needs redis-server on PATH to open the backup's RDB files")
+        self.directory = directory
+        self.socket = directory / "scratch.sock"
+        self.log = directory / "scratch.log"
+        command = [
+            binary,
+            "--port", "0",
+            "--unixsocket", str(self.socket),
+            "--unixsocketperm", "700",
+            "--dir", str(directory),
+            "--dbfilename", rdb_name,
+            "--save", "",
+            "--appendonly", "no",
+            "--databases", str(SCRATCH_DATABASES),
+            "--daemonize", "no",
+            "--enable-debug-command", "local",
+            "--logfile", str(self.log),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            command,
+            cwd=directory,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=BULK_TIMEOUT, protocol=2)
+
+    def wait_loaded(self, what: str) -> None:
+        deadline = time.monotonic() + SCRATCH_START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise OperationError(f"{what}: redis-server could not open the RDB: {self._last_log_lines()}")
+            try:
+                if self.client.info("persistence").get("loading") == 0:
+                    break
+                # Still loading: a big RDB is allowed as long as the process lives.
+                deadline = time.monotonic() + SCRATCH_START_TIMEOUT
+            except (redis.ConnectionError, FileNotFoundError):
+                if time.monotonic() > deadline:
+                    raise OperationError(f"{what}: scratch redis-server did not start") from None
+            except redis.BusyLoadingError:
+                deadline = time.monotonic() + SCRATCH_START_TIMEOUT
+            time.sleep(0.05)
+        # Keys must not vanish behind our back while we copy: only our own reads expire them, and
+        # then the final DBSIZE counts exactly the keys that were restored.
+        self.client.execute_command("DEBUG", "SET-ACTIVE-EXPIRE", "0")
+
+    def _last_log_lines(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return " | ".join(line.split(" ", 4)[-1] for line in lines[-3:]) or "no log"
+
+    def stop(self) -> None:
+        self.client.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(SCRATCH_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@dataclass
+class _Loader:
+    target: LoadTarget
+    password: str | None
+    progress: Progress
+    total: int
+    done: int = 0
+    clients: dict[tuple[int, int], redis.Redis] = field(default_factory=dict)
+
+    def client(self, master: int, db: int) -> redis.Redis:
+        key = (master, db)
+        if key not in self.clients:
+            self.clients[key] = live.connect(
+                self.target.masters[master],
+                self.password,
+                db=db,
+                decode_responses=False,
+                socket_timeout=BULK_TIMEOUT,
+            )
+        return self.clients[key]
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+    def flush(self) -> None:
+        for index, endpoint in enumerate(self.target.masters):
+            try:
+                self.client(index, 0).flushall()
+            except live.NETWORK_ERRORS as error:
+                detail = live.describe_error(error, self.password)
+                raise NotReady(f"FLUSHALL on {endpoint.address}: {detail}") from None
+
+    def copy(self, scratch: ScratchServer, what: str) -> dict[int, int]:
+        """Copy every key of the scratch server; returns keys per db that were restored."""
+        per_db: dict[int, int] = {}
+        for db in sorted(keyspace_counts(scratch.client.info("keyspace"))):
+            source = redis.Redis(
+                unix_socket_path=str(scratch.socket), db=db, socket_timeout=BULK_TIMEOUT, protocol=2
+            )
+            try:
+                for keys in _scan_batches(source):
+                    self._restore_batch(source, db, keys, what)
+                per_db[db] = int(source.dbsize())
+            finally:
+                source.close()
+        return per_db
+
+    def _restore_batch(self, source: redis.Redis, db: int, keys: list[bytes], what: str) -> None:
+        read = source.pipeline(transaction=False)
+        for key in keys:
+            read.pttl(key)
+            read.dump(key)
+        replies = read.execute()
+        by_master: dict[int, list[tuple[bytes, int, bytes]]] = {}
+        for i, key in enumerate(keys):
+            ttl, payload = replies[2 * i], replies[2 * i + 1]
+            if payload is None or ttl == -2:
+                continue  # expired while we read it: not part of the data any more
+            by_master.setdefault(self.target.master_for(key), []).append((key, max(int(ttl), 0), payload))
+        for master, items in by_master.items():
+            write = self.client(master, db).pipeline(transaction=False)
+            for key, ttl, payload in items:
+                write.restore(key, ttl, payload, replace=True)
+            try:
+                results = write.execute(raise_on_error=False)
+            except live.NETWORK_ERRORS as error:
+                endpoint = self.target.masters[master].address
+                raise NotReady(
+                    f"{what}: restoring into {endpoint}: {live.describe_error(error, self.password)}"
+                ) from None
+            failed = [
+                (key, r) for (key, _, _), r in zip(items, results, strict=True) if isinstance(r, Exception)
+            ]
+            if failed:
+                first_key, first_error = failed[0]
+                endpoint = self.target.masters[master].address
+                raise OperationError(
+                    f"{what}: RESTORE of {len(failed)} keys into {endpoint} db{db} failed, first "
+                    f"{first_key[:60]!r}: {live.describe_error(first_error, self.password)}"
+                )
+            self.done += len(items)
+        self.progress("loading keys", self.done, max(self.total, self.done))
+
+
+def _scan_batches(client: redis.Redis) -> Iterator[list[bytes]]:
+    cursor = 0
+    while True:
+        cursor, keys = client.scan(cursor, count=BATCH)
+        if keys:
+            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
+        if cursor == 0:
+            return
+
+
+def _stage(source: DataSource, obj: StoredObject, path: Path) -> None:
+    """Copy one object to a local file in bounded chunks; a checksum error raises at its end."""
+    stream = source.open(obj.name)
+    try:
+        with path.open("wb") as out:
+            while chunk := stream.read(CHUNK):
+                out.write(chunk)
+    finally:
+        stream.close()
+
+
+def load_dump(
+    target: LoadTarget,
+    password: str | None,
+    source: DataSource,
+    check: Callable[[Sequence[Mapping[str, Any]]], str | None],
+    progress: Progress = no_progress,
+) -> LoadReport:
+    """Replace the target's data with the dump's: ``check`` may refuse before anything is touched."""
+    objects = source.objects
+    reason = check([o.meta for o in objects])
+    if reason is not None:
+        raise OperationError(f"cannot restore this backup here: {reason}")
+    _, expected = dump_facts(o.meta for o in objects)
+    report = LoadReport()
+    loader = _Loader(target, password, progress, total=sum(expected.values()))
+    per_db: dict[int, int] = {}
+    try:
+        loader.flush()
+        report.actions.append(f"flushed {len(target.masters)} master(s)")
+        for obj in objects:
+            with tempfile.TemporaryDirectory(prefix="moorage-restore-") as tmp:
+                directory = Path(tmp)
+                directory.chmod(0o700)
+                _stage(source, obj, directory / "dump.rdb")
+                scratch = ScratchServer(directory, "dump.rdb")
+                try:
+                    scratch.wait_loaded(obj.name)
+                    copied = loader.copy(scratch, obj.name)
+                finally:
+                    scratch.stop()
+            for db, n in copied.items():
+                per_db[db] = per_db.get(db, 0) + n
+            report.actions.append(f"{obj.name}: {sum(copied.values())} keys")
+    finally:
+        loader.close()
+    report.counts = counts_by_name(per_db)
+    progress("loaded", loader.done, loader.done)
+    return report

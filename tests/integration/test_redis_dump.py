@@ -1,0 +1,439 @@
+"""Redis DataDump / DataLoad on real Redis 7 deployments started by the Lifecycle on the LocalRuntime.
+
+Deployments (shared by the tests of this module, each test sets the data it relies on):
+- ``src``: cluster, 3 shards x (master + 1 replica): dumps are read from the replicas;
+- ``sen``: sentinel, master + 1 replica + 3 sentinels: a different topology, and multi-db data;
+- ``dst``: cluster, 3 shards without replicas: a fresh cluster with its own slot layout.
+
+Equality is exact: the same key names, ``DEBUG DIGEST-VALUE`` per key (type, value, stream groups)
+and the same TTLs within a tolerance (they count down while the test runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pytest
+import redis
+from redis.crc import key_slot
+
+from middleware.endpoints import Endpoint
+from middleware.engines.base import DataSource, DumpOrigin, StoredObject
+from middleware.engines.redis import live
+from middleware.engines.redis.engine import ENGINE
+from middleware.errors import OperationError
+from middleware.lifecycle import Deployment, Lifecycle
+from middleware.runtime.local import LocalRuntime
+from tests.integration.dumpfiles import ChecksumMismatch, DirectorySource, save_dump
+from tests.integration.harness import require_binary
+
+pytestmark = pytest.mark.integration
+
+KEYS_PER_TYPE = 500  # x 6 types = 3000 keys, plus one large value
+LARGE = 6 << 20  # larger than one read of the snapshot stream: the end mark spans reads
+TTL_TOLERANCE_MS = 600_000  # TTLs are about an hour; they only have to survive the round trip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _redis_installed() -> None:
+    require_binary("redis-server", "redis-server")
+    require_binary("redis-sentinel", "redis-sentinel")
+
+
+def manifest(name: str, topology: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "moorage.io/v1alpha1",
+        "kind": "Middleware",
+        "metadata": {"name": name},
+        "spec": {"engine": "redis", "topology": topology, **spec},
+    }
+
+
+@pytest.fixture(scope="module")
+def lifecycle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lifecycle]:
+    runtime = LocalRuntime(tmp_path_factory.mktemp("state"))
+    try:
+        yield Lifecycle(runtime)
+    finally:
+        for namespace, name in runtime.list():
+            runtime.delete(namespace, name, purge=True)
+
+
+@dataclass
+class Env:
+    lifecycle: Lifecycle
+    deployment: Deployment
+
+    @property
+    def spec(self) -> Any:
+        return self.deployment.spec
+
+    @property
+    def conn(self) -> Any:
+        return self.lifecycle.connection(self.deployment)
+
+    @property
+    def password(self) -> str:
+        return str(self.conn.password)
+
+    def masters(self) -> list[Endpoint]:
+        return [
+            m.endpoint for m in self.conn.of("data") if live.node_role(m.endpoint, self.password).is_master
+        ]
+
+    def client(self, endpoint: Endpoint, db: int = 0) -> redis.Redis:
+        return live.connect(endpoint, self.password, db=db, decode_responses=False, socket_timeout=30)
+
+    def writer(self) -> Any:
+        """A client that writes anywhere in the deployment (cluster-aware on a cluster)."""
+        if self.spec.topology == "cluster":
+            first = self.masters()[0]
+            return redis.RedisCluster(host=first.host, port=first.port, password=self.password)
+        return self.client(self.masters()[0])
+
+    def flush(self) -> None:
+        for endpoint in self.masters():
+            self.client(endpoint).flushall()
+
+    def sync_replicas(self) -> None:
+        """Wait until every replica has what its master has (dumps are read from replicas)."""
+        replicas = self.spec.replicas - 1
+        for endpoint in self.masters():
+            assert self.client(endpoint).execute_command("WAIT", replicas, 30000) >= replicas
+
+
+def up(lifecycle: Lifecycle, doc: dict[str, Any]) -> Env:
+    status = lifecycle.up(doc)
+    assert status.phase == "Ready", status
+    return Env(lifecycle, lifecycle.existing("default", doc["metadata"]["name"]))
+
+
+@pytest.fixture(scope="module")
+def src(lifecycle: Lifecycle) -> Env:
+    return up(lifecycle, manifest("src", "cluster", shards=3, replicas=2))
+
+
+@pytest.fixture(scope="module")
+def sen(lifecycle: Lifecycle) -> Env:
+    return up(lifecycle, manifest("sen", "sentinel", replicas=2, sentinels=3))
+
+
+@pytest.fixture(scope="module")
+def dst(lifecycle: Lifecycle) -> Env:
+    return up(lifecycle, manifest("dst", "cluster", shards=3, replicas=1))
+
+
+def fill(env: Env) -> int:
+    """Every data type, binary keys and values, TTLs on some keys, one large value. Returns keys."""
+    env.flush()
+    client = env.writer()
+    pipe = client.pipeline(transaction=False)
+    for i in range(KEYS_PER_TYPE):
+        pipe.set(b"str:\x00\xff:%d" % i, bytes(range(256)) + b"%d" % i)
+        pipe.hset(f"hash:{i}", mapping={f"f{j}": f"v{i}-{j}" for j in range(5)})
+        pipe.rpush(f"list:{i}", *[f"item{j}" for j in range(5)])
+        pipe.sadd(f"set:{i}", *[f"m{j}" for j in range(i % 7 + 1)])
+        pipe.zadd(f"zset:{i}", {f"z{j}": j * 1.5 for j in range(4)})
+        pipe.xadd(f"stream:{i}", {"n": str(i)})
+        pipe.xgroup_create(f"stream:{i}", "readers", id="0")
+        if i % 7 == 0:
+            for kind in ("hash", "list", "set", "zset", "stream"):
+                pipe.pexpire(f"{kind}:{i}", 3_600_000 + i)
+            pipe.pexpire(b"str:\x00\xff:%d" % i, 3_600_000 + i)
+    pipe.set("large", random.Random(5).randbytes(LARGE))  # incompressible: RDB uses LZF
+    pipe.execute()
+    client.close()
+    env.sync_replicas()
+    return 6 * KEYS_PER_TYPE + 1
+
+
+Snapshot = dict[tuple[int, bytes], tuple[bytes, int]]
+
+
+def snapshot(env: Env, dbs: tuple[int, ...] = (0,)) -> Snapshot:
+    """(db, key) -> (DEBUG DIGEST-VALUE, PTTL) over every master."""
+    result: Snapshot = {}
+    for endpoint in env.masters():
+        for db in dbs:
+            client = env.client(endpoint, db)
+            keys = list(client.scan_iter(count=1000))
+            pipe = client.pipeline(transaction=False)
+            for key in keys:
+                pipe.execute_command("DEBUG", "DIGEST-VALUE", key)
+                pipe.pttl(key)
+            replies = pipe.execute()
+            for n, key in enumerate(keys):
+                digest = replies[2 * n][0]
+                assert (db, key) not in result, f"{key!r} is on two masters"
+                result[(db, key)] = (digest, int(replies[2 * n + 1]))
+    return result
+
+
+def assert_same_data(actual: Snapshot, expected: Snapshot) -> None:
+    missing, extra = sorted(expected.keys() - actual.keys()), sorted(actual.keys() - expected.keys())
+    assert not missing and not extra, f"missing {missing[:5]}, extra {extra[:5]}"
+    wrong = [k for k in expected if actual[k][0] != expected[k][0]]
+    assert not wrong, f"{len(wrong)} keys differ, e.g. {wrong[:5]}"
+    for key, (_, ttl) in expected.items():
+        got = actual[key][1]
+        if ttl < 0:
+            assert got == ttl, key
+        else:
+            assert 0 < got <= ttl and ttl - got < TTL_TOLERANCE_MS, (key, ttl, got)
+
+
+def dump(env: Env, directory: Path) -> DirectorySource:
+    return save_dump(ENGINE.data_dump(env.spec, env.conn), directory)
+
+
+def load(env: Env, source: DataSource) -> dict[str, int]:
+    report = ENGINE.data_load(env.spec, env.conn, source)
+    # The runbook's post-restore verification, verbatim.
+    assert ENGINE.data_inventory(env.spec, env.conn) == report.counts
+    return report.counts
+
+
+def origin_of(source: DataSource, topology: str, shards: int) -> DumpOrigin:
+    return DumpOrigin("redis", "7.0", topology, shards, {"objects": [o.meta for o in source.objects]})
+
+
+# --- cluster ---------------------------------------------------------------------------------------
+
+
+def test_cluster_dump_reads_replicas_and_restores_the_same_cluster_exactly(src: Env, tmp_path: Path) -> None:
+    keys = fill(src)
+    expected = snapshot(src)
+    digests = {e: src.client(e).execute_command("DEBUG", "DIGEST") for e in src.masters()}
+    assert ENGINE.data_inventory(src.spec, src.conn) == {"keys": keys, "db0/keys": keys}
+
+    saved = dump(src, tmp_path / "dump")
+
+    objects = saved.objects
+    assert [o.name for o in objects] == ["shard-0.rdb", "shard-1.rdb", "shard-2.rdb"]
+    masters = {e.address for e in src.masters()}
+    slots: list[int] = []
+    for o in objects:
+        assert o.meta["role"] == "replica" and o.meta["node"] not in masters, o.meta
+        assert o.meta["transfer"] == "diskless"  # Redis 7 + the engine's config: diskless sync
+        assert o.meta["redisVersion"].startswith("7.")
+        assert o.meta["masterReplOffset"] > 0
+        slots += [s for first, last in o.meta["slots"] for s in range(first, last + 1)]
+        assert o.size > 0
+    assert sorted(slots) == list(range(16384))
+    assert sum(o.meta["keyspace"]["db0"] for o in objects) == keys
+    assert any(o.size > LARGE for o in objects)
+
+    # Change the data every way: deleted, overwritten, new keys, changed TTLs.
+    writer = src.writer()
+    for i in range(0, 100):
+        writer.delete(f"hash:{i}")
+        writer.set(f"list:{i + 100}", "overwritten")
+        writer.set(f"new:{i}", "new")
+        writer.persist(f"zset:{7 * i}")
+    writer.close()
+
+    steps: list[tuple[str, float, float]] = []
+    counts = ENGINE.data_load(src.spec, src.conn, saved, lambda *step: steps.append(step)).counts
+
+    assert counts == {"keys": keys, "db0/keys": keys} == ENGINE.data_inventory(src.spec, src.conn)
+    loading = [(done, total) for step, done, total in steps if step == "loading keys"]
+    assert loading[-1] == (keys, keys) and [d for d, _ in loading] == sorted(d for d, _ in loading)
+    assert_same_data(snapshot(src), expected)
+    # Same slot layout, so every master holds exactly what it held when the dump was taken.
+    assert {e: src.client(e).execute_command("DEBUG", "DIGEST") for e in src.masters()} == digests
+
+
+def test_cluster_to_sentinel_and_disk_based_dump_back_into_another_cluster(
+    src: Env, sen: Env, dst: Env, tmp_path: Path
+) -> None:
+    keys = fill(src)
+    expected = snapshot(src)
+    from_cluster = dump(src, tmp_path / "from-cluster")
+    # Whatever the targets hold before, including another db, is gone afterwards.
+    sen.writer().set("stale", "x")
+    sen.client(sen.masters()[0], 5).set("stale-db5", "x")
+    dst.writer().set("stale", "x")
+
+    assert load(sen, from_cluster) == {"keys": keys, "db0/keys": keys}
+    assert_same_data(snapshot(sen, dbs=(0, 5)), expected)
+
+    # The node serving a snapshot decides its form: disk-based here (``$<length>`` payload).
+    data_nodes = [m.endpoint for m in sen.conn.of("data")]
+    for endpoint in data_nodes:
+        sen.client(endpoint).config_set("repl-diskless-sync", "no")
+    sen.sync_replicas()
+    try:
+        from_sentinel = dump(sen, tmp_path / "from-sentinel")
+    finally:
+        for endpoint in data_nodes:
+            sen.client(endpoint).config_set("repl-diskless-sync", "yes")
+    (meta,) = [o.meta for o in from_sentinel.objects]
+    assert [o.name for o in from_sentinel.objects] == ["data.rdb"]
+    assert meta["transfer"] == "disk" and meta["role"] == "replica"
+    assert meta["keyspace"] == {"db0": keys}
+    assert ENGINE.data_compatibility(origin_of(from_sentinel, "sentinel", 1), dst.spec) is None
+
+    assert load(dst, from_sentinel) == {"keys": keys, "db0/keys": keys}
+    assert_same_data(snapshot(dst), expected)
+    # Every key lives on the master that owns its slot, so cluster clients find every one.
+    total = 0
+    for endpoint in dst.masters():
+        client = dst.client(endpoint)
+        owned = {
+            slot
+            for first, last, master, *_ in client.execute_command("CLUSTER", "SLOTS")
+            if int(master[1]) == endpoint.port
+            for slot in range(first, last + 1)
+        }
+        assert owned
+        node_keys = list(client.scan_iter(count=1000))
+        assert all(key_slot(k) in owned for k in node_keys)
+        sample = sorted(owned)[:: max(1, len(owned) // 50)]
+        assert sum(client.execute_command("CLUSTER", "COUNTKEYSINSLOT", s) for s in sample) == sum(
+            1 for k in node_keys if key_slot(k) in set(sample)
+        )
+        total += int(client.dbsize())
+    assert total == keys
+    reader = redis.RedisCluster(host=dst.masters()[0].host, port=dst.masters()[0].port, password=dst.password)
+    assert reader.get(b"str:\x00\xff:42") == bytes(range(256)) + b"42"
+    assert reader.lrange("list:3", 0, -1) == [f"item{j}".encode() for j in range(5)]
+    reader.close()
+
+
+# --- failures and retries ----------------------------------------------------------------------------
+
+
+class _FailingHalfway(io.RawIOBase):
+    """A source stream that breaks half-way, as a dropped S3 connection would."""
+
+    def __init__(self, inner: BinaryIO, limit: int) -> None:
+        self._inner = inner
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._left <= 0:
+            raise ConnectionResetError("source connection reset half-way")
+        data = self._inner.read(min(len(buffer), self._left))
+        self._left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
+class BreakingSource:
+    """A DataSource whose object ``broken`` fails half-way through its bytes."""
+
+    def __init__(self, inner: DirectorySource, broken: str) -> None:
+        self._inner = inner
+        self._broken = broken
+
+    @property
+    def objects(self) -> list[StoredObject]:
+        return self._inner.objects
+
+    def open(self, name: str) -> BinaryIO:
+        stream = self._inner.open(name)
+        if name != self._broken:
+            return stream
+        size = next(o.size for o in self.objects if o.name == name)
+        return io.BufferedReader(_FailingHalfway(stream, size // 2))  # type: ignore[return-value]
+
+
+def _copy_with_rewritten_object(saved: DirectorySource, directory: Path, name: str, offset: int) -> None:
+    """A copy of the dump whose object ``name`` has a flipped byte at ``offset``; index untouched."""
+    shutil.copytree(saved.directory, directory)
+    path = directory / name
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_corrupt_or_interrupted_loads_fail_and_a_second_load_is_exact(
+    src: Env, sen: Env, tmp_path: Path
+) -> None:
+    keys = fill(src)
+    expected = snapshot(src)
+    saved = dump(src, tmp_path / "dump")
+    small = min(saved.objects, key=lambda o: o.size)
+
+    # A flipped byte: the source's checksum check fails the read, and the error reaches the caller.
+    _copy_with_rewritten_object(saved, tmp_path / "flipped", small.name, small.size // 2)
+    with pytest.raises(ChecksumMismatch):
+        ENGINE.data_load(sen.spec, sen.conn, DirectorySource(tmp_path / "flipped"))
+
+    # A flipped byte with a matching checksum (corrupted before it was stored): redis-server refuses it.
+    _copy_with_rewritten_object(saved, tmp_path / "bad-rdb", small.name, small.size // 2)
+    index_path = tmp_path / "bad-rdb" / "index.json"
+    index = json.loads(index_path.read_text())
+    for entry in index["objects"]:
+        if entry["name"] == small.name:
+            entry["sha256"] = hashlib.sha256((tmp_path / "bad-rdb" / small.name).read_bytes()).hexdigest()
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(OperationError, match=f"{small.name}: redis-server could not open the RDB"):
+        ENGINE.data_load(sen.spec, sen.conn, DirectorySource(tmp_path / "bad-rdb"))
+
+    # Killed half-way through the second object: the first object's keys are in, the rest not.
+    with pytest.raises(ConnectionResetError):
+        ENGINE.data_load(sen.spec, sen.conn, BreakingSource(saved, saved.objects[1].name))
+    partial = ENGINE.data_inventory(sen.spec, sen.conn)["keys"]
+    assert 0 < partial < keys
+
+    # Loading again from that state (as a rollback would) ends with exactly the dump's data.
+    assert load(sen, saved) == {"keys": keys, "db0/keys": keys}
+    assert_same_data(snapshot(sen), expected)
+
+
+# --- databases and versions --------------------------------------------------------------------------
+
+
+def test_keys_outside_db0_round_trip_on_sentinel_and_are_refused_by_a_cluster(
+    sen: Env, dst: Env, tmp_path: Path
+) -> None:
+    sen.flush()
+    master = sen.masters()[0]
+    for db, count in ((0, 20), (3, 7)):
+        client = sen.client(master, db)
+        for i in range(count):
+            client.set(f"k{i}", f"db{db}")
+    sen.sync_replicas()
+    expected = snapshot(sen, dbs=(0, 3))
+    saved = dump(sen, tmp_path / "dump")
+    assert saved.objects[0].meta["keyspace"] == {"db0": 20, "db3": 7}
+
+    reason = ENGINE.data_compatibility(origin_of(saved, "sentinel", 1), dst.spec)
+    assert reason is not None and "db3 (7 keys)" in reason and "db0 only" in reason
+    dst.writer().set("kept", "yes")
+    before = ENGINE.data_inventory(dst.spec, dst.conn)
+    with pytest.raises(OperationError, match="db3"):
+        ENGINE.data_load(dst.spec, dst.conn, saved)
+    assert ENGINE.data_inventory(dst.spec, dst.conn) == before  # refused before anything was touched
+
+    sen.client(master, 3).set("extra", "x")
+    assert load(sen, saved) == {"keys": 27, "db0/keys": 20, "db3/keys": 7}
+    assert_same_data(snapshot(sen, dbs=(0, 3)), expected)
+
+
+def test_compatibility_refuses_a_newer_redis_and_names_both_versions(sen: Env, lifecycle: Lifecycle) -> None:
+    newer = DumpOrigin("redis", "7.2", "sentinel", 1, {"objects": [{"redisVersion": "7.2.4"}]})
+    reason = ENGINE.data_compatibility(newer, sen.spec)
+    assert reason is not None and "7.2.4" in reason and "7.0" in reason
+    on_72 = lifecycle.prepare(manifest("later", "sentinel", version="7.2")).spec
+    assert ENGINE.data_compatibility(newer, on_72) is None
+    older = DumpOrigin("redis", "7.0", "cluster", 3, {"objects": [{"redisVersion": "7.0.15"}]})
+    assert ENGINE.data_compatibility(older, on_72) is None
+    other = DumpOrigin("postgresql", "18", "replication", 1)
+    assert ENGINE.data_compatibility(other, sen.spec) == "the backup is of postgresql, the target runs redis"
