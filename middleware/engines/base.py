@@ -174,6 +174,18 @@ class LoadReport:
 
     counts: dict[str, int] = field(default_factory=dict)
     actions: list[str] = field(default_factory=list)
+    # How far below ``counts`` the target may legitimately be when it is checked: data that expires
+    # by itself (Redis keys restored with a short TTL) can be gone by then without anything lost.
+    tolerance: dict[str, int] = field(default_factory=dict)
+
+    def problems(self, found: dict[str, int]) -> list[str]:
+        """Differences between what a target holds and what this load wrote, within tolerance."""
+        issues = []
+        for name in sorted(set(found) | set(self.counts)):
+            want, have = self.counts.get(name, 0), found.get(name, 0)
+            if not want - self.tolerance.get(name, 0) <= have <= want:
+                issues.append(f"{name}: {have} found, {want} loaded")
+        return issues
 
 
 class Engine(Protocol):

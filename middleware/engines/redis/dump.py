@@ -42,6 +42,8 @@ from middleware.errors import NotReady, OperationError
 
 CHUNK = 4 << 20
 BATCH = 500
+# A key restored with less TTL than this may be gone by the time the restore is verified.
+EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
 BULK_TIMEOUT = 120.0
 SCRATCH_START_TIMEOUT = 30.0
@@ -284,6 +286,8 @@ class _Loader:
     total: int
     done: int = 0
     clients: dict[tuple[int, int], redis.Redis] = field(default_factory=dict)
+    # Keys restored with so little TTL left that they may expire before the restore is verified.
+    short_lived: dict[int, int] = field(default_factory=dict)
 
     def client(self, master: int, db: int) -> redis.Redis:
         key = (master, db)
@@ -335,6 +339,8 @@ class _Loader:
             ttl, payload = replies[2 * i], replies[2 * i + 1]
             if payload is None or ttl == -2:
                 continue  # expired while we read it: not part of the data any more
+            if 0 < ttl < EXPIRY_GRACE_MS:
+                self.short_lived[db] = self.short_lived.get(db, 0) + 1
             by_master.setdefault(self.target.master_for(key), []).append((key, max(int(ttl), 0), payload))
         for master, items in by_master.items():
             write = self.client(master, db).pipeline(transaction=False)
@@ -418,5 +424,7 @@ def load_dump(
     finally:
         loader.close()
     report.counts = counts_by_name(per_db)
+    if loader.short_lived:
+        report.tolerance = counts_by_name(loader.short_lived)
     progress("loaded", loader.done, loader.done)
     return report
