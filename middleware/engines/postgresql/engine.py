@@ -9,6 +9,7 @@ shut down, failover only when the primary is unreachable.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,11 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Addressing,
     Connection,
+    DataSource,
+    DumpObject,
+    DumpOrigin,
     EngineDefaults,
+    LoadReport,
     Member,
     MemberPlan,
     Observation,
@@ -26,7 +31,7 @@ from middleware.engines.base import (
     Report,
     no_progress,
 )
-from middleware.engines.postgresql import replication
+from middleware.engines.postgresql import dump, replication
 from middleware.engines.postgresql.binaries import find_bin_dir, not_traversable_by_others
 from middleware.engines.postgresql.config import (
     APPEND_SCRIPT,
@@ -364,6 +369,23 @@ class PostgresEngine(EngineDefaults):
             report.needs_restart.update(pending)
             report.applied_live.update({k: v for k, v in dynamic.items() if k not in pending})
         return report
+
+    # -- backups (DataDump / DataLoad): see dump.py and docs/postgresql.md ---------------------------
+    def data_dump(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        return dump.dump(spec, conn, progress)
+
+    def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+        return dump.inventory(spec, conn)
+
+    def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
+        return dump.compatibility(origin, spec)
+
+    def data_load(
+        self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+    ) -> LoadReport:
+        return dump.load(spec, conn, source, progress)
 
 
 def _password(conn: Connection) -> str:

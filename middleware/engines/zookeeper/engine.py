@@ -10,6 +10,7 @@ before the runtime stops them. Nothing is ever reinstalled.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Addressing,
     Connection,
+    DataSource,
+    DumpObject,
     EngineDefaults,
+    LoadReport,
     Member,
     MemberPlan,
     Observation,
@@ -27,7 +31,7 @@ from middleware.engines.base import (
     Report,
     no_progress,
 )
-from middleware.engines.zookeeper import ensemble, launch
+from middleware.engines.zookeeper import dump, ensemble, launch
 from middleware.engines.zookeeper.config import (
     CONFIG_FILE,
     DYNAMIC_FILE,
@@ -208,6 +212,20 @@ class ZooKeeperEngine(EngineDefaults):
     def reconfigure(self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]) -> ReconfigureReport:
         # ZooKeeper reads zoo.cfg only at start: every parameter needs a (rolling) restart.
         return ReconfigureReport(needs_restart=dict(changed))
+
+    # -- backups (DataDump / DataLoad): see dump.py and docs/zookeeper.md ----------------------------
+    def data_dump(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        return dump.dump(spec, conn, progress)
+
+    def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+        return dump.inventory(spec, conn)
+
+    def data_load(
+        self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+    ) -> LoadReport:
+        return dump.load(spec, conn, source, progress)
 
 
 def _by_ordinal(members: list[Member]) -> list[Member]:

@@ -1,0 +1,280 @@
+"""ZooKeeper DataDump / DataLoad: the znode tree as JSON lines, walked and rebuilt as the superuser.
+
+One object, ``znodes.jsonl``: one line per znode in pre-order (a parent before its children), each
+``{"path", "data" (base64), "acl": [{"perms", "scheme", "id"}]}`` plus ``"container": true`` for
+container nodes. ``/`` comes first (its data and ACL; it is not counted); ``/zookeeper`` (the
+server's own subtree: quotas, config) and ephemeral nodes are left out, ephemeral nodes belonging to
+client sessions that a restore cannot bring back.
+
+ZooKeeper offers clients no point-in-time snapshot: the walk reads node by node while writes go on,
+so the dump holds every node as it was when that node was read. Its meta records the last zxid the
+servers had seen when the walk started and ended (``zxidStart``, ``zxidEnd``): equal values mean
+nothing changed during the dump.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException, NoNodeError, NotEmptyError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import ACL, Id
+
+from middleware.endpoints import Endpoint
+from middleware.engines.base import (
+    Connection,
+    DataSource,
+    DumpObject,
+    LoadReport,
+    Progress,
+    no_progress,
+)
+from middleware.engines.zookeeper.config import SUPER_USER
+from middleware.engines.zookeeper.launch import four_letter_word
+from middleware.engines.zookeeper.topology import DATA_COMPONENT
+from middleware.errors import NotReady, OperationError
+from middleware.spec import ResolvedSpec
+
+OBJECT = "znodes.jsonl"
+FORMAT = "znodes-jsonl"
+COUNT_KEY = "znodes"
+RESERVED = "/zookeeper"
+SESSION_TIMEOUT = 10.0
+CHUNK = 1 << 20
+# Creates in flight at once: requests of one session are applied in order, so children sent after
+# their parent are safe, and the window bounds memory and the server's queue.
+WINDOW = 256
+# ZooKeeper marks container nodes with this ephemeralOwner (Long.MIN_VALUE); they are not ephemeral.
+CONTAINER_OWNER = 1 << 63
+DELETE_ATTEMPTS = 5
+
+
+def _endpoints(conn: Connection) -> list[Endpoint]:
+    endpoints = [m.endpoint for m in conn.of(DATA_COMPONENT) if m.up]
+    if not endpoints:
+        raise NotReady("no ZooKeeper member is up: a dump or restore needs a serving ensemble")
+    return endpoints
+
+
+@contextlib.contextmanager
+def superuser_client(conn: Connection) -> Iterator[KazooClient]:
+    """A session authenticated as the digest superuser: it reads and writes every znode whatever
+    its ACL (restricted nodes included)."""
+    if not conn.password:
+        raise OperationError("zookeeper backups need the deployment's password (the superuser's)")
+    hosts = ",".join(e.address for e in _endpoints(conn))
+    client = KazooClient(
+        hosts=hosts, timeout=SESSION_TIMEOUT, auth_data=[("digest", f"{SUPER_USER}:{conn.password}")]
+    )
+    try:
+        client.start(timeout=SESSION_TIMEOUT)
+    except (KazooException, KazooTimeoutError) as error:
+        client.close()
+        raise NotReady(f"cannot open a ZooKeeper session on {hosts}: {type(error).__name__}") from None
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+def last_zxid(conn: Connection) -> int:
+    """The highest zxid any up member reports (``srvr``): where the ensemble's history stands."""
+    best = -1
+    for endpoint in _endpoints(conn):
+        with contextlib.suppress(OSError):
+            reply = four_letter_word(endpoint.host, endpoint.port, "srvr", 2.0)
+            for line in reply.splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "Zxid":
+                    best = max(best, int(value.strip(), 16))
+    return best
+
+
+def _is_ephemeral(owner: int) -> bool:
+    return owner != 0 and (owner & ((1 << 64) - 1)) != CONTAINER_OWNER
+
+
+def _child(parent: str, name: str) -> str:
+    return f"/{name}" if parent == "/" else f"{parent}/{name}"
+
+
+def _walk(client: KazooClient, path: str) -> Iterator[dict[str, Any]]:
+    """Pre-order, children sorted; a node deleted while walking is skipped with its subtree.
+    Memory: one child-name list per level of depth."""
+    try:
+        data, stat = client.get(path)
+        acls, _ = client.get_acls(path)
+    except NoNodeError:
+        return
+    if _is_ephemeral(stat.ephemeralOwner):
+        return
+    record: dict[str, Any] = {
+        "path": path,
+        "data": base64.b64encode(data or b"").decode("ascii"),
+        "acl": [{"perms": a.perms, "scheme": a.id.scheme, "id": a.id.id} for a in acls],
+    }
+    if stat.ephemeralOwner:
+        record["container"] = True
+    yield record
+    try:
+        children = sorted(client.get_children(path))
+    except NoNodeError:
+        return
+    for name in children:
+        child = _child(path, name)
+        if child != RESERVED:
+            yield from _walk(client, child)
+
+
+class _LineStream(io.RawIOBase):
+    """A generator of byte lines as a readable stream; closing it closes the generator."""
+
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            line = next(self._lines, None)
+            if line is None:
+                return 0
+            self._pending = memoryview(line)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._lines, "close", None)
+        if close is not None:
+            close()
+        super().close()
+
+
+def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Iterator[DumpObject]:
+    meta: dict[str, Any] = {"format": FORMAT, "zxidStart": f"{last_zxid(conn):x}"}
+
+    def lines() -> Iterator[bytes]:
+        count = 0
+        with superuser_client(conn) as client:
+            for record in _walk(client, "/"):
+                if record["path"] != "/":
+                    count += 1
+                    if count % 1000 == 0:
+                        progress("dumping znodes", count, 0)
+                yield (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        # Known only once the walk is over: readers of the meta look after the stream's end.
+        meta["zxidEnd"] = f"{last_zxid(conn):x}"
+        meta[COUNT_KEY] = count
+        progress("dumping znodes", count, count)
+
+    yield DumpObject(OBJECT, io.BufferedReader(_LineStream(lines()), CHUNK), meta)
+
+
+def inventory(spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+    """Every persistent znode except ``/`` and ``/zookeeper``: a full walk of the tree."""
+    with superuser_client(conn) as client:
+        count = sum(1 for record in _walk(client, "/") if record["path"] != "/")
+    return {COUNT_KEY: count}
+
+
+def _acl(entries: list[dict[str, Any]], path: str) -> list[ACL]:
+    try:
+        return [ACL(int(e["perms"]), Id(str(e["scheme"]), str(e["id"]))) for e in entries]
+    except (KeyError, TypeError, ValueError):
+        raise OperationError(f"znode {path}: malformed ACL in the dump") from None
+
+
+def _clear(client: KazooClient) -> int:
+    """Delete every top-level node but /zookeeper, with its subtree (other sessions' ephemeral
+    nodes too). Retried: a live client may create a child while a subtree is being deleted."""
+    removed = 0
+    for name in sorted(client.get_children("/")):
+        path = _child("/", name)
+        if path == RESERVED:
+            continue
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
+                client.delete(path, recursive=True)
+                break
+            except NoNodeError:
+                break
+            except NotEmptyError:
+                if attempt == DELETE_ATTEMPTS - 1:
+                    raise OperationError(
+                        f"znode {path}: clients keep creating children while it is deleted; stop them"
+                    ) from None
+        removed += 1
+    return removed
+
+
+def _records(stream: BinaryIO) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(stream, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            record["value"] = base64.b64decode(record["data"], validate=True)
+            if not isinstance(record["path"], str) or not record["path"].startswith("/"):
+                raise ValueError(record["path"])
+        except (ValueError, KeyError, TypeError):
+            raise OperationError(f"{OBJECT} line {number}: not a znode record") from None
+        yield record
+
+
+def load(
+    spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+) -> LoadReport:
+    """Replace the tree: clear it, then create the dump's nodes in order with their data and ACLs.
+    Works from any state (a load killed half-way is cleared by the next one)."""
+    names = [o.name for o in source.objects]
+    if names != [OBJECT]:
+        raise OperationError(f"a ZooKeeper dump holds exactly {OBJECT}, this one holds {names}")
+    expected = source.objects[0].meta.get(COUNT_KEY)
+    report = LoadReport()
+    with superuser_client(conn) as client:
+        removed = _clear(client)
+        report.actions.append(f"deleted {removed} top-level znodes")
+        created = 0
+        pending: list[tuple[str, Any]] = []
+
+        def settle() -> None:
+            for path, result in pending:
+                try:
+                    result.get(timeout=SESSION_TIMEOUT)
+                except KazooException as error:
+                    raise OperationError(f"znode {path}: create failed ({type(error).__name__})") from None
+            pending.clear()
+
+        with contextlib.closing(source.open(OBJECT)) as stream:
+            for record in _records(stream):
+                path = record["path"]
+                acl = _acl(record.get("acl", []), path)
+                if path == "/":
+                    client.set("/", record["value"])
+                    client.set_acls("/", acl)
+                    continue
+                if path == RESERVED or path.startswith(RESERVED + "/"):
+                    continue
+                pending.append((path, client.create_async(path, record["value"], acl=acl)))
+                created += 1
+                if len(pending) >= WINDOW:
+                    settle()
+                    progress("restoring znodes", created, expected or 0)
+            settle()
+    if expected is not None and int(expected) != created:
+        raise OperationError(f"the dump's meta says {expected} znodes, its {OBJECT} holds {created}")
+    report.counts[COUNT_KEY] = created
+    report.actions.append(f"created {created} znodes")
+    progress("restoring znodes", created, created)
+    return report
