@@ -29,6 +29,8 @@ from middleware.kube.builders import credentials_secret_name
 from middleware.lifecycle import Lifecycle
 from middleware.models.middleware import MiddlewareStatus
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
+from operators.backup_cli import backup_app, restore_app
+from operators.operator_cli import operator_command
 from operators.sync_cli import sync_app
 
 app = typer.Typer(
@@ -41,6 +43,9 @@ catalog_app = typer.Typer(
 )
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(sync_app, name="sync")
+app.command("operator")(operator_command)
+app.add_typer(backup_app, name="backup")
+app.add_typer(restore_app, name="restore")
 
 out = Console()
 err = Console(stderr=True)

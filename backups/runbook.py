@@ -1,0 +1,585 @@
+"""The DBA runbook: take, verify and prune backups; plan, apply and roll back restores.
+
+The same functions serve the CLI (in-process on the local runtime) and, in Kubernetes, the Jobs the
+operator starts. They see deployments only through :class:`Target` (spec, engine, connection) and
+the repository only through :class:`~backups.repository.Repository`, so data flows engine → S3 and
+back in streams: memory stays bounded whatever the data size.
+
+The rule the runbook keeps: every change to a database is recorded and can be undone. A restore
+first takes a *safety snapshot* of the target (an ordinary backup of kind ``safety-snapshot``),
+then loads, then verifies; when loading or verifying fails it loads the safety snapshot back by
+itself. ``rollback`` does the same on demand, also for a restore whose process was killed.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any, Protocol
+
+from backups.errors import BackupError
+from backups.manifest import BackupManifest
+from backups.repository import Repository
+from backups.retention import select_for_pruning
+from middleware.engines.base import Connection, Engine, LoadReport, Progress, no_progress
+from middleware.errors import MoorageError
+from middleware.spec import ResolvedSpec
+
+
+class RestoreRefused(BackupError):
+    """A restore that was not started because it would not work or the backup is not good."""
+
+
+class RestoreFailed(BackupError):
+    """A restore that failed after it began; the message says what state the target is in."""
+
+
+@dataclass
+class Target:
+    """A deployment the runbook reads from or writes to."""
+
+    namespace: str
+    name: str
+    spec: ResolvedSpec
+    engine: Engine
+    conn: Connection
+    manifest: dict[str, Any]  # the Middleware as applied: kept in backups as their source spec
+
+
+class Targets(Protocol):
+    """Where deployments come from: the local runtime here, Kubernetes in a Job."""
+
+    def get(self, namespace: str, name: str) -> Target: ...
+
+    def scratch(self, manifest: dict[str, Any]) -> AbstractContextManager[Target]:
+        """A throwaway deployment shaped like ``manifest`` (for ``backup verify --deep``), removed
+        with its data on exit."""
+        ...
+
+
+# -- backups ------------------------------------------------------------------------------------
+
+
+def tool_versions(target: Target) -> dict[str, str]:
+    try:
+        ours = version("moorage")
+    except PackageNotFoundError:  # running from a source tree without an install
+        ours = "unknown"
+    return {"moorage": ours, target.engine.name: target.spec.version}
+
+
+def create_backup(
+    repository: Repository,
+    target: Target,
+    *,
+    kind: str = "backup",
+    restore_id: str | None = None,
+    progress: Progress = no_progress,
+) -> BackupManifest:
+    """Dump ``target`` into the repository. The backup exists only once its manifest is written,
+    which is the last step; any failure aborts it (objects deleted, nothing listed, audited)."""
+    started = _now()
+    clock = time.monotonic()
+    writer = repository.begin(target.namespace, target.name, kind=kind, restore_id=restore_id)
+    try:
+        inventory = target.engine.data_inventory(target.spec, target.conn)
+        done = 0
+
+        def on_bytes(count: int) -> None:
+            nonlocal done
+            done += count
+            progress("backing up (bytes)", done, 0)
+
+        for obj in target.engine.data_dump(target.spec, target.conn, progress):
+            writer.put(obj, on_bytes)
+        return writer.commit(
+            engine=target.spec.engine,
+            version=target.spec.version,
+            topology=target.spec.topology,
+            shards=target.spec.shards,
+            inventory=inventory,
+            started_at=started,
+            duration_seconds=round(time.monotonic() - clock, 3),
+            source_spec=target.manifest,
+            tool_versions=tool_versions(target),
+        )
+    except BaseException as error:
+        writer.abort(_describe(error))
+        if isinstance(error, MoorageError):
+            raise
+        if isinstance(error, Exception):
+            raise BackupError(
+                f"backup of {target.namespace}/{target.name} failed: {_describe(error)}"
+            ) from error
+        raise
+
+
+@dataclass
+class VerifyReport:
+    backup_id: str
+    ok: bool
+    problems: list[str]
+    bytes_checked: int
+    deep: bool = False
+    loaded: dict[str, int] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "backupId": self.backup_id,
+            "ok": self.ok,
+            "deep": self.deep,
+            "bytesChecked": self.bytes_checked,
+            "problems": self.problems,
+            "loaded": self.loaded,
+        }
+
+
+def verify_backup(
+    repository: Repository,
+    backup_id: str,
+    *,
+    deep: bool = False,
+    targets: Targets | None = None,
+    progress: Progress = no_progress,
+) -> VerifyReport:
+    """Checksums of every object; with ``deep``, also load it into a scratch deployment and check
+    the scratch deployment then holds exactly what was loaded."""
+    manifest = repository.find(backup_id)
+    total = manifest.size_bytes
+    checked = 0
+
+    def on_bytes(count: int) -> None:
+        nonlocal checked
+        checked += count
+        progress("checking checksums", checked, total)
+
+    result = repository.verify(manifest, on_bytes)
+    report = VerifyReport(backup_id, result.ok, list(result.problems), result.bytes_checked)
+    if not result.ok or not deep:
+        return report
+    if targets is None:
+        raise MoorageError("--deep needs a runtime to start a scratch deployment on")
+    report.deep = True
+    scratch_manifest = _scratch_manifest(manifest)
+    with targets.scratch(scratch_manifest) as scratch:
+        loaded = scratch.engine.data_load(scratch.spec, scratch.conn, repository.source(manifest), progress)
+        report.loaded = dict(loaded.counts)
+        found = scratch.engine.data_inventory(scratch.spec, scratch.conn)
+        differences = loaded.problems(found)
+        if differences:
+            report.ok = False
+            report.problems.append(
+                "the scratch deployment differs from what was loaded: " + "; ".join(differences)
+            )
+    return report
+
+
+def _scratch_manifest(manifest: BackupManifest) -> dict[str, Any]:
+    source = manifest.source_spec
+    spec = dict(source.get("spec", {}))
+    # The scratch copy must not back itself up on the source's schedule nor keep its volumes.
+    spec.pop("backup", None)
+    spec["deletionPolicy"] = "Delete"
+    return {
+        "apiVersion": source.get("apiVersion", "moorage.io/v1alpha1"),
+        "kind": "Middleware",
+        "metadata": {
+            "name": f"verify-{secrets.token_hex(3)}",
+            "namespace": "moorage-scratch",
+        },
+        "spec": spec,
+    }
+
+
+def list_backups(
+    repository: Repository, namespace: str | None = None, name: str | None = None, *, kind: str | None = None
+) -> list[BackupManifest]:
+    return repository.list_backups(namespace, name, kind=kind)
+
+
+def prune_backups(
+    repository: Repository,
+    *,
+    keep_last: int | None,
+    keep_days: float | None,
+    namespace: str | None = None,
+    name: str | None = None,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> list[BackupManifest]:
+    """Delete backups outside the retention; never the newest backup of a deployment, never a
+    safety snapshot (those belong to restores, which must stay undoable)."""
+    manifests = repository.list_backups(namespace, name, kind="backup")
+    doomed = select_for_pruning(manifests, keep_last=keep_last, keep_days=keep_days, now=now or _now())
+    if dry_run:
+        return doomed
+    for manifest in doomed:
+        repository.delete_backup(manifest)
+        repository.audit(
+            "backup-pruned",
+            backupId=manifest.backup_id,
+            namespace=manifest.namespace,
+            middleware=manifest.middleware,
+        )
+    return doomed
+
+
+# -- restores -----------------------------------------------------------------------------------
+
+
+class RestorePhase(StrEnum):
+    SNAPSHOTTING = "Snapshotting"
+    RESTORING = "Restoring"
+    VERIFYING = "Verifying"
+    APPLIED = "Applied"
+    ROLLING_BACK = "RollingBack"
+    ROLLED_BACK = "RolledBack"
+    FAILED = "Failed"
+
+
+@dataclass
+class RestorePlan:
+    backup: BackupManifest
+    namespace: str
+    target: str
+    compatible: bool
+    reason: str | None
+    overwrites: dict[str, int]  # what the target holds now (lost unless rolled back)
+    incoming: dict[str, int]  # what the backup held when it was taken
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "backupId": self.backup.backup_id,
+            "source": f"{self.backup.namespace}/{self.backup.middleware}",
+            "target": f"{self.namespace}/{self.target}",
+            "engine": self.backup.engine,
+            "backupVersion": self.backup.version,
+            "backupTopology": self.backup.topology,
+            "backupShards": self.backup.shards,
+            "objects": len(self.backup.objects),
+            "sizeBytes": self.backup.size_bytes,
+            "compatible": self.compatible,
+            "reason": self.reason,
+            "overwrites": self.overwrites,
+            "incoming": self.incoming,
+        }
+
+
+def plan_restore(repository: Repository, backup_id: str, target: Target) -> RestorePlan:
+    """What a restore of ``backup_id`` into ``target`` would overwrite, and whether it can work.
+    Reads only: nothing is changed."""
+    manifest = repository.find(backup_id)
+    reason = target.engine.data_compatibility(manifest.origin(), target.spec)
+    return RestorePlan(
+        backup=manifest,
+        namespace=target.namespace,
+        target=target.name,
+        compatible=reason is None,
+        reason=reason,
+        overwrites=target.engine.data_inventory(target.spec, target.conn),
+        incoming=dict(manifest.inventory),
+    )
+
+
+def new_restore_id(target: str, now: datetime | None = None) -> str:
+    stamp = (now or _now()).strftime("%Y%m%dt%H%M%Sz")
+    return f"restore-{target}-{stamp}-{secrets.token_hex(2)}"
+
+
+class _Record:
+    """A restore's record in the repository, saved at every step so a killed restore can be
+    found and rolled back, and its history read back."""
+
+    def __init__(self, repository: Repository, data: dict[str, Any]) -> None:
+        self.repository = repository
+        self.data = data
+
+    def step(self, phase: RestorePhase, message: str, **fields: Any) -> None:
+        self.data.update(fields)
+        self.data["phase"] = str(phase)
+        self.data["message"] = message
+        self.data.setdefault("history", []).append(
+            {"at": _iso(_now()), "phase": str(phase), "message": message}
+        )
+        self.repository.save_restore(self.data)
+
+
+def apply_restore(
+    repository: Repository,
+    backup_id: str,
+    target: Target,
+    *,
+    progress: Progress = no_progress,
+    restore_id: str | None = None,
+) -> dict[str, Any]:
+    """Safety snapshot → load → verify; on any failure after the snapshot, load the snapshot back.
+
+    Refuses before touching the target when the target is incompatible or the backup fails its
+    checksums. Returns the restore record (``restoreId``, ``phase``, ``safetySnapshot``, ...)."""
+    plan = plan_restore(repository, backup_id, target)
+    if not plan.compatible:
+        raise RestoreRefused(
+            f"cannot restore {backup_id} into {target.namespace}/{target.name}: {plan.reason}"
+        )
+    checked = repository.verify(
+        plan.backup, _bytes_progress(progress, "checking the backup", plan.backup.size_bytes)
+    )
+    if not checked.ok:
+        raise RestoreRefused(
+            f"backup {backup_id} failed verification, the target was not touched: "
+            + "; ".join(checked.problems)
+        )
+    record = _Record(
+        repository,
+        {
+            "restoreId": restore_id or new_restore_id(target.name),
+            "backupId": backup_id,
+            "namespace": target.namespace,
+            "target": target.name,
+            "engine": target.spec.engine,
+            "startedAt": _iso(_now()),
+            "overwrote": plan.overwrites,
+            "rolledBack": False,
+        },
+    )
+    rid = record.data["restoreId"]
+    record.step(RestorePhase.SNAPSHOTTING, "taking a safety snapshot of the target")
+    try:
+        safety = create_backup(repository, target, kind="safety-snapshot", restore_id=rid, progress=progress)
+    except BaseException as error:
+        record.step(
+            RestorePhase.FAILED, f"safety snapshot failed, the target was not touched: {_describe(error)}"
+        )
+        repository.audit("restore-failed", restoreId=rid, backupId=backup_id, reason=record.data["message"])
+        raise RestoreFailed(record.data["message"]) from error
+    record.step(RestorePhase.RESTORING, f"loading {backup_id}", safetySnapshot=safety.backup_id)
+    try:
+        loaded = target.engine.data_load(target.spec, target.conn, repository.source(plan.backup), progress)
+        record.step(RestorePhase.VERIFYING, "comparing the target with what was loaded", loaded=loaded.counts)
+        _check_holds(target, loaded)
+    except Exception as error:
+        cause = _describe(error)
+        try:
+            _load_snapshot(
+                repository, safety, target, record, progress, f"restore failed ({cause}); rolling back"
+            )
+        except Exception as rollback_error:
+            record.step(
+                RestorePhase.FAILED,
+                f"restore failed ({cause}) and the automatic rollback failed too "
+                f"({_describe(rollback_error)}); retry with `moorage restore rollback {rid}`",
+            )
+            repository.audit(
+                "restore-failed", restoreId=rid, backupId=backup_id, reason=record.data["message"]
+            )
+            raise RestoreFailed(record.data["message"]) from error
+        repository.audit(
+            "restore-rolled-back", restoreId=rid, backupId=backup_id, automatic=True, reason=cause
+        )
+        raise RestoreFailed(
+            f"restore {rid} failed ({cause}); the target was rolled back to its safety snapshot "
+            f"{safety.backup_id}"
+        ) from error
+    record.step(RestorePhase.APPLIED, f"restored {backup_id}; undo with `moorage restore rollback {rid}`")
+    record.data["finishedAt"] = _iso(_now())
+    repository.save_restore(record.data)
+    repository.audit("restore-applied", restoreId=rid, backupId=backup_id, safetySnapshot=safety.backup_id)
+    return record.data
+
+
+def rollback_restore(
+    repository: Repository, restore_id: str, target: Target, *, progress: Progress = no_progress
+) -> dict[str, Any]:
+    """Return the target to the safety snapshot of ``restore_id`` (also after a killed restore)."""
+    data = repository.load_restore(restore_id)
+    if (data["namespace"], data["target"]) != (target.namespace, target.name):
+        raise RestoreRefused(
+            f"restore {restore_id} was into {data['namespace']}/{data['target']}, "
+            f"not {target.namespace}/{target.name}"
+        )
+    snapshot_id = data.get("safetySnapshot")
+    if not snapshot_id:
+        raise RestoreRefused(
+            f"restore {restore_id} stopped before its safety snapshot was complete ({data.get('phase')}): "
+            "the target was never touched, there is nothing to roll back"
+        )
+    snapshot = repository.find(snapshot_id)
+    checked = repository.verify(
+        snapshot, _bytes_progress(progress, "checking the safety snapshot", snapshot.size_bytes)
+    )
+    if not checked.ok:
+        raise RestoreRefused(
+            f"safety snapshot {snapshot_id} failed verification, the target was not touched: "
+            + "; ".join(checked.problems)
+        )
+    record = _Record(repository, data)
+    _load_snapshot(repository, snapshot, target, record, progress, "rolling back on request")
+    repository.audit("restore-rolled-back", restoreId=restore_id, backupId=data["backupId"], automatic=False)
+    return record.data
+
+
+def _load_snapshot(
+    repository: Repository,
+    snapshot: BackupManifest,
+    target: Target,
+    record: _Record,
+    progress: Progress,
+    why: str,
+) -> None:
+    record.step(RestorePhase.ROLLING_BACK, why)
+    loaded = target.engine.data_load(target.spec, target.conn, repository.source(snapshot), progress)
+    _check_holds(target, loaded)
+    record.data["rolledBack"] = True
+    record.data["finishedAt"] = _iso(_now())
+    record.step(RestorePhase.ROLLED_BACK, f"the target holds its safety snapshot {snapshot.backup_id} again")
+
+
+def _check_holds(target: Target, loaded: LoadReport) -> None:
+    differences = loaded.problems(target.engine.data_inventory(target.spec, target.conn))
+    if differences:
+        raise BackupError(
+            "verification failed, the target differs from what was loaded: " + "; ".join(differences)
+        )
+
+
+def restore_status(repository: Repository, restore_id: str) -> dict[str, Any]:
+    return repository.load_restore(restore_id)
+
+
+def list_restores(
+    repository: Repository, namespace: str | None = None, target: str | None = None
+) -> list[dict[str, Any]]:
+    return [
+        r
+        for r in repository.list_restores()
+        if (namespace is None or r.get("namespace") == namespace)
+        and (target is None or r.get("target") == target)
+    ]
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScheduleOutcome:
+    namespace: str
+    name: str
+    due: bool
+    backup_id: str | None = None
+    pruned: list[str] = field(default_factory=list)
+    error: str | None = None
+    next_run: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "name": self.name,
+            "due": self.due,
+            "backupId": self.backup_id,
+            "pruned": self.pruned,
+            "error": self.error,
+            "nextRun": self.next_run,
+        }
+
+
+def is_due(schedule: str, last: datetime | None, now: datetime) -> tuple[bool, datetime]:
+    """Whether a cron ``schedule`` fired since ``last`` (never backed up: due now), and when it
+    fires next."""
+    from croniter import croniter
+
+    upcoming = croniter(schedule, now).get_next(datetime)
+    if last is None:
+        return True, upcoming
+    fired = croniter(schedule, last).get_next(datetime)
+    return fired <= now, upcoming
+
+
+def run_schedules(
+    repositories: Callable[[str, str], Repository],
+    targets: Targets,
+    deployments: list[tuple[str, str]],
+    *,
+    now: datetime | None = None,
+    progress: Progress = no_progress,
+) -> list[ScheduleOutcome]:
+    """One pass of the backup schedules of ``deployments`` (``moorage backup schedule run``; the
+    operator runs the same per Middleware from a timer). ``repositories(namespace, name)`` opens
+    the repository a policy names. A failure of one deployment does not stop the others."""
+    now = now or _now()
+    outcomes = []
+    for namespace, name in deployments:
+        target = targets.get(namespace, name)
+        policy = target.manifest.get("spec", {}).get("backup")
+        if not policy or policy.get("suspend"):
+            continue
+        outcome = ScheduleOutcome(namespace, name, due=False)
+        try:
+            repository = repositories(namespace, policy["repository"]["name"])
+            existing = repository.list_backups(namespace, name, kind="backup")
+            last = existing[-1].started_at if existing else None
+            due, upcoming = is_due(policy["schedule"], last, now)
+            outcome.due, outcome.next_run = due, _iso(upcoming)
+            if due:
+                outcome.backup_id = create_backup(repository, target, progress=progress).backup_id
+                pruned = prune_backups(
+                    repository,
+                    keep_last=policy.get("keepLast", 7),
+                    keep_days=policy.get("keepDays"),
+                    namespace=namespace,
+                    name=name,
+                    now=now,
+                )
+                outcome.pruned = [m.backup_id for m in pruned]
+        except MoorageError as error:
+            outcome.error = str(error)
+        outcomes.append(outcome)
+    return outcomes
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _bytes_progress(progress: Progress, step: str, total: int) -> Callable[[int], None]:
+    done = 0
+
+    def on_bytes(count: int) -> None:
+        nonlocal done
+        done += count
+        progress(step, done, total)
+
+    return on_bytes
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def iter_manifest_rows(manifests: list[BackupManifest]) -> Iterator[dict[str, Any]]:
+    for m in manifests:
+        yield {
+            "backupId": m.backup_id,
+            "kind": m.kind,
+            "namespace": m.namespace,
+            "middleware": m.middleware,
+            "engine": m.engine,
+            "topology": m.topology,
+            "sizeBytes": m.size_bytes,
+            "objects": len(m.objects),
+            "startedAt": _iso(m.started_at),
+            "durationSeconds": m.duration_seconds,
+        }

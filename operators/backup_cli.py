@@ -1,0 +1,453 @@
+"""``moorage backup ...`` and ``moorage restore ...``: the DBA runbook commands.
+
+Thin: open the repository and the target, call ``backups.runbook``, print. Every command takes
+``-o json``; long steps show progress bars on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from backups.manifest import BackupManifest
+from backups.repository import Repository
+from backups.store import RepositoryConfig, S3Store
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backups import runbook
+from backups.local import LocalTargets
+from middleware.engines.base import Progress as ProgressFn
+from middleware.engines.base import no_progress
+from middleware.errors import MoorageError
+from middleware.lifecycle import Lifecycle
+from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
+
+backup_app = typer.Typer(
+    help="Take, list, verify and prune backups in an S3 repository.", no_args_is_help=True
+)
+schedule_app = typer.Typer(help="Backups on the schedules of Middleware.spec.backup.", no_args_is_help=True)
+backup_app.add_typer(schedule_app, name="schedule")
+restore_app = typer.Typer(
+    help="Plan, apply and undo restores (every restore takes a safety snapshot first).", no_args_is_help=True
+)
+
+out = Console()
+err = Console(stderr=True)
+
+REPO_ENV = "MOORAGE_BACKUP_REPO"
+RepoOpt = Annotated[
+    str,
+    typer.Option(
+        "--repo",
+        envvar=REPO_ENV,
+        help="s3://BUCKET[/PREFIX][?endpoint=URL&region=R&sse=AES256]; keys from AWS_ACCESS_KEY_ID/"
+        "AWS_SECRET_ACCESS_KEY.",
+    ),
+]
+StateDir = Annotated[
+    Path | None,
+    typer.Option("--state-dir", envvar=STATE_DIR_ENV, help="Local runtime state (default ./.moorage)."),
+]
+Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Middleware.")]
+Output = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+
+
+def _json(output: str) -> bool:
+    if output not in ("table", "json"):
+        raise MoorageError(f"--output must be table or json, not {output!r}")
+    return output == "json"
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _repository(url: str | None) -> Repository:
+    if not url:
+        raise MoorageError(
+            f"no backup repository: pass --repo s3://BUCKET/PREFIX?endpoint=URL or set {REPO_ENV}"
+        )
+    store = S3Store(RepositoryConfig.from_url(url))
+    store.ensure_bucket()
+    return Repository(store)
+
+
+def _targets(state_dir: Path | None) -> LocalTargets:
+    return LocalTargets(Lifecycle(LocalRuntime(state_dir)))
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[ProgressFn]:
+    if not enabled:
+        yield no_progress
+        return
+    bars = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[amount]}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+
+    def report(step: str, done: float, total: float) -> None:
+        in_bytes = "bytes" in step or "check" in step
+        shown = _human(done) if in_bytes else f"{done:,.0f}"
+        if total:
+            shown += " / " + (_human(total) if in_bytes else f"{total:,.0f}")
+        if step not in tasks:
+            tasks[step] = bars.add_task(step, total=total or None, amount=shown)
+        bars.update(tasks[step], completed=done, total=total or None, amount=shown)
+
+    with bars:
+        yield report
+
+
+def _backup_row(manifest: BackupManifest) -> dict[str, Any]:
+    return next(runbook.iter_manifest_rows([manifest]))
+
+
+def _show_manifest(manifest: BackupManifest) -> None:
+    row = _backup_row(manifest)
+    out.print(f"[bold]{row['backupId']}[/] ({row['kind']}) of {row['namespace']}/{row['middleware']}")
+    out.print(f"  {manifest.engine} {manifest.version} {manifest.topology}, {manifest.shards} shard(s)")
+    out.print(f"  location: {manifest.location}")
+    size, count = _human(manifest.size_bytes), len(manifest.objects)
+    out.print(f"  size: {size} in {count} object(s), sha256 {manifest.combined_sha256()}")
+    out.print(f"  started {row['startedAt']}, took {manifest.duration_seconds:.1f}s")
+    if manifest.inventory:
+        out.print("  held: " + ", ".join(f"{k}={v}" for k, v in manifest.inventory.items()))
+    table = Table("object", "size", "sha256", "meta", header_style="bold")
+    for obj in manifest.objects:
+        table.add_row(
+            obj.name, _human(obj.size), obj.sha256[:16] + "…", json.dumps(obj.meta, default=str)[:60]
+        )
+    out.print(table)
+
+
+# -- backup ---------------------------------------------------------------------------------------
+
+
+@backup_app.command("create")
+def backup_create(
+    name: Annotated[str, typer.Argument(help="Middleware to back up.")],
+    repo: RepoOpt = "",
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """Back up a deployment: one streamed object per shard/database, manifest.json written last."""
+    as_json = _json(output)
+    repository = _repository(repo)
+    target = _targets(state_dir).get(namespace, name)
+    with _progress(not as_json) as progress:
+        manifest = runbook.create_backup(repository, target, progress=progress)
+    if as_json:
+        _print_json(manifest.to_wire())
+    else:
+        _show_manifest(manifest)
+
+
+@backup_app.command("list")
+def backup_list(
+    name: Annotated[str | None, typer.Argument(help="Only this Middleware's backups.")] = None,
+    repo: RepoOpt = "",
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
+    all_kinds: Annotated[bool, typer.Option("--all", help="Include restores' safety snapshots.")] = False,
+    output: Output = "table",
+) -> None:
+    """Backups in the repository (read from their manifests), oldest first."""
+    as_json = _json(output)
+    manifests = runbook.list_backups(_repository(repo), namespace, name, kind=None if all_kinds else "backup")
+    rows = list(runbook.iter_manifest_rows(manifests))
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("backup", "kind", "middleware", "engine", "size", "started", "took", header_style="bold")
+    for r in rows:
+        table.add_row(
+            r["backupId"],
+            r["kind"],
+            f"{r['namespace']}/{r['middleware']}",
+            f"{r['engine']} {r['topology']}",
+            _human(r["sizeBytes"]),
+            r["startedAt"],
+            f"{r['durationSeconds']:.1f}s",
+        )
+    out.print(table if rows else "no backups")
+
+
+@backup_app.command("show")
+def backup_show(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")], repo: RepoOpt = "", output: Output = "table"
+) -> None:
+    """A backup's manifest: objects, sizes, checksums, source spec."""
+    manifest = _repository(repo).find(backup_id)
+    if _json(output):
+        _print_json(manifest.to_wire())
+    else:
+        _show_manifest(manifest)
+
+
+@backup_app.command("verify")
+def backup_verify(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    repo: RepoOpt = "",
+    deep: Annotated[bool, typer.Option(help="Also restore into a scratch deployment and check it.")] = False,
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """Check every object's size and sha256; --deep also loads it into a scratch deployment.
+    Exits 1 when the backup is not good."""
+    as_json = _json(output)
+    repository = _repository(repo)
+    with _progress(not as_json) as progress:
+        report = runbook.verify_backup(
+            repository, backup_id, deep=deep, targets=_targets(state_dir) if deep else None, progress=progress
+        )
+    if as_json:
+        _print_json(report.to_wire())
+    elif report.ok:
+        what = "checksums and a scratch restore" if report.deep else "checksums"
+        out.print(f"[green]ok[/]: {backup_id} ({what}; {_human(report.bytes_checked)} read)")
+    else:
+        for problem in report.problems:
+            err.print(f"[red]problem[/]: {problem}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@backup_app.command("prune")
+def backup_prune(
+    name: Annotated[str | None, typer.Argument(help="Only this Middleware's backups.")] = None,
+    repo: RepoOpt = "",
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
+    keep_last: Annotated[int | None, typer.Option(min=1, help="Keep the N newest backups.")] = None,
+    keep_days: Annotated[float | None, typer.Option(min=0, help="Keep backups younger than D days.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only say what would be deleted.")] = False,
+    output: Output = "table",
+) -> None:
+    """Delete backups outside the retention. Never the newest backup of a deployment, never a
+    restore's safety snapshot."""
+    if keep_last is None and keep_days is None:
+        raise MoorageError("prune needs --keep-last and/or --keep-days")
+    doomed = runbook.prune_backups(
+        _repository(repo),
+        keep_last=keep_last,
+        keep_days=keep_days,
+        namespace=namespace,
+        name=name,
+        dry_run=dry_run,
+    )
+    ids = [m.backup_id for m in doomed]
+    if _json(output):
+        _print_json({"dryRun": dry_run, "pruned": ids})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{verb} {len(ids)} backup(s)" + (": " + ", ".join(ids) if ids else ""))
+
+
+@backup_app.command("audit")
+def backup_audit(
+    repo: RepoOpt = "",
+    limit: Annotated[int, typer.Option(min=1, help="Newest N events.")] = 50,
+    output: Output = "table",
+) -> None:
+    """The repository's audit log: backups, restores, rollbacks, prunes."""
+    events = _repository(repo).audit_log()[-limit:]
+    if _json(output):
+        _print_json(events)
+        return
+    for event in events:
+        rest = ", ".join(f"{k}={v}" for k, v in event.items() if k not in ("at", "event"))
+        out.print(f"{event.get('at')}  [bold]{event.get('event')}[/]  {rest}")
+
+
+@schedule_app.command("run")
+def schedule_run(
+    repo: RepoOpt = "",
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """One pass over local deployments with spec.backup: back up those whose cron is due, then
+    prune to their retention. Run it from cron/systemd timers; the operator does it by itself.
+    Locally every policy's repository is the --repo given."""
+    as_json = _json(output)
+    repository = _repository(repo)
+    targets = _targets(state_dir)
+    with _progress(not as_json) as progress:
+        outcomes = runbook.run_schedules(
+            lambda _ns, _name: repository, targets, targets.deployments(), progress=progress
+        )
+    if as_json:
+        _print_json([o.to_wire() for o in outcomes])
+    else:
+        for o in outcomes:
+            state = (
+                f"error: {o.error}" if o.error else (f"backed up as {o.backup_id}" if o.due else "not due")
+            )
+            pruned = f", pruned {len(o.pruned)}" if o.pruned else ""
+            out.print(f"{o.namespace}/{o.name}: {state}{pruned} (next {o.next_run})")
+    if any(o.error for o in outcomes):
+        raise typer.Exit(1)
+
+
+# -- restore --------------------------------------------------------------------------------------
+
+
+def _confirm(yes: bool, what: str) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise MoorageError(f"{what}: pass --yes to confirm (no terminal to ask on)")
+    if not typer.confirm(f"{what}. Continue?", err=True):
+        raise typer.Exit(1)
+
+
+def _print_plan(plan: runbook.RestorePlan) -> None:
+    wire = plan.to_wire()
+    out.print(
+        f"restore [bold]{wire['backupId']}[/] ({wire['engine']} {wire['backupVersion']} "
+        f"{wire['backupTopology']}, {wire['backupShards']} shard(s), {_human(wire['sizeBytes'])}) "
+        f"from {wire['source']} into [bold]{wire['target']}[/]"
+    )
+    if not plan.compatible:
+        out.print(f"[red]refused[/]: {plan.reason}")
+        return
+    table = Table("", "target now (overwritten)", "in the backup", header_style="bold")
+    for key in sorted(set(plan.overwrites) | set(plan.incoming)):
+        table.add_row(key, str(plan.overwrites.get(key, 0)), str(plan.incoming.get(key, "-")))
+    out.print(table)
+    out.print("a safety snapshot of the target is taken first; `moorage restore rollback` undoes the restore")
+
+
+def _print_record(record: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]{record['restoreId']}[/]: {record['phase']} — {record.get('message', '')}\n"
+        f"  backup {record['backupId']} into {record['namespace']}/{record['target']}, "
+        f"safety snapshot {record.get('safetySnapshot') or '-'}, "
+        f"rolled back: {'yes' if record.get('rolledBack') else 'no'}"
+    )
+
+
+@restore_app.command("plan")
+def restore_plan(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    to: Annotated[str, typer.Option("--to", help="Target Middleware.")],
+    repo: RepoOpt = "",
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """What a restore would overwrite and whether the target can take it. Changes nothing; exits 1
+    when the target is incompatible."""
+    plan = runbook.plan_restore(_repository(repo), backup_id, _targets(state_dir).get(namespace, to))
+    if _json(output):
+        _print_json(plan.to_wire())
+    else:
+        _print_plan(plan)
+    if not plan.compatible:
+        raise typer.Exit(1)
+
+
+@restore_app.command("apply")
+def restore_apply(
+    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
+    to: Annotated[str, typer.Option("--to", help="Target Middleware.")],
+    repo: RepoOpt = "",
+    namespace: Namespace = "default",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails."""
+    as_json = _json(output)
+    repository = _repository(repo)
+    target = _targets(state_dir).get(namespace, to)
+    _confirm(yes, f"this replaces the data of {namespace}/{to} with backup {backup_id}")
+    with _progress(not as_json) as progress:
+        record = runbook.apply_restore(repository, backup_id, target, progress=progress)
+    if as_json:
+        _print_json(record)
+    else:
+        _print_record(record)
+
+
+@restore_app.command("rollback")
+def restore_rollback(
+    restore_id: Annotated[str, typer.Argument(help="Restore id (from `restore apply` or `restore list`).")],
+    repo: RepoOpt = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """Return the target of a restore to the safety snapshot taken before it (also after a
+    restore that was killed half-way)."""
+    as_json = _json(output)
+    repository = _repository(repo)
+    record = repository.load_restore(restore_id)
+    target = _targets(state_dir).get(record["namespace"], record["target"])
+    _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
+    with _progress(not as_json) as progress:
+        record = runbook.rollback_restore(repository, restore_id, target, progress=progress)
+    if as_json:
+        _print_json(record)
+    else:
+        _print_record(record)
+
+
+@restore_app.command("status")
+def restore_status(
+    restore_id: Annotated[str, typer.Argument(help="Restore id.")],
+    repo: RepoOpt = "",
+    output: Output = "table",
+) -> None:
+    """A restore's phase, safety snapshot and history."""
+    record = runbook.restore_status(_repository(repo), restore_id)
+    if _json(output):
+        _print_json(record)
+        return
+    _print_record(record)
+    for step in record.get("history", []):
+        out.print(f"  {step['at']}  {step['phase']}: {step['message']}")
+
+
+@restore_app.command("list")
+def restore_list(
+    to: Annotated[str | None, typer.Option("--to", help="Only restores into this Middleware.")] = None,
+    repo: RepoOpt = "",
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
+    output: Output = "table",
+) -> None:
+    """Restores recorded in the repository."""
+    records = runbook.list_restores(_repository(repo), namespace, to)
+    if _json(output):
+        _print_json(records)
+        return
+    table = Table("restore", "backup", "target", "phase", "safety snapshot", "started", header_style="bold")
+    for r in records:
+        table.add_row(
+            r["restoreId"],
+            r["backupId"],
+            f"{r['namespace']}/{r['target']}",
+            r["phase"],
+            r.get("safetySnapshot") or "-",
+            r.get("startedAt", ""),
+        )
+    out.print(table if records else "no restores")
