@@ -11,6 +11,11 @@ What JSON schema cannot carry (cross-field rules, immutability, the cron shape) 
 ``ENGINE_TOPOLOGIES`` where that data exists, so the apiserver rejects what the models reject.
 
 Usage: ``python -m middleware.crdgen --out crds`` writes, ``--check crds`` exits 1 when stale.
+
+``crds/`` also gets a kustomization listing the CRDs, so ``deploy/`` can include ``../crds`` without
+``--load-restrictor``. It is named ``Kustomization`` (one of the names kustomize reads) because a
+file without a YAML extension is skipped by both ``kubectl apply -f crds/`` and tools globbing
+``crds/*.yaml``, which would otherwise try to create it as a CRD.
 """
 
 from __future__ import annotations
@@ -466,8 +471,25 @@ def render(resource_cls: type[CustomResource]) -> str:
     return HEADER + body
 
 
+KUSTOMIZATION = "Kustomization"
+
+
+def render_kustomization(resources: Sequence[type[CustomResource]] = ALL_RESOURCES) -> str:
+    body = yaml.safe_dump(
+        {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": sorted(filename(r) for r in resources),
+        },
+        sort_keys=False,
+    )
+    return HEADER + body
+
+
 def expected_files(resources: Sequence[type[CustomResource]] = ALL_RESOURCES) -> dict[str, str]:
-    return {filename(r): render(r) for r in resources}
+    files = {filename(r): render(r) for r in resources}
+    files[KUSTOMIZATION] = render_kustomization(resources)
+    return files
 
 
 def write_all(out_dir: str | Path) -> list[Path]:
