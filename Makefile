@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools zookeeper openssl
 EXAMPLES ?= examples/redis-cluster.yaml examples/redis-sentinel.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps run stop test test-unit test-integration test-k8s control-plane crds crds-check lint bench clean
+.PHONY: help setup system-deps run stop test test-unit test-integration test-k8s control-plane ferretdb crds crds-check lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -48,13 +48,15 @@ stop: ## Stop the examples (data is kept; `moorage down NAME --purge` deletes it
 	-$(BIN)/moorage down redis-cluster
 	-$(BIN)/moorage down redis-sentinel
 
-test: setup crds-check control-plane ## Install everything and run all tests (unit, integration, k8s)
+# A missing FerretDB fails `make test` instead of skipping the MongoDB data-path tests.
+test: export MOORAGE_FERRETDB_REQUIRED := 1
+test: setup crds-check control-plane ferretdb ## Install everything and run all tests (unit, integration, k8s)
 	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: setup ## Integration tests on real engine servers started on 127.0.0.1
+test-integration: setup ferretdb ## Integration tests on real engine servers started on 127.0.0.1
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test-k8s: setup control-plane ## Tests on a real kube-apiserver + etcd + kube-controller-manager
@@ -62,6 +64,9 @@ test-k8s: setup control-plane ## Tests on a real kube-apiserver + etcd + kube-co
 
 control-plane: ## Build kube-apiserver, kube-controller-manager, etcd into ~/.cache/moorage/k8s (~15-30 min once)
 	nice -n 19 bash hack/build-control-plane.sh
+
+ferretdb: ## Build FerretDB (MongoDB-compatible, for the MongoDB dump tests) into ~/.cache/moorage/ferretdb (~5 min once)
+	nice -n 19 bash hack/build-ferretdb.sh
 
 crds: setup ## Regenerate crds/ from the pydantic models
 	$(PY) -m middleware.crdgen --out crds
@@ -78,6 +83,7 @@ lint: setup ## ruff, mypy and the import layering contracts
 bench: setup ## Benchmarks; results in bench/results.json
 	$(PY) bench/redis_cluster_bench.py --out bench/results.json
 	$(PY) bench/sync_verify_bench.py --out bench/results.json
+	$(PY) bench/operator_bench.py --out bench/results.json
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) .moorage .pytest_cache .mypy_cache .ruff_cache

@@ -66,7 +66,7 @@ class DirectorySource:
     def open(self, name: str) -> BinaryIO:
         entry = next(e for e in self._entries if e["name"] == name)
         reader = _VerifyingReader(self.directory / _file_name(name), entry["size"], entry["sha256"])
-        return io.BufferedReader(reader, CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(reader, CHUNK)
 
     def path(self, name: str) -> Path:
         return self.directory / _file_name(name)

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import functools
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Connection,
+    DataSource,
+    DumpObject,
+    DumpOrigin,
     EngineDefaults,
+    LoadReport,
     Member,
     MemberPlan,
     Observation,
@@ -30,7 +35,7 @@ from middleware.engines.base import (
     Report,
     no_progress,
 )
-from middleware.engines.mongodb import replicaset
+from middleware.engines.mongodb import dump, replicaset
 from middleware.engines.mongodb.config import (
     ADMIN_USER,
     CONFIG_FILE,
@@ -182,6 +187,23 @@ class MongoDBEngine(EngineDefaults):
                 raise NotReady(f"{name} not applied on {', '.join(missed)}: they did not answer")
             report.applied_live[name] = value
         return report
+
+    # -- data (DataDump / DataLoad: middleware/engines/mongodb/dump.py) ------------------------
+    def data_dump(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        return dump.dump(conn, progress)
+
+    def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
+        return dump.inventory(conn)
+
+    def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
+        return dump.compatibility(origin)
+
+    def data_load(
+        self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
+    ) -> LoadReport:
+        return dump.load(conn, source, progress)
 
 
 def _by_ordinal(members: list[Member]) -> list[Member]:
