@@ -1,0 +1,269 @@
+"""The one module that talks to the Kubernetes API (used by the operator).
+
+Everything goes through a small plain-dict API: server-side apply with one field manager, reads and
+lists by label selector, merge patches, deletes with a propagation policy. Callers never see the
+``kubernetes`` client's generated models, so the reconcile code works on the same dicts the engines
+render. Posting Events is not done here: the operator does it through kopf.
+
+``resolve_address`` is a test seam: it maps a member's pod DNS name (what the engines would dial in a
+cluster) to where the member really answers. The default keeps the DNS name; tests that back pods
+with local processes map it to 127.0.0.1:<port>.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from middleware.endpoints import Endpoint
+from middleware.errors import MoorageError
+
+FIELD_MANAGER = "moorage"
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+
+Manifest = dict[str, Any]
+AddressResolver = Callable[[str, str, int], Endpoint]
+"""(pod name, pod DNS host, port) -> where to dial the member."""
+
+
+def pod_dns_address(_pod: str, host: str, port: int) -> Endpoint:
+    return Endpoint(host, port)
+
+
+@dataclass(frozen=True)
+class Kind:
+    prefix: str  # "/api/v1" or "/apis/<group>/<version>"
+    plural: str
+    namespaced: bool = True
+
+
+# Only the kinds Moorage renders or reads; an unknown kind is a programming error, said clearly.
+KINDS: dict[tuple[str, str], Kind] = {
+    ("v1", "ConfigMap"): Kind("/api/v1", "configmaps"),
+    ("v1", "Secret"): Kind("/api/v1", "secrets"),
+    ("v1", "Service"): Kind("/api/v1", "services"),
+    ("v1", "Pod"): Kind("/api/v1", "pods"),
+    ("v1", "PersistentVolumeClaim"): Kind("/api/v1", "persistentvolumeclaims"),
+    ("apps/v1", "StatefulSet"): Kind("/apis/apps/v1", "statefulsets"),
+    ("policy/v1", "PodDisruptionBudget"): Kind("/apis/policy/v1", "poddisruptionbudgets"),
+    ("moorage.io/v1alpha1", "Middleware"): Kind("/apis/moorage.io/v1alpha1", "middlewares"),
+    ("moorage.io/v1alpha1", "MiddlewareCatalog"): Kind(
+        "/apis/moorage.io/v1alpha1", "middlewarecatalogs", namespaced=False
+    ),
+}
+
+
+class KubernetesApiError(MoorageError):
+    """The API server refused a request; ``status`` is the HTTP status, the message is the server's."""
+
+    def __init__(self, status: int, verb: str, what: str, message: str) -> None:
+        self.status = status
+        self.server_message = message
+        super().__init__(f"{verb} {what} failed ({status}): {message}")
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A controller reference to ``owner`` (a full object), so garbage collection follows it."""
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def label_selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+class KubernetesRuntime:
+    def __init__(
+        self,
+        api_client: Any,
+        *,
+        field_manager: str = FIELD_MANAGER,
+        resolve_address: AddressResolver = pod_dns_address,
+    ) -> None:
+        self.api = api_client
+        self.field_manager = field_manager
+        self.resolve_address = resolve_address
+
+    @classmethod
+    def from_environment(cls, **kwargs: Any) -> KubernetesRuntime:
+        """In a pod: the service account; elsewhere: $KUBECONFIG (or ~/.kube/config)."""
+        from kubernetes import client, config
+
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+            return cls(client.ApiClient(), **kwargs)
+        return cls(config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")), **kwargs)
+
+    def close(self) -> None:
+        self.api.close()
+
+    # -- raw requests -------------------------------------------------------------------------
+    def _request(
+        self,
+        verb: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any] | None:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type or "application/json"
+        method, url, headers, payload, post = self.api.param_serialize(
+            verb,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, header_params=headers, body=payload, post_params=post)
+        data = response.read()
+        if response.status == 404 and missing_ok:
+            return None
+        if not 200 <= response.status < 300:
+            try:
+                message = str(json.loads(data).get("message", ""))
+            except (ValueError, AttributeError):
+                message = (data or b"").decode("utf-8", "replace")[:500]
+            raise KubernetesApiError(response.status, verb, path.split("?")[0], message)
+        return json.loads(data) if data else {}
+
+    @staticmethod
+    def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        try:
+            info = KINDS[(api_version, kind)]
+        except KeyError:
+            raise MoorageError(f"the Kubernetes runtime does not know {api_version} {kind}") from None
+        path = info.prefix
+        if info.namespaced:
+            if not namespace:
+                raise MoorageError(f"{kind} {name or ''} needs a namespace")
+            path += f"/namespaces/{quote(namespace)}"
+        path += f"/{info.plural}"
+        if name is not None:
+            path += f"/{quote(name)}"
+        return path
+
+    # -- generic verbs ------------------------------------------------------------------------
+    def apply(self, manifest: Manifest, owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Server-side apply as the one field manager; ``force`` takes over fields another manager
+        (a kubectl edit) set, since the rendered state is the desired state."""
+        body = json.loads(json.dumps(manifest))
+        if owner is not None:
+            body.setdefault("metadata", {})["ownerReferences"] = [owner_reference(owner)]
+        meta = body["metadata"]
+        path = self._path(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
+        query = {"fieldManager": self.field_manager, "force": "true"}
+        result = self._request("PATCH", path, query=query, body=body, content_type=APPLY_PATCH)
+        assert result is not None
+        return result
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self._request("GET", self._path(api_version, kind, namespace, name), missing_ok=True)
+
+    def list_objects(
+        self, api_version: str, kind: str, namespace: str | None, labels: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        query = {"labelSelector": label_selector(labels)} if labels else {}
+        result = self._request("GET", self._path(api_version, kind, namespace), query=query)
+        return list((result or {}).get("items") or [])
+
+    def create(self, manifest: Manifest) -> dict[str, Any] | None:
+        """Create; None when the object already exists (it is never overwritten)."""
+        meta = manifest["metadata"]
+        path = self._path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"))
+        try:
+            return self._request("POST", path, body=manifest)
+        except KubernetesApiError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def merge_patch(
+        self, api_version: str, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        path = self._path(api_version, kind, namespace, name)
+        return self._request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH, missing_ok=True)
+
+    def delete(
+        self, api_version: str, kind: str, namespace: str | None, name: str, *, propagation: str | None = None
+    ) -> bool:
+        """True when a delete was issued, False when the object was already gone."""
+        body = {"propagationPolicy": propagation} if propagation else None
+        path = self._path(api_version, kind, namespace, name)
+        return self._request("DELETE", path, body=body, missing_ok=True) is not None
+
+    # -- what the operator needs --------------------------------------------------------------
+    def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self.list_objects("v1", "Pod", namespace, labels)
+
+    def label_pod(self, namespace: str, name: str, labels: Mapping[str, str]) -> bool:
+        """Merge labels into a pod; False when the pod is gone (it may be restarting)."""
+        patch = {"metadata": {"labels": dict(labels)}}
+        return self.merge_patch("v1", "Pod", namespace, name, patch) is not None
+
+    def claims(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return self.list_objects("v1", "PersistentVolumeClaim", namespace, labels)
+
+    def claims_of(
+        self, namespace: str, template: str, statefulset: str, labels: Mapping[str, str]
+    ) -> list[dict[str, Any]]:
+        """The PVCs a StatefulSet made from one volumeClaimTemplate: ``<template>-<sts>-<ordinal>``."""
+        pattern = re.compile(rf"^{re.escape(template)}-{re.escape(statefulset)}-\d+$")
+        return [c for c in self.claims(namespace, labels) if pattern.match(c["metadata"]["name"])]
+
+    def resize_claim(self, namespace: str, name: str, size: str) -> None:
+        patch = {"spec": {"resources": {"requests": {"storage": size}}}}
+        self.merge_patch("v1", "PersistentVolumeClaim", namespace, name, patch)
+
+    def orphan_delete_statefulset(self, namespace: str, name: str) -> bool:
+        """Delete a StatefulSet but keep its pods (and PVCs): the way to change volumeClaimTemplates."""
+        return self.delete("apps/v1", "StatefulSet", namespace, name, propagation="Orphan")
+
+    def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        import base64
+
+        secret = self.get("v1", "Secret", namespace, name)
+        if secret is None or key not in (secret.get("data") or {}):
+            return None
+        return base64.b64decode(secret["data"][key]).decode("utf-8")
+
+    def create_secrets(self, secrets: Iterable[Manifest]) -> list[str]:
+        """Create each Secret that does not exist yet; existing ones are never touched (a new
+        password over a running deployment would lock every client out). Returns those created.
+        No owner reference: with deletionPolicy Retain the credentials must outlive the Middleware,
+        so the operator deletes them itself under deletionPolicy Delete."""
+        created = []
+        for secret in secrets:
+            if self.create(secret) is not None:
+                created.append(secret["metadata"]["name"])
+        return created
+
+    def catalogs(self) -> list[dict[str, Any]]:
+        return self.list_objects("moorage.io/v1alpha1", "MiddlewareCatalog", None)
+
+    def member_endpoint(self, pod: str, host: str, port: int) -> Endpoint:
+        return self.resolve_address(pod, host, port)

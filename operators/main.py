@@ -1,0 +1,49 @@
+"""The kopf operator: importing this module registers every handler (``kopf run -m operators.main``).
+
+Handlers are thin: they time and count the attempt, then delegate to ``operators.reconcile``, which
+decodes, validates, acts through ``KubernetesRuntime`` and writes the status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from operators import metrics
+from operators.reconcile import apply, delete, observe
+from operators.settings import GROUP, VERSION, configure, operator_config
+
+MIDDLEWARES = (GROUP, VERSION, "middlewares")
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure(settings)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # kopf's default login goes through the kubernetes client, which fixes the kubeconfig path when it
+    # is imported; reading $KUBECONFIG at login time is what an operator started by a CLI expects.
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.resume(*MIDDLEWARES)
+@kopf.on.create(*MIDDLEWARES)
+@kopf.on.update(*MIDDLEWARES, field="spec")
+def reconcile_middleware(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
+    with metrics.reconcile_timer("Middleware", str(reason)) as outcome:
+        apply.reconcile(body, patch, outcome, operator_config())
+
+
+@kopf.on.delete(*MIDDLEWARES, optional=False)
+def delete_middleware(body: kopf.Body, **_: Any) -> None:
+    with metrics.reconcile_timer("Middleware", "delete"):
+        delete.delete(body)
+
+
+@kopf.timer(*MIDDLEWARES, interval=operator_config().observe_interval, initial_delay=5.0)
+def observe_middleware(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    with metrics.reconcile_timer("Middleware", "observe"):
+        observe.tick(body, patch, operator_config())

@@ -1,0 +1,166 @@
+"""Create, update and resume of a ``Middleware``: one idempotent pass that never waits.
+
+decode and validate → storage expansion if volumeClaimTemplates grew → credentials (once) → render
+and server-side apply with owner references → members Ready? (else retry later) → engine bootstrap
+through per-pod DNS → observe → status. Each step that cannot finish yet raises
+``kopf.TemporaryError`` with a delay; kopf calls the handler again and it picks up where the cluster
+is, since every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, MutableMapping
+from typing import Any, NoReturn
+
+import kopf
+
+from middleware.engines.base import Engine
+from middleware.errors import SpecError
+from middleware.kube.builders import credentials_secret_name
+from middleware.models.middleware import MiddlewareStatus, Phase
+from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, pod_ready
+from middleware.spec import ResolvedSpec
+from operators.reconcile import context, events, observe, storage
+from operators.reconcile import status as st
+from operators.settings import OperatorConfig
+
+PASSWORD_KEY = "password"
+
+
+def reconcile(
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    outcome: dict[str, str],
+    config: OperatorConfig,
+) -> None:
+    rt = context.runtime()
+    status = st.load(body)
+    previous_generation = status.observed_generation
+    generation = body["metadata"].get("generation")
+    status.observed_generation = generation
+
+    def retry(message: str, delay: float) -> NoReturn:
+        st.write(patch, status)
+        outcome["result"] = "retry"
+        raise kopf.TemporaryError(message, delay=delay)
+
+    try:
+        decoded = context.decode(body, rt)
+    except SpecError as exc:
+        st.invalid_spec(status, exc)
+        st.write(patch, status)
+        events.warning(body, reason="InvalidSpec", message=str(exc))
+        outcome["result"] = "invalid"
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+    spec, engine = decoded.spec, decoded.engine
+    status.version = spec.version
+    status.credentials_secret = credentials_secret_name(spec)
+    manifests = engine.render(spec, cluster_domain=config.cluster_domain)
+
+    _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
+    password = _credentials(rt, body, spec, engine)
+
+    try:
+        for manifest in manifests:
+            rt.apply(manifest, owner=body)
+    except KubernetesApiError as exc:
+        st.api_refused(status, "ApplyFailed", str(exc))
+        events.warning(body, reason="ApplyFailed", message=str(exc))
+        retry(str(exc), config.api_error_retry)
+    if previous_generation != generation:
+        kinds = sorted({m["kind"] for m in manifests})
+        events.normal(
+            body,
+            reason="Applied",
+            message=f"applied {len(manifests)} objects ({', '.join(kinds)}) for generation {generation}",
+        )
+
+    pods = observe.pods_by_name(rt, spec)
+    planned = engine.members(spec)
+    waiting = [m.name for m in planned if m.name not in pods or not pod_ready(pods[m.name])]
+    if waiting:
+        if st.waiting_for_members(status, len(planned) - len(waiting), len(planned), waiting):
+            events.normal(body, reason="WaitingForMembers", message=_message(status, st.READY))
+        retry(f"{len(waiting)} of {len(planned)} members not Ready", config.member_retry)
+
+    conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
+    try:
+        report = engine.bootstrap(spec, conn)
+    except Exception as exc:  # every engine failure (network, protocol, refusal) is retried the same way
+        message = f"bootstrap through the members' pod DNS names failed: {type(exc).__name__}: {exc}"
+        if st.bootstrap_failed(status, message):
+            events.warning(body, reason="BootstrapFailed", message=message)
+        retry(message, config.bootstrap_retry)
+    if report.changed:
+        events.normal(body, reason="Bootstrapped", message="; ".join(report.actions))
+
+    try:
+        observation, relabelled = observe.observe(rt, spec, engine, conn, pods)
+    except Exception as exc:  # as above: the next attempt or the timer observes again
+        message = f"observing the members failed: {type(exc).__name__}: {exc}"
+        st.bootstrap_failed(status, message)
+        retry(message, config.bootstrap_retry)
+    if relabelled:
+        events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
+    if st.observed(status, observation):
+        post = events.normal if observation.ready else events.warning
+        post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+    st.write(patch, status)
+
+
+def _expand_storage(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    status: MiddlewareStatus,
+    manifests: list[dict[str, Any]],
+    config: OperatorConfig,
+    retry: Callable[[str, float], NoReturn],
+    outcome: dict[str, str],
+    patch: MutableMapping[str, Any],
+) -> None:
+    namespace = body["metadata"]["namespace"]
+    try:
+        growth = storage.plan(rt, manifests)
+    except SpecError as exc:
+        st.storage_refused(status, exc)
+        st.write(patch, status)
+        events.warning(body, reason="StorageShrinkRefused", message=str(exc))
+        outcome["result"] = "invalid"
+        raise kopf.PermanentError(str(exc)) from None
+    except storage.StorageBusy as exc:
+        st.applying(status, Phase.UPDATING, "ExpandingStorage", str(exc))
+        retry(str(exc), config.storage_retry)
+    if not growth:
+        return
+    try:
+        actions = storage.grow(rt, namespace, growth)
+    except KubernetesApiError as exc:
+        st.api_refused(status, "StorageExpansionFailed", str(exc))
+        events.warning(body, reason="StorageExpansionFailed", message=str(exc))
+        retry(str(exc), config.api_error_retry)
+    sizes = ", ".join(sorted({f"{g.template} {g.old} -> {g.new}" for g in growth}))
+    events.normal(body, reason="ExpandingStorage", message=f"{sizes}: " + "; ".join(actions))
+    st.applying(status, Phase.UPDATING, "ExpandingStorage", f"recreating StatefulSets for {sizes}")
+    retry("StatefulSets are being recreated with the larger volumeClaimTemplates", config.storage_retry)
+
+
+def _credentials(rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, engine: Engine) -> str:
+    """The deployment's password: read from its Secret, or generated once and stored there first."""
+    name = credentials_secret_name(spec)
+    password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
+    if password is not None:
+        return password
+    created = rt.create_secrets(engine.render_secrets(spec, secrets.token_urlsafe(24)))
+    if created:
+        events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
+    # Read back: if another writer won a create race, its password is the one members use.
+    password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
+    if password is None:
+        raise kopf.TemporaryError(f"Secret {name} has no {PASSWORD_KEY!r} key yet", delay=5)
+    return password
+
+
+def _message(status: MiddlewareStatus, condition: str) -> str:
+    found = status.condition(condition)
+    return found.message if found is not None else ""

@@ -1,0 +1,117 @@
+"""Observation: ask the engine who is who (RoleProbe), label pods with their role so Services such as
+``-master`` follow failovers, record metrics and put members/endpoints into the status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+
+import kopf
+
+from middleware.engines.base import Connection, Engine, Member, Observation
+from middleware.errors import SpecError
+from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, ROLE_LABEL, credentials_secret_name
+from middleware.runtime.kubernetes import KubernetesRuntime, pod_ready
+from middleware.spec import ResolvedSpec
+from operators import metrics
+from operators.reconcile import events
+from operators.settings import OperatorConfig
+
+
+def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[str, Any]]:
+    labels = {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name}
+    return {p["metadata"]["name"]: p for p in rt.pods(spec.namespace, labels)}
+
+
+def connection(
+    rt: KubernetesRuntime,
+    spec: ResolvedSpec,
+    engine: Engine,
+    manifests: list[dict[str, Any]],
+    pods: Mapping[str, Mapping[str, Any]],
+    password: str | None,
+    cluster_domain: str,
+) -> Connection:
+    """Every planned member at its per-pod DNS name (``<pod>.<headless>.<ns>.svc.<domain>``) and the
+    port its StatefulSet's main container declares first; up means the pod is Ready."""
+    workloads = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "StatefulSet"}
+    members = []
+    for plan in engine.members(spec):
+        workload = workloads[plan.workload]["spec"]
+        service = workload["serviceName"]
+        port = int(workload["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])
+        host = f"{plan.name}.{service}.{spec.namespace}.svc.{cluster_domain}"
+        pod = pods.get(plan.name)
+        up = pod is not None and pod_ready(pod)
+        members.append(Member(plan=plan, endpoint=rt.member_endpoint(plan.name, host, port), up=up))
+    return Connection(members=members, password=password)
+
+
+def label_roles(
+    rt: KubernetesRuntime, spec: ResolvedSpec, observation: Observation, pods: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """Patch ``moorage.io/role`` where it differs from what the engine observed. Returns the changes."""
+    changed = []
+    for member in observation.members:
+        pod = pods.get(member.name)
+        if pod is None:
+            continue
+        current = (pod["metadata"].get("labels") or {}).get(ROLE_LABEL)
+        if current != member.role and rt.label_pod(spec.namespace, member.name, {ROLE_LABEL: member.role}):
+            changed.append(f"{member.name}: {current or '-'} -> {member.role}")
+    return changed
+
+
+def observe(
+    rt: KubernetesRuntime,
+    spec: ResolvedSpec,
+    engine: Engine,
+    conn: Connection,
+    pods: Mapping[str, Mapping[str, Any]],
+) -> tuple[Observation, list[str]]:
+    observation = engine.observe(spec, conn)
+    relabelled = label_roles(rt, spec, observation, pods)
+    metrics.record_health(
+        spec.namespace,
+        spec.name,
+        spec.engine,
+        ready=observation.ready,
+        healthy_members=sum(1 for m in observation.members if m.healthy),
+    )
+    return observation, relabelled
+
+
+def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig) -> None:
+    """The timer: observe a bootstrapped deployment, relabel roles, refresh the status. Before the
+    first bootstrap, and for an invalid spec, the create/update handler owns the status."""
+    from operators.reconcile import context
+    from operators.reconcile import status as st
+
+    status = st.load(body)
+    if not st.is_provisioned(status) or body["metadata"].get("deletionTimestamp"):
+        return
+    rt = context.runtime()
+    try:
+        decoded = context.decode(body, rt)
+    except SpecError:
+        return
+    spec, engine = decoded.spec, decoded.engine
+    pods = pods_by_name(rt, spec)
+    password = rt.secret_value(spec.namespace, credentials_secret_name(spec), "password")
+    manifests = engine.render(spec, cluster_domain=config.cluster_domain)
+    conn = connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
+    before = status.to_wire()
+    try:
+        observation, relabelled = observe(rt, spec, engine, conn, pods)
+    except Exception as exc:  # a member unreachable mid-observation: Degraded, not a crash
+        message = f"observing the members failed: {type(exc).__name__}: {exc}"
+        if st.observe_failed(status, message):
+            events.warning(body, reason="ObserveFailed", message=message)
+    else:
+        if relabelled:
+            events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
+        if st.observed(status, observation):
+            post = events.normal if observation.ready else events.warning
+            post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+    if status.to_wire() != before:
+        st.write(patch, status)

@@ -1,0 +1,82 @@
+"""Operator settings: kopf's (finalizer, progress storage, peering, posting, timeouts) and ours.
+
+``configure`` is called from the one ``@kopf.on.startup`` handler in ``operators.main``. Our own
+knobs come from the environment so the Deployment (and tests) can tune them without code.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+
+import kopf
+
+GROUP = "moorage.io"
+VERSION = "v1alpha1"
+FINALIZER = "moorage.io/finalizer"
+ANNOTATION_PREFIX = "moorage.io"
+PEERING_NAME = "moorage"
+FIELD_MANAGER = "moorage"
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    cluster_domain: str = "cluster.local"
+    # How soon to look again while pods are not Ready yet: pod startup is seconds to minutes.
+    member_retry: float = 5.0
+    # Bootstrap failures are usually the network or a member still loading data; no need to hammer.
+    bootstrap_retry: float = 20.0
+    # A StatefulSet orphan-delete finishes within a GC cycle.
+    storage_retry: float = 2.0
+    # An API refusal (quota, a StorageClass without expansion) needs a human: retry slowly.
+    api_error_retry: float = 60.0
+    observe_interval: float = 30.0
+
+    @classmethod
+    def from_environment(cls) -> OperatorConfig:
+        return cls(
+            cluster_domain=os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local"),
+            member_retry=_float("MOORAGE_MEMBER_RETRY_SECONDS", 5.0),
+            bootstrap_retry=_float("MOORAGE_BOOTSTRAP_RETRY_SECONDS", 20.0),
+            storage_retry=_float("MOORAGE_STORAGE_RETRY_SECONDS", 2.0),
+            api_error_retry=_float("MOORAGE_API_ERROR_RETRY_SECONDS", 60.0),
+            observe_interval=_float("MOORAGE_OBSERVE_INTERVAL_SECONDS", 30.0),
+        )
+
+
+@cache
+def operator_config() -> OperatorConfig:
+    return OperatorConfig.from_environment()
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    settings.peering.name = PEERING_NAME
+    # Handlers post the important steps as Events themselves; log lines become Events only from
+    # WARNING up, so a busy reconcile does not flood the namespace's event stream.
+    settings.posting.level = logging.WARNING
+    settings.posting.reporting_component = "moorage-operator"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 30
+    # Sync handlers run in this pool; engine calls block on the network, so allow some parallelism.
+    settings.execution.max_workers = 8
+    settings.execution.default_backoff = 10

@@ -1,0 +1,203 @@
+"""Running the real operator (``kopf run -m operators.main``) against the test control plane.
+
+kopf runs in a thread of the test process (``kopf.testing.KopfRunner``), logs in through the
+control plane's kubeconfig and watches one namespace. There is no kubelet: tests play its part by
+writing pod status (``mark_ready``), and every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from tests.k8s.controlplane import ControlPlane
+
+GROUP, VERSION = "moorage.io", "v1alpha1"
+WAIT = 90.0
+# Short retry delays so a test sees each step soon; the production defaults are in OperatorConfig.
+FAST_RETRIES = {
+    "MOORAGE_MEMBER_RETRY_SECONDS": "1",
+    "MOORAGE_BOOTSTRAP_RETRY_SECONDS": "3",
+    "MOORAGE_STORAGE_RETRY_SECONDS": "1",
+    "MOORAGE_API_ERROR_RETRY_SECONDS": "5",
+}
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+@contextmanager
+def running_operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> Iterator[Any]:
+    """The operator watching ``namespace``. On exit every Middleware left there is deleted while the
+    operator still runs (so its finalizer is honoured), then the operator stops."""
+    from kopf.testing import KopfRunner
+
+    from operators.settings import operator_config
+
+    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", *FAST_RETRIES)}
+    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
+    os.environ.update(FAST_RETRIES)
+    operator_config.cache_clear()
+    args = ["run", "-m", "operators.main", "--standalone", "--namespace", namespace]
+    try:
+        with KopfRunner(args, timeout=60) as runner:
+            try:
+                yield runner
+            finally:
+                _delete_all(api_client, namespace)
+        assert runner.exception is None, runner.output
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        operator_config.cache_clear()
+
+
+def _delete_all(api_client: Any, namespace: str) -> None:
+    custom = custom_api(api_client)
+    for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares")["items"]:
+        name = item["metadata"]["name"]
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", name)
+
+    def gone() -> bool:
+        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares")["items"]
+        return not items
+
+    wait_for("every Middleware to be finalized", gone, timeout=60)
+
+
+def custom_api(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client)
+
+
+def core_api(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+def apps_api(api_client: Any) -> Any:
+    from kubernetes import client
+
+    return client.AppsV1Api(api_client)
+
+
+def middleware(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    api_version = f"{GROUP}/{VERSION}"
+    return {"apiVersion": api_version, "kind": "Middleware", "metadata": {"name": name}, "spec": spec}
+
+
+def read_middleware(api_client: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        result: dict[str, Any] = custom_api(api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", name
+        )
+        return result
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def status_of(api_client: Any, namespace: str, name: str) -> dict[str, Any]:
+    body = read_middleware(api_client, namespace, name) or {}
+    return dict(body.get("status") or {})
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def events(api_client: Any, namespace: str, name: str) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events about the Middleware ``name``."""
+    items = core_api(api_client).list_namespaced_event(namespace).items
+    return [
+        (e.type, e.reason, e.message or "")
+        for e in items
+        if e.involved_object.kind == "Middleware" and e.involved_object.name == name
+    ]
+
+
+def mark_ready(api_client: Any, namespace: str, pod: str) -> None:
+    """Do the kubelet's part: the pod is Running and Ready."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [
+        {"type": kind, "status": "True", "lastTransitionTime": now}
+        for kind in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+    ]
+    core_api(api_client).patch_namespaced_pod_status(
+        pod, namespace, {"status": {"phase": "Running", "conditions": conditions}}
+    )
+
+
+def make_pods_ready(api_client: Any, namespace: str, names: list[str], timeout: float = WAIT) -> None:
+    """Mark each pod Ready as the StatefulSet controller creates it (OrderedReady creates ordinal
+    n+1 only after n is Ready), until all of ``names`` are Ready."""
+    core = core_api(api_client)
+    pending = set(names)
+
+    def step() -> bool:
+        present = {p.metadata.name: p for p in core.list_namespaced_pod(namespace).items}
+        for name in sorted(pending & present.keys()):
+            mark_ready(api_client, namespace, name)
+            pending.discard(name)
+        return not pending
+
+    wait_for(f"pods {sorted(names)} to exist (marked Ready as they appear)", step, timeout=timeout)
+
+
+@contextmanager
+def local_members(state_dir: Any, manifest: dict[str, Any], timeout: float = 60.0) -> Iterator[Any]:
+    """Back a Middleware's pods with real engine processes on 127.0.0.1 (LocalRuntime), and point the
+    operator's address-resolution seam at them: pod DNS name → 127.0.0.1:<allocated port>. Yields the
+    (runtime, resolved spec) pair; the processes are stopped by their PIDs on exit."""
+    from middleware.endpoints import Endpoint
+    from middleware.engines.base import Connection
+    from middleware.engines.registry import get_engine
+    from middleware.runtime.local import LocalRuntime
+    from middleware.spec import load_middleware, resolve
+    from operators.reconcile import context
+
+    local = LocalRuntime(state_dir)
+    spec = resolve(load_middleware(manifest))
+    engine = get_engine(spec.engine)
+    planned = {m.name for m in engine.members(spec)}
+    saved = context.address_resolver
+    try:
+        for wave in engine.start_waves(spec):
+            local.apply(spec, engine, wave, Connection(local.members(spec, engine), local.password(spec)))
+            names = {m.name for m in wave}
+            wait_for(
+                f"local members {sorted(names)} up",
+                lambda names=names: names <= {m.plan.name for m in local.members(spec, engine) if m.up},  # type: ignore[misc]
+                timeout=timeout,
+            )
+        endpoints = {m.plan.name: m.endpoint for m in local.members(spec, engine)}
+        assert set(endpoints) == planned
+
+        def resolve_address(pod: str, host: str, port: int) -> Endpoint:
+            return endpoints.get(pod, Endpoint(host, port))
+
+        context.address_resolver = resolve_address
+        yield local, spec
+    finally:
+        context.address_resolver = saved
+        local.delete(spec.namespace, spec.name, purge=True)

@@ -1,0 +1,410 @@
+"""The operator (kopf handlers + KubernetesRuntime) on a real kube-apiserver and controller-manager.
+
+Each test runs ``kopf run -m operators.main --standalone --namespace <ns>`` in a thread and creates
+Middleware objects; what it checks is what the API server holds afterwards (objects, status, Events),
+and what the real StatefulSet, garbage-collector and PV controllers did with it. No kubelet runs:
+the tests mark pods Ready themselves (see kopf_support.mark_ready), and no pod DNS resolves here,
+so a bootstrap through pod DNS fails, and the tests check that the status says so truthfully.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.k8s.controlplane import ControlPlane
+from tests.k8s.kopf_support import (
+    GROUP,
+    VERSION,
+    apps_api,
+    condition,
+    core_api,
+    custom_api,
+    events,
+    make_pods_ready,
+    middleware,
+    read_middleware,
+    running_operator,
+    status_of,
+    wait_for,
+)
+
+pytestmark = pytest.mark.k8s
+
+FINALIZER = "moorage.io/finalizer"
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def _read(call: Any, *args: Any) -> Any:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        return call(*args)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _event_reasons(api_client: Any, namespace: str, name: str) -> set[str]:
+    return {reason for _, reason, _ in events(api_client, namespace, name)}
+
+
+def test_cluster_is_applied_waits_for_members_and_reports_bootstrap_failure(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    name = _name("rc")
+    spec = {"engine": "redis", "topology": "cluster", "shards": 3, "replicas": 1}
+    core, apps = core_api(api_client), apps_api(api_client)
+    with running_operator(control_plane, api_client, namespace):
+        created = custom_api(api_client).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+        )
+        uid = created["metadata"]["uid"]
+
+        def waiting() -> dict[str, Any] | None:
+            status = status_of(api_client, namespace, name)
+            return status if status.get("phaseReason") == "WaitingForMembers" else None
+
+        status = wait_for("status WaitingForMembers", waiting)
+        assert status["phase"] == "Provisioning"
+        assert condition(status, "Provisioned")["status"] == "False"
+        assert "members ready" in condition(status, "Provisioned")["message"]
+        assert FINALIZER in (read_middleware(api_client, namespace, name) or {})["metadata"]["finalizers"]
+
+        # what was rendered is on the server, each object owned by the Middleware
+        statefulsets = {s.metadata.name: s for s in apps.list_namespaced_stateful_set(namespace).items}
+        assert set(statefulsets) == {f"{name}-shard-{i}" for i in range(3)}
+        services = {s.metadata.name for s in core.list_namespaced_service(namespace).items}
+        assert {name, f"{name}-headless"} <= services
+        config_maps = {c.metadata.name for c in core.list_namespaced_config_map(namespace).items}
+        assert f"{name}-config" in config_maps
+        from kubernetes import client
+
+        pdbs = client.PolicyV1Api(api_client).list_namespaced_pod_disruption_budget(namespace).items
+        assert len(pdbs) == 3
+        owned = [*statefulsets.values(), *pdbs]
+        owned += [core.read_namespaced_service(n, namespace) for n in (name, f"{name}-headless")]
+        owned.append(core.read_namespaced_config_map(f"{name}-config", namespace))
+        for obj in owned:
+            refs = obj.metadata.owner_references or []
+            assert [(r.kind, r.name, r.uid, r.controller) for r in refs] == [("Middleware", name, uid, True)]
+            managers = {m.manager for m in obj.metadata.managed_fields or []}
+            assert "moorage" in managers, (obj.metadata.name, managers)
+        # the credentials outlive the Middleware under Retain: no owner reference
+        secret = core.read_namespaced_secret(f"{name}-credentials", namespace)
+        assert secret.metadata.owner_references is None
+        assert secret.data["password"]
+
+        wait_for(
+            "Events Applied, CredentialsCreated, WaitingForMembers",
+            lambda: (
+                {"Applied", "CredentialsCreated", "WaitingForMembers"}
+                <= _event_reasons(api_client, namespace, name)
+            ),
+        )
+
+        # play the kubelet: the members become Ready, so the operator proceeds to bootstrap
+        make_pods_ready(api_client, namespace, [f"{name}-shard-{i}-0" for i in range(3)])
+
+        def bootstrap_reported() -> dict[str, Any] | None:
+            status = status_of(api_client, namespace, name)
+            return status if status.get("phaseReason") == "BootstrapFailed" else None
+
+        status = wait_for("status BootstrapFailed", bootstrap_reported)
+        # no DNS for pods here: the status says the bootstrap failed, and why, not Ready
+        assert status["phase"] == "Degraded"
+        degraded = condition(status, "Degraded")
+        assert degraded["status"] == "True"
+        assert "pod DNS" in degraded["message"]
+        assert condition(status, "Ready")["status"] == "False"
+        assert status["observedGeneration"] == created["metadata"]["generation"]
+        warnings = wait_for(
+            "a Warning event BootstrapFailed",
+            lambda: [e for e in events(api_client, namespace, name) if e[1] == "BootstrapFailed"],
+        )
+        assert warnings[0][0] == "Warning"
+
+
+def test_semantic_spec_error_is_permanent_and_names_the_field(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    name = _name("bad")
+    # the CRD schema accepts any version string; only the catalog knows 6.0 is not offered
+    spec = {"engine": "redis", "topology": "standalone", "version": "6.0"}
+    with running_operator(control_plane, api_client, namespace):
+        custom_api(api_client).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+        )
+
+        def failed() -> dict[str, Any] | None:
+            status = status_of(api_client, namespace, name)
+            return status if status.get("phase") == "Failed" else None
+
+        status = wait_for("phase Failed", failed)
+        assert status["phaseReason"] == "InvalidSpec"
+        provisioned = condition(status, "Provisioned")
+        assert provisioned["status"] == "False"
+        assert provisioned["reason"] == "InvalidSpec"
+        assert provisioned["message"].startswith("spec.version:")
+        assert "'6.0'" in provisioned["message"]
+        warning = wait_for(
+            "a Warning event InvalidSpec",
+            lambda: [e for e in events(api_client, namespace, name) if e[1] == "InvalidSpec"],
+        )
+        assert warning[0][0] == "Warning"
+        assert "spec.version" in warning[0][2]
+        # nothing was applied for an invalid spec
+        assert apps_api(api_client).list_namespaced_stateful_set(namespace).items == []
+        assert _read(core_api(api_client).read_namespaced_secret, f"{name}-credentials", namespace) is None
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Delete"])
+def test_deletion_policy_is_honoured_by_the_finalizer(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, policy: str
+) -> None:
+    name = _name("del")
+    spec = {"engine": "redis", "topology": "standalone", "deletionPolicy": policy}
+    core, apps, custom = core_api(api_client), apps_api(api_client), custom_api(api_client)
+    claim, secret = f"data-{name}-0", f"{name}-credentials"
+    with running_operator(control_plane, api_client, namespace):
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+        )
+        # the StatefulSet controller made the pod and its PVC; the operator made the Secret
+        wait_for(
+            f"PVC {claim}", lambda: _read(core.read_namespaced_persistent_volume_claim, claim, namespace)
+        )
+        wait_for(f"Secret {secret}", lambda: _read(core.read_namespaced_secret, secret, namespace))
+        body = read_middleware(api_client, namespace, name) or {}
+        assert FINALIZER in body["metadata"]["finalizers"]
+
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", name)
+        wait_for("the Middleware to be gone", lambda: read_middleware(api_client, namespace, name) is None)
+        # the garbage collector (kube-controller-manager) follows the owner references
+        wait_for(
+            "the StatefulSet to be garbage-collected",
+            lambda: _read(apps.read_namespaced_stateful_set, name, namespace) is None,
+        )
+        if policy == "Retain":
+            kept = _read(core.read_namespaced_persistent_volume_claim, claim, namespace)
+            assert kept is not None and kept.metadata.deletion_timestamp is None
+            assert _read(core.read_namespaced_secret, secret, namespace).data["password"]
+        else:
+            wait_for(
+                f"PVC {claim} deleted",
+                lambda: _read(core.read_namespaced_persistent_volume_claim, claim, namespace) is None,
+            )
+            assert _read(core.read_namespaced_secret, secret, namespace) is None
+        reason = "DataRetained" if policy == "Retain" else "DataDeleted"
+        wait_for(f"Event {reason}", lambda: reason in _event_reasons(api_client, namespace, name))
+
+
+def test_storage_expansion_patches_claims_and_recreates_the_statefulset(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    from kubernetes import client
+
+    name = _name("grow")
+    storage_class = f"expandable-{namespace}"
+    claim = f"data-{name}-0"
+    core, apps, custom = core_api(api_client), apps_api(api_client), custom_api(api_client)
+    storage: Any = client.StorageV1Api(api_client)
+    storage.create_storage_class(
+        {
+            "metadata": {"name": storage_class},
+            "provisioner": "kubernetes.io/no-provisioner",
+            "allowVolumeExpansion": True,
+            "volumeBindingMode": "Immediate",
+        }
+    )
+    volume = f"pv-{namespace}"
+    try:
+        spec = {
+            "engine": "redis",
+            "topology": "standalone",
+            "storage": {"size": "1Gi", "storageClassName": storage_class},
+        }
+        with running_operator(control_plane, api_client, namespace):
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            wait_for(
+                f"PVC {claim}", lambda: _read(core.read_namespaced_persistent_volume_claim, claim, namespace)
+            )
+            # a static volume pre-bound to the claim: the PV controller binds them (no provisioner here)
+            core.create_persistent_volume(
+                {
+                    "metadata": {"name": volume},
+                    "spec": {
+                        "capacity": {"storage": "1Gi"},
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": storage_class,
+                        "persistentVolumeReclaimPolicy": "Retain",
+                        "hostPath": {"path": f"/tmp/{volume}"},
+                        "claimRef": {"namespace": namespace, "name": claim},
+                    },
+                }
+            )
+            wait_for(
+                f"PVC {claim} Bound",
+                lambda: (
+                    core.read_namespaced_persistent_volume_claim(claim, namespace).status.phase == "Bound"
+                ),
+            )
+            before_sts = apps.read_namespaced_stateful_set(name, namespace)
+            pod_uid = core.read_namespaced_pod(f"{name}-0", namespace).metadata.uid
+
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", name, {"spec": {"storage": {"size": "2Gi"}}}
+            )
+
+            def resized() -> bool:
+                pvc = core.read_namespaced_persistent_volume_claim(claim, namespace)
+                return bool(pvc.spec.resources.requests["storage"] == "2Gi")
+
+            wait_for(f"PVC {claim} to request 2Gi", resized)
+
+            def recreated() -> Any:
+                sts = _read(apps.read_namespaced_stateful_set, name, namespace)
+                if sts is None or sts.metadata.uid == before_sts.metadata.uid:
+                    return None
+                return sts
+
+            sts = wait_for("a new StatefulSet", recreated)
+            assert sts.spec.volume_claim_templates[0].spec.resources.requests["storage"] == "2Gi"
+            # the pod was orphaned, not deleted, and the new StatefulSet adopted it
+            pod = core.read_namespaced_pod(f"{name}-0", namespace)
+            assert pod.metadata.uid == pod_uid
+            assert pod.metadata.deletion_timestamp is None
+            wait_for(
+                "the pod adopted by the new StatefulSet",
+                lambda: (
+                    [
+                        r.uid
+                        for r in core.read_namespaced_pod(f"{name}-0", namespace).metadata.owner_references
+                        or []
+                    ]
+                    == [sts.metadata.uid]
+                ),
+            )
+            wait_for(
+                "Event ExpandingStorage",
+                lambda: "ExpandingStorage" in _event_reasons(api_client, namespace, name),
+            )
+
+            # shrinking is refused with a condition naming the field; nothing is touched
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", name, {"spec": {"storage": {"size": "1Gi"}}}
+            )
+
+            def refused() -> dict[str, Any] | None:
+                status = status_of(api_client, namespace, name)
+                return status if status.get("phaseReason") == "StorageShrinkRefused" else None
+
+            status = wait_for("status StorageShrinkRefused", refused)
+            assert status["phase"] == "Failed"
+            message = condition(status, "Provisioned")["message"]
+            assert message.startswith("spec.storage.size:")
+            assert "2Gi" in message and "1Gi" in message
+            assert apps.read_namespaced_stateful_set(name, namespace).metadata.uid == sts.metadata.uid
+            assert (
+                core.read_namespaced_persistent_volume_claim(claim, namespace).spec.resources.requests[
+                    "storage"
+                ]
+                == "2Gi"
+            )
+    finally:
+        storage.delete_storage_class(storage_class)
+        _read(core.delete_persistent_volume, volume)
+
+
+def test_catalog_image_override_reaches_the_next_render(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    name = _name("cat")
+    catalog = f"private-registry-{namespace}"
+    image = "registry.example.internal/mirror/redis:7.0.15"
+    custom = custom_api(api_client)
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MiddlewareCatalog",
+        "metadata": {"name": catalog},
+        "spec": {"images": [{"engine": "redis", "version": "7.0", "image": image}]},
+    }
+    custom.create_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", body)
+    try:
+        with running_operator(control_plane, api_client, namespace):
+            spec = {"engine": "redis", "topology": "standalone", "version": "7.0"}
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            apps = apps_api(api_client)
+            sts = wait_for(
+                "the StatefulSet", lambda: _read(apps.read_namespaced_stateful_set, name, namespace)
+            )
+            template = sts.spec.template.spec
+            assert {c.image for c in template.containers} == {image}
+            assert {c.image for c in template.init_containers or []} <= {image}
+    finally:
+        custom.delete_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", catalog)
+
+
+def test_sentinel_bootstraps_through_the_kubernetes_path_on_local_processes(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Any
+) -> None:
+    """Stretch: the pods are backed by real redis-server/sentinel processes on 127.0.0.1 (the test's
+    stand-in for containers), reached through the runtime's address seam instead of pod DNS."""
+    import base64
+    import shutil
+
+    from middleware.engines.registry import get_engine
+    from tests.k8s.kopf_support import local_members
+
+    for binary in ("redis-server", "redis-sentinel"):
+        if shutil.which(binary) is None:
+            pytest.skip(f"{binary} not found: run `make setup` (apt-get install redis-server redis-sentinel)")
+    name = _name("sen")
+    spec = {"engine": "redis", "topology": "sentinel", "replicas": 2, "sentinels": 3}
+    manifest = middleware(name, spec)
+    manifest["metadata"]["namespace"] = namespace
+    core = core_api(api_client)
+    with local_members(tmp_path / "local", manifest) as (local, resolved):
+        # the operator never overwrites an existing credentials Secret: give it the processes' password
+        password = local.password(resolved)
+        for secret in get_engine("redis").render_secrets(resolved, password):
+            core.create_namespaced_secret(namespace, secret)
+        with running_operator(control_plane, api_client, namespace):
+            custom_api(api_client).create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            pods = [f"{name}-0", f"{name}-1", *(f"{name}-sentinel-{i}" for i in range(3))]
+            make_pods_ready(api_client, namespace, pods)
+
+            def ready() -> dict[str, Any] | None:
+                status = status_of(api_client, namespace, name)
+                return status if status.get("phase") == "Ready" else None
+
+            status = wait_for("phase Ready", ready, timeout=120)
+            roles = {m["name"]: m["role"] for m in status["members"]}
+            assert roles[f"{name}-0"] == "master"
+            assert roles[f"{name}-1"] == "replica"
+            assert all(roles[f"{name}-sentinel-{i}"] == "sentinel" for i in range(3))
+            assert all(m["healthy"] for m in status["members"])
+            assert condition(status, "Ready")["status"] == "True"
+            assert condition(status, "Provisioned")["status"] == "True"
+            assert status["endpoints"]["masterName"] == name
+            # the -master Service selects moorage.io/role=master: the operator put it on the master pod
+            labels = {p: core.read_namespaced_pod(p, namespace).metadata.labels for p in pods[:2]}
+            assert labels[f"{name}-0"]["moorage.io/role"] == "master"
+            assert labels[f"{name}-1"]["moorage.io/role"] == "replica"
+            secret = core.read_namespaced_secret(f"{name}-credentials", namespace)
+            assert base64.b64decode(secret.data["password"]).decode() == password
+            wait_for(
+                "Event Bootstrapped", lambda: "Bootstrapped" in _event_reasons(api_client, namespace, name)
+            )
