@@ -26,6 +26,9 @@ system-deps: ## Engine binaries from Debian (Redis, Sentinel, ZooKeeper) and the
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# kubectl builds deploy/ (kustomize) in the k8s tests; Debian's kubernetes-client when absent.
+	@command -v kubectl >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends kubernetes-client >/dev/null; }
 	@# PostgreSQL refuses to run as root: the local runtime runs its members as this user.
 	@id postgres >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO useradd --system --create-home --shell /usr/sbin/nologin postgres; }

@@ -7,6 +7,7 @@ Thin: open the repository and the target, call ``backups.runbook``, print. Every
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,19 +15,21 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from backups.manifest import BackupManifest
-from backups.repository import Repository
-from backups.store import RepositoryConfig, S3Store
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backups import runbook
+from backups.kubernetes import KubernetesTargets
 from backups.local import LocalTargets
+from backups.manifest import BackupManifest
+from backups.repository import Repository
+from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import Progress as ProgressFn
 from middleware.engines.base import no_progress
 from middleware.errors import MoorageError
 from middleware.lifecycle import Lifecycle
+from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 
 backup_app = typer.Typer(
@@ -47,7 +50,7 @@ RepoOpt = Annotated[
     typer.Option(
         "--repo",
         envvar=REPO_ENV,
-        help="s3://BUCKET[/PREFIX][?endpoint=URL&region=R&sse=AES256]; keys from AWS_ACCESS_KEY_ID/"
+        help="s3://BUCKET\\[/PREFIX]\\[?endpoint=URL&region=R&sse=AES256]; keys from AWS_ACCESS_KEY_ID/"
         "AWS_SECRET_ACCESS_KEY.",
     ),
 ]
@@ -57,6 +60,14 @@ StateDir = Annotated[
 ]
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Middleware.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="local: deployments of `moorage up`; kubernetes: Middleware objects in the cluster "
+        "(in-cluster service account or $KUBECONFIG), as the operator's Jobs run it.",
+    ),
+]
 
 
 def _json(output: str) -> bool:
@@ -79,7 +90,12 @@ def _repository(url: str | None) -> Repository:
     return Repository(store)
 
 
-def _targets(state_dir: Path | None) -> LocalTargets:
+def _targets(state_dir: Path | None, runtime: str = "local") -> LocalTargets | KubernetesTargets:
+    if runtime == "kubernetes":
+        domain = os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local")
+        return KubernetesTargets(KubernetesRuntime.from_environment(), cluster_domain=domain)
+    if runtime != "local":
+        raise MoorageError(f"--runtime must be local or kubernetes, not {runtime!r}")
     return LocalTargets(Lifecycle(LocalRuntime(state_dir)))
 
 
@@ -93,7 +109,8 @@ def _human(size: float) -> str:
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[ProgressFn]:
-    if not enabled:
+    # Bars only on a terminal: redirected, rich would still leave a blank line before an error.
+    if not enabled or not err.is_terminal:
         yield no_progress
         return
     bars = Progress(
@@ -149,15 +166,19 @@ def backup_create(
     name: Annotated[str, typer.Argument(help="Middleware to back up.")],
     repo: RepoOpt = "",
     namespace: Namespace = "default",
+    backup_id: Annotated[
+        str | None, typer.Option("--backup-id", help="Use this id (default: <name>-<time>-<random>).")
+    ] = None,
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
     """Back up a deployment: one streamed object per shard/database, manifest.json written last."""
     as_json = _json(output)
     repository = _repository(repo)
-    target = _targets(state_dir).get(namespace, name)
+    target = _targets(state_dir, runtime).get(namespace, name)
     with _progress(not as_json) as progress:
-        manifest = runbook.create_backup(repository, target, progress=progress)
+        manifest = runbook.create_backup(repository, target, backup_id=backup_id, progress=progress)
     if as_json:
         _print_json(manifest.to_wire())
     else:
@@ -211,6 +232,7 @@ def backup_verify(
     repo: RepoOpt = "",
     deep: Annotated[bool, typer.Option(help="Also restore into a scratch deployment and check it.")] = False,
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
     """Check every object's size and sha256; --deep also loads it into a scratch deployment.
@@ -219,7 +241,11 @@ def backup_verify(
     repository = _repository(repo)
     with _progress(not as_json) as progress:
         report = runbook.verify_backup(
-            repository, backup_id, deep=deep, targets=_targets(state_dir) if deep else None, progress=progress
+            repository,
+            backup_id,
+            deep=deep,
+            targets=_targets(state_dir, runtime) if deep else None,
+            progress=progress,
         )
     if as_json:
         _print_json(report.to_wire())
@@ -290,7 +316,7 @@ def schedule_run(
     Locally every policy's repository is the --repo given."""
     as_json = _json(output)
     repository = _repository(repo)
-    targets = _targets(state_dir)
+    targets = LocalTargets(Lifecycle(LocalRuntime(state_dir)))
     with _progress(not as_json) as progress:
         outcomes = runbook.run_schedules(
             lambda _ns, _name: repository, targets, targets.deployments(), progress=progress
@@ -352,12 +378,20 @@ def restore_plan(
     to: Annotated[str, typer.Option("--to", help="Target Middleware.")],
     repo: RepoOpt = "",
     namespace: Namespace = "default",
+    restore_id: Annotated[
+        str | None,
+        typer.Option("--restore-id", help="Also save the plan as this restore's record (phase Planned)."),
+    ] = None,
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
-    """What a restore would overwrite and whether the target can take it. Changes nothing; exits 1
-    when the target is incompatible."""
-    plan = runbook.plan_restore(_repository(repo), backup_id, _targets(state_dir).get(namespace, to))
+    """What a restore would overwrite and whether the target can take it. Changes nothing in the
+    target; exits 1 when the target is incompatible."""
+    repository = _repository(repo)
+    plan = runbook.plan_restore(repository, backup_id, _targets(state_dir, runtime).get(namespace, to))
+    if restore_id:
+        runbook.record_plan(repository, plan, restore_id)
     if _json(output):
         _print_json(plan.to_wire())
     else:
@@ -373,16 +407,23 @@ def restore_apply(
     repo: RepoOpt = "",
     namespace: Namespace = "default",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    restore_id: Annotated[
+        str | None,
+        typer.Option("--restore-id", help="Use this id (default: restore-<target>-<time>-<random>)."),
+    ] = None,
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
     """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails."""
     as_json = _json(output)
     repository = _repository(repo)
-    target = _targets(state_dir).get(namespace, to)
+    target = _targets(state_dir, runtime).get(namespace, to)
     _confirm(yes, f"this replaces the data of {namespace}/{to} with backup {backup_id}")
     with _progress(not as_json) as progress:
-        record = runbook.apply_restore(repository, backup_id, target, progress=progress)
+        record = runbook.apply_restore(
+            repository, backup_id, target, progress=progress, restore_id=restore_id
+        )
     if as_json:
         _print_json(record)
     else:
@@ -395,6 +436,7 @@ def restore_rollback(
     repo: RepoOpt = "",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
     """Return the target of a restore to the safety snapshot taken before it (also after a
@@ -402,7 +444,7 @@ def restore_rollback(
     as_json = _json(output)
     repository = _repository(repo)
     record = repository.load_restore(restore_id)
-    target = _targets(state_dir).get(record["namespace"], record["target"])
+    target = _targets(state_dir, runtime).get(record["namespace"], record["target"])
     _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
     with _progress(not as_json) as progress:
         record = runbook.rollback_restore(repository, restore_id, target, progress=progress)
