@@ -80,13 +80,18 @@ def create_backup(
     *,
     kind: str = "backup",
     restore_id: str | None = None,
+    backup_id: str | None = None,
     progress: Progress = no_progress,
 ) -> BackupManifest:
     """Dump ``target`` into the repository. The backup exists only once its manifest is written,
-    which is the last step; any failure aborts it (objects deleted, nothing listed, audited)."""
+    which is the last step; any failure aborts it (objects deleted, nothing listed, audited).
+    ``backup_id`` is chosen by the caller when it must be known before the backup starts (the
+    operator names it in the status before its Job runs)."""
     started = _now()
     clock = time.monotonic()
-    writer = repository.begin(target.namespace, target.name, kind=kind, restore_id=restore_id)
+    writer = repository.begin(
+        target.namespace, target.name, kind=kind, restore_id=restore_id, backup_id=backup_id
+    )
     try:
         inventory = target.engine.data_inventory(target.spec, target.conn)
         done = 0
@@ -285,6 +290,30 @@ def plan_restore(repository: Repository, backup_id: str, target: Target) -> Rest
         overwrites=target.engine.data_inventory(target.spec, target.conn),
         incoming=dict(manifest.inventory),
     )
+
+
+def record_plan(repository: Repository, plan: RestorePlan, restore_id: str) -> dict[str, Any]:
+    """Save a plan as a restore record of phase ``Planned``, so whoever started it elsewhere (the
+    operator, for a Job) can read the result back. Nothing is changed in the target."""
+    data = {
+        "restoreId": restore_id,
+        "backupId": plan.backup.backup_id,
+        "namespace": plan.namespace,
+        "target": plan.target,
+        "engine": plan.backup.engine,
+        "startedAt": _iso(_now()),
+        "finishedAt": _iso(_now()),
+        "phase": PLANNED,
+        "message": "compatible" if plan.compatible else f"refused: {plan.reason}",
+        "plan": plan.to_wire(),
+        "overwrote": plan.overwrites,
+        "rolledBack": False,
+    }
+    repository.save_restore(data)
+    return data
+
+
+PLANNED = "Planned"
 
 
 def new_restore_id(target: str, now: datetime | None = None) -> str:

@@ -10,6 +10,8 @@ from typing import Any
 
 import kopf
 
+# Importing it registers the MiddlewareBackup / MiddlewareRestore handlers and the backup schedule.
+import operators.backup_handlers  # noqa: F401
 from operators import metrics
 from operators.reconcile import apply, delete, observe
 from operators.settings import GROUP, VERSION, configure, operator_config

@@ -56,6 +56,15 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("moorage.io/v1alpha1", "MiddlewareCatalog"): Kind(
         "/apis/moorage.io/v1alpha1", "middlewarecatalogs", namespaced=False
     ),
+    ("moorage.io/v1alpha1", "BackupRepository"): Kind("/apis/moorage.io/v1alpha1", "backuprepositories"),
+    ("moorage.io/v1alpha1", "MiddlewareBackup"): Kind("/apis/moorage.io/v1alpha1", "middlewarebackups"),
+    ("moorage.io/v1alpha1", "MiddlewareRestore"): Kind("/apis/moorage.io/v1alpha1", "middlewarerestores"),
+    # Backups and restores run in Jobs, under a ServiceAccount bound per namespace.
+    ("batch/v1", "Job"): Kind("/apis/batch/v1", "jobs"),
+    ("v1", "ServiceAccount"): Kind("/api/v1", "serviceaccounts"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): Kind(
+        "/apis/rbac.authorization.k8s.io/v1", "rolebindings"
+    ),
 }
 
 

@@ -1,0 +1,468 @@
+"""MiddlewareBackup / MiddlewareRestore handlers and the backup schedule of ``Middleware.spec.backup``.
+
+Thin: validate the references → choose the backup/restore id up front (so the status names it
+before any data moves) → create the Job (``backups/jobs.py``) owned by the resource → phase
+Running. A timer then follows the Job; when it finishes, the outcome is read where the Job wrote
+it, the repository (the manifest of a backup, the record of a restore), never from pod logs, and
+the status gets phase Completed or Failed with the reason. The data movement itself is the CLI's
+(``moorage backup|restore ... --runtime kubernetes``), the same code a DBA runs by hand.
+
+Importing this module registers the handlers (``kopf run -m operators.main -m operators.backup_handlers``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+import kopf
+
+from backups import runbook
+from backups.errors import BackupError
+from backups.jobs import (
+    JOB_CLUSTER_ROLE,
+    JOB_SERVICE_ACCOUNT,
+    MIDDLEWARE_LABEL,
+    JobSettings,
+    backup_job,
+    job_name,
+    job_outcome,
+    restore_job,
+)
+from backups.repository import Repository
+from backups.store import RepositoryConfig, S3Store
+from middleware.errors import MoorageError
+from middleware.kube.builders import MANAGED_BY, MANAGED_BY_LABEL
+from middleware.models.backup import (
+    BackupRepositorySpec,
+    MiddlewareBackupSpec,
+    MiddlewareBackupStatus,
+    MiddlewareRestoreSpec,
+    MiddlewareRestoreStatus,
+    RestoreAction,
+)
+from middleware.models.common import ResourceStatus
+from middleware.models.middleware import BackupPolicy
+from middleware.runtime.kubernetes import KubernetesRuntime, owner_reference
+from operators.reconcile import context, events
+from operators.settings import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+API = f"{GROUP}/{VERSION}"
+BACKUPS = (GROUP, VERSION, "middlewarebackups")
+RESTORES = (GROUP, VERSION, "middlewarerestores")
+MIDDLEWARES = (GROUP, VERSION, "middlewares")
+SCHEDULED_LABEL = "moorage.io/scheduled"
+COMPLETE = "Complete"
+RUNNING, COMPLETED, FAILED = "Running", "Completed", "Failed"
+
+
+def _float_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
+
+
+FOLLOW_INTERVAL = _float_env("MOORAGE_BACKUP_FOLLOW_SECONDS", 10.0)
+SCHEDULE_INTERVAL = _float_env("MOORAGE_BACKUP_SCHEDULE_SECONDS", 60.0)
+
+
+def job_settings() -> JobSettings:
+    defaults = JobSettings()
+    return JobSettings(
+        image=os.environ.get("MOORAGE_JOB_IMAGE", defaults.image),
+        cpu=os.environ.get("MOORAGE_JOB_CPU", defaults.cpu),
+        memory=os.environ.get("MOORAGE_JOB_MEMORY", defaults.memory),
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def _seconds_between(start: str | None, end: str) -> float | None:
+    if not start:
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+# -- shared steps -----------------------------------------------------------------------------
+
+
+def _write(patch: MutableMapping[str, Any], status: ResourceStatus) -> None:
+    patch["status"] = status.to_wire()
+
+
+def _fail(
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    status: ResourceStatus,
+    reason: str,
+    message: str,
+) -> NoReturn:
+    status.phase = FAILED
+    status.phase_reason = reason
+    status.set_condition(COMPLETE, False, reason, message)
+    _write(patch, status)
+    events.warning(body, reason=reason, message=message)
+    raise kopf.PermanentError(message)
+
+
+def _require(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    status: ResourceStatus,
+    kind: str,
+    name: str,
+    field: str,
+) -> dict[str, Any]:
+    namespace = body["metadata"]["namespace"]
+    found = rt.get(API, kind, namespace, name)
+    if found is None:
+        _fail(body, patch, status, "InvalidReference", f"{field}: {kind} {name!r} not found in {namespace}")
+    return found
+
+
+def ensure_job_account(rt: KubernetesRuntime, namespace: str) -> None:
+    """The Jobs' ServiceAccount in ``namespace``, bound to the ``moorage-backup-job`` ClusterRole
+    (created once, never overwritten)."""
+    rt.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": JOB_SERVICE_ACCOUNT, "namespace": namespace},
+        }
+    )
+    rt.create(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": JOB_SERVICE_ACCOUNT, "namespace": namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": JOB_CLUSTER_ROLE,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": JOB_SERVICE_ACCOUNT, "namespace": namespace}],
+        }
+    )
+
+
+def _start_job(rt: KubernetesRuntime, body: kopf.Body, job: dict[str, Any]) -> None:
+    ensure_job_account(rt, body["metadata"]["namespace"])
+    job["metadata"]["ownerReferences"] = [owner_reference(body)]
+    # Already there: a resumed handler after an operator restart; the Job it made is the one to follow.
+    rt.create(job)
+
+
+def open_repository(rt: KubernetesRuntime, namespace: str, name: str) -> Repository:
+    """The BackupRepository ``name`` with the keys of its credentials Secret (read by the operator,
+    which never passes them on: Jobs get them as secretKeyRef)."""
+    found = rt.get(API, "BackupRepository", namespace, name)
+    if found is None:
+        raise MoorageError(f"BackupRepository {namespace}/{name} not found")
+    spec = BackupRepositorySpec.model_validate(found.get("spec") or {})
+    credentials: dict[str, str] = {}
+    if spec.credentials is not None:
+        ref = spec.credentials
+        for key in (ref.access_key_id_key, ref.secret_access_key_key):
+            value = rt.secret_value(namespace, ref.name, key)
+            if value is not None:
+                credentials[key] = value
+    return Repository(S3Store(RepositoryConfig.from_spec(spec, credentials)))
+
+
+def _repository_spec(found: Mapping[str, Any]) -> BackupRepositorySpec:
+    return BackupRepositorySpec.model_validate(found.get("spec") or {})
+
+
+# -- MiddlewareBackup ---------------------------------------------------------------------------
+
+
+@kopf.on.resume(*BACKUPS)
+@kopf.on.create(*BACKUPS)
+def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    status = MiddlewareBackupStatus.model_validate(dict(body.get("status") or {}))
+    if status.phase in (RUNNING, COMPLETED, FAILED):
+        return
+    rt = context.runtime()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    spec = MiddlewareBackupSpec.model_validate(dict(body["spec"]))
+    _require(rt, body, patch, status, "Middleware", spec.middleware.name, "spec.middleware.name")
+    repo = _require(rt, body, patch, status, "BackupRepository", spec.repository.name, "spec.repository.name")
+    backup_id = Repository.new_id(spec.middleware.name)
+    job = backup_job(
+        owner=name,
+        namespace=namespace,
+        middleware=spec.middleware.name,
+        backup_id=backup_id,
+        repository=_repository_spec(repo),
+        settings=job_settings(),
+    )
+    _start_job(rt, body, job)
+    status.phase, status.phase_reason = RUNNING, "JobRunning"
+    status.backup_id, status.started_at = backup_id, _now()
+    message = f"Job {job['metadata']['name']} backs up {spec.middleware.name} as {backup_id}"
+    status.set_condition(COMPLETE, False, "JobRunning", message)
+    _write(patch, status)
+    events.normal(body, reason="JobCreated", message=message)
+
+
+def _is_running(status: Mapping[str, Any] | None, **_: Any) -> bool:
+    return (status or {}).get("phase") == RUNNING
+
+
+@kopf.timer(*BACKUPS, interval=FOLLOW_INTERVAL, when=_is_running)
+def follow_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    status = MiddlewareBackupStatus.model_validate(dict(body.get("status") or {}))
+    rt = context.runtime()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    spec = MiddlewareBackupSpec.model_validate(dict(body["spec"]))
+    job_id = job_name(name, "backup")
+    job = rt.get("batch/v1", "Job", namespace, job_id)
+    if job is None:
+        _fail(body, patch, status, "JobMissing", f"Job {job_id} is gone before it reported an outcome")
+    outcome, message = job_outcome(job)
+    if outcome == RUNNING:
+        return
+    finished = _now()
+    status.finished_at = finished
+    status.duration_seconds = _seconds_between(status.started_at, finished)
+    if outcome == "Failed":
+        why = _backup_failure(rt, namespace, spec.repository.name, status.backup_id)
+        _fail(body, patch, status, "JobFailed", f"Job {job_id} failed: {why or message}")
+    try:
+        manifest = open_repository(rt, namespace, spec.repository.name).find(status.backup_id or "")
+    except (MoorageError, BackupError) as exc:
+        # The Job said it succeeded, so a missing manifest is an error, not a reason to wait.
+        _fail(body, patch, status, "ManifestUnreadable", f"Job {job_id} succeeded but {exc}")
+    status.location = manifest.location
+    status.size_bytes = manifest.size_bytes
+    status.sha256 = manifest.combined_sha256()
+    status.started_at = (
+        manifest.started_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+    status.duration_seconds = manifest.duration_seconds
+    status.phase, status.phase_reason = COMPLETED, "BackupCompleted"
+    done = f"backup {manifest.backup_id}: {manifest.size_bytes} bytes at {manifest.location}"
+    status.set_condition(COMPLETE, True, "BackupCompleted", done)
+    _write(patch, status)
+    events.normal(body, reason="BackupCompleted", message=done)
+
+
+def _backup_failure(rt: KubernetesRuntime, namespace: str, repository: str, backup_id: str | None) -> str:
+    """The reason the runbook audited for ``backup_id`` (the pod's logs may be gone), or ''."""
+    try:
+        log_ = open_repository(rt, namespace, repository).audit_log()
+    except (MoorageError, BackupError) as exc:
+        log.warning("could not read the audit log of %s/%s: %s", namespace, repository, exc)
+        return ""
+    for event in reversed(log_):
+        if event.get("event") == "backup-failed" and event.get("backupId") == backup_id:
+            return str(event.get("reason", ""))
+    return ""
+
+
+# -- MiddlewareRestore --------------------------------------------------------------------------
+
+
+def _restore_to_undo(rt: KubernetesRuntime, namespace: str, spec: MiddlewareRestoreSpec) -> str | None:
+    """The restore id of the newest Apply of ``spec.backupId`` into ``spec.target``."""
+    applied = []
+    for item in rt.list_objects(API, "MiddlewareRestore", namespace):
+        other = item.get("spec") or {}
+        restore_id = (item.get("status") or {}).get("restoreId")
+        if (
+            restore_id
+            and other.get("action", RestoreAction.APPLY.value) == RestoreAction.APPLY.value
+            and other.get("backupId") == spec.backup_id
+            and (other.get("target") or {}).get("name") == spec.target.name
+        ):
+            applied.append((item["metadata"].get("creationTimestamp", ""), restore_id))
+    return max(applied)[1] if applied else None
+
+
+@kopf.on.resume(*RESTORES)
+@kopf.on.create(*RESTORES)
+def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    status = MiddlewareRestoreStatus.model_validate(dict(body.get("status") or {}))
+    if status.phase in (RUNNING, COMPLETED, FAILED):
+        return
+    rt = context.runtime()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    spec = MiddlewareRestoreSpec.model_validate(dict(body["spec"]))
+    action = RestoreAction(spec.action)
+    _require(rt, body, patch, status, "Middleware", spec.target.name, "spec.target.name")
+    repo = _require(rt, body, patch, status, "BackupRepository", spec.repository.name, "spec.repository.name")
+    if action is RestoreAction.ROLLBACK:
+        restore_id = _restore_to_undo(rt, namespace, spec)
+        if restore_id is None:
+            _fail(
+                body,
+                patch,
+                status,
+                "InvalidReference",
+                f"spec.backupId: no MiddlewareRestore applied {spec.backup_id} into {spec.target.name} "
+                "in this namespace, so there is no restore to roll back",
+            )
+    else:
+        restore_id = runbook.new_restore_id(spec.target.name)
+    job = restore_job(
+        owner=name,
+        namespace=namespace,
+        target=spec.target.name,
+        action=action,
+        backup_id=spec.backup_id,
+        restore_id=restore_id,
+        repository=_repository_spec(repo),
+        settings=job_settings(),
+    )
+    _start_job(rt, body, job)
+    status.phase, status.phase_reason = RUNNING, "JobRunning"
+    status.restore_id, status.started_at = restore_id, _now()
+    message = f"Job {job['metadata']['name']}: {action.value} {spec.backup_id} into {spec.target.name}"
+    status.set_condition(COMPLETE, False, "JobRunning", message)
+    _write(patch, status)
+    events.normal(body, reason="JobCreated", message=message)
+
+
+@kopf.timer(*RESTORES, interval=FOLLOW_INTERVAL, when=_is_running)
+def follow_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    status = MiddlewareRestoreStatus.model_validate(dict(body.get("status") or {}))
+    rt = context.runtime()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    spec = MiddlewareRestoreSpec.model_validate(dict(body["spec"]))
+    action = RestoreAction(spec.action)
+    job_id = job_name(name, action.value.lower())
+    job = rt.get("batch/v1", "Job", namespace, job_id)
+    if job is None:
+        _fail(body, patch, status, "JobMissing", f"Job {job_id} is gone before it reported an outcome")
+    outcome, message = job_outcome(job)
+    if outcome == RUNNING:
+        return
+    status.finished_at = _now()
+    record: dict[str, Any] = {}
+    try:
+        record = open_repository(rt, namespace, spec.repository.name).load_restore(status.restore_id or "")
+    except (MoorageError, BackupError) as exc:
+        log.info("no restore record for %s: %s", status.restore_id, exc)
+    if record:
+        status.safety_snapshot = record.get("safetySnapshot")
+        status.rolled_back = bool(record.get("rolledBack"))
+        overwrote = record.get("overwrote")
+        if isinstance(overwrote, dict):
+            status.plan = {str(k): int(v) for k, v in overwrote.items()}
+    if outcome == "Failed":
+        # The record says what state the target is in (refused, rolled back, or needing a rollback).
+        why = f"{record.get('phase')}: {record.get('message')}" if record else message
+        _fail(body, patch, status, "JobFailed", f"Job {job_id} failed: {why}")
+    if not record:
+        _fail(body, patch, status, "RecordMissing", f"Job {job_id} succeeded but left no restore record")
+    status.phase, status.phase_reason = COMPLETED, f"{action.value}Completed"
+    done = f"{record.get('phase')}: {record.get('message')}"
+    status.set_condition(COMPLETE, True, status.phase_reason, done)
+    _write(patch, status)
+    events.normal(body, reason=status.phase_reason, message=done)
+
+
+# -- schedules ----------------------------------------------------------------------------------
+
+
+def _has_schedule(spec: Mapping[str, Any] | None, **_: Any) -> bool:
+    return bool((spec or {}).get("backup"))
+
+
+def _created(item: Mapping[str, Any]) -> datetime:
+    stamp = item["metadata"].get("creationTimestamp") or "1970-01-01T00:00:00Z"
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def prune_scheduled(items: list[dict[str, Any]], policy: BackupPolicy, now: datetime) -> list[dict[str, Any]]:
+    """Finished scheduled MiddlewareBackups outside ``keepLast``/``keepDays``, oldest first; never
+    the newest, never one still running (its Job still needs its owner)."""
+    ordered = sorted(items, key=lambda i: (_created(i), i["metadata"]["name"]), reverse=True)
+    keep_last = policy.keep_last or 1
+    doomed = []
+    for index, item in enumerate(ordered):
+        if index < keep_last:
+            continue
+        if (item.get("status") or {}).get("phase") not in (COMPLETED, FAILED):
+            continue
+        if policy.keep_days is not None and now - _created(item) < timedelta(days=policy.keep_days):
+            continue
+        doomed.append(item)
+    return list(reversed(doomed))
+
+
+@kopf.timer(*MIDDLEWARES, id="backup-schedule", interval=SCHEDULE_INTERVAL, when=_has_schedule)
+def backup_schedule(body: kopf.Body, **_: Any) -> None:
+    """Create a MiddlewareBackup when ``spec.backup.schedule`` fired since the last scheduled one,
+    then prune scheduled MiddlewareBackups (and their data in the repository) to the retention."""
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    policy = BackupPolicy.model_validate(dict(body["spec"]["backup"]))
+    if policy.suspend:
+        return
+    rt = context.runtime()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    labels = {MIDDLEWARE_LABEL: name, SCHEDULED_LABEL: "true"}
+    existing = rt.list_objects(API, "MiddlewareBackup", namespace, labels)
+    now = datetime.now(UTC)
+    last = max((_created(i) for i in existing), default=None)
+    due, upcoming = runbook.is_due(policy.schedule, last, now)
+    if due:
+        backup_name = job_name(name, now.strftime("%Y%m%dt%H%M%Sz"))
+        rt.create(
+            {
+                "apiVersion": API,
+                "kind": "MiddlewareBackup",
+                "metadata": {
+                    "name": backup_name,
+                    "namespace": namespace,
+                    "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
+                },
+                "spec": {"middleware": {"name": name}, "repository": {"name": policy.repository.name}},
+            }
+        )
+        events.normal(
+            body,
+            reason="BackupScheduled",
+            message=f"created MiddlewareBackup {backup_name} ({policy.schedule}); "
+            f"next {upcoming:%Y-%m-%dT%H:%MZ}",
+        )
+    doomed = prune_scheduled(existing, policy, now)
+    for item in doomed:
+        rt.delete(API, "MiddlewareBackup", namespace, item["metadata"]["name"])
+    if doomed or due:
+        _prune_repository(rt, body, policy, now)
+    if doomed:
+        pruned = ", ".join(i["metadata"]["name"] for i in doomed)
+        events.normal(body, reason="BackupsPruned", message=f"deleted MiddlewareBackup {pruned}")
+
+
+def _prune_repository(rt: KubernetesRuntime, body: kopf.Body, policy: BackupPolicy, now: datetime) -> None:
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        repository = open_repository(rt, namespace, policy.repository.name)
+        pruned = runbook.prune_backups(
+            repository,
+            keep_last=policy.keep_last,
+            keep_days=policy.keep_days,
+            namespace=namespace,
+            name=name,
+            now=now,
+        )
+    except (MoorageError, BackupError) as exc:
+        events.warning(body, reason="PruneFailed", message=f"pruning the repository failed: {exc}")
+        return
+    if pruned:
+        ids = ", ".join(m.backup_id for m in pruned)
+        events.normal(body, reason="BackupsPruned", message=f"deleted backups {ids} from the repository")

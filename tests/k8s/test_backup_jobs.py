@@ -1,0 +1,306 @@
+"""MiddlewareBackup / MiddlewareRestore handlers and the backup schedule on a real kube-apiserver.
+
+kopf runs ``operators.main`` + ``operators.backup_handlers`` in a thread. No kubelet runs, so no Job
+pod ever starts: the tests play the Job controller's last step by writing the Job's status
+conditions, as it would after its pod exited, and check what the handlers then write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.k8s.controlplane import ControlPlane
+from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, wait_for
+
+pytestmark = pytest.mark.k8s
+
+FAST = {"MOORAGE_BACKUP_FOLLOW_SECONDS": "1", "MOORAGE_BACKUP_SCHEDULE_SECONDS": "2"}
+PLURALS = ("middlewarebackups", "middlewarerestores", "middlewares")
+SECRET_VALUE = "s3cr3t-" + uuid.uuid4().hex
+
+
+@contextmanager
+def operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> Iterator[Any]:
+    from kopf.testing import KopfRunner
+
+    from operators.settings import operator_config
+
+    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", *FAST)}
+    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
+    os.environ.update(FAST)
+    operator_config.cache_clear()
+    args = ["run", "-m", "operators.main", "-m", "operators.backup_handlers", "--standalone"]
+    try:
+        with KopfRunner([*args, "--namespace", namespace], timeout=60) as runner:
+            try:
+                yield runner
+            finally:
+                _delete_all(api_client, namespace)
+        assert runner.exception is None, runner.output
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        operator_config.cache_clear()
+
+
+def _delete_all(api_client: Any, namespace: str) -> None:
+    custom = custom_api(api_client)
+    for plural in PLURALS:
+        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
+            custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, item["metadata"]["name"]
+            )
+
+    def gone() -> bool:
+        return not any(
+            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"] for p in PLURALS
+        )
+
+    wait_for("every backup/restore/Middleware to be finalized", gone, timeout=60)
+
+
+def _create(api_client: Any, namespace: str, plural: str, kind: str, name: str, spec: Any) -> None:
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    custom_api(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
+
+
+def _get(api_client: Any, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = custom_api(api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, name
+    )
+    return result
+
+
+def _status_when(api_client: Any, namespace: str, plural: str, name: str, phase: str) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        status = _get(api_client, namespace, plural, name).get("status") or {}
+        return status if status.get("phase") == phase else None
+
+    result: dict[str, Any] = wait_for(f"{plural}/{name} phase {phase}", probe)
+    return result
+
+
+def _job(api_client: Any, namespace: str, name: str) -> Any:
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    def probe() -> Any:
+        try:
+            return client.BatchV1Api(api_client).read_namespaced_job(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    return wait_for(f"Job {name}", probe)
+
+
+def _finish_job(api_client: Any, namespace: str, name: str, *, failed: bool) -> None:
+    """The Job controller's part after the pod exited: the terminal conditions."""
+    from kubernetes import client
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if failed:
+        kinds = [("FailureTarget", "BackoffLimitExceeded"), ("Failed", "BackoffLimitExceeded")]
+        extra: dict[str, Any] = {"failed": 1}
+    else:
+        kinds = [("SuccessCriteriaMet", "CompletionsReached"), ("Complete", "CompletionsReached")]
+        extra = {"succeeded": 1, "completionTime": now}
+    conditions = [
+        {"type": t, "status": "True", "reason": r, "message": f"pod exited ({r})", "lastTransitionTime": now,
+         "lastProbeTime": now}
+        for t, r in kinds
+    ]  # fmt: skip
+    api = client.BatchV1Api(api_client)
+    started = api.read_namespaced_job_status(name, namespace).status.start_time
+    start = started.strftime("%Y-%m-%dT%H:%M:%SZ") if started else now
+    body = {"status": {"startTime": start, "active": 0, "ready": 0, "conditions": conditions, **extra}}
+    api.patch_namespaced_job_status(name, namespace, body)
+
+
+def _events(api_client: Any, namespace: str, kind: str, name: str) -> set[str]:
+    items = core_api(api_client).list_namespaced_event(namespace).items
+    return {e.reason for e in items if e.involved_object.kind == kind and e.involved_object.name == name}
+
+
+def _repository(api_client: Any, namespace: str, endpoint: str = "http://127.0.0.1:1") -> None:
+    core_api(api_client).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "s3-keys"}, "stringData": {"AWS_ACCESS_KEY_ID": "key-id",
+                                                        "AWS_SECRET_ACCESS_KEY": SECRET_VALUE}},
+    )  # fmt: skip
+    spec = {"endpoint": endpoint, "bucket": "backups", "credentials": {"name": "s3-keys"}}
+    _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", spec)
+
+
+REDIS = {"engine": "redis", "topology": "standalone", "plan": "small"}
+
+
+def test_backup_job_is_created_owned_without_secrets_and_its_failure_is_reported(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    _repository(api_client, namespace)
+    _create(api_client, namespace, "middlewares", "Middleware", "cache", REDIS)
+    spec = {"middleware": {"name": "cache"}, "repository": {"name": "repo"}}
+    with operator(control_plane, api_client, namespace):
+        _create(api_client, namespace, "middlewarebackups", "MiddlewareBackup", "nightly", spec)
+        status = _status_when(api_client, namespace, "middlewarebackups", "nightly", "Running")
+        assert status["backupId"].startswith("cache-")
+        condition = next(c for c in status["conditions"] if c["type"] == "Complete")
+        assert (condition["status"], condition["reason"]) == ("False", "JobRunning")
+
+        job = _job(api_client, namespace, "nightly-backup")
+        owner = _get(api_client, namespace, "middlewarebackups", "nightly")
+        refs = job.metadata.owner_references
+        assert [(r.kind, r.name, r.uid, r.controller) for r in refs] == [
+            ("MiddlewareBackup", "nightly", owner["metadata"]["uid"], True)
+        ]
+        container = job.spec.template.spec.containers[0]
+        assert status["backupId"] in container.command
+        assert job.spec.backoff_limit == 0
+        assert job.spec.template.spec.service_account_name == "moorage-backup"
+        env = {e.name: e for e in container.env}
+        assert env["AWS_SECRET_ACCESS_KEY"].value is None
+        assert env["AWS_SECRET_ACCESS_KEY"].value_from.secret_key_ref.name == "s3-keys"
+        from kubernetes import client
+
+        raw = json.dumps(client.ApiClient().sanitize_for_serialization(job))
+        assert SECRET_VALUE not in raw
+        # the Job's ServiceAccount exists, bound to the backup-job role only
+        binding = client.RbacAuthorizationV1Api(api_client).read_namespaced_role_binding(
+            "moorage-backup", namespace
+        )
+        assert binding.role_ref.name == "moorage-backup-job"
+        wait_for(
+            "Event JobCreated",
+            lambda: "JobCreated" in _events(api_client, namespace, "MiddlewareBackup", "nightly"),
+        )
+
+        _finish_job(api_client, namespace, "nightly-backup", failed=True)
+        status = _status_when(api_client, namespace, "middlewarebackups", "nightly", "Failed")
+        assert status["phaseReason"] == "JobFailed"
+        condition = next(c for c in status["conditions"] if c["type"] == "Complete")
+        assert "nightly-backup failed" in condition["message"]
+        wait_for(
+            "Event JobFailed",
+            lambda: "JobFailed" in _events(api_client, namespace, "MiddlewareBackup", "nightly"),
+        )
+
+
+def test_backup_of_a_missing_middleware_fails_naming_the_field(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    _repository(api_client, namespace)
+    spec = {"middleware": {"name": "nowhere"}, "repository": {"name": "repo"}}
+    with operator(control_plane, api_client, namespace):
+        _create(api_client, namespace, "middlewarebackups", "MiddlewareBackup", "lost", spec)
+        status = _status_when(api_client, namespace, "middlewarebackups", "lost", "Failed")
+        condition = next(c for c in status["conditions"] if c["type"] == "Complete")
+        assert condition["message"].startswith("spec.middleware.name: Middleware 'nowhere' not found")
+        from kubernetes import client
+
+        jobs = client.BatchV1Api(api_client).list_namespaced_job(namespace).items
+        assert jobs == []
+
+
+def test_restore_plan_apply_and_rollback_jobs(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    _repository(api_client, namespace)
+    _create(api_client, namespace, "middlewares", "Middleware", "cache", REDIS)
+    backup_id = "cache-20260101t000000z-ab12"
+    base = {"repository": {"name": "repo"}, "backupId": backup_id, "target": {"name": "cache"}}
+    with operator(control_plane, api_client, namespace):
+        # nothing applied yet: a rollback has nothing to undo
+        _create(
+            api_client,
+            namespace,
+            "middlewarerestores",
+            "MiddlewareRestore",
+            "early",
+            {**base, "action": "Rollback"},
+        )
+        status = _status_when(api_client, namespace, "middlewarerestores", "early", "Failed")
+        assert status["conditions"][0]["message"].startswith("spec.backupId: no MiddlewareRestore applied")
+
+        _create(
+            api_client,
+            namespace,
+            "middlewarerestores",
+            "MiddlewareRestore",
+            "look",
+            {**base, "action": "Plan"},
+        )
+        _create(
+            api_client,
+            namespace,
+            "middlewarerestores",
+            "MiddlewareRestore",
+            "go",
+            {**base, "action": "Apply"},
+        )
+        plan = _status_when(api_client, namespace, "middlewarerestores", "look", "Running")
+        applied = _status_when(api_client, namespace, "middlewarerestores", "go", "Running")
+        command = _job(api_client, namespace, "look-plan").spec.template.spec.containers[0].command
+        assert command[:4] == ["moorage", "restore", "plan", backup_id]
+        assert plan["restoreId"] in command
+        command = _job(api_client, namespace, "go-apply").spec.template.spec.containers[0].command
+        assert command[:4] == ["moorage", "restore", "apply", backup_id]
+        assert applied["restoreId"] in command and "--yes" in command
+
+        _create(
+            api_client,
+            namespace,
+            "middlewarerestores",
+            "MiddlewareRestore",
+            "undo",
+            {**base, "action": "Rollback"},
+        )
+        undo = _status_when(api_client, namespace, "middlewarerestores", "undo", "Running")
+        assert undo["restoreId"] == applied["restoreId"]
+        command = _job(api_client, namespace, "undo-rollback").spec.template.spec.containers[0].command
+        assert command[:4] == ["moorage", "restore", "rollback", applied["restoreId"]]
+
+        # the Apply Job fails and the repository is unreachable: the Job's own reason is reported
+        _finish_job(api_client, namespace, "go-apply", failed=True)
+        status = _status_when(api_client, namespace, "middlewarerestores", "go", "Failed")
+        assert "go-apply failed" in status["conditions"][0]["message"]
+
+
+def test_schedule_creates_a_middleware_backup_when_due(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    _repository(api_client, namespace)
+    policy = {"repository": {"name": "repo"}, "schedule": "0 3 * * *", "keepLast": 2}
+    with operator(control_plane, api_client, namespace):
+        _create(api_client, namespace, "middlewares", "Middleware", "cache", {**REDIS, "backup": policy})
+
+        def scheduled() -> list[dict[str, Any]]:
+            items: list[dict[str, Any]] = custom_api(api_client).list_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewarebackups", label_selector="moorage.io/middleware=cache"
+            )["items"]
+            return items
+
+        # never backed up: due at once
+        items = wait_for("a scheduled MiddlewareBackup", scheduled)
+        assert len(items) == 1
+        assert items[0]["spec"] == {"middleware": {"name": "cache"}, "repository": {"name": "repo"}}
+        assert items[0]["metadata"]["labels"]["moorage.io/scheduled"] == "true"
+        wait_for(
+            "Event BackupScheduled",
+            lambda: "BackupScheduled" in _events(api_client, namespace, "Middleware", "cache"),
+        )
+        # the next one is due at 03:00, not on the following timer ticks
+        time.sleep(5)
+        assert len(scheduled()) == 1

@@ -1,0 +1,168 @@
+"""The pure Job builders of backups/jobs.py: command lines, secret handling, the rules every Job keeps."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from backups.jobs import (
+    JOB_SERVICE_ACCOUNT,
+    JobSettings,
+    backup_job,
+    job_name,
+    job_outcome,
+    repository_url,
+    restore_job,
+)
+from backups.store import RepositoryConfig
+from middleware.models.backup import BackupRepositorySpec
+
+SETTINGS = JobSettings(image="registry.example/moorage:1.2.3")
+REPO = BackupRepositorySpec.model_validate(
+    {
+        "endpoint": "http://s3.example:8333",
+        "bucket": "backups",
+        "prefix": "/team-a/",
+        "region": "eu-west-1",
+        "credentials": {"name": "s3-keys", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
+        "serverSideEncryption": {"algorithm": "aws:kms", "kmsKeyId": "key-1"},
+    }
+)
+
+
+def _backup() -> dict[str, Any]:
+    return backup_job(
+        owner="nightly",
+        namespace="shop",
+        middleware="orders",
+        backup_id="orders-20260101t000000z-ab12",
+        repository=REPO,
+        settings=SETTINGS,
+    )
+
+
+def _restore(action: str) -> dict[str, Any]:
+    return restore_job(
+        owner="undo",
+        namespace="shop",
+        target="orders",
+        action=action,
+        backup_id="orders-20260101t000000z-ab12",
+        restore_id="restore-orders-20260102t000000z-cd34",
+        repository=REPO,
+        settings=SETTINGS,
+    )
+
+
+def _container(job: dict[str, Any]) -> dict[str, Any]:
+    containers = job["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    result: dict[str, Any] = containers[0]
+    return result
+
+
+def test_repository_url_round_trips_through_the_cli_parser() -> None:
+    url = repository_url(REPO)
+    parsed = RepositoryConfig.from_url(url, env={})
+    assert (parsed.bucket, parsed.prefix, parsed.endpoint, parsed.region) == (
+        "backups",
+        "team-a",
+        "http://s3.example:8333",
+        "eu-west-1",
+    )
+    assert (parsed.sse_algorithm, parsed.sse_kms_key_id) == ("aws:kms", "key-1")
+    assert repository_url(BackupRepositorySpec(bucket="plain")) == "s3://plain"
+
+
+def test_backup_job_runs_the_cli_with_the_chosen_id() -> None:
+    job = _backup()
+    assert job["metadata"]["name"] == "nightly-backup"
+    assert job["metadata"]["labels"]["moorage.io/backup"] == "nightly"
+    assert job["metadata"]["labels"]["moorage.io/middleware"] == "orders"
+    assert _container(job)["command"] == [
+        "moorage", "backup", "create", "orders", "--namespace", "shop", "--runtime", "kubernetes",
+        "--backup-id", "orders-20260101t000000z-ab12", "-o", "json",
+    ]  # fmt: skip
+    assert _container(job)["image"] == "registry.example/moorage:1.2.3"
+
+
+@pytest.mark.parametrize(
+    ("action", "verb_args"),
+    [
+        ("Plan", ["plan", "orders-20260101t000000z-ab12", "--to", "orders", "--namespace", "shop",
+                  "--restore-id", "restore-orders-20260102t000000z-cd34"]),
+        ("Apply", ["apply", "orders-20260101t000000z-ab12", "--to", "orders", "--namespace", "shop",
+                   "--restore-id", "restore-orders-20260102t000000z-cd34", "--yes"]),
+        ("Rollback", ["rollback", "restore-orders-20260102t000000z-cd34", "--yes"]),
+    ],
+)  # fmt: skip
+def test_restore_jobs_per_action(action: str, verb_args: list[str]) -> None:
+    job = _restore(action)
+    assert job["metadata"]["name"] == f"undo-{action.lower()}"
+    assert job["metadata"]["labels"]["moorage.io/action"] == action.lower()
+    assert _container(job)["command"] == [
+        "moorage",
+        "restore",
+        *verb_args,
+        "--runtime",
+        "kubernetes",
+        "-o",
+        "json",
+    ]
+
+
+@pytest.mark.parametrize(
+    "job", [_backup(), _restore("Apply"), _restore("Rollback")], ids=["backup", "apply", "rollback"]
+)
+def test_every_job_keeps_the_rules(job: dict[str, Any]) -> None:
+    spec = job["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["activeDeadlineSeconds"] == SETTINGS.active_deadline_seconds
+    assert spec["ttlSecondsAfterFinished"] == SETTINGS.ttl_seconds_after_finished
+    pod = spec["template"]["spec"]
+    assert pod["serviceAccountName"] == JOB_SERVICE_ACCOUNT
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    container = _container(job)
+    resources = container["resources"]
+    assert resources["requests"] == resources["limits"]  # Guaranteed QoS
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MOORAGE_BACKUP_REPO"]["value"] == repository_url(REPO)
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "id"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "secret"}}
+    assert all("value" not in e for name, e in env.items() if name.startswith("AWS_"))
+
+
+def test_no_credentials_means_no_key_env() -> None:
+    job = backup_job(
+        owner="b", namespace="n", middleware="m", backup_id="m-1",
+        repository=BackupRepositorySpec(bucket="plain"), settings=SETTINGS,
+    )  # fmt: skip
+    names = [e["name"] for e in _container(job)["env"]]
+    assert "AWS_ACCESS_KEY_ID" not in names and "AWS_SECRET_ACCESS_KEY" not in names
+    assert "secretKeyRef" not in json.dumps(job)
+
+
+def test_long_owner_names_stay_valid_and_distinct() -> None:
+    a, b = job_name("x" * 70, "rollback"), job_name("x" * 69 + "y", "rollback")
+    assert len(a) <= 63 and len(b) <= 63 and a != b
+    assert a.endswith("-rollback")
+
+
+@pytest.mark.parametrize(
+    ("conditions", "expected"),
+    [
+        ([], "Running"),
+        ([{"type": "Complete", "status": "True"}], "Succeeded"),
+        ([{"type": "SuccessCriteriaMet", "status": "True"}], "Succeeded"),
+        ([{"type": "Failed", "status": "True", "message": "BackoffLimitExceeded"}], "Failed"),
+        ([{"type": "FailureTarget", "status": "True"}], "Failed"),
+        ([{"type": "Failed", "status": "False"}], "Running"),
+    ],
+)
+def test_job_outcome(conditions: list[dict[str, str]], expected: str) -> None:
+    assert job_outcome({"status": {"conditions": conditions}})[0] == expected
