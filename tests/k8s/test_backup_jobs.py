@@ -13,10 +13,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
+from backups.local import LocalTargets
+from backups.repository import Repository
+from backups.runbook import create_backup
+from backups.store import S3Store
+from middleware.lifecycle import Lifecycle
+from middleware.runtime.local import LocalRuntime
+from tests.integration.harness import require_binary
+from tests.integration.s3_harness import S3Server
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, wait_for
 
@@ -304,3 +314,57 @@ def test_schedule_creates_a_middleware_backup_when_due(
         # the next one is due at 03:00, not on the following timer ticks
         time.sleep(5)
         assert len(scheduled()) == 1
+
+
+def test_a_succeeded_backup_job_puts_the_real_manifest_in_status(
+    control_plane: ControlPlane,
+    api_client: Any,
+    crds: list[str],
+    namespace: str,
+    s3_server: S3Server,
+    tmp_path: Path,
+) -> None:
+    """The success path with real data: the Job's work (``moorage backup create --backup-id ID``)
+    is done by the same runbook code on a real Redis of the same namespace/name run by the local
+    runtime (no kubelet runs the Job's pod here), into a real S3 server; then the Job is marked
+    succeeded and the handler must report that backup's manifest."""
+    require_binary("redis-server", "redis-server")
+    bucket = "bk-" + uuid.uuid4().hex[:10]
+    config = s3_server.config(bucket)
+    S3Store(config).ensure_bucket()
+    core_api(api_client).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "s3-keys"}, "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                                                        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}},
+    )  # fmt: skip
+    repo_spec = {"endpoint": s3_server.endpoint, "bucket": bucket, "credentials": {"name": "s3-keys"}}
+    _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", repo_spec)
+    _create(api_client, namespace, "middlewares", "Middleware", "cache", REDIS)
+
+    lifecycle = Lifecycle(LocalRuntime(tmp_path / "state"))
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Middleware",
+        "metadata": {"name": "cache", "namespace": namespace},
+        "spec": REDIS,
+    }
+    try:
+        lifecycle.up(manifest)
+        target = LocalTargets(lifecycle).get(namespace, "cache")
+        member = target.conn.members[0].endpoint
+        with redis.Redis(host=member.host, port=member.port, password=target.conn.password) as client:
+            client.mset({f"k{i}": i for i in range(500)})
+        spec = {"middleware": {"name": "cache"}, "repository": {"name": "repo"}}
+        with operator(control_plane, api_client, namespace):
+            _create(api_client, namespace, "middlewarebackups", "MiddlewareBackup", "nightly", spec)
+            running = _status_when(api_client, namespace, "middlewarebackups", "nightly", "Running")
+            made = create_backup(Repository(S3Store(config)), target, backup_id=running["backupId"])
+            _finish_job(api_client, namespace, "nightly-backup", failed=False)
+            status = _status_when(api_client, namespace, "middlewarebackups", "nightly", "Completed")
+            assert status["backupId"] == made.backup_id
+            assert status["location"] == made.location
+            assert status["sizeBytes"] == made.size_bytes > 0
+            assert status["sha256"] == made.combined_sha256()
+            assert status["durationSeconds"] >= 0
+    finally:
+        lifecycle.down(namespace, "cache", purge=True)
