@@ -1,8 +1,10 @@
 """Create, update and resume of a ``Middleware``: one idempotent pass that never waits.
 
-decode and validate → storage expansion if volumeClaimTemplates grew → credentials (once) → render
-and server-side apply with owner references → members Ready? (else retry later) → engine bootstrap
-through per-pod DNS → observe → status. Each step that cannot finish yet raises
+decode and validate → storage expansion if volumeClaimTemplates grew → credentials (once) → a shape
+change against the last applied spec goes through ``scale.drive`` (data moved before members leave)
+→ render and server-side apply with owner references → prune what is no longer rendered → members
+Ready? (else retry later) → engine bootstrap through per-pod DNS → observe → live parameter changes
+→ status, and the applied spec is recorded. Each step that cannot finish yet raises
 ``kopf.TemporaryError`` with a delay; kopf calls the handler again and it picks up where the cluster
 is, since every step is idempotent.
 """
@@ -21,7 +23,7 @@ from middleware.kube.builders import credentials_secret_name
 from middleware.models.middleware import MiddlewareStatus, Phase
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, pod_ready
 from middleware.spec import ResolvedSpec
-from operators.reconcile import context, events, observe, storage
+from operators.reconcile import applied, context, events, observe, prune, reconfigure, scale, storage
 from operators.reconcile import status as st
 from operators.settings import OperatorConfig
 
@@ -47,6 +49,9 @@ def reconcile(
 
     try:
         decoded = context.decode(body, rt)
+        previous = applied.load(body, rt)
+        if previous is not None:
+            _check_immutable(previous.spec, decoded.spec)
     except SpecError as exc:
         st.invalid_spec(status, exc)
         st.write(patch, status)
@@ -60,14 +65,21 @@ def reconcile(
 
     _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
     password = _credentials(rt, body, spec, engine)
+    if previous is not None and applied.shape(previous.spec) != applied.shape(spec):
+        previous = scale.drive(rt, body, patch, status, previous, spec, engine, password, config, retry)
 
     try:
         for manifest in manifests:
             rt.apply(manifest, owner=body)
+        # Only against a known applied shape: without one, a StatefulSet not rendered might still
+        # hold data (slots) that no scale has moved off yet.
+        pruned = prune.prune(rt, body, spec, manifests) if previous is not None else []
     except KubernetesApiError as exc:
         st.api_refused(status, "ApplyFailed", str(exc))
         events.warning(body, reason="ApplyFailed", message=str(exc))
         retry(str(exc), config.api_error_retry)
+    if pruned:
+        events.normal(body, reason="Pruned", message=f"deleted {', '.join(pruned)} (PVCs are kept)")
     if previous_generation != generation:
         kinds = sorted({m["kind"] for m in manifests})
         events.normal(
@@ -106,7 +118,31 @@ def reconcile(
     if st.observed(status, observation):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+
+    if previous is not None:
+        changed = reconfigure.changed_parameters(previous.spec.parameters, spec.parameters)
+        removed = sorted(set(previous.spec.parameters) - set(spec.parameters))
+        try:
+            reconfigure.apply(body, status, spec, engine, conn, changed, removed)
+        except Exception as exc:  # a member unreachable or refusing: retried like a bootstrap
+            message = f"applying parameters {', '.join(sorted(changed))} failed: {type(exc).__name__}: {exc}"
+            if st.reconfigure_failed(status, message):
+                events.warning(body, reason="ReconfigureFailed", message=message)
+            retry(message, config.bootstrap_retry)
+    st.restarted_since_pending(status, observe.creation_times(pods))
+    st.settled(status)
+    applied.record(patch, dict(body.get("spec") or {}))
     st.write(patch, status)
+
+
+def _check_immutable(old: ResolvedSpec, new: ResolvedSpec) -> None:
+    for field in ("engine", "topology"):
+        if getattr(old, field) != getattr(new, field):
+            raise SpecError(
+                f"spec.{field}",
+                f"cannot change from {getattr(old, field)!r} to {getattr(new, field)!r} "
+                "(create a new Middleware and restore a backup into it)",
+            )
 
 
 def _expand_storage(

@@ -23,6 +23,10 @@ def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[st
     return {p["metadata"]["name"]: p for p in rt.pods(spec.namespace, labels)}
 
 
+def creation_times(pods: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    return [str(p["metadata"].get("creationTimestamp") or "") for p in pods.values()]
+
+
 def connection(
     rt: KubernetesRuntime,
     spec: ResolvedSpec,
@@ -101,6 +105,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     manifests = engine.render(spec, cluster_domain=config.cluster_domain)
     conn = connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
     before = status.to_wire()
+    st.restarted_since_pending(status, creation_times(pods))
     try:
         observation, relabelled = observe(rt, spec, engine, conn, pods)
     except Exception as exc:  # a member unreachable mid-observation: Degraded, not a crash

@@ -15,6 +15,8 @@ from middleware.models.middleware import MemberStatus, MiddlewareStatus, Phase
 PROVISIONED = "Provisioned"
 READY = "Ready"
 DEGRADED = "Degraded"
+PROGRESSING = "Progressing"
+PENDING_RESTART = "PendingRestart"
 
 
 def load(body: Mapping[str, Any]) -> MiddlewareStatus:
@@ -58,6 +60,52 @@ def waiting_for_members(status: MiddlewareStatus, ready: int, planned: int, wait
 def applying(status: MiddlewareStatus, phase: Phase, reason: str, message: str) -> bool:
     _set(status, phase, reason)
     return status.set_condition(PROVISIONED, False, reason, message)
+
+
+def progressing(status: MiddlewareStatus, reason: str, message: str) -> bool:
+    """A change under way (a scale): the deployment stays provisioned and serving meanwhile."""
+    _set(status, Phase.UPDATING, reason)
+    return status.set_condition(PROGRESSING, True, reason, message)
+
+
+def settled(status: MiddlewareStatus) -> None:
+    """The spec is fully applied: a Progressing condition, where there is one, says so."""
+    if status.condition(PROGRESSING) is not None:
+        status.set_condition(PROGRESSING, False, "Reconciled", "the spec is applied")
+
+
+def scale_failed(status: MiddlewareStatus, message: str) -> bool:
+    _set(status, Phase.DEGRADED, "ScaleFailed")
+    changed = status.set_condition(PROGRESSING, True, "ScaleFailed", message)
+    status.set_condition(DEGRADED, True, "ScaleFailed", message)
+    return changed
+
+
+def reconfigure_failed(status: MiddlewareStatus, message: str) -> bool:
+    _set(status, Phase.DEGRADED, "ReconfigureFailed")
+    changed = status.set_condition(PROGRESSING, True, "ReconfigureFailed", message)
+    status.set_condition(DEGRADED, True, "ReconfigureFailed", message)
+    return changed
+
+
+def pending_restart(status: MiddlewareStatus, message: str) -> bool:
+    found = status.condition(PENDING_RESTART)
+    if found is not None and found.status == "True" and found.message != message:
+        # A newer change: its clock starts now, or pods restarted before it would clear it.
+        status.conditions = [c for c in status.conditions if c.type != PENDING_RESTART]
+    return status.set_condition(PENDING_RESTART, True, "ParametersNeedRestart", message)
+
+
+def restarted_since_pending(status: MiddlewareStatus, pod_creation_times: list[str]) -> bool:
+    """Clear PendingRestart once every member's pod was created after it was set (RFC 3339 UTC
+    timestamps of one format compare as strings). Returns whether it was cleared."""
+    found = status.condition(PENDING_RESTART)
+    if found is None or found.status != "True" or not pod_creation_times:
+        return False
+    if min(pod_creation_times) < found.last_transition_time:
+        return False
+    status.set_condition(PENDING_RESTART, False, "Restarted", "every member restarted with the parameters")
+    return True
 
 
 def storage_refused(status: MiddlewareStatus, error: SpecError) -> bool:

@@ -23,6 +23,8 @@ FAST_RETRIES = {
     "MOORAGE_BOOTSTRAP_RETRY_SECONDS": "3",
     "MOORAGE_STORAGE_RETRY_SECONDS": "1",
     "MOORAGE_API_ERROR_RETRY_SECONDS": "5",
+    # The observe timer reads this when operators.main is first imported (in running_operator).
+    "MOORAGE_OBSERVE_INTERVAL_SECONDS": "2",
 }
 
 
@@ -164,13 +166,47 @@ def make_pods_ready(api_client: Any, namespace: str, names: list[str], timeout: 
     wait_for(f"pods {sorted(names)} to exist (marked Ready as they appear)", step, timeout=timeout)
 
 
+# Pod name -> where its local process answers; the address seam of local_members reads it, and
+# start_local_members adds to it when a test scales out.
+_local_endpoints: dict[str, Any] = {}
+
+
+def start_local_members(local: Any, manifest: dict[str, Any], timeout: float = 60.0) -> Any:
+    """Start the processes of ``manifest``'s members that are not running yet (the new shard or
+    replica of a scale-out), under the same state as local_members, and make them resolvable.
+    Returns the resolved spec."""
+    from middleware.engines.base import Connection
+    from middleware.engines.registry import get_engine
+    from middleware.spec import load_middleware, resolve
+
+    spec = resolve(load_middleware(manifest))
+    engine = get_engine(spec.engine)
+    for wave in engine.start_waves(spec):
+        local.apply(spec, engine, wave, Connection(local.members(spec, engine), local.password(spec)))
+        names = {m.name for m in wave}
+        wait_for(
+            f"local members {sorted(names)} up",
+            lambda names=names: names <= {m.plan.name for m in local.members(spec, engine) if m.up},  # type: ignore[misc]
+            timeout=timeout,
+        )
+    _local_endpoints.update({m.plan.name: m.endpoint for m in local.members(spec, engine)})
+    return spec
+
+
+def stop_local_members(local: Any, spec: Any, names: list[str]) -> None:
+    """Play the kubelet for deleted pods: stop their processes (by the PIDs the runtime recorded)."""
+    from middleware.engines.registry import get_engine
+
+    engine = get_engine(spec.engine)
+    local.retire(spec, engine, [m for m in engine.members(spec) if m.name in names])
+
+
 @contextmanager
 def local_members(state_dir: Any, manifest: dict[str, Any], timeout: float = 60.0) -> Iterator[Any]:
     """Back a Middleware's pods with real engine processes on 127.0.0.1 (LocalRuntime), and point the
     operator's address-resolution seam at them: pod DNS name → 127.0.0.1:<allocated port>. Yields the
     (runtime, resolved spec) pair; the processes are stopped by their PIDs on exit."""
     from middleware.endpoints import Endpoint
-    from middleware.engines.base import Connection
     from middleware.engines.registry import get_engine
     from middleware.runtime.local import LocalRuntime
     from middleware.spec import load_middleware, resolve
@@ -178,26 +214,20 @@ def local_members(state_dir: Any, manifest: dict[str, Any], timeout: float = 60.
 
     local = LocalRuntime(state_dir)
     spec = resolve(load_middleware(manifest))
-    engine = get_engine(spec.engine)
-    planned = {m.name for m in engine.members(spec)}
+    planned = {m.name for m in get_engine(spec.engine).members(spec)}
     saved = context.address_resolver
+    _local_endpoints.clear()
     try:
-        for wave in engine.start_waves(spec):
-            local.apply(spec, engine, wave, Connection(local.members(spec, engine), local.password(spec)))
-            names = {m.name for m in wave}
-            wait_for(
-                f"local members {sorted(names)} up",
-                lambda names=names: names <= {m.plan.name for m in local.members(spec, engine) if m.up},  # type: ignore[misc]
-                timeout=timeout,
-            )
-        endpoints = {m.plan.name: m.endpoint for m in local.members(spec, engine)}
-        assert set(endpoints) == planned
+        start_local_members(local, manifest, timeout)
+        assert set(_local_endpoints) == planned
 
         def resolve_address(pod: str, host: str, port: int) -> Endpoint:
-            return endpoints.get(pod, Endpoint(host, port))
+            found: Endpoint | None = _local_endpoints.get(pod)
+            return found if found is not None else Endpoint(host, port)
 
         context.address_resolver = resolve_address
         yield local, spec
     finally:
         context.address_resolver = saved
+        _local_endpoints.clear()
         local.delete(spec.namespace, spec.name, purge=True)

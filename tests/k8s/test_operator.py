@@ -408,3 +408,236 @@ def test_sentinel_bootstraps_through_the_kubernetes_path_on_local_processes(
             wait_for(
                 "Event Bootstrapped", lambda: "Bootstrapped" in _event_reasons(api_client, namespace, name)
             )
+
+
+def _require_redis() -> None:
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server not found: run `make setup` (apt-get install redis-server)")
+
+
+def _namespaced(name: str, spec: dict[str, Any], namespace: str) -> dict[str, Any]:
+    manifest = middleware(name, spec)
+    manifest["metadata"]["namespace"] = namespace
+    return manifest
+
+
+def _give_password(api_client: Any, local: Any, resolved: Any, namespace: str) -> str:
+    """The operator never overwrites an existing credentials Secret: give it the processes' password."""
+    from middleware.engines.registry import get_engine
+
+    password: str = local.password(resolved)
+    for secret in get_engine(resolved.engine).render_secrets(resolved, password):
+        core_api(api_client).create_namespaced_secret(namespace, secret)
+    return password
+
+
+def _phase(api_client: Any, namespace: str, name: str, phase: str, members: int | None = None) -> Any:
+    def probe() -> dict[str, Any] | None:
+        status = status_of(api_client, namespace, name)
+        if status.get("phase") != phase:
+            return None
+        if members is not None and len(status.get("members") or []) != members:
+            return None
+        return status
+
+    return wait_for(f"phase {phase}" + (f" with {members} members" if members else ""), probe, timeout=120)
+
+
+def _slot_owners(endpoint: Any, password: str) -> dict[int, int]:
+    """Port of each master -> how many slots it owns, as the node at ``endpoint`` sees the cluster."""
+    import redis
+
+    with redis.Redis(host=endpoint.host, port=endpoint.port, password=password) as client:
+        owners: dict[int, int] = {}
+        for entry in client.execute_command("CLUSTER", "SLOTS"):
+            start, end, master = int(entry[0]), int(entry[1]), entry[2]
+            owners[int(master[1])] = owners.get(int(master[1]), 0) + end - start + 1
+        return owners
+
+
+def test_redis_cluster_scale_out_and_in_moves_slots_and_prunes_the_removed_shard(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Any
+) -> None:
+    """The pods are backed by real redis-server processes (see local_members): a shard added by the
+    spec gets slots (and keys) moved to it, and a shard removed has its slots moved off before its
+    StatefulSet is pruned; its PVC stays."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from tests.k8s.kopf_support import local_members, start_local_members, stop_local_members
+
+    _require_redis()
+    name = _name("rcs")
+    spec = {"engine": "redis", "topology": "cluster", "shards": 3, "replicas": 1}
+    custom, core, apps = custom_api(api_client), core_api(api_client), apps_api(api_client)
+    with local_members(tmp_path / "local", _namespaced(name, spec, namespace)) as (local, resolved):
+        password = _give_password(api_client, local, resolved, namespace)
+        endpoints = {m.plan.name: m.endpoint for m in local.members(resolved, get_redis())}
+        first = endpoints[f"{name}-shard-0-0"]
+        with running_operator(control_plane, api_client, namespace):
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            make_pods_ready(api_client, namespace, [f"{name}-shard-{i}-0" for i in range(3)])
+            _phase(api_client, namespace, name, "Ready", members=3)
+            keys = {f"key:{i}": f"value-{i}" for i in range(300)}
+            with RedisCluster(startup_nodes=[ClusterNode(first.host, first.port)], password=password) as rc:
+                for key, value in keys.items():
+                    rc.set(key, value)
+
+            # scale out 3 -> 4: the new shard's process starts (the container), its pod becomes Ready
+            grown = start_local_members(local, _namespaced(name, {**spec, "shards": 4}, namespace))
+            added = {m.plan.name: m.endpoint for m in local.members(grown, get_redis())}[f"{name}-shard-3-0"]
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", name, {"spec": {"shards": 4}}
+            )
+            make_pods_ready(api_client, namespace, [f"{name}-shard-3-0"])
+            wait_for(
+                "Event Scaled to 4 shards",
+                lambda: [
+                    e for e in events(api_client, namespace, name) if e[1] == "Scaled" and "-> 4/" in e[2]
+                ],
+            )
+            status = _phase(api_client, namespace, name, "Ready", members=4)
+            assert {m["name"] for m in status["members"]} == {f"{name}-shard-{i}-0" for i in range(4)}
+            owners = _slot_owners(first, password)
+            assert sum(owners.values()) == 16384
+            assert owners.get(added.port, 0) > 0, owners
+            with redis.Redis(host=added.host, port=added.port, password=password) as client:
+                assert client.dbsize() > 0  # keys moved with the slots
+            with RedisCluster(startup_nodes=[ClusterNode(first.host, first.port)], password=password) as rc:
+                assert {k: (rc.get(k) or b"").decode() for k in keys} == keys
+
+            # scale in 4 -> 3: slots leave shard 3 first, then its StatefulSet (not its PVC) goes
+            custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", name, {"spec": {"shards": 3}}
+            )
+            wait_for(
+                "Event Scaled to 3 shards",
+                lambda: [
+                    e for e in events(api_client, namespace, name) if e[1] == "Scaled" and "-> 3/" in e[2]
+                ],
+            )
+            wait_for(
+                f"StatefulSet {name}-shard-3 pruned",
+                lambda: _read(apps.read_namespaced_stateful_set, f"{name}-shard-3", namespace) is None,
+            )
+            stop_local_members(local, grown, [f"{name}-shard-3-0"])
+            claim = _read(core.read_namespaced_persistent_volume_claim, f"data-{name}-shard-3-0", namespace)
+            assert claim is not None and claim.metadata.deletion_timestamp is None
+            from kubernetes import client as kube
+
+            wait_for(
+                "the removed shard's PodDisruptionBudget pruned",
+                lambda: (
+                    len(kube.PolicyV1Api(api_client).list_namespaced_pod_disruption_budget(namespace).items)
+                    == 3
+                ),
+            )
+            _phase(api_client, namespace, name, "Ready", members=3)
+            owners = _slot_owners(first, password)
+            assert sum(owners.values()) == 16384
+            assert added.port not in owners and len(owners) == 3, owners
+            with RedisCluster(startup_nodes=[ClusterNode(first.host, first.port)], password=password) as rc:
+                assert {k: (rc.get(k) or b"").decode() for k in keys} == keys
+            assert "Pruned" in _event_reasons(api_client, namespace, name)
+
+
+def get_redis() -> Any:
+    from middleware.engines.registry import get_engine
+
+    return get_engine("redis")
+
+
+def test_parameter_changes_are_applied_live_and_restart_ones_are_reported(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Any
+) -> None:
+    import redis
+
+    from tests.k8s.kopf_support import local_members
+
+    _require_redis()
+    name = _name("cfg")
+    spec = {"engine": "redis", "topology": "standalone"}
+    custom, core = custom_api(api_client), core_api(api_client)
+    with local_members(tmp_path / "local", _namespaced(name, spec, namespace)) as (local, resolved):
+        password = _give_password(api_client, local, resolved, namespace)
+        endpoint = local.members(resolved, get_redis())[0].endpoint
+        with running_operator(control_plane, api_client, namespace):
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            make_pods_ready(api_client, namespace, [f"{name}-0"])
+            _phase(api_client, namespace, name, "Ready", members=1)
+            with redis.Redis(host=endpoint.host, port=endpoint.port, password=password) as client:
+                assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+                parameters = {"maxmemory-policy": "allkeys-lru", "io-threads": "2"}
+                custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "middlewares", name, {"spec": {"parameters": parameters}}
+                )
+                wait_for(
+                    "maxmemory-policy allkeys-lru on the running redis",
+                    lambda: client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lru"},
+                )
+                # io-threads cannot change on a running redis: reported, not applied
+                assert client.config_get("io-threads") == {"io-threads": "1"}
+
+            def pending() -> dict[str, Any] | None:
+                found = condition(status_of(api_client, namespace, name), "PendingRestart")
+                return found if found.get("status") == "True" else None
+
+            found = wait_for("condition PendingRestart", pending)
+            assert found["reason"] == "ParametersNeedRestart"
+            assert "io-threads" in found["message"] and "maxmemory-policy" not in found["message"]
+
+            def reported_events() -> dict[str, str] | None:
+                found = {r: m for _, r, m in events(api_client, namespace, name)}
+                wanted = ("Reconfigured", "PendingRestart")
+                return {r: found[r] for r in wanted} if all(r in found for r in wanted) else None
+
+            reported = wait_for("Events Reconfigured and PendingRestart", reported_events)
+            assert "maxmemory-policy" in reported["Reconfigured"]
+            assert "io-threads" in reported["PendingRestart"]
+            # the members read the re-rendered ConfigMap when they restart
+            config = core.read_namespaced_config_map(f"{name}-config", namespace)
+            assert any("io-threads 2" in text for text in config.data.values())
+
+
+def test_observe_timer_reflects_member_health_without_a_spec_change(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Any
+) -> None:
+    from tests.k8s.kopf_support import local_members, stop_local_members
+
+    _require_redis()
+    name = _name("obs")
+    spec = {"engine": "redis", "topology": "standalone"}
+    member = f"{name}-0"
+    with local_members(tmp_path / "local", _namespaced(name, spec, namespace)) as (local, resolved):
+        _give_password(api_client, local, resolved, namespace)
+        with running_operator(control_plane, api_client, namespace):
+            created = custom_api(api_client).create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            make_pods_ready(api_client, namespace, [member])
+            _phase(api_client, namespace, name, "Ready", members=1)
+
+            # the process dies while the pod stays Ready (no kubelet here): only the timer can notice
+            stop_local_members(local, resolved, [member])
+
+            def unhealthy() -> dict[str, Any] | None:
+                status = status_of(api_client, namespace, name)
+                members = status.get("members") or []
+                return status if members and not members[0]["healthy"] else None
+
+            status = wait_for("the timer to report the member unhealthy", unhealthy)
+            assert status["phase"] == "Degraded"
+            assert condition(status, "Ready")["status"] == "False"
+
+            local.start_member(resolved, get_redis(), member)
+            status = _phase(api_client, namespace, name, "Ready", members=1)
+            assert status["members"][0]["healthy"] is True
+            body = read_middleware(api_client, namespace, name) or {}
+            # no spec change drove any of this
+            assert body["metadata"]["generation"] == created["metadata"]["generation"]
