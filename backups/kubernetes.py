@@ -13,13 +13,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from backups.runbook import Target
-from middleware.catalog import Catalog, load_default_catalog
-from middleware.catalog.catalog import parse_catalog
-from middleware.engines.base import Connection, Engine, Member
+from middleware.catalog import Catalog, merge_catalogs
+from middleware.engines.base import Connection, Engine
 from middleware.engines.registry import get_engine
-from middleware.errors import MoorageError, SpecError
+from middleware.errors import MoorageError
 from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, credentials_secret_name
-from middleware.runtime.kubernetes import KubernetesRuntime, pod_ready
+from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec, load_middleware, resolve
 
 API_VERSION = "moorage.io/v1alpha1"
@@ -27,17 +26,8 @@ PASSWORD_KEY = "password"
 
 
 def merged_catalog(rt: KubernetesRuntime) -> Catalog:
-    """The default catalog with every MiddlewareCatalog layered on top, in name order."""
-    merged = load_default_catalog()
-    for document in sorted(rt.catalogs(), key=lambda d: d["metadata"]["name"]):
-        name = document["metadata"]["name"]
-        try:
-            merged = merged.with_overrides(parse_catalog(document.get("spec") or {}))
-        except SpecError as exc:
-            raise SpecError(f"MiddlewareCatalog {name} {exc.field}", exc.reason) from None
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise SpecError(f"MiddlewareCatalog {name}", str(exc).splitlines()[0]) from None
-    return merged
+    """The default catalog with every MiddlewareCatalog layered on top (as the operator resolves)."""
+    return merge_catalogs(rt.catalogs())
 
 
 def applied_manifest(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,21 +71,10 @@ class KubernetesTargets:
         )
 
     def _connection(self, spec: ResolvedSpec, engine: Engine, password: str) -> Connection:
-        """Every planned member at ``<pod>.<headless>.<ns>.svc.<domain>`` on the port its
-        StatefulSet's main container declares first; up means the pod is Ready."""
         labels = {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name}
         pods = {p["metadata"]["name"]: p for p in self.runtime.pods(spec.namespace, labels)}
         manifests = engine.render(spec, cluster_domain=self.cluster_domain)
-        workloads = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "StatefulSet"}
-        members = []
-        for plan in engine.members(spec):
-            workload = workloads[plan.workload]["spec"]
-            port = int(workload["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])
-            host = f"{plan.name}.{workload['serviceName']}.{spec.namespace}.svc.{self.cluster_domain}"
-            pod = pods.get(plan.name)
-            endpoint = self.runtime.member_endpoint(plan.name, host, port)
-            members.append(Member(plan=plan, endpoint=endpoint, up=pod is not None and pod_ready(pod)))
-        return Connection(members=members, password=password)
+        return self.runtime.connection(spec, engine, manifests, pods, password, self.cluster_domain)
 
     @contextmanager
     def scratch(self, manifest: dict[str, Any]) -> Iterator[Target]:

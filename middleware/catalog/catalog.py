@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -60,3 +61,18 @@ def parse_catalog(document: dict[str, Any]) -> MiddlewareCatalogSpec:
 def load_default_catalog() -> Catalog:
     text = resources.files("middleware.catalog").joinpath("default.yaml").read_text(encoding="utf-8")
     return Catalog(parse_catalog(yaml.safe_load(text)))
+
+
+def merge_catalogs(documents: Iterable[Mapping[str, Any]], base: Catalog | None = None) -> Catalog:
+    """``base`` (the default catalog) with every ``MiddlewareCatalog`` document layered on top in
+    name order, so the result does not depend on listing order. Errors name the catalog object."""
+    merged = base or load_default_catalog()
+    for document in sorted(documents, key=lambda d: d["metadata"]["name"]):
+        name = document["metadata"]["name"]
+        try:
+            merged = merged.with_overrides(parse_catalog(dict(document.get("spec") or {})))
+        except SpecError as exc:
+            raise SpecError(f"MiddlewareCatalog {name} {exc.field}", exc.reason) from None
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise SpecError(f"MiddlewareCatalog {name}", str(exc).splitlines()[0]) from None
+    return merged

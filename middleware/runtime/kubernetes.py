@@ -21,7 +21,9 @@ from typing import Any
 from urllib.parse import quote
 
 from middleware.endpoints import Endpoint
+from middleware.engines.base import Connection, Engine, Member
 from middleware.errors import MoorageError
+from middleware.spec import ResolvedSpec
 
 FIELD_MANAGER = "moorage"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -276,3 +278,25 @@ class KubernetesRuntime:
 
     def member_endpoint(self, pod: str, host: str, port: int) -> Endpoint:
         return self.resolve_address(pod, host, port)
+
+    def connection(
+        self,
+        spec: ResolvedSpec,
+        engine: Engine,
+        manifests: list[dict[str, Any]],
+        pods: Mapping[str, Mapping[str, Any]],
+        password: str | None,
+        cluster_domain: str,
+    ) -> Connection:
+        """Every planned member at its per-pod DNS name (``<pod>.<headless>.<ns>.svc.<domain>``) on
+        the port its StatefulSet's main container declares first; up means the pod is Ready."""
+        workloads = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "StatefulSet"}
+        members = []
+        for plan in engine.members(spec):
+            workload = workloads[plan.workload]["spec"]
+            port = int(workload["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])
+            host = f"{plan.name}.{workload['serviceName']}.{spec.namespace}.svc.{cluster_domain}"
+            pod = pods.get(plan.name)
+            up = pod is not None and pod_ready(pod)
+            members.append(Member(plan=plan, endpoint=self.member_endpoint(plan.name, host, port), up=up))
+        return Connection(members=members, password=password)

@@ -8,11 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from middleware.catalog import Catalog, load_default_catalog
-from middleware.catalog.catalog import parse_catalog
+from middleware.catalog import Catalog, merge_catalogs
 from middleware.engines.base import Engine
 from middleware.engines.registry import get_engine
-from middleware.errors import SpecError
 from middleware.runtime.kubernetes import AddressResolver, KubernetesRuntime, pod_dns_address
 from middleware.spec import ResolvedSpec, load_middleware, resolve
 from operators.settings import FIELD_MANAGER
@@ -44,16 +42,7 @@ class Decoded:
 
 def catalog(rt: KubernetesRuntime) -> Catalog:
     """The default catalog with every MiddlewareCatalog layered on top, in name order."""
-    merged = load_default_catalog()
-    for document in sorted(rt.catalogs(), key=lambda d: d["metadata"]["name"]):
-        name = document["metadata"]["name"]
-        try:
-            merged = merged.with_overrides(parse_catalog(document.get("spec") or {}))
-        except SpecError as exc:
-            raise SpecError(f"MiddlewareCatalog {name} {exc.field}", exc.reason) from None
-        except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            raise SpecError(f"MiddlewareCatalog {name}", str(exc).splitlines()[0]) from None
-    return merged
+    return merge_catalogs(rt.catalogs())
 
 
 def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from typing import Any
 
 import kopf
 
-from middleware.engines.base import Connection, Engine, Member, Observation
+from middleware.engines.base import Connection, Engine, Observation
 from middleware.errors import SpecError
 from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, ROLE_LABEL, credentials_secret_name
-from middleware.runtime.kubernetes import KubernetesRuntime, pod_ready
+from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators import metrics
 from operators.reconcile import events
@@ -36,19 +36,7 @@ def connection(
     password: str | None,
     cluster_domain: str,
 ) -> Connection:
-    """Every planned member at its per-pod DNS name (``<pod>.<headless>.<ns>.svc.<domain>``) and the
-    port its StatefulSet's main container declares first; up means the pod is Ready."""
-    workloads = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "StatefulSet"}
-    members = []
-    for plan in engine.members(spec):
-        workload = workloads[plan.workload]["spec"]
-        service = workload["serviceName"]
-        port = int(workload["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])
-        host = f"{plan.name}.{service}.{spec.namespace}.svc.{cluster_domain}"
-        pod = pods.get(plan.name)
-        up = pod is not None and pod_ready(pod)
-        members.append(Member(plan=plan, endpoint=rt.member_endpoint(plan.name, host, port), up=up))
-    return Connection(members=members, password=password)
+    return rt.connection(spec, engine, manifests, pods, password, cluster_domain)
 
 
 def label_roles(
