@@ -1,8 +1,7 @@
 """Install ``deploy/`` on the test control plane, and act as the operator's ServiceAccount.
 
-Shared by test_install.py and test_rbac.py. The install is server-side apply with
-``--force-conflicts``: the session's ``crds`` fixture may have created the same CRDs already, and
-applying twice is what docs/install.md tells users to do anyway.
+Shared by test_install.py and test_rbac.py. The install is one server-side apply with
+``--force-conflicts``: the session's ``crds`` fixture may have created the same CRDs already.
 """
 
 from __future__ import annotations
@@ -42,13 +41,12 @@ def wait_established(plane: ControlPlane, names: tuple[str, ...]) -> None:
     )  # fmt: skip
 
 
-def install(plane: ControlPlane) -> tuple[str, str]:
-    """Apply deploy/ the documented way: apply, wait for the CRDs, apply again. (first, second) output."""
+def install(plane: ControlPlane) -> str:
+    """Apply deploy/ the documented way: one ``kubectl apply -k``. Returns its output."""
     args = ("apply", "--server-side", "--force-conflicts", "-k", str(DEPLOY_DIR))
-    first = plane.kubectl(*args, check=False)
+    result = plane.kubectl(*args)
     wait_established(plane, PEERING_CRDS)
-    second = plane.kubectl(*args)
-    return first.stdout + first.stderr, second.stdout
+    return str(result.stdout)
 
 
 def service_account_token(plane: ControlPlane, seconds: int = 3600) -> str:

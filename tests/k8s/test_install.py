@@ -59,7 +59,6 @@ def test_kustomize_build_is_complete() -> None:
         ("ClusterRoleBinding", "moorage-operator"),
         ("Deployment", "moorage-operator"),
         ("Service", "moorage-operator-metrics"),
-        ("ClusterKopfPeering", "moorage"),
     ]:
         assert (kind, name) in kinds, f"{kind} {name} missing from deploy/"
     for doc in docs:
@@ -116,9 +115,18 @@ def test_cluster_role_has_no_wildcards_or_dangerous_grants() -> None:
         for key in ("apiGroups", "resources", "verbs"):
             assert WILDCARD not in rule.get(key, []), f"wildcard {key} in {rule}"
         assert "nonResourceURLs" not in rule
-        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+        assert not {"escalate", "impersonate"} & set(rule["verbs"]), rule
         assert not {"pods/exec", "pods/attach", "pods/portforward", "nodes"} & set(rule["resources"]), rule
-        assert "rbac.authorization.k8s.io" not in rule["apiGroups"], rule
+        if "rbac.authorization.k8s.io" in rule["apiGroups"]:
+            # Backup Jobs run under a per-namespace ServiceAccount bound to one fixed ClusterRole: the
+            # operator may create RoleBindings and bind that role only, never edit roles themselves.
+            grant = (rule["resources"], sorted(rule["verbs"]), rule.get("resourceNames"))
+            assert grant in (
+                (["rolebindings"], ["create", "get"], None),
+                (["clusterroles"], ["bind"], ["moorage-backup-job"]),
+            ), rule
+        else:
+            assert "bind" not in rule["verbs"], rule
 
 
 def test_install_applies_and_the_deployment_creates_pods(
@@ -126,18 +134,15 @@ def test_install_applies_and_the_deployment_creates_pods(
 ) -> None:
     from kubernetes import client
 
-    first, second = install(control_plane)
-    # The first apply may only fail on the peering object, whose CRD it creates in the same run.
-    if "error" in first.lower():
-        assert 'no matches for kind "ClusterKopfPeering"' in first, first
-        assert first.lower().count("error") == 1, first
+    # One apply is the whole install (it fails the test on any error: kubectl exits non-zero).
+    output = install(control_plane)
     for line in (
         "namespace/moorage-system",
         "deployment.apps/moorage-operator",
-        "clusterkopfpeering.kopf.dev/moorage",
+        "customresourcedefinition.apiextensions.k8s.io/clusterkopfpeerings.kopf.dev",
         "clusterrole.rbac.authorization.k8s.io/moorage-operator",
     ):
-        assert line in second, f"{line} not applied:\n{second}"
+        assert line in output, f"{line} not applied:\n{output}"
     apps: Any = client.AppsV1Api(api_client)
     core: Any = client.CoreV1Api(api_client)
 
@@ -164,7 +169,8 @@ def test_install_applies_and_the_deployment_creates_pods(
         assert pod.spec.service_account_name == SERVICE_ACCOUNT
     namespace = core.read_namespace(NAMESPACE)
     assert namespace.metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    peering = client.CustomObjectsApi(api_client).get_cluster_custom_object(
-        "kopf.dev", "v1", "clusterkopfpeerings", "moorage"
+    # The peering kind is served (the operator creates its object on startup: test_rbac.py).
+    peerings = client.CustomObjectsApi(api_client).list_cluster_custom_object(
+        "kopf.dev", "v1", "clusterkopfpeerings"
     )
-    assert peering["metadata"]["name"] == "moorage"
+    assert peerings["kind"] == "ClusterKopfPeeringList"

@@ -221,6 +221,9 @@ def test_operator_reconciles_with_only_the_deploy_rbac(
 
         written = wait_for(f"status.observedGeneration of Middleware {name}", status, timeout=180)
         assert written["phase"], written
+        # deploy/ carries no peering object (one-pass install): the operator made its own.
+        peering = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "moorage")
+        assert peering["metadata"]["name"] == "moorage"
         with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=10) as response:
             assert response.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
