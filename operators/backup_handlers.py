@@ -156,11 +156,20 @@ def ensure_job_account(rt: KubernetesRuntime, namespace: str) -> None:
     )
 
 
-def _start_job(rt: KubernetesRuntime, body: kopf.Body, job: dict[str, Any]) -> None:
+RUN_ID_ANNOTATION = "moorage.io/run-id"
+
+
+def _start_job(rt: KubernetesRuntime, body: kopf.Body, job: dict[str, Any], run_id: str) -> str:
+    """Create the Job for ``run_id`` (a backup or restore id); returns the id the Job really runs.
+    When the Job exists already (the handler is retried or resumed after it created it but before
+    the status was written), that Job's id wins: a new random id would name data nobody writes."""
     ensure_job_account(rt, body["metadata"]["namespace"])
     job["metadata"]["ownerReferences"] = [owner_reference(body)]
-    # Already there: a resumed handler after an operator restart; the Job it made is the one to follow.
-    rt.create(job)
+    job["metadata"].setdefault("annotations", {})[RUN_ID_ANNOTATION] = run_id
+    if rt.create(job) is not None:
+        return run_id
+    existing = rt.get("batch/v1", "Job", job["metadata"]["namespace"], job["metadata"]["name"]) or {}
+    return str(((existing.get("metadata") or {}).get("annotations") or {}).get(RUN_ID_ANNOTATION, run_id))
 
 
 def open_repository(rt: KubernetesRuntime, namespace: str, name: str) -> Repository:
@@ -207,7 +216,7 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         repository=_repository_spec(repo),
         settings=job_settings(),
     )
-    _start_job(rt, body, job)
+    backup_id = _start_job(rt, body, job, backup_id)
     status.phase, status.phase_reason = RUNNING, "JobRunning"
     status.backup_id, status.started_at = backup_id, _now()
     message = f"Job {job['metadata']['name']} backs up {spec.middleware.name} as {backup_id}"
@@ -325,7 +334,7 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         repository=_repository_spec(repo),
         settings=job_settings(),
     )
-    _start_job(rt, body, job)
+    restore_id = _start_job(rt, body, job, restore_id)
     status.phase, status.phase_reason = RUNNING, "JobRunning"
     status.restore_id, status.started_at = restore_id, _now()
     message = f"Job {job['metadata']['name']}: {action.value} {spec.backup_id} into {spec.target.name}"

@@ -368,3 +368,36 @@ def test_a_succeeded_backup_job_puts_the_real_manifest_in_status(
             assert status["durationSeconds"] >= 0
     finally:
         lifecycle.down(namespace, "cache", purge=True)
+
+
+def test_a_job_left_by_an_earlier_attempt_keeps_its_backup_id(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    """The handler created the Job, then died before writing status: when kopf runs it again, the
+    status must name the id that Job backs up, not a fresh random one nobody will ever write."""
+    from kubernetes import client
+
+    from backups.jobs import backup_job
+    from middleware.models.backup import BackupRepositorySpec
+    from operators.backup_handlers import RUN_ID_ANNOTATION, job_settings
+
+    _repository(api_client, namespace)
+    _create(api_client, namespace, "middlewares", "Middleware", "cache", REDIS)
+    earlier = "cache-20260101t000000z-0001"
+    job = backup_job(
+        owner="nightly",
+        namespace=namespace,
+        middleware="cache",
+        backup_id=earlier,
+        repository=BackupRepositorySpec.model_validate(
+            {"bucket": "backups", "endpoint": "http://127.0.0.1:1"}
+        ),
+        settings=job_settings(),
+    )
+    job["metadata"]["annotations"] = {RUN_ID_ANNOTATION: earlier}
+    client.BatchV1Api(api_client).create_namespaced_job(namespace, job)
+    spec = {"middleware": {"name": "cache"}, "repository": {"name": "repo"}}
+    with operator(control_plane, api_client, namespace):
+        _create(api_client, namespace, "middlewarebackups", "MiddlewareBackup", "nightly", spec)
+        status = _status_when(api_client, namespace, "middlewarebackups", "nightly", "Running")
+        assert status["backupId"] == earlier
