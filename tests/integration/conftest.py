@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import RedisNodes, RedisProcess
-from tests.integration.s3_harness import cutting_proxy, s3_config, s3_server  # noqa: F401  (fixtures)
 
 PASSWORD = "it-s3cret pass"  # a space on purpose: quoting in redis.conf must hold
 

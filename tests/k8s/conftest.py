@@ -17,8 +17,6 @@ from typing import Any
 import pytest
 import yaml
 
-# A real S3 server (SeaweedFS) for the backup Job tests.
-from tests.integration.s3_harness import s3_server  # noqa: F401  (fixture)
 from tests.k8s.controlplane import (
     BUILD_HINT,
     REPO_ROOT,
