@@ -11,9 +11,8 @@ is stopped by its own PID.
 number of body bytes: a genuine mid-upload network failure, while every other request (such as
 the AbortMultipartUpload that must follow) goes through.
 
-Use from a test module::
-
-    from tests.integration.s3_harness import s3_server, s3_config  # noqa: F401
+The fixtures are registered once for the whole session in ``tests/conftest.py``: test modules
+just name ``s3_server`` / ``s3_config`` / ``cutting_proxy`` as parameters.
 """
 
 from __future__ import annotations
