@@ -127,6 +127,16 @@ def test_bootstrap_failover_and_old_master_rejoins_as_replica(deployment: Deploy
     assert view.master == new, view
     assert old in view.unreachable_nodes
 
+    # Sentinel reconfigures the surviving replicas after the promotion, one at a time: until it has,
+    # a bootstrap would rightly point them itself, and this check is about a settled failover.
+    survivors = [e for e in d.data_endpoints if e not in (new, old)]
+    wait_until(
+        lambda: [node_role(e, PASSWORD) for e in survivors],
+        lambda roles: all(r.is_replica and r.master == new for r in roles),
+        REJOIN_DEADLINE,
+        "sentinel to point the other replicas at the new master",
+    )
+
     # Re-running bootstrap while the old master is still down follows the sentinels and tolerates it.
     during = bootstrap(d)
     assert during.master == new and during.adopted_existing_master
