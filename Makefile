@@ -87,6 +87,7 @@ bench: setup ## Benchmarks; results in bench/results.json
 	$(PY) bench/redis_cluster_bench.py --out bench/results.json
 	$(PY) bench/sync_verify_bench.py --out bench/results.json
 	$(PY) bench/operator_bench.py --out bench/results.json
+	$(PY) bench/backup_bench.py --out bench/results.json
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) .moorage .pytest_cache .mypy_cache .ruff_cache
