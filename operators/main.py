@@ -10,11 +10,13 @@ from typing import Any
 
 import kopf
 
-# Importing it registers the MiddlewareBackup / MiddlewareRestore handlers and the backup schedule.
-import operators.backup_handlers  # noqa: F401
-from operators import metrics
+from operators import backup_handlers, metrics, sync_handlers
 from operators.reconcile import apply, delete, observe
 from operators.settings import GROUP, VERSION, configure, operator_config
+
+# Importing these registers their handlers: MiddlewareBackup / MiddlewareRestore with the backup
+# schedule, and RedisSync with its supervision timer.
+REGISTERED_ELSEWHERE = (backup_handlers, sync_handlers)
 
 MIDDLEWARES = (GROUP, VERSION, "middlewares")
 

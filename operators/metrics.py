@@ -34,6 +34,22 @@ MEMBERS_HEALTHY = Gauge(
     ["namespace", "name", "engine"],
 )
 
+SYNC_LAG_BYTES = Gauge(
+    "moorage_sync_lag_bytes",
+    "Bytes the source shard's master is ahead of what its redis-shake workload received.",
+    ["namespace", "sync", "workload"],
+)
+SYNC_LAG_SECONDS = Gauge(
+    "moorage_sync_lag_seconds",
+    "The byte lag divided by the source's recent write rate (absent when the source did not write).",
+    ["namespace", "sync", "workload"],
+)
+SYNC_RESTARTS = Counter(
+    "moorage_sync_restarts_total",
+    "Workload restarts (full resyncs) the operator triggered, by reason (Restarted, Replanned).",
+    ["namespace", "sync", "workload", "reason"],
+)
+
 
 @contextmanager
 def reconcile_timer(kind: str, handler: str) -> Iterator[dict[str, str]]:
@@ -62,6 +78,28 @@ def forget(namespace: str, name: str, engine: str) -> None:
     for gauge in (ENGINE_READY, MEMBERS_HEALTHY):
         with suppress(KeyError):
             gauge.remove(namespace, name, engine)
+
+
+def record_sync_lag(
+    namespace: str, sync: str, workload: str, lag_bytes: int | None, lag_seconds: float | None
+) -> None:
+    """Unknown lag removes the series rather than reporting a stale or invented number."""
+    for gauge, value in ((SYNC_LAG_BYTES, lag_bytes), (SYNC_LAG_SECONDS, lag_seconds)):
+        if value is None:
+            with suppress(KeyError):
+                gauge.remove(namespace, sync, workload)
+        else:
+            gauge.labels(namespace, sync, workload).set(value)
+
+
+def count_sync_restart(namespace: str, sync: str, workload: str, reason: str) -> None:
+    SYNC_RESTARTS.labels(namespace, sync, workload, reason).inc()
+
+
+def forget_sync(namespace: str, sync: str, workload: str) -> None:
+    for gauge in (SYNC_LAG_BYTES, SYNC_LAG_SECONDS):
+        with suppress(KeyError):
+            gauge.remove(namespace, sync, workload)
 
 
 def serve(port: int, addr: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:

@@ -20,7 +20,7 @@ from middleware.errors import MoorageError
 from sync.verify import DEFAULT_MAX_DIFFS, VerifyReport, parse_url, verify
 
 sync_app = typer.Typer(
-    help="Cross-cluster Redis sync: verify source and target (workloads and cutover come next).",
+    help="Cross-cluster Redis sync: verify source and target (workloads run under the operator: RedisSync).",
     no_args_is_help=True,
 )
 

@@ -53,6 +53,9 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("v1", "Pod"): Kind("/api/v1", "pods"),
     ("v1", "PersistentVolumeClaim"): Kind("/api/v1", "persistentvolumeclaims"),
     ("apps/v1", "StatefulSet"): Kind("/apis/apps/v1", "statefulsets"),
+    # RedisSync workloads: one redis-shake Deployment per source shard.
+    ("apps/v1", "Deployment"): Kind("/apis/apps/v1", "deployments"),
+    ("moorage.io/v1alpha1", "RedisSync"): Kind("/apis/moorage.io/v1alpha1", "redissyncs"),
     ("policy/v1", "PodDisruptionBudget"): Kind("/apis/policy/v1", "poddisruptionbudgets"),
     ("moorage.io/v1alpha1", "Middleware"): Kind("/apis/moorage.io/v1alpha1", "middlewares"),
     ("moorage.io/v1alpha1", "MiddlewareCatalog"): Kind(

@@ -45,6 +45,10 @@ ALLOWED = [
     ("create", "moorage.io", "middlewarebackups", "", True),
     ("patch", "moorage.io", "middlewarerestores", "status", True),
     *[(v, "apps", "statefulsets", "", True) for v in ("create", "patch", "delete", "watch")],
+    # RedisSync: redis-shake Deployments, and the RedisSyncs they are owned by
+    *[(v, "apps", "deployments", "", True) for v in ("get", "list", "create", "patch", "delete")],
+    *[(v, "moorage.io", "redissyncs", "", True) for v in ("get", "list", "watch", "patch")],
+    ("update", "moorage.io", "redissyncs", "finalizers", True),
     *[
         (v, "", r, "", True)
         for r in ("services", "configmaps", "secrets")
@@ -87,7 +91,8 @@ DENIED = [
     ("delete", "apiextensions.k8s.io", "customresourcedefinitions", "", False),
     ("delete", "moorage.io", "middlewares", "", True),
     ("create", "moorage.io", "middlewares", "", True),
-    ("create", "apps", "deployments", "", True),
+    ("create", "moorage.io", "redissyncs", "", True),
+    ("delete", "moorage.io", "redissyncs", "", True),
     ("create", "apps", "daemonsets", "", True),
     ("create", "admissionregistration.k8s.io", "validatingwebhookconfigurations", "", False),
     ("get", "certificates.k8s.io", "certificatesigningrequests", "", False),
