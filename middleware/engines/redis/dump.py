@@ -37,11 +37,12 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import DataSource, DumpObject, LoadReport, Progress, StoredObject, no_progress
 from middleware.engines.redis import live
 from middleware.engines.redis.rdb_stream import ReplicationRdbStream
+from middleware.engines.redis.resp import RespConnection, RespError
 from middleware.engines.redis.slots import TOTAL_SLOTS, SlotRange
 from middleware.errors import NotReady, OperationError
 
 CHUNK = 4 << 20
-BATCH = 500
+BATCH = 1000
 # A key restored with less TTL than this may be gone by the time the restore is verified.
 EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
@@ -285,20 +286,20 @@ class _Loader:
     progress: Progress
     total: int
     done: int = 0
-    clients: dict[tuple[int, int], redis.Redis] = field(default_factory=dict)
+    clients: dict[tuple[int, int], RespConnection] = field(default_factory=dict)
     # Keys restored with so little TTL left that they may expire before the restore is verified.
     short_lived: dict[int, int] = field(default_factory=dict)
 
-    def client(self, master: int, db: int) -> redis.Redis:
+    def client(self, master: int, db: int) -> RespConnection:
         key = (master, db)
         if key not in self.clients:
-            self.clients[key] = live.connect(
-                self.target.masters[master],
-                self.password,
-                db=db,
-                decode_responses=False,
-                socket_timeout=BULK_TIMEOUT,
-            )
+            endpoint = self.target.masters[master]
+            try:
+                self.clients[key] = RespConnection(endpoint, self.password, db=db, timeout=BULK_TIMEOUT)
+            except RespError as error:
+                raise OperationError(f"connecting to {endpoint.address}: {error}") from None
+            except OSError as error:
+                raise NotReady(f"connecting to {endpoint.address}: {error}") from None
         return self.clients[key]
 
     def close(self) -> None:
@@ -308,72 +309,56 @@ class _Loader:
     def flush(self) -> None:
         for index, endpoint in enumerate(self.target.masters):
             try:
-                self.client(index, 0).flushall()
-            except live.NETWORK_ERRORS as error:
-                detail = live.describe_error(error, self.password)
-                raise NotReady(f"FLUSHALL on {endpoint.address}: {detail}") from None
+                self.client(index, 0).pipeline([(b"FLUSHALL",)])
+            except OSError as error:
+                raise NotReady(f"FLUSHALL on {endpoint.address}: {error}") from None
 
     def copy(self, scratch: ScratchServer, what: str) -> dict[int, int]:
         """Copy every key of the scratch server; returns keys per db that were restored."""
         per_db: dict[int, int] = {}
         for db in sorted(keyspace_counts(scratch.client.info("keyspace"))):
-            source = redis.Redis(
-                unix_socket_path=str(scratch.socket), db=db, socket_timeout=BULK_TIMEOUT, protocol=2
-            )
-            try:
+            with RespConnection(str(scratch.socket), db=db, timeout=BULK_TIMEOUT) as source:
                 for keys in _scan_batches(source):
                     self._restore_batch(source, db, keys, what)
-                per_db[db] = int(source.dbsize())
-            finally:
-                source.close()
+                (count,) = source.pipeline([(b"DBSIZE",)])
+                per_db[db] = int(count)
         return per_db
 
-    def _restore_batch(self, source: redis.Redis, db: int, keys: list[bytes], what: str) -> None:
-        read = source.pipeline(transaction=False)
-        for key in keys:
-            read.pttl(key)
-            read.dump(key)
-        replies = read.execute()
-        by_master: dict[int, list[tuple[bytes, int, bytes]]] = {}
+    def _restore_batch(self, source: RespConnection, db: int, keys: list[bytes], what: str) -> None:
+        replies = source.pipeline([c for key in keys for c in ((b"PTTL", key), (b"DUMP", key))])
+        by_master: dict[int, list[Sequence[bytes]]] = {}
         for i, key in enumerate(keys):
             ttl, payload = replies[2 * i], replies[2 * i + 1]
             if payload is None or ttl == -2:
                 continue  # expired while we read it: not part of the data any more
             if 0 < ttl < EXPIRY_GRACE_MS:
                 self.short_lived[db] = self.short_lived.get(db, 0) + 1
-            by_master.setdefault(self.target.master_for(key), []).append((key, max(int(ttl), 0), payload))
-        for master, items in by_master.items():
-            write = self.client(master, db).pipeline(transaction=False)
-            for key, ttl, payload in items:
-                write.restore(key, ttl, payload, replace=True)
+            restore = (b"RESTORE", key, b"%d" % max(int(ttl), 0), payload, b"REPLACE")
+            by_master.setdefault(self.target.master_for(key), []).append(restore)
+        for master, commands in by_master.items():
+            endpoint = self.target.masters[master].address
             try:
-                results = write.execute(raise_on_error=False)
-            except live.NETWORK_ERRORS as error:
-                endpoint = self.target.masters[master].address
-                raise NotReady(
-                    f"{what}: restoring into {endpoint}: {live.describe_error(error, self.password)}"
-                ) from None
-            failed = [
-                (key, r) for (key, _, _), r in zip(items, results, strict=True) if isinstance(r, Exception)
-            ]
+                results = self.client(master, db).pipeline(commands, raise_on_error=False)
+            except OSError as error:
+                raise NotReady(f"{what}: restoring into {endpoint}: {error}") from None
+            failed = [(c[1], r) for c, r in zip(commands, results, strict=True) if isinstance(r, Exception)]
             if failed:
                 first_key, first_error = failed[0]
-                endpoint = self.target.masters[master].address
                 raise OperationError(
                     f"{what}: RESTORE of {len(failed)} keys into {endpoint} db{db} failed, first "
-                    f"{first_key[:60]!r}: {live.describe_error(first_error, self.password)}"
+                    f"{first_key[:60]!r}: {first_error}"
                 )
-            self.done += len(items)
+            self.done += len(commands)
         self.progress("loading keys", self.done, max(self.total, self.done))
 
 
-def _scan_batches(client: redis.Redis) -> Iterator[list[bytes]]:
-    cursor = 0
+def _scan_batches(client: RespConnection) -> Iterator[list[bytes]]:
+    cursor = b"0"
     while True:
-        cursor, keys = client.scan(cursor, count=BATCH)
+        cursor, keys = client.pipeline([(b"SCAN", cursor, b"COUNT", b"%d" % BATCH)])[0]
         if keys:
-            yield [k if isinstance(k, bytes) else k.encode() for k in keys]
-        if cursor == 0:
+            yield list(keys)
+        if cursor == b"0":
             return
 
 
