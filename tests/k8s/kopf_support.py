@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -41,16 +41,26 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT, interva
 
 
 @contextmanager
-def running_operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> Iterator[Any]:
-    """The operator watching ``namespace``. On exit every Middleware left there is deleted while the
-    operator still runs (so its finalizer is honoured), then the operator stops."""
+def running_operator(
+    control_plane: ControlPlane,
+    api_client: Any,
+    namespace: str,
+    *,
+    env: Mapping[str, str] | None = None,
+    plurals: Sequence[str] = ("middlewares",),
+    cleanup_timeout: float = 60.0,
+) -> Iterator[Any]:
+    """The operator (every handler ``operators.main`` registers) watching ``namespace``, with
+    FAST_RETRIES plus ``env`` set. On exit every object of ``plurals`` left there is deleted while the
+    operator still runs (so its finalizers are honoured), then the operator stops."""
     from kopf.testing import KopfRunner
 
     from operators.settings import operator_config
 
-    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", *FAST_RETRIES)}
+    settings = {**FAST_RETRIES, **(env or {})}
+    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", *settings)}
     os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
-    os.environ.update(FAST_RETRIES)
+    os.environ.update(settings)
     operator_config.cache_clear()
     args = ["run", "-m", "operators.main", "--standalone", "--namespace", namespace]
     try:
@@ -58,7 +68,7 @@ def running_operator(control_plane: ControlPlane, api_client: Any, namespace: st
             try:
                 yield runner
             finally:
-                _delete_all(api_client, namespace)
+                _delete_all(api_client, namespace, plurals, cleanup_timeout)
         assert runner.exception is None, runner.output
     finally:
         for key, value in saved.items():
@@ -69,17 +79,20 @@ def running_operator(control_plane: ControlPlane, api_client: Any, namespace: st
         operator_config.cache_clear()
 
 
-def _delete_all(api_client: Any, namespace: str) -> None:
+def _delete_all(api_client: Any, namespace: str, plurals: Sequence[str], timeout: float) -> None:
     custom = custom_api(api_client)
-    for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares")["items"]:
-        name = item["metadata"]["name"]
-        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", name)
+    for plural in plurals:
+        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
+            custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, item["metadata"]["name"]
+            )
 
     def gone() -> bool:
-        items = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares")["items"]
-        return not items
+        return not any(
+            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"] for p in plurals
+        )
 
-    wait_for("every Middleware to be finalized", gone, timeout=60)
+    wait_for(f"every {'/'.join(plurals)} object to be finalized", gone, timeout=timeout)
 
 
 def custom_api(api_client: Any) -> Any:

@@ -8,11 +8,9 @@ conditions, as it would after its pod exited, and check what the handlers then w
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ from middleware.runtime.local import LocalRuntime
 from tests.integration.harness import require_binary
 from tests.integration.s3_harness import S3Server
 from tests.k8s.controlplane import ControlPlane
-from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, wait_for
+from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, running_operator, wait_for
 
 pytestmark = pytest.mark.k8s
 
@@ -37,47 +35,11 @@ PLURALS = ("middlewarebackups", "middlewarerestores", "middlewares")
 SECRET_VALUE = "s3cr3t-" + uuid.uuid4().hex
 
 
-@contextmanager
-def operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> Iterator[Any]:
-    from kopf.testing import KopfRunner
-
-    from operators.settings import operator_config
-
-    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", *FAST)}
-    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
-    os.environ.update(FAST)
-    operator_config.cache_clear()
-    args = ["run", "-m", "operators.main", "-m", "operators.backup_handlers", "--standalone"]
-    try:
-        with KopfRunner([*args, "--namespace", namespace], timeout=60) as runner:
-            try:
-                yield runner
-            finally:
-                _delete_all(api_client, namespace)
-        assert runner.exception is None, runner.output
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        operator_config.cache_clear()
-
-
-def _delete_all(api_client: Any, namespace: str) -> None:
-    custom = custom_api(api_client)
-    for plural in PLURALS:
-        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
-            custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, item["metadata"]["name"]
-            )
-
-    def gone() -> bool:
-        return not any(
-            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"] for p in PLURALS
-        )
-
-    wait_for("every backup/restore/Middleware to be finalized", gone, timeout=60)
+def operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> AbstractContextManager[Any]:
+    """``kopf run -m operators.main`` watching ``namespace``, with this module's fast timers."""
+    return running_operator(
+        control_plane, api_client, namespace, env=FAST, plurals=PLURALS, cleanup_timeout=60
+    )
 
 
 def _create(api_client: Any, namespace: str, plural: str, kind: str, name: str, spec: Any) -> None:
@@ -132,7 +94,7 @@ def _finish_job(api_client: Any, namespace: str, name: str, *, failed: bool) -> 
          "lastProbeTime": now}
         for t, r in kinds
     ]  # fmt: skip
-    api = client.BatchV1Api(api_client)
+    api: Any = client.BatchV1Api(api_client)
     started = api.read_namespaced_job_status(name, namespace).status.start_time
     start = started.strftime("%Y-%m-%dT%H:%M:%SZ") if started else now
     body = {"status": {"startTime": start, "active": 0, "ready": 0, "conditions": conditions, **extra}}
@@ -395,7 +357,8 @@ def test_a_job_left_by_an_earlier_attempt_keeps_its_backup_id(
         settings=job_settings(),
     )
     job["metadata"]["annotations"] = {RUN_ID_ANNOTATION: earlier}
-    client.BatchV1Api(api_client).create_namespaced_job(namespace, job)
+    batch: Any = client.BatchV1Api(api_client)
+    batch.create_namespaced_job(namespace, job)
     spec = {"middleware": {"name": "cache"}, "repository": {"name": "repo"}}
     with operator(control_plane, api_client, namespace):
         _create(api_client, namespace, "middlewarebackups", "MiddlewareBackup", "nightly", spec)

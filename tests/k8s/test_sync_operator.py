@@ -11,12 +11,11 @@ real servers), direction changes, and a re-plan after a real source failover.
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import tomllib
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from tests.k8s.kopf_support import (
     custom_api,
     make_pods_ready,
     middleware,
+    running_operator,
     wait_for,
 )
 
@@ -52,48 +52,11 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-@contextmanager
-def operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> Iterator[Any]:
-    """``kopf run -m operators.main -m operators.sync_handlers`` watching ``namespace``."""
-    from kopf.testing import KopfRunner
-
-    from operators.settings import operator_config
-
-    saved = {key: os.environ.get(key) for key in ("KUBECONFIG", *FAST)}
-    os.environ["KUBECONFIG"] = str(control_plane.kubeconfig)
-    os.environ.update(FAST)
-    operator_config.cache_clear()
-    args = ["run", "-m", "operators.main", "-m", "operators.sync_handlers", "--standalone"]
-    try:
-        with KopfRunner([*args, "--namespace", namespace], timeout=60) as runner:
-            try:
-                yield runner
-            finally:
-                _delete_all(api_client, namespace)
-        assert runner.exception is None, runner.output
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        operator_config.cache_clear()
-
-
-def _delete_all(api_client: Any, namespace: str) -> None:
-    custom = custom_api(api_client)
-    for plural in PLURALS:
-        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
-            custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, item["metadata"]["name"]
-            )
-
-    def gone() -> bool:
-        return not any(
-            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"] for p in PLURALS
-        )
-
-    wait_for("every RedisSync/Middleware to be finalized", gone, timeout=90)
+def operator(control_plane: ControlPlane, api_client: Any, namespace: str) -> AbstractContextManager[Any]:
+    """``kopf run -m operators.main`` watching ``namespace``, with this module's fast timers."""
+    return running_operator(
+        control_plane, api_client, namespace, env=FAST, plurals=PLURALS, cleanup_timeout=90
+    )
 
 
 @contextmanager
@@ -324,7 +287,7 @@ def test_redis_sync_forward_failover_reverse_and_stop(
 
             def recorded() -> dict[str, Any] | None:
                 workloads = _status(api_client, namespace, "redissyncs", sync).get("workloads") or []
-                entry = next((w for w in workloads if w["name"] == affected), {})
+                entry: dict[str, Any] = next((w for w in workloads if w["name"] == affected), {})
                 return entry if entry.get("restarts", 0) >= 1 else None
 
             entry = wait_for("the re-plan recorded in status", recorded, timeout=30)
