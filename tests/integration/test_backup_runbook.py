@@ -28,7 +28,7 @@ from backups.store import S3Store
 from middleware.endpoints import Endpoint
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
-from tests.integration.harness import require_binary
+from tests.integration.harness import require_binary, wait_until
 from tests.integration.s3_harness import S3Server
 
 pytestmark = pytest.mark.integration
@@ -304,6 +304,22 @@ def test_a_restore_failing_half_way_rolls_back_by_itself(runbook: Runbook, tmp_p
     assert "maxmemory" in " ".join(step["message"] for step in record["history"])
 
 
+def _scratch_servers() -> set[int]:
+    """Live scratch redis-servers (a restore's temporary RDB readers, named by their private dir)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"redis-server" in cmdline and b"moorage-restore-" in cmdline and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
 def test_a_killed_restore_is_rolled_back_on_request(runbook: Runbook, tmp_path: Path) -> None:
     _up(runbook, CLUSTER, tmp_path)
     _up(runbook, SENTINEL, tmp_path)
@@ -312,6 +328,7 @@ def test_a_killed_restore_is_rolled_back_on_request(runbook: Runbook, tmp_path: 
     fill(runbook.masters("cache"), "cache", 300, cluster=False)
     before = runbook.snapshot("cache")
 
+    already = _scratch_servers()
     proc = runbook.popen("restore", "apply", backup_id, "--to", "cache", "--yes", "-o", "json")
     repository = runbook.repository()
     deadline = time.monotonic() + 120
@@ -331,6 +348,15 @@ def test_a_killed_restore_is_rolled_back_on_request(runbook: Runbook, tmp_path: 
             proc.kill()
         proc.communicate()
     assert killed_at is not None, "the restore finished before it could be killed half-way"
+    # The scratch redis-server the killed restore was reading from dies with it (no orphan left
+    # holding a copy of the data).
+    orphans = wait_until(
+        lambda: _scratch_servers() - already,
+        lambda pids: not pids,
+        30,
+        "the killed restore's scratch redis-server to exit",
+    )
+    assert orphans == set()
     (record,) = runbook.json("restore", "list")
     assert record["phase"] == "Restoring"
     assert runbook.snapshot("cache") != before

@@ -17,6 +17,7 @@ passed in as plain endpoints; this module only moves bytes and keys.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
 import re
@@ -236,7 +237,7 @@ class ScratchServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.client = redis.Redis(unix_socket_path=str(self.socket), socket_timeout=BULK_TIMEOUT, protocol=2)
 
@@ -277,6 +278,17 @@ class ScratchServer:
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Runs in the scratch server's process before exec: its own session (a Ctrl-C of the CLI is the
+    CLI's to handle), and SIGKILL when the restoring process dies, so a restore that is killed
+    half-way never leaves a scratch server (and a copy of the backup's data) running. Linux only;
+    elsewhere the ``finally`` that stops it is the only guard."""
+    os.setsid()
+    with contextlib.suppress(Exception):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 @dataclass
