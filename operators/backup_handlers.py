@@ -107,12 +107,44 @@ def _fail(
     reason: str,
     message: str,
 ) -> NoReturn:
-    status.phase = FAILED
-    status.phase_reason = reason
-    status.set_condition(COMPLETE, False, reason, message)
-    _write(patch, status)
-    events.warning(body, reason=reason, message=message)
+    _transition(body, patch, status, FAILED, reason, message, complete=False, warning=True)
     raise kopf.PermanentError(message)
+
+
+def _transition(
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    status: ResourceStatus,
+    phase: str,
+    reason: str,
+    message: str,
+    *,
+    complete: bool,
+    event: str | None = None,
+    warning: bool = False,
+) -> None:
+    """One status step: phase, reason and the ``Complete`` condition written together, and the
+    Event that tells it (``event`` when its reason differs from the status reason)."""
+    status.phase, status.phase_reason = phase, reason
+    status.set_condition(COMPLETE, complete, reason, message)
+    _write(patch, status)
+    post = events.warning if warning else events.normal
+    post(body, reason=event or reason, message=message)
+
+
+def _finished_job(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    status: ResourceStatus,
+    job_id: str,
+) -> tuple[str, str] | None:
+    """The Job's (outcome, message) once it ended; None while it runs; Failed status if it is gone."""
+    job = rt.get("batch/v1", "Job", body["metadata"]["namespace"], job_id)
+    if job is None:
+        _fail(body, patch, status, "JobMissing", f"Job {job_id} is gone before it reported an outcome")
+    outcome, message = job_outcome(job)
+    return None if outcome == RUNNING else (outcome, message)
 
 
 def _require(
@@ -217,12 +249,9 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         settings=job_settings(),
     )
     backup_id = _start_job(rt, body, job, backup_id)
-    status.phase, status.phase_reason = RUNNING, "JobRunning"
     status.backup_id, status.started_at = backup_id, _now()
     message = f"Job {job['metadata']['name']} backs up {spec.middleware.name} as {backup_id}"
-    status.set_condition(COMPLETE, False, "JobRunning", message)
-    _write(patch, status)
-    events.normal(body, reason="JobCreated", message=message)
+    _transition(body, patch, status, RUNNING, "JobRunning", message, complete=False, event="JobCreated")
 
 
 def _is_running(status: Mapping[str, Any] | None, **_: Any) -> bool:
@@ -236,15 +265,13 @@ def follow_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     spec = MiddlewareBackupSpec.model_validate(dict(body["spec"]))
     job_id = job_name(name, "backup")
-    job = rt.get("batch/v1", "Job", namespace, job_id)
-    if job is None:
-        _fail(body, patch, status, "JobMissing", f"Job {job_id} is gone before it reported an outcome")
-    outcome, message = job_outcome(job)
-    if outcome == RUNNING:
+    finished = _finished_job(rt, body, patch, status, job_id)
+    if finished is None:
         return
-    finished = _now()
-    status.finished_at = finished
-    status.duration_seconds = _seconds_between(status.started_at, finished)
+    outcome, message = finished
+    ended = _now()
+    status.finished_at = ended
+    status.duration_seconds = _seconds_between(status.started_at, ended)
     if outcome == "Failed":
         why = _backup_failure(rt, namespace, spec.repository.name, status.backup_id)
         _fail(body, patch, status, "JobFailed", f"Job {job_id} failed: {why or message}")
@@ -260,11 +287,8 @@ def follow_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         manifest.started_at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     )
     status.duration_seconds = manifest.duration_seconds
-    status.phase, status.phase_reason = COMPLETED, "BackupCompleted"
     done = f"backup {manifest.backup_id}: {manifest.size_bytes} bytes at {manifest.location}"
-    status.set_condition(COMPLETE, True, "BackupCompleted", done)
-    _write(patch, status)
-    events.normal(body, reason="BackupCompleted", message=done)
+    _transition(body, patch, status, COMPLETED, "BackupCompleted", done, complete=True)
 
 
 def _backup_failure(rt: KubernetesRuntime, namespace: str, repository: str, backup_id: str | None) -> str:
@@ -335,12 +359,9 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         settings=job_settings(),
     )
     restore_id = _start_job(rt, body, job, restore_id)
-    status.phase, status.phase_reason = RUNNING, "JobRunning"
     status.restore_id, status.started_at = restore_id, _now()
     message = f"Job {job['metadata']['name']}: {action.value} {spec.backup_id} into {spec.target.name}"
-    status.set_condition(COMPLETE, False, "JobRunning", message)
-    _write(patch, status)
-    events.normal(body, reason="JobCreated", message=message)
+    _transition(body, patch, status, RUNNING, "JobRunning", message, complete=False, event="JobCreated")
 
 
 @kopf.timer(*RESTORES, interval=FOLLOW_INTERVAL, when=_is_running)
@@ -351,12 +372,10 @@ def follow_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     spec = MiddlewareRestoreSpec.model_validate(dict(body["spec"]))
     action = RestoreAction(spec.action)
     job_id = job_name(name, action.value.lower())
-    job = rt.get("batch/v1", "Job", namespace, job_id)
-    if job is None:
-        _fail(body, patch, status, "JobMissing", f"Job {job_id} is gone before it reported an outcome")
-    outcome, message = job_outcome(job)
-    if outcome == RUNNING:
+    finished = _finished_job(rt, body, patch, status, job_id)
+    if finished is None:
         return
+    outcome, message = finished
     status.finished_at = _now()
     record: dict[str, Any] = {}
     try:
@@ -375,11 +394,8 @@ def follow_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         _fail(body, patch, status, "JobFailed", f"Job {job_id} failed: {why}")
     if not record:
         _fail(body, patch, status, "RecordMissing", f"Job {job_id} succeeded but left no restore record")
-    status.phase, status.phase_reason = COMPLETED, f"{action.value}Completed"
     done = f"{record.get('phase')}: {record.get('message')}"
-    status.set_condition(COMPLETE, True, status.phase_reason, done)
-    _write(patch, status)
-    events.normal(body, reason=status.phase_reason, message=done)
+    _transition(body, patch, status, COMPLETED, f"{action.value}Completed", done, complete=True)
 
 
 # -- schedules ----------------------------------------------------------------------------------
