@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.harness import require_binary
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import (
     GROUP,
@@ -361,14 +362,12 @@ def test_sentinel_bootstraps_through_the_kubernetes_path_on_local_processes(
     """Stretch: the pods are backed by real redis-server/sentinel processes on 127.0.0.1 (the test's
     stand-in for containers), reached through the runtime's address seam instead of pod DNS."""
     import base64
-    import shutil
 
     from middleware.engines.registry import get_engine
     from tests.k8s.kopf_support import local_members
 
-    for binary in ("redis-server", "redis-sentinel"):
-        if shutil.which(binary) is None:
-            pytest.skip(f"{binary} not found: run `make setup` (apt-get install redis-server redis-sentinel)")
+    require_binary("redis-server", "redis-server")
+    require_binary("redis-sentinel", "redis-sentinel")
     name = _name("sen")
     spec = {"engine": "redis", "topology": "sentinel", "replicas": 2, "sentinels": 3}
     manifest = middleware(name, spec)
@@ -411,10 +410,7 @@ def test_sentinel_bootstraps_through_the_kubernetes_path_on_local_processes(
 
 
 def _require_redis() -> None:
-    import shutil
-
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server not found: run `make setup` (apt-get install redis-server)")
+    require_binary("redis-server", "redis-server")
 
 
 def _namespaced(name: str, spec: dict[str, Any], namespace: str) -> dict[str, Any]:

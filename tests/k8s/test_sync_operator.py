@@ -11,7 +11,6 @@ real servers), direction changes, and a re-plan after a real source failover.
 from __future__ import annotations
 
 import base64
-import shutil
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from middleware.endpoints import Endpoint
+from tests.integration.harness import require_binary
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import (
     GROUP,
@@ -177,9 +177,8 @@ def _phase(api_client: Any, namespace: str, plural: str, name: str, phase: str, 
 
 
 def _require_redis() -> None:
-    for binary in ("redis-server", "redis-sentinel"):
-        if shutil.which(binary) is None:
-            pytest.skip(f"{binary} not found: run `make setup` (apt-get install redis-server redis-sentinel)")
+    require_binary("redis-server", "redis-server")
+    require_binary("redis-sentinel", "redis-sentinel")
 
 
 def test_redis_sync_forward_failover_reverse_and_stop(
