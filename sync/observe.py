@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -71,6 +72,58 @@ def master_offset(endpoint: Endpoint, password: str | None) -> int | None:
         return None
     value = info.get("master_repl_offset")
     return int(value) if isinstance(value, int) else None
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """One replication consumer of a node as the node reports it (``INFO replication`` slaveN):
+    a replica, or redis-shake's sync reader, which announces its ``status_port`` as its
+    ``listening-port`` and ACKs the offset it has received every 100 ms (redis-shake v4,
+    ``internal/reader/sync_standalone_reader.go``)."""
+
+    host: str
+    port: int
+    state: str
+    offset: int  # the last offset it ACKed: what it has received, from the source's point of view
+
+    @property
+    def online(self) -> bool:
+        return self.state == "online"
+
+
+def parse_consumers(info: Mapping[str, Any]) -> list[Consumer]:
+    """The ``slaveN`` entries of a parsed ``INFO replication`` (redis-py turns each into a dict)."""
+    found = []
+    for key, value in info.items():
+        if not (key.startswith("slave") and key[5:].isdigit() and isinstance(value, Mapping)):
+            continue
+        try:
+            found.append(
+                Consumer(str(value["ip"]), int(value["port"]), str(value["state"]), int(value["offset"]))
+            )
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed entry is not a consumer we can measure
+    return found
+
+
+def replication_view(endpoint: Endpoint, password: str | None) -> tuple[int, list[Consumer]] | None:
+    """``endpoint``'s ``master_repl_offset`` and its consumers; None when it does not answer."""
+    try:
+        info: dict[str, Any] = live.call(endpoint, password, lambda c: c.info("replication"), attempts=1)
+    except (NotReady, OperationError, redis.RedisError):
+        return None
+    offset = info.get("master_repl_offset")
+    return (int(offset) if isinstance(offset, int) else 0), parse_consumers(info)
+
+
+def shake_consumer(consumers: Sequence[Consumer], port: int, host: str | None = None) -> Consumer | None:
+    """redis-shake's connection among a node's consumers: the one announcing ``port`` (its status
+    port), from ``host`` when the reader's address is known (several syncs may read one node)."""
+    matches = [c for c in consumers if c.port == port and (host is None or c.host == host)]
+    if not matches:
+        return None
+    # A restarted reader can linger as a stale entry until the node drops it: the furthest one is live.
+    return max(matches, key=lambda c: (c.online, c.offset))
 
 
 def shard_now(

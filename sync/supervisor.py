@@ -13,9 +13,10 @@ restart count and the source (current master, its ``master_repl_offset``, slot m
   status port silent)                                          -> restart (a full resync, v4 cannot resume)
 - healthy                                                      -> none
 
-Lag is the source master's ``master_repl_offset`` minus the offset redis-shake has received: true lag
-from the source's point of view, not redis-shake's own counters. Seconds are estimated from the
-source's write rate over the sampled window.
+Lag is the source master's ``master_repl_offset`` minus the offset redis-shake has received, taken
+from the source's side: the offset redis-shake's connection last ACKed to the node it reads
+(``INFO replication``), and redis-shake's status document only when that connection is not found.
+Seconds are estimated from the source's write rate over the sampled window.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ class Sample:
     source_offset: int | None  # its master_repl_offset
     source_slots: tuple[SlotRange, ...] = ()
     target_master: Endpoint | None = None
+    # The offset redis-shake's replication connection last ACKed to the node it reads, as that node
+    # reports it (None: connection not found). Same offset space as the master's, replicas included.
+    acked_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,9 +128,12 @@ class Decision:
 def lag(samples: Sequence[Sample]) -> tuple[int | None, float | None]:
     """Bytes the source is ahead of redis-shake, and how long the source takes to write that much."""
     last = samples[-1]
-    if last.status is None or last.status.received_offset is None or last.source_offset is None:
+    received = last.acked_offset
+    if received is None and last.status is not None:
+        received = last.status.received_offset
+    if received is None or last.source_offset is None:
         return None, None
-    behind = max(0, last.source_offset - last.status.received_offset)
+    behind = max(0, last.source_offset - received)
     if behind == 0:
         return 0, 0.0
     rated = [s for s in samples if s.source_offset is not None]

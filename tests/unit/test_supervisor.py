@@ -152,3 +152,15 @@ def test_topology_changes_replan() -> None:
     target = decide(WORKLOAD, [sample(0, doc, 1000, target=Endpoint("dst-1", 6379))], POLICY)
     assert (target.state, target.action) == (State.TARGET_FAILOVER, Action.REPLAN)
     assert decide(WORKLOAD, [], POLICY).state is State.UNKNOWN
+
+
+def test_lag_prefers_the_offset_acked_to_the_source_over_the_status_document() -> None:
+    from dataclasses import replace
+
+    # redis-shake says it received 2500, but the source has seen ACKs for 2800 only (or the other
+    # way round after a restart): the source's own view wins, the status document is the fallback.
+    acked = replace(sample(10, status_doc("syncing aof", 2500), 3000), acked_offset=2800)
+    assert lag([acked]) == (200, None)
+    no_status = replace(sample(10, None, 3000), acked_offset=3000)
+    assert lag([no_status]) == (0, 0.0)
+    assert lag([sample(10, None, 3000)]) == (None, None)
