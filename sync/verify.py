@@ -10,6 +10,9 @@ Design:
 - Streaming, bounded memory: every source master is SCANned and keys are checked in batches of
   ``BATCH`` with pipelines on both sides; nothing keeps the key set. "Extra on target" is a second
   pass SCANning the target and asking the source whether each key exists.
+- One round trip per batch and side: TYPE, PTTL and GET of every key go out pre-encoded together
+  (raw RESP, hiredis replies), and both sides' requests are written before either is read. Strings,
+  the common case, need nothing more; other types are read afterwards for keys whose type matched.
 - Values are compared with type-aware digests, never ``DUMP`` bytes: two servers holding equal
   values may encode them differently (listpack vs hashtable, another RDB version), and ``DUMP``
   would then report a false difference. Unordered types (hash, set) use an order-independent sum of
@@ -24,17 +27,19 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import hiredis
 import redis
 from redis.crc import key_slot
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import observe_cluster
 from middleware.engines.redis.live import NETWORK_ERRORS, connect, describe_error
+from middleware.engines.redis.resp import Command, RespConnection, RespError, open_connection, pack
 from middleware.engines.redis.slots import TOTAL_SLOTS, expand
 from middleware.errors import MoorageError, NotReady, OperationError
 
@@ -103,13 +108,19 @@ def parse_url(url: str, *, password_env: str | None = None) -> RedisURL:
 
 
 class Side:
-    """One side of the comparison: its masters and, for a cluster, who owns which slot."""
+    """One side of the comparison: its masters and, for a cluster, who owns which slot.
+
+    Discovery and DBSIZE go through redis-py (a handful of calls, and its errors are the familiar
+    ones); every per-key command goes through a raw RESP connection per node. A profile of the
+    redis-py version spent 75% of the run packing commands and dispatching replies in Python.
+    """
 
     def __init__(self, label: str, url: RedisURL, *, socket_timeout: float = SOCKET_TIMEOUT) -> None:
         self.label = label
         self.url = url
         self._timeout = socket_timeout
         self._clients: dict[Endpoint, redis.Redis] = {}
+        self._conns: dict[Endpoint, RespConnection] = {}
         self.cluster = False
         self.masters: list[Endpoint] = [url.endpoint]
         self._slot_owner: list[int] = []
@@ -126,10 +137,27 @@ class Side:
             )
         return self._clients[endpoint]
 
+    def conn(self, endpoint: Endpoint) -> RespConnection:
+        if endpoint not in self._conns:
+            try:
+                self._conns[endpoint] = open_connection(
+                    endpoint,
+                    self.url.password,
+                    username=self.url.username,
+                    db=self.url.db,
+                    timeout=self._timeout,
+                )
+            except (RespError, OSError, hiredis.HiredisError) as exc:
+                raise self.wrap(endpoint, exc) from None
+        return self._conns[endpoint]
+
     def close(self) -> None:
         for client in self._clients.values():
             client.close()
         self._clients.clear()
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
 
     def wrap(self, endpoint: Endpoint, exc: BaseException) -> MoorageError:
         detail = describe_error(exc, self.url.password)
@@ -170,48 +198,68 @@ class Side:
 
     def group(self, keys: Sequence[bytes]) -> dict[Endpoint, list[int]]:
         """Indexes of ``keys`` grouped by the node that owns them."""
+        if not self.cluster:
+            return {self.masters[0]: list(range(len(keys)))}
         groups: dict[Endpoint, list[int]] = {}
         for index, key in enumerate(keys):
             groups.setdefault(self.owner(key), []).append(index)
         return groups
 
-    def pipeline(self, endpoint: Endpoint, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        if not commands:
-            return []
+    def send(self, endpoint: Endpoint, payload: bytes) -> None:
+        try:
+            self.conn(endpoint).send(payload)
+        except (OSError, hiredis.HiredisError) as exc:
+            raise self.wrap(endpoint, exc) from None
 
-        def send(client: redis.Redis) -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            for args in commands:
-                pipe.execute_command(*args)
-            return list(pipe.execute(raise_on_error=False))
-
-        replies = self.run(endpoint, send)
+    def receive(self, endpoint: Endpoint, count: int) -> list[Any]:
+        """``count`` replies, error replies in place; a moved slot aborts the run."""
+        try:
+            replies = self.conn(endpoint).receive(count)
+        except (OSError, hiredis.HiredisError) as exc:
+            raise self.wrap(endpoint, exc) from None
         for reply in replies:
-            if isinstance(reply, redis.ResponseError) and str(reply).startswith(("MOVED", "ASK")):
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith(("MOVED", "ASK")):
                 raise OperationError(f"{self.label}: slots moved during verify ({reply}); run it again")
         return replies
 
-    def per_key(self, keys: Sequence[bytes], commands: Sequence[Sequence[Sequence[Any]]]) -> list[list[Any]]:
+    def pipeline(self, endpoint: Endpoint, commands: Sequence[Command]) -> list[Any]:
+        if not commands:
+            return []
+        self.send(endpoint, pack(commands))
+        return self.receive(endpoint, len(commands))
+
+    def command(self, endpoint: Endpoint, *args: bytes) -> Any:
+        """One command whose error reply is a failure of the run (chunked reads, SCAN)."""
+        (reply,) = self.pipeline(endpoint, [args])
+        if isinstance(reply, hiredis.ReplyError):
+            raise self.wrap(endpoint, reply)
+        return reply
+
+    def per_key(self, keys: Sequence[bytes], commands: Sequence[Sequence[Command]]) -> list[list[Any]]:
         """``commands[i]`` (one or more commands about ``keys[i]``) sent to that key's owner, pipelined
-        per node; the replies come back per key, in key order."""
+        per node (every node's request is sent before any reply is read, so the nodes work at the same
+        time); the replies come back per key, in key order."""
         replies: list[list[Any]] = [[] for _ in keys]
+        sent: list[tuple[Endpoint, list[int], int]] = []
         for endpoint, indexes in self.group(keys).items():
             flat = [command for i in indexes for command in commands[i]]
-            answers = iter(self.pipeline(endpoint, flat))
+            self.send(endpoint, pack(flat))
+            sent.append((endpoint, indexes, len(flat)))
+        for endpoint, indexes, count in sent:
+            answers = iter(self.receive(endpoint, count))
             for index in indexes:
                 replies[index] = [next(answers) for _ in commands[index]]
         return replies
 
     def scan(self, endpoint: Endpoint) -> Iterator[list[bytes]]:
         """SCAN one node; yields batches of keys as the server returns them."""
-        cursor: Any = 0
+        cursor = b"0"
+        count = str(SCAN_COUNT).encode()
         while True:
-            command = ("SCAN", cursor, "COUNT", SCAN_COUNT)
-            reply: Any = self.run(endpoint, lambda c: c.execute_command(*command))  # noqa: B023
-            cursor, keys = reply
+            cursor, keys = self.command(endpoint, b"SCAN", cursor, b"COUNT", count)
             if keys:
-                yield list(keys)
-            if int(cursor) == 0:
+                yield keys
+            if cursor == b"0":
                 return
 
     def dbsize(self) -> int:
@@ -273,13 +321,13 @@ def _stream_items(entries: Sequence[Any]) -> list[bytes]:
     return items
 
 
-_LENGTH = {b"list": "LLEN", b"hash": "HLEN", b"set": "SCARD", b"zset": "ZCARD", b"stream": "XLEN"}
-_READ_ALL = {
-    b"list": lambda k: ("LRANGE", k, 0, -1),
-    b"hash": lambda k: ("HGETALL", k),
-    b"set": lambda k: ("SMEMBERS", k),
-    b"zset": lambda k: ("ZRANGE", k, 0, -1, "WITHSCORES"),
-    b"stream": lambda k: ("XRANGE", k, "-", "+"),
+_LENGTH = {b"list": b"LLEN", b"hash": b"HLEN", b"set": b"SCARD", b"zset": b"ZCARD", b"stream": b"XLEN"}
+_READ_ALL: dict[bytes, Callable[[bytes], Command]] = {
+    b"list": lambda k: (b"LRANGE", k, b"0", b"-1"),
+    b"hash": lambda k: (b"HGETALL", k),
+    b"set": lambda k: (b"SMEMBERS", k),
+    b"zset": lambda k: (b"ZRANGE", k, b"0", b"-1", b"WITHSCORES"),
+    b"stream": lambda k: (b"XRANGE", k, b"-", b"+"),
 }
 
 
@@ -305,56 +353,46 @@ def _digest_small(kind: bytes, reply: Any) -> bytes:
 def _digest_large(side: Side, endpoint: Endpoint, key: bytes, kind: bytes) -> bytes:
     """Read one big collection in chunks; memory stays proportional to a chunk (plus 16 B per element
     for hash/set, whose SCAN may repeat elements)."""
-    client = side.client(endpoint)
-
-    def read() -> bytes:
-        if kind in (b"list", b"zset"):
-            outer = hashlib.blake2b(digest_size=16)
-            start = 0
-            while True:
-                args: tuple[Any, ...] = (
-                    ("LRANGE", key, start, start + CHUNK - 1)
-                    if kind == b"list"
-                    else ("ZRANGE", key, start, start + CHUNK - 1, "WITHSCORES")
-                )
-                part = list(client.execute_command(*args))
-                for item in part:
-                    outer.update(_h(item))
-                if not part:
-                    return outer.digest()
-                start += CHUNK
-        if kind == b"stream":
-            outer = hashlib.blake2b(digest_size=16)
-            low = b"-"
-            while True:
-                entries = client.execute_command("XRANGE", key, low, "+", "COUNT", CHUNK)
-                for item in _stream_items(entries):
-                    outer.update(_h(item))
-                if len(entries) < CHUNK:
-                    return outer.digest()
-                low = b"(" + entries[-1][0]
-        acc = _Unordered(dedupe=True)
-        cursor: Any = 0
+    chunk = str(CHUNK).encode()
+    if kind in (b"list", b"zset"):
+        outer = hashlib.blake2b(digest_size=16)
+        start = 0
         while True:
-            # Raw replies (flat lists) whatever redis-py's parsers would make of them.
-            reply: Any = client.execute_command(
-                "HSCAN" if kind == b"hash" else "SSCAN", key, cursor, "COUNT", CHUNK
+            bounds = (str(start).encode(), str(start + CHUNK - 1).encode())
+            part = (
+                side.command(endpoint, b"LRANGE", key, *bounds)
+                if kind == b"list"
+                else side.command(endpoint, b"ZRANGE", key, *bounds, b"WITHSCORES")
             )
-            cursor, found = reply
-            if kind == b"hash":
-                items = found.items() if isinstance(found, dict) else _pairs(list(found))
-                for name, value in items:
-                    acc.add(name, value)
-            else:
-                for member in found:
-                    acc.add(member)
-            if int(cursor) == 0:
-                return acc.digest()
-
-    try:
-        return read()
-    except (redis.RedisError, OSError) as exc:
-        raise side.wrap(endpoint, exc) from None
+            for item in part:
+                outer.update(_h(item))
+            if not part:
+                return outer.digest()
+            start += CHUNK
+    if kind == b"stream":
+        outer = hashlib.blake2b(digest_size=16)
+        low = b"-"
+        while True:
+            entries = side.command(endpoint, b"XRANGE", key, low, b"+", b"COUNT", chunk)
+            for item in _stream_items(entries):
+                outer.update(_h(item))
+            if len(entries) < CHUNK:
+                return outer.digest()
+            low = b"(" + entries[-1][0]
+    acc = _Unordered(dedupe=True)
+    cursor = b"0"
+    while True:
+        cursor, found = side.command(
+            endpoint, b"HSCAN" if kind == b"hash" else b"SSCAN", key, cursor, b"COUNT", chunk
+        )
+        if kind == b"hash":
+            for name, value in _pairs(found):
+                acc.add(name, value)
+        else:
+            for member in found:
+                acc.add(member)
+        if cursor == b"0":
+            return acc.digest()
 
 
 def digests(side: Side, keys: Sequence[bytes], kinds: Sequence[bytes]) -> list[bytes | None]:
@@ -364,11 +402,11 @@ def digests(side: Side, keys: Sequence[bytes], kinds: Sequence[bytes]) -> list[b
         for (reply,) in side.per_key(
             keys,
             [
-                (("GET", key),)
+                ((b"GET", key),)
                 if kind == b"string"
                 else ((_LENGTH[kind], key),)
                 if kind in _LENGTH
-                else (("DUMP", key),)
+                else ((b"DUMP", key),)
                 for key, kind in zip(keys, kinds, strict=True)
             ],
         )
@@ -483,22 +521,66 @@ def _ttl_text(pttl: int) -> str:
     return "none" if pttl == -1 else f"{pttl / 1000:.1f}s"
 
 
+# TYPE, PTTL and GET for one key, pre-encoded: the value of the common case (a string) arrives in the
+# same round trip as its type. For other types GET answers WRONGTYPE (a few bytes), and their values
+# are read afterwards by ``digests``.
+_PROBE = b"*2\r\n$4\r\nTYPE\r\n$%d\r\n%b\r\n*2\r\n$4\r\nPTTL\r\n$%d\r\n%b\r\n*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n"
+_PROBE_REPLIES = 3
+
+
+def _probe(keys: Iterable[bytes]) -> bytes:
+    return b"".join([_PROBE % (len(k), k, len(k), k, len(k), k) for k in keys])
+
+
+def _string_digest(reply: Any) -> bytes | None:
+    """What ``digests`` makes of a GET reply, for the rare case where a side answered an error."""
+    if isinstance(reply, Exception):
+        return _h(b"error", str(reply).encode())
+    return None if reply is None else _h(b"string", reply)
+
+
+def _probe_both(
+    source: Side, target: Side, endpoint: Endpoint, keys: list[bytes]
+) -> tuple[list[Any], list[Any]]:
+    """Probe replies (TYPE, PTTL, GET per key) from both sides, flat and in key order. Every request
+    is written before any reply is read, so the source and the target nodes work at the same time;
+    a server buffers the replies it cannot write yet, so writing every request first cannot deadlock."""
+    source.send(endpoint, _probe(keys))
+    groups = target.group(keys)
+    if len(groups) == 1:
+        (theirs,) = groups
+        target.send(theirs, _probe(keys))
+    else:
+        for theirs, indexes in groups.items():
+            target.send(theirs, _probe([keys[i] for i in indexes]))
+    src = source.receive(endpoint, _PROBE_REPLIES * len(keys))
+    if len(groups) == 1:
+        return src, target.receive(theirs, _PROBE_REPLIES * len(keys))
+    dst: list[Any] = [None] * (_PROBE_REPLIES * len(keys))
+    for theirs, indexes in groups.items():
+        answers = target.receive(theirs, _PROBE_REPLIES * len(indexes))
+        for position, index in enumerate(indexes):
+            at, base = _PROBE_REPLIES * index, _PROBE_REPLIES * position
+            dst[at : at + _PROBE_REPLIES] = answers[base : base + _PROBE_REPLIES]
+    return src, dst
+
+
 def _compare_batch(
     source: Side, target: Side, endpoint: Endpoint, keys: list[bytes], rep: VerifyReport
 ) -> None:
-    src = source.pipeline(endpoint, [c for k in keys for c in (("TYPE", k), ("PTTL", k))])
-    dst = target.per_key(keys, [(("TYPE", k), ("PTTL", k)) for k in keys])
+    src, dst = _probe_both(source, target, endpoint, keys)
     same: list[int] = []
     tolerance_ms = rep.ttl_tolerance * 1000
     for index, key in enumerate(keys):
-        kind, pttl = src[2 * index], src[2 * index + 1]
+        base = _PROBE_REPLIES * index
+        kind, pttl = src[base], src[base + 1]
         if isinstance(kind, Exception) or isinstance(pttl, Exception):
             raise source.wrap(endpoint, kind if isinstance(kind, Exception) else pttl)
         if kind == b"none":
             rep.vanished += 1
             continue
         rep.checked += 1
-        other, their_pttl = dst[index]
+        other, their_pttl = dst[base], dst[base + 1]
         for reply in (other, their_pttl):
             if isinstance(reply, Exception):
                 raise target.wrap(target.owner(key), reply)
@@ -510,31 +592,53 @@ def _compare_batch(
             rep.type_mismatch += 1
             rep.record(key, "type", f"source {kind.decode()}, target {other.decode()}")
             continue
-        their = int(their_pttl)
-        mine = int(pttl)
-        if (mine == -1) != (their == -1) or (mine >= 0 and their >= 0 and abs(mine - their) > tolerance_ms):
-            rep.ttl_mismatch += 1
-            rep.record(key, "ttl", f"source {_ttl_text(mine)}, target {_ttl_text(their)}")
+        if pttl != their_pttl:
+            mine, their = int(pttl), int(their_pttl)
+            if (mine == -1) != (their == -1) or (
+                mine >= 0 and their >= 0 and abs(mine - their) > tolerance_ms
+            ):
+                rep.ttl_mismatch += 1
+                rep.record(key, "ttl", f"source {_ttl_text(mine)}, target {_ttl_text(their)}")
         same.append(index)
     if not same:
         return
-    same_keys = [keys[i] for i in same]
-    kinds = [src[2 * i] for i in same]
-    mine_digests = digests(source, same_keys, kinds)
-    their_digests = digests(target, same_keys, kinds)
-    for key, kind, a, b in zip(same_keys, kinds, mine_digests, their_digests, strict=True):
+    # Values of other types: read now, only for the keys whose type matched (as before the probe).
+    others = [i for i in same if src[_PROBE_REPLIES * i] != b"string"]
+    mine_digests: dict[int, bytes | None] = {}
+    their_digests: dict[int, bytes | None] = {}
+    if others:
+        other_keys = [keys[i] for i in others]
+        kinds = [src[_PROBE_REPLIES * i] for i in others]
+        mine_digests = dict(zip(others, digests(source, other_keys, kinds), strict=True))
+        their_digests = dict(zip(others, digests(target, other_keys, kinds), strict=True))
+    for index in same:
+        base = _PROBE_REPLIES * index
+        kind = src[base]
+        a: Any
+        b: Any
+        if kind == b"string":
+            a, b = src[base + 2], dst[base + 2]
+            if not (isinstance(a, bytes) and isinstance(b, bytes)):
+                # A side vanished or changed type between TYPE and GET: compare as ``digests`` would.
+                a, b = _string_digest(a), _string_digest(b)
+        else:
+            a, b = mine_digests[index], their_digests[index]
         if a is None:
             continue  # vanished between TYPE and the read
         if a != b:
             rep.value_mismatch += 1
-            rep.record(key, "value", f"{kind.decode()} values differ" if b is not None else "gone on target")
+            rep.record(
+                keys[index], "value", f"{kind.decode()} values differ" if b is not None else "gone on target"
+            )
 
 
 def _batches(side: Side, endpoint: Endpoint, rep: VerifyReport, attr: str) -> Iterator[list[bytes]]:
     pending: list[bytes] = []
     for keys in side.scan(endpoint):
         setattr(rep, attr, getattr(rep, attr) + len(keys))
-        pending += [k for k in keys if sampled(k, rep.sample_ratio, rep.seed)]
+        if rep.sample_ratio < 1.0:
+            keys = [k for k in keys if sampled(k, rep.sample_ratio, rep.seed)]
+        pending += keys
         while len(pending) >= BATCH:
             yield pending[:BATCH]
             pending = pending[BATCH:]
@@ -584,12 +688,12 @@ def verify(
                 if not source.cluster:
                     # One multi-key EXISTS per batch: when it counts every key (the usual case) no
                     # per-key round is needed. A cluster refuses multi-key commands across slots.
-                    found_all = source.pipeline(source.masters[0], [("EXISTS", *batch)])[0]
+                    found_all = source.pipeline(source.masters[0], [(b"EXISTS", *batch)])[0]
                     if not isinstance(found_all, Exception) and int(found_all) == len(batch):
                         if progress:
                             progress("target", rep.scanned_target, total)
                         continue
-                exists = source.per_key(batch, [(("EXISTS", k),) for k in batch])
+                exists = source.per_key(batch, [((b"EXISTS", k),) for k in batch])
                 for key, (found,) in zip(batch, exists, strict=True):
                     if isinstance(found, Exception):
                         raise source.wrap(source.owner(key), found)

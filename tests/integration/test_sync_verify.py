@@ -219,3 +219,52 @@ def test_bad_input_and_wrong_password_exit_two(pair: Pair) -> None:
     wrong = _cli("--source", pair.source_url.replace("it-s3cret", "wrong"), "--target", pair.target_url)
     assert wrong.returncode == 2, wrong.stderr
     assert "error:" in wrong.stderr and "wrong" not in wrong.stderr.replace("error:", "")
+
+
+def test_cluster_target_routes_every_key_to_its_owner(pair: Pair) -> None:
+    """The other direction: a standalone source against a 3-shard cluster target, so each batch's probe
+    is split across the target's masters and the replies put back in key order."""
+    pair.cluster.delete("str:5")  # missing
+    pair.cluster.set("str:6", "changed")  # value, string
+    pair.cluster.hset("hash:large", "f0", "changed")  # value, large hash (chunked)
+    pair.cluster.rpush("list:small", "one-more")  # value, small list
+    pair.cluster.expire("str:8", 100_000)  # ttl
+    pair.cluster.set("only-in-cluster", "x")  # extra, on a cluster target
+
+    report = verify(parse_url(pair.target_url), parse_url(pair.source_url), max_diffs=100)
+
+    assert report.checked == pair.keys and report.vanished == 0
+    assert (report.missing, report.type_mismatch, report.ttl_mismatch) == (1, 0, 1)
+    assert (report.value_mismatch, report.extra) == (3, 1)
+    assert report.scanned_target == pair.keys  # one key deleted, one added
+    found = {(d.key, d.kind) for d in report.differences}
+    assert found == {
+        ("str:5", "missing"),
+        ("str:6", "value"),
+        ("hash:large", "value"),
+        ("list:small", "value"),
+        ("str:8", "ttl"),
+        ("only-in-cluster", "extra"),
+    }
+
+
+def test_acl_user_in_url(pair: Pair) -> None:
+    """``redis://user:password@`` authenticates as that ACL user on every connection, the bulk ones too."""
+    secret = "verifier-pw"
+    pair.target.acl_setuser(
+        "verifier",
+        enabled=True,
+        passwords=[f"+{secret}"],
+        keys=["*"],
+        commands=["+@read", "+info", "+ping", "+select", "+client"],
+    )
+    address = pair.target_url.rsplit("@", 1)[1]
+    as_user = parse_url(f"redis://verifier:{secret}@{address}")
+    report = verify(as_user, parse_url(pair.target_url))
+    assert report.equal, report.as_dict()
+    assert report.checked == report.checked_target == pair.keys
+    assert secret not in json.dumps(report.as_dict())
+
+    wrong = _cli("--source", f"redis://verifier:not-{secret}@{address}", "--target", pair.target_url)
+    assert wrong.returncode == 2, wrong.stderr
+    assert secret not in wrong.stderr + wrong.stdout

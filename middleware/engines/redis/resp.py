@@ -97,6 +97,28 @@ class RespConnection:
                     raise RespError(f"{self.where}: {reply}")
         return replies
 
+    def send(self, payload: bytes) -> None:
+        """Write an already packed request (``pack`` or a caller's template); read its replies with
+        ``receive``. Splitting the two lets a caller keep several servers busy at once."""
+        self.sock.sendall(payload)
+
+    def receive(self, count: int) -> list[Any]:
+        """Read ``count`` replies; error replies come back in place as ``hiredis.ReplyError``."""
+        replies: list[Any] = []
+        append = replies.append  # the hot loop: one gets() per reply, so local names matter
+        gets = self.reader.gets
+        while count:
+            reply = gets()
+            if reply is False:
+                chunk = self.sock.recv(READ_SIZE)
+                if not chunk:
+                    raise ConnectionError(f"{self.where} closed the connection")
+                self.reader.feed(chunk)
+                continue
+            append(reply)
+            count -= 1
+        return replies
+
     def close(self) -> None:
         self.sock.close()
 
@@ -105,3 +127,29 @@ class RespConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_connection(
+    endpoint: Endpoint,
+    password: str | None = None,
+    *,
+    username: str | None = None,
+    db: int = 0,
+    timeout: float = 120.0,
+) -> RespConnection:
+    """A ``RespConnection`` that may also authenticate as an ACL user (``AUTH username password``)."""
+    if not username:
+        return RespConnection(endpoint, password, db=db, timeout=timeout)
+    conn = RespConnection(endpoint, timeout=timeout)
+    try:
+        setup: list[Command] = [(b"AUTH", username.encode(), (password or "").encode())]
+        if db:
+            setup.append((b"SELECT", str(db).encode()))
+        # The password never reaches an exception: only the server's error text does.
+        for reply in conn.pipeline(setup, raise_on_error=False):
+            if isinstance(reply, hiredis.ReplyError):
+                raise RespError(f"{conn.where}: {reply}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
