@@ -2,6 +2,10 @@
 
 ``verify`` exits like ``diff``: 0 when source and target are equal, 1 when differences were found,
 2 when the comparison could not be made (bad URL or option, a side unreachable or refusing auth).
+
+``start`` / ``stop`` / ``reverse`` set a RedisSync's ``spec.direction`` and wait for the operator;
+``status`` shows what it reports; ``cutover`` pauses the source, waits for lag 0, verifies and stops
+(sync/cutover.py). Exit 0 done, 1 cutover failed (nothing lost, the sync keeps running), 2 error.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,10 +21,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from middleware.errors import MoorageError
+from middleware.models.sync import SyncDirection
+from middleware.runtime.kubernetes import KubernetesRuntime
+from operators import sync_ops
+from sync.cutover import Step
 from sync.verify import DEFAULT_MAX_DIFFS, VerifyReport, parse_url, verify
 
 sync_app = typer.Typer(
-    help="Cross-cluster Redis sync: verify source and target (workloads run under the operator: RedisSync).",
+    help="Cross-cluster Redis sync: verify two Redis; start, stop, reverse, cut over, watch a RedisSync.",
     no_args_is_help=True,
 )
 
@@ -138,3 +146,216 @@ def verify_command(
     else:
         _print_table(report)
     raise typer.Exit(0 if report.equal else 1)
+
+
+# -- RedisSync in Kubernetes ----------------------------------------------------------------------
+
+NAMESPACE_OPTION = typer.Option("--namespace", "-n", help="Namespace of the RedisSync.")
+
+
+def _runtime() -> KubernetesRuntime:
+    try:
+        return sync_ops.runtime()
+    except Exception as exc:  # no kubeconfig, unreadable file: the kubernetes client's own error
+        raise _fail(f"cannot reach Kubernetes: {exc}") from None
+
+
+def _status_document(body: dict[str, Any], deployments: dict[str, str]) -> dict[str, Any]:
+    status = body.get("status") or {}
+    return {
+        "name": body["metadata"]["name"],
+        "namespace": body["metadata"]["namespace"],
+        "direction": (body.get("spec") or {}).get("direction") or "Forward",
+        "phase": status.get("phase"),
+        "phaseReason": status.get("phaseReason"),
+        "observedGeneration": status.get("observedGeneration"),
+        "generation": body["metadata"].get("generation"),
+        "consistent": status.get("consistent"),
+        "conditions": status.get("conditions") or [],
+        "workloads": status.get("workloads") or [],
+        "deployments": deployments,
+    }
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    out.print(
+        f"RedisSync {doc['namespace']}/{doc['name']}: direction {doc['direction']}, "
+        f"phase {doc['phase'] or 'new'}" + (f" ({doc['phaseReason']})" if doc.get("phaseReason") else ""),
+        highlight=False,
+    )
+    table = Table(show_header=True, header_style="bold")
+    for column in ("workload", "reads", "state", "lag bytes", "lag s", "restarts", "last restart"):
+        table.add_column(column)
+    for w in doc["workloads"]:
+        seconds = w.get("lagSeconds")
+        table.add_row(
+            w.get("name", ""),
+            w.get("source", ""),
+            w.get("state", ""),
+            "" if w.get("lagBytes") is None else f"{w['lagBytes']:,}",
+            "" if seconds is None else f"{seconds:.1f}",
+            str(w.get("restarts", 0)),
+            w.get("lastRestartReason") or "",
+        )
+    out.print(table)
+    for condition in doc["conditions"]:
+        out.print(
+            f"  {condition.get('type')}={condition.get('status')} {condition.get('reason', '')}: "
+            f"{condition.get('message', '')}",
+            markup=False,
+            highlight=False,
+        )
+
+
+@sync_app.command("status")
+def status_command(
+    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    output: Annotated[
+        VerifyOutput, typer.Option("--output", "-o", help="table or json.")
+    ] = VerifyOutput.TABLE,
+) -> None:
+    """A RedisSync's direction, phase, conditions and per-workload state and lag."""
+    rt = _runtime()
+    try:
+        doc = _status_document(sync_ops.read(rt, namespace, name), sync_ops.deployments(rt, namespace, name))
+    except MoorageError as error:
+        raise _fail(str(error)) from None
+    if output is VerifyOutput.JSON:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        _print_status(doc)
+
+
+def _direction_command(
+    name: str, namespace: str, direction: SyncDirection, wait: bool, timeout: float
+) -> None:
+    rt = _runtime()
+    try:
+        sync_ops.set_direction(rt, namespace, name, direction)
+        err.print(f"RedisSync {namespace}/{name}: direction {direction}", highlight=False)
+        if wait:
+            with err.status("waiting for the operator", spinner="dots") as spinner:
+                body = sync_ops.wait_settled(
+                    rt, namespace, name, timeout, lambda line: spinner.update(f"waiting: {line}")
+                )
+            running = ", ".join(sync_ops.deployments(rt, namespace, name)) or "no workloads"
+            phase = (body.get("status") or {}).get("phase") or "new"
+            err.print(f"settled: phase {phase}; {running}", highlight=False)
+    except MoorageError as error:
+        raise _fail(str(error)) from None
+
+
+WAIT_OPTION = typer.Option("--wait/--no-wait", help="Wait until the operator has applied it.")
+TIMEOUT_OPTION = typer.Option("--timeout", help="Seconds to wait.")
+
+
+@sync_app.command("start")
+def start_command(
+    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    wait: Annotated[bool, WAIT_OPTION] = True,
+    timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
+) -> None:
+    """Run the forward workloads (source into target): direction Forward."""
+    _direction_command(name, namespace, SyncDirection.FORWARD, wait, timeout)
+
+
+@sync_app.command("stop")
+def stop_command(
+    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    wait: Annotated[bool, WAIT_OPTION] = True,
+    timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
+) -> None:
+    """Stop every workload of the sync (direction Stopped). Data on both sides is left as it is."""
+    _direction_command(name, namespace, SyncDirection.STOPPED, wait, timeout)
+
+
+@sync_app.command("reverse")
+def reverse_command(
+    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    wait: Annotated[bool, WAIT_OPTION] = True,
+    timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
+) -> None:
+    """Recovery: stop the forward workloads, then replicate the target back into the source."""
+    _direction_command(name, namespace, SyncDirection.REVERSE, wait, timeout)
+
+
+@sync_app.command("cutover")
+def cutover_command(
+    name: Annotated[str, typer.Argument(help="RedisSync name (direction Forward).")],
+    namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    pause: Annotated[
+        float,
+        typer.Option("--pause", help="Seconds source writes are paused (CLIENT PAUSE WRITE); 0: no pause."),
+    ] = 60.0,
+    drain_timeout: Annotated[
+        float, typer.Option("--drain-timeout", help="Seconds to wait for lag 0 (less than --pause).")
+    ] = 30.0,
+    verify_sample: Annotated[
+        float, typer.Option("--verify-sample", help="Ratio of keys verify checks, (0, 1].")
+    ] = 1.0,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip the comparison (not advised).")
+    ] = False,
+    unpause: Annotated[
+        bool, typer.Option("--unpause", help="Lift the pause right after a successful cutover.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    output: Annotated[
+        VerifyOutput, typer.Option("--output", "-o", help="table or json.")
+    ] = VerifyOutput.TABLE,
+) -> None:
+    """Pause source writes, wait for lag 0, verify, then stop the forward workloads.
+
+    Exit 0 when cut over, 1 when a step failed (the sync keeps running, the pause is lifted), 2 when
+    it could not start. Run it where the Redis pods are reachable."""
+    if pause and not yes:
+        if not sys.stdin.isatty():
+            raise _fail("cutover pauses writes on the source: confirm with --yes when not on a terminal")
+        typer.confirm(
+            f"Pause writes on the source of {namespace}/{name} for up to {pause:g}s and cut over?", abort=True
+        )
+    options = sync_ops.CutoverOptions(
+        pause_seconds=pause or None,
+        drain_timeout=drain_timeout,
+        verify=not no_verify,
+        sample=verify_sample,
+        unpause_after=unpause,
+    )
+    rt = _runtime()
+    with err.status("preflight", spinner="dots") as spinner:
+
+        def progress(step: Step, lags: dict[str, int | None]) -> None:
+            behind = ", ".join(f"{w} {'?' if lag is None else lag}" for w, lag in lags.items() if lag != 0)
+            spinner.update(f"{step}" + (f": lag bytes {behind}" if behind else ""))
+
+        try:
+            report = sync_ops.run_cutover(
+                rt,
+                namespace,
+                name,
+                options,
+                progress=progress,
+                on_stop_progress=lambda line: spinner.update(line),
+            )
+        except MoorageError as error:
+            raise _fail(str(error)) from None
+    if output is VerifyOutput.JSON:
+        sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
+    else:
+        verdict = "[green]cut over[/]" if report.ok else f"[red]failed at {report.step}[/]"
+        out.print(f"RedisSync {namespace}/{name}: {verdict}", highlight=False)
+        out.print(f"  {report.reason}", markup=False, highlight=False)
+        if report.paused and not report.unpaused and report.ok:
+            out.print(
+                f"  source writes stay paused for up to {pause:g}s from the start: point clients at the "
+                "target now; writes held by the pause run on the source when it ends and are NOT synced",
+                markup=False,
+                highlight=False,
+            )
+        if report.verify is not None:
+            _print_table(report.verify)
+    raise typer.Exit(0 if report.ok else 1)

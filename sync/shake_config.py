@@ -201,13 +201,16 @@ def render_v3(
 # --- Kubernetes objects ----------------------------------------------------------------------------
 
 
+DIRECTION_LABEL = "moorage.io/sync-direction"
+
+
 def labels(workload: ShakeWorkload) -> dict[str, str]:
     result = {
         kube.NAME_LABEL: COMPONENT,
         kube.INSTANCE_LABEL: workload.sync,
         kube.COMPONENT_LABEL: workload.name,
         kube.MANAGED_BY_LABEL: kube.MANAGED_BY,
-        "moorage.io/sync-direction": workload.direction.value.lower(),
+        DIRECTION_LABEL: workload.direction.value.lower(),
     }
     if workload.shard is not None:
         result[kube.SHARD_LABEL] = str(workload.shard)

@@ -48,7 +48,7 @@ def _write_blocks(process: RedisProcess) -> bool:
     """True when a write to ``process`` is held back (CLIENT PAUSE WRITE), False when it runs."""
     client = process.client(socket_timeout=0.5)
     try:
-        client.set("cutover:probe", "1")
+        client.delete("cutover:probe")  # a write that leaves no key behind
         return False
     except redis.TimeoutError:
         return True

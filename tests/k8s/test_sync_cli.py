@@ -1,0 +1,193 @@
+"""``moorage sync status|start|stop|reverse|cutover`` on a real kube-apiserver with the operator running.
+
+The RedisSync's sides are real redis-server processes given by ``addresses``. The redis-shake pods
+never run (no kubelet, no redis-shake binary here); for the cutover, ``PsyncStandIn`` (named as
+such: tests/integration/psync_standin.py) connects to the source the way redis-shake's reader does,
+so the source reports its ACKed offset, and the test fills the target itself with DUMP/RESTORE.
+No data is moved by anything pretending to be redis-shake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.integration.harness import RedisNodes, RedisProcess, require_binary
+from tests.integration.psync_standin import PsyncStandIn
+from tests.k8s.controlplane import ControlPlane
+from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, wait_for
+from tests.k8s.test_sync_operator import _deployments, _name, _status, operator
+
+pytestmark = pytest.mark.k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "cli s3cret"
+STATUS_PORT = 8080  # sync/shake_config.STATUS_PORT: what redis-shake announces as its listening port
+
+
+def _cli(control_plane: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "operators.cli", "sync", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "KUBECONFIG": str(control_plane.kubeconfig)},
+        check=False,
+    )
+
+
+def _copy(source: RedisProcess, target: RedisProcess) -> None:
+    """Test setup only: DUMP/RESTORE every key (not a sync implementation)."""
+    with source.client() as s, target.client() as t:
+        for key in s.scan_iter(count=1000):
+            payload = s.dump(key)
+            if payload is not None:
+                t.restore(key, max(int(s.pttl(key)), 0), payload, replace=True)
+
+
+def _paused(process: RedisProcess) -> bool:
+    client = process.client(socket_timeout=0.5)
+    try:
+        client.delete("cli:probe")  # a write that leaves no key behind
+        return False
+    except redis.TimeoutError:
+        return True
+    finally:
+        client.close()
+
+
+def test_status_direction_changes_and_cutover_from_the_cli(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Path
+) -> None:
+    require_binary("redis-server", "redis-server")
+    nodes = RedisNodes(tmp_path / "redis", password=PASSWORD)
+    sync = _name("rs")
+    try:
+        source = nodes.add("source", cluster=False)
+        target = nodes.add("target", cluster=False)
+        with source.client() as client:
+            for i in range(300):
+                client.set(f"order:{i}", f"v{i}")
+        core_api(api_client).create_namespaced_secret(
+            namespace,
+            {"metadata": {"name": "redis-pass"}, "stringData": {"password": PASSWORD}},
+        )
+        password = {"name": "redis-pass", "key": "password"}
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RedisSync",
+            "metadata": {"name": sync},
+            "spec": {
+                "source": {
+                    "addresses": [source.endpoint.address],
+                    "kind": "standalone",
+                    "password": password,
+                },
+                "target": {
+                    "addresses": [target.endpoint.address],
+                    "kind": "standalone",
+                    "password": password,
+                },
+            },
+        }
+        with operator(control_plane, api_client, namespace):
+            custom_api(api_client).create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "redissyncs", body
+            )
+            wait_for(
+                "the forward workload", lambda: sync in _deployments(api_client, namespace, sync), timeout=120
+            )
+            wait_for(
+                "status written",
+                lambda: _status(api_client, namespace, "redissyncs", sync).get("workloads"),
+                timeout=60,
+            )
+
+            shown = _cli(control_plane, "status", sync, "-n", namespace, "-o", "json")
+            assert shown.returncode == 0, shown.stderr
+            doc = json.loads(shown.stdout)
+            assert doc["direction"] == "Forward" and doc["deployments"] == {sync: "forward"}
+            assert [w["name"] for w in doc["workloads"]] == [sync]
+            assert doc["workloads"][0]["source"] == source.endpoint.address
+            assert PASSWORD not in shown.stdout and PASSWORD not in shown.stderr
+            table = _cli(control_plane, "status", sync, "-n", namespace)
+            assert table.returncode == 0 and sync in table.stdout and "Forward" in table.stdout
+
+            # No redis-shake connected to the source: refused before anything is touched.
+            refused = _cli(control_plane, "cutover", sync, "-n", namespace, "--yes", "--pause", "20",
+                           "--drain-timeout", "5", "-o", "json")  # fmt: skip
+            assert refused.returncode == 1, refused.stderr
+            report = json.loads(refused.stdout)
+            assert report["step"] == "preflight" and "redis-shake is not connected" in report["reason"]
+            assert report["paused"] == [] and not _paused(source)
+            assert _read_direction(api_client, namespace, sync) == "Forward"
+
+            # Without --yes and without a terminal it does not pause anything.
+            unconfirmed = _cli(control_plane, "cutover", sync, "-n", namespace)
+            assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+
+            # With a stand-in streaming from the source and the target filled by the test: cut over.
+            standin = PsyncStandIn(source.endpoint, STATUS_PORT, PASSWORD)
+            try:
+                wait_for("the stand-in online", lambda: _consumer_online(source), timeout=30)
+                _copy(source, target)
+                done = _cli(control_plane, "cutover", sync, "-n", namespace, "--yes", "--pause", "30",
+                            "--drain-timeout", "10", "--unpause", "-o", "json")  # fmt: skip
+                assert done.returncode == 0, done.stdout + done.stderr
+                report = json.loads(done.stdout)
+                assert report["ok"] and report["step"] == "done" and report["lagBytes"] == {sync: 0}
+                assert report["verify"]["equal"] and report["verify"]["checked"] == 300
+                assert report["paused"] == [source.endpoint.address] and report["unpaused"]
+            finally:
+                standin.close()
+            assert _read_direction(api_client, namespace, sync) == "Stopped"
+            assert not _deployments(api_client, namespace, sync)  # cutover waited for them to go
+            assert not _paused(source)
+
+            # DCE recovery: reverse, then stop, then forward again, each waiting for the operator.
+            reversed_ = _cli(control_plane, "reverse", sync, "-n", namespace, "--timeout", "120")
+            assert reversed_.returncode == 0, reversed_.stderr
+            assert set(_deployments(api_client, namespace, sync)) == {f"{sync}-reverse"}
+            doc = json.loads(_cli(control_plane, "status", sync, "-n", namespace, "-o", "json").stdout)
+            assert doc["direction"] == "Reverse" and doc["deployments"] == {f"{sync}-reverse": "reverse"}
+            assert doc["workloads"][0]["source"] == target.endpoint.address
+
+            stopped = _cli(control_plane, "stop", sync, "-n", namespace, "--timeout", "120")
+            assert stopped.returncode == 0, stopped.stderr
+            assert not _deployments(api_client, namespace, sync)
+            started = _cli(control_plane, "start", sync, "-n", namespace, "--timeout", "120")
+            assert started.returncode == 0, started.stderr
+            assert set(_deployments(api_client, namespace, sync)) == {sync}
+
+            # A cutover of a sync that is not Forward is refused naming the field.
+            _cli(control_plane, "stop", sync, "-n", namespace, "--timeout", "120")
+            wrong = _cli(control_plane, "cutover", sync, "-n", namespace, "--yes")
+            assert wrong.returncode == 2 and "spec.direction" in wrong.stderr
+
+        missing = _cli(control_plane, "status", "no-such-sync", "-n", namespace)
+        assert missing.returncode == 2 and f"RedisSync {namespace}/no-such-sync not found" in missing.stderr
+    finally:
+        nodes.stop_all()
+
+
+def _read_direction(api_client: Any, namespace: str, name: str) -> str:
+    found = custom_api(api_client).get_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", name)
+    return str(found["spec"].get("direction") or "Forward")
+
+
+def _consumer_online(source: RedisProcess) -> bool:
+    with source.client() as client:
+        info = client.info("replication")
+    return any(
+        isinstance(v, dict) and v.get("port") == STATUS_PORT and v.get("state") == "online"
+        for k, v in info.items()
+        if k.startswith("slave")
+    )
