@@ -228,26 +228,30 @@ def status_command(
 
 
 def _direction_command(
-    name: str, namespace: str, direction: SyncDirection, wait: bool, timeout: float
+    name: str, namespace: str, direction: SyncDirection, wait: bool, timeout: float, output: VerifyOutput
 ) -> None:
     rt = _runtime()
     try:
-        sync_ops.set_direction(rt, namespace, name, direction)
+        body = sync_ops.set_direction(rt, namespace, name, direction)
         err.print(f"RedisSync {namespace}/{name}: direction {direction}", highlight=False)
         if wait:
             with err.status("waiting for the operator", spinner="dots") as spinner:
                 body = sync_ops.wait_settled(
                     rt, namespace, name, timeout, lambda line: spinner.update(f"waiting: {line}")
                 )
-            running = ", ".join(sync_ops.deployments(rt, namespace, name)) or "no workloads"
-            phase = (body.get("status") or {}).get("phase") or "new"
-            err.print(f"settled: phase {phase}; {running}", highlight=False)
+        doc = _status_document(body, sync_ops.deployments(rt, namespace, name))
     except MoorageError as error:
         raise _fail(str(error)) from None
+    if output is VerifyOutput.JSON:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    elif wait:
+        running = ", ".join(doc["deployments"]) or "no workloads"
+        out.print(f"settled: phase {doc['phase'] or 'new'}; {running}", highlight=False)
 
 
 WAIT_OPTION = typer.Option("--wait/--no-wait", help="Wait until the operator has applied it.")
 TIMEOUT_OPTION = typer.Option("--timeout", help="Seconds to wait.")
+OUTPUT_OPTION = typer.Option("--output", "-o", help="table or json (the status once settled).")
 
 
 @sync_app.command("start")
@@ -256,9 +260,10 @@ def start_command(
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
     wait: Annotated[bool, WAIT_OPTION] = True,
     timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
+    output: Annotated[VerifyOutput, OUTPUT_OPTION] = VerifyOutput.TABLE,
 ) -> None:
     """Run the forward workloads (source into target): direction Forward."""
-    _direction_command(name, namespace, SyncDirection.FORWARD, wait, timeout)
+    _direction_command(name, namespace, SyncDirection.FORWARD, wait, timeout, output)
 
 
 @sync_app.command("stop")
@@ -267,9 +272,10 @@ def stop_command(
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
     wait: Annotated[bool, WAIT_OPTION] = True,
     timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
+    output: Annotated[VerifyOutput, OUTPUT_OPTION] = VerifyOutput.TABLE,
 ) -> None:
     """Stop every workload of the sync (direction Stopped). Data on both sides is left as it is."""
-    _direction_command(name, namespace, SyncDirection.STOPPED, wait, timeout)
+    _direction_command(name, namespace, SyncDirection.STOPPED, wait, timeout, output)
 
 
 @sync_app.command("reverse")
@@ -278,9 +284,10 @@ def reverse_command(
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
     wait: Annotated[bool, WAIT_OPTION] = True,
     timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
+    output: Annotated[VerifyOutput, OUTPUT_OPTION] = VerifyOutput.TABLE,
 ) -> None:
     """Recovery: stop the forward workloads, then replicate the target back into the source."""
-    _direction_command(name, namespace, SyncDirection.REVERSE, wait, timeout)
+    _direction_command(name, namespace, SyncDirection.REVERSE, wait, timeout, output)
 
 
 @sync_app.command("cutover")

@@ -153,11 +153,17 @@ def test_status_direction_changes_and_cutover_from_the_cli(
             assert not _paused(source)
 
             # DCE recovery: reverse, then stop, then forward again, each waiting for the operator.
-            reversed_ = _cli(control_plane, "reverse", sync, "-n", namespace, "--timeout", "120")
+            reversed_ = _cli(
+                control_plane, "reverse", sync, "-n", namespace, "--timeout", "120", "-o", "json"
+            )
             assert reversed_.returncode == 0, reversed_.stderr
             assert set(_deployments(api_client, namespace, sync)) == {f"{sync}-reverse"}
+            settled = json.loads(reversed_.stdout)
+            assert settled["direction"] == "Reverse" and settled["deployments"] == {
+                f"{sync}-reverse": "reverse"
+            }
+            assert settled["observedGeneration"] == settled["generation"]
             doc = json.loads(_cli(control_plane, "status", sync, "-n", namespace, "-o", "json").stdout)
-            assert doc["direction"] == "Reverse" and doc["deployments"] == {f"{sync}-reverse": "reverse"}
             assert doc["workloads"][0]["source"] == target.endpoint.address
 
             stopped = _cli(control_plane, "stop", sync, "-n", namespace, "--timeout", "120")
