@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypedDict
 
 from middleware.models.common import Resources
 from middleware.spec import ResolvedSpec
@@ -32,6 +33,9 @@ GENERATED_ANNOTATION = "moorage.io/generated"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 ORDERED_READY = "OrderedReady"
 PARALLEL = "Parallel"
+# Volume names every member pod shares (see ``member_statefulset``).
+TEMPLATES_VOLUME = "templates"
+DATA_VOLUME = "data"
 
 
 def credentials_secret_name(spec: ResolvedSpec) -> str:
@@ -384,7 +388,12 @@ def volume_mount(volume: str, path: str, *, read_only: bool = False) -> dict[str
 
 
 def data_volume_claim(
-    spec: ResolvedSpec, *, name: str, component: str, size: str | None = None
+    spec: ResolvedSpec,
+    *,
+    name: str,
+    component: str,
+    size: str | None = None,
+    extra_labels: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The PVC template of a member's data, sized from the spec unless ``size`` says otherwise."""
     return volume_claim_template(
@@ -393,4 +402,131 @@ def data_volume_claim(
         component=component,
         size=size or spec.storage.size,
         storage_class_name=spec.storage.storage_class_name,
+        extra_labels=extra_labels,
+    )
+
+
+def empty_dir_volume(name: str, *, size_limit: str | None = None, memory: bool = False) -> dict[str, Any]:
+    """A pod-lifetime volume. ``memory`` keeps what is written there (rendered secrets) off the
+    node's disk; a memory-backed one always has a limit, because it counts against the pod's memory."""
+    if memory and size_limit is None:
+        raise ValueError(f"volume {name!r}: a memory-backed emptyDir needs a sizeLimit")
+    empty_dir: dict[str, Any] = {"medium": "Memory"} if memory else {}
+    if size_limit is not None:
+        empty_dir["sizeLimit"] = size_limit
+    return {"name": name, "emptyDir": empty_dir}
+
+
+class Probes(TypedDict):
+    """A server container's three probes, under the names ``container`` takes them by."""
+
+    startup: dict[str, Any]
+    readiness: dict[str, Any]
+    liveness: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemberWorkload:
+    """What one engine's member StatefulSet has of its own; ``member_statefulset`` adds the rest.
+
+    Every engine's members run the same pod shape: an init container that renders the config from
+    the ConfigMap's templates (``TEMPLATES_VOLUME``, mounted read-only at ``templates_dir``) before
+    every start, then one server container from the same image, both with the same resources, as
+    ``run_as`` (user and group), with a PVC named ``DATA_VOLUME`` per member.
+    """
+
+    name: str
+    component: str
+    # The headless Service that gives each pod its DNS name.
+    service_name: str
+    # Required, not defaulted: whether members may start together is each engine's own decision
+    # (see ``statefulset``), and the reason belongs next to it.
+    pod_management_policy: str
+    run_as: int
+    grace_seconds: int
+    templates_dir: str
+    init_script: str
+    init_env: Sequence[Mapping[str, Any]]
+    # The init container's mounts after the templates one, which always comes first.
+    init_mounts: Sequence[Mapping[str, Any]]
+    container_name: str
+    command: Sequence[str]
+    ports: Sequence[tuple[str, int]]
+    mounts: Sequence[Mapping[str, Any]]
+    probes: Probes
+    env: Sequence[Mapping[str, Any]] = ()
+    # The pod's volumes after the templates one (the data PVC comes from volumeClaimTemplates).
+    volumes: Sequence[Mapping[str, Any]] = ()
+    init_name: str = "config"
+    # The init script's interpreter: sh where it is POSIX, bash where the script needs bash.
+    init_shell: str = "sh"
+    # spec.resources unless members of this kind need other sizes (Redis sentinels).
+    resources: Resources | None = None
+    # A command run before SIGTERM, for engines whose SIGTERM is not the shutdown wanted.
+    pre_stop: Sequence[str] | None = None
+    # Labels of one group of members (a shard) within the component, on pods, selector and PVCs.
+    group_labels: Mapping[str, str] | None = None
+    # The data PVC's size, spec.storage.size unless set.
+    storage_size: str | None = None
+    # spec.replicas unless members of this kind are counted otherwise (Redis sentinels).
+    replicas: int | None = None
+
+
+def member_statefulset(spec: ResolvedSpec, member: MemberWorkload) -> dict[str, Any]:
+    """The StatefulSet of one kind of member (``MemberWorkload`` says what the engine chooses)."""
+    resources = member.resources or spec.resources
+    init = container(
+        member.init_name,
+        spec.image,
+        resources=resources,
+        command=[member.init_shell, "-c", member.init_script],
+        env=member.init_env,
+        volume_mounts=[
+            volume_mount(TEMPLATES_VOLUME, member.templates_dir, read_only=True),
+            *member.init_mounts,
+        ],
+    )
+    main = container(
+        member.container_name,
+        spec.image,
+        resources=resources,
+        command=member.command,
+        env=member.env,
+        ports=member.ports,
+        volume_mounts=member.mounts,
+        **member.probes,
+    )
+    if member.pre_stop is not None:
+        main["lifecycle"] = {"preStop": {"exec": {"command": list(member.pre_stop)}}}
+    # Members on one node would all go with it. With groups, keep each group's members apart above
+    # all (losing one node must not lose a shard), then spread the groups too.
+    spread = [(100, selector_labels(spec, member.component, member.group_labels))]
+    if member.group_labels:
+        spread.append((50, selector_labels(spec, member.component)))
+    pod = pod_spec(
+        init_containers=[init],
+        containers=[main],
+        volumes=[{"name": TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}}, *member.volumes],
+        security_context=pod_security_context(user=member.run_as, group=member.run_as),
+        affinity=pod_anti_affinity(spread),
+        termination_grace_period_seconds=member.grace_seconds,
+    )
+    return statefulset(
+        spec,
+        name=member.name,
+        component=member.component,
+        service_name=member.service_name,
+        replicas=spec.replicas if member.replicas is None else member.replicas,
+        template=pod,
+        volume_claim_templates=[
+            data_volume_claim(
+                spec,
+                name=DATA_VOLUME,
+                component=member.component,
+                size=member.storage_size,
+                extra_labels=member.group_labels,
+            )
+        ],
+        extra_labels=member.group_labels,
+        pod_management_policy=member.pod_management_policy,
     )

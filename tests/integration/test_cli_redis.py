@@ -7,9 +7,6 @@ a user would, and checks the result against the Redis servers themselves.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +17,12 @@ import pytest
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from middleware.runtime.local import LocalRuntime
 from middleware.spec import load_middleware, resolve
+from tests.integration.cli import Moorage, session
 from tests.integration.harness import require_binary
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
 
 
@@ -36,49 +32,10 @@ def _redis_installed() -> None:
     require_binary("redis-cli", "redis-tools")
 
 
-class Moorage:
-    """Runs the CLI like a user; tears every deployment down (purged) at the end."""
-
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        # A narrow terminal: errors must still be one line.
-        env = {**os.environ, "MOORAGE_STATE_DIR": str(self.state_dir), "COLUMNS": "60"}
-        result = subprocess.run(
-            [sys.executable, "-m", "operators.cli", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"moorage {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json").stdout)
-
-    def status(self, name: str, *extra: str) -> dict[str, Any]:
-        doc: dict[str, Any] = self.json("status", name, *extra)
-        return doc
-
-    def runtime(self) -> LocalRuntime:
-        return LocalRuntime(self.state_dir)
-
-    def cleanup(self) -> None:
-        for namespace, name in self.runtime().list():
-            self.run("down", name, "-n", namespace, "--purge", check=False)
-
-
 @pytest.fixture
 def moorage(tmp_path: Path) -> Iterator[Moorage]:
-    cli = Moorage(tmp_path / "state")
-    try:
+    with session(tmp_path / "state") as cli:
         yield cli
-    finally:
-        cli.cleanup()
 
 
 def write_manifest(path: Path, name: str, **spec: Any) -> Path:

@@ -9,11 +9,8 @@ rejoins and serves the whole tree again; a scale-in that would leave no quorum i
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,11 +31,11 @@ from middleware.errors import OperationError
 from middleware.lifecycle import Deployment, Lifecycle
 from middleware.runtime.local import LocalRuntime
 from middleware.spec import ResolvedSpec
+from tests.integration.cli import REPO, Moorage, session
 from tests.integration.harness import require_binary
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
 NAME = "coord"
 
@@ -352,39 +349,11 @@ def test_reconfig_needs_the_superuser(env: Env) -> None:
 # --- the CLI ------------------------------------------------------------------------------------
 
 
-class Moorage:
-    def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MOORAGE_STATE_DIR": str(self.state_dir), "COLUMNS": "200"}
-        result = subprocess.run(
-            [sys.executable, "-m", "operators.cli", *args],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"moorage {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-o", "json").stdout)
-
-    def cleanup(self) -> None:
-        for namespace, name in LocalRuntime(self.state_dir).list():
-            self.run("down", name, "-n", namespace, "--purge", check=False)
-
-
 @pytest.fixture
 def moorage(tmp_path: Path) -> Iterator[Moorage]:
-    cli = Moorage(tmp_path / "state")
-    try:
+    # Wide enough that the status table keeps each member's role and the endpoints on one line.
+    with session(tmp_path / "state", columns=200) as cli:
         yield cli
-    finally:
-        cli.cleanup()
 
 
 def test_cli_up_the_example_scale_status_set_and_purge(moorage: Moorage) -> None:

@@ -15,7 +15,7 @@ user, 999, the ``mongodb`` user of the official image.
 from __future__ import annotations
 
 import base64
-from typing import Any, TypedDict
+from typing import Any
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.mongodb.config import ADMIN_USER, CONFIG_FILE, PORT, check_keyfile_key, mongod_conf
@@ -49,12 +49,10 @@ MONGODB_UID = 999
 # then checkpoints WiredTiger: more than the 30 s Kubernetes default on a busy member.
 GRACE_SECONDS = 60
 
-_TEMPLATES_VOLUME = "templates"
 _CONFIG_VOLUME = "config"
 _KEYFILE_SOURCE_VOLUME = "keyfile"
 _SECRETS_VOLUME = "secrets"
 _TMP_VOLUME = "tmp"
-_DATA_VOLUME = "data"
 
 
 def keyfile_secret_name(spec: ResolvedSpec) -> str:
@@ -166,13 +164,7 @@ def _mongosh(script: str) -> list[str]:
     return ["mongosh", "--quiet", "--norc", "--port", str(PORT), "--eval", script]
 
 
-class _Probes(TypedDict):
-    startup: dict[str, Any]
-    readiness: dict[str, Any]
-    liveness: dict[str, Any]
-
-
-def _probes() -> _Probes:
+def _probes() -> kube.Probes:
     """Ready only as PRIMARY or SECONDARY (what clients may use); alive whenever mongod answers
     ``ping``: a member in STARTUP2 or RECOVERING is catching up, and a restart would start it over.
     mongosh is a Node.js program that takes a second or two to start, hence the long timeouts."""
@@ -189,77 +181,54 @@ def _probes() -> _Probes:
 
 
 def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain: str) -> Manifest:
-    init = kube.container(
-        "config",
-        spec.image,
-        resources=spec.resources,
-        command=[
-            "bash",
-            "-c",
-            init_script(placeholder_values(headless=headless, spec=spec, cluster_domain=cluster_domain)),
-        ],
-        env=[kube.env_from_field(POD_NAME_ENV, "metadata.name")],
-        volume_mounts=[
-            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            kube.volume_mount(_KEYFILE_SOURCE_VOLUME, KEYFILE_SOURCE_DIR, read_only=True),
-            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
-        ],
-    )
-    main = kube.container(
-        "mongod",
-        spec.image,
-        resources=spec.resources,
-        command=["mongod", "--config", CONFIG_PATH],
-        # mongosh (probes) keeps its history and logs under $HOME; the root filesystem is read-only.
-        env=[{"name": "HOME", "value": TMP_DIR}],
-        ports=[("mongodb", PORT)],
-        volume_mounts=[
-            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            # mongod's unix socket and mongosh's scratch files.
-            kube.volume_mount(_TMP_VOLUME, TMP_DIR),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-        ],
-        **_probes(),
-    )
-    pod = kube.pod_spec(
-        init_containers=[init],
-        containers=[main],
-        volumes=[
-            {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}},
-            {
-                "name": _KEYFILE_SOURCE_VOLUME,
-                "secret": {"secretName": keyfile_secret_name(spec), "defaultMode": 0o400},
-            },
-            {"name": _CONFIG_VOLUME, "emptyDir": {"sizeLimit": "1Mi"}},
-            # Memory-backed: the keyFile copy never reaches the node's disk.
-            {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-            {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
-        ],
-        security_context=kube.pod_security_context(user=MONGODB_UID, group=MONGODB_UID),
-        # Members on one node would all go with it.
-        affinity=kube.pod_anti_affinity([(100, kube.selector_labels(spec, DATA_COMPONENT))]),
-        termination_grace_period_seconds=GRACE_SECONDS,
-    )
-    return kube.statefulset(
+    values = placeholder_values(headless=headless, spec=spec, cluster_domain=cluster_domain)
+    return kube.member_statefulset(
         spec,
-        name=name,
-        component=DATA_COMPONENT,
-        service_name=headless,
-        replicas=spec.replicas,
-        template=pod,
-        volume_claim_templates=[
-            kube.data_volume_claim(
-                spec,
-                name=_DATA_VOLUME,
-                component=DATA_COMPONENT,
-            )
-        ],
-        # Parallel. Readiness means PRIMARY or SECONDARY, which no member reaches before Moorage's
-        # replSetInitiate, and that needs every member up: OrderedReady would wait forever on pod 0.
-        # Parallel is safe here, unlike Redis (#12271): an uninitialized mongod holds no replica set
-        # config and never elects itself or syncs anyone; membership changes only through Moorage's
-        # replSetInitiate/replSetReconfig, and an election needs a majority whose oplog it matches.
-        pod_management_policy=kube.PARALLEL,
+        kube.MemberWorkload(
+            name=name,
+            component=DATA_COMPONENT,
+            service_name=headless,
+            # Parallel. Readiness means PRIMARY or SECONDARY, which no member reaches before
+            # Moorage's replSetInitiate, and that needs every member up: OrderedReady would wait
+            # forever on pod 0. Parallel is safe here, unlike Redis (#12271): an uninitialized mongod
+            # holds no replica set config and never elects itself or syncs anyone; membership
+            # changes only through Moorage's replSetInitiate/replSetReconfig, and an election needs
+            # a majority whose oplog it matches.
+            pod_management_policy=kube.PARALLEL,
+            run_as=MONGODB_UID,
+            grace_seconds=GRACE_SECONDS,
+            templates_dir=TEMPLATES_DIR,
+            init_shell="bash",
+            init_script=init_script(values),
+            init_env=[kube.env_from_field(POD_NAME_ENV, "metadata.name")],
+            init_mounts=[
+                kube.volume_mount(_KEYFILE_SOURCE_VOLUME, KEYFILE_SOURCE_DIR, read_only=True),
+                kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+            ],
+            container_name="mongod",
+            command=["mongod", "--config", CONFIG_PATH],
+            # mongosh (probes) keeps its history and logs under $HOME; the root filesystem is
+            # read-only.
+            env=[{"name": "HOME", "value": TMP_DIR}],
+            ports=[("mongodb", PORT)],
+            mounts=[
+                kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+                # mongod's unix socket and mongosh's scratch files.
+                kube.volume_mount(_TMP_VOLUME, TMP_DIR),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+            ],
+            probes=_probes(),
+            volumes=[
+                {
+                    "name": _KEYFILE_SOURCE_VOLUME,
+                    "secret": {"secretName": keyfile_secret_name(spec), "defaultMode": 0o400},
+                },
+                kube.empty_dir_volume(_CONFIG_VOLUME, size_limit="1Mi"),
+                # Memory-backed: the keyFile copy never reaches the node's disk.
+                kube.empty_dir_volume(_SECRETS_VOLUME, size_limit="1Mi", memory=True),
+                kube.empty_dir_volume(_TMP_VOLUME, size_limit="256Mi"),
+            ],
+        ),
     )

@@ -60,10 +60,8 @@ PRIMARY_WAIT_SECONDS = 600
 PRIMARY_ROLE = "primary"
 REPLICA_ROLE = "replica"
 
-_TEMPLATES_VOLUME = "templates"
 _CONFIG_VOLUME = "config"
 _SECRETS_VOLUME = "secrets"
-_DATA_VOLUME = "data"
 _TMP_VOLUME = "tmp"
 
 
@@ -124,77 +122,56 @@ def render_credentials(spec: ResolvedSpec, password: str) -> Manifest:
 
 def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain: str) -> Manifest:
     secret = kube.credentials_secret_name(spec)
-    init = kube.container(
-        "init",
-        spec.image,
-        resources=spec.resources,
-        command=["sh", "-c", init_script(spec, headless=headless, cluster_domain=cluster_domain)],
-        env=[
-            kube.env_from_field(POD_NAME_ENV, "metadata.name"),
-            kube.env_from_secret(PASSWORD_ENV, secret, PASSWORD_KEY),
-            kube.env_from_secret(REPLICATION_PASSWORD_ENV, secret, REPLICATION_PASSWORD_KEY),
-        ],
-        volume_mounts=[
-            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-            kube.volume_mount(_TMP_VOLUME, "/tmp"),
-        ],
-    )
     ready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(POSTGRES_PORT)]
-    main = kube.container(
-        "postgresql",
-        spec.image,
-        resources=spec.resources,
-        command=["sh", "-c", START_SCRIPT, "start", "", f"{CONFIG_DIR}/{POSTGRESQL_CONF}", PGDATA],
-        ports=[("postgresql", POSTGRES_PORT)],
-        volume_mounts=[
-            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-            kube.volume_mount(_TMP_VOLUME, "/tmp"),
-        ],
-        # Crash recovery of a large database can take minutes: the startup probe allows 10.
-        startup=kube.exec_probe(ready, period=5, timeout=3, failure_threshold=120),
-        readiness=kube.exec_probe(ready, period=5, timeout=3, failure_threshold=3),
-        liveness=kube.exec_probe(ready, period=10, timeout=5, failure_threshold=6),
-    )
-    # SIGTERM is a *smart* shutdown, which waits for every client; a fast one disconnects them and
-    # still hands the last WAL to the standbys.
-    main["lifecycle"] = {
-        "preStop": {"exec": {"command": ["pg_ctl", "stop", "-D", PGDATA, "-m", "fast", "-w", "-t", "50"]}}
-    }
-    pod = kube.pod_spec(
-        init_containers=[init],
-        containers=[main],
-        volumes=[
-            {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}},
-            {"name": _CONFIG_VOLUME, "emptyDir": {}},
-            # Memory-backed: the pgpass file never reaches the node's disk.
-            {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-            {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
-        ],
-        security_context=kube.pod_security_context(user=POSTGRES_UID, group=POSTGRES_UID),
-        affinity=kube.pod_anti_affinity([(100, kube.selector_labels(spec, DATA_COMPONENT))]),
-        termination_grace_period_seconds=GRACE_SECONDS,
-    )
-    return kube.statefulset(
+    return kube.member_statefulset(
         spec,
-        name=name,
-        component=DATA_COMPONENT,
-        service_name=headless,
-        replicas=spec.replicas,
-        template=pod,
-        volume_claim_templates=[
-            kube.data_volume_claim(
-                spec,
-                name=_DATA_VOLUME,
-                component=DATA_COMPONENT,
-            )
-        ],
-        # OrderedReady: ordinal 0 initialises the cluster before anyone tries to clone it.
-        pod_management_policy=kube.ORDERED_READY,
+        kube.MemberWorkload(
+            name=name,
+            component=DATA_COMPONENT,
+            service_name=headless,
+            # OrderedReady: ordinal 0 initialises the cluster before anyone tries to clone it.
+            pod_management_policy=kube.ORDERED_READY,
+            run_as=POSTGRES_UID,
+            grace_seconds=GRACE_SECONDS,
+            templates_dir=TEMPLATES_DIR,
+            init_name="init",
+            init_script=init_script(spec, headless=headless, cluster_domain=cluster_domain),
+            init_env=[
+                kube.env_from_field(POD_NAME_ENV, "metadata.name"),
+                kube.env_from_secret(PASSWORD_ENV, secret, PASSWORD_KEY),
+                kube.env_from_secret(REPLICATION_PASSWORD_ENV, secret, REPLICATION_PASSWORD_KEY),
+            ],
+            init_mounts=[
+                kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+                kube.volume_mount(_TMP_VOLUME, "/tmp"),
+            ],
+            container_name="postgresql",
+            command=["sh", "-c", START_SCRIPT, "start", "", f"{CONFIG_DIR}/{POSTGRESQL_CONF}", PGDATA],
+            ports=[("postgresql", POSTGRES_PORT)],
+            mounts=[
+                kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR, read_only=True),
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+                kube.volume_mount(_TMP_VOLUME, "/tmp"),
+            ],
+            probes={
+                # Crash recovery of a large database can take minutes: the startup probe allows 10.
+                "startup": kube.exec_probe(ready, period=5, timeout=3, failure_threshold=120),
+                "readiness": kube.exec_probe(ready, period=5, timeout=3, failure_threshold=3),
+                "liveness": kube.exec_probe(ready, period=10, timeout=5, failure_threshold=6),
+            },
+            # SIGTERM is a *smart* shutdown, which waits for every client; a fast one disconnects
+            # them and still hands the last WAL to the standbys.
+            pre_stop=["pg_ctl", "stop", "-D", PGDATA, "-m", "fast", "-w", "-t", "50"],
+            volumes=[
+                kube.empty_dir_volume(_CONFIG_VOLUME),
+                # Memory-backed: the pgpass file never reaches the node's disk.
+                kube.empty_dir_volume(_SECRETS_VOLUME, size_limit="1Mi", memory=True),
+                kube.empty_dir_volume(_TMP_VOLUME, size_limit="256Mi"),
+            ],
+        ),
     )
 
 

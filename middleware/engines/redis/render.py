@@ -9,7 +9,7 @@ config includes: never the ConfigMap, container args or annotations.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, TypedDict
+from typing import Any
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.redis.config import (
@@ -63,10 +63,8 @@ DATA_GRACE_SECONDS = 60
 SENTINEL_GRACE_SECONDS = 30
 
 
-_TEMPLATES_VOLUME = "templates"
 _CONFIG_VOLUME = "config"
 _SECRETS_VOLUME = "secrets"
-_DATA_VOLUME = "data"
 
 
 def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[Manifest]:
@@ -210,68 +208,39 @@ def _data_statefulset(
         sentinel=False,
         keep_existing=False,
     )
-    init = kube.container(
-        "config",
-        spec.image,
-        resources=spec.resources,
-        command=["sh", "-c", script],
-        env=_init_env(spec),
-        volume_mounts=[
-            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
-        ],
-    )
-    main = kube.container(
-        "redis",
-        spec.image,
-        resources=spec.resources,
-        command=["redis-server", config_file],
-        env=[_cli_auth_env(spec)],
-        ports=ports,
-        volume_mounts=[
-            # Writable: CONFIG REWRITE (persisting live parameter changes) rewrites this file.
-            kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-        ],
-        **_probes(REDIS_PORT),
-    )
-    spread = [(100, kube.selector_labels(spec, DATA_COMPONENT, shard_labels))]
-    if shard_labels:
-        # Above all keep a shard's master and replicas apart (losing one node must not lose a shard),
-        # then spread the shards too.
-        spread.append((50, kube.selector_labels(spec, DATA_COMPONENT)))
-    pod = kube.pod_spec(
-        init_containers=[init],
-        containers=[main],
-        volumes=[_templates_volume(spec), {"name": _CONFIG_VOLUME, "emptyDir": {}}, _secrets_volume()],
-        security_context=kube.pod_security_context(user=REDIS_UID, group=REDIS_UID),
-        affinity=kube.pod_anti_affinity(spread),
-        termination_grace_period_seconds=DATA_GRACE_SECONDS,
-    )
-    return kube.statefulset(
+    return kube.member_statefulset(
         spec,
-        name=name,
-        component=DATA_COMPONENT,
-        service_name=headless,
-        replicas=spec.replicas,
-        template=pod,
-        volume_claim_templates=[
-            kube.volume_claim_template(
-                spec,
-                name=_DATA_VOLUME,
-                component=DATA_COMPONENT,
-                size=spec.storage.size,
-                storage_class_name=spec.storage.storage_class_name,
-                extra_labels=shard_labels,
-            )
-        ],
-        extra_labels=shard_labels,
-        # OrderedReady, never Parallel: with sentinel, a data pod racing ahead of ordinal 0 at first
-        # start can be elected or left as a second master (redis #12271). Ready only means "answers
-        # PING", so ordered start costs seconds.
-        pod_management_policy=kube.ORDERED_READY,
+        kube.MemberWorkload(
+            name=name,
+            component=DATA_COMPONENT,
+            service_name=headless,
+            # OrderedReady, never Parallel: with sentinel, a data pod racing ahead of ordinal 0 at
+            # first start can be elected or left as a second master (redis #12271). Ready only means
+            # "answers PING", so ordered start costs seconds.
+            pod_management_policy=kube.ORDERED_READY,
+            run_as=REDIS_UID,
+            grace_seconds=DATA_GRACE_SECONDS,
+            templates_dir=TEMPLATES_DIR,
+            init_script=script,
+            init_env=_init_env(spec),
+            init_mounts=[
+                kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+            ],
+            container_name="redis",
+            command=["redis-server", config_file],
+            env=[_cli_auth_env(spec)],
+            ports=ports,
+            mounts=[
+                # Writable: CONFIG REWRITE (persisting live parameter changes) rewrites this file.
+                kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+            ],
+            probes=_probes(REDIS_PORT),
+            volumes=[kube.empty_dir_volume(_CONFIG_VOLUME), _secrets_volume()],
+            group_labels=shard_labels,
+        ),
     )
 
 
@@ -286,53 +255,36 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
         sentinel=True,
         keep_existing=True,
     )
-    init = kube.container(
-        "config",
-        spec.image,
-        resources=SENTINEL_RESOURCES,
-        command=["sh", "-c", script],
-        env=_init_env(spec),
-        volume_mounts=[
-            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-        ],
-    )
-    main = kube.container(
-        "sentinel",
-        spec.image,
-        resources=SENTINEL_RESOURCES,
-        command=["redis-server", config_file, "--sentinel"],
-        env=[_cli_auth_env(spec)],
-        ports=[("sentinel", SENTINEL_PORT)],
-        volume_mounts=[
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-        ],
-        **_probes(SENTINEL_PORT, sentinel=True),
-    )
-    pod = kube.pod_spec(
-        init_containers=[init],
-        containers=[main],
-        volumes=[_templates_volume(spec), _secrets_volume()],
-        security_context=kube.pod_security_context(user=REDIS_UID, group=REDIS_UID),
-        # Sentinels on one node would lose the quorum with it.
-        affinity=kube.pod_anti_affinity([(100, kube.selector_labels(spec, SENTINEL_COMPONENT))]),
-        termination_grace_period_seconds=SENTINEL_GRACE_SECONDS,
-    )
-    return kube.statefulset(
+    return kube.member_statefulset(
         spec,
-        name=name,
-        component=SENTINEL_COMPONENT,
-        service_name=headless,
-        replicas=spec.sentinels,
-        template=pod,
-        volume_claim_templates=[
-            kube.data_volume_claim(
-                spec, name=_DATA_VOLUME, component=SENTINEL_COMPONENT, size=SENTINEL_STORAGE
-            )
-        ],
-        pod_management_policy=kube.ORDERED_READY,
+        kube.MemberWorkload(
+            name=name,
+            component=SENTINEL_COMPONENT,
+            service_name=headless,
+            replicas=spec.sentinels,
+            pod_management_policy=kube.ORDERED_READY,
+            run_as=REDIS_UID,
+            grace_seconds=SENTINEL_GRACE_SECONDS,
+            templates_dir=TEMPLATES_DIR,
+            init_script=script,
+            init_env=_init_env(spec),
+            init_mounts=[
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+            ],
+            container_name="sentinel",
+            command=["redis-server", config_file, "--sentinel"],
+            env=[_cli_auth_env(spec)],
+            ports=[("sentinel", SENTINEL_PORT)],
+            mounts=[
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+            ],
+            probes=_probes(SENTINEL_PORT, sentinel=True),
+            volumes=[_secrets_volume()],
+            resources=SENTINEL_RESOURCES,
+            storage_size=SENTINEL_STORAGE,
+        ),
     )
 
 
@@ -340,13 +292,9 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
 # Pod pieces
 
 
-def _templates_volume(spec: ResolvedSpec) -> dict[str, Any]:
-    return {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}}
-
-
 def _secrets_volume() -> dict[str, Any]:
     # Memory-backed: the rendered secrets file never reaches the node's disk.
-    return {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+    return kube.empty_dir_volume(_SECRETS_VOLUME, size_limit="1Mi", memory=True)
 
 
 def _init_env(spec: ResolvedSpec) -> list[dict[str, Any]]:
@@ -366,13 +314,7 @@ def _ping(port: int, accept: str) -> list[str]:
     return ["sh", "-c", f"redis-cli -h 127.0.0.1 -p {port} ping 2>&1 | grep -qE '{accept}'"]
 
 
-class _Probes(TypedDict):
-    startup: dict[str, Any]
-    readiness: dict[str, Any]
-    liveness: dict[str, Any]
-
-
-def _probes(port: int, *, sentinel: bool = False) -> _Probes:
+def _probes(port: int, *, sentinel: bool = False) -> kube.Probes:
     """Ready only on PONG (clients may use it). Alive also while LOADING a large dataset or while a
     replica has lost its master (MASTERDOWN): restarting then would only make things worse. The
     startup probe gives a slow first start (volume attach, big AOF) time before liveness kills it."""

@@ -15,7 +15,7 @@ The superuser password only travels Secret → env → a digest in a memory-back
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.zookeeper.config import (
@@ -62,10 +62,8 @@ MIN_HEAP_MIB = 64
 # A clean shutdown is quick (no flush beyond the transaction log, which is synced per commit).
 GRACE_SECONDS = 30
 
-_TEMPLATES_VOLUME = "templates"
 _SECRETS_VOLUME = "secrets"
 _TMP_VOLUME = "tmp"
-_DATA_VOLUME = "data"
 _PORTS = [("client", CLIENT_PORT), ("server", PEER_PORT), ("election", ELECTION_PORT)]
 
 
@@ -136,86 +134,68 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
         values=placeholder_values(headless=headless, spec=spec, cluster_domain=cluster_domain),
         client_port=CLIENT_PORT,
     )
-    init = kube.container(
-        "config",
-        spec.image,
-        resources=spec.resources,
-        command=["bash", "-c", script],
-        env=[
-            kube.env_from_field(POD_NAME_ENV, "metadata.name"),
-            kube.env_from_secret(PASSWORD_ENV, kube.credentials_secret_name(spec), PASSWORD_KEY),
-            # The client Service reaches serving members only: who answers there is the ensemble.
-            {
-                "name": CLIENT_HOST_ENV,
-                "value": f"{client_service(spec.name)}.{spec.namespace}.svc.{cluster_domain}",
-            },
-        ],
-        volume_mounts=[
-            kube.volume_mount(_TEMPLATES_VOLUME, TEMPLATES_DIR, read_only=True),
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
-            kube.volume_mount(_TMP_VOLUME, TMP_DIR),
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-        ],
-    )
     heap = heap_mib(spec)
-    main = kube.container(
-        "zookeeper",
-        spec.image,
-        resources=spec.resources,
-        # zkServer.sh (on the image's PATH whatever its version directory) builds the classpath and
-        # logging flags; a config path outside its conf dir is used as given.
-        command=["zkServer.sh", "start-foreground", CONFIG_PATH],
-        env=[
-            # The last -Xmx wins, whatever heap default the image's zkEnv.sh puts first. The argument
-            # file carries the superuser digest without putting it in the process list.
-            {"name": "SERVER_JVMFLAGS", "value": f"-Xmx{heap}m -XX:+ExitOnOutOfMemoryError @{SECRETS_FILE}"},
-            {"name": "ZK_SERVER_HEAP", "value": str(heap)},
-            # The root filesystem is read-only: logs go to stdout, scratch files to the tmp volume.
-            {"name": "ZOO_LOG_DIR", "value": TMP_DIR},
-            {"name": "JMXDISABLE", "value": "true"},
-        ],
-        ports=_PORTS,
-        volume_mounts=[
-            kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
-            kube.volume_mount(_TMP_VOLUME, TMP_DIR),
-            # zoo.cfg and the dynamic files live next to the data: ZooKeeper rewrites them on every
-            # reconfig, and a restarted pod must come back with the membership it last committed.
-            kube.volume_mount(_DATA_VOLUME, DATA_DIR),
-        ],
-        **_probes(),
-    )
-    pod = kube.pod_spec(
-        init_containers=[init],
-        containers=[main],
-        volumes=[
-            {"name": _TEMPLATES_VOLUME, "configMap": {"name": kube.config_map_name(spec)}},
-            # Memory-backed: the digest file never reaches the node's disk.
-            {"name": _SECRETS_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-            {"name": _TMP_VOLUME, "emptyDir": {"sizeLimit": "256Mi"}},
-        ],
-        security_context=kube.pod_security_context(user=ZOOKEEPER_UID, group=ZOOKEEPER_UID),
-        # Voters on one node would lose the quorum with it.
-        affinity=kube.pod_anti_affinity([(100, kube.selector_labels(spec, DATA_COMPONENT))]),
-        termination_grace_period_seconds=GRACE_SECONDS,
-    )
-    return kube.statefulset(
+    return kube.member_statefulset(
         spec,
-        name=name,
-        component=DATA_COMPONENT,
-        service_name=headless,
-        replicas=spec.replicas,
-        template=pod,
-        volume_claim_templates=[
-            kube.data_volume_claim(
-                spec,
-                name=_DATA_VOLUME,
-                component=DATA_COMPONENT,
-            )
-        ],
-        # Parallel: a member serves only once a quorum runs, so OrderedReady would wait forever for
-        # pod 0 to become Ready alone. Starting together is safe for ZooKeeper: leader election
-        # picks the member with the newest data, never an empty one racing ahead.
-        pod_management_policy=kube.PARALLEL,
+        kube.MemberWorkload(
+            name=name,
+            component=DATA_COMPONENT,
+            service_name=headless,
+            # Parallel: a member serves only once a quorum runs, so OrderedReady would wait forever
+            # for pod 0 to become Ready alone. Starting together is safe for ZooKeeper: leader
+            # election picks the member with the newest data, never an empty one racing ahead.
+            pod_management_policy=kube.PARALLEL,
+            run_as=ZOOKEEPER_UID,
+            grace_seconds=GRACE_SECONDS,
+            templates_dir=TEMPLATES_DIR,
+            init_shell="bash",
+            init_script=script,
+            init_env=[
+                kube.env_from_field(POD_NAME_ENV, "metadata.name"),
+                kube.env_from_secret(PASSWORD_ENV, kube.credentials_secret_name(spec), PASSWORD_KEY),
+                # The client Service reaches serving members only: who answers there is the ensemble.
+                {
+                    "name": CLIENT_HOST_ENV,
+                    "value": f"{client_service(spec.name)}.{spec.namespace}.svc.{cluster_domain}",
+                },
+            ],
+            init_mounts=[
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR),
+                kube.volume_mount(_TMP_VOLUME, TMP_DIR),
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+            ],
+            container_name="zookeeper",
+            # zkServer.sh (on the image's PATH whatever its version directory) builds the classpath
+            # and logging flags; a config path outside its conf dir is used as given.
+            command=["zkServer.sh", "start-foreground", CONFIG_PATH],
+            env=[
+                # The last -Xmx wins, whatever heap default the image's zkEnv.sh puts first. The
+                # argument file carries the superuser digest without putting it in the process list.
+                {
+                    "name": "SERVER_JVMFLAGS",
+                    "value": f"-Xmx{heap}m -XX:+ExitOnOutOfMemoryError @{SECRETS_FILE}",
+                },
+                {"name": "ZK_SERVER_HEAP", "value": str(heap)},
+                # The root filesystem is read-only: logs go to stdout, scratch files to the tmp volume.
+                {"name": "ZOO_LOG_DIR", "value": TMP_DIR},
+                {"name": "JMXDISABLE", "value": "true"},
+            ],
+            ports=_PORTS,
+            mounts=[
+                kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
+                kube.volume_mount(_TMP_VOLUME, TMP_DIR),
+                # zoo.cfg and the dynamic files live next to the data: ZooKeeper rewrites them on
+                # every reconfig, and a restarted pod must come back with the membership it last
+                # committed.
+                kube.volume_mount(kube.DATA_VOLUME, DATA_DIR),
+            ],
+            probes=_probes(),
+            volumes=[
+                # Memory-backed: the digest file never reaches the node's disk.
+                kube.empty_dir_volume(_SECRETS_VOLUME, size_limit="1Mi", memory=True),
+                kube.empty_dir_volume(_TMP_VOLUME, size_limit="256Mi"),
+            ],
+        ),
     )
 
 
@@ -228,13 +208,7 @@ def _four_letter_word(word: str, expect: str) -> list[str]:
     ]
 
 
-class _Probes(TypedDict):
-    startup: dict[str, Any]
-    readiness: dict[str, Any]
-    liveness: dict[str, Any]
-
-
-def _probes() -> _Probes:
+def _probes() -> kube.Probes:
     """Ready only while serving (part of a quorum: `srvr` reports a mode). Alive whenever the
     process answers `ruok`: a member without a quorum is waiting for its peers, and restarting it
     would not bring them back."""
