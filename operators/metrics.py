@@ -44,6 +44,12 @@ SYNC_LAG_SECONDS = Gauge(
     "The byte lag divided by the source's recent write rate (absent when the source did not write).",
     ["namespace", "sync", "workload"],
 )
+SYNC_WRITE_LAG_BYTES = Gauge(
+    "moorage_sync_write_lag_bytes",
+    "Bytes the source shard's master is ahead of what its redis-shake workload has written "
+    "(from redis-shake's status; absent during the full sync).",
+    ["namespace", "sync", "workload"],
+)
 SYNC_RESTARTS = Counter(
     "moorage_sync_restarts_total",
     "Workload restarts (full resyncs) the operator triggered, by reason (Restarted, Replanned).",
@@ -81,10 +87,19 @@ def forget(namespace: str, name: str, engine: str) -> None:
 
 
 def record_sync_lag(
-    namespace: str, sync: str, workload: str, lag_bytes: int | None, lag_seconds: float | None
+    namespace: str,
+    sync: str,
+    workload: str,
+    lag_bytes: int | None,
+    lag_seconds: float | None,
+    write_lag_bytes: int | None = None,
 ) -> None:
     """Unknown lag removes the series rather than reporting a stale or invented number."""
-    for gauge, value in ((SYNC_LAG_BYTES, lag_bytes), (SYNC_LAG_SECONDS, lag_seconds)):
+    for gauge, value in (
+        (SYNC_LAG_BYTES, lag_bytes),
+        (SYNC_LAG_SECONDS, lag_seconds),
+        (SYNC_WRITE_LAG_BYTES, write_lag_bytes),
+    ):
         if value is None:
             with suppress(KeyError):
                 gauge.remove(namespace, sync, workload)
@@ -97,7 +112,7 @@ def count_sync_restart(namespace: str, sync: str, workload: str, reason: str) ->
 
 
 def forget_sync(namespace: str, sync: str, workload: str) -> None:
-    for gauge in (SYNC_LAG_BYTES, SYNC_LAG_SECONDS):
+    for gauge in (SYNC_LAG_BYTES, SYNC_LAG_SECONDS, SYNC_WRITE_LAG_BYTES):
         with suppress(KeyError):
             gauge.remove(namespace, sync, workload)
 

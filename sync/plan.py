@@ -17,8 +17,8 @@ now read-only, master: redis-shake #833).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import ClusterView
@@ -95,6 +95,20 @@ def topology_from_sentinel(view: SentinelView, sentinels: Sequence[Endpoint]) ->
         sentinels=tuple(sentinels),
         master_name=view.master_name,
     )
+
+
+def renamed(topology: RedisTopology, rename: Callable[[Endpoint], Endpoint]) -> RedisTopology:
+    """``topology`` with every address passed through ``rename``: a side in another cluster reports
+    its members by names that resolve only there, and the caller knows where they answer from here."""
+    shards = tuple(
+        Shard(
+            rename(shard.master),
+            tuple(Replica(rename(r.endpoint), r.healthy) for r in shard.replicas),
+            shard.slots,
+        )
+        for shard in topology.shards
+    )
+    return replace(topology, shards=shards, sentinels=tuple(rename(s) for s in topology.sentinels))
 
 
 def standalone(endpoint: Endpoint) -> RedisTopology:

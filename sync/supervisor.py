@@ -16,7 +16,9 @@ restart count and the source (current master, its ``master_repl_offset``, slot m
 Lag is the source master's ``master_repl_offset`` minus the offset redis-shake has received, taken
 from the source's side: the offset redis-shake's connection last ACKed to the node it reads
 (``INFO replication``), and redis-shake's status document only when that connection is not found.
-Seconds are estimated from the source's write rate over the sampled window.
+Seconds are estimated from the source's write rate over the sampled window. The write lag is the
+master's offset minus what redis-shake has handed to its writer (``aof_sent_offset``): what is
+received but not yet written to the target; it needs the status document.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class Decision:
     reason: str
     lag_bytes: int | None = None
     lag_seconds: float | None = None
+    write_lag_bytes: int | None = None
 
 
 def lag(samples: Sequence[Sample]) -> tuple[int | None, float | None]:
@@ -144,6 +147,17 @@ def lag(samples: Sequence[Sample]) -> tuple[int | None, float | None]:
     return behind, (behind / rate if rate > 0 else None)
 
 
+def write_lag(samples: Sequence[Sample]) -> int | None:
+    """Bytes the source is ahead of what redis-shake has handed to its writer (status document only;
+    None before the AOF phase, when the sent offset means nothing yet)."""
+    last = samples[-1]
+    if last.status is None or last.status.sent_offset is None or last.source_offset is None:
+        return None
+    if last.status.phase != AOF_PHASE:
+        return None
+    return max(0, last.source_offset - last.status.sent_offset)
+
+
 def _progress(status: ShakeStatus) -> tuple[str, int, int]:
     return (status.phase, status.received_offset or 0, status.rdb_bytes)
 
@@ -154,9 +168,10 @@ def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = 
         return Decision(State.UNKNOWN, Action.NONE, "no samples yet")
     last = samples[-1]
     lag_bytes, lag_seconds = lag(samples)
+    written = write_lag(samples)
 
     def made(state: State, action: Action, reason: str) -> Decision:
-        return Decision(state, action, reason, lag_bytes, lag_seconds)
+        return Decision(state, action, reason, lag_bytes, lag_seconds, written)
 
     # Topology changes first: restarting a workload that points at the wrong node cannot help.
     if last.source_master is not None and last.source_master != workload.source_master:

@@ -31,7 +31,13 @@ class RedisSyncSide(WireModel):
     sentinel_master_name: str | None = None
     password: SecretKeyReference | None = None
     kubeconfig: SecretKeyReference | None = Field(
-        default=None, description="Kubeconfig of another cluster where this side lives."
+        default=None,
+        description=(
+            "Secret key (in the RedisSync's namespace) holding a kubeconfig of another cluster where this "
+            "side's middleware lives: its Middleware, pods and credentials Secret are read there and its "
+            "members dialled at their pod IPs (routable pod networks needed). Embedded credentials only: "
+            "token or client-certificate-data + client-key-data; exec, auth-provider, file paths refused."
+        ),
     )
 
     @model_validator(mode="after")
@@ -70,8 +76,15 @@ class SyncWorkloadStatus(WireModel):
     name: str
     source: str
     state: str
-    lag_bytes: int | None = None
-    lag_seconds: float | None = None
+    lag_bytes: int | None = Field(
+        default=None, description="Bytes the source master is ahead of what redis-shake received."
+    )
+    lag_seconds: float | None = Field(
+        default=None, description="lagBytes divided by the source's recent write rate."
+    )
+    write_lag_bytes: int | None = Field(
+        default=None, description="Bytes the source master is ahead of what redis-shake has written."
+    )
     restarts: int = 0
     last_restart_reason: str | None = None
 

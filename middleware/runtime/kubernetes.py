@@ -78,6 +78,7 @@ class KubernetesApiError(MoorageError):
 
     def __init__(self, status: int, verb: str, what: str, message: str) -> None:
         self.status = status
+        self.verb, self.path = verb, what
         self.server_message = message
         super().__init__(f"{verb} {what} failed ({status}): {message}")
 
@@ -117,6 +118,10 @@ class KubernetesRuntime:
         self.api = api_client
         self.field_manager = field_manager
         self.resolve_address = resolve_address
+        # Set for another cluster's API: without it a blackholed server would hang a reconcile.
+        self.request_timeout: float | None = None
+        # In-memory files (memfd) holding a kubeconfig's client certificate and key; closed with us.
+        self.owned_fds: list[int] = []
 
     @classmethod
     def from_environment(cls, **kwargs: Any) -> KubernetesRuntime:
@@ -128,8 +133,21 @@ class KubernetesRuntime:
             return cls(client.ApiClient(), **kwargs)
         return cls(config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")), **kwargs)
 
+    @classmethod
+    def from_kubeconfig(cls, text: str, **kwargs: Any) -> KubernetesRuntime:
+        """Another cluster's API, from a kubeconfig document held in memory (see remote_api_client).
+        Raises KubeconfigError naming what is wrong with it."""
+        api, fds = remote_api_client(text)
+        runtime = cls(api, **kwargs)
+        runtime.owned_fds = fds
+        runtime.request_timeout = REMOTE_REQUEST_TIMEOUT
+        return runtime
+
     def close(self) -> None:
         self.api.close()
+        for fd in self.owned_fds:
+            os.close(fd)
+        self.owned_fds.clear()
 
     # -- raw requests -------------------------------------------------------------------------
     def _request(
@@ -153,7 +171,14 @@ class KubernetesRuntime:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(method, url, header_params=headers, body=payload, post_params=post)
+        response = self.api.call_api(
+            method,
+            url,
+            header_params=headers,
+            body=payload,
+            post_params=post,
+            _request_timeout=self.request_timeout,
+        )
         data = response.read()
         if response.status == 404 and missing_ok:
             return None
@@ -303,3 +328,146 @@ class KubernetesRuntime:
             up = pod is not None and pod_ready(pod)
             members.append(Member(plan=plan, endpoint=self.member_endpoint(plan.name, host, port), up=up))
         return Connection(members=members, password=password)
+
+    def pod_ip_connection(
+        self,
+        spec: ResolvedSpec,
+        engine: Engine,
+        manifests: list[dict[str, Any]],
+        pods: Mapping[str, Mapping[str, Any]],
+        password: str | None,
+    ) -> Connection:
+        """Like ``connection`` for a Middleware in *another* cluster: its pods' DNS names resolve only
+        there, so each member is dialled at its pod's ``status.podIP`` (routable pod networks: a flat
+        or underlay network, a cluster mesh). Members whose pod has no IP yet are left out."""
+        workloads = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "StatefulSet"}
+        members = []
+        for plan in engine.members(spec):
+            workload = workloads[plan.workload]["spec"]
+            port = int(workload["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])
+            pod = pods.get(plan.name)
+            ip = str(((pod or {}).get("status") or {}).get("podIP") or "")
+            if pod is None or not ip:
+                continue
+            members.append(
+                Member(plan=plan, endpoint=self.member_endpoint(plan.name, ip, port), up=pod_ready(pod))
+            )
+        return Connection(members=members, password=password)
+
+
+# -- another cluster's API (a kubeconfig held in a Secret) -------------------------------------------
+
+
+class KubeconfigError(MoorageError):
+    """A kubeconfig that cannot be used. The message names the part (context, cluster, user, field),
+    never a value from it: the document holds credentials."""
+
+
+# Fields that make the client read a file or run a command *in the operator's pod*. A kubeconfig
+# comes from a tenant's Secret: a file path could point the client at the operator's own
+# ServiceAccount token (and send it to the tenant's server), a command would run as the operator.
+_REFUSED_USER_FIELDS = {
+    "exec": "would run a credential plugin command",
+    "auth-provider": "would run an auth-provider plugin",
+    "tokenFile": "would read a file",
+    "client-certificate": "would read a file (embed it as client-certificate-data)",
+    "client-key": "would read a file (embed it as client-key-data)",
+}
+_REFUSED_CLUSTER_FIELDS = {
+    "certificate-authority": "would read a file (embed it as certificate-authority-data)",
+}
+REMOTE_REQUEST_TIMEOUT = 10.0
+REMOTE_RETRIES = 1
+
+
+def _named(items: Any, kind: str, name: str) -> Mapping[str, Any]:
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, Mapping) and item.get("name") == name and isinstance(item.get(kind), Mapping):
+            found: Mapping[str, Any] = item[kind]
+            return found
+    raise KubeconfigError(f"{kind} {name!r} is not defined in its {kind}s list")
+
+
+def _b64(value: Any, field: str) -> bytes:
+    import base64
+    import binascii
+
+    try:
+        return base64.b64decode(str(value), validate=True)
+    except (binascii.Error, ValueError):
+        raise KubeconfigError(f"{field} is not base64") from None
+
+
+def parse_kubeconfig(text: str) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """(cluster, user) of the kubeconfig's current context (or its only context)."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        # Only the position: the parser's message quotes the document around the error.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise KubeconfigError(f"not valid YAML{where}") from None
+    if not isinstance(document, Mapping) or not isinstance(document.get("contexts"), list):
+        raise KubeconfigError("not a kubeconfig (no contexts list)")
+    contexts = [c for c in document["contexts"] if isinstance(c, Mapping)]
+    current = document.get("current-context")
+    if not current:
+        if len(contexts) != 1:
+            raise KubeconfigError("no current-context and more than one context")
+        current = contexts[0].get("name")
+    context = _named(contexts, "context", str(current))
+    cluster = _named(document.get("clusters"), "cluster", str(context.get("cluster")))
+    user = _named(document.get("users"), "user", str(context.get("user")))
+    for fields, part, name in (
+        (_REFUSED_CLUSTER_FIELDS, "cluster", context.get("cluster")),
+        (_REFUSED_USER_FIELDS, "user", context.get("user")),
+    ):
+        entry = cluster if part == "cluster" else user
+        for field_name, why in fields.items():
+            if entry.get(field_name):
+                raise KubeconfigError(f"{part} {name!r} sets {field_name}: refused, it {why} in the operator")
+    server = str(cluster.get("server") or "")
+    if not server.startswith("https://"):
+        raise KubeconfigError(f"cluster {context.get('cluster')!r} needs an https:// server")
+    return cluster, user
+
+
+def _memfd(name: str, content: bytes) -> int:
+    """An in-memory file (never on disk) the TLS layer can open by path: /proc/self/fd/<fd>."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    os.write(fd, content)
+    return fd
+
+
+def remote_api_client(text: str) -> tuple[Any, list[int]]:
+    """An API client for the kubeconfig ``text``, built in memory: no kubeconfig, token or key is
+    written to disk (the client library's own loader would put embedded certificates in temp files).
+    Supported credentials: a token, or an embedded client certificate + key. Returns the client
+    and the memfds it needs open."""
+    from kubernetes import client
+
+    cluster, user = parse_kubeconfig(text)
+    conf = client.Configuration()
+    conf.host = str(cluster["server"]).rstrip("/")
+    conf.retries = REMOTE_RETRIES
+    if cluster.get("insecure-skip-tls-verify"):
+        conf.verify_ssl = False
+    elif cluster.get("certificate-authority-data"):
+        conf.ca_cert_data = _b64(cluster["certificate-authority-data"], "certificate-authority-data").decode(
+            "ascii", "replace"
+        )
+    if cluster.get("tls-server-name"):
+        conf.tls_server_name = str(cluster["tls-server-name"])
+    fds: list[int] = []
+    if user.get("token"):
+        conf.api_key = {"BearerToken": f"Bearer {user['token']}"}
+    elif user.get("client-certificate-data") and user.get("client-key-data"):
+        cert = _b64(user["client-certificate-data"], "client-certificate-data")
+        key = _b64(user["client-key-data"], "client-key-data")
+        fds = [_memfd("kubeconfig-client-cert", cert), _memfd("kubeconfig-client-key", key)]
+        conf.cert_file, conf.key_file = (f"/proc/self/fd/{fd}" for fd in fds)
+    else:
+        raise KubeconfigError("no usable credentials: a token, or client-certificate-data + client-key-data")
+    return client.ApiClient(configuration=conf), fds

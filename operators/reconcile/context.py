@@ -17,6 +17,8 @@ from operators.settings import FIELD_MANAGER
 
 _lock = threading.Lock()
 _runtimes: dict[str, KubernetesRuntime] = {}
+# Other clusters' APIs, per kubeconfig Secret (namespace, name, key): (resourceVersion, runtime).
+_remote: dict[tuple[str, str, str], tuple[str, KubernetesRuntime]] = {}
 # Test seam (see KubernetesRuntime): how a member's pod DNS name becomes an address to dial.
 address_resolver: AddressResolver = pod_dns_address
 
@@ -29,6 +31,24 @@ def runtime() -> KubernetesRuntime:
         if found is None:
             found = KubernetesRuntime.from_environment(field_manager=FIELD_MANAGER)
             _runtimes[key] = found
+        found.resolve_address = address_resolver
+        return found
+
+
+def remote_runtime(secret: tuple[str, str, str], resource_version: str, kubeconfig: str) -> KubernetesRuntime:
+    """The runtime for another cluster whose kubeconfig is key ``secret[2]`` of Secret ``secret[1]``
+    in namespace ``secret[0]``. Keyed by the Secret's resourceVersion, so a rotated kubeconfig (new
+    token, new CA) is used from the next reconcile on; the client of the old version is closed.
+    Raises KubeconfigError (never quoting the document) when it cannot be used."""
+    with _lock:
+        cached = _remote.get(secret)
+        if cached is not None and cached[0] == resource_version:
+            found = cached[1]
+        else:
+            found = KubernetesRuntime.from_kubeconfig(kubeconfig, field_manager=FIELD_MANAGER)
+            _remote[secret] = (resource_version, found)
+            if cached is not None:
+                cached[1].close()
         found.resolve_address = address_resolver
         return found
 
@@ -57,8 +77,9 @@ def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def decode(body: Mapping[str, Any], rt: KubernetesRuntime) -> Decoded:
-    """Validate everything before anything is applied; raises SpecError naming the field."""
+def decode(body: Mapping[str, Any], rt: KubernetesRuntime, with_catalog: Catalog | None = None) -> Decoded:
+    """Validate everything before anything is applied; raises SpecError naming the field.
+    ``with_catalog`` instead of ``rt``'s catalogs (a Middleware read from another cluster)."""
     middleware = load_middleware(manifest_of(body))
-    spec = resolve(middleware, catalog(rt))
+    spec = resolve(middleware, with_catalog if with_catalog is not None else catalog(rt))
     return Decoded(body=body, spec=spec, engine=get_engine(spec.engine))

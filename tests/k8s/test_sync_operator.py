@@ -359,9 +359,11 @@ def _cluster_failover(address: str, password: str) -> None:
         client.execute_command("CLUSTER", "FAILOVER")
 
 
-def test_a_side_in_another_cluster_is_refused_naming_the_field(
+def test_kubeconfig_on_an_addresses_side_is_refused_naming_the_field(
     control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
 ) -> None:
+    """Addresses are dialled as given; only a Middleware is looked up in another cluster (that path:
+    test_sync_kubeconfig.py). The spec is refused, Failed, with the field in the condition and Event."""
     sync = _name("rs")
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",

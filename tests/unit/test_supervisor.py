@@ -164,3 +164,14 @@ def test_lag_prefers_the_offset_acked_to_the_source_over_the_status_document() -
     no_status = replace(sample(10, None, 3000), acked_offset=3000)
     assert lag([no_status]) == (0, 0.0)
     assert lag([sample(10, None, 3000)]) == (None, None)
+
+
+def test_write_lag_is_what_was_received_but_not_handed_to_the_writer() -> None:
+    doc = status_doc("syncing aof", 2500)
+    doc["reader"][0]["aof_sent_offset"] = 2100
+    decision = decide(WORKLOAD, [sample(10, doc, 3000)], POLICY)
+    assert (decision.lag_bytes, decision.write_lag_bytes) == (500, 900)
+    # During the full sync the sent offset means nothing yet: no write lag rather than a wrong one.
+    rdb = decide(WORKLOAD, [sample(10, status_doc("receiving rdb", 0, rdb=10), 3000)], POLICY)
+    assert rdb.write_lag_bytes is None
+    assert decide(WORKLOAD, [sample(10, None, 3000)], POLICY).write_lag_bytes is None
