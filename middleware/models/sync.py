@@ -24,6 +24,9 @@ class RedisEndpointKind(StrEnum):
     CLUSTER = "cluster"
 
 
+KUBECONFIG_NEEDS_MIDDLEWARE = "kubeconfig is only valid with middleware (addresses are dialled as given)"
+
+
 class RedisSyncSide(WireModel):
     middleware: NamespacedReference | None = Field(default=None, description="A Moorage Middleware.")
     addresses: list[str] | None = Field(default=None, description="host:port list, when not a Middleware.")
@@ -46,6 +49,8 @@ class RedisSyncSide(WireModel):
             raise ValueError("exactly one of middleware or addresses must be set")
         if self.addresses is not None and self.kind is None:
             raise ValueError("kind is required with addresses")
+        if self.kubeconfig is not None and self.middleware is None:
+            raise ValueError(KUBECONFIG_NEEDS_MIDDLEWARE)
         return self
 
 

@@ -359,11 +359,13 @@ def _cluster_failover(address: str, password: str) -> None:
         client.execute_command("CLUSTER", "FAILOVER")
 
 
-def test_kubeconfig_on_an_addresses_side_is_refused_naming_the_field(
+def test_kubeconfig_on_an_addresses_side_is_refused_at_admission(
     control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
 ) -> None:
     """Addresses are dialled as given; only a Middleware is looked up in another cluster (that path:
-    test_sync_kubeconfig.py). The spec is refused, Failed, with the field in the condition and Event."""
+    test_sync_kubeconfig.py). The apiserver's CEL rule refuses the object, naming the field."""
+    from kubernetes.client.exceptions import ApiException
+
     sync = _name("rs")
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -378,15 +380,12 @@ def test_kubeconfig_on_an_addresses_side_is_refused_naming_the_field(
             "target": {"addresses": ["10.0.0.2:6379"], "kind": "standalone"},
         },
     }
-    with operator(control_plane, api_client, namespace):
+    with pytest.raises(ApiException) as refused:
         custom_api(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", body)
-        status = _phase(api_client, namespace, "redissyncs", sync, "Failed", timeout=60)
-        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-        assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
-        assert "spec.source.kubeconfig" in ready["message"]
-        warnings = wait_for(
-            "a Warning InvalidSpec",
-            lambda: [e for e in _sync_events(api_client, namespace, sync) if e[1] == "InvalidSpec"],
-        )
-        assert warnings[0][0] == "Warning" and "spec.source.kubeconfig" in warnings[0][2]
-        assert not _deployments(api_client, namespace, sync)
+    assert refused.value.status == 422
+    text = str(refused.value.body)
+    assert "spec.source.kubeconfig" in text and "kubeconfig is only valid with middleware" in text
+    assert (
+        custom_api(api_client).list_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs")["items"]
+        == []
+    )

@@ -504,6 +504,8 @@ CEL_EXPECTATIONS = [
     ("RedisSync", ("spec", "target"), "has(self.middleware) != has(self.addresses)", "exactly one of"),
     ("RedisSync", ("spec", "source"), "!has(self.addresses) || has(self.kind)", "kind is required"),
     ("RedisSync", ("spec", "target"), "!has(self.addresses) || has(self.kind)", "kind is required"),
+    ("RedisSync", ("spec", "source"), "!has(self.kubeconfig) || has(self.middleware)", "kubeconfig is only"),
+    ("RedisSync", ("spec", "target"), "!has(self.kubeconfig) || has(self.middleware)", "kubeconfig is only"),
 ]
 
 
