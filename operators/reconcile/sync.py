@@ -89,6 +89,21 @@ POLICY = Policy()
 # -- sides ----------------------------------------------------------------------------------------
 
 
+class SideNotReady(NotReady):
+    """A side cannot be used yet, with the condition reason that says which kind of problem it is
+    (what an SRE must fix differs: a Secret here, RBAC or the network over there)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+KUBECONFIG_UNUSABLE = "KubeconfigUnusable"  # the Secret here: missing, no key, unusable document
+OTHER_CLUSTER_REFUSED = "OtherClusterRefused"  # 401/403/other API errors over there
+OTHER_CLUSTER_UNREACHABLE = "OtherClusterUnreachable"  # the network to the other API
+WAITING_FOR_SIDES = "WaitingForSides"
+
+
 @dataclass(frozen=True)
 class SideAccess:
     """Where one side answers and with which password (never logged, never in a message)."""
@@ -163,10 +178,11 @@ def resolve_side(
                 remote, namespace, side, where, config, password, require_ready, remote=True
             )
         except KubernetesApiError as exc:
-            raise NotReady(_refused(where, exc)) from None
+            raise SideNotReady(OTHER_CLUSTER_REFUSED, _refused(where, exc)) from None
         except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise NotReady(
-                f"{where}.kubeconfig: the other cluster's API is unreachable: {_reason(exc)}"
+            raise SideNotReady(
+                OTHER_CLUSTER_UNREACHABLE,
+                f"{where}.kubeconfig: the other cluster's API is unreachable: {_reason(exc)}",
             ) from None
     if side.middleware is not None:
         return _middleware_side(rt, namespace, side, where, config, password, require_ready)
@@ -266,20 +282,20 @@ def _remote_runtime(
     Messages name the Secret and key, never anything from the document."""
     secret = rt.get("v1", "Secret", namespace, ref.name)
     if secret is None:
-        raise NotReady(f"{where}.name: Secret {namespace}/{ref.name} not found")
+        raise SideNotReady(KUBECONFIG_UNUSABLE, f"{where}.name: Secret {namespace}/{ref.name} not found")
     data = secret.get("data") or {}
     if ref.key not in data:
-        raise NotReady(f"{where}.key: Secret {ref.name} has no key {ref.key!r}")
+        raise SideNotReady(KUBECONFIG_UNUSABLE, f"{where}.key: Secret {ref.name} has no key {ref.key!r}")
     what = f"{where}: the kubeconfig in Secret {ref.name} key {ref.key!r}"
     try:
         text = base64.b64decode(data[ref.key]).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
-        raise NotReady(f"{what} is not UTF-8 text") from None
+        raise SideNotReady(KUBECONFIG_UNUSABLE, f"{what} is not UTF-8 text") from None
     version = str(secret["metadata"].get("resourceVersion") or "")
     try:
         return context.remote_runtime((namespace, ref.name, ref.key), version, text)
     except KubeconfigError as exc:
-        raise NotReady(f"{what} cannot be used: {exc}") from None
+        raise SideNotReady(KUBECONFIG_UNUSABLE, f"{what} cannot be used: {exc}") from None
 
 
 def _remote_catalog(rt: KubernetesRuntime) -> Catalog:
@@ -541,7 +557,9 @@ def _reconcile(
         outcome["result"] = "invalid"
         raise kopf.PermanentError(f"invalid spec: {exc}") from None
     except NotReady as exc:
-        retry("WaitingForSides", str(exc), config.member_retry)
+        retry(
+            exc.reason if isinstance(exc, SideNotReady) else WAITING_FOR_SIDES, str(exc), config.member_retry
+        )
     direction = resolved.direction
     keep = {w.name for w in workloads}
     try:

@@ -287,7 +287,8 @@ def test_remote_side_errors_name_the_field_and_a_rotated_kubeconfig_is_used(
     cluster_b: str,
     tmp_path: Path,
 ) -> None:
-    """Each broken kubeconfig side waits (phase Pending, Ready=False/WaitingForSides, retried) with a
+    """Each broken kubeconfig side waits (phase Pending, Ready=False with a reason naming the kind of
+    problem: KubeconfigUnusable, OtherClusterRefused, OtherClusterUnreachable; retried) with a
     message naming the field and the reason, and never a credential. The forbidden identity is a
     ServiceAccount token without any Role; rotating that Secret to cluster-b-reader's kubeconfig
     changes the answer to "Middleware not found in the other cluster" (there is none), so the
@@ -322,6 +323,9 @@ def test_remote_side_errors_name_the_field_and_a_rotated_kubeconfig_is_used(
         ],
         "unreachable": ["spec.source.kubeconfig:", "the other cluster's API is unreachable"],
     }
+    # The condition reason says where the fix is: the Secret here, or RBAC / the network over there.
+    reasons = dict.fromkeys(("absent", "no-key", "not-yaml", "exec", "token-file"), "KubeconfigUnusable")
+    reasons.update(forbidden="OtherClusterRefused", unreachable="OtherClusterUnreachable")
     target = {"addresses": ["10.0.0.2:6379"], "kind": "standalone"}
     custom = custom_api(api_client)
     with operator(control_plane, api_client, namespace):
@@ -336,9 +340,9 @@ def test_remote_side_errors_name_the_field_and_a_rotated_kubeconfig_is_used(
         for secret, parts in expected.items():
             sync = f"rs-{secret}"
 
-            def waiting(sync: str = sync) -> dict[str, Any] | None:
+            def waiting(sync: str = sync, reason: str = reasons[secret]) -> dict[str, Any] | None:
                 ready = _ready(api_client, namespace, sync)
-                return ready if ready.get("reason") == "WaitingForSides" else None
+                return ready if ready.get("reason") == reason else None
 
             ready = wait_for(f"{sync} waiting for its sides", waiting, timeout=60)
             assert ready["status"] == "False"
