@@ -118,8 +118,15 @@ def replication_view(endpoint: Endpoint, password: str | None) -> tuple[int, lis
 
 def shake_consumer(consumers: Sequence[Consumer], port: int, host: str | None = None) -> Consumer | None:
     """redis-shake's connection among a node's consumers: the one announcing ``port`` (its status
-    port), from ``host`` when the reader's address is known (several syncs may read one node)."""
-    matches = [c for c in consumers if c.port == port and (host is None or c.host == host)]
+    port), from ``host`` when the reader's address is known (several syncs may read one node).
+
+    Across clusters the source may see redis-shake behind SNAT (a node or egress IP, not the pod's):
+    when no entry comes from ``host``, the entries announcing ``port`` are still taken if they all
+    come from one address; from several, which one is ours is unknowable, and None is returned."""
+    on_port = [c for c in consumers if c.port == port]
+    matches = [c for c in on_port if host is None or c.host == host]
+    if not matches and len({c.host for c in on_port}) == 1:
+        matches = on_port
     if not matches:
         return None
     # A restarted reader can linger as a stale entry until the node drops it: the furthest one is live.
