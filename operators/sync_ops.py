@@ -150,17 +150,19 @@ def run_cutover(
         (p.get("metadata", {}).get("labels") or {}).get(COMPONENT_LABEL): p
         for p in rt.pods(namespace, _selector(name))
     }
+    # The node each running redis-shake was configured to read, as the operator recorded it: a plan
+    # made now could pick another replica than the one the workload actually reads.
+    applied = {
+        str(entry.get("name")): str(entry.get("source"))
+        for entry in (body.get("status") or {}).get("workloads") or []
+        if entry.get("source")
+    }
     feeds = []
     for workload in workloads:
         pod_ip = ((pods.get(workload.name) or {}).get("status") or {}).get("podIP")
+        reader = Endpoint.parse(applied[workload.name]) if workload.name in applied else workload.reader
         feeds.append(
-            Feed(
-                workload.name,
-                workload.source_master,
-                workload.reader,
-                shake_config.STATUS_PORT,
-                pod_ip or None,
-            )
+            Feed(workload.name, workload.source_master, reader, shake_config.STATUS_PORT, pod_ip or None)
         )
 
     def compare() -> VerifyReport:
