@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -24,7 +25,10 @@ from middleware.errors import MoorageError
 from middleware.models.sync import SyncDirection
 from middleware.runtime.kubernetes import KubernetesRuntime
 from operators import sync_ops
-from sync.cutover import Step
+from sync import manual
+from sync.cutover import CutoverReport, Step, cutover
+from sync.cutover import Progress as CutoverProgress
+from sync.manual import DEFAULT_STATUS_PORT_BASE
 from sync.verify import DEFAULT_MAX_DIFFS, VerifyReport, parse_url, verify
 
 sync_app = typer.Typer(
@@ -292,8 +296,21 @@ def reverse_command(
 
 @sync_app.command("cutover")
 def cutover_command(
-    name: Annotated[str, typer.Argument(help="RedisSync name (direction Forward).")],
+    name: Annotated[
+        str | None, typer.Argument(help="RedisSync name (direction Forward); omit with --source/--target.")
+    ] = None,
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    source: Annotated[
+        str | None,
+        typer.Option("--source", help="Hand-run redis-shake: source URL as for `sync plan` (no RedisSync)."),
+    ] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Hand-run redis-shake: target URL.")] = None,
+    plan_name: Annotated[
+        str, typer.Option("--name", help="Hand-run: the plan's name (`sync plan --name`).")
+    ] = ("local"),
+    status_port_base: Annotated[
+        int, typer.Option("--status-port-base", help="Hand-run: the status port of workload 0.")
+    ] = DEFAULT_STATUS_PORT_BASE,
     pause: Annotated[
         float,
         typer.Option("--pause", help="Seconds source writes are paused (CLIENT PAUSE WRITE); 0: no pause."),
@@ -318,13 +335,17 @@ def cutover_command(
     """Pause source writes, wait for lag 0, verify, then stop the forward workloads.
 
     Exit 0 when cut over, 1 when a step failed (the sync keeps running, the pause is lifted), 2 when
-    it could not start. Run it where the Redis pods are reachable."""
+    it could not start. Run it where the Redis pods are reachable. With --source/--target instead of
+    a RedisSync name, it checks redis-shake processes run by hand from `sync plan` configs and leaves
+    stopping them to you."""
+    manual = source is not None or target is not None
+    if manual == (name is not None) or (manual and (source is None or target is None)):
+        raise _fail("give either a RedisSync NAME, or both --source and --target (hand-run redis-shake)")
+    what = f"{namespace}/{name}" if name else "the source"
     if pause and not yes:
         if not sys.stdin.isatty():
             raise _fail("cutover pauses writes on the source: confirm with --yes when not on a terminal")
-        typer.confirm(
-            f"Pause writes on the source of {namespace}/{name} for up to {pause:g}s and cut over?", abort=True
-        )
+        typer.confirm(f"Pause writes on {what} for up to {pause:g}s and cut over?", abort=True)
     options = sync_ops.CutoverOptions(
         pause_seconds=pause or None,
         drain_timeout=drain_timeout,
@@ -332,7 +353,6 @@ def cutover_command(
         sample=verify_sample,
         unpause_after=unpause,
     )
-    rt = _runtime()
     with err.status("preflight", spinner="dots") as spinner:
 
         def progress(step: Step, lags: dict[str, int | None]) -> None:
@@ -340,21 +360,25 @@ def cutover_command(
             spinner.update(f"{step}" + (f": lag bytes {behind}" if behind else ""))
 
         try:
-            report = sync_ops.run_cutover(
-                rt,
-                namespace,
-                name,
-                options,
-                progress=progress,
-                on_stop_progress=lambda line: spinner.update(line),
-            )
+            if source is not None and target is not None:
+                report = _manual_cutover(source, target, plan_name, status_port_base, options, progress)
+            else:
+                assert name is not None
+                report = sync_ops.run_cutover(
+                    _runtime(),
+                    namespace,
+                    name,
+                    options,
+                    progress=progress,
+                    on_stop_progress=lambda line: spinner.update(line),
+                )
         except MoorageError as error:
             raise _fail(str(error)) from None
     if output is VerifyOutput.JSON:
         sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
     else:
         verdict = "[green]cut over[/]" if report.ok else f"[red]failed at {report.step}[/]"
-        out.print(f"RedisSync {namespace}/{name}: {verdict}", highlight=False)
+        out.print(f"{'RedisSync ' + namespace + '/' + name if name else 'sync'}: {verdict}", highlight=False)
         out.print(f"  {report.reason}", markup=False, highlight=False)
         if report.paused and not report.unpaused and report.ok:
             out.print(
@@ -366,3 +390,97 @@ def cutover_command(
         if report.verify is not None:
             _print_table(report.verify)
     raise typer.Exit(0 if report.ok else 1)
+
+
+def _manual_cutover(
+    source: str,
+    target: str,
+    plan_name: str,
+    status_port_base: int,
+    options: sync_ops.CutoverOptions,
+    progress: CutoverProgress,
+) -> CutoverReport:
+    source_url = parse_url(source, password_env=SOURCE_PASSWORD_ENV)
+    target_url = parse_url(target, password_env=TARGET_PASSWORD_ENV)
+    planned = manual.plan_urls(plan_name, source_url, target_url, status_port_base=status_port_base)
+
+    def compare() -> VerifyReport:
+        return verify(
+            source_url, target_url, sample_ratio=options.sample, ttl_tolerance=options.ttl_tolerance
+        )
+
+    return cutover(
+        manual.feeds(planned),
+        source_password=source_url.password,
+        verify=compare if options.verify else None,
+        stop=None,
+        pause_seconds=options.pause_seconds,
+        drain_timeout=options.drain_timeout,
+        unpause_after=options.unpause_after,
+        progress=progress,
+    )
+
+
+@sync_app.command("plan")
+def plan_command(
+    source: Annotated[
+        str, typer.Option("--source", help=f"redis://[:PASSWORD@]HOST:PORT (or ${SOURCE_PASSWORD_ENV}).")
+    ],
+    target: Annotated[
+        str, typer.Option("--target", help=f"redis://[:PASSWORD@]HOST:PORT (or ${TARGET_PASSWORD_ENV}).")
+    ],
+    name: Annotated[
+        str, typer.Option("--name", help="Plan name: workloads are NAME or NAME-shard-I.")
+    ] = "local",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write DIR/<workload>/shake.toml (mode 0600) to run by hand.")
+    ] = None,
+    status_port_base: Annotated[
+        int, typer.Option("--status-port-base", help="Status port of workload 0; workload i gets base+i.")
+    ] = DEFAULT_STATUS_PORT_BASE,
+    output: Annotated[
+        VerifyOutput, typer.Option("--output", "-o", help="table or json.")
+    ] = VerifyOutput.TABLE,
+) -> None:
+    """Plan a sync between two Redis given by URL (a cluster is found from any node): one redis-shake
+    per source shard, reading a replica when there is one; with --out, its configs for redis-shake v4."""
+    try:
+        source_url = parse_url(source, password_env=SOURCE_PASSWORD_ENV)
+        target_url = parse_url(target, password_env=TARGET_PASSWORD_ENV)
+        planned = manual.plan_urls(name, source_url, target_url, status_port_base=status_port_base)
+        if out_dir is not None:
+            planned = manual.write_configs(planned, out_dir, source_url, target_url)
+    except MoorageError as error:
+        raise _fail(str(error)) from None
+    rows = [
+        {
+            "name": m.workload.name,
+            "reads": m.workload.reader.address,
+            "readsReplica": m.workload.reads_replica,
+            "shardMaster": m.workload.source_master.address,
+            "writes": m.workload.writer.address.address,
+            "writerCluster": m.workload.writer.cluster,
+            "statusPort": m.status_port,
+            "config": str(m.config) if m.config else None,
+        }
+        for m in planned
+    ]
+    if output is VerifyOutput.JSON:
+        sys.stdout.write(json.dumps({"workloads": rows}, indent=2) + "\n")
+        return
+    table = Table(show_header=True, header_style="bold")
+    for column in ("workload", "reads", "shard master", "writes", "status port", "config"):
+        table.add_column(column)
+    for row in rows:
+        reads = f"{row['reads']} (replica)" if row["readsReplica"] else str(row["reads"])
+        table.add_row(
+            str(row["name"]),
+            reads,
+            str(row["shardMaster"]),
+            str(row["writes"]),
+            str(row["statusPort"]),
+            str(row["config"] or ""),
+        )
+    out.print(table)
+    if out_dir is not None:
+        out.print("run each with: redis-shake <workload>/shake.toml   (the files hold passwords: mode 0600)")

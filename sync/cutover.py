@@ -195,7 +195,7 @@ def cutover(
     *,
     source_password: str | None,
     verify: Callable[[], VerifyReport] | None,
-    stop: Callable[[], None],
+    stop: Callable[[], None] | None,
     pause_seconds: float | None = 60.0,
     drain_timeout: float = 30.0,
     unpause_after: bool = False,
@@ -204,7 +204,8 @@ def cutover(
     sleep: Callable[[float], None] = time.sleep,
 ) -> CutoverReport:
     """Run the cutover of ``feeds`` (see the module docstring). ``verify`` None skips the comparison
-    (not recommended); ``pause_seconds`` None does not pause (lag 0 is then only momentary)."""
+    (not recommended); ``pause_seconds`` None does not pause (lag 0 is then only momentary);
+    ``stop`` None leaves stopping to the caller (redis-shake run by hand)."""
     report = CutoverReport()
     started = clock()
     masters = sorted({feed.master for feed in feeds})
@@ -246,18 +247,22 @@ def cutover(
                 f"the write pause ({pause_seconds:g}s) ended before the cutover could stop the sync; "
                 "the source took writes again: use a longer --pause or a sampled verify",
             )
-        report.step = Step.STOP
-        progress(report.step, dict(report.lag_bytes))
-        stop()
+        if stop is not None:
+            report.step = Step.STOP
+            progress(report.step, dict(report.lag_bytes))
+            stop()
     except CutoverAborted as exc:
         report.step, report.reason = exc.step, str(exc)
     except MoorageError as exc:
         report.reason = f"{report.step}: {exc}"
     else:
         report.ok, report.step = True, Step.DONE
-        report.reason = (
-            "forward workloads stopped; target verified equal" if verify else "forward workloads stopped"
+        done = (
+            "forward workloads stopped"
+            if stop is not None
+            else "caught up: stop the redis-shake processes now"
         )
+        report.reason = f"{done}; target verified equal" if verify else done
     finally:
         report.seconds = clock() - started
     if paused and (not report.ok or unpause_after):

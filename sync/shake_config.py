@@ -122,8 +122,10 @@ def render_v4(
     target_username: str | None = None,
     tls: bool = False,
     status_port: int = STATUS_PORT,
+    work_dir: str = f"{WORK_DIR}/shake",
 ) -> str:
-    """``shake.toml`` for redis-shake v4 (sync_reader -> redis_writer). Contains passwords: Secret only."""
+    """``shake.toml`` for redis-shake v4 (sync_reader -> redis_writer). Contains passwords: Secret only
+    (or a 0600 file when rendered for a redis-shake run by hand)."""
     values: dict[str, Any] = {
         # One shard per workload: the reader talks to that node only, never the whole source cluster.
         "reader.cluster": False,
@@ -147,7 +149,7 @@ def render_v4(
     if flt.allow_dbs:
         values["filter.allow_db"] = list(flt.allow_dbs)
     values |= {
-        "advanced.dir": f"{WORK_DIR}/shake",
+        "advanced.dir": work_dir,
         "advanced.status_port": status_port,
         "advanced.log_file": "shake.log",
         "advanced.log_level": "info",
