@@ -1,15 +1,21 @@
 """ZooKeeper DataDump / DataLoad: the znode tree as JSON lines, walked and rebuilt as the superuser.
 
 One object, ``znodes.jsonl``: one line per znode in pre-order (a parent before its children), each
-``{"path", "data" (base64), "acl": [{"perms", "scheme", "id"}]}`` plus ``"container": true`` for
-container nodes. ``/`` comes first (its data and ACL; it is not counted); ``/zookeeper`` (the
-server's own subtree: quotas, config) and ephemeral nodes are left out, ephemeral nodes belonging to
-client sessions that a restore cannot bring back.
+``{"path", "data" (base64), "acl": [{"perms", "scheme", "id"}], "cversion", "numChildren"}`` plus
+``"container": true`` for container nodes. ``/`` comes first (its data and ACL; it is not counted);
+``/zookeeper`` (the server's own subtree: quotas, config) and ephemeral nodes are left out, ephemeral
+nodes belonging to client sessions that a restore cannot bring back.
 
 ZooKeeper offers clients no point-in-time snapshot: the walk reads node by node while writes go on,
 so the dump holds every node as it was when that node was read. Its meta records the last zxid the
 servers had seen when the walk started and ended (``zxidStart``, ``zxidEnd``): equal values mean
 nothing changed during the dump.
+
+Sequence counters: ZooKeeper names a sequential child after its parent's count of child *creations*
+(the ``cversion`` clients see is creations + deletions, ``2 * creations - numChildren``). A restore
+creates only the surviving children, so a load raises each parent's count back to the dumped one
+with throwaway create+delete pairs, in multi transactions (atomic: a throwaway child never stays).
+Dumps without ``cversion`` (older ones) load as before, with counters restarting.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import base64
 import contextlib
 import io
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from kazoo.client import KazooClient
@@ -53,6 +61,12 @@ WINDOW = 256
 # ZooKeeper marks container nodes with this ephemeralOwner (Long.MIN_VALUE); they are not ephemeral.
 CONTAINER_OWNER = 1 << 63
 DELETE_ATTEMPTS = 5
+# Throwaway children that raise a parent's sequence counter: ops per multi transaction (a pair is
+# two), a byte budget per transaction well under jute.maxbuffer (1 MiB), transactions in flight.
+COUNTER_OPS = 500
+COUNTER_BYTES = 256 << 10
+COUNTER_WINDOW = 4
+THROWAWAY = "moorage-sequence-counter"
 
 
 def _endpoints(conn: Connection) -> list[Endpoint]:
@@ -122,6 +136,9 @@ def _walk(client: KazooClient, path: str) -> Iterator[dict[str, Any]]:
     }
     if stat.ephemeralOwner:
         record["container"] = True
+    # Both from one stat, so the creation count derived from them on load is consistent.
+    record["cversion"] = stat.cversion
+    record["numChildren"] = stat.numChildren
     yield record
     try:
         children = sorted(client.get_children(path))
@@ -218,6 +235,125 @@ def _clear(client: KazooClient) -> int:
     return removed
 
 
+def _creations(cversion: int, children: int) -> int:
+    """A parent's sequence counter (children ever created) from its stat: clients see
+    ``cversion = creations + deletions = 2 * creations - numChildren``."""
+    return (cversion + children + 1) // 2
+
+
+def raise_sequence_counter(
+    client: KazooClient, parent: str, creations: int, progress: Progress = no_progress
+) -> int:
+    """Raise ``parent``'s sequence counter to at least ``creations``, so the next sequential child
+    sorts after every restored one; returns the throwaway create+delete pairs used (0 when the
+    counter is already there). Each pair adds one creation; pairs go in multi transactions, which
+    apply whole or not at all, so no throwaway child is ever left behind, even on errors."""
+    stat = client.exists(parent)
+    if stat is None:
+        raise OperationError(f"znode {parent}: deleted before its sequence counter could be restored")
+    gap = creations - _creations(stat.cversion, stat.numChildren)
+    if gap <= 0:
+        return 0
+    # A fresh random name cannot be user data; if it were, the create fails and its multi with it.
+    throwaway = _child(parent, f"{THROWAWAY}-{uuid.uuid4().hex}")
+    per_txn = max(1, min(COUNTER_OPS // 2, COUNTER_BYTES // (2 * (len(throwaway.encode()) + 64))))
+    in_flight: list[tuple[int, Any]] = []
+    done = 0
+
+    def collect() -> None:
+        nonlocal done
+        pairs, result = in_flight.pop(0)
+        try:
+            outcomes = result.get(timeout=SESSION_TIMEOUT)
+        except (KazooException, KazooTimeoutError) as error:
+            raise OperationError(
+                f"znode {parent}: raising its sequence counter failed ({type(error).__name__})"
+            ) from None
+        failed = [o for o in outcomes if isinstance(o, Exception)]
+        if failed:
+            raise OperationError(
+                f"znode {parent}: raising its sequence counter failed ({type(failed[-1]).__name__})"
+            )
+        done += pairs
+        progress("restoring sequence counters", done, gap)
+
+    sent = 0
+    while sent < gap:
+        pairs = min(per_txn, gap - sent)
+        transaction = client.transaction()
+        for _ in range(pairs):
+            transaction.create(throwaway)
+            transaction.delete(throwaway)
+        in_flight.append((pairs, transaction.commit_async()))
+        sent += pairs
+        if len(in_flight) >= COUNTER_WINDOW:
+            collect()
+    while in_flight:
+        collect()
+    return done
+
+
+def _dumped_creations(record: dict[str, Any]) -> int | None:
+    """The dumped sequence counter, None for dumps written before it was recorded."""
+    if "cversion" not in record:
+        return None
+    try:
+        return _creations(int(record["cversion"]), int(record.get("numChildren", 0)))
+    except (TypeError, ValueError):
+        raise OperationError(f"znode {record['path']}: malformed cversion/numChildren in the dump") from None
+
+
+@dataclass
+class _Open:
+    path: str
+    creations: int | None
+    restored: int = 0
+
+
+class _Counters:
+    """Raises each restored parent's sequence counter once the stream has left its subtree (dumps
+    are pre-order). Memory: the open ancestors only, bounded by the tree's depth, where a dict of
+    every parent with deleted children could grow with the tree. Parents whose dumped counter does
+    not exceed the children this load created need nothing and cost no round trip."""
+
+    def __init__(self, client: KazooClient, settle: Callable[[], None], progress: Progress) -> None:
+        self._client = client
+        self._settle = settle
+        self._progress = progress
+        self._stack: list[_Open] = []
+        self.parents = 0
+        self.pairs = 0
+
+    def enter(self, path: str, creations: int | None) -> None:
+        while self._stack and not _within(path, self._stack[-1].path):
+            self._leave(self._stack.pop())
+        if self._stack and _parent(path) == self._stack[-1].path:
+            self._stack[-1].restored += 1
+        self._stack.append(_Open(path, creations))
+
+    def finish(self) -> None:
+        while self._stack:
+            self._leave(self._stack.pop())
+
+    def _leave(self, node: _Open) -> None:
+        if node.creations is None or node.creations <= node.restored:
+            return
+        # The creates still in flight include this node's children: their outcome comes first.
+        self._settle()
+        pairs = raise_sequence_counter(self._client, node.path, node.creations, self._progress)
+        if pairs:
+            self.parents += 1
+            self.pairs += pairs
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
+def _within(path: str, ancestor: str) -> bool:
+    return ancestor == "/" or path.startswith(ancestor + "/")
+
+
 def _records(stream: BinaryIO) -> Iterator[dict[str, Any]]:
     for number, line in enumerate(stream, start=1):
         if not line.strip():
@@ -256,15 +392,17 @@ def load(
                     raise OperationError(f"znode {path}: create failed ({type(error).__name__})") from None
             pending.clear()
 
+        counters = _Counters(client, settle, progress)
         with contextlib.closing(source.open(OBJECT)) as stream:
             for record in _records(stream):
                 path = record["path"]
                 acl = _acl(record.get("acl", []), path)
+                if path == RESERVED or path.startswith(RESERVED + "/"):
+                    continue
+                counters.enter(path, _dumped_creations(record))
                 if path == "/":
                     client.set("/", record["value"])
                     client.set_acls("/", acl)
-                    continue
-                if path == RESERVED or path.startswith(RESERVED + "/"):
                     continue
                 pending.append((path, client.create_async(path, record["value"], acl=acl)))
                 created += 1
@@ -272,9 +410,17 @@ def load(
                     settle()
                     progress("restoring znodes", created, expected or 0)
             settle()
-    if expected is not None and int(expected) != created:
-        raise OperationError(f"the dump's meta says {expected} znodes, its {OBJECT} holds {created}")
+        if expected is not None and int(expected) != created:
+            raise OperationError(f"the dump's meta says {expected} znodes, its {OBJECT} holds {created}")
+        # The ancestors still open (at least /) once the dump is known whole; parents raised earlier
+        # from a dump refused here are cleared by the next load like the rest of the tree.
+        counters.finish()
     report.counts[COUNT_KEY] = created
     report.actions.append(f"created {created} znodes")
+    if counters.parents:
+        report.actions.append(
+            f"raised the sequence counters of {counters.parents} znodes"
+            f" ({counters.pairs} throwaway create/delete pairs, none left behind)"
+        )
     progress("restoring znodes", created, created)
     return report
