@@ -116,6 +116,16 @@ def replication_view(endpoint: Endpoint, password: str | None) -> tuple[int, lis
     return (int(offset) if isinstance(offset, int) else 0), parse_consumers(info)
 
 
+def saving(endpoint: Endpoint, password: str | None) -> bool | None:
+    """Whether ``endpoint`` is running a BGSAVE or AOF rewrite of its own; None when it does not answer.
+    A full sync cannot attach to such a BGSAVE and waits for the next one (redis-shake #973)."""
+    try:
+        info: dict[str, Any] = live.call(endpoint, password, lambda c: c.info("persistence"), attempts=1)
+    except (NotReady, OperationError, redis.RedisError):
+        return None
+    return bool(info.get("rdb_bgsave_in_progress")) or bool(info.get("aof_rewrite_in_progress"))
+
+
 def shake_consumer(consumers: Sequence[Consumer], port: int, host: str | None = None) -> Consumer | None:
     """redis-shake's connection among a node's consumers: the one announcing ``port`` (its status
     port), from ``host`` when the reader's address is known (several syncs may read one node).

@@ -9,6 +9,9 @@ restart count and the source (current master, its ``master_repl_offset``, slot m
 - reshard (the shard's slots changed)                                         -> re-plan
 - target failover (a sentinel target's master changed; #833 writes to the old one) -> re-plan
 - crash-looping (restarts keep rising)                         -> none: report, Kubernetes backs off
+- waiting for the reader's own BGSAVE (redis-shake #973: a full sync cannot attach to a BGSAVE the
+  node started for its ``save`` rules, and waits for the next one) -> none: a restart would wait
+  again; the reason says what to change (the reader's ``save`` rules)
 - stalled (redis-shake's offset frozen for N samples while the source's advances; #956, or the
   status port silent)                                          -> restart (a full resync, v4 cannot resume)
 - healthy                                                      -> none
@@ -45,6 +48,8 @@ STATUS_FIELDS = {
     "consistent": "consistent",
 }
 AOF_PHASE = "syncing aof"
+# Phases before redis-shake receives the RDB: where it sits while the source cannot serve a full sync.
+BEFORE_RDB_PHASES = frozenset({"hand shaking", "waiting bgsave"})
 
 
 class State(StrEnum):
@@ -55,6 +60,7 @@ class State(StrEnum):
     SOURCE_FAILOVER = "SourceFailover"
     RESHARDED = "Resharded"
     TARGET_FAILOVER = "TargetFailover"
+    WAITING_FOR_BGSAVE = "WaitingForSourceBgsave"
     UNKNOWN = "Unknown"
 
 
@@ -109,6 +115,7 @@ class Sample:
     # The offset redis-shake's replication connection last ACKed to the node it reads, as that node
     # reports it (None: connection not found). Same offset space as the master's, replicas included.
     acked_offset: int | None = None
+    reader_saving: bool | None = None  # the node redis-shake reads runs a BGSAVE/AOF rewrite of its own
 
 
 @dataclass(frozen=True)
@@ -203,6 +210,15 @@ def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = 
             State.CRASH_LOOPING,
             Action.NONE,
             f"restarted {window[-1].restarts - window[0].restarts} times in {len(window)} samples",
+        )
+
+    if last.status is not None and last.status.phase in BEFORE_RDB_PHASES and last.reader_saving:
+        return made(
+            State.WAITING_FOR_BGSAVE,
+            Action.NONE,
+            f"{workload.reader} is running a BGSAVE of its own, which a full sync cannot attach to "
+            "(redis-shake #973): it waits for the next one. Restarting would wait again; clear the "
+            'reader\'s save rules (CONFIG SET save "") if this lasts',
         )
 
     silent = samples[-policy.silent_samples :]

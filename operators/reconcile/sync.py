@@ -58,11 +58,12 @@ from sync.observe import (
     master_offset,
     observe_topology,
     replication_view,
+    saving,
     shake_consumer,
     shard_now,
 )
 from sync.plan import RedisTopology, ShakeWorkload, plan_direction, renamed
-from sync.supervisor import Action, Decision, Policy, Sample, State, decide
+from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
 
 log = logging.getLogger(__name__)
 
@@ -644,6 +645,7 @@ def _sample(
 ) -> Sample:
     status = None
     acked = None
+    reader_saving = None
     if pod is not None and _running(pod):
         pod_ip, port = str(pod["status"]["podIP"]), _status_port(pod)
         status = fetch_status(pod_ip, port, STATUS_TIMEOUT)
@@ -652,6 +654,9 @@ def _sample(
         view = replication_view(workload.reader, password)
         consumer = shake_consumer(view[1], port, pod_ip) if view else None
         acked = consumer.offset if consumer is not None else None
+        if status is not None and status.phase in BEFORE_RDB_PHASES:
+            # Stuck before the RDB: is the node it reads busy with a BGSAVE of its own (#973)?
+            reader_saving = saving(workload.reader, password)
     shard = (
         shard_now(source, workload.source_master, workload.reader, workload.source_slots) if source else None
     )
@@ -667,6 +672,7 @@ def _sample(
         source_slots=shard.slots if shard else (),
         target_master=target_master,
         acked_offset=acked,
+        reader_saving=reader_saving,
     )
 
 

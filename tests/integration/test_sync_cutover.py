@@ -312,3 +312,25 @@ def test_feeds_name_their_reader_in_refusals() -> None:
     )
     assert not report.ok and report.step is Step.PREFLIGHT
     assert f"orders: the node it reads, {nowhere}, does not answer" in report.reason
+
+
+def test_a_readers_own_bgsave_is_seen(redis_group: RedisNodes) -> None:
+    """What the supervisor checks before calling a wait in "waiting bgsave" a stall (#973)."""
+    from sync.observe import saving
+
+    node = redis_group.add("busy", cluster=False)
+    with node.client() as client:
+        client.mset({f"k{i}": i for i in range(40)})
+        assert saving(node.endpoint, PASSWORD) is False
+        client.config_set("rdb-key-save-delay", 100_000)  # 0.1 s per key: a BGSAVE of ~4 s
+        client.bgsave()
+        try:
+            assert saving(node.endpoint, PASSWORD) is True
+        finally:
+            client.config_set("rdb-key-save-delay", 0)
+            wait_until(
+                lambda: saving(node.endpoint, PASSWORD), lambda busy: busy is False, 30, "the BGSAVE to end"
+            )
+    from tests.integration.harness import free_port
+
+    assert saving(Endpoint("127.0.0.1", free_port()), PASSWORD) is None

@@ -175,3 +175,19 @@ def test_write_lag_is_what_was_received_but_not_handed_to_the_writer() -> None:
     rdb = decide(WORKLOAD, [sample(10, status_doc("receiving rdb", 0, rdb=10), 3000)], POLICY)
     assert rdb.write_lag_bytes is None
     assert decide(WORKLOAD, [sample(10, None, 3000)], POLICY).write_lag_bytes is None
+
+
+def test_waiting_for_the_readers_own_bgsave_is_reported_not_restarted() -> None:
+    from dataclasses import replace
+
+    # Frozen in "waiting bgsave" while the source writes would be a stall (restart) ...
+    frozen = [sample(t * 10, status_doc("waiting bgsave", 0), 1000 + t * 400) for t in range(4)]
+    assert decide(WORKLOAD, frozen, POLICY).action is Action.RESTART
+    # ... unless the reader is busy with a BGSAVE of its own: a restart would only wait again (#973).
+    busy = [replace(s, reader_saving=True) for s in frozen]
+    decision = decide(WORKLOAD, busy, POLICY)
+    assert (decision.state, decision.action) == (State.WAITING_FOR_BGSAVE, Action.NONE)
+    assert "src-0r:6379" in decision.reason and "#973" in decision.reason and "save" in decision.reason
+    # Once streaming, a BGSAVE on the reader is irrelevant.
+    streaming = [replace(sample(0, status_doc("syncing aof", 900), 1000), reader_saving=True)]
+    assert decide(WORKLOAD, streaming, POLICY).state is State.HEALTHY
