@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from operators import sync_ops
 from sync import manual
 from sync.cutover import CutoverReport, Step, cutover
 from sync.cutover import Progress as CutoverProgress
+from sync.local_runner import LocalSyncs, SyncStatus
 from sync.manual import DEFAULT_STATUS_PORT_BASE
 from sync.verify import DEFAULT_MAX_DIFFS, VerifyReport, parse_url, verify
 
@@ -213,13 +215,50 @@ def _print_status(doc: dict[str, Any]) -> None:
 
 @sync_app.command("status")
 def status_command(
-    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    name: Annotated[str, typer.Argument(help="RedisSync name (with --local: the local sync's name).")],
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
+    local: Annotated[
+        bool, typer.Option("--local", help="A sync started by `sync start --source --target` on this host.")
+    ] = False,
+    supervise: Annotated[
+        bool,
+        typer.Option("--supervise", help="With --local: one supervision pass first (restart, re-plan)."),
+    ] = False,
+    watch: Annotated[
+        float,
+        typer.Option(
+            "--watch",
+            help="With --local --supervise: keep supervising every SECONDS (stalls need several samples); "
+            "Ctrl-C ends it. JSON output: one document per line per pass.",
+        ),
+    ] = 0.0,
+    count: Annotated[int, typer.Option("--count", help="With --watch: stop after N passes (0: never).")] = 0,
     output: Annotated[
         VerifyOutput, typer.Option("--output", "-o", help="table or json.")
     ] = VerifyOutput.TABLE,
 ) -> None:
     """A RedisSync's direction, phase, conditions and per-workload state and lag."""
+    if local or supervise or watch:
+        if not local or (watch and not supervise):
+            raise _fail("--supervise and --watch act on a local sync: add --local (and --supervise to watch)")
+        syncs = LocalSyncs()
+        passes = 0
+        try:
+            while True:
+                report = syncs.supervise_once(name) if supervise else syncs.status(name)
+                passes += 1
+                if watch and output is VerifyOutput.JSON:
+                    sys.stdout.write(json.dumps(report.as_dict()) + "\n")
+                    sys.stdout.flush()
+                else:
+                    _print_local(report, output)
+                if not watch or (count and passes >= count) or report.stopped:
+                    return
+                time.sleep(watch)
+        except MoorageError as error:
+            raise _fail(str(error)) from None
+        except KeyboardInterrupt:
+            return
     rt = _runtime()
     try:
         doc = _status_document(sync_ops.read(rt, namespace, name), sync_ops.deployments(rt, namespace, name))
@@ -229,6 +268,35 @@ def status_command(
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
         _print_status(doc)
+
+
+def _print_local(report: SyncStatus, output: VerifyOutput) -> None:
+    if output is VerifyOutput.JSON:
+        sys.stdout.write(json.dumps(report.as_dict(), indent=2) + "\n")
+        return
+    state = "stopped" if report.stopped else "running"
+    out.print(
+        f"local sync {report.name}: {report.source} -> {report.target}, {state} ({report.directory})",
+        markup=False,
+        highlight=False,
+    )
+    table = Table(show_header=True, header_style="bold")
+    for column in ("workload", "pid", "reads", "status port", "state", "lag bytes", "restarts", "reason"):
+        table.add_column(column)
+    for w in report.workloads:
+        table.add_row(
+            w.name,
+            f"{w.pid}" + ("" if w.alive else " (exited)") if w.pid else "-",
+            w.reader,
+            str(w.status_port),
+            str(w.decision.state),
+            "" if w.decision.lag_bytes is None else f"{w.decision.lag_bytes:,}",
+            str(w.restarts),
+            w.decision.reason,
+        )
+    out.print(table)
+    for line in report.acted:
+        out.print(f"  {line}", markup=False, highlight=False)
 
 
 def _direction_command(
@@ -258,28 +326,81 @@ TIMEOUT_OPTION = typer.Option("--timeout", help="Seconds to wait.")
 OUTPUT_OPTION = typer.Option("--output", "-o", help="table or json (the status once settled).")
 
 
+SOURCE_OPTION_HELP = "Local: source URL as for `sync plan`; runs redis-shake on this host (no RedisSync)."
+
+
 @sync_app.command("start")
 def start_command(
-    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    name: Annotated[
+        str | None, typer.Argument(help="RedisSync name; omit with --source/--target (local sync).")
+    ] = None,
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
     wait: Annotated[bool, WAIT_OPTION] = True,
     timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
     output: Annotated[VerifyOutput, OUTPUT_OPTION] = VerifyOutput.TABLE,
+    source: Annotated[str | None, typer.Option("--source", help=SOURCE_OPTION_HELP)] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Local: target URL.")] = None,
+    local_name: Annotated[
+        str, typer.Option("--name", help="Local: the sync's name (workloads NAME or NAME-shard-I).")
+    ] = "local",
+    status_port_base: Annotated[
+        int, typer.Option("--status-port-base", help="Local: status port of workload 0; workload i gets +i.")
+    ] = DEFAULT_STATUS_PORT_BASE,
 ) -> None:
-    """Run the forward workloads (source into target): direction Forward."""
-    _direction_command(name, namespace, SyncDirection.FORWARD, wait, timeout, output)
+    """Run the forward workloads (source into target): direction Forward. With --source/--target:
+    one redis-shake process per workload on this host ($MOORAGE_REDIS_SHAKE or redis-shake on PATH)."""
+    if source is None and target is None:
+        if name is None:
+            raise _fail("give a RedisSync NAME, or both --source and --target (local sync)")
+        _direction_command(name, namespace, SyncDirection.FORWARD, wait, timeout, output)
+        return
+    if name is not None or source is None or target is None:
+        raise _fail("give either a RedisSync NAME, or both --source and --target (local sync)")
+    try:
+        report = LocalSyncs().start(
+            local_name,
+            parse_url(source, password_env=SOURCE_PASSWORD_ENV),
+            parse_url(target, password_env=TARGET_PASSWORD_ENV),
+            status_port_base=status_port_base,
+        )
+    except MoorageError as error:
+        raise _fail(str(error)) from None
+    _print_local(report, output)
+    if output is VerifyOutput.TABLE:
+        out.print(
+            f"watch with: moorage sync status {local_name} --local [--supervise]; "
+            f"stop with: moorage sync stop {local_name} --local",
+            markup=False,
+            highlight=False,
+        )
 
 
 @sync_app.command("stop")
 def stop_command(
-    name: Annotated[str, typer.Argument(help="RedisSync name.")],
+    name: Annotated[str, typer.Argument(help="RedisSync name (with --local: the local sync's name).")],
     namespace: Annotated[str, NAMESPACE_OPTION] = "default",
     wait: Annotated[bool, WAIT_OPTION] = True,
     timeout: Annotated[float, TIMEOUT_OPTION] = 300.0,
     output: Annotated[VerifyOutput, OUTPUT_OPTION] = VerifyOutput.TABLE,
+    local: Annotated[
+        bool, typer.Option("--local", help="Stop a local sync's redis-shake processes (configs are kept).")
+    ] = False,
 ) -> None:
     """Stop every workload of the sync (direction Stopped). Data on both sides is left as it is."""
-    _direction_command(name, namespace, SyncDirection.STOPPED, wait, timeout, output)
+    if not local:
+        _direction_command(name, namespace, SyncDirection.STOPPED, wait, timeout, output)
+        return
+    syncs = LocalSyncs()
+    try:
+        stopped = syncs.stop(name)
+        report = syncs.status(name)
+    except MoorageError as error:
+        raise _fail(str(error)) from None
+    if output is VerifyOutput.JSON:
+        sys.stdout.write(json.dumps(report.as_dict() | {"wasRunning": stopped}, indent=2) + "\n")
+    else:
+        what = "stopped" if stopped else "was already stopped"
+        out.print(f"local sync {name}: {what} (configs kept in {report.directory})", highlight=False)
 
 
 @sync_app.command("reverse")
@@ -309,8 +430,12 @@ def cutover_command(
         str, typer.Option("--name", help="Hand-run: the plan's name (`sync plan --name`).")
     ] = ("local"),
     status_port_base: Annotated[
-        int, typer.Option("--status-port-base", help="Hand-run: the status port of workload 0.")
-    ] = DEFAULT_STATUS_PORT_BASE,
+        int | None,
+        typer.Option(
+            "--status-port-base",
+            help="Hand-run: the status port of workload 0 (default: the local sync's, else 18080).",
+        ),
+    ] = None,
     pause: Annotated[
         float,
         typer.Option("--pause", help="Seconds source writes are paused (CLIENT PAUSE WRITE); 0: no pause."),
@@ -336,8 +461,8 @@ def cutover_command(
 
     Exit 0 when cut over, 1 when a step failed (the sync keeps running, the pause is lifted), 2 when
     it could not start. Run it where the Redis pods are reachable. With --source/--target instead of
-    a RedisSync name, it checks redis-shake processes run by hand from `sync plan` configs and leaves
-    stopping them to you."""
+    a RedisSync name, it checks the redis-shake processes of `sync start --source --target` (and stops
+    them) or processes run by hand from `sync plan` configs (stopping those is left to you)."""
     manual = source is not None or target is not None
     if manual == (name is not None) or (manual and (source is None or target is None)):
         raise _fail("give either a RedisSync NAME, or both --source and --target (hand-run redis-shake)")
@@ -396,24 +521,34 @@ def _manual_cutover(
     source: str,
     target: str,
     plan_name: str,
-    status_port_base: int,
+    status_port_base: int | None,
     options: sync_ops.CutoverOptions,
     progress: CutoverProgress,
 ) -> CutoverReport:
     source_url = parse_url(source, password_env=SOURCE_PASSWORD_ENV)
     target_url = parse_url(target, password_env=TARGET_PASSWORD_ENV)
-    planned = manual.plan_urls(plan_name, source_url, target_url, status_port_base=status_port_base)
+    # A sync this host started under that name: its ports, and the cutover stops its processes.
+    syncs = LocalSyncs()
+    launched = syncs.running(plan_name)
+    if status_port_base is None:
+        status_port_base = syncs.status_port_base(plan_name) if launched else None
+    planned = manual.plan_urls(
+        plan_name, source_url, target_url, status_port_base=status_port_base or DEFAULT_STATUS_PORT_BASE
+    )
 
     def compare() -> VerifyReport:
         return verify(
             source_url, target_url, sample_ratio=options.sample, ttl_tolerance=options.ttl_tolerance
         )
 
+    def stop_local() -> None:
+        syncs.stop(plan_name)
+
     return cutover(
-        manual.feeds(planned),
+        manual.feeds(planned, "127.0.0.1" if launched else None),
         source_password=source_url.password,
         verify=compare if options.verify else None,
-        stop=None,
+        stop=stop_local if launched else None,
         pause_seconds=options.pause_seconds,
         drain_timeout=options.drain_timeout,
         unpause_after=options.unpause_after,

@@ -1,0 +1,611 @@
+"""redis-shake processes launched and supervised by Moorage itself, on 127.0.0.1 (no cluster).
+
+The local counterpart of the operator's Deployments: one redis-shake v4 process per planned workload
+(``sync.manual``: plan from two URLs, ``<workload>/shake.toml`` mode 0600, status port ``base + i``),
+detached in its own session so it outlives the CLI, under ``<state>/syncs/<name>/``:
+
+- ``state.json``: what was started, without secrets (URLs redacted; passwords live only in the 0600
+  configs, which is also where ``status`` reads them back from);
+- ``<workload>/shake.toml``, ``<workload>/redis-shake.out`` (its stdout and stderr), ``<workload>/work``.
+
+A recorded PID counts as ours only while ``/proc/<pid>/cmdline`` names its config and its start time
+is the recorded one, so a recycled PID is never signalled. Supervision is the operator's: the same
+samples and ``supervisor.decide``; a restart kills and respawns the process (a full resync, as rolling
+a pod), a re-plan rewrites the configs of the workloads whose shard moved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from middleware.endpoints import Endpoint
+from middleware.errors import MoorageError, NotReady
+from middleware.models.sync import RedisEndpointKind, SyncDirection
+from middleware.runtime.local import default_state_dir
+from sync import manual
+from sync.observe import fetch_status, master_offset, replication_view, saving, shake_consumer, shard_now
+from sync.plan import RedisTopology, ShakeWorkload, WriterTarget
+from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
+from sync.verify import RedisURL
+
+BINARY_ENV = "MOORAGE_REDIS_SHAKE"
+BINARY_NAME = "redis-shake"
+LOOPBACK = "127.0.0.1"
+STOP_GRACE_SECONDS = 10.0
+STATUS_TIMEOUT = 2.0
+CONFIG = "shake.toml"
+OUTPUT = "redis-shake.out"
+STATE = "state.json"
+# Enough samples for every window decide() looks at; older ones only cost memory.
+HISTORY = 32
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
+
+
+class LocalSyncError(MoorageError):
+    """A local sync cannot be started, found or stopped; the message names it and says why."""
+
+
+def find_binary() -> str:
+    """redis-shake from ``$MOORAGE_REDIS_SHAKE`` or ``PATH``."""
+    configured = os.environ.get(BINARY_ENV)
+    if configured:
+        if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
+            raise LocalSyncError(f"${BINARY_ENV}={configured} is not an executable file")
+        return configured
+    found = shutil.which(BINARY_NAME)
+    if found is None:
+        raise LocalSyncError(
+            f"redis-shake not found: install redis-shake v4 on PATH or set ${BINARY_ENV} to it; "
+            "to run it yourself, `moorage sync plan --out DIR` writes its configs"
+        )
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces; fields after the closing parenthesis are fixed.
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _ours(pid: int | None, config: Path, start_time: str | None) -> bool:
+    """``pid`` is still the process we started for ``config`` (not exited, not a recycled PID)."""
+    if not pid:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    if str(config).encode() not in argv:
+        return False
+    return start_time is None or _start_time(pid) == start_time
+
+
+def _reap(pid: int) -> None:
+    # Processes started by this very process are our children: an unreaped one lingers as a zombie.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds (Go's listeners set it too): a just-stopped workload's port is reusable
+        # while its old connections sit in TIME_WAIT.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+# -- workloads to and from state.json (no secrets) ------------------------------------------------
+
+
+def _workload_record(item: manual.ManualWorkload) -> dict[str, Any]:
+    w = item.workload
+    return {
+        "name": w.name,
+        "shard": w.shard,
+        "reader": w.reader.address,
+        "readsReplica": w.reads_replica,
+        "sourceMaster": w.source_master.address,
+        "sourceSlots": [list(r) for r in w.source_slots],
+        "writer": {
+            "kind": str(w.writer.kind),
+            "addresses": [a.address for a in w.writer.addresses],
+            "masterName": w.writer.master_name,
+            "sentinels": [s.address for s in w.writer.sentinels],
+        },
+        "statusPort": item.status_port,
+    }
+
+
+def _workload_of(sync_name: str, record: dict[str, Any]) -> ShakeWorkload:
+    writer = record["writer"]
+    return ShakeWorkload(
+        name=record["name"],
+        sync=sync_name,
+        direction=SyncDirection.FORWARD,
+        shard=record["shard"],
+        reader=Endpoint.parse(record["reader"]),
+        reads_replica=bool(record["readsReplica"]),
+        source_master=Endpoint.parse(record["sourceMaster"]),
+        source_slots=tuple((int(lo), int(hi)) for lo, hi in record["sourceSlots"]),
+        writer=WriterTarget(
+            RedisEndpointKind(writer["kind"]),
+            tuple(Endpoint.parse(a) for a in writer["addresses"]),
+            writer.get("masterName"),
+            tuple(Endpoint.parse(s) for s in writer.get("sentinels") or ()),
+        ),
+    )
+
+
+def _same_plan(record: dict[str, Any], item: manual.ManualWorkload) -> bool:
+    fresh = _workload_record(item)
+    return all(record.get(k) == fresh[k] for k in fresh)
+
+
+# -- what status returns --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    name: str
+    pid: int | None
+    alive: bool
+    status_port: int
+    reader: str
+    source_master: str
+    phase: str | None  # redis-shake's own reader status; None: its status port did not answer
+    source_offset: int | None
+    acked_offset: int | None  # what its replication connection last ACKed to the node it reads
+    decision: Decision
+    restarts: int
+    last_restart_reason: str | None
+    log: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "alive": self.alive,
+            "statusPort": self.status_port,
+            "reader": self.reader,
+            "sourceMaster": self.source_master,
+            "phase": self.phase,
+            "sourceOffset": self.source_offset,
+            "ackedOffset": self.acked_offset,
+            "state": str(self.decision.state),
+            "action": str(self.decision.action),
+            "reason": self.decision.reason,
+            "lagBytes": self.decision.lag_bytes,
+            "lagSeconds": self.decision.lag_seconds,
+            "writeLagBytes": self.decision.write_lag_bytes,
+            "restarts": self.restarts,
+            "lastRestartReason": self.last_restart_reason,
+            "log": self.log,
+        }
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    name: str
+    source: str  # redacted
+    target: str  # redacted
+    stopped: bool
+    directory: str
+    workloads: list[WorkloadStatus] = field(default_factory=list)
+    acted: list[str] = field(default_factory=list)  # what supervise_once did, one line each
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "target": self.target,
+            "stopped": self.stopped,
+            "directory": self.directory,
+            "workloads": [w.as_dict() for w in self.workloads],
+            "acted": self.acted,
+        }
+
+
+# -- the runner -----------------------------------------------------------------------------------
+
+
+class LocalSyncs:
+    """Local syncs under ``<state_dir>/syncs/``. Sample history is kept per instance, in memory: a
+    long-lived caller (a loop, a test) accumulates the windows ``decide`` needs; a one-shot CLI call
+    decides on one sample."""
+
+    def __init__(self, state_dir: Path | str | None = None, *, policy: Policy | None = None) -> None:
+        self.root = (Path(state_dir) if state_dir else default_state_dir()) / "syncs"
+        self.policy = policy or Policy()
+        self._history: dict[tuple[str, str], list[Sample]] = {}
+
+    # state on disk
+
+    def directory(self, name: str) -> Path:
+        if not _NAME.match(name):
+            raise LocalSyncError(f"sync name {name!r} must be a DNS label of at most 42 characters")
+        return self.root / name
+
+    def _read(self, name: str) -> dict[str, Any] | None:
+        path = self.directory(name) / STATE
+        try:
+            document: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise LocalSyncError(f"local sync {name!r}: cannot read {path}: {exc}") from None
+        return document
+
+    def _write(self, name: str, state: dict[str, Any]) -> None:
+        path = self.directory(name) / STATE
+        scratch = path.with_suffix(".tmp")
+        scratch.write_text(json.dumps(state, indent=2) + "\n")
+        scratch.replace(path)
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        directory = self.directory(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _known(self, name: str) -> dict[str, Any]:
+        state = self._read(name)
+        if state is None:
+            raise LocalSyncError(f"no local sync named {name!r} under {self.root}")
+        return state
+
+    def exists(self, name: str) -> bool:
+        return self._read(name) is not None
+
+    def running(self, name: str) -> bool:
+        """Recorded, not stopped, and at least one of its processes alive."""
+        state = self._read(name)
+        if state is None or state.get("stopped"):
+            return False
+        return any(self._alive(name, w) for w in state["workloads"])
+
+    def status_port_base(self, name: str) -> int | None:
+        state = self._read(name)
+        return int(state["statusPortBase"]) if state else None
+
+    def _config(self, name: str, workload: str) -> Path:
+        return (self.directory(name) / workload / CONFIG).resolve()
+
+    def _alive(self, name: str, record: dict[str, Any]) -> bool:
+        return _ours(record.get("pid"), self._config(name, record["name"]), record.get("startTime"))
+
+    # processes
+
+    def _spawn(self, name: str, record: dict[str, Any], binary: str) -> None:
+        config = self._config(name, record["name"])
+        port = int(record["statusPort"])
+        if not _port_free(port):
+            raise LocalSyncError(
+                f"workload {record['name']}: status port {port} on {LOOPBACK} is in use; "
+                "choose another --status-port-base"
+            )
+        with open(config.parent / OUTPUT, "ab") as output:
+            process = subprocess.Popen(
+                [binary, str(config)],
+                cwd=config.parent,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the CLI; a terminal's Ctrl-C does not reach it
+            )
+        record["pid"] = process.pid
+        record["startTime"] = _start_time(process.pid)
+        record["startedAt"] = time.time()
+        record["binary"] = binary
+
+    def _kill(self, name: str, record: dict[str, Any], grace: float = STOP_GRACE_SECONDS) -> None:
+        """SIGTERM, then SIGKILL after ``grace``; only while the recorded PID is still ours."""
+        pid = record.get("pid")
+        if not pid or not self._alive(name, record):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self._alive(name, record) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.05)
+        if self._alive(name, record):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            while self._alive(name, record):
+                _reap(pid)
+                time.sleep(0.05)
+        _reap(pid)
+
+    # commands
+
+    def start(
+        self,
+        name: str,
+        source: RedisURL,
+        target: RedisURL,
+        *,
+        status_port_base: int = manual.DEFAULT_STATUS_PORT_BASE,
+        binary: str | None = None,
+    ) -> SyncStatus:
+        """Plan, write the configs and start one redis-shake per workload. A recorded sync whose
+        processes all run is refused; one with dead workloads gets those restarted (same configs)."""
+        binary = binary or find_binary()
+        directory = self.directory(name)
+        with self._locked(name):
+            state = self._read(name)
+            if state is not None and not state.get("stopped"):
+                if (state["source"], state["target"]) != (source.redacted, target.redacted):
+                    raise LocalSyncError(
+                        f"local sync {name!r} already syncs {state['source']} -> {state['target']}; "
+                        f"stop it first (moorage sync stop {name} --local)"
+                    )
+                dead = [w for w in state["workloads"] if not self._alive(name, w)]
+                if not dead:
+                    raise LocalSyncError(
+                        f"local sync {name!r} is already running ({len(state['workloads'])} workloads)"
+                    )
+                for record in dead:
+                    self._spawn(name, record, binary)
+                self._write(name, state)
+            else:
+                planned = manual.plan_urls(name, source, target, status_port_base=status_port_base)
+                busy = [m.status_port for m in planned if not _port_free(m.status_port)]
+                if busy:
+                    raise LocalSyncError(
+                        f"status ports {busy} on {LOOPBACK} are in use; choose another --status-port-base"
+                    )
+                manual.write_configs(planned, directory, source, target)
+                state = {
+                    "name": name,
+                    "source": source.redacted,
+                    "sourceEndpoint": source.endpoint.address,
+                    "target": target.redacted,
+                    "targetEndpoint": target.endpoint.address,
+                    "statusPortBase": status_port_base,
+                    "stopped": False,
+                    "workloads": [
+                        _workload_record(m) | {"restarts": 0, "lastRestartReason": None} for m in planned
+                    ],
+                }
+                try:
+                    for record in state["workloads"]:
+                        self._spawn(name, record, binary)
+                finally:
+                    self._write(name, state)  # what did start is recorded, to be stopped by PID
+        return self.status(name, sample=False)
+
+    def stop(self, name: str) -> bool:
+        """Stop every workload (configs kept). False when it was already stopped."""
+        with self._locked(name):
+            state = self._known(name)
+            was_running = not state.get("stopped")
+            for record in state["workloads"]:
+                self._kill(name, record)
+                record["pid"] = None
+            state["stopped"] = True
+            self._write(name, state)
+        for record in state["workloads"]:
+            self._history.pop((name, record["name"]), None)
+        return was_running
+
+    def status(self, name: str, *, sample: bool = True) -> SyncStatus:
+        """Every workload's process, redis-shake's status document, offsets and the supervisor's
+        decision (one more sample in this instance's history)."""
+        state = self._known(name)
+        return self._status(name, state, sample=sample)
+
+    def _passwords(self, name: str, state: dict[str, Any]) -> tuple[str | None, str | None]:
+        """The source's username and password, from a workload's 0600 config (never in state.json)."""
+        for record in state["workloads"]:
+            try:
+                config = tomllib.loads(self._config(name, record["name"]).read_text())
+            except (OSError, ValueError):
+                continue
+            reader = config.get("sync_reader") or {}
+            return reader.get("username") or None, reader.get("password") or None
+        return None, None
+
+    def _source(self, name: str, state: dict[str, Any]) -> tuple[RedisURL, RedisTopology | None]:
+        username, password = self._passwords(name, state)
+        url = RedisURL(Endpoint.parse(state["sourceEndpoint"]), username, password, 0)
+        try:
+            return url, manual.observe_url(url)
+        except NotReady:
+            return url, None  # the samples say "could not observe"; decide() does not re-plan on that
+
+    def _sample(
+        self, name: str, record: dict[str, Any], workload: ShakeWorkload, password: str | None,
+        source: RedisTopology | None, alive: bool,
+    ) -> Sample:  # fmt: skip
+        port = int(record["statusPort"])
+        status = fetch_status(LOOPBACK, port, STATUS_TIMEOUT) if alive else None
+        view = replication_view(workload.reader, password)
+        consumer = shake_consumer(view[1], port, LOOPBACK) if view and alive else None
+        reader_saving = None
+        if status is not None and status.phase in BEFORE_RDB_PHASES:
+            reader_saving = saving(workload.reader, password)
+        shard = (
+            shard_now(source, workload.source_master, workload.reader, workload.source_slots)
+            if source
+            else None
+        )
+        master = shard.master if shard else workload.source_master
+        return Sample(
+            at=time.monotonic(),
+            status=status,
+            restarts=int(record.get("restarts", 0)),
+            source_master=shard.master if shard else None,
+            source_offset=master_offset(master, password),
+            source_slots=shard.slots if shard else (),
+            acked_offset=consumer.offset if consumer is not None else None,
+            reader_saving=reader_saving,
+        )
+
+    def _status(self, name: str, state: dict[str, Any], *, sample: bool) -> SyncStatus:
+        stopped = bool(state.get("stopped"))
+        source: RedisTopology | None = None
+        password: str | None = None
+        if not stopped and sample:
+            url, source = self._source(name, state)
+            password = url.password
+        rows = []
+        for record in state["workloads"]:
+            workload = _workload_of(name, record)
+            alive = self._alive(name, record)
+            history = self._history.setdefault((name, record["name"]), [])
+            if stopped:
+                decision = Decision(State.UNKNOWN, Action.NONE, "stopped")
+            elif sample:
+                history.append(self._sample(name, record, workload, password, source, alive))
+                del history[:-HISTORY]
+                decision = decide(workload, history, self.policy)
+            else:
+                decision = Decision(State.UNKNOWN, Action.NONE, "started" if alive else "not running")
+            last = history[-1] if history and sample and not stopped else None
+            rows.append(
+                WorkloadStatus(
+                    name=record["name"],
+                    pid=record.get("pid"),
+                    alive=alive,
+                    status_port=int(record["statusPort"]),
+                    reader=record["reader"],
+                    source_master=record["sourceMaster"],
+                    phase=last.status.phase if last and last.status else None,
+                    source_offset=last.source_offset if last else None,
+                    acked_offset=last.acked_offset if last else None,
+                    decision=decision,
+                    restarts=int(record.get("restarts", 0)),
+                    last_restart_reason=record.get("lastRestartReason"),
+                    log=str(self.directory(name) / record["name"] / OUTPUT),
+                )
+            )
+        return SyncStatus(
+            name=name,
+            source=state["source"],
+            target=state["target"],
+            stopped=stopped,
+            directory=str(self.directory(name)),
+            workloads=rows,
+        )
+
+    def supervise_once(self, name: str, *, binary: str | None = None) -> SyncStatus:
+        """One supervision pass: sample, decide, act. RESTART (or a process that exited, unless it is
+        crash-looping) kills and respawns that workload; REPLAN re-plans and restarts the workloads
+        whose shard changed, with new configs."""
+        state = self._known(name)
+        if state.get("stopped"):
+            return self._status(name, state, sample=False)
+        report = self._status(name, state, sample=True)
+        restart: dict[str, str] = {}
+        replan: list[str] = []
+        for row in report.workloads:
+            if row.decision.action is Action.REPLAN:
+                replan.append(f"{row.name}: {row.decision.reason}")
+            elif row.decision.action is Action.RESTART:
+                restart[row.name] = row.decision.reason
+            elif not row.alive and row.decision.state is not State.CRASH_LOOPING:
+                restart[row.name] = f"the process exited (see {row.log})"
+        if not (restart or replan):
+            return report
+        binary = binary or self._recorded_binary(state) or find_binary()
+        acted: list[str] = []
+        with self._locked(name):
+            state = self._known(name)
+            if replan:
+                acted += self._replan(name, state, binary, "; ".join(replan))
+            else:
+                for record in state["workloads"]:
+                    reason = restart.get(record["name"])
+                    if reason is None:
+                        continue
+                    self._restart(name, record, binary, reason)
+                    acted.append(f"{record['name']}: restarted (full resync): {reason}")
+            self._write(name, state)
+        # Workloads left alone keep this pass's decision; the ones acted on show their new process.
+        decided = {row.name: row for row in report.workloads}
+        fresh = self._status(name, state, sample=False)
+        rows = [
+            decided[row.name] if row.name in decided and decided[row.name].pid == row.pid else row
+            for row in fresh.workloads
+        ]
+        return replace(fresh, workloads=rows, acted=acted)
+
+    @staticmethod
+    def _recorded_binary(state: dict[str, Any]) -> str | None:
+        """The binary the workloads were started with: a restart runs the same redis-shake."""
+        for record in state["workloads"]:
+            binary = record.get("binary")
+            if binary and os.path.isfile(binary) and os.access(binary, os.X_OK):
+                return str(binary)
+        return None
+
+    def _restart(self, name: str, record: dict[str, Any], binary: str, reason: str) -> None:
+        self._kill(name, record)
+        self._spawn(name, record, binary)
+        record["restarts"] = int(record.get("restarts", 0)) + 1
+        record["lastRestartReason"] = reason
+        # A new generation: the old samples' progress says nothing about the new process.
+        self._history.pop((name, record["name"]), None)
+
+    def _replan(self, name: str, state: dict[str, Any], binary: str, reason: str) -> list[str]:
+        url, _ = self._source(name, state)
+        target_username, target_password = self._target_credentials(name, state)
+        target = RedisURL(Endpoint.parse(state["targetEndpoint"]), target_username, target_password, 0)
+        planned = manual.plan_urls(name, url, target, status_port_base=int(state["statusPortBase"]))
+        old = {r["name"]: r for r in state["workloads"]}
+        acted, records = [], []
+        for item in planned:
+            record = old.pop(item.workload.name, None)
+            if record is not None and _same_plan(record, item) and self._alive(name, record):
+                records.append(record)
+                continue
+            if record is not None:
+                self._kill(name, record)
+            manual.write_configs([item], self.directory(name), url, target)
+            fresh = _workload_record(item) | {
+                "restarts": int(record.get("restarts", 0)) + 1 if record else 0,
+                "lastRestartReason": f"re-planned: {reason}",
+            }
+            self._spawn(name, fresh, binary)
+            self._history.pop((name, item.workload.name), None)
+            records.append(fresh)
+            acted.append(f"{item.workload.name}: re-planned, reads {item.workload.reader}")
+        for record in old.values():  # shards that are gone
+            self._kill(name, record)
+            acted.append(f"{record['name']}: stopped, its shard is gone")
+        state["workloads"] = records
+        return acted
+
+    def _target_credentials(self, name: str, state: dict[str, Any]) -> tuple[str | None, str | None]:
+        for record in state["workloads"]:
+            try:
+                config = tomllib.loads(self._config(name, record["name"]).read_text())
+            except (OSError, ValueError):
+                continue
+            writer = config.get("redis_writer") or {}
+            return writer.get("username") or None, writer.get("password") or None
+        return None, None
