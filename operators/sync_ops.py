@@ -157,13 +157,12 @@ def run_cutover(
         for entry in (body.get("status") or {}).get("workloads") or []
         if entry.get("source")
     }
+    listening_port = shake_config.listening_port(str(resolved.spec.shake_version))
     feeds = []
     for workload in workloads:
         pod_ip = ((pods.get(workload.name) or {}).get("status") or {}).get("podIP")
         reader = Endpoint.parse(applied[workload.name]) if workload.name in applied else workload.reader
-        feeds.append(
-            Feed(workload.name, workload.source_master, reader, shake_config.STATUS_PORT, pod_ip or None)
-        )
+        feeds.append(Feed(workload.name, workload.source_master, reader, listening_port, pod_ip or None))
 
     def compare() -> VerifyReport:
         source, target = resolved.source, resolved.target

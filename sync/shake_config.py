@@ -76,6 +76,16 @@ SHAKE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
 
 STATUS_PORT = 8080
 WORK_DIR = "/data"
+# The replication listening-port redis-shake announces to the node it reads, which is how the source
+# lists its connection: v4 announces its status port; v3 a fixed number (its psync reader's "magic
+# number", internal/reader/psync.go).
+V3_LISTENING_PORT = 10007
+
+
+def listening_port(version: str) -> int:
+    return V3_LISTENING_PORT if version == "v3" else STATUS_PORT
+
+
 CONFIG_DIR = "/etc/redis-shake"
 CONFIG_FILE = "shake.toml"
 # The image is the user's choice (spec.image); this default names the upstream v4 image.

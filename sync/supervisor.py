@@ -116,6 +116,9 @@ class Sample:
     # reports it (None: connection not found). Same offset space as the master's, replicas included.
     acked_offset: int | None = None
     reader_saving: bool | None = None  # the node redis-shake reads runs a BGSAVE/AOF rewrite of its own
+    # False for redis-shake v3, which has no status port: silence is normal, progress is the offset its
+    # connection ACKs to the source.
+    status_expected: bool = True
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,14 @@ def write_lag(samples: Sequence[Sample]) -> int | None:
     return max(0, last.source_offset - last.status.sent_offset)
 
 
-def _progress(status: ShakeStatus) -> tuple[str, int, int]:
-    return (status.phase, status.received_offset or 0, status.rdb_bytes)
+def _progress(sample: Sample) -> tuple[str, int, int] | None:
+    """What moves while redis-shake works: its status document's counters, or (no status port) the
+    offset its connection ACKs to the source. None: nothing to judge progress by."""
+    if sample.status is not None:
+        return (sample.status.phase, sample.status.received_offset or 0, sample.status.rdb_bytes)
+    if not sample.status_expected and sample.acked_offset is not None:
+        return ("acked", sample.acked_offset, 0)
+    return None
 
 
 def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = Policy()) -> Decision:
@@ -222,17 +231,21 @@ def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = 
         )
 
     silent = samples[-policy.silent_samples :]
-    if len(silent) == policy.silent_samples and all(s.status is None for s in silent):
+    if (
+        last.status_expected
+        and len(silent) == policy.silent_samples
+        and all(s.status is None for s in silent)
+    ):
         return made(State.STALLED, Action.RESTART, f"status port silent for {len(silent)} samples")
-    if last.status is None:
+    if last.status is None and last.status_expected:
         return made(State.UNKNOWN, Action.NONE, "status port did not answer")
 
     # Stalled: same restart generation, redis-shake's progress frozen while the source kept writing.
     if len(window) == policy.stall_samples + 1 and all(s.restarts == window[0].restarts for s in window):
-        statuses = [s.status for s in window]
+        progress = [_progress(s) for s in window]
         offsets = [s.source_offset for s in window]
-        if all(st is not None for st in statuses) and all(o is not None for o in offsets):
-            frozen = len({_progress(st) for st in statuses if st is not None}) == 1
+        if all(p is not None for p in progress) and all(o is not None for o in offsets):
+            frozen = len(set(progress)) == 1
             source_moved = offsets[-1] > offsets[0]  # type: ignore[operator]
             if frozen and source_moved:
                 return made(
@@ -242,6 +255,16 @@ def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = 
                     f"{offsets[-1] - offsets[0]} bytes",  # type: ignore[operator]
                 )
 
+    if last.status is None:
+        # No status port (v3): the source's view is all there is.
+        if last.acked_offset is None:
+            return made(State.UNKNOWN, Action.NONE, "not connected to the source (no replication consumer)")
+        return made(State.HEALTHY, Action.NONE, "syncing" if lag_bytes else "in sync")
+    if last.status is None:
+        # No status port (v3): the source's view is all there is.
+        if last.acked_offset is None:
+            return made(State.UNKNOWN, Action.NONE, "not connected to the source (no replication consumer)")
+        return made(State.HEALTHY, Action.NONE, "syncing" if lag_bytes else "in sync")
     if last.status.phase != AOF_PHASE:
         total = f"/{last.status.rdb_total}" if last.status.rdb_total else ""
         return made(

@@ -66,6 +66,14 @@ class SyncDirection(StrEnum):
     STOPPED = "Stopped"
 
 
+class ShakeVersion(StrEnum):
+    V4 = "v4"
+    V3 = "v3"
+
+
+V3_TAKES_NO_FILTER = "redis-shake v3 takes filters as Lua scripts, not config keys: use v4 for key/db filters"
+
+
 class RedisSyncSpec(WireModel):
     source: RedisSyncSide
     target: RedisSyncSide
@@ -74,7 +82,18 @@ class RedisSyncSpec(WireModel):
         default=SyncDirection.FORWARD, description="Reverse replicates target into source (recovery)."
     )
     image: str | None = None
+    shake_version: ShakeVersion = Field(
+        default=ShakeVersion.V4,
+        description="The config format of the image's redis-shake: v4, or v3 (no filters, no status port: "
+        "supervised from the source's side only).",
+    )
     resources: Resources | None = None
+
+    @model_validator(mode="after")
+    def _v3_has_no_filter(self) -> RedisSyncSpec:
+        if self.shake_version == ShakeVersion.V3 and self.filter is not None:
+            raise ValueError(V3_TAKES_NO_FILTER)
+        return self
 
 
 class SyncWorkloadStatus(WireModel):

@@ -44,6 +44,7 @@ from middleware.models.sync import (
     RedisSyncSide,
     RedisSyncSpec,
     RedisSyncStatus,
+    ShakeVersion,
     SyncDirection,
     SyncWorkloadStatus,
 )
@@ -397,17 +398,19 @@ def desired(name: str, resolved: Resolved) -> tuple[list[ShakeWorkload], RedisTo
 
 def render(namespace: str, resolved: Resolved, workloads: Sequence[ShakeWorkload]) -> list[dict[str, Any]]:
     reader, writer = resolved.reader(), resolved.writer()
+    spec = resolved.spec
+    renderer = shake_config.render_v3 if spec.shake_version == ShakeVersion.V3 else shake_config.render_v4
     configs = {
-        w.name: shake_config.render_v4(w, source_password=reader.password, target_password=writer.password)
+        w.name: renderer(w, source_password=reader.password, target_password=writer.password)
         for w in workloads
     }
-    spec = resolved.spec
     return shake_config.manifests(
         workloads,
         namespace,
         configs,
         image=spec.image or shake_config.DEFAULT_IMAGE,
         resources=spec.resources or shake_config.DEFAULT_RESOURCES,
+        shake_version=str(spec.shake_version),
     )
 
 
@@ -642,15 +645,19 @@ def _sample(
     source: RedisTopology | None,
     target: RedisTopology | None,
     password: str | None,
+    version: str = ShakeVersion.V4,
 ) -> Sample:
     status = None
     acked = None
     reader_saving = None
+    v4 = version == ShakeVersion.V4
     if pod is not None and _running(pod):
-        pod_ip, port = str(pod["status"]["podIP"]), _status_port(pod)
-        status = fetch_status(pod_ip, port, STATUS_TIMEOUT)
+        pod_ip = str(pod["status"]["podIP"])
+        port = _status_port(pod) if v4 else shake_config.V3_LISTENING_PORT
+        if v4:
+            status = fetch_status(pod_ip, port, STATUS_TIMEOUT)
         # The source's own view of what redis-shake received: its connection to the node it reads,
-        # found by the pod's IP and the status port it announces as its listening port.
+        # found by the pod's IP and the port it announces as its listening port.
         view = replication_view(workload.reader, password)
         consumer = shake_consumer(view[1], port, pod_ip) if view else None
         acked = consumer.offset if consumer is not None else None
@@ -673,6 +680,7 @@ def _sample(
         target_master=target_master,
         acked_offset=acked,
         reader_saving=reader_saving,
+        status_expected=v4,
     )
 
 
@@ -714,7 +722,11 @@ def _tick(
         entry = entries[workload.name]
         pod = _pod_of(pods, workload.name)
         history = _history(namespace, name, workload.name)
-        history.append(_sample(workload, pod, source, target, resolved.reader().password))
+        history.append(
+            _sample(
+                workload, pod, source, target, resolved.reader().password, str(resolved.spec.shake_version)
+            )
+        )
         decision = decide(workload, list(history), POLICY)
         if decision.action is Action.RESTART and not _running(pod):
             # No pod running yet (scheduling, image pull): silence is expected, a restart cannot help.

@@ -197,3 +197,59 @@ def _consumer_online(source: RedisProcess) -> bool:
         for k, v in info.items()
         if k.startswith("slave")
     )
+
+
+def test_a_v3_sync_has_no_status_port_and_refuses_filters(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Path
+) -> None:
+    """redis-shake v3 (shakeVersion: v3): v3's config format, no status port and so no probes; its
+    filters would be Lua scripts, so a filter is refused at admission."""
+    import base64
+    import tomllib
+
+    from kubernetes.client.exceptions import ApiException
+
+    from tests.k8s.kopf_support import apps_api
+
+    require_binary("redis-server", "redis-server")
+    nodes = RedisNodes(tmp_path / "redis", password=None)
+    sync = _name("rs3")
+    try:
+        source, target = nodes.add("source", cluster=False), nodes.add("target", cluster=False)
+        spec: dict[str, Any] = {
+            "source": {"addresses": [source.endpoint.address], "kind": "standalone"},
+            "target": {"addresses": [target.endpoint.address], "kind": "standalone"},
+            "shakeVersion": "v3",
+        }
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RedisSync",
+            "metadata": {"name": sync},
+            "spec": spec,
+        }
+        custom = custom_api(api_client)
+        with pytest.raises(ApiException) as refused:
+            filtered = {**body, "spec": {**spec, "filter": {"allowKeyPrefixes": ["a:"]}}}
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", filtered)
+        assert refused.value.status == 422
+        assert "spec.filter" in str(refused.value.body) and "v3 takes filters as Lua" in str(
+            refused.value.body
+        )
+
+        with operator(control_plane, api_client, namespace):
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", body)
+            wait_for(
+                "the v3 workload", lambda: sync in _deployments(api_client, namespace, sync), timeout=120
+            )
+        deployment = apps_api(api_client).read_namespaced_deployment(sync, namespace)
+        container = deployment.spec.template.spec.containers[0]
+        assert not container.ports and container.readiness_probe is None and container.startup_probe is None
+        secret = core_api(api_client).read_namespaced_secret(f"{sync}-config", namespace)
+        (text,) = (base64.b64decode(v).decode() for v in secret.data.values())
+        config = tomllib.loads(text)
+        assert config["type"] == "sync" and config["source"]["address"] == source.endpoint.address
+        assert (
+            config["target"]["address"] == target.endpoint.address and "status_port" not in config["advanced"]
+        )
+    finally:
+        nodes.stop_all()

@@ -504,6 +504,12 @@ CEL_EXPECTATIONS = [
     ("RedisSync", ("spec", "target"), "has(self.middleware) != has(self.addresses)", "exactly one of"),
     ("RedisSync", ("spec", "source"), "!has(self.addresses) || has(self.kind)", "kind is required"),
     ("RedisSync", ("spec", "target"), "!has(self.addresses) || has(self.kind)", "kind is required"),
+    (
+        "RedisSync",
+        ("spec",),
+        "!has(self.shakeVersion) || self.shakeVersion != 'v3' || !has(self.filter)",
+        "redis-shake v3 takes filters as Lua scripts",
+    ),
     ("RedisSync", ("spec", "source"), "!has(self.kubeconfig) || has(self.middleware)", "kubeconfig is only"),
     ("RedisSync", ("spec", "target"), "!has(self.kubeconfig) || has(self.middleware)", "kubeconfig is only"),
 ]
@@ -528,6 +534,7 @@ def test_cel_rules_exist_only_where_expected() -> None:
         ("Middleware", ".spec"),
         ("Middleware", ".spec.engine"),
         ("Middleware", ".spec.topology"),
+        ("RedisSync", ".spec"),
         ("RedisSync", ".spec.source"),
         ("RedisSync", ".spec.target"),
     }

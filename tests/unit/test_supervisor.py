@@ -191,3 +191,26 @@ def test_waiting_for_the_readers_own_bgsave_is_reported_not_restarted() -> None:
     # Once streaming, a BGSAVE on the reader is irrelevant.
     streaming = [replace(sample(0, status_doc("syncing aof", 900), 1000), reader_saving=True)]
     assert decide(WORKLOAD, streaming, POLICY).state is State.HEALTHY
+
+
+def test_v3_without_a_status_port_is_judged_by_the_offsets_it_acks() -> None:
+    from dataclasses import replace
+
+    def v3(at: float, acked: int | None, source: int) -> Sample:
+        return replace(sample(at, None, source), acked_offset=acked, status_expected=False)
+
+    # Silence is normal for v3: never "status port silent", never a restart for it.
+    streaming = [v3(t * 10, 1000 + t * 400, 1000 + t * 400) for t in range(5)]
+    decision = decide(WORKLOAD, streaming, POLICY)
+    assert (decision.state, decision.action, decision.lag_bytes) == (State.HEALTHY, Action.NONE, 0)
+    behind = decide(WORKLOAD, [v3(0, 900, 1000), v3(10, 1900, 2000)], POLICY)
+    assert (behind.lag_bytes, behind.lag_seconds, behind.reason) == (100, 1.0, "syncing")
+    # Its ACKs frozen while the source writes: a stall, restarted with a full resync.
+    frozen = [v3(t * 10, 1000, 1000 + t * 400) for t in range(4)]
+    assert (decide(WORKLOAD, frozen, POLICY).state, decide(WORKLOAD, frozen, POLICY).action) == (
+        State.STALLED,
+        Action.RESTART,
+    )
+    # Not connected to the source at all: unknown, reported, not restarted on that alone.
+    gone = decide(WORKLOAD, [v3(0, None, 1000)], POLICY)
+    assert (gone.state, gone.action) == (State.UNKNOWN, Action.NONE) and "not connected" in gone.reason
