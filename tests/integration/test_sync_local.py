@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -367,3 +368,52 @@ def test_status_watch_supervises_until_a_stall_is_restarted(setup: Setup) -> Non
     after = setup.record(passes[-1])
     assert after[stalled] != pids[stalled]
     LocalSyncs(setup.state).stop(NAME)
+
+
+def test_a_source_failover_re_plans_only_that_shards_workload(setup: Setup) -> None:
+    """A real CLUSTER FAILOVER of shard 0: the next supervision passes re-plan that workload onto the
+    shard's new layout (new config, new process) and leave the other shards' processes alone."""
+    syncs = LocalSyncs(setup.state)
+    report = syncs.start(
+        NAME,
+        RedisURL(setup.members[1].endpoint, None, PASSWORD, 0),
+        RedisURL(setup.target.endpoint, None, PASSWORD, 0),
+        status_port_base=setup.base,
+        binary=str(setup.shake),
+    )
+    pids = setup.record(report)
+    _all_healthy(syncs)
+    shard0 = WORKLOADS[0]
+    before = tomllib.loads(setup.config(shard0).read_text())["sync_reader"]["address"]
+    old_master, new_master = setup.members[0], setup.members[3]
+    with new_master.client() as client:
+        client.execute_command("CLUSTER", "FAILOVER")
+        wait_until(
+            lambda: client.info("replication")["role"], lambda role: role == "master", 30, "the failover"
+        )
+
+    def replanned() -> SyncStatus | None:
+        found = syncs.supervise_once(NAME)
+        return found if any(line.startswith(f"{shard0}: re-planned") for line in found.acted) else None
+
+    after = wait_until(replanned, lambda found: found is not None, 60, f"{shard0} re-planned")
+    assert after is not None
+    assert not any(line.startswith((f"{WORKLOADS[1]}:", f"{WORKLOADS[2]}:")) for line in after.acted), (
+        after.acted
+    )
+    now = setup.record(after)
+    assert now[shard0] != pids[shard0]
+    assert {w: now[w] for w in WORKLOADS[1:]} == {w: pids[w] for w in WORKLOADS[1:]}
+    records = {
+        w["name"]: w
+        for w in json.loads((setup.state / "syncs" / NAME / "state.json").read_text())["workloads"]
+    }
+    assert records[shard0]["sourceMaster"] == new_master.endpoint.address
+    assert records[shard0]["lastRestartReason"].startswith("re-planned:")
+    assert "source master moved" in records[shard0]["lastRestartReason"]
+    config = tomllib.loads(setup.config(shard0).read_text())["sync_reader"]["address"]
+    # Read before: the replica that just took over. Now: the shard's replica (the old master) once it
+    # is healthy again, else the new master itself.
+    assert before == new_master.endpoint.address
+    assert config in {old_master.endpoint.address, new_master.endpoint.address}
+    syncs.stop(NAME)
