@@ -178,7 +178,7 @@ class Side:
             return
         if self.url.db:
             raise VerifyInputError(f"{self.label} is a Redis Cluster: only database 0 exists there")
-        view = observe_cluster([self.url.endpoint], self.url.password)
+        view = observe_cluster([self.url.endpoint], self.url.password, username=self.url.username)
         if not view.reports:
             raise NotReady(f"{self.label}: {'; '.join(view.unreachable.values()) or 'no node answered'}")
         masters = [node for node in view.masters if node.slots and node.endpoint is not None]

@@ -268,3 +268,23 @@ def test_acl_user_in_url(pair: Pair) -> None:
     wrong = _cli("--source", f"redis://verifier:not-{secret}@{address}", "--target", pair.target_url)
     assert wrong.returncode == 2, wrong.stderr
     assert secret not in wrong.stderr + wrong.stdout
+
+
+def test_acl_user_on_a_cluster_source(pair: Pair) -> None:
+    """Cluster discovery runs as the URL's ACL user too: a user that exists only as an ACL user (the
+    default user's password is not given) still finds every master and compares every key."""
+    secret = "cluster-reader-pw"
+    for node in pair.cluster.get_nodes():
+        client = pair.cluster.get_redis_connection(node)
+        client.acl_setuser(
+            "clusterreader",
+            enabled=True,
+            passwords=[f"+{secret}"],
+            keys=["*"],
+            commands=["+@read", "+info", "+ping", "+cluster", "+client"],
+        )
+    address = pair.source_url.rsplit("@", 1)[1]
+    report = verify(parse_url(f"redis://clusterreader:{secret}@{address}"), parse_url(pair.target_url))
+    assert report.equal, report.as_dict()
+    assert report.checked == pair.keys
+    assert secret not in json.dumps(report.as_dict())

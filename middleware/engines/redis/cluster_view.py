@@ -404,18 +404,21 @@ def _short_retry(fn: Callable[[], T]) -> T:
 class _Session:
     """Long-lived clients per node for one operation; every error leaves here secret-free."""
 
-    def __init__(self, password: str | None) -> None:
+    def __init__(self, password: str | None, username: str | None = None) -> None:
         self.password = password
+        self.username = username  # an ACL user; None: the default user (AUTH <password>)
         self._clients: dict[tuple[Endpoint, bool], redis.Redis] = {}
 
     def client(self, endpoint: Endpoint, *, binary: bool = False) -> redis.Redis:
         key = (endpoint, binary)
         if key not in self._clients:
+            extra: dict[str, Any] = {"username": self.username} if self.username else {}
             self._clients[key] = connect(
                 endpoint,
                 self.password,
                 socket_timeout=BULK_SOCKET_TIMEOUT,
                 decode_responses=not binary,
+                **extra,
             )
         return self._clients[key]
 
@@ -524,8 +527,8 @@ class _Session:
 
 
 @contextmanager
-def _session(password: str | None) -> Iterator[_Session]:
-    session = _Session(password)
+def _session(password: str | None, username: str | None = None) -> Iterator[_Session]:
+    session = _Session(password, username)
     try:
         yield session
     finally:
@@ -579,9 +582,12 @@ def _merge(reports: dict[Endpoint, NodeReport], unreachable: dict[Endpoint, str]
     return ClusterView(nodes=nodes, reports=dict(reports), unreachable=dict(unreachable))
 
 
-def observe_cluster(endpoints: Iterable[Endpoint], password: str | None) -> ClusterView:
-    """What the cluster looks like from every reachable endpoint; unreachable ones are listed, not raised."""
-    with _session(password) as session:
+def observe_cluster(
+    endpoints: Iterable[Endpoint], password: str | None, *, username: str | None = None
+) -> ClusterView:
+    """What the cluster looks like from every reachable endpoint; unreachable ones are listed, not raised.
+    ``username``: an ACL user (read-only tools such as ``sync verify`` may run as one)."""
+    with _session(password, username) as session:
         return session.view(endpoints)
 
 
