@@ -368,7 +368,7 @@ def start_command(
     _print_local(report, output)
     if output is VerifyOutput.TABLE:
         out.print(
-            f"watch with: moorage sync status {local_name} --local [--supervise]; "
+            f"supervise with: moorage sync status {local_name} --local --supervise --watch 10; "
             f"stop with: moorage sync stop {local_name} --local",
             markup=False,
             highlight=False,
