@@ -162,7 +162,10 @@ def run_cutover(
     for workload in workloads:
         pod_ip = ((pods.get(workload.name) or {}).get("status") or {}).get("podIP")
         reader = Endpoint.parse(applied[workload.name]) if workload.name in applied else workload.reader
-        feeds.append(Feed(workload.name, workload.source_master, reader, listening_port, pod_ip or None))
+        status_port = shake_config.STATUS_PORT if listening_port == shake_config.STATUS_PORT else None
+        feeds.append(
+            Feed(workload.name, workload.source_master, reader, listening_port, pod_ip or None, status_port)
+        )
 
     def compare() -> VerifyReport:
         source, target = resolved.source, resolved.target

@@ -9,7 +9,9 @@ The order is the DCE procedure made checkable:
    writes are not refused: they wait and run when the pause ends.
 3. **drain**: wait until, for every workload, the offset its connection ACKed equals its shard
    master's ``master_repl_offset`` (the source's own numbers, not redis-shake's). While paused, the
-   master's offset does not move, so lag 0 means redis-shake has received every write.
+   master's offset does not move, so lag 0 means redis-shake has received every write. Where its
+   status port answers (v4), also until it has handed all of it to its writer (``aof_sent_offset``):
+   received is not yet written, and a cutover without verify must not stop a writer mid-backlog.
 4. **verify**: compare source and target (``sync.verify``), full or sampled.
 5. **stop**: stop the forward workloads (the caller's action: under the operator, ``direction:
    Stopped`` and waiting for the Deployments to go).
@@ -32,7 +34,8 @@ import redis
 from middleware.endpoints import Endpoint
 from middleware.engines.redis import live
 from middleware.errors import MoorageError, NotReady, OperationError
-from sync.observe import replication_view, shake_consumer
+from sync.observe import fetch_status, replication_view, shake_consumer
+from sync.supervisor import AOF_PHASE
 from sync.verify import VerifyReport
 
 POLL_SECONDS = 0.1  # redis-shake ACKs every 100 ms
@@ -57,6 +60,7 @@ class Feed:
     reader: Endpoint
     consumer_port: int  # redis-shake announces its status port as its replication listening-port
     consumer_host: str | None = None  # the pod's IP when known: several syncs may read one node
+    status_port: int | None = None  # redis-shake's status port at consumer_host (v4), when reachable
 
 
 @dataclass
@@ -65,6 +69,7 @@ class CutoverReport:
     step: Step = Step.PREFLIGHT  # the step it ended in (DONE on success)
     reason: str = ""
     lag_bytes: dict[str, int | None] = field(default_factory=dict)
+    write_lag_bytes: dict[str, int | None] = field(default_factory=dict)  # None: no status document
     paused: list[str] = field(default_factory=list)  # masters this run paused
     pause_deadline: float | None = None  # epoch seconds when Redis lifts the pause by itself
     unpaused: bool = False
@@ -77,6 +82,7 @@ class CutoverReport:
             "step": str(self.step),
             "reason": self.reason,
             "lagBytes": self.lag_bytes,
+            "writeLagBytes": self.write_lag_bytes,
             "paused": self.paused,
             "pauseDeadline": self.pause_deadline,
             "unpaused": self.unpaused,
@@ -96,11 +102,13 @@ class CutoverAborted(MoorageError):
 Progress = Callable[[Step, dict[str, int | None]], None]
 
 
-def _lags(feeds: Sequence[Feed], password: str | None) -> dict[str, int | None]:
-    """Bytes each workload is behind its shard master, from the source's side; None: not measurable
-    (a node did not answer, or redis-shake's connection is gone)."""
+def _lags(feeds: Sequence[Feed], password: str | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    """Bytes each workload is behind its shard master, from the source's side (None: not measurable:
+    a node did not answer, or redis-shake's connection is gone); and behind in what it has handed to
+    its writer (None: no status document to tell)."""
     offsets: dict[Endpoint, int | None] = {}
     lags: dict[str, int | None] = {}
+    written: dict[str, int | None] = {}
     for feed in feeds:
         if feed.master not in offsets:
             view = replication_view(feed.master, password)
@@ -113,7 +121,14 @@ def _lags(feeds: Sequence[Feed], password: str | None) -> dict[str, int | None]:
             if master is None or consumer is None or not consumer.online
             else max(0, master - consumer.offset)
         )
-    return lags
+        status = (
+            fetch_status(feed.consumer_host, feed.status_port)
+            if feed.consumer_host and feed.status_port
+            else None
+        )
+        sent = status.sent_offset if status is not None and status.phase == AOF_PHASE else None
+        written[feed.workload] = None if master is None or sent is None else max(0, master - sent)
+    return lags, written
 
 
 def preflight(feeds: Sequence[Feed], password: str | None) -> None:
@@ -176,15 +191,20 @@ def _drain(
 ) -> None:
     deadline = clock() + timeout
     while True:
-        report.lag_bytes = _lags(feeds, password)
+        report.lag_bytes, report.write_lag_bytes = _lags(feeds, password)
         progress(Step.DRAIN, dict(report.lag_bytes))
-        if all(lag == 0 for lag in report.lag_bytes.values()):
+        received = all(lag == 0 for lag in report.lag_bytes.values())
+        if received and all(lag in (0, None) for lag in report.write_lag_bytes.values()):
             return
         if clock() >= deadline:
             behind = ", ".join(
                 f"{name}: {'unknown' if lag is None else f'{lag} bytes'}"
                 for name, lag in report.lag_bytes.items()
                 if lag != 0
+            ) or ", ".join(
+                f"{name}: {lag} bytes received but not yet written"
+                for name, lag in report.write_lag_bytes.items()
+                if lag
             )
             raise CutoverAborted(Step.DRAIN, f"redis-shake did not catch up within {timeout:g}s ({behind})")
         sleep(POLL_SECONDS)

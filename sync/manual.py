@@ -99,9 +99,17 @@ def write_configs(
 
 def feeds(planned: Sequence[ManualWorkload], host: str | None = None) -> list[Feed]:
     """What a cutover checks for hand-run workloads: each reads its planned node and announces its
-    own status port (``host``: where the processes run, when the sources see that address)."""
+    own status port (``host``: where the processes run, when the sources see that address; their
+    status ports are then read there too)."""
     return [
-        Feed(m.workload.name, m.workload.source_master, m.workload.reader, m.status_port, host)
+        Feed(
+            m.workload.name,
+            m.workload.source_master,
+            m.workload.reader,
+            m.status_port,
+            host,
+            m.status_port if host else None,
+        )
         for m in planned
     ]
 

@@ -12,6 +12,7 @@ each test fills the target itself with DUMP/RESTORE (test setup, not a sync impl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -334,3 +335,60 @@ def test_a_readers_own_bgsave_is_seen(redis_group: RedisNodes) -> None:
     from tests.integration.harness import free_port
 
     assert saving(Endpoint("127.0.0.1", free_port()), PASSWORD) is None
+
+
+def test_the_drain_waits_for_what_redis_shake_has_written(standalone: Standalone) -> None:
+    """Received is not written: with a status port, the drain also waits until redis-shake has handed
+    everything to its writer. The status document is RECORDED-SHAPE test data (redis-shake v4's
+    status_port JSON as tests/unit/test_supervisor.py writes it), served on 127.0.0.1, with the
+    sent offset the test chooses; the ACKs come from the PSYNC stand-in."""
+    import http.server
+    import threading
+
+    from tests.integration.harness import free_port
+
+    _fill_target(standalone)
+    behind = {"bytes": 64}
+
+    class Status(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            with standalone.source.client() as client:
+                offset = int(client.info("replication")["master_repl_offset"])
+            body = json.dumps(
+                {
+                    "consistent": True,
+                    "reader": {
+                        "status": "syncing aof",
+                        "aof_received_offset": offset,
+                        "aof_sent_offset": offset - behind["bytes"],
+                    },
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        node = standalone.source.endpoint
+        feed = Feed("orders", node, node, STATUS_PORT, "127.0.0.1", server.server_address[1])
+        stuck = cutover([feed], source_password=PASSWORD, verify=None, stop=Stopper(), pause_seconds=10,
+                        drain_timeout=1.5)  # fmt: skip
+        assert not stuck.ok and stuck.step is Step.DRAIN
+        assert stuck.lag_bytes == {"orders": 0} and stuck.write_lag_bytes == {"orders": 64}
+        assert "orders: 64 bytes received but not yet written" in stuck.reason and stuck.unpaused
+
+        behind["bytes"] = 0
+        stop = Stopper()
+        done = cutover([feed], source_password=PASSWORD, verify=None, stop=stop, pause_seconds=10,
+                       drain_timeout=5, unpause_after=True)  # fmt: skip
+        assert done.ok and done.write_lag_bytes == {"orders": 0} and stop.calls == 1
+    finally:
+        server.shutdown()
+        server.server_close()
