@@ -236,20 +236,24 @@ def test_a_v3_sync_has_no_status_port_and_refuses_filters(
             refused.value.body
         )
 
+        # Read while the operator runs: leaving the block deletes the RedisSync and its workloads.
         with operator(control_plane, api_client, namespace):
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", body)
             wait_for(
                 "the v3 workload", lambda: sync in _deployments(api_client, namespace, sync), timeout=120
             )
-        deployment = apps_api(api_client).read_namespaced_deployment(sync, namespace)
-        container = deployment.spec.template.spec.containers[0]
-        assert not container.ports and container.readiness_probe is None and container.startup_probe is None
-        secret = core_api(api_client).read_namespaced_secret(f"{sync}-config", namespace)
-        (text,) = (base64.b64decode(v).decode() for v in secret.data.values())
-        config = tomllib.loads(text)
-        assert config["type"] == "sync" and config["source"]["address"] == source.endpoint.address
-        assert (
-            config["target"]["address"] == target.endpoint.address and "status_port" not in config["advanced"]
-        )
+            deployment = apps_api(api_client).read_namespaced_deployment(sync, namespace)
+            container = deployment.spec.template.spec.containers[0]
+            assert (
+                not container.ports and container.readiness_probe is None and container.startup_probe is None
+            )
+            secret = core_api(api_client).read_namespaced_secret(f"{sync}-config", namespace)
+            (text,) = (base64.b64decode(v).decode() for v in secret.data.values())
+            config = tomllib.loads(text)
+            assert config["type"] == "sync" and config["source"]["address"] == source.endpoint.address
+            assert (
+                config["target"]["address"] == target.endpoint.address
+                and "status_port" not in config["advanced"]
+            )
     finally:
         nodes.stop_all()
