@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import tomllib
@@ -36,6 +35,7 @@ from middleware.endpoints import Endpoint
 from middleware.errors import MoorageError, NotReady
 from middleware.models.sync import RedisEndpointKind, SyncDirection
 from middleware.runtime.local import default_state_dir
+from middleware.runtime.processes import LOOPBACK, port_free, process_start_time, reap
 from sync import manual
 from sync.observe import fetch_status, master_offset, replication_view, saving, shake_consumer, shard_now
 from sync.plan import RedisTopology, ShakeWorkload, WriterTarget
@@ -44,7 +44,6 @@ from sync.verify import RedisURL
 
 BINARY_ENV = "MOORAGE_REDIS_SHAKE"
 BINARY_NAME = "redis-shake"
-LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 10.0
 STATUS_TIMEOUT = 2.0
 CONFIG = "shake.toml"
@@ -75,16 +74,6 @@ def find_binary() -> str:
     return found
 
 
-def _start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; fields after the closing parenthesis are fixed.
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] == "Z" else fields[19]
-
-
 def _ours(pid: int | None, config: Path, start_time: str | None) -> bool:
     """``pid`` is still the process we started for ``config`` (not exited, not a recycled PID)."""
     if not pid:
@@ -95,25 +84,7 @@ def _ours(pid: int | None, config: Path, start_time: str | None) -> bool:
         return False
     if str(config).encode() not in argv:
         return False
-    return start_time is None or _start_time(pid) == start_time
-
-
-def _reap(pid: int) -> None:
-    # Processes started by this very process are our children: an unreaped one lingers as a zombie.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # As a server binds (Go's listeners set it too): a just-stopped workload's port is reusable
-        # while its old connections sit in TIME_WAIT.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
+    return start_time is None or process_start_time(pid) == start_time
 
 
 # -- workloads to and from state.json (no secrets) ------------------------------------------------
@@ -302,7 +273,7 @@ class LocalSyncs:
     def _spawn(self, name: str, record: dict[str, Any], binary: str) -> None:
         config = self._config(name, record["name"])
         port = int(record["statusPort"])
-        if not _port_free(port):
+        if not port_free(port):
             raise LocalSyncError(
                 f"workload {record['name']}: status port {port} on {LOOPBACK} is in use; "
                 "choose another --status-port-base"
@@ -317,7 +288,7 @@ class LocalSyncs:
                 start_new_session=True,  # outlives the CLI; a terminal's Ctrl-C does not reach it
             )
         record["pid"] = process.pid
-        record["startTime"] = _start_time(process.pid)
+        record["startTime"] = process_start_time(process.pid)
         record["startedAt"] = time.time()
         record["binary"] = binary
 
@@ -330,15 +301,15 @@ class LocalSyncs:
             os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
         while self._alive(name, record) and time.monotonic() < deadline:
-            _reap(pid)
+            reap(pid)
             time.sleep(0.05)
         if self._alive(name, record):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             while self._alive(name, record):
-                _reap(pid)
+                reap(pid)
                 time.sleep(0.05)
-        _reap(pid)
+        reap(pid)
 
     # commands
 
@@ -373,7 +344,7 @@ class LocalSyncs:
                 self._write(name, state)
             else:
                 planned = manual.plan_urls(name, source, target, status_port_base=status_port_base)
-                busy = [m.status_port for m in planned if not _port_free(m.status_port)]
+                busy = [m.status_port for m in planned if not port_free(m.status_port)]
                 if busy:
                     raise LocalSyncError(
                         f"status ports {busy} on {LOOPBACK} are in use; choose another --status-port-base"

@@ -30,12 +30,12 @@ import yaml
 from middleware.endpoints import Endpoint
 from middleware.engines.base import Addressing, Connection, Engine, Member, MemberAddress, MemberPlan
 from middleware.errors import MoorageError, OperationError
+from middleware.runtime.processes import LOOPBACK, port_free, process_start_time, reap
 from middleware.spec import ResolvedSpec
 
 log = logging.getLogger(__name__)
 
 STATE_DIR_ENV = "MOORAGE_STATE_DIR"
-LOOPBACK = "127.0.0.1"
 STOP_GRACE_SECONDS = 10.0
 PORT_RELEASE_SECONDS = 10.0
 
@@ -53,30 +53,6 @@ def fill_placeholders(template: str, values: dict[str, str]) -> str:
     if leftover:
         raise OperationError(f"config template has an unfilled placeholder {leftover.group(0)}")
     return text
-
-
-def _process_start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces; fields after the closing parenthesis are fixed.
-    fields = stat.rsplit(")", 1)[1].split()
-    state, start = fields[0], fields[19]
-    return None if state == "Z" else start
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # Servers bind with SO_REUSEADDR: a port whose last owner died and left connections in
-        # TIME_WAIT is free for them, and a member must get its old address back (peers and
-        # sentinels know it by that address).
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    return True
 
 
 def _allocate_port(taken: set[int]) -> int:
@@ -250,7 +226,7 @@ class LocalRuntime:
             return True
         port = int(record["ports"][port_name])
         deadline = time.monotonic() + PORT_RELEASE_SECONDS
-        while not _port_free(port):
+        while not port_free(port):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.1)
@@ -339,14 +315,14 @@ class LocalRuntime:
                 **as_user,
             )
         record["pid"] = process.pid
-        record["starttime"] = _process_start_time(process.pid)
+        record["starttime"] = process_start_time(process.pid)
         log.info("started %s (pid %d)", member.name, process.pid)
 
     def _alive(self, record: dict[str, Any]) -> bool:
         pid = record.get("pid")
         if not pid:
             return False
-        start = _process_start_time(int(pid))
+        start = process_start_time(int(pid))
         return start is not None and start == record.get("starttime")
 
     def members(self, spec: ResolvedSpec, engine: Engine) -> list[Member]:
@@ -416,15 +392,15 @@ class LocalRuntime:
             os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while self._alive(record) and time.monotonic() < deadline:
-            _reap(pid)
+            reap(pid)
             time.sleep(0.05)
         if self._alive(record):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             while self._alive(record):
-                _reap(pid)
+                reap(pid)
                 time.sleep(0.05)
-        _reap(pid)
+        reap(pid)
 
     def start_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> None:
         """Start one stopped member again with its existing data (a pod restart)."""
@@ -481,10 +457,3 @@ class LocalRuntime:
         if not self.root.exists():
             return []
         return sorted((p.parent.parent.name, p.parent.name) for p in self.root.glob("*/*/middleware.yaml"))
-
-
-def _reap(pid: int) -> None:
-    # Members started by this very process are our children: reap them so they don't linger as
-    # zombies (a zombie still has a /proc entry, which would read as "alive").
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
