@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Build a real Kubernetes control plane (kube-apiserver, kube-controller-manager, etcd) from Go
-# modules and cache the binaries by version, for the tests in tests/k8s.
+# Build a real Kubernetes control plane and node (kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, etcd) from Go modules and cache the binaries by version, for
+# the tests in tests/k8s and tests/e2e and for `make cluster-up`.
 #
 # Nothing ships a kube-apiserver binary here, so it is compiled from the k8s.io/kubernetes Go module:
 # a scratch module (outside the repo) requires k8s.io/kubernetes and replaces every staging module
 # (`k8s.io/<name> => ./staging/src/k8s.io/<name>` in its go.mod) with the published
 # `k8s.io/<name> v0.<minor>.<patch>`. etcd comes from go.etcd.io/etcd/server/v3 the same way.
 #
-# Output: $MOORAGE_K8S_CACHE/<k8s version>/{kube-apiserver,kube-controller-manager,etcd}
+# Output: $MOORAGE_K8S_CACHE/<k8s version>/{kube-apiserver,kube-controller-manager,kube-scheduler,
+#         kubelet,kube-proxy,etcd}
 #         (default cache: ~/.cache/moorage/k8s). Idempotent: exits at once if they are there and run.
 # Cost:   ~20-40 min and 3-4 GB RAM cold on 2 cores (it builds niced, one package at a time);
 #         the Go module and build caches (GOPATH/GOCACHE) are kept, so a rebuild is much faster.
@@ -16,7 +18,7 @@
 #   MOORAGE_K8S_CACHE     cache root (default ~/.cache/moorage/k8s)
 #   K8S_VERSION           default v1.36.3 (staging modules are v0.<minor>.<patch>)
 #   ETCD_VERSION          default v3.6.16
-#   MOORAGE_BUILD_JOBS    go build -p (default 1: leave the other core to other work)
+#   MOORAGE_BUILD_JOBS    go build -p (default 2; 1 leaves a core to other work)
 #   MOORAGE_BUILD_KEEP=1  keep the scratch build dir (printed) instead of removing it
 #   FORCE=1               rebuild even if the cached binaries run
 set -euo pipefail
@@ -25,8 +27,9 @@ K8S_VERSION="${K8S_VERSION:-v1.36.3}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 CACHE_ROOT="${MOORAGE_K8S_CACHE:-${HOME}/.cache/moorage/k8s}"
 DEST="${CACHE_ROOT}/${K8S_VERSION}"
-JOBS="${MOORAGE_BUILD_JOBS:-1}"
-BINARIES=(kube-apiserver kube-controller-manager etcd)
+JOBS="${MOORAGE_BUILD_JOBS:-2}"
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy)
+BINARIES=("${K8S_COMMANDS[@]}" etcd)
 
 log() { printf '[build-control-plane %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[build-control-plane] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -108,9 +111,10 @@ log "      ${#STAGING[@]} staging modules -> ${STAGING_VERSION}"
 OTHER_REPLACES="$(grep -E '=>' "${K8S_GOMOD}" | grep -vE '=>[[:space:]]*\./staging/' || true)"
 [[ -z "${OTHER_REPLACES}" ]] || log "      warning: k8s.io/kubernetes go.mod has other replaces, not applied: ${OTHER_REPLACES}"
 
-log "[2/4] go get kube-apiserver and kube-controller-manager (downloads ~300 modules the first time)"
-if ! go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" \
-  "k8s.io/kubernetes/cmd/kube-controller-manager@${K8S_VERSION}" >"${WORK}/k8s-get.log" 2>&1; then
+log "[2/4] go get ${K8S_COMMANDS[*]} (downloads ~300 modules the first time)"
+TOOLS=()
+for cmd in "${K8S_COMMANDS[@]}"; do TOOLS+=("k8s.io/kubernetes/cmd/${cmd}@${K8S_VERSION}"); done
+if ! go get -tool "${TOOLS[@]}" >"${WORK}/k8s-get.log" 2>&1; then
   tail -n 30 "${WORK}/k8s-get.log" >&2
   die "go get of k8s.io/kubernetes@${K8S_VERSION} failed (see above; a 'not found'/'410 Gone' is the proxy refusing a module)"
 fi
@@ -124,16 +128,20 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   LDFLAGS+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${BUILD_DATE}"
 done
 
-for cmd in kube-apiserver kube-controller-manager; do
-  log "[3/4] go build ${cmd} (niced, -p=${JOBS}; the slow part: ~10-20 min each cold)"
-  t0=$(date +%s)
-  if ! "${NICE[@]}" go build -trimpath -ldflags "${LDFLAGS}" -o "${WORK}/bin/${cmd}" \
-    "k8s.io/kubernetes/cmd/${cmd}" >"${WORK}/${cmd}-build.log" 2>&1; then
-    tail -n 40 "${WORK}/${cmd}-build.log" >&2
-    die "go build ${cmd} failed (see above)"
-  fi
-  log "      ${cmd} built in $(($(date +%s) - t0))s: $("${WORK}/bin/${cmd}" --version 2>&1 | head -n1)"
+# One `go build` for every command: the packages they share compile once.
+log "[3/4] go build ${K8S_COMMANDS[*]} (niced, -p=${JOBS}; the slow part: ~15-25 min cold)"
+t0=$(date +%s)
+PKGS=()
+for cmd in "${K8S_COMMANDS[@]}"; do PKGS+=("k8s.io/kubernetes/cmd/${cmd}"); done
+if ! "${NICE[@]}" go build -trimpath -ldflags "${LDFLAGS}" -o "${WORK}/bin/" "${PKGS[@]}" \
+  >"${WORK}/k8s-build.log" 2>&1; then
+  tail -n 40 "${WORK}/k8s-build.log" >&2
+  die "go build ${K8S_COMMANDS[*]} failed (see above)"
+fi
+for cmd in "${K8S_COMMANDS[@]}"; do
+  log "      ${cmd}: $("${WORK}/bin/${cmd}" --version 2>&1 | head -n1)"
 done
+log "      built in $(($(date +%s) - t0))s"
 
 # ---------------------------------------------------------------- etcd
 log "[4/4] etcd: go.etcd.io/etcd/server/v3@${ETCD_VERSION}"
