@@ -165,6 +165,9 @@ def container(
         spec["volumeMounts"] = [dict(m) for m in volume_mounts]
     spec["resources"] = resource_requirements(resources)
     spec["securityContext"] = container_security_context()
+    # A container that crashes leaves its last log lines in its status, where the operator reads
+    # why a member never became ready without needing pods/log.
+    spec["terminationMessagePolicy"] = "FallbackToLogsOnError"
     for key, probe in (("startupProbe", startup), ("readinessProbe", readiness), ("livenessProbe", liveness)):
         if probe is not None:
             spec[key] = dict(probe)

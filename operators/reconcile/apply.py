@@ -11,6 +11,7 @@ is, since every step is idempotent.
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, MutableMapping
 from typing import Any, NoReturn
@@ -28,6 +29,8 @@ from operators.reconcile import status as st
 from operators.settings import OperatorConfig
 
 PASSWORD_KEY = "password"
+
+log = logging.getLogger(__name__)
 
 
 def reconcile(
@@ -92,8 +95,12 @@ def reconcile(
     planned = engine.members(spec)
     waiting = [m.name for m in planned if m.name not in pods or not pod_ready(pods[m.name])]
     if waiting:
-        if st.waiting_for_members(status, len(planned) - len(waiting), len(planned), waiting):
-            events.normal(body, reason="WaitingForMembers", message=_message(status, st.READY))
+        _label_ready_members(rt, body, spec, engine, manifests, pods, password, config)
+        problems = {name: observe.pod_problem(pods[name]) for name in waiting if name in pods}
+        failing = {name: problem for name, problem in problems.items() if problem}
+        if st.waiting_for_members(status, len(planned) - len(waiting), len(planned), waiting, failing):
+            post = events.warning if failing else events.normal
+            post(body, reason=status.phase_reason or "WaitingForMembers", message=_message(status, st.READY))
         retry(f"{len(waiting)} of {len(planned)} members not Ready", config.member_retry)
 
     conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
@@ -133,6 +140,32 @@ def reconcile(
     st.settled(status)
     applied.record(patch, dict(body.get("spec") or {}))
     st.write(patch, status)
+
+
+def _label_ready_members(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    spec: ResolvedSpec,
+    engine: Engine,
+    manifests: list[dict[str, Any]],
+    pods: dict[str, dict[str, Any]],
+    password: str,
+    config: OperatorConfig,
+) -> None:
+    """Role labels for the members that are Ready while others are not yet: a PostgreSQL replica's
+    first start clones from whatever the ``-rw`` Service selects, so the primary must carry its
+    label before every member is Ready, or creation waits on itself. Best effort: the full
+    observation after bootstrap labels everything anyway."""
+    if not any(pod_ready(pod) for pod in pods.values()):
+        return
+    conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
+    try:
+        _, relabelled = observe.observe(rt, spec, engine, conn, pods)
+    except Exception as exc:  # noqa: BLE001 - members still starting may not answer yet
+        log.debug("partial observation of %s/%s failed: %s", spec.namespace, spec.name, exc)
+        return
+    if relabelled:
+        events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
 
 
 def _check_immutable(old: ResolvedSpec, new: ResolvedSpec) -> None:

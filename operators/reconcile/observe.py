@@ -23,6 +23,37 @@ def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[st
     return {p["metadata"]["name"]: p for p in rt.pods(spec.namespace, labels)}
 
 
+# Waiting reasons that will not clear by themselves (ContainerCreating and PodInitializing do).
+_STUCK_WAITING = frozenset({
+    "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+})
+
+
+def pod_problem(pod: Mapping[str, Any]) -> str | None:
+    """Why a member's pod is not becoming ready, in the pod's own words: unschedulable, an image
+    missing, a crash loop with its last log line. None while it is merely starting."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return f"{condition.get('reason') or 'Unschedulable'}: {condition.get('message') or ''}".strip()
+    statuses = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    for container in statuses:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason not in _STUCK_WAITING:
+            continue
+        problem = f"container {container.get('name')}: {reason}"
+        terminated = (container.get("lastState") or {}).get("terminated") or {}
+        lines = [line for line in str(terminated.get("message") or "").splitlines() if line.strip()]
+        if lines:
+            problem += f" (exit {terminated.get('exitCode')}; last log line: {lines[-1].strip()[:300]})"
+        elif waiting.get("message"):
+            problem += f": {str(waiting['message'])[:300]}"
+        return problem
+    return None
+
+
 def creation_times(pods: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [str(p["metadata"].get("creationTimestamp") or "") for p in pods.values()]
 
@@ -96,6 +127,14 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     st.restarted_since_pending(status, creation_times(pods))
     try:
         observation, relabelled = observe(rt, spec, engine, conn, pods)
+        if not observation.ready and _all_pods_ready(engine, spec, pods):
+            # Every pod runs yet the deployment is not healthy (a Redis cluster whose members all
+            # came back on new IPs, a PostgreSQL whose primary restarted fenced as a standby): run
+            # the same heal as the create/update handler, then look again.
+            healed = heal(body, spec, engine, conn)
+            if healed:
+                observation, more = observe(rt, spec, engine, conn, pods)
+                relabelled += more
     except Exception as exc:  # a member unreachable mid-observation: Degraded, not a crash
         message = f"observing the members failed: {type(exc).__name__}: {exc}"
         if st.observe_failed(status, message):
@@ -108,3 +147,18 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
             post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
     if status.to_wire() != before:
         st.write(patch, status)
+
+
+def _all_pods_ready(engine: Engine, spec: ResolvedSpec, pods: Mapping[str, Mapping[str, Any]]) -> bool:
+    from middleware.runtime.kubernetes import pod_ready
+
+    return all(m.name in pods and pod_ready(pods[m.name]) for m in engine.members(spec))
+
+
+def heal(body: kopf.Body, spec: ResolvedSpec, engine: Engine, conn: Connection) -> bool:
+    """The engine's bootstrap (idempotent: it forms, heals and promotes only what is missing).
+    Returns whether it changed anything; its failure is the caller's "observing failed"."""
+    report = engine.bootstrap(spec, conn)
+    if report.changed:
+        events.normal(body, reason="Healed", message="; ".join(report.actions))
+    return report.changed

@@ -48,12 +48,23 @@ def invalid_spec(status: MiddlewareStatus, error: SpecError) -> bool:
     return changed
 
 
-def waiting_for_members(status: MiddlewareStatus, ready: int, planned: int, waiting: list[str]) -> bool:
-    _set(status, Phase.PROVISIONING, "WaitingForMembers")
+def waiting_for_members(
+    status: MiddlewareStatus,
+    ready: int,
+    planned: int,
+    waiting: list[str],
+    failing: Mapping[str, str] | None = None,
+) -> bool:
+    """Members not Ready yet. ``failing``: member -> what its pod says is wrong (a crash loop, an
+    image that cannot be pulled, unschedulable): reason ``MemberFailing``, the problems in the message."""
+    reason = "MemberFailing" if failing else "WaitingForMembers"
+    _set(status, Phase.PROVISIONING, reason)
     shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
     message = f"{ready}/{planned} members ready; waiting for {shown}"
-    changed = status.set_condition(PROVISIONED, False, "WaitingForMembers", message.split(";")[0])
-    status.set_condition(READY, False, "WaitingForMembers", message)
+    if failing:
+        message += "; " + "; ".join(f"{name}: {problem}" for name, problem in sorted(failing.items()))
+    changed = status.set_condition(PROVISIONED, False, reason, message.split(";")[0])
+    changed = status.set_condition(READY, False, reason, message) or changed
     return changed
 
 
