@@ -82,12 +82,15 @@ class RedisEngine(EngineDefaults):
         report = Report(changed=False)
         if spec.topology == Topology.CLUSTER:
             shards = [_endpoints(_by_ordinal(conn.of(DATA_COMPONENT, shard))) for shard in range(spec.shards)]
-            result = cluster.create_cluster(shards, conn.password)
-            if result.changed:
-                report.add(f"cluster: {'; '.join(result.actions)}")
+            # Heal first: after every member restarted on a new address (pods rescheduled), the
+            # members still know each other by id at the old addresses, and forming would wait for
+            # a cluster_state ok that only the heal's MEETs at the current addresses can bring.
             healed = cluster.heal_cluster(_endpoints(conn.of(DATA_COMPONENT)), conn.password)
             if healed.changed:
                 report.add(f"healed: {'; '.join(healed.actions)}")
+            result = cluster.create_cluster(shards, conn.password)
+            if result.changed:
+                report.add(f"cluster: {'; '.join(result.actions)}")
         elif spec.topology == Topology.SENTINEL:
             data = _endpoints(_by_ordinal(conn.of(DATA_COMPONENT)))
             sentinels = _endpoints(_by_ordinal(conn.of(SENTINEL_COMPONENT)))
