@@ -649,6 +649,16 @@ def install_moorage(layout: Layout) -> None:
     log("moorage operator running (hack/cluster/deploy)")
 
 
+def reload(layout: Layout) -> None:
+    """After a code change: the images again (only changed ones are rebuilt), the operator restarted."""
+    if not alive(layout, "containerd"):
+        raise ClusterError(f"no cluster is running in {layout.root}: `make cluster-up`")
+    load_images(layout)
+    kubectl(layout, "-n", "moorage-system", "rollout", "restart", "deployment/moorage-operator")
+    kubectl(layout, "-n", "moorage-system", "rollout", "status", "deployment/moorage-operator", "--timeout=180s")
+    log("operator restarted on the current image")
+
+
 # --------------------------------------------------------------------------- down
 
 
@@ -710,7 +720,8 @@ def _unmount_under(prefix: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "reload"],
+                        help="reload: rebuild and import the images, restart the operator (after a code change)")
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"),
                         help="Python with the `kubernetes` client, for the volume provisioner")
@@ -722,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
             up(layout, args.python, install_operator=not args.no_operator)
         elif args.command == "down":
             down(layout)
+        elif args.command == "reload":
+            reload(layout)
         else:
             for name in sorted(p.stem for p in layout.pids.glob("*.pid")) if layout.pids.exists() else []:
                 print(f"{name:26} {'running pid ' + str(alive(layout, name)) if alive(layout, name) else 'stopped'}")

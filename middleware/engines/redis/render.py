@@ -25,6 +25,7 @@ from middleware.engines.redis.topology import (
     SENTINEL_COMPONENT,
     data_workload,
     headless_service,
+    sentinel_master_name,
     sentinel_workload,
     shard_workload,
 )
@@ -60,6 +61,59 @@ SENTINEL_STORAGE = "64Mi"
 # On SIGTERM Redis waits for replicas to catch up (shutdown-timeout, 10s) and may save an RDB; give it
 # time before the SIGKILL, which would lose writes since the last fsync.
 DATA_GRACE_SECONDS = 60
+# preStop of a master: hand over to a replica before stopping, so a drain, a rolling restart or a
+# `kubectl delete pod` promotes a replica at once and loses nothing, instead of the data being
+# unwritable until the pod is back or a failure detector fires. A killed pod (no preStop) is the
+# failure detectors' job (cluster-node-timeout, sentinel's down-after). `handover` runs only on a
+# master: in a cluster, the first online replica runs CLUSTER FAILOVER (it waits until it has every
+# write); with sentinel, the sentinels are asked for a failover. Then wait (bounded) until this
+# member is no longer master.
+_MASTER_HANDOVER = """\
+cli() { redis-cli -p %(port)d "$@" 2>/dev/null; }
+[ "`cli ROLE | head -n 1`" = master ] || exit 0
+%(handover)s
+i=0
+while [ "`cli ROLE | head -n 1`" = master ] && [ $i -lt 40 ]; do sleep 0.5; i=`expr $i + 1`; done
+"""
+_CLUSTER_HANDOVER = """\
+replica=`cli INFO replication | sed -n 's/^slave[0-9]*:ip=\\([^,]*\\),port=\\([0-9]*\\),state=online.*/\\1 \\2/p' | head -n 1`
+[ -n "$replica" ] || exit 0
+set -- $replica
+redis-cli -h "$1" -p "$2" CLUSTER FAILOVER >/dev/null 2>&1 || exit 0"""
+# SENTINEL FAILOVER alone promotes a replica while this master still takes writes that the
+# promoted replica never sees (kube-proxy keeps routing to a terminating pod that still serves):
+# writes are paused first (lifted by Redis itself after the bound), a replica is let catch up to
+# the last offset, and only then are the sentinels asked. Paused writers get READONLY once the
+# sentinels turn this member into a replica: refused, never acknowledged and lost.
+_SENTINEL_HANDOVER = """\
+cli CLIENT PAUSE 15000 WRITE >/dev/null
+offset=`cli INFO replication | sed -n 's/^master_repl_offset:\\([0-9]*\\).*/\\1/p'`
+i=0
+until cli INFO replication | grep -q "^slave[0-9]*:.*state=online,offset=$offset," || [ $i -ge 40 ]; do
+  sleep 0.25; i=`expr $i + 1`
+done
+redis-cli -h %(sentinels)s -p %(sentinel_port)d SENTINEL FAILOVER %(master)s >/dev/null 2>&1 || exit 0"""
+
+
+def _pre_stop(spec: ResolvedSpec) -> list[str] | None:
+    script = master_handover_script(spec)
+    return ["sh", "-c", script] if script else None
+
+
+def master_handover_script(spec: ResolvedSpec) -> str | None:
+    """The preStop script of a data member (None for standalone: there is no one to hand over to)."""
+    if spec.topology == Topology.CLUSTER:
+        handover = _CLUSTER_HANDOVER
+    elif spec.topology == Topology.SENTINEL:
+        handover = _SENTINEL_HANDOVER % {
+            # The client Service of the sentinels is named like their StatefulSet.
+            "sentinels": sentinel_workload(spec.name),
+            "sentinel_port": SENTINEL_PORT,
+            "master": sentinel_master_name(spec),
+        }
+    else:
+        return None
+    return _MASTER_HANDOVER % {"port": REDIS_PORT, "handover": handover}
 SENTINEL_GRACE_SECONDS = 30
 
 
@@ -231,6 +285,7 @@ def _data_statefulset(
             command=["redis-server", config_file],
             env=[_cli_auth_env(spec)],
             ports=ports,
+            pre_stop=_pre_stop(spec),
             mounts=[
                 # Writable: CONFIG REWRITE (persisting live parameter changes) rewrites this file.
                 kube.volume_mount(_CONFIG_VOLUME, CONFIG_DIR),
