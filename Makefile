@@ -8,10 +8,12 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools zookeeper openssl
+# The local cluster: container runtime, pod network plugins, image rootfs builder, kube-proxy's iptables.
+CLUSTER_PACKAGES := containerd runc containernetworking-plugins mmdebstrap iptables
 EXAMPLES ?= examples/redis-cluster.yaml examples/redis-sentinel.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps run stop test test-unit test-integration test-k8s control-plane ferretdb crds crds-check lint bench clean
+.PHONY: help setup system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +35,9 @@ system-deps: ## Engine binaries from Debian (Redis, Sentinel, ZooKeeper) and the
 	@id postgres >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO useradd --system --create-home --shell /usr/sbin/nologin postgres; }
 
+cluster-deps: ## Debian packages of the local cluster (containerd, runc, CNI plugins, mmdebstrap, iptables)
+	@$(MAKE) --no-print-directory system-deps DEBIAN_PACKAGES="$(CLUSTER_PACKAGES)"
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -41,7 +46,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m middleware.engines.postgresql.binaries --install-shared
 	touch $(STAMP)
 
-setup: system-deps $(STAMP) ## Install everything: Debian packages, virtualenv, Python packages
+setup: system-deps $(STAMP) redis-shake ## Install everything: Debian packages, virtualenv, Python packages, redis-shake
 
 run: setup ## Bring up the examples (3-shard Redis cluster + Redis sentinel) on the local runtime
 	$(BIN)/moorage up $(foreach f,$(EXAMPLES),-f $(f))
@@ -51,22 +56,44 @@ stop: ## Stop the examples (data is kept; `moorage down NAME --purge` deletes it
 	-$(BIN)/moorage down redis-cluster
 	-$(BIN)/moorage down redis-sentinel
 
-# A missing FerretDB fails `make test` instead of skipping the MongoDB data-path tests.
+# A missing FerretDB, control plane, redis-shake or local cluster fails `make test` instead of
+# skipping the tests that need it.
 test: export MOORAGE_FERRETDB_REQUIRED := 1
-test: setup crds-check control-plane ferretdb ## Install everything and run all tests (unit, integration, k8s)
+test: export MOORAGE_SHAKE_REQUIRED := 1
+test: export MOORAGE_E2E_REQUIRED := 1
+test: setup crds-check cluster-deps control-plane coredns redis-shake ferretdb images ## Install everything and run all tests (unit, integration, k8s, e2e on real pods)
 	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+test-integration: export MOORAGE_SHAKE_REQUIRED := 1
 test-integration: setup ferretdb ## Integration tests on real engine servers started on 127.0.0.1
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 test-k8s: setup control-plane ## Tests on a real kube-apiserver + etcd + kube-controller-manager
 	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests/k8s $(PYTEST_ARGS)
 
-control-plane: ## Build kube-apiserver, kube-controller-manager, etcd into ~/.cache/moorage/k8s (~15-30 min once)
+test-e2e: setup cluster-deps control-plane coredns redis-shake images ## End-to-end tests: the operator on real pods (brings up the local cluster)
+	MOORAGE_E2E_REQUIRED=1 $(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+control-plane: ## Build kube-apiserver, -controller-manager, -scheduler, kubelet, kube-proxy, etcd into ~/.cache/moorage/k8s (~20-30 min once)
 	nice -n 19 bash hack/build-control-plane.sh
+
+coredns: ## Build CoreDNS (cluster DNS of the local cluster) into ~/.cache/moorage/coredns (~3 min once)
+	bash hack/build-coredns.sh
+
+redis-shake: ## Build redis-shake v4.2.0 (../shared/vendor, else upstream) into ~/.cache/moorage/redis-shake (~40 s once)
+	nice -n 19 bash hack/build-redis-shake.sh >/dev/null
+
+images: setup ## Build the container images of the local cluster (cached by content in ~/.cache/moorage/images)
+	bash hack/build-images.sh
+
+cluster-up: setup cluster-deps control-plane coredns images ## A real single-node Kubernetes here (kubelet, containerd, DNS, kube-proxy) with Moorage installed
+	$(PY) hack/cluster/cluster.py up
+
+cluster-down: ## Stop the local cluster and leave the host as it was (bridge, iptables, paths)
+	$(PYTHON) hack/cluster/cluster.py down
 
 ferretdb: ## Build FerretDB (MongoDB-compatible, for the MongoDB dump tests) into ~/.cache/moorage/ferretdb (~5 min once)
 	nice -n 19 bash hack/build-ferretdb.sh

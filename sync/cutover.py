@@ -3,7 +3,9 @@
 The order is the DCE procedure made checkable:
 
 1. **preflight**: every workload's redis-shake is connected to the node it reads and past its full
-   sync (``state=online`` in that node's ``INFO replication``). Nothing is touched before this.
+   sync (``state=online`` in that node's ``INFO replication``; and where its status port answers, in
+   ``syncing aof``: the source reports it online as soon as the RDB is transferred, while redis-shake
+   may still be loading that RDB into the target, ``syncing rdb``). Nothing is touched before this.
 2. **pause** (optional): ``CLIENT PAUSE <ms> WRITE`` on every source master. Redis lifts the pause by
    itself at the deadline, so a cutover that dies half-way cannot leave the source frozen. Paused
    writes are not refused: they wait and run when the pause ends.
@@ -35,7 +37,7 @@ from middleware.endpoints import Endpoint
 from middleware.engines.redis import live
 from middleware.errors import MoorageError, NotReady, OperationError
 from sync.observe import fetch_status, replication_view, shake_consumer
-from sync.supervisor import AOF_PHASE
+from sync.supervisor import AOF_PHASE, ShakeStatus
 from sync.verify import VerifyReport
 
 POLL_SECONDS = 0.1  # redis-shake ACKs every 100 ms
@@ -102,13 +104,31 @@ class CutoverAborted(MoorageError):
 Progress = Callable[[Step, dict[str, int | None]], None]
 
 
-def _lags(feeds: Sequence[Feed], password: str | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
+def _status(feed: Feed) -> ShakeStatus | None:
+    if feed.consumer_host and feed.status_port:
+        return fetch_status(feed.consumer_host, feed.status_port)
+    return None
+
+
+def _loading(status: ShakeStatus | None) -> str | None:
+    """Why a workload whose status document answers is not streaming yet (None: it is, or unknown)."""
+    if status is None or status.phase == AOF_PHASE:
+        return None
+    total = f"/{status.rdb_total}" if status.rdb_total else ""
+    return f"{status.phase}, {status.rdb_sent}{total} RDB bytes written to the target"
+
+
+def _lags(
+    feeds: Sequence[Feed], password: str | None
+) -> tuple[dict[str, int | None], dict[str, int | None], dict[str, str]]:
     """Bytes each workload is behind its shard master, from the source's side (None: not measurable:
-    a node did not answer, or redis-shake's connection is gone); and behind in what it has handed to
-    its writer (None: no status document to tell)."""
+    a node did not answer, or redis-shake's connection is gone); behind in what it has handed to its
+    writer (None: no status document to tell); and, per workload whose status document says it is
+    still in its full sync, why (its phase and RDB progress)."""
     offsets: dict[Endpoint, int | None] = {}
     lags: dict[str, int | None] = {}
     written: dict[str, int | None] = {}
+    loading: dict[str, str] = {}
     for feed in feeds:
         if feed.master not in offsets:
             view = replication_view(feed.master, password)
@@ -121,14 +141,13 @@ def _lags(feeds: Sequence[Feed], password: str | None) -> tuple[dict[str, int | 
             if master is None or consumer is None or not consumer.online
             else max(0, master - consumer.offset)
         )
-        status = (
-            fetch_status(feed.consumer_host, feed.status_port)
-            if feed.consumer_host and feed.status_port
-            else None
-        )
-        sent = status.sent_offset if status is not None and status.phase == AOF_PHASE else None
+        status = _status(feed)
+        why = _loading(status)
+        if why is not None:
+            loading[feed.workload] = why
+        sent = status.sent_offset if status is not None and why is None else None
         written[feed.workload] = None if master is None or sent is None else max(0, master - sent)
-    return lags, written
+    return lags, written, loading
 
 
 def preflight(feeds: Sequence[Feed], password: str | None) -> None:
@@ -154,6 +173,12 @@ def preflight(feeds: Sequence[Feed], password: str | None) -> None:
                 Step.PREFLIGHT,
                 f"{feed.workload}: redis-shake is still in its full sync from {feed.reader} "
                 f"(state {consumer.state}); cut over once it streams",
+            )
+        why = _loading(_status(feed))
+        if why is not None:
+            raise CutoverAborted(
+                Step.PREFLIGHT,
+                f"{feed.workload}: redis-shake is still in its full sync ({why}); cut over once it streams",
             )
 
 
@@ -191,20 +216,24 @@ def _drain(
 ) -> None:
     deadline = clock() + timeout
     while True:
-        report.lag_bytes, report.write_lag_bytes = _lags(feeds, password)
+        report.lag_bytes, report.write_lag_bytes, loading = _lags(feeds, password)
         progress(Step.DRAIN, dict(report.lag_bytes))
         received = all(lag == 0 for lag in report.lag_bytes.values())
-        if received and all(lag in (0, None) for lag in report.write_lag_bytes.values()):
+        if received and not loading and all(lag in (0, None) for lag in report.write_lag_bytes.values()):
             return
         if clock() >= deadline:
-            behind = ", ".join(
-                f"{name}: {'unknown' if lag is None else f'{lag} bytes'}"
-                for name, lag in report.lag_bytes.items()
-                if lag != 0
-            ) or ", ".join(
-                f"{name}: {lag} bytes received but not yet written"
-                for name, lag in report.write_lag_bytes.items()
-                if lag
+            behind = (
+                ", ".join(
+                    f"{name}: {'unknown' if lag is None else f'{lag} bytes'}"
+                    for name, lag in report.lag_bytes.items()
+                    if lag != 0
+                )
+                or ", ".join(f"{name}: still in its full sync ({why})" for name, why in loading.items())
+                or ", ".join(
+                    f"{name}: {lag} bytes received but not yet written"
+                    for name, lag in report.write_lag_bytes.items()
+                    if lag
+                )
             )
             raise CutoverAborted(Step.DRAIN, f"redis-shake did not catch up within {timeout:g}s ({behind})")
         sleep(POLL_SECONDS)

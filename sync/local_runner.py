@@ -12,6 +12,12 @@ A recorded PID counts as ours only while ``/proc/<pid>/cmdline`` names its confi
 is the recorded one, so a recycled PID is never signalled. Supervision is the operator's: the same
 samples and ``supervisor.decide``; a restart kills and respawns the process (a full resync, as rolling
 a pod), a re-plan rewrites the configs of the workloads whose shard moved.
+
+Every process started is a full sync, which redis-shake v4 only gets right into an empty share of the
+target (``sync.share``): the workload's share is deleted on the target right before it starts.
+
+The binary: ``$MOORAGE_REDIS_SHAKE``, else the one ``hack/build-redis-shake.sh`` (``make
+redis-shake``) caches, else ``redis-shake`` on ``PATH``.
 """
 
 from __future__ import annotations
@@ -39,12 +45,22 @@ from middleware.runtime.processes import LOOPBACK, port_free, process_start_time
 from sync import manual
 from sync.observe import fetch_status, master_offset, replication_view, saving, shake_consumer, shard_now
 from sync.plan import RedisTopology, ShakeWorkload, WriterTarget
+from sync.share import clear_share
 from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
 from sync.verify import RedisURL
 
 BINARY_ENV = "MOORAGE_REDIS_SHAKE"
 BINARY_NAME = "redis-shake"
+# Where hack/build-redis-shake.sh caches the binary: $MOORAGE_REDIS_SHAKE_CACHE/<version>/redis-shake.
+CACHE_ENV = "MOORAGE_REDIS_SHAKE_CACHE"
+SHAKE_VERSION = "v4.2.0"
+BUILD_HINT = "`make redis-shake` (hack/build-redis-shake.sh) builds it"
 STOP_GRACE_SECONDS = 10.0
+# A restart replaces a process that is stalled or pointed at the wrong node: no reason to wait long.
+RESTART_GRACE_SECONDS = 3.0
+# redis-shake's graceful stop (first SIGINT) gets this long before the second SIGINT ends it.
+INTERRUPT_SECONDS = 1.0
+PORT_WAIT_SECONDS = 3.0
 STATUS_TIMEOUT = 2.0
 CONFIG = "shake.toml"
 OUTPUT = "redis-shake.out"
@@ -58,18 +74,28 @@ class LocalSyncError(MoorageError):
     """A local sync cannot be started, found or stopped; the message names it and says why."""
 
 
+def cached_binary() -> Path:
+    """Where ``hack/build-redis-shake.sh`` puts redis-shake (whether it is there or not)."""
+    root = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "moorage" / "redis-shake")
+    return Path(root) / SHAKE_VERSION / BINARY_NAME
+
+
 def find_binary() -> str:
-    """redis-shake from ``$MOORAGE_REDIS_SHAKE`` or ``PATH``."""
+    """redis-shake from ``$MOORAGE_REDIS_SHAKE``, else the build cache, else ``PATH``."""
     configured = os.environ.get(BINARY_ENV)
     if configured:
         if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
             raise LocalSyncError(f"${BINARY_ENV}={configured} is not an executable file")
         return configured
+    cached = cached_binary()
+    if cached.is_file() and os.access(cached, os.X_OK):
+        return str(cached)
     found = shutil.which(BINARY_NAME)
     if found is None:
         raise LocalSyncError(
-            f"redis-shake not found: install redis-shake v4 on PATH or set ${BINARY_ENV} to it; "
-            "to run it yourself, `moorage sync plan --out DIR` writes its configs"
+            f"redis-shake not found: not in ${BINARY_ENV}, not at {cached}, not on PATH; "
+            f"{BUILD_HINT} into {cached.parent}/. "
+            "To run it yourself, `moorage sync plan --out DIR` writes its configs"
         )
     return found
 
@@ -270,14 +296,25 @@ class LocalSyncs:
 
     # processes
 
-    def _spawn(self, name: str, record: dict[str, Any], binary: str) -> None:
+    def _spawn(self, name: str, record: dict[str, Any], binary: str, target: RedisURL) -> None:
+        """Empty the workload's share of the target, then start its redis-shake (a full sync)."""
         config = self._config(name, record["name"])
         port = int(record["statusPort"])
+        until = time.monotonic() + PORT_WAIT_SECONDS  # a process just stopped may still be closing it
+        while not port_free(port) and time.monotonic() < until:
+            time.sleep(0.1)
         if not port_free(port):
             raise LocalSyncError(
                 f"workload {record['name']}: status port {port} on {LOOPBACK} is in use; "
                 "choose another --status-port-base"
             )
+        try:
+            record["clearedKeys"] = clear_share(_workload_of(name, record), target)
+        except MoorageError as exc:
+            raise LocalSyncError(
+                f"workload {record['name']}: not started: cannot empty its share of the target "
+                f"{target.redacted} before the full sync: {exc}"
+            ) from None
         with open(config.parent / OUTPUT, "ab") as output:
             process = subprocess.Popen(
                 [binary, str(config)],
@@ -293,22 +330,40 @@ class LocalSyncs:
         record["binary"] = binary
 
     def _kill(self, name: str, record: dict[str, Any], grace: float = STOP_GRACE_SECONDS) -> None:
-        """SIGTERM, then SIGKILL after ``grace``; only while the recorded PID is still ours."""
+        """SIGINT, a second SIGINT after ``INTERRUPT_SECONDS``, SIGKILL after ``grace``; only while the
+        recorded PID is still ours.
+
+        SIGINT, not SIGTERM: redis-shake v4.2.0 only logs SIGTERM and keeps running (upstream #1001,
+        fixed after v4.2.0). Its first SIGINT starts a graceful stop that only completes when the next
+        bytes arrive from the source (up to the source's repl-ping-replica-period, 10 s); its second
+        exits at once. SIGCONT follows each, so a stopped process (a stall) wakes up to handle it."""
         pid = record.get("pid")
         if not pid or not self._alive(name, record):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while self._alive(name, record) and time.monotonic() < deadline:
-            reap(pid)
-            time.sleep(0.05)
+        for sig, until in (
+            (signal.SIGINT, min(deadline, time.monotonic() + INTERRUPT_SECONDS)),
+            (signal.SIGINT, deadline),
+        ):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+                os.kill(pid, signal.SIGCONT)
+            while self._alive(name, record) and time.monotonic() < until:
+                reap(pid)
+                time.sleep(0.05)
         if self._alive(name, record):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             while self._alive(name, record):
                 reap(pid)
                 time.sleep(0.05)
+        # An exiting process loses its cmdline before it closes its files (its status port): wait
+        # until it is gone or a zombie, whose files are closed.
+        started = record.get("startTime")
+        until = time.monotonic() + 5.0
+        while started and process_start_time(pid) == started and time.monotonic() < until:
+            reap(pid)
+            time.sleep(0.02)
         reap(pid)
 
     # commands
@@ -339,9 +394,11 @@ class LocalSyncs:
                     raise LocalSyncError(
                         f"local sync {name!r} is already running ({len(state['workloads'])} workloads)"
                     )
-                for record in dead:
-                    self._spawn(name, record, binary)
-                self._write(name, state)
+                try:
+                    for record in dead:
+                        self._spawn(name, record, binary, target)
+                finally:
+                    self._write(name, state)
             else:
                 planned = manual.plan_urls(name, source, target, status_port_base=status_port_base)
                 busy = [m.status_port for m in planned if not port_free(m.status_port)]
@@ -364,7 +421,7 @@ class LocalSyncs:
                 }
                 try:
                     for record in state["workloads"]:
-                        self._spawn(name, record, binary)
+                        self._spawn(name, record, binary, target)
                 finally:
                     self._write(name, state)  # what did start is recorded, to be stopped by PID
         return self.status(name, sample=False)
@@ -509,11 +566,16 @@ class LocalSyncs:
             if replan:
                 acted += self._replan(name, state, binary, "; ".join(replan))
             else:
+                target = self._target_url(name, state)
                 for record in state["workloads"]:
                     reason = restart.get(record["name"])
                     if reason is None:
                         continue
-                    self._restart(name, record, binary, reason)
+                    try:
+                        self._restart(name, record, binary, reason, target)
+                    except LocalSyncError as exc:  # the next pass tries again
+                        acted.append(f"{record['name']}: not restarted: {exc}")
+                        continue
                     acted.append(f"{record['name']}: restarted (full resync): {reason}")
             self._write(name, state)
         # Workloads left alone keep this pass's decision; the ones acted on show their new process.
@@ -534,18 +596,22 @@ class LocalSyncs:
                 return str(binary)
         return None
 
-    def _restart(self, name: str, record: dict[str, Any], binary: str, reason: str) -> None:
-        self._kill(name, record)
-        self._spawn(name, record, binary)
+    def _restart(self, name: str, record: dict[str, Any], binary: str, reason: str, target: RedisURL) -> None:
+        self._kill(name, record, RESTART_GRACE_SECONDS)
+        record["pid"] = None
         record["restarts"] = int(record.get("restarts", 0)) + 1
         record["lastRestartReason"] = reason
         # A new generation: the old samples' progress says nothing about the new process.
         self._history.pop((name, record["name"]), None)
+        self._spawn(name, record, binary, target)
+
+    def _target_url(self, name: str, state: dict[str, Any]) -> RedisURL:
+        username, password = self._target_credentials(name, state)
+        return RedisURL(Endpoint.parse(state["targetEndpoint"]), username, password, 0)
 
     def _replan(self, name: str, state: dict[str, Any], binary: str, reason: str) -> list[str]:
         url, _ = self._source(name, state)
-        target_username, target_password = self._target_credentials(name, state)
-        target = RedisURL(Endpoint.parse(state["targetEndpoint"]), target_username, target_password, 0)
+        target = self._target_url(name, state)
         planned = manual.plan_urls(name, url, target, status_port_base=int(state["statusPortBase"]))
         old = {r["name"]: r for r in state["workloads"]}
         acted, records = [], []
@@ -555,18 +621,23 @@ class LocalSyncs:
                 records.append(record)
                 continue
             if record is not None:
-                self._kill(name, record)
+                self._kill(name, record, RESTART_GRACE_SECONDS)
             manual.write_configs([item], self.directory(name), url, target)
             fresh = _workload_record(item) | {
                 "restarts": int(record.get("restarts", 0)) + 1 if record else 0,
                 "lastRestartReason": f"re-planned: {reason}",
+                "pid": None,
             }
-            self._spawn(name, fresh, binary)
             self._history.pop((name, item.workload.name), None)
             records.append(fresh)
+            try:
+                self._spawn(name, fresh, binary, target)
+            except LocalSyncError as exc:  # recorded without a process: the next pass starts it
+                acted.append(f"{item.workload.name}: re-planned, not started: {exc}")
+                continue
             acted.append(f"{item.workload.name}: re-planned, reads {item.workload.reader}")
         for record in old.values():  # shards that are gone
-            self._kill(name, record)
+            self._kill(name, record, RESTART_GRACE_SECONDS)
             acted.append(f"{record['name']}: stopped, its shard is gone")
         state["workloads"] = records
         return acted

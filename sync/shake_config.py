@@ -23,9 +23,10 @@ from sync.plan import ShakeWorkload
 
 # redis-shake config keys. Checked against redis-shake's own sample configs (tair-opensource/RedisShake:
 # v4 ``shake.toml`` with sections sync_reader / redis_writer / filter / advanced; v3 ``sync.toml`` with
-# top-level ``type`` and sections source / target / advanced) and its status code (v4
-# internal/status: ``reader`` / ``consistent``; the sync reader's stat fields). Logical name ->
-# (section, key); section "" is the top level.
+# top-level ``type`` and sections source / target / advanced). The v4 keys are also checked against
+# the ``mapstructure`` tags of the v4.2.0 source (tests/unit/test_redis_shake_v4_2_0.py): v4.2.0 ignores
+# a key it does not know instead of refusing it. Logical name -> (section, key); section "" is the
+# top level.
 SHAKE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
     "v4": {
         "reader.cluster": ("sync_reader", "cluster"),
@@ -49,7 +50,9 @@ SHAKE_KEYS: dict[str, dict[str, tuple[str, str]]] = {
         "advanced.log_level": ("advanced", "log_level"),
         "advanced.log_interval": ("advanced", "log_interval"),
         "advanced.pipeline_count_limit": ("advanced", "pipeline_count_limit"),
-        # panic | rewrite | skip when a key already exists on the target; rewrite = overwrite it.
+        # panic | rewrite | skip on a BUSYKEY reply to a RESTORE. sync_reader never sends RESTORE (it
+        # loads the RDB as SET/RPUSH/HSET/... commands, upstream #921): see sync.share for how a full
+        # sync over existing keys is made correct.
         "advanced.rdb_restore_command_behavior": ("advanced", "rdb_restore_command_behavior"),
     },
     # v3 keys as its sample sync.toml documents them: no version keys and no status/metrics port
@@ -165,8 +168,9 @@ def render_v4(
         "advanced.log_level": "info",
         "advanced.log_interval": 5,
         "advanced.pipeline_count_limit": 1024,
-        # A restart is always a full resync (v4 cannot resume): keys written by the previous run are
-        # already there and must be overwritten, not abort the sync.
+        # Never abort on a key that exists: a RESTORE in the source's command stream is replayed as
+        # is. (A restart's full resync over the previous run's keys is handled by emptying the
+        # workload's share first, sync.share: this setting does not reach sync_reader's RDB load.)
         "advanced.rdb_restore_command_behavior": "rewrite",
     }
     return _render("v4", values)

@@ -36,18 +36,29 @@ from middleware.engines.redis.slots import SlotRange
 from sync.plan import ShakeWorkload
 
 # Field names of redis-shake v4's status_port JSON that this module reads, in one place so they are
-# easy to check against redis-shake's status output (reader[] and writer[] per instance).
+# easy to check against redis-shake's status output. Checked against v4.2.0 (internal/status: top-level
+# ``consistent``, ``reader``, ``writer``; the sync reader's stat struct) and documents captured from the
+# running binary (tests/unit/recorded/, tests/unit/test_redis_shake_v4_2_0.py). A standalone sync
+# reader (what our one-shard workloads run) reports one object under ``reader``, a cluster reader a
+# list; ``reader`` is null until the first refresh (the document is rebuilt once a second).
 STATUS_FIELDS = {
     "readers": "reader",
-    "reader_status": "status",  # e.g. "hand shaking", "waiting bgsave", "receiving rdb", "syncing aof"
+    # "hand shaking", "waiting bgsave", "receiving rdb", "syncing rdb" (loading it into the target),
+    # "syncing aof"
+    "reader_status": "status",
+    # Replication offsets, in the source's offset space. received: from the FULLRESYNC offset on, what
+    # came in (also what it ACKs every 100 ms). sent: what it has handed to its writer; 0 until the
+    # first command after the RDB (an idle source leaves it 0).
     "aof_received_offset": "aof_received_offset",
     "aof_sent_offset": "aof_sent_offset",
+    "aof_received_bytes": "aof_received_bytes",  # received since the FULLRESYNC offset
     "rdb_received_bytes": "rdb_received_bytes",
     "rdb_file_size_bytes": "rdb_file_size_bytes",
-    "rdb_sent_bytes": "rdb_sent_bytes",
+    "rdb_sent_bytes": "rdb_sent_bytes",  # RDB bytes parsed and handed to the writer ("syncing rdb")
     "consistent": "consistent",
 }
 AOF_PHASE = "syncing aof"
+RDB_LOAD_PHASE = "syncing rdb"
 # Phases before redis-shake receives the RDB: where it sits while the source cannot serve a full sync.
 BEFORE_RDB_PHASES = frozenset({"hand shaking", "waiting bgsave"})
 
@@ -78,6 +89,7 @@ class ShakeStatus:
     rdb_bytes: int  # RDB bytes received so far (progress during the full sync)
     rdb_total: int | None
     consistent: bool
+    rdb_sent: int = 0  # RDB bytes handed to the writer so far (progress while it loads the target)
 
 
 def parse_status(document: Mapping[str, Any]) -> ShakeStatus:
@@ -93,13 +105,23 @@ def parse_status(document: Mapping[str, Any]) -> ShakeStatus:
         value = reader.get(STATUS_FIELDS[name])
         return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
+    phase = str(reader.get(STATUS_FIELDS["reader_status"], "unknown"))
+    received = number("aof_received_offset")
+    sent = number("aof_sent_offset")
+    received_bytes = number("aof_received_bytes")
+    if phase == AOF_PHASE and not sent and received is not None and received_bytes is not None:
+        # Nothing of the stream handed to the writer yet (v4.2.0 leaves aof_sent_offset at 0 until the
+        # first command after the RDB): what it has handed over ends where the stream began, at the
+        # FULLRESYNC offset, which is what it received minus the bytes received since.
+        sent = received - received_bytes
     return ShakeStatus(
-        phase=str(reader.get(STATUS_FIELDS["reader_status"], "unknown")),
-        received_offset=number("aof_received_offset"),
-        sent_offset=number("aof_sent_offset"),
+        phase=phase,
+        received_offset=received,
+        sent_offset=sent,
         rdb_bytes=number("rdb_received_bytes") or 0,
         rdb_total=number("rdb_file_size_bytes"),
         consistent=bool(document.get(STATUS_FIELDS["consistent"], False)),
+        rdb_sent=number("rdb_sent_bytes") or 0,
     )
 
 
@@ -172,7 +194,8 @@ def _progress(sample: Sample) -> tuple[str, int, int] | None:
     """What moves while redis-shake works: its status document's counters, or (no status port) the
     offset its connection ACKs to the source. None: nothing to judge progress by."""
     if sample.status is not None:
-        return (sample.status.phase, sample.status.received_offset or 0, sample.status.rdb_bytes)
+        status = sample.status
+        return (status.phase, status.received_offset or 0, status.rdb_bytes + status.rdb_sent)
     if not sample.status_expected and sample.acked_offset is not None:
         return ("acked", sample.acked_offset, 0)
     return None
@@ -260,14 +283,12 @@ def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = 
         if last.acked_offset is None:
             return made(State.UNKNOWN, Action.NONE, "not connected to the source (no replication consumer)")
         return made(State.HEALTHY, Action.NONE, "syncing" if lag_bytes else "in sync")
-    if last.status is None:
-        # No status port (v3): the source's view is all there is.
-        if last.acked_offset is None:
-            return made(State.UNKNOWN, Action.NONE, "not connected to the source (no replication consumer)")
-        return made(State.HEALTHY, Action.NONE, "syncing" if lag_bytes else "in sync")
     if last.status.phase != AOF_PHASE:
         total = f"/{last.status.rdb_total}" if last.status.rdb_total else ""
-        return made(
-            State.SYNCING_RDB, Action.NONE, f"{last.status.phase}: {last.status.rdb_bytes}{total} RDB bytes"
-        )
+        if last.status.phase == RDB_LOAD_PHASE:
+            # Received in full; being parsed and written into the target.
+            done = f"{last.status.rdb_sent}{total} RDB bytes written to the target"
+        else:
+            done = f"{last.status.rdb_bytes}{total} RDB bytes received"
+        return made(State.SYNCING_RDB, Action.NONE, f"{last.status.phase}: {done}")
     return made(State.HEALTHY, Action.NONE, "syncing" if lag_bytes else "in sync")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import RedisNodes, RedisProcess
+from tests.integration.shake_harness import shake_binary
 
 PASSWORD = "it-s3cret pass"  # a space on purpose: quoting in redis.conf must hold
 
@@ -32,3 +33,10 @@ def redis_nodes(redis_group: RedisNodes) -> RedisNodesFactory:
         return redis_group.start(count, cluster=cluster)
 
     return start
+
+
+@pytest.fixture(scope="session")
+def redis_shake() -> str:
+    """The real redis-shake v4 binary (``hack/build-redis-shake.sh``): a skip naming the script when it
+    is missing, a failure instead with ``MOORAGE_SHAKE_REQUIRED=1`` (``make test``)."""
+    return shake_binary()

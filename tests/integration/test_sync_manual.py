@@ -1,9 +1,9 @@
 """``moorage sync plan`` and ``moorage sync cutover --source --target``: redis-shake run by hand.
 
 Real: a 3-shard cluster source (one replica per shard) and a standalone target, the plan observed
-from them, the configs written, CLIENT PAUSE, offsets and verify. Stand-in (no redis-shake binary can
-be installed here): ``PsyncStandIn``, named as such, connects to each planned reader announcing the
-planned status port, as redis-shake would; it moves no data, the test fills the target itself.
+from them, the configs written, and the real redis-shake v4.2.0 run by hand on each of them, as the
+docs tell a user to (``redis-shake DIR/<workload>/shake.toml``): it moves the data, and the cutover
+finds its connections, drains, verifies and leaves stopping them to the user.
 """
 
 from __future__ import annotations
@@ -24,22 +24,24 @@ from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import create_cluster
 from tests.integration.conftest import PASSWORD
 from tests.integration.harness import RedisNodes, RedisProcess, wait_until
-from tests.integration.psync_standin import PsyncStandIn
+from tests.integration.shake_harness import ShakeProcess, status_port_base
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = 18080
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MOORAGE_SOURCE_PASSWORD": PASSWORD, "MOORAGE_TARGET_PASSWORD": PASSWORD}
+    if state is not None:
+        env["MOORAGE_STATE_DIR"] = str(state)  # no local sync of that name there: hand-run processes
     return subprocess.run(
         [sys.executable, "-m", "operators.cli", "sync", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=180,
-        env={**os.environ, "MOORAGE_SOURCE_PASSWORD": PASSWORD, "MOORAGE_TARGET_PASSWORD": PASSWORD},
+        env=env,
         check=False,
     )
 
@@ -50,13 +52,15 @@ def _url(process: RedisProcess, password: str | None = None) -> str:
 
 
 def test_plan_writes_configs_and_cutover_checks_the_hand_run_workloads(
-    redis_group: RedisNodes, tmp_path: Path
+    redis_group: RedisNodes, redis_shake: str, tmp_path: Path
 ) -> None:
     members = redis_group.start(6, cluster=True, prefix="src")
     create_cluster([[members[i].endpoint, members[i + 3].endpoint] for i in range(3)], PASSWORD, timeout=60)
     target = redis_group.add("target", cluster=False)
     cluster = redis.RedisCluster(host="127.0.0.1", port=members[0].port, password=PASSWORD)
-    standins: list[PsyncStandIn] = []
+    shakes: list[ShakeProcess] = []
+    state = tmp_path / "state"
+    base = status_port_base()
     try:
         for i in range(400):
             cluster.set(f"item:{i}", i)
@@ -72,12 +76,12 @@ def test_plan_writes_configs_and_cutover_checks_the_hand_run_workloads(
         out = tmp_path / "shake"
         # Passwords come from the environment: never on the command line, never in the output.
         planned = _cli("plan", "--source", _url(members[1]), "--target", _url(target), "--name", "orders",
-                       "--out", str(out), "-o", "json")  # fmt: skip
+                       "--out", str(out), "--status-port-base", str(base), "-o", "json")  # fmt: skip
         assert planned.returncode == 0, planned.stderr
         assert PASSWORD not in planned.stdout + planned.stderr
         rows = json.loads(planned.stdout)["workloads"]
         assert [r["name"] for r in rows] == [f"orders-shard-{i}" for i in range(3)]
-        assert [r["statusPort"] for r in rows] == [BASE, BASE + 1, BASE + 2]
+        assert [r["statusPort"] for r in rows] == [base, base + 1, base + 2]
         masters = {m.endpoint.address for m in members[:3]}
         for row in rows:
             assert row["readsReplica"] and row["shardMaster"] in masters
@@ -97,15 +101,19 @@ def test_plan_writes_configs_and_cutover_checks_the_hand_run_workloads(
             assert config["advanced"]["dir"] == str((config_path.parent / "work").resolve())
 
         # Nothing connected yet: refused before any pause.
-        refused = _cli("cutover", "--source", _url(members[0]), "--target", _url(target), "--name", "orders",
-                       "--yes", "--pause", "20", "--drain-timeout", "5", "-o", "json")  # fmt: skip
+        cut = ("cutover", "--source", _url(members[0]), "--target", _url(target), "--name", "orders",
+               "--status-port-base", str(base), "--yes")  # fmt: skip
+        refused = _cli(*cut, "--pause", "20", "--drain-timeout", "5", "-o", "json", state=state)
         assert refused.returncode == 1, refused.stderr
         assert json.loads(refused.stdout)["step"] == "preflight"
 
+        # The user runs redis-shake on each config, from its directory.
         for row in rows:
-            standins.append(PsyncStandIn(Endpoint.parse(row["reads"]), row["statusPort"], PASSWORD))
-        for row, standin in zip(rows, standins, strict=True):
-            with redis.Redis(host="127.0.0.1", port=standin.node.port, password=PASSWORD) as r:
+            shakes.append(ShakeProcess(redis_shake, Path(row["config"])).start())
+        for row, shake in zip(rows, shakes, strict=True):
+            shake.wait_streaming()
+            reads = Endpoint.parse(row["reads"])
+            with redis.Redis(host=reads.host, port=reads.port, password=PASSWORD) as r:
                 wait_until(
                     lambda r=r: r.info("replication"),
                     lambda info, port=row["statusPort"]: any(
@@ -113,25 +121,22 @@ def test_plan_writes_configs_and_cutover_checks_the_hand_run_workloads(
                         for v in info.values()
                     ),
                     30,
-                    f"{row['name']}'s stand-in to stream",
+                    f"{row['name']}'s redis-shake to stream from {row['reads']}",
                 )
-        with target.client() as t:
-            for node in cluster.get_primaries():
-                source = cluster.get_redis_connection(node)
-                for key in source.scan_iter(count=1000):
-                    t.restore(key, 0, source.dump(key), replace=True)  # test setup, not a sync
+        for i in range(400, 500):  # written while redis-shake streams
+            cluster.set(f"item:{i}", i)
 
-        done = _cli("cutover", "--source", _url(members[0]), "--target", _url(target), "--name", "orders",
-                    "--yes", "--pause", "30", "--drain-timeout", "10", "--unpause", "-o", "json")  # fmt: skip
+        done = _cli(*cut, "--pause", "30", "--drain-timeout", "20", "--unpause", "-o", "json", state=state)
         assert done.returncode == 0, done.stdout + done.stderr
         report = json.loads(done.stdout)
         assert report["ok"] and report["lagBytes"] == {f"orders-shard-{i}": 0 for i in range(3)}
         assert "stop the redis-shake processes now" in report["reason"]
-        assert report["verify"]["equal"] and report["verify"]["checked"] == 400
+        assert report["verify"]["equal"] and report["verify"]["checked"] == 500
         assert sorted(report["paused"]) == sorted(masters) and report["unpaused"]
+        assert all(shake.running() for shake in shakes), "stopping hand-run processes is left to the user"
     finally:
-        for standin in standins:
-            standin.close()
+        for shake in shakes:
+            shake.stop()
         cluster.close()
 
 

@@ -1,8 +1,11 @@
 """``moorage sync verify`` against real redis-server processes: a 3-shard cluster source, a standalone
 target.
 
-The target is filled by the test itself with plain redis-py DUMP/RESTORE (keeping TTLs). That is test
-setup standing in for redis-shake, which cannot be installed here; it is not a sync implementation.
+The target is filled by the test itself with plain redis-py DUMP/RESTORE (keeping TTLs), then given
+the differences each test needs (missing, extra, changed, expired keys): verify is tested on target
+states made to order, which a sync could not produce on demand. That copying is test setup, not a sync
+implementation; the data path through the real redis-shake, ending in verify finding no difference,
+is tested in test_sync_local.py, test_sync_cutover.py and test_sync_manual.py.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """``moorage sync status|start|stop|reverse|cutover`` on a real kube-apiserver with the operator running.
 
-The RedisSync's sides are real redis-server processes given by ``addresses``. The redis-shake pods
-never run (no kubelet, no redis-shake binary here); for the cutover, ``PsyncStandIn`` (named as
-such: tests/integration/psync_standin.py) connects to the source the way redis-shake's reader does,
-so the source reports its ACKed offset, and the test fills the target itself with DUMP/RESTORE.
-No data is moved by anything pretending to be redis-shake.
+The RedisSync's sides are real redis-server processes given by ``addresses``. There is no kubelet,
+so the test does the kubelet's part for the one workload: it runs the real redis-shake
+(``hack/build-redis-shake.sh``) on the ``shake.toml`` the operator rendered into the workload's
+config Secret (only ``advanced.dir``, the pod's scratch volume, points at a temporary directory), and
+stops it once the operator deleted the Deployment. The data reaches the target through redis-shake;
+the cutover finds its connection on the source, drains, verifies and stops the sync.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import redis
 
 from tests.integration.harness import RedisNodes, RedisProcess, require_binary
-from tests.integration.psync_standin import PsyncStandIn
+from tests.integration.shake_harness import ShakeProcess, shake_binary
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, wait_for
 from tests.k8s.test_sync_operator import _deployments, _name, _status, operator
@@ -44,13 +45,24 @@ def _cli(control_plane: ControlPlane, *args: str) -> subprocess.CompletedProcess
     )
 
 
-def _copy(source: RedisProcess, target: RedisProcess) -> None:
-    """Test setup only: DUMP/RESTORE every key (not a sync implementation)."""
-    with source.client() as s, target.client() as t:
-        for key in s.scan_iter(count=1000):
-            payload = s.dump(key)
-            if payload is not None:
-                t.restore(key, max(int(s.pttl(key)), 0), payload, replace=True)
+def _run_workload(api_client: Any, namespace: str, workload: str, binary: str, scratch: Path) -> ShakeProcess:
+    """The kubelet's part: redis-shake on the config the operator rendered into ``<workload>-config``,
+    with the pod's scratch volume (``advanced.dir``) in ``scratch``."""
+    import base64
+    import tomllib
+
+    from sync.shake_config import CONFIG_FILE
+
+    secret = core_api(api_client).read_namespaced_secret(f"{workload}-config", namespace)
+    text = base64.b64decode(secret.data[CONFIG_FILE]).decode()
+    rendered_dir = tomllib.loads(text)["advanced"]["dir"]
+    assert tomllib.loads(text)["advanced"]["status_port"] == STATUS_PORT
+    scratch.mkdir(parents=True)
+    config = scratch / CONFIG_FILE
+    config.write_text(text.replace(json.dumps(rendered_dir), json.dumps(str(scratch / "shake")), 1))
+    config.chmod(0o600)
+    assert tomllib.loads(config.read_text())["advanced"]["dir"] == str(scratch / "shake")
+    return ShakeProcess(binary, config).start()
 
 
 def _paused(process: RedisProcess) -> bool:
@@ -68,8 +80,10 @@ def test_status_direction_changes_and_cutover_from_the_cli(
     control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
     require_binary("redis-server", "redis-server")
+    binary = shake_binary()
     nodes = RedisNodes(tmp_path / "redis", password=PASSWORD)
     sync = _name("rs")
+    shake: ShakeProcess | None = None
     try:
         source = nodes.add("source", cluster=False)
         target = nodes.add("target", cluster=False)
@@ -134,20 +148,21 @@ def test_status_direction_changes_and_cutover_from_the_cli(
             unconfirmed = _cli(control_plane, "cutover", sync, "-n", namespace)
             assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
 
-            # With a stand-in streaming from the source and the target filled by the test: cut over.
-            standin = PsyncStandIn(source.endpoint, STATUS_PORT, PASSWORD)
-            try:
-                wait_for("the stand-in online", lambda: _consumer_online(source), timeout=30)
-                _copy(source, target)
-                done = _cli(control_plane, "cutover", sync, "-n", namespace, "--yes", "--pause", "30",
-                            "--drain-timeout", "10", "--unpause", "-o", "json")  # fmt: skip
-                assert done.returncode == 0, done.stdout + done.stderr
-                report = json.loads(done.stdout)
-                assert report["ok"] and report["step"] == "done" and report["lagBytes"] == {sync: 0}
-                assert report["verify"]["equal"] and report["verify"]["checked"] == 300
-                assert report["paused"] == [source.endpoint.address] and report["unpaused"]
-            finally:
-                standin.close()
+            # The workload's pod "runs": redis-shake on the operator's config moves the data.
+            shake = _run_workload(api_client, namespace, sync, binary, tmp_path / "pod")
+            shake.wait_streaming()
+            with source.client() as client:
+                for i in range(300, 400):  # written while it streams
+                    client.set(f"order:{i}", f"v{i}")
+            wait_for("redis-shake online on the source", lambda: _consumer_online(source), timeout=30)
+            done = _cli(control_plane, "cutover", sync, "-n", namespace, "--yes", "--pause", "40",
+                        "--drain-timeout", "20", "--unpause", "-o", "json")  # fmt: skip
+            assert done.returncode == 0, done.stdout + done.stderr
+            report = json.loads(done.stdout)
+            assert report["ok"] and report["step"] == "done" and report["lagBytes"] == {sync: 0}
+            assert report["verify"]["equal"] and report["verify"]["checked"] == 400
+            assert report["paused"] == [source.endpoint.address] and report["unpaused"]
+            shake.stop()  # the Deployment is gone: the kubelet would stop the container now
             assert _read_direction(api_client, namespace, sync) == "Stopped"
             assert not _deployments(api_client, namespace, sync)  # cutover waited for them to go
             assert not _paused(source)
@@ -181,6 +196,8 @@ def test_status_direction_changes_and_cutover_from_the_cli(
         missing = _cli(control_plane, "status", "no-such-sync", "-n", namespace)
         assert missing.returncode == 2 and f"RedisSync {namespace}/no-such-sync not found" in missing.stderr
     finally:
+        if shake is not None:
+            shake.stop()
         nodes.stop_all()
 
 

@@ -3,8 +3,8 @@
 The status documents below are hand-written following the shape of redis-shake v4's ``status_port``
 JSON output as its source defines it (internal/status: top-level ``consistent``, ``reader`` and
 ``writer``; the sync reader's stat fields with their JSON names). A standalone sync reader (what our
-one-shard workloads run) reports one object under ``reader``, a cluster reader a list. They were
-not captured from a live binary, which cannot be installed here.
+one-shard workloads run) reports one object under ``reader``, a cluster reader a list. Documents the
+real v4.2.0 binary served, and its quirks, are tested in test_redis_shake_v4_2_0.py.
 """
 
 from __future__ import annotations
