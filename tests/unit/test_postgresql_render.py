@@ -301,7 +301,7 @@ def _run_init(tmp_path: Path, spec: ResolvedSpec, pod: str, *, primary_up: bool,
         (root / "data/pgdata/PG_VERSION").write_text("18\n")
     script = re.sub(r"(?<![\w.])(/etc/postgresql[-\w]*|/data)\b", lambda m: f"{root}{m.group(1)}", script)
     log = tmp_path / "calls"
-    bin_dir = _fake_bin(tmp_path, ["initdb", "pg_basebackup", "pg_rewind"], log)
+    bin_dir = _fake_bin(tmp_path, ["initdb", "pg_basebackup", "pg_rewind", "postgres"], log)
     (bin_dir / "pg_isready").write_text(f"#!/bin/sh\nexit {0 if primary_up else 1}\n")
     (bin_dir / "pg_isready").chmod(0o755)
     (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
@@ -327,6 +327,8 @@ def test_init_script_initialises_ordinal_zero_and_clones_the_others(tmp_path: Pa
     spec = make_spec("replication")
     calls = _run_init(tmp_path / "a", spec, "vectors-0", primary_up=False, has_data=False)
     assert calls.startswith("initdb -D ") and "--data-checksums" in calls
+    # The replication role exists before the first start, so the next members can clone.
+    assert "\npostgres --single -D " in calls
     calls = _run_init(tmp_path / "b", spec, "vectors-2", primary_up=True, has_data=False)
     assert calls.startswith("pg_basebackup ") and "application_name=vectors-2" in calls
     calls = _run_init(tmp_path / "c", spec, "vectors-0", primary_up=True, has_data=True)

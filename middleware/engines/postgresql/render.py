@@ -226,6 +226,12 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         f'    initdb -D "$pgdata" -U {SUPERUSER} --pwfile={SECRETS_DIR}/pwfile --auth=scram-sha-256 '
         "--data-checksums --no-locale --encoding=UTF8",
         f"    rm -f {SECRETS_DIR}/pwfile",
+        # The replication role before the first start: the next members clone through it before
+        # every member is Ready, and so before the operator's bootstrap (which keeps it up to
+        # date) can run. Single-user mode: nothing listens yet, and the statement is not logged.
+        f"    rp_sql=`printf '%s' \"${REPLICATION_PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
+        f"    printf \"CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '%s';\\n\" \"$rp_sql\" "
+        '| postgres --single -D "$pgdata" postgres >/dev/null',
         f'    : > "$pgdata/{FIRST_START_MARKER}"',
         "  else",
         "    tries=0",

@@ -1,0 +1,129 @@
+"""PostgreSQL 18 + pgvector on real pods, through the operator only: replication, pgvector through
+the ``-rw`` Service from another pod, and a writable primary again after the primary pod (then
+every pod) is deleted, with no acknowledged commit lost."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tests.e2e.cluster import LocalCluster, wait_for
+
+pytestmark = pytest.mark.e2e
+
+NAME = "vectors"
+PG_IMAGE = "localhost/moorage/postgresql:18"
+RESOURCES = {"cpu": "150m", "memory": "256Mi"}
+
+# Inserts rows 1, 2, ... through the -rw Service and prints "ack N" once the commit returned.
+WRITER = r"""
+i=0
+while [ ! -e /tmp/stop ]; do
+  i=$((i+1))
+  if psql -qtAX -v ON_ERROR_STOP=1 -c "INSERT INTO acked VALUES ($i)" >/dev/null 2>&1; then echo "ack $i"; fi
+  sleep 0.05
+done
+echo "stopped at $i"
+sleep 3600
+"""
+
+
+@pytest.fixture(scope="module")
+def pg_ns(local_cluster: LocalCluster) -> Iterator[str]:
+    name = local_cluster.new_namespace("e2e-pg")
+    try:
+        yield name
+    finally:
+        local_cluster.delete_namespace(name)
+
+
+def _app_password(cluster: LocalCluster, namespace: str) -> str:
+    secret = cluster.core.read_namespaced_secret(f"{NAME}-credentials", namespace)
+    return base64.b64decode(secret.data["app-password"]).decode()
+
+
+def _rw(cluster: LocalCluster, namespace: str, *, superuser: bool = False) -> psycopg.Connection:
+    """The -rw Service's ClusterIP from the host (kube-proxy routes it as for a pod)."""
+    ip = cluster.core.read_namespaced_service(f"{NAME}-rw", namespace).spec.cluster_ip
+    user, password = ("postgres", cluster.password(namespace, NAME)) if superuser else (
+        "app", _app_password(cluster, namespace))
+    return psycopg.connect(host=ip, port=5432, dbname="app", user=user, password=password,
+                           connect_timeout=5, autocommit=True)
+
+
+def _writable(cluster: LocalCluster, namespace: str) -> bool:
+    with _rw(cluster, namespace) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS probe (at timestamptz)")
+        conn.execute("INSERT INTO probe VALUES (now())")
+    return True
+
+
+def _primary(cluster: LocalCluster, namespace: str) -> str:
+    mw = cluster.middleware(namespace, NAME)
+    return next(m["name"] for m in mw["status"]["members"] if m["role"] == "primary")
+
+
+def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, pg_ns: str) -> None:
+    local_cluster.create_middleware(pg_ns, NAME, {
+        "engine": "postgresql", "topology": "replication", "replicas": 3, "extensions": ["vector"],
+        "resources": RESOURCES, "storage": {"size": "512Mi"},
+    })
+    mw = local_cluster.wait_ready(pg_ns, NAME, timeout=480)
+    roles = sorted(m["role"] for m in mw["status"]["members"])
+    assert roles == ["primary", "replica", "replica"]
+    script = (
+        "psql -v ON_ERROR_STOP=1 -qtAX "
+        "-c 'CREATE EXTENSION IF NOT EXISTS vector' "
+        "-c 'CREATE TABLE items (id int PRIMARY KEY, embedding vector(3))' "
+        "-c \"INSERT INTO items VALUES (1, '[1,1,1]'), (2, '[5,5,5]'), (3, '[9,9,9]')\" "
+        "-c 'CREATE INDEX ON items USING hnsw (embedding vector_l2_ops)' "
+        "-c \"SELECT id FROM items ORDER BY embedding <-> '[4.5,5,5.5]' LIMIT 1\" "
+        "-c 'CREATE TABLE acked (n int PRIMARY KEY)'"
+    )
+    local_cluster.run_pod(pg_ns, "pgvector-client", PG_IMAGE, script, env={
+        "PGHOST": f"{NAME}-rw", "PGDATABASE": "app", "PGUSER": "app",
+        "PGPASSWORD": _app_password(local_cluster, pg_ns),
+    })
+    phase = local_cluster.wait_pod_phase(pg_ns, "pgvector-client", ["Succeeded", "Failed"], timeout=180)
+    log = local_cluster.pod_log(pg_ns, "pgvector-client")
+    assert phase == "Succeeded", log
+    assert log.strip().splitlines()[-1] == "2", log  # the nearest neighbour of [4.5,5,5.5]
+    # Synchronous replication: the commits reached a standby before they returned.
+    with _rw(local_cluster, pg_ns, superuser=True) as conn:
+        sync = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync','quorum')")
+        assert sync.fetchone()[0] >= 1
+
+
+def test_primary_pod_deleted_writable_again_nothing_lost(local_cluster: LocalCluster, pg_ns: str) -> None:
+    env = {"PGHOST": f"{NAME}-rw", "PGDATABASE": "app", "PGUSER": "app",
+           "PGPASSWORD": _app_password(local_cluster, pg_ns), "PGCONNECT_TIMEOUT": "3"}
+    local_cluster.run_pod(pg_ns, "writer", PG_IMAGE, WRITER, env=env)
+    wait_for("the writer's first commit", lambda: "ack " in local_cluster.pod_log(pg_ns, "writer"), 120)
+    old_primary = _primary(local_cluster, pg_ns)
+    deleted_at = time.monotonic()
+    local_cluster.delete_pods(pg_ns, [old_primary])
+    time.sleep(2)  # the writer must have seen the primary gone before "writable" means anything
+    wait_for("a writable primary behind -rw", lambda: _writable(local_cluster, pg_ns), 120, interval=1)
+    recovered = time.monotonic() - deleted_at
+    assert recovered <= 60, f"writable again only after {recovered:.0f}s"
+    local_cluster.wait_ready(pg_ns, NAME, timeout=300)
+
+    # Every pod at once: the deployment comes back writable by itself.
+    pods = [p.metadata.name for p in local_cluster.pods(pg_ns, f"app.kubernetes.io/instance={NAME}")]
+    uids = local_cluster.delete_pods(pg_ns, pods)
+    local_cluster.wait_replaced(pg_ns, uids, timeout=300)
+    wait_for("a writable primary after every pod restarted", lambda: _writable(local_cluster, pg_ns), 180, interval=2)
+    local_cluster.wait_ready(pg_ns, NAME, timeout=300)
+
+    local_cluster.exec(pg_ns, "writer", ["touch", "/tmp/stop"])
+    wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(pg_ns, "writer"), 60)
+    acked = {int(line.split()[1]) for line in local_cluster.pod_log(pg_ns, "writer").splitlines()
+             if line.startswith("ack ")}
+    with _rw(local_cluster, pg_ns) as conn:
+        stored = {row[0] for row in conn.execute("SELECT n FROM acked")}
+    assert len(acked) > 20
+    assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"
