@@ -2,6 +2,11 @@
 # Untested here (no Docker engine on the build machine): tests/k8s/test_install.py checks its shape
 # only (pinned base, numeric non-root user, entrypoint). See docs/install.md.
 #
+# hack/build-images.sh (recipe `build_operator`) builds the same image without Docker for the local
+# cluster (localhost/moorage/operator:<version>, docs/images.md): same venv path and `'.[local]'`
+# install, same packages, user, env, workdir, ports, entrypoint and cmd, on Debian bookworm's
+# python3 (3.11) with dependency versions pinned to the repo's .venv. Change both together.
+#
 # The base is pinned to a patch release; pin the digest too (`python:3.11.13-slim-bookworm@sha256:...`)
 # in a registry-connected build.
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm

@@ -119,7 +119,12 @@ def _render(version: str, values: Mapping[str, Any]) -> str:
     sections: dict[str, list[str]] = {}
     for logical, value in values.items():
         section, key = keys[logical]
-        sections.setdefault(section, []).append(f"{key} = {_toml_value(value)}")
+        rendered = _toml_value(value)
+        if version == "v4":
+            # v4 runs its config file through envsubst (a8m/envsubst) before parsing: a `$` in a
+            # password would be taken for a variable; `$$` is envsubst's literal dollar.
+            rendered = rendered.replace("$", "$$")
+        sections.setdefault(section, []).append(f"{key} = {rendered}")
     lines = list(sections.pop("", []))
     for section, entries in sections.items():
         lines += ["", f"[{section}]", *entries]

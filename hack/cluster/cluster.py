@@ -56,7 +56,13 @@ STORAGE_CLASS = "moorage-local"
 CNI_BIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 # Paths that containerd, the kubelet and the CNI plugins create whatever they are told: removed by
 # `down` unless they existed before the first `up`.
-FIXED_HOST_PATHS = ("/var/lib/cni", "/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/run/containerd")
+FIXED_HOST_PATHS = (
+    "/var/lib/cni",
+    "/var/lib/kubelet",
+    "/var/log/containers",
+    "/var/log/pods",
+    "/run/containerd",
+)
 DEBIAN_PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iptables", "openssl")
 IMAGES_HINT = "run `make images` (hack/build-images.sh)"
 
@@ -72,7 +78,9 @@ def log(message: str) -> None:
 def run(cmd: list[str], *, check: bool = True, capture: bool = True, **kwargs: object) -> str:
     proc = subprocess.run(cmd, text=True, capture_output=capture, **kwargs)  # type: ignore[call-overload]
     if check and proc.returncode != 0:
-        raise ClusterError(f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or '').strip()[-2000:]}")
+        raise ClusterError(
+            f"`{' '.join(cmd)}` failed ({proc.returncode}): {(proc.stderr or '').strip()[-2000:]}"
+        )
     return proc.stdout or ""
 
 
@@ -82,13 +90,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, logs: Iterabl
         try:
             if check():
                 return
-        except Exception:  # noqa: BLE001 - "not yet" in any form
+        except Exception:
             pass
         time.sleep(0.5)
     tails = []
     for path in logs:
         if path.exists():
-            tails.append(f"--- {path} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-25:]))
+            tails.append(
+                f"--- {path} (last lines)\n" + "\n".join(path.read_text(errors="replace").splitlines()[-25:])
+            )
     raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}\n" + "\n".join(tails))
 
 
@@ -137,8 +147,9 @@ def image_tars() -> list[Path]:
     given = os.environ.get("MOORAGE_CLUSTER_IMAGES")
     if given:
         return [Path(p) for p in given.split(":") if p]
-    proc = subprocess.run(["bash", str(REPO / "hack" / "build-images.sh")], text=True,
-                          stdout=subprocess.PIPE, stderr=None)
+    proc = subprocess.run(
+        ["bash", str(REPO / "hack" / "build-images.sh")], text=True, stdout=subprocess.PIPE, stderr=None
+    )
     if proc.returncode != 0:
         raise ClusterError(f"building the images failed (see above): {IMAGES_HINT}")
     return [Path(line.strip()) for line in proc.stdout.splitlines() if line.strip().endswith(".tar")]
@@ -147,16 +158,31 @@ def image_tars() -> list[Path]:
 def preflight() -> None:
     if os.geteuid() != 0:
         raise ClusterError("the local cluster needs root (containerd, a bridge, iptables): run it with sudo")
-    missing = [p for p in DEBIAN_PACKAGES if "install ok installed" not in run(
-        ["dpkg-query", "-W", "-f=${Status}", p], check=False)]
+    missing = [
+        p
+        for p in DEBIAN_PACKAGES
+        if "install ok installed" not in run(["dpkg-query", "-W", "-f=${Status}", p], check=False)
+    ]
     if missing:
-        raise ClusterError(f"missing Debian packages: {' '.join(missing)} (`make cluster-deps` installs them)")
-    needed = [k8s_binary(b) for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                                      "kubelet", "kube-proxy")] + [coredns_binary()]
+        raise ClusterError(
+            f"missing Debian packages: {' '.join(missing)} (`make cluster-deps` installs them)"
+        )
+    needed = [
+        k8s_binary(b)
+        for b in (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+        )
+    ] + [coredns_binary()]
     absent = [str(p) for p in needed if not os.access(p, os.X_OK)]
     if absent:
         raise ClusterError(
-            "binaries not built: " + ", ".join(absent)
+            "binaries not built: "
+            + ", ".join(absent)
             + " (`make control-plane coredns` builds them from the Go module proxy)"
         )
 
@@ -188,15 +214,27 @@ def _start_time(pid: int) -> str:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def start(layout: Layout, name: str, cmd: list[str], *, namespace_pid: int | None = None,
-          env: dict[str, str] | None = None, cwd: Path | None = None) -> int:
+def start(
+    layout: Layout,
+    name: str,
+    cmd: list[str],
+    *,
+    namespace_pid: int | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
     if namespace_pid is not None:
         cmd = ["nsenter", "-t", str(namespace_pid), "-m", "--", *cmd]
     logfile = layout.logfile(name)
     with logfile.open("ab") as out:
         proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, **(env or {})}, cwd=cwd,
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
         )
     layout.pidfile(name).write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
     return proc.pid
@@ -232,12 +270,33 @@ def make_pki(layout: Layout) -> None:
         return
     pki.mkdir(parents=True, exist_ok=True)
     os.chmod(pki, 0o700)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650", "-subj", "/CN=moorage-local-ca",
-            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"))
-    sans = ",".join([
-        f"IP:{GATEWAY}", f"IP:{SERVICE_API_IP}", "IP:127.0.0.1", "DNS:localhost", "DNS:kubernetes",
-        "DNS:kubernetes.default", "DNS:kubernetes.default.svc", f"DNS:kubernetes.default.svc.{CLUSTER_DOMAIN}",
-    ])
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=moorage-local-ca",
+        "-keyout",
+        str(pki / "ca.key"),
+        "-out",
+        str(pki / "ca.crt"),
+    )
+    sans = ",".join(
+        [
+            f"IP:{GATEWAY}",
+            f"IP:{SERVICE_API_IP}",
+            "IP:127.0.0.1",
+            "DNS:localhost",
+            "DNS:kubernetes",
+            "DNS:kubernetes.default",
+            "DNS:kubernetes.default.svc",
+            f"DNS:kubernetes.default.svc.{CLUSTER_DOMAIN}",
+        ]
+    )
     _signed(pki, "apiserver", "/CN=kube-apiserver", f"subjectAltName={sans}")
     # The apiserver's client certificate towards the kubelet (logs, exec, port-forward).
     _signed(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", None)
@@ -251,10 +310,33 @@ def make_pki(layout: Layout) -> None:
 
 
 def _signed(pki: Path, name: str, subject: str, extension: str | None) -> None:
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", subject,
-            "-keyout", str(pki / f"{name}.key"), "-out", str(pki / f"{name}.csr"))
-    args = ["x509", "-req", "-in", str(pki / f"{name}.csr"), "-CA", str(pki / "ca.crt"), "-CAkey",
-            str(pki / "ca.key"), "-CAcreateserial", "-days", "3650", "-out", str(pki / f"{name}.crt")]
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        str(pki / f"{name}.key"),
+        "-out",
+        str(pki / f"{name}.csr"),
+    )
+    args = [
+        "x509",
+        "-req",
+        "-in",
+        str(pki / f"{name}.csr"),
+        "-CA",
+        str(pki / "ca.crt"),
+        "-CAkey",
+        str(pki / "ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "3650",
+        "-out",
+        str(pki / f"{name}.crt"),
+    ]
     if extension:
         ext = pki / f"{name}.ext"
         ext.write_text(extension + "\n")
@@ -267,8 +349,15 @@ def write_kubeconfig(layout: Layout) -> None:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "moorage-local", "cluster": {
-            "server": f"https://{GATEWAY}:{APISERVER_PORT}", "certificate-authority-data": ca}}],
+        "clusters": [
+            {
+                "name": "moorage-local",
+                "cluster": {
+                    "server": f"https://{GATEWAY}:{APISERVER_PORT}",
+                    "certificate-authority-data": ca,
+                },
+            }
+        ],
         "users": [{"name": "admin", "user": {"token": layout.admin_token.read_text().strip()}}],
         "contexts": [{"name": "moorage-local", "context": {"cluster": "moorage-local", "user": "admin"}}],
         "current-context": "moorage-local",
@@ -283,7 +372,7 @@ def api_get(layout: Layout, path: str) -> dict:
         f"https://{GATEWAY}:{APISERVER_PORT}{path}",
         headers={"Authorization": f"Bearer {layout.admin_token.read_text().strip()}"},
     )
-    with urllib.request.urlopen(request, context=context, timeout=5) as response:  # noqa: S310 - our own URL
+    with urllib.request.urlopen(request, context=context, timeout=5) as response:
         body = response.read()
     return json.loads(body) if body.startswith(b"{") else {"raw": body.decode()}
 
@@ -447,9 +536,18 @@ def up(layout: Layout, python: str, install_operator: bool) -> None:
         log("a previous cluster left processes or state behind: taking it down first")
         down(layout)
     t0 = time.monotonic()
-    for d in (layout.pids, layout.logs, layout.containerd, layout.cni_conf, layout.cni_ipam,
-              layout.kubelet / "pod-logs", layout.kubelet / "volume-plugins", layout.kubelet / "root",
-              layout.volumes, layout.fake_sysctl):
+    for d in (
+        layout.pids,
+        layout.logs,
+        layout.containerd,
+        layout.cni_conf,
+        layout.cni_ipam,
+        layout.kubelet / "pod-logs",
+        layout.kubelet / "volume-plugins",
+        layout.kubelet / "root",
+        layout.volumes,
+        layout.fake_sysctl,
+    ):
         d.mkdir(parents=True, exist_ok=True)
     record_host(layout)
     bridge_up()
@@ -457,11 +555,19 @@ def up(layout: Layout, python: str, install_operator: bool) -> None:
 
     (layout.containerd / "config.toml").write_text(containerd_config(layout))
     (layout.cni_conf / "10-moorage-local.conflist").write_text(json.dumps(cni_config(layout), indent=2))
-    start(layout, "containerd", ["containerd", "--config", str(layout.containerd / "config.toml")],
-          namespace_pid=holder)
+    start(
+        layout,
+        "containerd",
+        ["containerd", "--config", str(layout.containerd / "config.toml")],
+        namespace_pid=holder,
+    )
     ctr = ctr_command(layout)
-    wait_for("containerd", lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0,
-             30, [layout.logfile("containerd")])
+    wait_for(
+        "containerd",
+        lambda: subprocess.run([*ctr, "version"], capture_output=True).returncode == 0,
+        30,
+        [layout.logfile("containerd")],
+    )
     load_images(layout)
 
     make_pki(layout)
@@ -470,15 +576,41 @@ def up(layout: Layout, python: str, install_operator: bool) -> None:
     start_coredns(layout)
     start_kubelet(layout, holder)
     (layout.root / "kube-proxy.yaml").write_text(kube_proxy_config(layout))
-    start(layout, "kube-proxy", [str(k8s_binary("kube-proxy")), f"--config={layout.root / 'kube-proxy.yaml'}",
-                                 "--v=1"], namespace_pid=holder)
-    wait_for("kube-proxy", lambda: urllib.request.urlopen("http://127.0.0.1:10256/healthz", timeout=2).status == 200,
-             60, [layout.logfile("kube-proxy")])
+    start(
+        layout,
+        "kube-proxy",
+        [str(k8s_binary("kube-proxy")), f"--config={layout.root / 'kube-proxy.yaml'}", "--v=1"],
+        namespace_pid=holder,
+    )
+    wait_for(
+        "kube-proxy",
+        lambda: urllib.request.urlopen("http://127.0.0.1:10256/healthz", timeout=2).status == 200,
+        60,
+        [layout.logfile("kube-proxy")],
+    )
     log("kube-proxy serving the service CIDR")
-    start(layout, "provisioner", [python, str(HERE / "provisioner.py"), "--kubeconfig", str(layout.kubeconfig),
-                                  "--root", str(layout.volumes), "--storage-class", STORAGE_CLASS, "--node", NODE_NAME])
-    wait_for("the default StorageClass", lambda: bool(api_get(layout, f"/apis/storage.k8s.io/v1/storageclasses/{STORAGE_CLASS}")),
-             30, [layout.logfile("provisioner")])
+    start(
+        layout,
+        "provisioner",
+        [
+            python,
+            str(HERE / "provisioner.py"),
+            "--kubeconfig",
+            str(layout.kubeconfig),
+            "--root",
+            str(layout.volumes),
+            "--storage-class",
+            STORAGE_CLASS,
+            "--node",
+            NODE_NAME,
+        ],
+    )
+    wait_for(
+        "the default StorageClass",
+        lambda: bool(api_get(layout, f"/apis/storage.k8s.io/v1/storageclasses/{STORAGE_CLASS}")),
+        30,
+        [layout.logfile("provisioner")],
+    )
     log(f"volume provisioner running (StorageClass {STORAGE_CLASS}, volumes in {layout.volumes})")
     if install_operator:
         install_moorage(layout)
@@ -523,7 +655,9 @@ def remove_kube_chains(before: dict[str, list[str]]) -> None:
         for line in run([f"{tool}-save"], check=False).splitlines():
             if line.startswith("*"):
                 table = line[1:]
-            elif line.startswith("-A ") and any(f"-j {c.split('/')[1]}" in line for c in ours if c.startswith(table + "/")):
+            elif line.startswith("-A ") and any(
+                f"-j {c.split('/')[1]}" in line for c in ours if c.startswith(table + "/")
+            ):
                 subprocess.run([tool, "-t", table, "-D", *shlex.split(line[3:])], capture_output=True)
         for chain in ours:
             table, name = chain.split("/")
@@ -552,8 +686,19 @@ def start_namespace_holder(layout: Layout) -> int:
     script.write_text(NS_HOLDER)
     script.chmod(0o755)
     layout.ns_ready.unlink(missing_ok=True)
-    pid = start(layout, "ns-holder", ["unshare", "--mount", "--propagation", "private", str(script),
-                                      str(layout.fake_sysctl), str(layout.ns_ready)])
+    pid = start(
+        layout,
+        "ns-holder",
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            str(script),
+            str(layout.fake_sysctl),
+            str(layout.ns_ready),
+        ],
+    )
     wait_for("the mount namespace", layout.ns_ready.exists, 10, [layout.logfile("ns-holder")])
     return pid
 
@@ -568,47 +713,94 @@ def load_images(layout: Layout) -> None:
         raise ClusterError(f"no pause image built: {IMAGES_HINT}")
     for tar in tars:
         run([*ctr_command(layout), "images", "import", "--no-unpack", str(tar)])
-    names = [line.split()[0] for line in run([*ctr_command(layout), "images", "ls"]).splitlines()[1:]
-             if line.startswith("localhost/")]
+    names = [
+        line.split()[0]
+        for line in run([*ctr_command(layout), "images", "ls"]).splitlines()[1:]
+        if line.startswith("localhost/")
+    ]
     log(f"images imported: {' '.join(names)}")
 
 
 def start_control_plane(layout: Layout) -> None:
     pki = layout.pki
-    start(layout, "etcd", [
-        str(k8s_binary("etcd")), "--name=default", f"--data-dir={layout.etcd_data}",
-        f"--listen-client-urls=http://127.0.0.1:{ETCD_CLIENT}", f"--advertise-client-urls=http://127.0.0.1:{ETCD_CLIENT}",
-        f"--listen-peer-urls=http://127.0.0.1:{ETCD_PEER}", f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER}",
-        f"--initial-cluster=default=http://127.0.0.1:{ETCD_PEER}", "--initial-cluster-state=new",
-        "--unsafe-no-fsync=true", "--log-level=warn", f"--listen-metrics-urls=http://127.0.0.1:{ETCD_METRICS}",
-    ])
-    start(layout, "kube-apiserver", [
-        str(k8s_binary("kube-apiserver")), f"--bind-address={GATEWAY}", f"--advertise-address={GATEWAY}",
-        f"--secure-port={APISERVER_PORT}", f"--cert-dir={layout.root / 'apiserver-certs'}",
-        f"--tls-cert-file={pki}/apiserver.crt", f"--tls-private-key-file={pki}/apiserver.key",
-        f"--client-ca-file={pki}/ca.crt", f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT}",
-        f"--token-auth-file={pki}/tokens.csv", "--authorization-mode=Node,RBAC",
-        f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
-        f"--service-account-key-file={pki}/sa.pub", f"--service-account-signing-key-file={pki}/sa.key",
-        f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-        f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
-        f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
-        "--kubelet-preferred-address-types=InternalIP", "--profiling=false", "--v=1",
-    ])
-    wait_for("kube-apiserver /readyz", lambda: api_get(layout, "/readyz").get("raw") == "ok", 180,
-             [layout.logfile("etcd"), layout.logfile("kube-apiserver")])
+    start(
+        layout,
+        "etcd",
+        [
+            str(k8s_binary("etcd")),
+            "--name=default",
+            f"--data-dir={layout.etcd_data}",
+            f"--listen-client-urls=http://127.0.0.1:{ETCD_CLIENT}",
+            f"--advertise-client-urls=http://127.0.0.1:{ETCD_CLIENT}",
+            f"--listen-peer-urls=http://127.0.0.1:{ETCD_PEER}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ETCD_PEER}",
+            f"--initial-cluster=default=http://127.0.0.1:{ETCD_PEER}",
+            "--initial-cluster-state=new",
+            "--unsafe-no-fsync=true",
+            "--log-level=warn",
+            f"--listen-metrics-urls=http://127.0.0.1:{ETCD_METRICS}",
+        ],
+    )
+    start(
+        layout,
+        "kube-apiserver",
+        [
+            str(k8s_binary("kube-apiserver")),
+            f"--bind-address={GATEWAY}",
+            f"--advertise-address={GATEWAY}",
+            f"--secure-port={APISERVER_PORT}",
+            f"--cert-dir={layout.root / 'apiserver-certs'}",
+            f"--tls-cert-file={pki}/apiserver.crt",
+            f"--tls-private-key-file={pki}/apiserver.key",
+            f"--client-ca-file={pki}/ca.crt",
+            f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT}",
+            f"--token-auth-file={pki}/tokens.csv",
+            "--authorization-mode=Node,RBAC",
+            f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",
+            f"--service-account-key-file={pki}/sa.pub",
+            f"--service-account-signing-key-file={pki}/sa.key",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            f"--kubelet-client-certificate={pki}/apiserver-kubelet-client.crt",
+            f"--kubelet-client-key={pki}/apiserver-kubelet-client.key",
+            "--kubelet-preferred-address-types=InternalIP",
+            "--profiling=false",
+            "--v=1",
+        ],
+    )
+    wait_for(
+        "kube-apiserver /readyz",
+        lambda: api_get(layout, "/readyz").get("raw") == "ok",
+        180,
+        [layout.logfile("etcd"), layout.logfile("kube-apiserver")],
+    )
     log("kube-apiserver ready")
-    common = [f"--kubeconfig={layout.kubeconfig}", f"--authentication-kubeconfig={layout.kubeconfig}",
-              f"--authorization-kubeconfig={layout.kubeconfig}", "--bind-address=127.0.0.1",
-              "--leader-elect=false", "--profiling=false", "--v=1"]
-    start(layout, "kube-controller-manager", [
-        str(k8s_binary("kube-controller-manager")), *common, "--secure-port=10257",
-        f"--cert-dir={layout.root / 'cm-certs'}",
-        "--controllers=*,-cloud-node-lifecycle-controller,-service-lb-controller,-node-route-controller",
-        f"--service-account-private-key-file={pki}/sa.key", f"--root-ca-file={pki}/ca.crt",
-        f"--cluster-signing-cert-file={pki}/ca.crt", f"--cluster-signing-key-file={pki}/ca.key",
-        f"--flex-volume-plugin-dir={layout.kubelet / 'volume-plugins'}", "--use-service-account-credentials=true",
-    ])
+    common = [
+        f"--kubeconfig={layout.kubeconfig}",
+        f"--authentication-kubeconfig={layout.kubeconfig}",
+        f"--authorization-kubeconfig={layout.kubeconfig}",
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+    start(
+        layout,
+        "kube-controller-manager",
+        [
+            str(k8s_binary("kube-controller-manager")),
+            *common,
+            "--secure-port=10257",
+            f"--cert-dir={layout.root / 'cm-certs'}",
+            "--controllers=*,-cloud-node-lifecycle-controller,-service-lb-controller,-node-route-controller",
+            f"--service-account-private-key-file={pki}/sa.key",
+            f"--root-ca-file={pki}/ca.crt",
+            f"--cluster-signing-cert-file={pki}/ca.crt",
+            f"--cluster-signing-key-file={pki}/ca.key",
+            f"--flex-volume-plugin-dir={layout.kubelet / 'volume-plugins'}",
+            "--use-service-account-credentials=true",
+        ],
+    )
     start(layout, "kube-scheduler", [str(k8s_binary("kube-scheduler")), *common, "--secure-port=10259"])
 
 
@@ -620,11 +812,21 @@ def start_coredns(layout: Layout) -> None:
 
 def start_kubelet(layout: Layout, holder: int) -> None:
     (layout.kubelet / "config.yaml").write_text(kubelet_config(layout))
-    start(layout, "kubelet", [
-        str(k8s_binary("kubelet")), f"--config={layout.kubelet / 'config.yaml'}",
-        f"--root-dir={layout.kubelet / 'root'}", f"--cert-dir={layout.kubelet / 'pki'}",
-        f"--kubeconfig={layout.kubeconfig}", f"--hostname-override={NODE_NAME}", f"--node-ip={GATEWAY}", "--v=1",
-    ], namespace_pid=holder)
+    start(
+        layout,
+        "kubelet",
+        [
+            str(k8s_binary("kubelet")),
+            f"--config={layout.kubelet / 'config.yaml'}",
+            f"--root-dir={layout.kubelet / 'root'}",
+            f"--cert-dir={layout.kubelet / 'pki'}",
+            f"--kubeconfig={layout.kubeconfig}",
+            f"--hostname-override={NODE_NAME}",
+            f"--node-ip={GATEWAY}",
+            "--v=1",
+        ],
+        namespace_pid=holder,
+    )
 
     def node_ready() -> bool:
         node = api_get(layout, f"/api/v1/nodes/{NODE_NAME}")
@@ -632,8 +834,12 @@ def start_kubelet(layout: Layout, holder: int) -> None:
 
     wait_for(f"node {NODE_NAME} Ready", node_ready, 120, [layout.logfile("kubelet")])
     log(f"node {NODE_NAME} Ready")
-    wait_for("the default ServiceAccount", lambda: bool(api_get(layout, "/api/v1/namespaces/default/serviceaccounts/default")),
-             60, [layout.logfile("kube-controller-manager")])
+    wait_for(
+        "the default ServiceAccount",
+        lambda: bool(api_get(layout, "/api/v1/namespaces/default/serviceaccounts/default")),
+        60,
+        [layout.logfile("kube-controller-manager")],
+    )
 
 
 def kubectl(layout: Layout, *args: str, stdin: str | None = None) -> str:
@@ -645,7 +851,9 @@ def install_moorage(layout: Layout) -> None:
     kubectl(layout, "apply", "--server-side", "-k", str(HERE / "deploy"))
     kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     kubectl(layout, "apply", "--server-side", "-f", str(HERE / "deploy" / "catalog.yaml"))
-    kubectl(layout, "-n", "moorage-system", "rollout", "status", "deployment/moorage-operator", "--timeout=180s")
+    kubectl(
+        layout, "-n", "moorage-system", "rollout", "status", "deployment/moorage-operator", "--timeout=180s"
+    )
     log("moorage operator running (hack/cluster/deploy)")
 
 
@@ -655,7 +863,9 @@ def reload(layout: Layout) -> None:
         raise ClusterError(f"no cluster is running in {layout.root}: `make cluster-up`")
     load_images(layout)
     kubectl(layout, "-n", "moorage-system", "rollout", "restart", "deployment/moorage-operator")
-    kubectl(layout, "-n", "moorage-system", "rollout", "status", "deployment/moorage-operator", "--timeout=180s")
+    kubectl(
+        layout, "-n", "moorage-system", "rollout", "status", "deployment/moorage-operator", "--timeout=180s"
+    )
     log("operator restarted on the current image")
 
 
@@ -680,10 +890,18 @@ def down(layout: Layout) -> None:
     if os.access(k8s_binary("kube-proxy"), os.X_OK):
         # Removes every KUBE-* chain and the jumps to them: the host's iptables as before.
         subprocess.run([str(k8s_binary("kube-proxy")), "--cleanup", "--v=0"], capture_output=True)
-    for name in ("coredns", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd", "containerd"):
+    for name in (
+        "coredns",
+        "kube-scheduler",
+        "kube-controller-manager",
+        "kube-apiserver",
+        "etcd",
+        "containerd",
+    ):
         stop(layout, name)
-    for pid in run(["pgrep", "-f", f"containerd-shim-runc-v2 .*-address {layout.containerd_sock}"],
-                   check=False).split():
+    for pid in run(
+        ["pgrep", "-f", f"containerd-shim-runc-v2 .*-address {layout.containerd_sock}"], check=False
+    ).split():
         os.kill(int(pid), signal.SIGKILL)
         log(f"stopped containerd shim {pid}")
     stop(layout, "ns-holder")  # every mount of the private namespace goes with it
@@ -706,7 +924,9 @@ def down(layout: Layout) -> None:
         subprocess.run(["rmdir", str(cgroup)], capture_output=True)
     _unmount_under(str(layout.root))
     shutil.rmtree(layout.root, ignore_errors=True)
-    log(f"down: removed {layout.root}; ip_forward={Path('/proc/sys/net/ipv4/ip_forward').read_text().strip()}")
+    log(
+        f"down: removed {layout.root}; ip_forward={Path('/proc/sys/net/ipv4/ip_forward').read_text().strip()}"
+    )
 
 
 def _unmount_under(prefix: str) -> None:
@@ -720,11 +940,17 @@ def _unmount_under(prefix: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "down", "status", "reload"],
-                        help="reload: rebuild and import the images, restart the operator (after a code change)")
+    parser.add_argument(
+        "command",
+        choices=["up", "down", "status", "reload"],
+        help="reload: rebuild and import the images, restart the operator (after a code change)",
+    )
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
-    parser.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"),
-                        help="Python with the `kubernetes` client, for the volume provisioner")
+    parser.add_argument(
+        "--python",
+        default=str(REPO / ".venv" / "bin" / "python"),
+        help="Python with the `kubernetes` client, for the volume provisioner",
+    )
     parser.add_argument("--no-operator", action="store_true", help="do not install the Moorage operator")
     args = parser.parse_args(argv)
     layout = Layout(args.state_dir)
@@ -737,7 +963,8 @@ def main(argv: list[str] | None = None) -> int:
             reload(layout)
         else:
             for name in sorted(p.stem for p in layout.pids.glob("*.pid")) if layout.pids.exists() else []:
-                print(f"{name:26} {'running pid ' + str(alive(layout, name)) if alive(layout, name) else 'stopped'}")
+                pid = alive(layout, name)
+                print(f"{name:26} " + (f"running pid {pid}" if pid else "stopped"))
     except ClusterError as error:
         print(f"cluster {args.command}: {error}", file=sys.stderr)
         return 1

@@ -50,18 +50,23 @@ def ensure_storage_class(storage: client.StorageV1Api, name: str) -> None:
             raise
 
 
-def claim_class(core: client.CoreV1Api, storage: client.StorageV1Api, pvc: client.V1PersistentVolumeClaim,
-                default_class: str) -> str | None:
+def claim_class(
+    core: client.CoreV1Api,
+    storage: client.StorageV1Api,
+    pvc: client.V1PersistentVolumeClaim,
+    default_class: str,
+) -> str | None:
     name = pvc.spec.storage_class_name
     return default_class if name is None else name
 
 
-def provision(core: client.CoreV1Api, pvc: client.V1PersistentVolumeClaim, root: Path, node: str,
-              reclaim: str) -> None:
+def provision(
+    core: client.CoreV1Api, pvc: client.V1PersistentVolumeClaim, root: Path, node: str, reclaim: str
+) -> None:
     meta = pvc.metadata
     directory = root / f"{meta.namespace}-{meta.name}-{meta.uid}"
     directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o777)  # noqa: S103 - engines run as their own uid; host paths get no fsGroup
+    os.chmod(directory, 0o777)
     size = pvc.spec.resources.requests["storage"]
     volume = {
         "apiVersion": "v1",
@@ -77,10 +82,24 @@ def provision(core: client.CoreV1Api, pvc: client.V1PersistentVolumeClaim, root:
             "storageClassName": pvc.spec.storage_class_name,
             "volumeMode": pvc.spec.volume_mode or "Filesystem",
             "hostPath": {"path": str(directory), "type": "DirectoryOrCreate"},
-            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta.namespace,
-                         "name": meta.name, "uid": meta.uid},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
+            "claimRef": {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "namespace": meta.namespace,
+                "name": meta.name,
+                "uid": meta.uid,
+            },
+            "nodeAffinity": {
+                "required": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+                            ]
+                        }
+                    ]
+                }
+            },
         },
     }
     try:
@@ -104,11 +123,14 @@ def reclaim(core: client.CoreV1Api, pv: client.V1PersistentVolume, root: Path) -
             raise
 
 
-def expand(core: client.CoreV1Api, pvc: client.V1PersistentVolumeClaim, pv: client.V1PersistentVolume) -> None:
+def expand(
+    core: client.CoreV1Api, pvc: client.V1PersistentVolumeClaim, pv: client.V1PersistentVolume
+) -> None:
     wanted = pvc.spec.resources.requests["storage"]
     core.patch_persistent_volume(pv.metadata.name, {"spec": {"capacity": {"storage": wanted}}})
     core.patch_namespaced_persistent_volume_claim_status(
-        pvc.metadata.name, pvc.metadata.namespace, {"status": {"capacity": {"storage": wanted}}})
+        pvc.metadata.name, pvc.metadata.namespace, {"status": {"capacity": {"storage": wanted}}}
+    )
     log.info("expanded %s/%s to %s", pvc.metadata.namespace, pvc.metadata.name, wanted)
 
 
@@ -118,8 +140,12 @@ def _quantity(value: str) -> float:
     return float(parse_quantity(value))
 
 
-def loop_once(core: client.CoreV1Api, storage: client.StorageV1Api, root: Path, node: str, default_class: str) -> None:
-    classes = {sc.metadata.name: sc for sc in storage.list_storage_class().items if sc.provisioner == PROVISIONER}
+def loop_once(
+    core: client.CoreV1Api, storage: client.StorageV1Api, root: Path, node: str, default_class: str
+) -> None:
+    classes = {
+        sc.metadata.name: sc for sc in storage.list_storage_class().items if sc.provisioner == PROVISIONER
+    }
     volumes = {pv.metadata.name: pv for pv in core.list_persistent_volume().items}
     for pvc in core.list_persistent_volume_claim_for_all_namespaces().items:
         if pvc.metadata.deletion_timestamp:
@@ -135,8 +161,11 @@ def loop_once(core: client.CoreV1Api, storage: client.StorageV1Api, root: Path, 
                 expand(core, pvc, pv)
     for pv in volumes.values():
         annotations = pv.metadata.annotations or {}
-        if (annotations.get("pv.kubernetes.io/provisioned-by") == PROVISIONER and pv.status.phase == "Released"
-                and pv.spec.persistent_volume_reclaim_policy == "Delete"):
+        if (
+            annotations.get("pv.kubernetes.io/provisioned-by") == PROVISIONER
+            and pv.status.phase == "Released"
+            and pv.spec.persistent_volume_reclaim_policy == "Delete"
+        ):
             reclaim(core, pv, root)
 
 
@@ -156,7 +185,7 @@ def main() -> int:
     while True:
         try:
             loop_once(core, storage, args.root, args.node, args.storage_class)
-        except Exception:  # noqa: BLE001 - an apiserver hiccup must not end the provisioner
+        except Exception:
             log.exception("provisioning pass failed; retrying")
         time.sleep(args.interval)
 

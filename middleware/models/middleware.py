@@ -147,7 +147,7 @@ class Middleware(CustomResource):
     SHORT_NAMES: ClassVar[list[str]] = ["mw"]
     PRINTER_COLUMNS: ClassVar[list[tuple[str, str, str, str]]] = [
         ("Engine", "string", ".spec.engine", "Engine"),
-        ("Version", "string", ".status.version", "Engine version (the catalog default when spec.version is unset)"),
+        ("Version", "string", ".status.version", "Engine version (the catalog default when unset)"),
         ("Topology", "string", ".spec.topology", "Topology"),
         ("Phase", "string", ".status.phase", "Lifecycle phase"),
         ("Reason", "string", ".status.phaseReason", "Why the phase"),

@@ -161,7 +161,7 @@ def _label_ready_members(
     conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
     try:
         _, relabelled = observe.observe(rt, spec, engine, conn, pods)
-    except Exception as exc:  # noqa: BLE001 - members still starting may not answer yet
+    except Exception as exc:
         log.debug("partial observation of %s/%s failed: %s", spec.namespace, spec.name, exc)
         return
     if relabelled:

@@ -24,10 +24,18 @@ def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[st
 
 
 # Waiting reasons that will not clear by themselves (ContainerCreating and PodInitializing do).
-_STUCK_WAITING = frozenset({
-    "CrashLoopBackOff", "ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
-    "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-})
+_STUCK_WAITING = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
 
 
 def pod_problem(pod: Mapping[str, Any]) -> str | None:

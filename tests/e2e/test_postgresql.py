@@ -49,10 +49,14 @@ def _app_password(cluster: LocalCluster, namespace: str) -> str:
 def _rw(cluster: LocalCluster, namespace: str, *, superuser: bool = False) -> psycopg.Connection:
     """The -rw Service's ClusterIP from the host (kube-proxy routes it as for a pod)."""
     ip = cluster.core.read_namespaced_service(f"{NAME}-rw", namespace).spec.cluster_ip
-    user, password = ("postgres", cluster.password(namespace, NAME)) if superuser else (
-        "app", _app_password(cluster, namespace))
-    return psycopg.connect(host=ip, port=5432, dbname="app", user=user, password=password,
-                           connect_timeout=5, autocommit=True)
+    user, password = (
+        ("postgres", cluster.password(namespace, NAME))
+        if superuser
+        else ("app", _app_password(cluster, namespace))
+    )
+    return psycopg.connect(
+        host=ip, port=5432, dbname="app", user=user, password=password, connect_timeout=5, autocommit=True
+    )
 
 
 def _writable(cluster: LocalCluster, namespace: str) -> bool:
@@ -68,10 +72,18 @@ def _primary(cluster: LocalCluster, namespace: str) -> str:
 
 
 def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, pg_ns: str) -> None:
-    local_cluster.create_middleware(pg_ns, NAME, {
-        "engine": "postgresql", "topology": "replication", "replicas": 3, "extensions": ["vector"],
-        "resources": RESOURCES, "storage": {"size": "512Mi"},
-    })
+    local_cluster.create_middleware(
+        pg_ns,
+        NAME,
+        {
+            "engine": "postgresql",
+            "topology": "replication",
+            "replicas": 3,
+            "extensions": ["vector"],
+            "resources": RESOURCES,
+            "storage": {"size": "512Mi"},
+        },
+    )
     mw = local_cluster.wait_ready(pg_ns, NAME, timeout=480)
     roles = sorted(m["role"] for m in mw["status"]["members"])
     assert roles == ["primary", "replica", "replica"]
@@ -84,10 +96,18 @@ def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, 
         "-c \"SELECT id FROM items ORDER BY embedding <-> '[4.5,5,5.5]' LIMIT 1\" "
         "-c 'CREATE TABLE acked (n int PRIMARY KEY)'"
     )
-    local_cluster.run_pod(pg_ns, "pgvector-client", PG_IMAGE, script, env={
-        "PGHOST": f"{NAME}-rw", "PGDATABASE": "app", "PGUSER": "app",
-        "PGPASSWORD": _app_password(local_cluster, pg_ns),
-    })
+    local_cluster.run_pod(
+        pg_ns,
+        "pgvector-client",
+        PG_IMAGE,
+        script,
+        env={
+            "PGHOST": f"{NAME}-rw",
+            "PGDATABASE": "app",
+            "PGUSER": "app",
+            "PGPASSWORD": _app_password(local_cluster, pg_ns),
+        },
+    )
     phase = local_cluster.wait_pod_phase(pg_ns, "pgvector-client", ["Succeeded", "Failed"], timeout=180)
     log = local_cluster.pod_log(pg_ns, "pgvector-client")
     assert phase == "Succeeded", log
@@ -99,8 +119,13 @@ def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, 
 
 
 def test_primary_pod_deleted_writable_again_nothing_lost(local_cluster: LocalCluster, pg_ns: str) -> None:
-    env = {"PGHOST": f"{NAME}-rw", "PGDATABASE": "app", "PGUSER": "app",
-           "PGPASSWORD": _app_password(local_cluster, pg_ns), "PGCONNECT_TIMEOUT": "3"}
+    env = {
+        "PGHOST": f"{NAME}-rw",
+        "PGDATABASE": "app",
+        "PGUSER": "app",
+        "PGPASSWORD": _app_password(local_cluster, pg_ns),
+        "PGCONNECT_TIMEOUT": "3",
+    }
     local_cluster.run_pod(pg_ns, "writer", PG_IMAGE, WRITER, env=env)
     wait_for("the writer's first commit", lambda: "ack " in local_cluster.pod_log(pg_ns, "writer"), 120)
     old_primary = _primary(local_cluster, pg_ns)
@@ -116,13 +141,21 @@ def test_primary_pod_deleted_writable_again_nothing_lost(local_cluster: LocalClu
     pods = [p.metadata.name for p in local_cluster.pods(pg_ns, f"app.kubernetes.io/instance={NAME}")]
     uids = local_cluster.delete_pods(pg_ns, pods)
     local_cluster.wait_replaced(pg_ns, uids, timeout=300)
-    wait_for("a writable primary after every pod restarted", lambda: _writable(local_cluster, pg_ns), 180, interval=2)
+    wait_for(
+        "a writable primary after every pod restarted",
+        lambda: _writable(local_cluster, pg_ns),
+        180,
+        interval=2,
+    )
     local_cluster.wait_ready(pg_ns, NAME, timeout=300)
 
     local_cluster.exec(pg_ns, "writer", ["touch", "/tmp/stop"])
     wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(pg_ns, "writer"), 60)
-    acked = {int(line.split()[1]) for line in local_cluster.pod_log(pg_ns, "writer").splitlines()
-             if line.startswith("ack ")}
+    acked = {
+        int(line.split()[1])
+        for line in local_cluster.pod_log(pg_ns, "writer").splitlines()
+        if line.startswith("ack ")
+    }
     with _rw(local_cluster, pg_ns) as conn:
         stored = {row[0] for row in conn.execute("SELECT n FROM acked")}
     assert len(acked) > 20

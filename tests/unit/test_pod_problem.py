@@ -14,30 +14,63 @@ def _pod(**status: Any) -> dict[str, Any]:
 
 
 def test_a_starting_pod_has_no_problem() -> None:
-    starting = _pod(containerStatuses=[{"name": "redis", "state": {"waiting": {"reason": "ContainerCreating"}}}])
+    starting = _pod(
+        containerStatuses=[{"name": "redis", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    )
     assert pod_problem(starting) is None
     assert pod_problem(_pod()) is None
 
 
 def test_unschedulable_says_why() -> None:
-    pod = _pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                            "message": "0/1 nodes are available: 1 Insufficient cpu."}])
+    pod = _pod(
+        conditions=[
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            }
+        ]
+    )
     assert pod_problem(pod) == "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
 
 
 def test_crash_loop_names_the_container_and_its_last_log_line() -> None:
-    pod = _pod(containerStatuses=[{
-        "name": "postgresql",
-        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
-        "lastState": {"terminated": {"exitCode": 1, "message": "starting\nFATAL:  data directory has wrong ownership\n"}},
-    }])
+    pod = _pod(
+        containerStatuses=[
+            {
+                "name": "postgresql",
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting"}},
+                "lastState": {
+                    "terminated": {
+                        "exitCode": 1,
+                        "message": "starting\nFATAL:  data directory has wrong ownership\n",
+                    }
+                },
+            }
+        ]
+    )
     assert pod_problem(pod) == (
-        "container postgresql: CrashLoopBackOff (exit 1; last log line: FATAL:  data directory has wrong ownership)"
+        "container postgresql: CrashLoopBackOff "
+        "(exit 1; last log line: FATAL:  data directory has wrong ownership)"
     )
 
 
 @pytest.mark.parametrize("reason", ["ErrImageNeverPull", "ImagePullBackOff"])
 def test_missing_image_in_an_init_container(reason: str) -> None:
-    pod = _pod(initContainerStatuses=[{"name": "config", "state": {"waiting": {
-        "reason": reason, "message": 'image "localhost/moorage/redis:7.0" is not present'}}}])
-    assert pod_problem(pod) == f'container config: {reason}: image "localhost/moorage/redis:7.0" is not present'
+    pod = _pod(
+        initContainerStatuses=[
+            {
+                "name": "config",
+                "state": {
+                    "waiting": {
+                        "reason": reason,
+                        "message": 'image "localhost/moorage/redis:7.0" is not present',
+                    }
+                },
+            }
+        ]
+    )
+    assert (
+        pod_problem(pod) == f'container config: {reason}: image "localhost/moorage/redis:7.0" is not present'
+    )

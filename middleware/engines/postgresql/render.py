@@ -230,7 +230,7 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         # every member is Ready, and so before the operator's bootstrap (which keeps it up to
         # date) can run. Single-user mode: nothing listens yet, and the statement is not logged.
         f"    rp_sql=`printf '%s' \"${REPLICATION_PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
-        f"    printf \"CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD '%s';\\n\" \"$rp_sql\" "
+        f'    printf "CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD \'%s\';\\n" "$rp_sql" '
         '| postgres --single -D "$pgdata" postgres >/dev/null',
         f'    : > "$pgdata/{FIRST_START_MARKER}"',
         "  else",

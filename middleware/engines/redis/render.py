@@ -76,7 +76,8 @@ i=0
 while [ "`cli ROLE | head -n 1`" = master ] && [ $i -lt 40 ]; do sleep 0.5; i=`expr $i + 1`; done
 """
 _CLUSTER_HANDOVER = """\
-replica=`cli INFO replication | sed -n 's/^slave[0-9]*:ip=\\([^,]*\\),port=\\([0-9]*\\),state=online.*/\\1 \\2/p' | head -n 1`
+replica=`cli INFO replication \\
+  | sed -n 's/^slave[0-9]*:ip=\\([^,]*\\),port=\\([0-9]*\\),state=online.*/\\1 \\2/p' | head -n 1`
 [ -n "$replica" ] || exit 0
 set -- $replica
 redis-cli -h "$1" -p "$2" CLUSTER FAILOVER >/dev/null 2>&1 || exit 0"""
@@ -114,6 +115,8 @@ def master_handover_script(spec: ResolvedSpec) -> str | None:
     else:
         return None
     return _MASTER_HANDOVER % {"port": REDIS_PORT, "handover": handover}
+
+
 SENTINEL_GRACE_SECONDS = 30
 
 
