@@ -294,11 +294,12 @@ build_redis-shake() {
     "$SHAKE_UID" "$SHAKE_UID" > "$work/passwd"
   printf 'root:x:0:\nnonroot:x:%s:\n' "$SHAKE_UID" > "$work/group"
   printf 'hosts: files dns\n' > "$work/nsswitch.conf"
-  mkoci --file "/usr/local/bin/redis-shake=$bin:0755" \
+  # /app/redis-shake: where upstream's v4 image has it (sync/shake_config.py BINARY runs that path).
+  mkoci --file "/app/redis-shake=$bin:0755" \
     --file "/etc/passwd=$work/passwd:0644" --file "/etc/group=$work/group:0644" \
     --file "/etc/nsswitch.conf=$work/nsswitch.conf:0644" \
     --dir /tmp:1777 --dir "/home/nonroot:0755:$SHAKE_UID:$SHAKE_UID" --dir "/data:0755:$SHAKE_UID:$SHAKE_UID" \
-    --name "${IMAGE[redis-shake]}" --entrypoint '["/usr/local/bin/redis-shake"]' \
+    --name "${IMAGE[redis-shake]}" --entrypoint '["/app/redis-shake"]' \
     --user "$SHAKE_UID:$SHAKE_UID" --workdir /data --expose 8080/tcp \
     --label "org.opencontainers.image.title=redis-shake" \
     --label "org.opencontainers.image.version=$REDIS_SHAKE_VERSION" -o "$out" >&2

@@ -93,6 +93,9 @@ CONFIG_DIR = "/etc/redis-shake"
 CONFIG_FILE = "shake.toml"
 # The image is the user's choice (spec.image); this default names the upstream v4 image.
 DEFAULT_IMAGE = "ghcr.io/tair-opensource/redisshake:v4"
+# Where the binary is in the image: upstream's v4 Dockerfile copies it to /app (its WORKDIR, not on
+# PATH), and so does hack/build-images.sh. v3 images put it on PATH.
+BINARY = {"v4": "/app/redis-shake", "v3": "redis-shake"}
 DEFAULT_RESOURCES = Resources(cpu="1", memory="2Gi")
 # sync_reader stores the source's RDB in ``dir`` before loading it: size this like the dataset.
 DEFAULT_SCRATCH = "20Gi"
@@ -266,6 +269,7 @@ def deployment(
     scratch: str = DEFAULT_SCRATCH,
     status_port: int | None = STATUS_PORT,
     config_checksum: str | None = None,
+    binary: str = BINARY["v4"],
 ) -> dict[str, Any]:
     """One redis-shake pod. ``Recreate`` and one replica: two instances of one workload would write
     the same keys twice and race each other's full syncs. ``config_checksum`` (of the config text)
@@ -284,7 +288,7 @@ def deployment(
         "redis-shake",
         image,
         resources=resources,
-        command=["redis-shake", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        command=[binary, f"{CONFIG_DIR}/{CONFIG_FILE}"],
         ports=[("status", status_port)] if status_port is not None else [],
         volume_mounts=[
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
@@ -349,6 +353,7 @@ def manifests(
                 image=image,
                 resources=resources,
                 status_port=STATUS_PORT if shake_version == "v4" else None,
+                binary=BINARY[shake_version],
                 config_checksum=checksum,
             )
         )
