@@ -796,7 +796,10 @@ def check_redis_shake(image: Image, redis: Image, scratch: Path) -> None:
 
     # No --version: without a config it says so and exits 1.
     check_commands(
-        image, scratch, [("redis-shake without a config", ["/app/redis-shake"], "config file not found")], rc=1
+        image,
+        scratch,
+        [("redis-shake without a config", ["/app/redis-shake"], "config file not found")],
+        rc=1,
     )
     # redis-shake v4 runs its config file through envsubst ($VAR, ${VAR}, $$ -> $) before parsing it;
     # sync/shake_config.py writes `$` as `$$`, and this password (with `$`) proves it reaches Redis intact.

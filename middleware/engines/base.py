@@ -190,6 +190,10 @@ class LoadReport:
 
 class Engine(Protocol):
     name: str
+    # False where a member's readiness probe passes only once bootstrap made it part of the
+    # deployment (a MongoDB member is ready as primary or secondary): on Kubernetes, bootstrap then
+    # runs as soon as every member's container has started instead of waiting for Ready.
+    ready_before_bootstrap: bool
 
     def start_waves(self, spec: ResolvedSpec) -> list[list[MemberPlan]]:
         """Members grouped by start order: each wave is up before the next is prepared (a primary
@@ -294,6 +298,8 @@ class Engine(Protocol):
 
 class EngineDefaults:
     """Defaults for the optional parts of the protocol; engines inherit and override what they need."""
+
+    ready_before_bootstrap: bool = True
 
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         raise NotImplementedError

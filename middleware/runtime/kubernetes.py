@@ -100,6 +100,21 @@ def label_selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
+def pod_started(pod: Mapping[str, Any]) -> bool:
+    """Every container of the pod has started (init containers done, startup probes passed), Ready
+    or not: enough for an engine whose readiness waits for its own bootstrap."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all(s.get("started") and "running" in (s.get("state") or {}) for s in statuses)
+
+
+def member_up(engine: Engine, pod: Mapping[str, Any]) -> bool:
+    """Whether the operator may talk to this member: Ready, or merely started for engines whose
+    readiness follows their bootstrap (``Engine.ready_before_bootstrap``)."""
+    return pod_ready(pod) if engine.ready_before_bootstrap else pod_started(pod)
+
+
 def pod_ready(pod: Mapping[str, Any]) -> bool:
     if pod.get("metadata", {}).get("deletionTimestamp"):
         return False
@@ -325,7 +340,7 @@ class KubernetesRuntime:
             port = int(workload["template"]["spec"]["containers"][0]["ports"][0]["containerPort"])
             host = f"{plan.name}.{workload['serviceName']}.{spec.namespace}.svc.{cluster_domain}"
             pod = pods.get(plan.name)
-            up = pod is not None and pod_ready(pod)
+            up = pod is not None and member_up(engine, pod)
             members.append(Member(plan=plan, endpoint=self.member_endpoint(plan.name, host, port), up=up))
         return Connection(members=members, password=password)
 

@@ -22,7 +22,7 @@ from middleware.engines.base import Engine
 from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.models.middleware import MiddlewareStatus, Phase
-from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, pod_ready
+from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, member_up, pod_ready
 from middleware.spec import ResolvedSpec
 from operators.reconcile import applied, context, events, observe, prune, reconfigure, scale, storage
 from operators.reconcile import status as st
@@ -93,7 +93,7 @@ def reconcile(
 
     pods = observe.pods_by_name(rt, spec)
     planned = engine.members(spec)
-    waiting = [m.name for m in planned if m.name not in pods or not pod_ready(pods[m.name])]
+    waiting = [m.name for m in planned if m.name not in pods or not member_up(engine, pods[m.name])]
     if waiting:
         _label_ready_members(rt, body, spec, engine, manifests, pods, password, config)
         problems = {name: observe.pod_problem(pods[name]) for name in waiting if name in pods}

@@ -158,9 +158,9 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
 
 
 def _all_pods_ready(engine: Engine, spec: ResolvedSpec, pods: Mapping[str, Mapping[str, Any]]) -> bool:
-    from middleware.runtime.kubernetes import pod_ready
+    from middleware.runtime.kubernetes import member_up
 
-    return all(m.name in pods and pod_ready(pods[m.name]) for m in engine.members(spec))
+    return all(m.name in pods and member_up(engine, pods[m.name]) for m in engine.members(spec))
 
 
 def heal(body: kopf.Body, spec: ResolvedSpec, engine: Engine, conn: Connection) -> bool:

@@ -74,3 +74,42 @@ def test_missing_image_in_an_init_container(reason: str) -> None:
     assert (
         pod_problem(pod) == f'container config: {reason}: image "localhost/moorage/redis:7.0" is not present'
     )
+
+
+def test_bootstrap_gate_is_ready_or_started_per_engine() -> None:
+    from middleware.engines.registry import get_engine
+    from middleware.runtime.kubernetes import member_up
+
+    running = {
+        "status": {
+            "containerStatuses": [
+                {"name": "mongod", "started": True, "ready": False, "state": {"running": {}}}
+            ]
+        }
+    }
+    ready = {
+        "status": {
+            "containerStatuses": [
+                {"name": "redis", "started": True, "ready": True, "state": {"running": {}}}
+            ],
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }
+    }
+    # MongoDB's readiness needs the replica set that its bootstrap initiates: started is enough.
+    assert member_up(get_engine("mongodb"), running)
+    assert not member_up(get_engine("redis"), running)
+    assert member_up(get_engine("redis"), ready)
+    assert not member_up(
+        get_engine("mongodb"),
+        {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "mongod",
+                        "started": False,
+                        "state": {"waiting": {"reason": "ContainerCreating"}},
+                    }
+                ]
+            }
+        },
+    )

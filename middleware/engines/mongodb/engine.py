@@ -60,6 +60,8 @@ LIVE_PARAMETERS = frozenset({"slowOpThresholdMs"})
 
 class MongoDBEngine(EngineDefaults):
     name = "mongodb"
+    # Its readiness probe asks for PRIMARY or SECONDARY: true only after replSetInitiate.
+    ready_before_bootstrap = False
 
     # -- static facts --------------------------------------------------------------------------
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
