@@ -1,0 +1,40 @@
+"""What a user sees when a member can never start: the Middleware's status names the member and
+the reason the pod gives, instead of a silent wait."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.cluster import LocalCluster, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def test_an_unschedulable_member_is_named_with_the_schedulers_reason(
+    local_cluster: LocalCluster, namespace: str
+) -> None:
+    # More CPU than the node has: the scheduler says so on the pod.
+    local_cluster.create_middleware(
+        namespace,
+        "toobig",
+        {
+            "engine": "redis",
+            "topology": "standalone",
+            "resources": {"cpu": "64", "memory": "128Mi"},
+            "storage": {"size": "64Mi"},
+        },
+    )
+
+    def failing() -> dict | None:
+        status = local_cluster.middleware(namespace, "toobig").get("status") or {}
+        ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), None)
+        return ready if status.get("phaseReason") == "MemberFailing" and ready else None
+
+    ready = wait_for("phaseReason MemberFailing", failing, 120, interval=2)
+    assert ready["status"] == "False"
+    assert "toobig-0: Unschedulable" in ready["message"], ready["message"]
+    assert "Insufficient cpu" in ready["message"], ready["message"]
+    events = local_cluster.kubectl(
+        "-n", namespace, "get", "events", "--field-selector", "reason=MemberFailing"
+    )
+    assert "toobig-0" in events
