@@ -110,11 +110,12 @@ lint: setup ## ruff, mypy and the import layering contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: setup ## Benchmarks; results in bench/results.json
+bench: setup cluster-deps control-plane coredns images ## Benchmarks; results in bench/results.json
 	$(PY) bench/redis_cluster_bench.py --out bench/results.json
 	$(PY) bench/sync_verify_bench.py --out bench/results.json
 	$(PY) bench/operator_bench.py --out bench/results.json
 	$(PY) bench/backup_bench.py --out bench/results.json
+	$(PY) bench/k8s_ready_bench.py --out bench/results.json
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) .moorage .pytest_cache .mypy_cache .ruff_cache
