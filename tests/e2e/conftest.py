@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.cluster import LocalCluster, cluster_command
+from tests.e2e.s3 import pod_s3_server  # noqa: F401  (fixture: SeaweedFS on the pod bridge, per module)
 
 HINT = "run `make cluster-up` once (it builds the binaries and images), or `make test-e2e`"
 
@@ -63,6 +64,18 @@ def local_cluster() -> Iterator[LocalCluster]:
 def namespace(local_cluster: LocalCluster) -> Iterator[str]:
     """A fresh namespace per test; its Middlewares are deleted while the operator runs."""
     name = local_cluster.new_namespace()
+    try:
+        yield name
+    finally:
+        local_cluster.delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def module_namespace(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """One namespace for a test module whose tests build on each other (create, then scale, then a
+    fault on the same Middleware), named after the module."""
+    prefix = "e2e-" + request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    name = local_cluster.new_namespace(prefix.replace("_", "-"))
     try:
         yield name
     finally:

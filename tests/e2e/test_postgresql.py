@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -30,15 +29,6 @@ done
 echo "stopped at $i"
 sleep 3600
 """
-
-
-@pytest.fixture(scope="module")
-def pg_ns(local_cluster: LocalCluster) -> Iterator[str]:
-    name = local_cluster.new_namespace("e2e-pg")
-    try:
-        yield name
-    finally:
-        local_cluster.delete_namespace(name)
 
 
 def _app_password(cluster: LocalCluster, namespace: str) -> str:
@@ -71,9 +61,11 @@ def _primary(cluster: LocalCluster, namespace: str) -> str:
     return next(m["name"] for m in mw["status"]["members"] if m["role"] == "primary")
 
 
-def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, pg_ns: str) -> None:
+def test_replication_ready_and_pgvector_from_a_pod(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
     local_cluster.create_middleware(
-        pg_ns,
+        module_namespace,
         NAME,
         {
             "engine": "postgresql",
@@ -84,7 +76,7 @@ def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, 
             "storage": {"size": "512Mi"},
         },
     )
-    mw = local_cluster.wait_ready(pg_ns, NAME, timeout=480)
+    mw = local_cluster.wait_ready(module_namespace, NAME, timeout=480)
     roles = sorted(m["role"] for m in mw["status"]["members"])
     assert roles == ["primary", "replica", "replica"]
     script = (
@@ -97,7 +89,7 @@ def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, 
         "-c 'CREATE TABLE acked (n int PRIMARY KEY)'"
     )
     local_cluster.run_pod(
-        pg_ns,
+        module_namespace,
         "pgvector-client",
         PG_IMAGE,
         script,
@@ -105,58 +97,70 @@ def test_replication_ready_and_pgvector_from_a_pod(local_cluster: LocalCluster, 
             "PGHOST": f"{NAME}-rw",
             "PGDATABASE": "app",
             "PGUSER": "app",
-            "PGPASSWORD": _app_password(local_cluster, pg_ns),
+            "PGPASSWORD": _app_password(local_cluster, module_namespace),
         },
     )
-    phase = local_cluster.wait_pod_phase(pg_ns, "pgvector-client", ["Succeeded", "Failed"], timeout=180)
-    log = local_cluster.pod_log(pg_ns, "pgvector-client")
+    phase = local_cluster.wait_pod_phase(
+        module_namespace, "pgvector-client", ["Succeeded", "Failed"], timeout=180
+    )
+    log = local_cluster.pod_log(module_namespace, "pgvector-client")
     assert phase == "Succeeded", log
     assert log.strip().splitlines()[-1] == "2", log  # the nearest neighbour of [4.5,5,5.5]
     # Synchronous replication: the commits reached a standby before they returned.
-    with _rw(local_cluster, pg_ns, superuser=True) as conn:
+    with _rw(local_cluster, module_namespace, superuser=True) as conn:
         sync = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync','quorum')")
         assert sync.fetchone()[0] >= 1
 
 
-def test_primary_pod_deleted_writable_again_nothing_lost(local_cluster: LocalCluster, pg_ns: str) -> None:
+def test_primary_pod_deleted_writable_again_nothing_lost(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
     env = {
         "PGHOST": f"{NAME}-rw",
         "PGDATABASE": "app",
         "PGUSER": "app",
-        "PGPASSWORD": _app_password(local_cluster, pg_ns),
+        "PGPASSWORD": _app_password(local_cluster, module_namespace),
         "PGCONNECT_TIMEOUT": "3",
     }
-    local_cluster.run_pod(pg_ns, "writer", PG_IMAGE, WRITER, env=env)
-    wait_for("the writer's first commit", lambda: "ack " in local_cluster.pod_log(pg_ns, "writer"), 120)
-    old_primary = _primary(local_cluster, pg_ns)
+    local_cluster.run_pod(module_namespace, "writer", PG_IMAGE, WRITER, env=env)
+    wait_for(
+        "the writer's first commit", lambda: "ack " in local_cluster.pod_log(module_namespace, "writer"), 120
+    )
+    old_primary = _primary(local_cluster, module_namespace)
     deleted_at = time.monotonic()
-    local_cluster.delete_pods(pg_ns, [old_primary])
+    local_cluster.delete_pods(module_namespace, [old_primary])
     time.sleep(2)  # the writer must have seen the primary gone before "writable" means anything
-    wait_for("a writable primary behind -rw", lambda: _writable(local_cluster, pg_ns), 120, interval=1)
+    wait_for(
+        "a writable primary behind -rw", lambda: _writable(local_cluster, module_namespace), 120, interval=1
+    )
     recovered = time.monotonic() - deleted_at
     assert recovered <= 60, f"writable again only after {recovered:.0f}s"
-    local_cluster.wait_ready(pg_ns, NAME, timeout=300)
+    local_cluster.wait_ready(module_namespace, NAME, timeout=300)
 
     # Every pod at once: the deployment comes back writable by itself.
-    pods = [p.metadata.name for p in local_cluster.pods(pg_ns, f"app.kubernetes.io/instance={NAME}")]
-    uids = local_cluster.delete_pods(pg_ns, pods)
-    local_cluster.wait_replaced(pg_ns, uids, timeout=300)
+    pods = [
+        p.metadata.name for p in local_cluster.pods(module_namespace, f"app.kubernetes.io/instance={NAME}")
+    ]
+    uids = local_cluster.delete_pods(module_namespace, pods)
+    local_cluster.wait_replaced(module_namespace, uids, timeout=300)
     wait_for(
         "a writable primary after every pod restarted",
-        lambda: _writable(local_cluster, pg_ns),
+        lambda: _writable(local_cluster, module_namespace),
         180,
         interval=2,
     )
-    local_cluster.wait_ready(pg_ns, NAME, timeout=300)
+    local_cluster.wait_ready(module_namespace, NAME, timeout=300)
 
-    local_cluster.exec(pg_ns, "writer", ["touch", "/tmp/stop"])
-    wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(pg_ns, "writer"), 60)
+    local_cluster.exec(module_namespace, "writer", ["touch", "/tmp/stop"])
+    wait_for(
+        "the writer to stop", lambda: "stopped at" in local_cluster.pod_log(module_namespace, "writer"), 60
+    )
     acked = {
         int(line.split()[1])
-        for line in local_cluster.pod_log(pg_ns, "writer").splitlines()
+        for line in local_cluster.pod_log(module_namespace, "writer").splitlines()
         if line.startswith("ack ")
     }
-    with _rw(local_cluster, pg_ns) as conn:
+    with _rw(local_cluster, module_namespace) as conn:
         stored = {row[0] for row in conn.execute("SELECT n FROM acked")}
     assert len(acked) > 20
     assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"

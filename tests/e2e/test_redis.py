@@ -5,8 +5,6 @@ Each scenario runs with a writer in a pod; a write it saw acknowledged must be t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.e2e.cluster import SMALL, LocalCluster, wait_for
@@ -25,22 +23,13 @@ CLUSTER = "orders"
 SENTINEL = "sessions"
 
 
-@pytest.fixture(scope="module")
-def redis_ns(local_cluster: LocalCluster) -> Iterator[str]:
-    name = local_cluster.new_namespace("e2e-redis")
-    try:
-        yield name
-    finally:
-        local_cluster.delete_namespace(name)
-
-
 def _members(mw: dict) -> dict[str, dict]:
     return {m["name"]: m for m in (mw.get("status") or {}).get("members", [])}
 
 
-def test_cluster_ready_and_checked_by_redis_cli(local_cluster: LocalCluster, redis_ns: str) -> None:
+def test_cluster_ready_and_checked_by_redis_cli(local_cluster: LocalCluster, module_namespace: str) -> None:
     local_cluster.create_middleware(
-        redis_ns,
+        module_namespace,
         CLUSTER,
         {
             "engine": "redis",
@@ -51,20 +40,20 @@ def test_cluster_ready_and_checked_by_redis_cli(local_cluster: LocalCluster, red
             "storage": {"size": "256Mi"},
         },
     )
-    mw = local_cluster.wait_ready(redis_ns, CLUSTER, timeout=420)
+    mw = local_cluster.wait_ready(module_namespace, CLUSTER, timeout=420)
     members = _members(mw)
     assert len(members) == 6
     assert sorted(m["role"] for m in members.values()) == ["master"] * 3 + ["replica"] * 3
     assert mw["status"]["version"] == "7.0"
     # redis-cli's own check, run inside a member pod against the pod DNS names.
     check = local_cluster.exec(
-        redis_ns,
+        module_namespace,
         f"{CLUSTER}-shard-0-0",
         [
             "redis-cli",
             "--cluster",
             "check",
-            f"{CLUSTER}-shard-0-0.{CLUSTER}-headless.{redis_ns}.svc.cluster.local:6379",
+            f"{CLUSTER}-shard-0-0.{CLUSTER}-headless.{module_namespace}.svc.cluster.local:6379",
         ],
         container="redis",
     )
@@ -72,42 +61,47 @@ def test_cluster_ready_and_checked_by_redis_cli(local_cluster: LocalCluster, red
     assert "[ERR]" not in check, check
 
 
-def test_cluster_scales_out_and_in_while_a_pod_writes(local_cluster: LocalCluster, redis_ns: str) -> None:
-    writer = start_writer(local_cluster, redis_ns, CLUSTER, CLUSTER, cluster_mode=True)
-    generation = local_cluster.middleware(redis_ns, CLUSTER)["metadata"]["generation"]
-    local_cluster.patch_middleware(redis_ns, CLUSTER, {"shards": 4})
-    mw = local_cluster.wait_ready(redis_ns, CLUSTER, timeout=420, generation_at_least=generation + 1)
+def test_cluster_scales_out_and_in_while_a_pod_writes(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
+    writer = start_writer(local_cluster, module_namespace, CLUSTER, CLUSTER, cluster_mode=True)
+    generation = local_cluster.middleware(module_namespace, CLUSTER)["metadata"]["generation"]
+    local_cluster.patch_middleware(module_namespace, CLUSTER, {"shards": 4})
+    mw = local_cluster.wait_ready(module_namespace, CLUSTER, timeout=420, generation_at_least=generation + 1)
     assert {m.get("shard") for m in _members(mw).values()} == {0, 1, 2, 3}
-    client = cluster_client(local_cluster, redis_ns, CLUSTER)
+    client = cluster_client(local_cluster, module_namespace, CLUSTER)
     assert len(client.get_primaries()) == 4
 
-    local_cluster.patch_middleware(redis_ns, CLUSTER, {"shards": 3})
-    mw = local_cluster.wait_ready(redis_ns, CLUSTER, timeout=420, generation_at_least=generation + 2)
+    local_cluster.patch_middleware(module_namespace, CLUSTER, {"shards": 3})
+    mw = local_cluster.wait_ready(module_namespace, CLUSTER, timeout=420, generation_at_least=generation + 2)
     assert {m.get("shard") for m in _members(mw).values()} == {0, 1, 2}
     # Its StatefulSet is pruned; the pods then end within their grace period.
     wait_for(
         "shard 3's pods to go",
-        lambda: not local_cluster.pods(redis_ns, "moorage.io/shard=3"),
+        lambda: not local_cluster.pods(module_namespace, "moorage.io/shard=3"),
         120,
         interval=2,
     )
     pvcs = [
-        p.metadata.name for p in local_cluster.core.list_namespaced_persistent_volume_claim(redis_ns).items
+        p.metadata.name
+        for p in local_cluster.core.list_namespaced_persistent_volume_claim(module_namespace).items
     ]
     assert any("shard-3" in name for name in pvcs), "shard 3's PVCs must be kept (never deleted unasked)"
 
-    acked = stop_writer(local_cluster, redis_ns, writer)
+    acked = stop_writer(local_cluster, module_namespace, writer)
     assert len(acked) > 50
-    client = cluster_client(local_cluster, redis_ns, CLUSTER)
+    client = cluster_client(local_cluster, module_namespace, CLUSTER)
     assert missing_keys(client, acked) == []
-    local_cluster.core.delete_namespaced_pod(writer, redis_ns, grace_period_seconds=0)
+    local_cluster.core.delete_namespaced_pod(writer, module_namespace, grace_period_seconds=0)
 
 
-def test_deleted_master_pod_is_replaced_by_its_replica(local_cluster: LocalCluster, redis_ns: str) -> None:
-    before = _members(local_cluster.middleware(redis_ns, CLUSTER))
+def test_deleted_master_pod_is_replaced_by_its_replica(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
+    before = _members(local_cluster.middleware(module_namespace, CLUSTER))
     master = next(name for name, m in before.items() if m["role"] == "master" and m.get("shard") == 1)
     replica = next(name for name, m in before.items() if m["role"] == "replica" and m.get("shard") == 1)
-    client = cluster_client(local_cluster, redis_ns, CLUSTER)
+    client = cluster_client(local_cluster, module_namespace, CLUSTER)
     keys = [f"k-failover-{i}" for i in range(300)]
     for key in keys:
         client.set(key, "v" + key[1:])
@@ -115,28 +109,28 @@ def test_deleted_master_pod_is_replaced_by_its_replica(local_cluster: LocalClust
     for node in client.get_primaries():
         assert node.redis_connection.execute_command("WAIT", 1, 5000) >= 1
     # As `kubectl delete pod` does it (a drain, a rolling restart): the master hands over first.
-    uids = local_cluster.delete_pods(redis_ns, [master], graceful=True)
+    uids = local_cluster.delete_pods(module_namespace, [master], graceful=True)
 
     def promoted() -> bool:
-        members = _members(local_cluster.middleware(redis_ns, CLUSTER))
+        members = _members(local_cluster.middleware(module_namespace, CLUSTER))
         return members.get(replica, {}).get("role") == "master"
 
     wait_for(f"{replica} promoted in status", promoted, 180, interval=2)
-    local_cluster.wait_replaced(redis_ns, uids)
+    local_cluster.wait_replaced(module_namespace, uids)
 
     def rejoined_as_replica() -> bool:
-        old = _members(local_cluster.middleware(redis_ns, CLUSTER)).get(master, {})
+        old = _members(local_cluster.middleware(module_namespace, CLUSTER)).get(master, {})
         return old.get("role") == "replica" and bool(old.get("healthy"))
 
     wait_for(f"{master} back as a healthy replica in status", rejoined_as_replica, 120, interval=2)
-    local_cluster.wait_ready(redis_ns, CLUSTER, timeout=300)
-    assert missing_keys(cluster_client(local_cluster, redis_ns, CLUSTER), keys) == []
+    local_cluster.wait_ready(module_namespace, CLUSTER, timeout=300)
+    assert missing_keys(cluster_client(local_cluster, module_namespace, CLUSTER), keys) == []
 
 
 def test_all_pods_deleted_at_once_the_cluster_heals_by_itself(
-    local_cluster: LocalCluster, redis_ns: str
+    local_cluster: LocalCluster, module_namespace: str
 ) -> None:
-    client = cluster_client(local_cluster, redis_ns, CLUSTER)
+    client = cluster_client(local_cluster, module_namespace, CLUSTER)
     keys = [f"k-mass-{i}" for i in range(500)]
     for key in keys:
         client.set(key, "v" + key[1:])
@@ -151,26 +145,28 @@ def test_all_pods_deleted_at_once_the_cluster_heals_by_itself(
         ),
         60,
     )
-    old_ips = set(pod_addresses(local_cluster, redis_ns, CLUSTER).values())
-    pods = [p.metadata.name for p in local_cluster.pods(redis_ns, f"app.kubernetes.io/instance={CLUSTER}")]
-    uids = local_cluster.delete_pods(redis_ns, pods)
-    local_cluster.wait_replaced(redis_ns, uids, timeout=300)
-    new_ips = set(pod_addresses(local_cluster, redis_ns, CLUSTER).values())
+    old_ips = set(pod_addresses(local_cluster, module_namespace, CLUSTER).values())
+    pods = [
+        p.metadata.name for p in local_cluster.pods(module_namespace, f"app.kubernetes.io/instance={CLUSTER}")
+    ]
+    uids = local_cluster.delete_pods(module_namespace, pods)
+    local_cluster.wait_replaced(module_namespace, uids, timeout=300)
+    new_ips = set(pod_addresses(local_cluster, module_namespace, CLUSTER).values())
     assert new_ips != old_ips, "the pods came back on their old IPs: this would not test stale addresses"
 
     def cluster_ok() -> bool:
-        password = local_cluster.password(redis_ns, CLUSTER)
+        password = local_cluster.password(module_namespace, CLUSTER)
         return all(node_client(ip, password).cluster("info")["cluster_state"] == "ok" for ip in new_ips)
 
     # Nobody edits the spec: the operator's observation heals it.
     wait_for("cluster_state ok on every member", cluster_ok, 300, interval=3)
-    local_cluster.wait_ready(redis_ns, CLUSTER, timeout=300)
-    assert missing_keys(cluster_client(local_cluster, redis_ns, CLUSTER), keys) == []
+    local_cluster.wait_ready(module_namespace, CLUSTER, timeout=300)
+    assert missing_keys(cluster_client(local_cluster, module_namespace, CLUSTER), keys) == []
 
 
-def test_sentinel_follows_a_deleted_master(local_cluster: LocalCluster, redis_ns: str) -> None:
+def test_sentinel_follows_a_deleted_master(local_cluster: LocalCluster, module_namespace: str) -> None:
     local_cluster.create_middleware(
-        redis_ns,
+        module_namespace,
         SENTINEL,
         {
             "engine": "redis",
@@ -181,31 +177,31 @@ def test_sentinel_follows_a_deleted_master(local_cluster: LocalCluster, redis_ns
             "storage": {"size": "256Mi"},
         },
     )
-    mw = local_cluster.wait_ready(redis_ns, SENTINEL, timeout=420)
+    mw = local_cluster.wait_ready(module_namespace, SENTINEL, timeout=420)
     members = _members(mw)
     master = next(name for name, m in members.items() if m["role"] == "master")
-    writer = start_writer(local_cluster, redis_ns, SENTINEL, f"{SENTINEL}-master", cluster_mode=False)
+    writer = start_writer(local_cluster, module_namespace, SENTINEL, f"{SENTINEL}-master", cluster_mode=False)
 
     def master_service_pod() -> str | None:
-        endpoints = local_cluster.core.read_namespaced_endpoints(f"{SENTINEL}-master", redis_ns)
+        endpoints = local_cluster.core.read_namespaced_endpoints(f"{SENTINEL}-master", module_namespace)
         addresses = [a for s in (endpoints.subsets or []) for a in (s.addresses or [])]
         return addresses[0].target_ref.name if len(addresses) == 1 else None
 
     assert master_service_pod() == master
     # As `kubectl delete pod` does it: the master's preStop asks the sentinels for a failover.
-    local_cluster.delete_pods(redis_ns, [master], graceful=True)
+    local_cluster.delete_pods(module_namespace, [master], graceful=True)
 
     def new_master() -> str | None:
-        current = _members(local_cluster.middleware(redis_ns, SENTINEL))
+        current = _members(local_cluster.middleware(module_namespace, SENTINEL))
         name = next((n for n, m in current.items() if m["role"] == "master" and m.get("healthy")), None)
         return name if name and name != master else None
 
     promoted = wait_for("a new master in status", new_master, 180, interval=2)
     wait_for("the -master Service to follow", lambda: master_service_pod() == promoted, 120, interval=2)
-    local_cluster.wait_ready(redis_ns, SENTINEL, timeout=300)
-    acked = stop_writer(local_cluster, redis_ns, writer)
-    password = local_cluster.password(redis_ns, SENTINEL)
-    ip = local_cluster.core.read_namespaced_pod(promoted, redis_ns).status.pod_ip
+    local_cluster.wait_ready(module_namespace, SENTINEL, timeout=300)
+    acked = stop_writer(local_cluster, module_namespace, writer)
+    password = local_cluster.password(module_namespace, SENTINEL)
+    ip = local_cluster.core.read_namespaced_pod(promoted, module_namespace).status.pod_ip
     # The handover pauses writes until a replica has them all: nothing acknowledged is lost.
     lost = missing_keys(node_client(ip, password), acked)
     assert len(acked) > 50

@@ -3,8 +3,6 @@ reconfig while a client in a pod writes; quorum is never lost and no acknowledge
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from kazoo.client import KazooClient
 
@@ -29,18 +27,9 @@ sleep 3600
 """
 
 
-@pytest.fixture(scope="module")
-def zk_ns(local_cluster: LocalCluster) -> Iterator[str]:
-    name = local_cluster.new_namespace("e2e-zk")
-    try:
-        yield name
-    finally:
-        local_cluster.delete_namespace(name)
-
-
-def test_ensemble_scales_3_5_3_while_a_pod_writes(local_cluster: LocalCluster, zk_ns: str) -> None:
+def test_ensemble_scales_3_5_3_while_a_pod_writes(local_cluster: LocalCluster, module_namespace: str) -> None:
     local_cluster.create_middleware(
-        zk_ns,
+        module_namespace,
         NAME,
         {
             "engine": "zookeeper",
@@ -50,32 +39,36 @@ def test_ensemble_scales_3_5_3_while_a_pod_writes(local_cluster: LocalCluster, z
             "storage": {"size": "256Mi"},
         },
     )
-    mw = local_cluster.wait_ready(zk_ns, NAME, timeout=480)
+    mw = local_cluster.wait_ready(module_namespace, NAME, timeout=480)
     assert sorted(m["role"] for m in mw["status"]["members"]) == ["follower", "follower", "leader"]
     # The members that stay through the whole scale: a disconnection is then a real loss of service,
     # not the client's own server leaving.
-    servers = ",".join(f"{NAME}-{i}.{NAME}-headless.{zk_ns}.svc.cluster.local:2181" for i in range(3))
-    local_cluster.run_pod(zk_ns, "writer", ZK_IMAGE, WRITER, env={"SERVERS": servers})
+    servers = ",".join(
+        f"{NAME}-{i}.{NAME}-headless.{module_namespace}.svc.cluster.local:2181" for i in range(3)
+    )
+    local_cluster.run_pod(module_namespace, "writer", ZK_IMAGE, WRITER, env={"SERVERS": servers})
     wait_for(
-        "the writer's first write", lambda: "Created /e2e/k" in local_cluster.pod_log(zk_ns, "writer"), 180
+        "the writer's first write",
+        lambda: "Created /e2e/k" in local_cluster.pod_log(module_namespace, "writer"),
+        180,
     )
 
     generation = mw["metadata"]["generation"]
-    local_cluster.patch_middleware(zk_ns, NAME, {"replicas": 5})
-    mw = local_cluster.wait_ready(zk_ns, NAME, timeout=480, generation_at_least=generation + 1)
+    local_cluster.patch_middleware(module_namespace, NAME, {"replicas": 5})
+    mw = local_cluster.wait_ready(module_namespace, NAME, timeout=480, generation_at_least=generation + 1)
     assert len(mw["status"]["members"]) == 5
-    local_cluster.patch_middleware(zk_ns, NAME, {"replicas": 3})
-    mw = local_cluster.wait_ready(zk_ns, NAME, timeout=480, generation_at_least=generation + 2)
+    local_cluster.patch_middleware(module_namespace, NAME, {"replicas": 3})
+    mw = local_cluster.wait_ready(module_namespace, NAME, timeout=480, generation_at_least=generation + 2)
     assert len(mw["status"]["members"]) == 3
 
-    local_cluster.exec(zk_ns, "writer", ["touch", "/tmp/stop"])
-    wait_for("the writer to stop", lambda: "stopped" in local_cluster.pod_log(zk_ns, "writer"), 60)
-    log = local_cluster.pod_log(zk_ns, "writer")
+    local_cluster.exec(module_namespace, "writer", ["touch", "/tmp/stop"])
+    wait_for("the writer to stop", lambda: "stopped" in local_cluster.pod_log(module_namespace, "writer"), 60)
+    log = local_cluster.pod_log(module_namespace, "writer")
     acked = {line.split()[-1] for line in log.splitlines() if line.startswith("Created /e2e/k")}
     assert len(acked) > 30, log[-2000:]
     assert "Disconnected" not in log and "Expired" not in log, f"quorum lost while scaling:\n{log[-2000:]}"
 
-    ip = local_cluster.core.read_namespaced_service(NAME, zk_ns).spec.cluster_ip
+    ip = local_cluster.core.read_namespaced_service(NAME, module_namespace).spec.cluster_ip
     zk = KazooClient(hosts=f"{ip}:2181", timeout=10)
     zk.start(timeout=30)
     try:
