@@ -1,0 +1,123 @@
+"""Cross-cluster Redis sync on real pods (the DCE scenario): a 3-shard cluster replicated into a
+sentinel deployment by one real redis-shake pod per source shard, under the operator; data
+written before and during the sync arrives; Stopped removes the workloads."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.cluster import GROUP, SMALL, VERSION, LocalCluster, wait_for
+from tests.e2e.redis_clients import cluster_client, missing_keys, node_client
+
+pytestmark = pytest.mark.e2e
+
+SOURCE, TARGET, SYNC = "orders", "replica", "orders-to-replica"
+SHAKE_IMAGE = "localhost/moorage/redis-shake:v4.2.0"
+
+
+def _target_master(cluster: LocalCluster, namespace: str) -> object:
+    mw = cluster.middleware(namespace, TARGET)
+    master = next(m["name"] for m in mw["status"]["members"] if m["role"] == "master")
+    ip = cluster.core.read_namespaced_pod(master, namespace).status.pod_ip
+    return node_client(ip, cluster.password(namespace, TARGET))
+
+
+def test_cluster_into_sentinel_through_real_redis_shake_pods(
+    local_cluster: LocalCluster, namespace: str
+) -> None:
+    local_cluster.create_middleware(
+        namespace,
+        SOURCE,
+        {
+            "engine": "redis",
+            "topology": "cluster",
+            "shards": 3,
+            "replicas": 2,
+            "resources": SMALL,
+            "storage": {"size": "256Mi"},
+        },
+    )
+    local_cluster.create_middleware(
+        namespace,
+        TARGET,
+        {
+            "engine": "redis",
+            "topology": "sentinel",
+            "replicas": 2,
+            "sentinels": 3,
+            "resources": SMALL,
+            "storage": {"size": "256Mi"},
+        },
+    )
+    local_cluster.wait_ready(namespace, SOURCE, timeout=420)
+    local_cluster.wait_ready(namespace, TARGET, timeout=420)
+    source = cluster_client(local_cluster, namespace, SOURCE)
+    before = [f"k-before-{i}" for i in range(2000)]
+    for key in before:
+        source.set(key, "v" + key[1:])
+
+    local_cluster.apply(
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "RedisSync",
+            "metadata": {"name": SYNC, "namespace": namespace},
+            "spec": {
+                "source": {"middleware": {"name": SOURCE}},
+                "target": {"middleware": {"name": TARGET}},
+                "image": SHAKE_IMAGE,
+                "resources": {"cpu": "100m", "memory": "128Mi"},
+            },
+        },
+        namespace,
+    )
+
+    def workloads_running() -> list | None:
+        deployments = local_cluster.apps.list_namespaced_deployment(
+            namespace, label_selector="app.kubernetes.io/name=redis-shake"
+        ).items
+        ready = [d for d in deployments if (d.status.ready_replicas or 0) == 1]
+        return deployments if len(deployments) == 3 and len(ready) == 3 else None
+
+    wait_for("three redis-shake pods Ready (one per source shard)", workloads_running, 300, interval=2)
+    target = _target_master(local_cluster, namespace)
+    wait_for(
+        "the keys written before the sync on the target",
+        lambda: missing_keys(target, before) == [],
+        180,
+        interval=2,
+    )
+
+    during = [f"k-during-{i}" for i in range(500)]
+    for key in during:
+        source.set(key, "v" + key[1:])
+    wait_for(
+        "the keys written during the sync on the target",
+        lambda: missing_keys(target, during) == [],
+        120,
+        interval=2,
+    )
+
+    def status_reports_workloads() -> list | None:
+        sync = local_cluster.custom.get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "redissyncs", SYNC
+        )
+        workloads = (sync.get("status") or {}).get("workloads") or []
+        return workloads if len(workloads) == 3 else None
+
+    workloads = wait_for("status.workloads", status_reports_workloads, 120, interval=2)
+    assert all(w["state"] for w in workloads), workloads
+
+    local_cluster.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, "redissyncs", SYNC, {"spec": {"direction": "Stopped"}}
+    )
+    wait_for(
+        "the workloads removed on Stopped",
+        lambda: (
+            not local_cluster.apps.list_namespaced_deployment(
+                namespace, label_selector="app.kubernetes.io/name=redis-shake"
+            ).items
+        ),
+        120,
+        interval=2,
+    )
+    assert target.dbsize() == len(before) + len(during)
