@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from middleware.endpoints import Endpoint
 from middleware.errors import MoorageError
 from middleware.models.sync import SyncDirection
 from middleware.runtime.kubernetes import KubernetesRuntime
@@ -346,6 +347,17 @@ def start_command(
     status_port_base: Annotated[
         int, typer.Option("--status-port-base", help="Local: status port of workload 0; workload i gets +i.")
     ] = DEFAULT_STATUS_PORT_BASE,
+    target_sentinels: Annotated[
+        str | None,
+        typer.Option(
+            "--target-sentinel",
+            help="Local: the target is a sentinel group; its sentinels, HOST:PORT[,HOST:PORT...] "
+            "(with --target-master-name; --target is one of its data nodes).",
+        ),
+    ] = None,
+    target_master_name: Annotated[
+        str | None, typer.Option("--target-master-name", help="Local: the sentinel target's master name.")
+    ] = None,
 ) -> None:
     """Run the forward workloads (source into target): direction Forward. With --source/--target:
     one redis-shake process per workload on this host ($MOORAGE_REDIS_SHAKE or redis-shake on PATH)."""
@@ -356,12 +368,20 @@ def start_command(
         return
     if name is not None or source is None or target is None:
         raise _fail("give either a RedisSync NAME, or both --source and --target (local sync)")
+    if bool(target_sentinels) != bool(target_master_name):
+        raise _fail("a sentinel target needs both --target-sentinel and --target-master-name")
+    try:
+        sentinels = [Endpoint.parse(a.strip()) for a in (target_sentinels or "").split(",") if a.strip()]
+    except ValueError as error:
+        raise _fail(f"--target-sentinel: {error}") from None
     try:
         report = LocalSyncs().start(
             local_name,
             parse_url(source, password_env=SOURCE_PASSWORD_ENV),
             parse_url(target, password_env=TARGET_PASSWORD_ENV),
             status_port_base=status_port_base,
+            target_sentinels=sentinels,
+            target_master_name=target_master_name,
         )
     except MoorageError as error:
         raise _fail(str(error)) from None

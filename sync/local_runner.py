@@ -32,7 +32,7 @@ import signal
 import subprocess
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,16 @@ from middleware.errors import MoorageError, NotReady
 from middleware.models.sync import RedisEndpointKind, SyncDirection
 from middleware.runtime.local import default_state_dir
 from middleware.runtime.processes import LOOPBACK, port_free, process_start_time, reap
-from sync import manual
-from sync.observe import fetch_status, master_offset, replication_view, saving, shake_consumer, shard_now
+from sync import heartbeat, manual
+from sync.observe import (
+    fetch_status,
+    master_offset,
+    observe_topology,
+    replication_view,
+    saving,
+    shake_consumer,
+    shard_now,
+)
 from sync.plan import RedisTopology, ShakeWorkload, WriterTarget
 from sync.share import clear_share
 from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
@@ -178,8 +186,14 @@ class WorkloadStatus:
     restarts: int
     last_restart_reason: str | None
     log: str
+    # From the heartbeat key (sync.heartbeat); None: none written yet, or it could not be read.
+    heartbeat_lag_seconds: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
+        seconds, origin = self.decision.lag_seconds, "rate" if self.decision.lag_seconds is not None else None
+        if self.heartbeat_lag_seconds is not None:
+            seconds, origin = round(self.heartbeat_lag_seconds, 3), "heartbeat"
+
         return {
             "name": self.name,
             "pid": self.pid,
@@ -194,7 +208,8 @@ class WorkloadStatus:
             "action": str(self.decision.action),
             "reason": self.decision.reason,
             "lagBytes": self.decision.lag_bytes,
-            "lagSeconds": self.decision.lag_seconds,
+            "lagSeconds": seconds,
+            "lagSecondsFrom": origin,
             "writeLagBytes": self.decision.write_lag_bytes,
             "restarts": self.restarts,
             "lastRestartReason": self.last_restart_reason,
@@ -376,9 +391,17 @@ class LocalSyncs:
         *,
         status_port_base: int = manual.DEFAULT_STATUS_PORT_BASE,
         binary: str | None = None,
+        target_sentinels: Sequence[Endpoint] = (),
+        target_master_name: str | None = None,
     ) -> SyncStatus:
         """Plan, write the configs and start one redis-shake per workload. A recorded sync whose
-        processes all run is refused; one with dead workloads gets those restarted (same configs)."""
+        processes all run is refused; one with dead workloads gets those restarted (same configs).
+
+        ``target_sentinels`` and ``target_master_name``: the target is that sentinel group (``target``
+        is one of its data nodes, and gives the password). The writer is planned at the master the
+        sentinels name now and re-planned when they fail over."""
+        if bool(target_sentinels) != bool(target_master_name):
+            raise LocalSyncError("a sentinel target needs both its sentinels and its master name")
         binary = binary or find_binary()
         directory = self.directory(name)
         with self._locked(name):
@@ -394,13 +417,38 @@ class LocalSyncs:
                     raise LocalSyncError(
                         f"local sync {name!r} is already running ({len(state['workloads'])} workloads)"
                     )
+                if state.get("targetSentinels"):
+                    target = self._target_url(name, state)
                 try:
                     for record in dead:
                         self._spawn(name, record, binary, target)
                 finally:
                     self._write(name, state)
             else:
-                planned = manual.plan_urls(name, source, target, status_port_base=status_port_base)
+                target_topology = None
+                requested = target
+                if target_sentinels:
+                    assert target_master_name is not None
+                    try:
+                        target_topology = observe_topology(
+                            RedisEndpointKind.SENTINEL,
+                            data_nodes=[target.endpoint],
+                            sentinels=list(target_sentinels),
+                            master_name=target_master_name,
+                            password=target.password,
+                        )
+                    except NotReady as exc:
+                        raise LocalSyncError(f"sentinel target {target_master_name!r}: {exc}") from None
+                    # Writes and the share clearing go to the master the sentinels name, not to the
+                    # node the URL gave.
+                    target = replace(target, endpoint=target_topology.shards[0].master)
+                planned = manual.plan_urls(
+                    name,
+                    source,
+                    target,
+                    status_port_base=status_port_base,
+                    target_topology=target_topology,
+                )
                 busy = [m.status_port for m in planned if not port_free(m.status_port)]
                 if busy:
                     raise LocalSyncError(
@@ -411,9 +459,11 @@ class LocalSyncs:
                     "name": name,
                     "source": source.redacted,
                     "sourceEndpoint": source.endpoint.address,
-                    "target": target.redacted,
-                    "targetEndpoint": target.endpoint.address,
+                    "target": requested.redacted,
+                    "targetEndpoint": requested.endpoint.address,
                     "statusPortBase": status_port_base,
+                    "targetSentinels": [e.address for e in target_sentinels],
+                    "targetMasterName": target_master_name,
                     "stopped": False,
                     "workloads": [
                         _workload_record(m) | {"restarts": 0, "lastRestartReason": None} for m in planned
@@ -458,16 +508,44 @@ class LocalSyncs:
         return None, None
 
     def _source(self, name: str, state: dict[str, Any]) -> tuple[RedisURL, RedisTopology | None]:
+        """The source, observed through the node its URL gave, else through any node a workload
+        was planned on (the URL's node may be the one that died)."""
         username, password = self._passwords(name, state)
         url = RedisURL(Endpoint.parse(state["sourceEndpoint"]), username, password, 0)
+        seeds = [url.endpoint]
+        for record in state["workloads"]:
+            for address in (record["sourceMaster"], record["reader"]):
+                endpoint = Endpoint.parse(address)
+                if endpoint not in seeds:
+                    seeds.append(endpoint)
+        for seed in seeds:
+            try:
+                return url, manual.observe_url(replace(url, endpoint=seed))
+            except NotReady:
+                continue
+        return url, None  # the samples say "could not observe"; decide() does not re-plan on that
+
+    def _target_topology(self, name: str, state: dict[str, Any]) -> RedisTopology | None:
+        """A sentinel target as its sentinels report it now; None for another target, or when the
+        sentinels name no usable master (down, failing over)."""
+        sentinels = [Endpoint.parse(a) for a in state.get("targetSentinels") or ()]
+        if not sentinels:
+            return None
+        _, password = self._target_credentials(name, state)
         try:
-            return url, manual.observe_url(url)
+            return observe_topology(
+                RedisEndpointKind.SENTINEL,
+                data_nodes=[Endpoint.parse(state["targetEndpoint"])],
+                sentinels=sentinels,
+                master_name=state["targetMasterName"],
+                password=password,
+            )
         except NotReady:
-            return url, None  # the samples say "could not observe"; decide() does not re-plan on that
+            return None
 
     def _sample(
         self, name: str, record: dict[str, Any], workload: ShakeWorkload, password: str | None,
-        source: RedisTopology | None, alive: bool,
+        source: RedisTopology | None, alive: bool, target_master: Endpoint | None = None,
     ) -> Sample:  # fmt: skip
         port = int(record["statusPort"])
         status = fetch_status(LOOPBACK, port, STATUS_TIMEOUT) if alive else None
@@ -482,6 +560,7 @@ class LocalSyncs:
             else None
         )
         master = shard.master if shard else workload.source_master
+        healthy = (shard.master, *(r.endpoint for r in shard.replicas if r.healthy)) if shard else ()
         return Sample(
             at=time.monotonic(),
             status=status,
@@ -491,26 +570,55 @@ class LocalSyncs:
             source_slots=shard.slots if shard else (),
             acked_offset=consumer.offset if consumer is not None else None,
             reader_saving=reader_saving,
+            target_master=target_master,
+            reader_answers=view is not None,
+            shard_nodes=healthy,
         )
 
-    def _status(self, name: str, state: dict[str, Any], *, sample: bool) -> SyncStatus:
+    def _heartbeat(
+        self, workload: ShakeWorkload, master: Endpoint, source: RedisURL, target: RedisURL, beat: bool
+    ) -> float | None:
+        """Lag in seconds from the workload's heartbeat key; with ``beat`` (a supervising pass), a
+        new heartbeat is written on ``master`` once the target holds the last one."""
+        name = heartbeat.key(workload)
+        if name is None:
+            return None
+        db = heartbeat.database(workload)
+        on_source = heartbeat.read_source(master, name, db, source.username, source.password)
+        on_target = heartbeat.read_target(target, name, db)
+        now = time.time()
+        if beat and heartbeat.due(on_source, on_target):
+            heartbeat.write_source(master, name, db, source.username, source.password, now)
+        return heartbeat.lag_seconds(on_source, on_target, now)
+
+    def _status(self, name: str, state: dict[str, Any], *, sample: bool, beat: bool = False) -> SyncStatus:
         stopped = bool(state.get("stopped"))
         source: RedisTopology | None = None
         password: str | None = None
+        target_master: Endpoint | None = None
+        source_url: RedisURL | None = None
+        target_url: RedisURL | None = None
         if not stopped and sample:
-            url, source = self._source(name, state)
-            password = url.password
+            source_url, source = self._source(name, state)
+            password = source_url.password
+            target = self._target_topology(name, state)
+            target_master = target.shards[0].master if target else None
+            target_url = self._target_url(name, state)
         rows = []
         for record in state["workloads"]:
             workload = _workload_of(name, record)
             alive = self._alive(name, record)
             history = self._history.setdefault((name, record["name"]), [])
+            beats: float | None = None
             if stopped:
                 decision = Decision(State.UNKNOWN, Action.NONE, "stopped")
             elif sample:
-                history.append(self._sample(name, record, workload, password, source, alive))
+                history.append(self._sample(name, record, workload, password, source, alive, target_master))
                 del history[:-HISTORY]
                 decision = decide(workload, history, self.policy)
+                if source_url is not None and target_url is not None:
+                    master = history[-1].source_master or workload.source_master
+                    beats = self._heartbeat(workload, master, source_url, target_url, beat)
             else:
                 decision = Decision(State.UNKNOWN, Action.NONE, "started" if alive else "not running")
             last = history[-1] if history and sample and not stopped else None
@@ -529,6 +637,7 @@ class LocalSyncs:
                     restarts=int(record.get("restarts", 0)),
                     last_restart_reason=record.get("lastRestartReason"),
                     log=str(self.directory(name) / record["name"] / OUTPUT),
+                    heartbeat_lag_seconds=beats,
                 )
             )
         return SyncStatus(
@@ -547,7 +656,7 @@ class LocalSyncs:
         state = self._known(name)
         if state.get("stopped"):
             return self._status(name, state, sample=False)
-        report = self._status(name, state, sample=True)
+        report = self._status(name, state, sample=True, beat=True)
         restart: dict[str, str] = {}
         replan: list[str] = []
         for row in report.workloads:
@@ -559,6 +668,16 @@ class LocalSyncs:
                 restart[row.name] = f"the process exited (see {row.log})"
         if not (restart or replan):
             return report
+        if state.get("targetSentinels") and self._target_topology(name, state) is None:
+            # Its sentinels name no usable master (failing over): a restart now would write to the
+            # old master again. The next pass re-plans onto the new one.
+            return replace(
+                report,
+                acted=[
+                    f"target: sentinels of {state['targetMasterName']!r} name no usable master "
+                    "(failing over?); restarts wait for them"
+                ],
+            )
         binary = binary or self._recorded_binary(state) or find_binary()
         acted: list[str] = []
         with self._locked(name):
@@ -606,13 +725,34 @@ class LocalSyncs:
         self._spawn(name, record, binary, target)
 
     def _target_url(self, name: str, state: dict[str, Any]) -> RedisURL:
+        """Where the target is written (and its shares cleared): a sentinel target's master as its
+        sentinels name it now (the recorded node while they cannot say), else the target's node."""
         username, password = self._target_credentials(name, state)
-        return RedisURL(Endpoint.parse(state["targetEndpoint"]), username, password, 0)
+        endpoint = Endpoint.parse(state["targetEndpoint"])
+        topology = self._target_topology(name, state)
+        if topology is not None:
+            endpoint = topology.shards[0].master
+        return RedisURL(endpoint, username, password, 0)
 
     def _replan(self, name: str, state: dict[str, Any], binary: str, reason: str) -> list[str]:
-        url, _ = self._source(name, state)
+        url, source = self._source(name, state)
+        target_topology = self._target_topology(name, state)
+        if state.get("targetSentinels") and target_topology is None:
+            return [f"not re-planned: the target's sentinels name no usable master ({reason})"]
         target = self._target_url(name, state)
-        planned = manual.plan_urls(name, url, target, status_port_base=int(state["statusPortBase"]))
+        if target_topology is not None:
+            target = replace(target, endpoint=target_topology.shards[0].master)
+        try:
+            planned = manual.plan_urls(
+                name,
+                url,
+                target,
+                status_port_base=int(state["statusPortBase"]),
+                source_topology=source,
+                target_topology=target_topology,
+            )
+        except NotReady as exc:
+            return [f"not re-planned: {exc} ({reason})"]
         old = {r["name"]: r for r in state["workloads"]}
         acted, records = [], []
         for item in planned:

@@ -65,8 +65,14 @@ def plan_urls(
     *,
     filter_: SyncFilter | None = None,
     status_port_base: int = DEFAULT_STATUS_PORT_BASE,
+    source_topology: RedisTopology | None = None,
+    target_topology: RedisTopology | None = None,
 ) -> list[ManualWorkload]:
-    workloads = plan(name, observe_url(source), observe_url(target), filter_)
+    """Plan from two URLs; a side already observed (the local runner's sentinel target, a source
+    observed through another of its nodes) is taken as given."""
+    workloads = plan(
+        name, source_topology or observe_url(source), target_topology or observe_url(target), filter_
+    )
     return [ManualWorkload(w, status_port_base + i) for i, w in enumerate(workloads)]
 
 

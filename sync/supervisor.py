@@ -7,6 +7,8 @@ restart count and the source (current master, its ``master_repl_offset``, slot m
 
 - source failover (the shard's master changed; redis-shake #935 stops syncing)  -> re-plan
 - reshard (the shard's slots changed)                                         -> re-plan
+- the node it reads is gone (does not answer, while the shard has another healthy node) -> re-plan
+  onto that node (redis-shake would otherwise be restarted against the dead address forever)
 - target failover (a sentinel target's master changed; #833 writes to the old one) -> re-plan
 - crash-looping (restarts keep rising)                         -> none: report, Kubernetes backs off
 - waiting for the reader's own BGSAVE (redis-shake #973: a full sync cannot attach to a BGSAVE the
@@ -72,6 +74,7 @@ class State(StrEnum):
     RESHARDED = "Resharded"
     TARGET_FAILOVER = "TargetFailover"
     WAITING_FOR_BGSAVE = "WaitingForSourceBgsave"
+    READER_DOWN = "ReaderDown"
     UNKNOWN = "Unknown"
 
 
@@ -141,6 +144,10 @@ class Sample:
     # False for redis-shake v3, which has no status port: silence is normal, progress is the offset its
     # connection ACKs to the source.
     status_expected: bool = True
+    # Whether the node redis-shake reads answered this sample (None: not asked), and the shard's
+    # healthy nodes as observed now (its master and the replicas that answer and are linked).
+    reader_answers: bool | None = None
+    shard_nodes: tuple[Endpoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,15 @@ def decide(workload: ShakeWorkload, samples: Sequence[Sample], policy: Policy = 
         and tuple(last.source_slots) != tuple(workload.source_slots)
     ):
         return made(State.RESHARDED, Action.REPLAN, "the source shard's slots changed")
+    if last.reader_answers is False:
+        others = [n for n in last.shard_nodes if n != workload.reader]
+        if others:
+            return made(
+                State.READER_DOWN,
+                Action.REPLAN,
+                f"the node it reads, {workload.reader}, does not answer; the shard's healthy nodes: "
+                + ", ".join(str(n) for n in others),
+            )
     if (
         last.target_master is not None
         and not workload.writer.cluster

@@ -38,11 +38,13 @@ import pytest
 import redis
 
 from middleware.engines.redis.cluster import create_cluster
+from middleware.engines.redis.sentinel import bootstrap_sentinel, failover, wait_for_new_master
 from sync.local_runner import SHAKE_VERSION, LocalSyncs, SyncStatus
 from sync.supervisor import Policy
 from sync.verify import RedisURL
 from tests.integration.conftest import PASSWORD
 from tests.integration.harness import RedisNodes, RedisProcess, wait_until
+from tests.integration.sentinel_harness import Deployment, SentinelHarness
 from tests.integration.shake_harness import status_port_base
 from tests.integration.tcp_proxy import FreezingProxy
 
@@ -123,7 +125,7 @@ class Setup:
         return {w["name"]: w for w in state["workloads"]}
 
 
-def _kill_recorded(found: Setup | ProxySetup) -> None:
+def _kill_recorded(found: Setup | ProxySetup | SentinelSetup) -> None:
     state_file = found.state / "syncs" / NAME / "state.json"
     if state_file.exists():
         for w in json.loads(state_file.read_text())["workloads"]:
@@ -503,4 +505,236 @@ def test_a_source_failover_re_plans_only_that_shards_workload(setup: Setup) -> N
     _all_healthy(syncs)
     _write(setup.cluster, 400, 100)
     _verify_equal(setup.state, _url(setup.members[1]), _url(setup.target), setup.cache)
+    syncs.stop(NAME)
+
+
+@contextlib.contextmanager
+def _writing(client: redis.Redis | redis.RedisCluster, prefix: str) -> Iterator[list[int]]:
+    """A writer running on the source for the duration: ``<prefix>:N`` keys, the numbers the source
+    acknowledged collected in the list it yields (read it after the block)."""
+    acked: list[int] = []
+    running = threading.Event()
+    running.set()
+
+    def run() -> None:
+        n = 0
+        while running.is_set():
+            try:
+                client.set(f"{prefix}:{n}", n)
+            except redis.RedisError:
+                time.sleep(0.05)
+                continue
+            acked.append(n)
+            n += 1
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield acked
+    finally:
+        running.clear()
+        thread.join(timeout=10)
+
+
+def _all_acked_arrived(target: redis.Redis, prefix: str, acked: list[int]) -> None:
+    """Every write the source acknowledged is on the target, with its value."""
+    assert acked, "the writer wrote nothing"
+    missing = [
+        n
+        for n, value in zip(acked, target.mget([f"{prefix}:{n}" for n in acked]), strict=True)
+        if (value.decode() if isinstance(value, bytes) else value) != str(n)
+    ]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged writes missing, e.g. {missing[:5]}"
+
+
+def test_a_dead_reader_re_plans_onto_another_node_of_its_shard(setup: Setup) -> None:
+    """Issue 13 (a): the replica workload 0 reads is shut down while the source takes writes. The
+    supervisor re-plans that workload onto the shard's other healthy node (here its master), restarts
+    it there with its share emptied first, and reports it; the other shards' processes are left
+    alone, and every acknowledged write arrives."""
+    _write(setup.cluster, 0, 200)
+    syncs = LocalSyncs(setup.state)
+    report = syncs.start(
+        NAME,
+        RedisURL(setup.members[1].endpoint, None, PASSWORD, 0),
+        RedisURL(setup.target.endpoint, None, PASSWORD, 0),
+        status_port_base=setup.base,
+        binary=setup.binary,
+    )
+    pids = setup.record(report)
+    _all_healthy(syncs)
+    shard0, dead, master = WORKLOADS[0], setup.members[3], setup.members[0]
+    assert setup.records()[shard0]["reader"] == dead.endpoint.address
+
+    def replanned() -> SyncStatus | None:
+        found = syncs.supervise_once(NAME)
+        return found if any(line.startswith(f"{shard0}: re-planned") for line in found.acted) else None
+
+    with _writing(setup.cluster, "live") as acked:
+        time.sleep(0.5)
+        dead.stop()
+        after = wait_until(replanned, lambda found: found is not None, 45, f"{shard0} re-planned")
+        time.sleep(1.0)  # writes after the re-plan, into the new process
+    assert after is not None
+    assert not any(line.startswith((f"{WORKLOADS[1]}:", f"{WORKLOADS[2]}:")) for line in after.acted), (
+        after.acted
+    )
+    now = setup.record(after)
+    assert now[shard0] != pids[shard0]
+    assert {w: now[w] for w in WORKLOADS[1:]} == {w: pids[w] for w in WORKLOADS[1:]}
+    records = setup.records()
+    assert records[shard0]["reader"] == master.endpoint.address
+    reason = str(records[shard0]["lastRestartReason"])
+    assert reason.startswith("re-planned:") and f"{dead.endpoint}, does not answer" in reason, reason
+    assert (
+        tomllib.loads(setup.config(shard0).read_text())["sync_reader"]["address"] == master.endpoint.address
+    )
+    healthy = _all_healthy(syncs)
+    assert next(w for w in healthy.workloads if w.name == shard0).reader == master.endpoint.address
+    _verify_equal(setup.state, _url(setup.members[1]), _url(setup.target), setup.cache)
+    with setup.target.client() as target:
+        _all_acked_arrived(target, "live", acked)
+    syncs.stop(NAME)
+
+
+SENTINEL_MASTER = "orders-dr"
+
+
+@dataclass
+class SentinelSetup:
+    state: Path
+    binary: str
+    source: RedisProcess
+    target: Deployment
+    base: int
+    started: set[tuple[int, Path]]
+
+    def config(self, workload: str) -> Path:
+        return (self.state / "syncs" / NAME / workload / "shake.toml").resolve()
+
+
+@pytest.fixture
+def sentinel_target(redis_group: RedisNodes, redis_shake: str, tmp_path: Path) -> Iterator[SentinelSetup]:
+    """A standalone source; a sentinel target (master, one replica, three sentinels, down-after 1 s)."""
+    harness = SentinelHarness(tmp_path / "sentinel", PASSWORD)
+    found: SentinelSetup | None = None
+    try:
+        target = harness.deployment(replicas=1, sentinels=3)
+        bootstrap_sentinel(
+            target.master.endpoint,
+            target.replica_endpoints,
+            target.sentinel_endpoints,
+            master_name=SENTINEL_MASTER,
+            password=PASSWORD,
+            quorum=2,
+            down_after_ms=1000,
+            failover_timeout_ms=5000,
+            announce={"resolve-hostnames": "yes"},
+            sentinel_password=PASSWORD,
+            timeout=60.0,
+        )
+        source = redis_group.add("source", cluster=False)
+        found = SentinelSetup(tmp_path / "state", redis_shake, source, target, status_port_base(1), set())
+        yield found
+    finally:
+        if found is not None:
+            _kill_recorded(found)
+        harness.stop_all()
+
+
+def test_a_sentinel_target_failover_re_plans_the_writer_onto_the_new_master(
+    sentinel_target: SentinelSetup,
+) -> None:
+    """Issue 13 (b): a real sentinel failover of the target while the source takes writes. The old
+    master turns replica (redis-shake's writes there fail READONLY); the supervisor notices the
+    sentinels' new master, re-plans the writer onto it (share emptied there first) instead of
+    restarting against the old address, and every acknowledged write arrives."""
+    setup, d = sentinel_target, sentinel_target.target
+    with setup.source.client() as client:
+        _write(client, 0, 300)
+    syncs = LocalSyncs(setup.state)
+    report = syncs.start(
+        NAME,
+        RedisURL(setup.source.endpoint, None, PASSWORD, 0),
+        RedisURL(d.master.endpoint, None, PASSWORD, 0),
+        status_port_base=setup.base,
+        binary=setup.binary,
+        target_sentinels=d.sentinel_endpoints,
+        target_master_name=SENTINEL_MASTER,
+    )
+    pids = {w.name: w.pid for w in report.workloads}
+    setup.started.update((pid, setup.config(n)) for n, pid in pids.items() if pid)
+    _all_healthy(syncs)
+    assert (
+        tomllib.loads(setup.config(NAME).read_text())["redis_writer"]["address"] == d.master.endpoint.address
+    )
+
+    def replanned() -> SyncStatus | None:
+        found = syncs.supervise_once(NAME)
+        for w in found.workloads:
+            if w.pid:
+                setup.started.add((w.pid, setup.config(w.name)))
+        return found if any(line.startswith(f"{NAME}: re-planned") for line in found.acted) else None
+
+    with setup.source.client() as client, _writing(client, "live") as acked:
+        time.sleep(0.5)
+        old = failover(d.sentinel_endpoints, SENTINEL_MASTER, PASSWORD, sentinel_password=PASSWORD)
+        new = wait_for_new_master(
+            d.sentinel_endpoints, SENTINEL_MASTER, old, PASSWORD, timeout=30, sentinel_password=PASSWORD
+        )
+        after = wait_until(replanned, lambda found: found is not None, 45, f"{NAME} re-planned")
+        time.sleep(1.0)  # writes after the re-plan, into the new process
+    assert old == d.master.endpoint and new != old
+    assert after is not None
+    record = json.loads((setup.state / "syncs" / NAME / "state.json").read_text())["workloads"][0]
+    assert record["writer"]["addresses"] == [new.address]
+    assert "target master moved" in str(record["lastRestartReason"]), record
+    assert tomllib.loads(setup.config(NAME).read_text())["redis_writer"]["address"] == new.address
+    _all_healthy(syncs)
+    cache = _cache_with(setup.binary, setup.state.parent / "cache")
+    _verify_equal(setup.state, _url(setup.source), f"redis://{new.address}", cache)
+    with d.by_endpoint(new).client() as target:
+        _all_acked_arrived(target, "live", acked)
+    syncs.stop(NAME)
+
+
+def test_lag_in_seconds_from_the_heartbeat(behind_proxy: ProxySetup) -> None:
+    """Issue 13 (c): supervising passes write a heartbeat key with the time on the source; the target's
+    copy gives `lagSeconds` (`lagSecondsFrom: heartbeat`) in `status --local -o json`. Caught up: 0.
+    With redis-shake frozen (SIGSTOP) the heartbeat written after the freeze does not arrive and the
+    lag grows with the clock; once it runs again, 0."""
+    setup = behind_proxy
+    with setup.source.client() as client:
+        _write(client, 0, 200)
+    syncs = LocalSyncs(setup.state)
+    report = syncs.start(
+        NAME,
+        RedisURL(setup.source.endpoint, None, PASSWORD, 0),
+        RedisURL(setup.target.endpoint, None, PASSWORD, 0),
+        status_port_base=setup.base,
+        binary=str(setup.cache / SHAKE_VERSION / "redis-shake"),
+    )
+    (pid,) = [w.pid for w in report.workloads]
+    assert pid
+    setup.started.add((pid, setup.config(NAME)))
+    _all_healthy(syncs)
+
+    def lag() -> tuple[object, object]:
+        row = syncs.supervise_once(NAME).as_dict()["workloads"][0]
+        return row["lagSeconds"], row["lagSecondsFrom"]
+
+    wait_until(lag, lambda found: found == (0.0, "heartbeat"), 30, "heartbeat lag 0", interval=0.3)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        syncs.supervise_once(NAME)  # the last heartbeat arrived: a new one goes out, and cannot arrive
+        time.sleep(2.0)
+        behind = _cli(setup.state, "status", NAME, "--local", "-o", "json", cache=setup.cache)
+        assert behind.returncode == 0, behind.stderr
+        row = json.loads(behind.stdout)["workloads"][0]
+        assert row["lagSecondsFrom"] == "heartbeat" and 2.0 <= row["lagSeconds"] < 30, row
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lag, lambda found: found == (0.0, "heartbeat"), 30, "heartbeat lag back to 0", interval=0.3)
+    _verify_equal(setup.state, _url(setup.source), _url(setup.target), setup.cache)
     syncs.stop(NAME)

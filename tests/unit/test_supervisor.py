@@ -9,6 +9,7 @@ real v4.2.0 binary served, and its quirks, are tested in test_redis_shake_v4_2_0
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from middleware.endpoints import Endpoint
@@ -152,6 +153,29 @@ def test_topology_changes_replan() -> None:
     target = decide(WORKLOAD, [sample(0, doc, 1000, target=Endpoint("dst-1", 6379))], POLICY)
     assert (target.state, target.action) == (State.TARGET_FAILOVER, Action.REPLAN)
     assert decide(WORKLOAD, [], POLICY).state is State.UNKNOWN
+
+
+def test_a_dead_reader_replans_onto_another_healthy_node_of_its_shard() -> None:
+    """Issue 13 (a): the node a workload reads does not answer. With another healthy node in the
+    shard the workload is re-planned (a restart would dial the dead address again); with none, it is
+    judged as before (nothing to move to)."""
+    reader = WORKLOAD.reader
+    assert reader == Endpoint("src-0r", 6379)
+    dead = replace(sample(0, None, 1000), reader_answers=False, shard_nodes=(MASTER,))
+    decision = decide(WORKLOAD, [dead], POLICY)
+    assert (decision.state, decision.action) == (State.READER_DOWN, Action.REPLAN)
+    assert "src-0r:6379, does not answer" in decision.reason and "src-0:6379" in decision.reason
+    # The dead node still listed as healthy by the shard does not count as somewhere to go.
+    alone = replace(dead, shard_nodes=(reader,))
+    assert decide(WORKLOAD, [alone], POLICY).action is Action.NONE
+    # It answers: nothing changes (a healthy sample stays healthy).
+    up = replace(sample(0, status_doc("syncing aof", 1000), 1000), reader_answers=True, shard_nodes=(MASTER,))
+    assert decide(WORKLOAD, [up], POLICY).state is State.HEALTHY
+    # Not observed (the operator's samples): never a re-plan on that account.
+    assert decide(WORKLOAD, [sample(0, status_doc("syncing aof", 1000), 1000)], POLICY).state is State.HEALTHY
+    # A source failover is named as such, before the dead reader.
+    moved = replace(dead, source_master=reader)
+    assert decide(WORKLOAD, [moved], POLICY).state is State.SOURCE_FAILOVER
 
 
 def test_lag_prefers_the_offset_acked_to_the_source_over_the_status_document() -> None:
