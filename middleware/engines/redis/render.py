@@ -83,14 +83,16 @@ set -- $replica
 redis-cli -h "$1" -p "$2" CLUSTER FAILOVER >/dev/null 2>&1 || exit 0"""
 # SENTINEL FAILOVER alone promotes a replica while this master still takes writes that the
 # promoted replica never sees (kube-proxy keeps routing to a terminating pod that still serves):
-# writes are paused first (lifted by Redis itself after the bound), a replica is let catch up to
+# writes are paused first (lifted by Redis itself after the bound), every replica is let catch up to
 # the last offset, and only then are the sentinels asked. Paused writers get READONLY once the
 # sentinels turn this member into a replica: refused, never acknowledged and lost.
 _SENTINEL_HANDOVER = """\
 cli CLIENT PAUSE 15000 WRITE >/dev/null
 offset=`cli INFO replication | sed -n 's/^master_repl_offset:\\([0-9]*\\).*/\\1/p'`
 i=0
-until cli INFO replication | grep -q "^slave[0-9]*:.*state=online,offset=$offset," || [ $i -ge 40 ]; do
+# Every online replica, not just one: the sentinels choose which one to promote.
+behind() { cli INFO replication | grep "^slave[0-9]*:.*state=online" | grep -vc "offset=$offset,"; }
+while [ "`behind`" != 0 ] && [ $i -lt 40 ]; do
   sleep 0.25; i=`expr $i + 1`
 done
 redis-cli -h %(sentinels)s -p %(sentinel_port)d SENTINEL FAILOVER %(master)s >/dev/null 2>&1 || exit 0"""
