@@ -10,13 +10,17 @@ return. The rules every Job follows, so a handler cannot forget them:
 - ``backoffLimit: 0``: a restore is never retried blindly (the runbook already rolls back by
   itself, and a second attempt would snapshot the half-restored target as its "safety" copy);
 - its own ServiceAccount (reads Middlewares, pods and Secrets of the namespace, nothing else);
+- the MiddlewareCatalogs the operator resolves with, as the ``MOORAGE_CATALOGS`` env (catalogs are
+  cluster-scoped: a namespace's RoleBinding cannot let the Job list them, and a ClusterRoleBinding
+  per namespace would be a grant the operator cannot clean up);
 - Guaranteed resources and the restricted security context of every other container.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -43,6 +47,7 @@ RESTORE_LABEL = "moorage.io/restore"
 MIDDLEWARE_LABEL = "moorage.io/middleware"
 ACTION_LABEL = "moorage.io/action"
 REPO_ENV = "MOORAGE_BACKUP_REPO"
+CATALOGS_ENV = "MOORAGE_CATALOGS"
 # The image's user (Dockerfile); same uid as the operator.
 IMAGE_USER = 10001
 _MAX_NAME = 63
@@ -97,6 +102,17 @@ def repository_env(spec: BackupRepositorySpec) -> list[dict[str, Any]]:
     return env
 
 
+def catalogs_value(documents: Iterable[Mapping[str, Any]]) -> str:
+    """The MiddlewareCatalogs (as listed from the API) for ``CATALOGS_ENV``: name and spec only (what
+    ``merge_catalogs`` reads), in name order, compact JSON. ``backups.kubernetes`` reads it back."""
+    reduced = [
+        {"metadata": {"name": str(d["metadata"]["name"])}, "spec": dict(d.get("spec") or {})}
+        for d in documents
+    ]
+    reduced.sort(key=lambda d: d["metadata"]["name"])
+    return json.dumps(reduced, sort_keys=True, separators=(",", ":"))
+
+
 def _labels(middleware: str, component: str, extra: Mapping[str, str]) -> dict[str, str]:
     return {
         NAME_LABEL: "moorage-backup",
@@ -115,8 +131,10 @@ def _job(
     command: list[str],
     repository: BackupRepositorySpec,
     settings: JobSettings,
+    catalogs: Iterable[Mapping[str, Any]] | None,
 ) -> Manifest:
     resources = Resources(cpu=settings.cpu, memory=settings.memory)
+    catalog_env = [] if catalogs is None else [{"name": CATALOGS_ENV, "value": catalogs_value(catalogs)}]
     container = {
         "name": "moorage",
         "image": settings.image,
@@ -124,12 +142,16 @@ def _job(
         "command": command,
         "env": [
             *repository_env(repository),
+            *catalog_env,
             # The CLI writes nothing but its output; HOME on a read-only image must still exist.
             {"name": "HOME", "value": "/tmp"},
         ],
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "resources": resource_requirements(resources),
         "securityContext": container_security_context(),
+        # A CLI that fails before the repository can record why (RBAC, DNS, S3 unreachable) leaves
+        # its error as the termination message, which the operator puts in the status.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return {
         "apiVersion": "batch/v1",
@@ -163,8 +185,10 @@ def backup_job(
     backup_id: str,
     repository: BackupRepositorySpec,
     settings: JobSettings,
+    catalogs: Iterable[Mapping[str, Any]] | None = None,
 ) -> Manifest:
-    """The Job of the MiddlewareBackup ``owner``: ``moorage backup create`` with the id chosen up front."""
+    """The Job of the MiddlewareBackup ``owner``: ``moorage backup create`` with the id chosen up front.
+    ``catalogs``: the cluster's MiddlewareCatalogs, passed to the Job (``CATALOGS_ENV``)."""
     command = [
         "moorage",
         "backup",
@@ -186,6 +210,7 @@ def backup_job(
         command=command,
         repository=repository,
         settings=settings,
+        catalogs=catalogs,
     )
 
 
@@ -199,6 +224,7 @@ def restore_job(
     restore_id: str,
     repository: BackupRepositorySpec,
     settings: JobSettings,
+    catalogs: Iterable[Mapping[str, Any]] | None = None,
 ) -> Manifest:
     """The Job of the MiddlewareRestore ``owner``. Plan and Apply record their outcome under
     ``restore_id`` in the repository; Rollback undoes the earlier restore ``restore_id``."""
@@ -218,6 +244,7 @@ def restore_job(
         command=[*command, "--runtime", "kubernetes", "-o", "json"],
         repository=repository,
         settings=settings,
+        catalogs=catalogs,
     )
 
 
@@ -235,3 +262,22 @@ def job_outcome(job: Mapping[str, Any]) -> tuple[str, str]:
         if kind in ("Failed", "FailureTarget"):
             return "Failed", message or "the Job failed"
     return "Running", ""
+
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+_MESSAGE_LIMIT = 600
+
+
+def pod_failure_message(pods: Iterable[Mapping[str, Any]]) -> str:
+    """The termination message of the Job's failed container (its log's end, with
+    ``FallbackToLogsOnError``): its last three non-empty lines joined by " | ", cut to a
+    status-sized string from the front; '' when there is none."""
+    found = ""
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (status.get("state") or {}).get("terminated") or {}
+            if terminated.get("exitCode", 0) != 0 and terminated.get("message"):
+                found = str(terminated["message"])
+    lines = [line.strip() for line in found.strip().splitlines() if line.strip()]
+    message = " | ".join(lines[-3:])
+    return message if len(message) <= _MESSAGE_LIMIT else "..." + message[-_MESSAGE_LIMIT:]

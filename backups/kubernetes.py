@@ -1,17 +1,22 @@
 """Runbook targets in Kubernetes: what a backup/restore Job sees of a Middleware.
 
 The Middleware is read from the API and resolved with the default catalog plus every
-MiddlewareCatalog (as the operator does), members are dialled at their per-pod DNS names and the
-password comes from the deployment's credentials Secret. The Job's ServiceAccount may read exactly
-these (deploy/rbac.yaml, ClusterRole ``moorage-backup-job``).
+MiddlewareCatalog (as the operator does: in a Job, the ones the operator passed in the
+``MOORAGE_CATALOGS`` env, since a namespaced ServiceAccount cannot list cluster-scoped catalogs),
+members are dialled at their per-pod DNS names and the password comes from the deployment's
+credentials Secret. The Job's ServiceAccount may read exactly these (deploy/rbac.yaml, ClusterRole
+``moorage-backup-job``).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from backups.jobs import CATALOGS_ENV
 from backups.runbook import Target
 from middleware.catalog import Catalog, merge_catalogs
 from middleware.engines.base import Connection, Engine
@@ -25,9 +30,24 @@ API_VERSION = "moorage.io/v1alpha1"
 PASSWORD_KEY = "password"
 
 
-def merged_catalog(rt: KubernetesRuntime) -> Catalog:
-    """The default catalog with every MiddlewareCatalog layered on top (as the operator resolves)."""
-    return merge_catalogs(rt.catalogs())
+def catalogs_from_env(raw: str) -> list[dict[str, Any]]:
+    """The MiddlewareCatalog documents of ``CATALOGS_ENV`` (``backups.jobs.catalogs_value``)."""
+    try:
+        documents = json.loads(raw)
+    except ValueError as exc:
+        raise MoorageError(f"{CATALOGS_ENV} is not JSON: {exc}") from None
+    if not isinstance(documents, list) or not all(
+        isinstance(d, dict) and isinstance((d.get("metadata") or {}).get("name"), str) for d in documents
+    ):
+        raise MoorageError(f"{CATALOGS_ENV} must be a JSON list of MiddlewareCatalogs with metadata.name")
+    return documents
+
+
+def merged_catalog(rt: KubernetesRuntime, environ: Mapping[str, str] | None = None) -> Catalog:
+    """The default catalog with every MiddlewareCatalog layered on top (as the operator resolves):
+    those of ``CATALOGS_ENV`` when set (a Job), else listed from the API."""
+    raw = (os.environ if environ is None else environ).get(CATALOGS_ENV)
+    return merge_catalogs(catalogs_from_env(raw) if raw is not None else rt.catalogs())
 
 
 def applied_manifest(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,12 +24,14 @@ from backups import runbook
 from backups.errors import BackupError
 from backups.jobs import (
     JOB_CLUSTER_ROLE,
+    JOB_NAME_LABEL,
     JOB_SERVICE_ACCOUNT,
     MIDDLEWARE_LABEL,
     JobSettings,
     backup_job,
     job_name,
     job_outcome,
+    pod_failure_message,
     restore_job,
 )
 from backups.repository import Repository
@@ -144,7 +146,13 @@ def _finished_job(
     if job is None:
         _fail(body, patch, status, "JobMissing", f"Job {job_id} is gone before it reported an outcome")
     outcome, message = job_outcome(job)
-    return None if outcome == RUNNING else (outcome, message)
+    if outcome == RUNNING:
+        return None
+    if outcome == FAILED:
+        # "reached the specified backoff limit" says nothing: the container's own last words do.
+        said = pod_failure_message(rt.pods(body["metadata"]["namespace"], {JOB_NAME_LABEL: job_id}))
+        message = f"{message}: {said}" if said else message
+    return outcome, message
 
 
 def _require(
@@ -247,6 +255,7 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         backup_id=backup_id,
         repository=_repository_spec(repo),
         settings=job_settings(),
+        catalogs=rt.catalogs(),
     )
     backup_id = _start_job(rt, body, job, backup_id)
     status.backup_id, status.started_at = backup_id, _now()
@@ -357,6 +366,7 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         restore_id=restore_id,
         repository=_repository_spec(repo),
         settings=job_settings(),
+        catalogs=rt.catalogs(),
     )
     restore_id = _start_job(rt, body, job, restore_id)
     status.restore_id, status.started_at = restore_id, _now()

@@ -18,8 +18,10 @@ just name ``s3_server`` / ``s3_config`` / ``cutting_proxy`` as parameters.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -76,20 +78,20 @@ def weed_binary() -> str:
     return path
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def _wait_ports_free(deadline: float) -> list[int]:
-    """Ports still taken when the deadline passed (empty: all free)."""
+def _wait_ports_free(deadline: float, host: str = HOST, ports: tuple[int, ...] = FIXED_PORTS) -> list[int]:
+    """Ports still taken on ``host`` when the deadline passed (empty: all free)."""
     while True:
-        busy = [p for p in FIXED_PORTS if not _port_free(p)]
+        busy = [p for p in ports if not _port_free(p, host)]
         if not busy or time.monotonic() > deadline:
             return busy
         time.sleep(0.2)
@@ -109,7 +111,8 @@ def _acquire_lock() -> int:
             time.sleep(0.5)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_seaweedfs(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's own PID (then SIGKILL); never by name."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
@@ -127,12 +130,76 @@ def _log_tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def start_seaweedfs(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
-    """Start ``weed mini`` in ``data_dir``; the caller holds the lock and stops the process."""
+@dataclass(frozen=True)
+class WeedPorts:
+    """Every port ``weed mini`` listens on, passed as flags. Without them it binds ``FIXED_PORTS``
+    (the integration fixture's, under the machine-wide lock); ``WeedPorts.free(host)`` picks free
+    ones so a second server can run beside that one."""
+
+    s3: int
+    master: int
+    filer: int
+    volume: int
+    s3_grpc: int
+    master_grpc: int
+    filer_grpc: int
+    volume_grpc: int
+    admin: int | None = None
+    debug: int | None = None
+
+    def all(self) -> tuple[int, ...]:
+        return tuple(p for p in dataclasses.astuple(self) if p is not None)
+
+    def flags(self) -> list[str]:
+        flags = []
+        for name in ("s3", "master", "filer", "volume"):
+            flags += [
+                f"-{name}.port={getattr(self, name)}",
+                f"-{name}.port.grpc={getattr(self, name + '_grpc')}",
+            ]
+        if self.admin is not None:
+            flags.append(f"-admin.port={self.admin}")
+        if self.debug is not None:
+            flags.append(f"-debug.port={self.debug}")
+        return flags
+
+    @classmethod
+    def free(cls, host: str) -> WeedPorts:
+        """Ten distinct ports free on ``host`` and on every other address, below the kernel's
+        ephemeral range (a port picked there can be taken by any outgoing connection, weed's own
+        included, before weed binds it), never one of ``FIXED_PORTS``."""
+        low, high = _EPHEMERAL_FREE_RANGE
+        chosen: list[int] = []
+        rng = random.SystemRandom()
+        while len(chosen) < 10:
+            port = rng.randrange(low, high)
+            if port in chosen or port in FIXED_PORTS:
+                continue
+            if _port_free(port, "0.0.0.0") and _port_free(port, host):
+                chosen.append(port)
+        return cls(*chosen)
+
+
+# Below Linux's default ip_local_port_range (32768-60999) and above well-known services.
+_EPHEMERAL_FREE_RANGE = (20000, 32000)
+
+
+def start_seaweedfs(
+    data_dir: Path, *, host: str = HOST, ports: WeedPorts | None = None
+) -> tuple[S3Server, subprocess.Popen[bytes]]:
+    """Start ``weed mini`` in ``data_dir`` bound to ``host``; the caller stops the process.
+
+    Without ``ports``: the fixed ports (the caller holds the lock; they must be free on ``host``).
+    With ``ports`` (``WeedPorts.free(host)``): those, passed as flags; no lock is needed."""
     weed = weed_binary()
-    busy = _wait_ports_free(time.monotonic() + 60)
-    if busy:
-        pytest.fail(f"SeaweedFS ports {busy} are taken by a process that does not use {LOCK_FILE}")
+    if ports is None:
+        busy = _wait_ports_free(time.monotonic() + 60, host)
+        if busy:
+            pytest.fail(f"SeaweedFS ports {busy} are taken by a process that does not use {LOCK_FILE}")
+        port_flags: list[str] = []
+        s3_port = S3_PORT
+    else:
+        port_flags, s3_port = ports.flags(), ports.s3
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     access_key = "moorage" + secrets.token_hex(6)
     secret_key = secrets.token_urlsafe(24)
@@ -145,8 +212,8 @@ def start_seaweedfs(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
                 f"-logdir={data_dir / 'logs'}",
                 "mini",
                 f"-dir={data_dir}",
-                f"-ip={HOST}",
-                f"-ip.bind={HOST}",
+                f"-ip={host}",
+                f"-ip.bind={host}",
                 "-admin.ui=false",
                 "-webdav=false",
                 "-s3.port.iceberg=0",
@@ -154,6 +221,7 @@ def start_seaweedfs(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
                 "-master.telemetry=false",
                 f"-filer.localSocket={data_dir / 'f.sock'}",
                 f"-s3.localSocket={data_dir / 's.sock'}",
+                *port_flags,
             ],
             cwd=data_dir,
             env=env,
@@ -162,7 +230,7 @@ def start_seaweedfs(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    endpoint = f"http://{HOST}:{S3_PORT}"
+    endpoint = f"http://{host}:{s3_port}"
     client = boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint,
@@ -180,7 +248,7 @@ def start_seaweedfs(data_dir: Path) -> tuple[S3Server, subprocess.Popen[bytes]]:
             break
         except Exception as exc:
             if time.monotonic() > deadline:
-                _stop(proc)
+                stop_seaweedfs(proc)
                 raise RuntimeError(
                     f"SeaweedFS S3 did not answer within {START_TIMEOUT:.0f}s ({type(exc).__name__}):\n"
                     f"{_log_tail(log_path)}"
@@ -200,7 +268,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield server
     finally:
         if proc is not None:
-            _stop(proc)
+            stop_seaweedfs(proc)
             _wait_ports_free(time.monotonic() + STOP_TIMEOUT)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -8,15 +8,21 @@ from typing import Any
 import pytest
 
 from backups.jobs import (
+    CATALOGS_ENV,
     JOB_SERVICE_ACCOUNT,
     JobSettings,
     backup_job,
+    catalogs_value,
     job_name,
     job_outcome,
+    pod_failure_message,
     repository_url,
     restore_job,
 )
+from backups.kubernetes import catalogs_from_env, merged_catalog
 from backups.store import RepositoryConfig
+from middleware.catalog import merge_catalogs
+from middleware.errors import MoorageError
 from middleware.models.backup import BackupRepositorySpec
 
 SETTINGS = JobSettings(image="registry.example/moorage:1.2.3")
@@ -135,6 +141,8 @@ def test_every_job_keeps_the_rules(job: dict[str, Any]) -> None:
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "id"}}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-keys", "key": "secret"}}
     assert all("value" not in e for name, e in env.items() if name.startswith("AWS_"))
+    # its error reaches the status even when the repository could not record it
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
 def test_no_credentials_means_no_key_env() -> None:
@@ -166,3 +174,78 @@ def test_long_owner_names_stay_valid_and_distinct() -> None:
 )
 def test_job_outcome(conditions: list[dict[str, str]], expected: str) -> None:
     assert job_outcome({"status": {"conditions": conditions}})[0] == expected
+
+
+LOCAL_CATALOG = {
+    "apiVersion": "moorage.io/v1alpha1",
+    "kind": "MiddlewareCatalog",
+    "metadata": {"name": "local-cluster", "uid": "u-1", "resourceVersion": "7", "managedFields": [{}]},
+    "spec": {"images": [{"engine": "redis", "version": "7.0", "image": "localhost/moorage/redis:7.0"}]},
+}
+
+
+def test_jobs_carry_the_operators_catalogs() -> None:
+    """A namespaced ServiceAccount cannot list cluster-scoped MiddlewareCatalogs: the operator
+    passes them, reduced to name and spec, and the Job resolves with them as the operator does."""
+    second = {"metadata": {"name": "a-first"}, "spec": {}}
+    job = backup_job(
+        owner="b", namespace="n", middleware="m", backup_id="m-1",
+        repository=REPO, settings=SETTINGS, catalogs=[LOCAL_CATALOG, second],
+    )  # fmt: skip
+    env = {e["name"]: e for e in _container(job)["env"]}
+    documents = catalogs_from_env(env[CATALOGS_ENV]["value"])
+    assert documents == [
+        {"metadata": {"name": "a-first"}, "spec": {}},
+        {"metadata": {"name": "local-cluster"}, "spec": LOCAL_CATALOG["spec"]},
+    ]
+    restore = restore_job(
+        owner="u", namespace="n", target="m", action="Rollback", backup_id="m-1", restore_id="r-1",
+        repository=REPO, settings=SETTINGS, catalogs=[],
+    )  # fmt: skip
+    assert {e["name"]: e for e in _container(restore)["env"]}[CATALOGS_ENV]["value"] == "[]"
+    # without catalogs (callers that do not pass them) no env: the CLI then lists them itself
+    assert CATALOGS_ENV not in {e["name"] for e in _container(_backup())["env"]}
+
+
+class _NoApi:
+    def catalogs(self) -> list[dict[str, Any]]:
+        raise AssertionError("a Job with MOORAGE_CATALOGS must not list catalogs from the API")
+
+
+class _Api:
+    def catalogs(self) -> list[dict[str, Any]]:
+        return [LOCAL_CATALOG]
+
+
+def test_merged_catalog_prefers_the_env_over_the_api() -> None:
+    value = catalogs_value([LOCAL_CATALOG])
+    from_env = merged_catalog(_NoApi(), {CATALOGS_ENV: value})  # type: ignore[arg-type]
+    from_api = merged_catalog(_Api(), {})  # type: ignore[arg-type]
+    assert from_env.spec == from_api.spec
+    assert from_env.spec != merge_catalogs([]).spec  # the local image, not the default one
+    assert merged_catalog(_NoApi(), {CATALOGS_ENV: "[]"}).spec == merge_catalogs([]).spec  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", ["not json", "{}", '[{"spec": {}}]', '[{"metadata": {"name": 3}}]', "[1]"])
+def test_bad_catalogs_env_is_an_error_naming_it(raw: str) -> None:
+    with pytest.raises(MoorageError, match=CATALOGS_ENV):
+        catalogs_from_env(raw)
+
+
+def _pod(*states: dict[str, Any]) -> dict[str, Any]:
+    return {"status": {"containerStatuses": [{"name": "moorage", "state": s} for s in states]}}
+
+
+def test_pod_failure_message_is_the_end_of_the_failed_containers_log() -> None:
+    log = "progress 1\nprogress 2\n\nerror: GET /apis/x failed (403): forbidden\n"
+    failed = _pod({"terminated": {"exitCode": 1, "reason": "Error", "message": log}})
+    assert (
+        pod_failure_message([failed])
+        == "progress 1 | progress 2 | error: GET /apis/x failed (403): forbidden"
+    )
+    assert pod_failure_message([]) == ""
+    assert pod_failure_message([_pod({"running": {}})]) == ""
+    assert pod_failure_message([_pod({"terminated": {"exitCode": 0, "message": "fine"}})]) == ""
+    long = _pod({"terminated": {"exitCode": 2, "message": "x" * 5000}})
+    message = pod_failure_message([long])
+    assert message.startswith("...") and len(message) == 603
