@@ -31,6 +31,8 @@ from operators.settings import OperatorConfig
 PASSWORD_KEY = "password"
 
 log = logging.getLogger(__name__)
+# The roles a ``-master``/``-rw`` Service selects.
+WRITABLE_ROLES = frozenset({"master", "primary"})
 
 
 def reconcile(
@@ -155,15 +157,23 @@ def _label_ready_members(
     """Role labels for the members that are Ready while others are not yet: a PostgreSQL replica's
     first start clones from whatever the ``-rw`` Service selects, so the primary must carry its
     label before every member is Ready, or creation waits on itself. Best effort: the full
-    observation after bootstrap labels everything anyway."""
+    observation after bootstrap labels everything anyway.
+
+    Only while exactly one member is writable: before its bootstrap, every Redis member of a
+    sentinel deployment answers as a master, and labelling them all would send writes through
+    ``-master`` to members about to become replicas (their writes then lost)."""
     if not any(pod_ready(pod) for pod in pods.values()):
         return
     conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
     try:
-        _, relabelled = observe.observe(rt, spec, engine, conn, pods)
+        observation = engine.observe(spec, conn)
     except Exception as exc:
         log.debug("partial observation of %s/%s failed: %s", spec.namespace, spec.name, exc)
         return
+    writable = [m for m in observation.members if m.healthy and m.role in WRITABLE_ROLES]
+    if len(writable) != 1:
+        return
+    relabelled = observe.label_roles(rt, spec, observation, pods)
     if relabelled:
         events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
 

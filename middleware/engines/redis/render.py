@@ -95,7 +95,18 @@ behind() { cli INFO replication | grep "^slave[0-9]*:.*state=online" | grep -vc 
 while [ "`behind`" != 0 ] && [ $i -lt 40 ]; do
   sleep 0.25; i=`expr $i + 1`
 done
-redis-cli -h %(sentinels)s -p %(sentinel_port)d SENTINEL FAILOVER %(master)s >/dev/null 2>&1 || exit 0"""
+sentinel() { redis-cli -h %(sentinels)s -p %(sentinel_port)d "$@" 2>/dev/null; }
+sentinel SENTINEL FAILOVER %(master)s >/dev/null || exit 0
+# The sentinels reconfigure an old master only seconds later; until then the pause would run out
+# and the writes it held would land here, acknowledged and lost. Follow the new master at once:
+# held writes then fail with READONLY.
+me=`cli CONFIG GET replica-announce-ip | tail -n 1`
+i=0
+while [ $i -lt 40 ]; do
+  set -- `sentinel SENTINEL GET-MASTER-ADDR-BY-NAME %(master)s`
+  if [ -n "${1:-}" ] && [ "$1" != "$me" ]; then cli REPLICAOF "$1" "$2" >/dev/null; break; fi
+  sleep 0.25; i=`expr $i + 1`
+done"""
 
 
 def _pre_stop(spec: ResolvedSpec) -> list[str] | None:
