@@ -15,6 +15,7 @@ from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators import metrics
 from operators.reconcile import events
+from operators.reconcile.status import MiddlewareStatus
 from operators.settings import OperatorConfig
 
 
@@ -135,10 +136,12 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     st.restarted_since_pending(status, creation_times(pods))
     try:
         observation, relabelled = observe(rt, spec, engine, conn, pods)
-        if not observation.ready and _all_pods_ready(engine, spec, pods):
-            # Every pod runs yet the deployment is not healthy (a Redis cluster whose members all
-            # came back on new IPs, a PostgreSQL whose primary restarted fenced as a standby): run
-            # the same heal as the create/update handler, then look again.
+        if not observation.ready and _all_answer(observation) and _all_pods_ready(engine, spec, pods):
+            # Every member runs and answers yet the deployment is not healthy (a Redis cluster whose
+            # members all came back on new IPs, a PostgreSQL whose primary restarted fenced as a
+            # standby): run the same heal as the create/update handler, then look again. A member
+            # that does not answer cannot be healed from here; the status says so first.
+            _record(body, status, observation)
             healed = heal(body, spec, engine, conn)
             if healed:
                 observation, more = observe(rt, spec, engine, conn, pods)
@@ -150,11 +153,22 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     else:
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        if st.observed(status, observation):
-            post = events.normal if observation.ready else events.warning
-            post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+        _record(body, status, observation)
     if status.to_wire() != before:
         st.write(patch, status)
+
+
+def _record(body: kopf.Body, status: MiddlewareStatus, observation: Observation) -> None:
+    """Put the observation into the status; an Event when the phase or reason changed."""
+    from operators.reconcile import status as st
+
+    if st.observed(status, observation):
+        post = events.normal if observation.ready else events.warning
+        post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+
+
+def _all_answer(observation: Observation) -> bool:
+    return bool(observation.members) and all(m.role != "unknown" for m in observation.members)
 
 
 def _all_pods_ready(engine: Engine, spec: ResolvedSpec, pods: Mapping[str, Mapping[str, Any]]) -> bool:
