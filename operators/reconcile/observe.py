@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -17,6 +19,8 @@ from operators import metrics
 from operators.reconcile import events
 from operators.reconcile.status import MiddlewareStatus
 from operators.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
 
 
 def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[str, Any]]:
@@ -134,6 +138,19 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     conn = connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
     before = status.to_wire()
     st.restarted_since_pending(status, creation_times(pods))
+    if _change_in_flight(body):
+        # The create/update handler is mid-way through a change (a scale moving slots, a rollout)
+        # and owns phase and members until it records the spec as applied: a timer writing Ready
+        # from the half-changed shape would announce a scale-out before any slot moved. Roles are
+        # still relabelled, so the Services follow a failover that happens meanwhile.
+        try:
+            _observation, relabelled = observe(rt, spec, engine, conn, pods)
+        except Exception as exc:
+            log.debug("observing %s/%s during a change failed: %s", spec.namespace, spec.name, exc)
+            return
+        if relabelled:
+            events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
+        return
     try:
         observation, relabelled = observe(rt, spec, engine, conn, pods)
         if not observation.ready and _all_answer(observation) and _all_pods_ready(engine, spec, pods):
@@ -165,6 +182,19 @@ def _record(body: kopf.Body, status: MiddlewareStatus, observation: Observation)
     if st.observed(status, observation):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+
+
+def _change_in_flight(body: kopf.Body) -> bool:
+    from operators.reconcile import applied
+
+    raw = ((body.get("metadata") or {}).get("annotations") or {}).get(applied.ANNOTATION)
+    if not raw:
+        return False  # provisioned before the record existed: nothing to compare with
+    try:
+        recorded = json.loads(raw)
+    except ValueError:
+        return False
+    return bool(recorded != dict(body.get("spec") or {}))
 
 
 def _all_answer(observation: Observation) -> bool:

@@ -26,6 +26,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: the operator on real pods of the local cluster (make test-e2e)")
 
 
+# A scenario here is several waits in a row (Ready, a scale out, a scale in), each bounded with its own
+# message; the suite-wide 300 s would cut one short with a bare timeout under load instead.
+SCENARIO_TIMEOUT = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SCENARIO_TIMEOUT))
+
+
 def _unavailable(reason: str) -> None:
     if os.environ.get("MOORAGE_E2E_REQUIRED") == "1":
         pytest.fail(f"MOORAGE_E2E_REQUIRED=1 but {reason}", pytrace=False)

@@ -18,12 +18,14 @@ from tests.e2e.cluster import LocalCluster, wait_for
 REDIS_IMAGE = "localhost/moorage/redis:7.0"
 
 # Writes k1, k2, ... through redis-cli and prints "ack kN" only for a write the server acknowledged:
-# the log is the list of keys that must survive every fault.
+# the log is the list of keys that must survive every fault. Each write is bounded by `timeout`: a
+# connection to a member that vanished mid-write (its pod gone, no RST ever sent) would otherwise
+# hang redis-cli for the kernel's retransmission time, and the writer with it.
 WRITER = r"""
 i=0
 while [ ! -e /tmp/stop ]; do
   i=$((i+1))
-  if [ "$(redis-cli $CLIENT_ARGS -h "$HOST" -p 6379 SET "k$i" "v$i" 2>/dev/null)" = "OK" ]; then
+  if [ "$(timeout 5 redis-cli $CLIENT_ARGS -h "$HOST" -p 6379 SET "k$i" "v$i" 2>/dev/null)" = "OK" ]; then
     echo "ack k$i"
   fi
   sleep 0.02
@@ -49,6 +51,24 @@ def start_writer(cluster: LocalCluster, namespace: str, name: str, host: str, *,
     cluster.wait_pod_phase(namespace, pod, ["Running"])
     wait_for("the writer's first acknowledged write", lambda: "ack k" in cluster.pod_log(namespace, pod), 120)
     return pod
+
+
+def acknowledged(cluster: LocalCluster, namespace: str, pod: str) -> int:
+    return sum(1 for line in cluster.pod_log(namespace, pod).splitlines() if line.startswith("ack "))
+
+
+def wait_for_acks(
+    cluster: LocalCluster, namespace: str, pod: str, at_least: int, timeout: float = 120
+) -> int:
+    """Until the writer has ``at_least`` acknowledged writes: proof that writes go through now."""
+    return int(
+        wait_for(
+            f"{at_least} acknowledged writes from {pod}",
+            lambda: (n := acknowledged(cluster, namespace, pod)) >= at_least and n,
+            timeout,
+            interval=1,
+        )
+    )
 
 
 def stop_writer(cluster: LocalCluster, namespace: str, pod: str) -> list[str]:

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 # Sentinel timings: fast enough to fail over within seconds, slow enough not to flap on a GC pause.
 DOWN_AFTER_MS = 5000
 FAILOVER_TIMEOUT_MS = 30000
+# The role a data member is labelled with while it claims master against the sentinels' word.
+STALE_MASTER_ROLE = "stale-master"
 
 
 class RedisEngine(EngineDefaults):
@@ -176,8 +178,17 @@ class RedisEngine(EngineDefaults):
                 members.append(ObservedMember(member.plan.name, member.endpoint.address, "unknown", False))
                 continue
             is_master = view.master is not None and live.same_node(view.master, member.endpoint)
-            role = "master" if is_master else ("replica" if role_of.is_replica else "master")
-            healthy = role_of.is_master if is_master else (role_of.is_replica and role_of.link_up)
+            if is_master:
+                role, healthy = "master", role_of.is_master
+            elif role_of.is_replica:
+                role, healthy = "replica", role_of.link_up
+            elif view.master is not None:
+                # Claims master while the sentinels name another (an old master back from a
+                # restart, not yet reconfigured): never labelled master, or the -master Service
+                # would send writes to data the sentinels are about to replace.
+                role, healthy = STALE_MASTER_ROLE, False
+            else:
+                role, healthy = "master", False
             members.append(ObservedMember(member.plan.name, member.endpoint.address, role, healthy))
         for member in _by_ordinal(conn.of(SENTINEL_COMPONENT)):
             reachable = member.up and member.endpoint in view.sentinels_reachable

@@ -269,14 +269,18 @@ def _data_statefulset(
     if spec.topology == Topology.CLUSTER:
         ports.append(("bus", BUS_PORT))
     config_file = f"{CONFIG_DIR}/{REDIS_CONF}"
+    values = placeholder_values(port=REDIS_PORT, headless=headless, spec=spec, cluster_domain=cluster_domain)
     script = init_script(
         template=f"{TEMPLATES_DIR}/{REDIS_CONF}",
         target=config_file,
-        values=placeholder_values(
-            port=REDIS_PORT, headless=headless, spec=spec, cluster_domain=cluster_domain
-        ),
+        values=values,
         sentinel=False,
         keep_existing=False,
+        then=(
+            follow_sentinels_script(spec, target=config_file, announce=values["ANNOUNCE_HOST"])
+            if spec.topology == Topology.SENTINEL
+            else ""
+        ),
     )
     return kube.member_statefulset(
         spec,
@@ -416,8 +420,43 @@ def placeholder_values(
     }
 
 
+# A data member of a sentinel deployment that restarts after a failover must come back as a replica
+# of the master the sentinels name, not as a second master: until the sentinels reconfigure it
+# (seconds), the operator would see two masters and clients connected to it would write into data
+# about to be thrown away. Nothing named (first start, sentinels unreachable) or itself named: start
+# as the config says; the operator's bootstrap and the sentinels then set it right.
+_FOLLOW_SENTINELS = """\
+set -- `REDISCLI_AUTH="$%(password_env)s" timeout 5 redis-cli -h %(sentinels)s -p %(sentinel_port)d \\
+  SENTINEL GET-MASTER-ADDR-BY-NAME %(master)s 2>/dev/null || true`
+if [ $# -eq 2 ] && [ "$1" != "%(announce)s" ]; then
+  case "$2" in
+    *[!0-9]*) ;;
+    *) printf 'replicaof %%s %%s\\n' "$1" "$2" >> %(target)s ;;
+  esac
+fi"""
+
+
+def follow_sentinels_script(spec: ResolvedSpec, *, target: str, announce: str) -> str:
+    """The init script's last step for a sentinel deployment's data member (see _FOLLOW_SENTINELS)."""
+    return _FOLLOW_SENTINELS % {
+        "password_env": PASSWORD_ENV,
+        # The client Service of the sentinels is named like their StatefulSet.
+        "sentinels": sentinel_workload(spec.name),
+        "sentinel_port": SENTINEL_PORT,
+        "master": sentinel_master_name(spec),
+        "announce": announce,
+        "target": target,
+    }
+
+
 def init_script(
-    *, template: str, target: str, values: Mapping[str, str], sentinel: bool, keep_existing: bool
+    *,
+    template: str,
+    target: str,
+    values: Mapping[str, str],
+    sentinel: bool,
+    keep_existing: bool,
+    then: str = "",
 ) -> str:
     """POSIX sh (dash, busybox) rendering ``template`` into ``target`` and writing the secrets file.
 
@@ -459,4 +498,6 @@ def init_script(
         f"  printf '{printf_format}' {passwords} > {SECRETS_FILE}",
         "}",
     ]
+    if then:
+        lines.append(then)
     return "\n".join(lines) + "\n"

@@ -1,11 +1,14 @@
-"""Why a member's pod is not becoming ready, read from the pod (operators.reconcile.observe.pod_problem)."""
+"""What the observe timer reads from the cluster: why a member's pod is not becoming ready
+(operators.reconcile.observe.pod_problem), and whether a change is still in flight."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
+from operators.reconcile import observe
 from operators.reconcile.observe import pod_problem
 
 
@@ -113,3 +116,30 @@ def test_bootstrap_gate_is_ready_or_started_per_engine() -> None:
             }
         },
     )
+
+
+# ---------------------------------------------------------------- the timer and an in-flight change
+
+
+def _body(spec: dict, applied: dict | None) -> dict:
+    annotations = {} if applied is None else {"moorage.io/applied-spec": json.dumps(applied, sort_keys=True)}
+    return {"metadata": {"name": "orders", "annotations": annotations}, "spec": spec}
+
+
+@pytest.mark.parametrize(
+    ("spec", "applied", "in_flight"),
+    [
+        ({"engine": "redis", "shards": 4}, {"engine": "redis", "shards": 3}, True),
+        ({"engine": "redis", "shards": 3}, {"shards": 3, "engine": "redis"}, False),
+        ({"engine": "redis", "shards": 3}, None, False),
+        (
+            {"engine": "redis", "parameters": {"maxmemory": "1gb"}},
+            {"engine": "redis", "parameters": {}},
+            True,
+        ),
+    ],
+)
+def test_the_timer_leaves_phase_to_an_unfinished_change(
+    spec: dict, applied: dict | None, in_flight: bool
+) -> None:
+    assert observe._change_in_flight(_body(spec, applied)) is in_flight
