@@ -128,8 +128,8 @@ class MemberStatus(WireModel):
     name: str
     address: str = Field(description="host:port where the member answers.")
     role: str = Field(
-        description="master, replica, stale-master (claims master while the sentinels name another), sentinel, "
-        "primary, leader, follower, unknown."
+        description="master, replica, stale-master (claims master while the sentinels name another), "
+        "sentinel, primary, leader, follower, unknown."
     )
     healthy: bool
     shard: int | None = None
