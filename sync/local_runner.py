@@ -66,6 +66,19 @@ BUILD_HINT = "`make redis-shake` (hack/build-redis-shake.sh) builds it"
 STOP_GRACE_SECONDS = 10.0
 # A restart replaces a process that is stalled or pointed at the wrong node: no reason to wait long.
 RESTART_GRACE_SECONDS = 3.0
+# The reason recorded for a workload whose process ended by itself.
+EXITED = "the process exited"
+# A process that ran this long before failing was not failing at start: its back-off starts over.
+STEADY_RUN_SECONDS = 60.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+def backoff_seconds(quick_exits: int) -> float:
+    """How long after its last start a failed workload waits before the next: 0 after a process that
+    ran steadily, then 2, 4, 8, 16 and at most 30 s (kubelet's crash back-off, shorter)."""
+    return 0.0 if quick_exits <= 0 else min(MAX_BACKOFF_SECONDS, 2.0**quick_exits)
+
+
 # redis-shake's graceful stop (first SIGINT) gets this long before the second SIGINT ends it.
 INTERRUPT_SECONDS = 1.0
 PORT_WAIT_SECONDS = 3.0
@@ -665,9 +678,10 @@ class LocalSyncs:
             elif row.decision.action is Action.RESTART:
                 restart[row.name] = row.decision.reason
             elif not row.alive and row.decision.state is not State.CRASH_LOOPING:
-                restart[row.name] = f"the process exited (see {row.log})"
+                restart[row.name] = f"{EXITED} (see {row.log})"
+        waiting = self._backing_off(state, restart)
         if not (restart or replan):
-            return report
+            return replace(report, acted=waiting) if waiting else report
         if state.get("targetSentinels") and self._target_topology(name, state) is None:
             # Its sentinels name no usable master (failing over): a restart now would write to the
             # old master again. The next pass re-plans onto the new one.
@@ -697,6 +711,7 @@ class LocalSyncs:
                         continue
                     acted.append(f"{record['name']}: restarted (full resync): {reason}")
             self._write(name, state)
+        acted += waiting
         # Workloads left alone keep this pass's decision; the ones acted on show their new process.
         decided = {row.name: row for row in report.workloads}
         fresh = self._status(name, state, sample=False)
@@ -705,6 +720,29 @@ class LocalSyncs:
             for row in fresh.workloads
         ]
         return replace(fresh, workloads=rows, acted=acted)
+
+    @staticmethod
+    def _backing_off(state: dict[str, Any], restart: dict[str, str]) -> list[str]:
+        """Drop from ``restart`` the workloads still inside their back-off (a side that is unreachable
+        makes every new process fail at once: restarting it every pass would only churn full
+        resyncs); what is waiting, for the report. What kubelet does for a crashing container."""
+        now, waiting = time.time(), []
+        for record in state["workloads"]:
+            reason = restart.get(record["name"])
+            if reason is None:
+                continue
+            left = (
+                float(record.get("startedAt") or 0)
+                + backoff_seconds(int(record.get("quickExits") or 0))
+                - now
+            )
+            if left > 0:
+                del restart[record["name"]]
+                waiting.append(
+                    f"{record['name']}: {reason}; restart in {left:.0f}s "
+                    f"(back-off after {record.get('quickExits')} quick failures)"
+                )
+        return waiting
 
     @staticmethod
     def _recorded_binary(state: dict[str, Any]) -> str | None:
@@ -716,6 +754,10 @@ class LocalSyncs:
         return None
 
     def _restart(self, name: str, record: dict[str, Any], binary: str, reason: str, target: RedisURL) -> None:
+        # A process that failed soon after its start (exited, or went silent) counts towards the
+        # back-off, whatever the symptom: a side it cannot reach shows as either.
+        lived = time.time() - float(record.get("startedAt") or 0)
+        record["quickExits"] = int(record.get("quickExits") or 0) + 1 if lived < STEADY_RUN_SECONDS else 0
         self._kill(name, record, RESTART_GRACE_SECONDS)
         record["pid"] = None
         record["restarts"] = int(record.get("restarts", 0)) + 1

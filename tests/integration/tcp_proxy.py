@@ -5,6 +5,9 @@ closing anything: the peers see a silent link (a blackholed network path, a hung
 is what redis-shake's silent stall looks like from outside (upstream #956: its status port answers,
 its offsets stop). Connections opened afterwards flow normally, so a restarted redis-shake, or the
 supervisor's own probes, get through. ``thaw()`` lets the frozen ones move again.
+
+``cut()`` is a cut network path instead: every connection open at that moment is closed and new ones
+are closed as soon as they are accepted, until ``mend()``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class FreezingProxy:
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._cut = threading.Event()
         threading.Thread(target=self._accept, name=f"proxy-{self.endpoint}", daemon=True).start()
 
     def _accept(self) -> None:
@@ -49,6 +53,9 @@ class FreezingProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self._cut.is_set():
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection((self.upstream.host, self.upstream.port), timeout=5)
             except OSError:
@@ -90,6 +97,18 @@ class FreezingProxy:
         with self._lock:
             for link in self._links:
                 link.frozen.clear()
+
+    def cut(self) -> int:
+        """Cut the path until ``mend()``: closes every connection open now; how many."""
+        self._cut.set()
+        with self._lock:
+            live = [link for link in self._links if not link.closed.is_set()]
+        for link in live:
+            link.close()
+        return len(live)
+
+    def mend(self) -> None:
+        self._cut.clear()
 
     def close(self) -> None:
         self._closed.set()

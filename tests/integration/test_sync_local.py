@@ -37,6 +37,7 @@ from urllib.parse import quote
 import pytest
 import redis
 
+from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import create_cluster
 from middleware.engines.redis.sentinel import bootstrap_sentinel, failover, wait_for_new_master
 from sync.local_runner import SHAKE_VERSION, LocalSyncs, SyncStatus
@@ -380,6 +381,7 @@ class ProxySetup:
     proxy: FreezingProxy
     base: int
     started: set[tuple[int, Path]]
+    target_proxy: FreezingProxy
 
     def config(self, workload: str) -> Path:
         return (self.state / "syncs" / NAME / workload / "shake.toml").resolve()
@@ -387,16 +389,19 @@ class ProxySetup:
 
 @pytest.fixture
 def behind_proxy(redis_group: RedisNodes, redis_shake: str, tmp_path: Path) -> Iterator[ProxySetup]:
-    """A standalone source reached through a FreezingProxy, a standalone target."""
+    """A standalone source and a standalone target, each also reachable through a FreezingProxy."""
     source = redis_group.add("source", cluster=False)
     target = redis_group.add("target", cluster=False)
-    proxy = FreezingProxy(source.endpoint)
+    proxy, target_proxy = FreezingProxy(source.endpoint), FreezingProxy(target.endpoint)
     cache = _cache_with(redis_shake, tmp_path / "cache")
-    found = ProxySetup(tmp_path / "state", cache, source, target, proxy, status_port_base(1), set())
+    found = ProxySetup(
+        tmp_path / "state", cache, source, target, proxy, status_port_base(1), set(), target_proxy
+    )
     try:
         yield found
     finally:
         proxy.close()
+        target_proxy.close()
         _kill_recorded(found)
 
 
@@ -738,3 +743,135 @@ def test_lag_in_seconds_from_the_heartbeat(behind_proxy: ProxySetup) -> None:
     wait_until(lag, lambda found: found == (0.0, "heartbeat"), 30, "heartbeat lag back to 0", interval=0.3)
     _verify_equal(setup.state, _url(setup.source), _url(setup.target), setup.cache)
     syncs.stop(NAME)
+
+
+# ------------------------------------------------------------------ faults with a writer running
+
+CUT_SECONDS = 30
+
+
+def _start_single(setup: ProxySetup, source: Endpoint, target: Endpoint) -> tuple[LocalSyncs, int]:
+    syncs = LocalSyncs(setup.state)
+    report = syncs.start(
+        NAME,
+        RedisURL(source, None, PASSWORD, 0),
+        RedisURL(target, None, PASSWORD, 0),
+        status_port_base=setup.base,
+        binary=str(setup.cache / SHAKE_VERSION / "redis-shake"),
+    )
+    (pid,) = [w.pid for w in report.workloads]
+    assert pid
+    setup.started.add((pid, setup.config(NAME)))
+    _all_healthy(syncs)
+    return syncs, pid
+
+
+def _supervise_until_healthy(syncs: LocalSyncs, setup: ProxySetup, timeout: float = 90) -> list[str]:
+    """Supervision passes, as the watch loop or the operator's timer runs them, until every workload
+    is alive and Healthy (with a writer running, the lag in bytes is rarely 0 at the moment of a
+    sample); what they did."""
+    acted: list[str] = []
+
+    def one_pass() -> SyncStatus:
+        found = syncs.supervise_once(NAME)
+        acted.extend(found.acted)
+        setup.started.update((w.pid, setup.config(w.name)) for w in found.workloads if w.pid)
+        return found
+
+    wait_until(
+        one_pass,
+        lambda found: all(w.alive and w.decision.state == "Healthy" for w in found.workloads),
+        timeout,
+        "supervision to bring every workload back to Healthy",
+        interval=1.0,
+    )
+    return acted
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_a_30s_network_cut_to_either_side(behind_proxy: ProxySetup, side: str) -> None:
+    """The path between redis-shake and the source, or the target, is cut for 30 s (connections
+    closed, new ones refused) while the source takes writes. Supervision keeps passing through the cut
+    without failing, backs off restarting a process that cannot connect, restarts it once the path is
+    back (its share emptied first), and every acknowledged write arrives."""
+    setup = behind_proxy
+    with setup.source.client() as client:
+        _write(client, 0, 300)
+    syncs, pid = _start_single(setup, setup.proxy.endpoint, setup.target_proxy.endpoint)
+    path = setup.proxy if side == "source" else setup.target_proxy
+    acted: list[str] = []
+    with setup.source.client() as client, _writing(client, "live") as acked:
+        time.sleep(0.5)
+        assert path.cut() >= 1, f"redis-shake holds a connection to the {side}"
+        deadline = time.monotonic() + CUT_SECONDS
+        while time.monotonic() < deadline:
+            found = syncs.supervise_once(NAME)  # must not raise while a side is unreachable
+            acted += found.acted
+            setup.started.update((w.pid, setup.config(w.name)) for w in found.workloads if w.pid)
+            time.sleep(1.0)
+        path.mend()
+        acted += _supervise_until_healthy(syncs, setup)
+        time.sleep(1.0)  # writes after the recovery, into the new process
+    restarts = [line for line in acted if line.startswith(f"{NAME}: restarted")]
+    assert restarts, acted
+    # Each new process exits at once while the path is cut: restarts back off (2, 4, 8, 16 s), not
+    # one full resync per pass.
+    assert len(restarts) <= 8, "\n".join(acted)
+    assert any("back-off after" in line for line in acted), acted
+    now = _all_healthy(syncs).workloads[0].pid
+    assert now and now != pid
+    _verify_equal(setup.state, _url(setup.source), _url(setup.target), setup.cache)
+    with setup.target.client() as target:
+        _all_acked_arrived(target, "live", acked)
+    syncs.stop(NAME)
+
+
+def test_a_killed_redis_shake_is_restarted_by_supervision(behind_proxy: ProxySetup) -> None:
+    """redis-shake SIGKILLed (what the kernel's OOM killer sends) while the source takes writes: the
+    next supervision pass starts it again with its share emptied, and every acknowledged write
+    arrives."""
+    setup = behind_proxy
+    with setup.source.client() as client:
+        _write(client, 0, 300)
+    syncs, pid = _start_single(setup, setup.source.endpoint, setup.target.endpoint)
+    with setup.source.client() as client, _writing(client, "live") as acked:
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        acted = _supervise_until_healthy(syncs, setup)
+        time.sleep(1.0)
+    assert any(line.startswith(f"{NAME}: restarted") for line in acted), acted
+    assert not _ours(pid, setup.config(NAME))
+    assert int(setup_record(setup)["restarts"]) >= 1  # type: ignore[call-overload]
+    _all_healthy(syncs)
+    _verify_equal(setup.state, _url(setup.source), _url(setup.target), setup.cache)
+    with setup.target.client() as target:
+        _all_acked_arrived(target, "live", acked)
+    syncs.stop(NAME)
+
+
+def test_the_source_restarts_with_its_data(behind_proxy: ProxySetup) -> None:
+    """The source is restarted (SIGTERM, AOF flushed, started again on the same files) while a writer
+    keeps retrying: redis-shake loses its replication link; supervision brings the workload back onto
+    the restarted source, and every write the source acknowledged, before or after, arrives."""
+    setup = behind_proxy
+    with setup.source.client() as client:
+        _write(client, 0, 300)
+    syncs, _pid = _start_single(setup, setup.source.endpoint, setup.target.endpoint)
+    with setup.source.client() as client, _writing(client, "live") as acked:
+        time.sleep(0.5)
+        setup.source.restart()
+        acted = _supervise_until_healthy(syncs, setup)
+        time.sleep(1.0)
+    assert acted, "the lost replication link was acted on"
+    _all_healthy(syncs)
+    _verify_equal(setup.state, _url(setup.source), _url(setup.target), setup.cache)
+    with setup.target.client() as target:
+        _all_acked_arrived(target, "live", acked)
+    syncs.stop(NAME)
+
+
+def setup_record(setup: ProxySetup) -> dict[str, object]:
+    records: list[dict[str, object]] = json.loads((setup.state / "syncs" / NAME / "state.json").read_text())[
+        "workloads"
+    ]
+    return next(r for r in records if r["name"] == NAME)

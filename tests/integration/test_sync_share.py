@@ -91,8 +91,9 @@ def test_a_shard_share_on_a_standalone_target_with_a_filter_and_databases(redis_
         other_db.set("a:1", "in db 3")  # a cluster source syncs db 0 only
     prefixes = SyncFilter(allow_key_prefixes=["a:"], block_key_prefixes=["a:tmp:"])
     workload = _shard_workload(((0, 8191),), prefixes)
-    doomed = {k for k in keys if k.startswith("a:") and not k.startswith("a:tmp:")
-              and key_slot(k.encode()) <= 8191}
+    doomed = {
+        k for k in keys if k.startswith("a:") and not k.startswith("a:tmp:") and key_slot(k.encode()) <= 8191
+    }
     assert 0 < len(doomed) < 300
     assert clear_share(workload, _url(target)) == len(doomed)
     with target.client() as client:
