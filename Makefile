@@ -113,6 +113,7 @@ lint: setup ## ruff, mypy and the import layering contracts
 bench: setup cluster-deps control-plane coredns images ## Benchmarks; results in bench/results.json
 	$(PY) bench/redis_cluster_bench.py --out bench/results.json
 	$(PY) bench/sync_verify_bench.py --out bench/results.json
+	$(PY) bench/sync_bench.py --out bench/results.json
 	$(PY) bench/operator_bench.py --out bench/results.json
 	$(PY) bench/backup_bench.py --out bench/results.json
 	$(PY) bench/k8s_ready_bench.py --out bench/results.json
