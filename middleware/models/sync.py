@@ -104,8 +104,12 @@ class SyncWorkloadStatus(WireModel):
         default=None, description="Bytes the source master is ahead of what redis-shake received."
     )
     lag_seconds: float | None = Field(
-        default=None, description="lagBytes divided by the source's recent write rate."
+        default=None,
+        description="How far behind the target is, in seconds: from the heartbeat key the operator "
+        "writes on the source shard and reads back on the target (lagSecondsFrom: heartbeat), else "
+        "lagBytes divided by the source's recent write rate (lagSecondsFrom: rate).",
     )
+    lag_seconds_from: str | None = Field(default=None, description="heartbeat or rate.")
     write_lag_bytes: int | None = Field(
         default=None, description="Bytes the source master is ahead of what redis-shake has written."
     )

@@ -53,7 +53,7 @@ from operators import metrics
 from operators.reconcile import context, events
 from operators.reconcile.observe import pods_by_name
 from operators.settings import GROUP, VERSION, OperatorConfig
-from sync import shake_config
+from sync import heartbeat, shake_config
 from sync.observe import (
     fetch_status,
     master_offset,
@@ -65,6 +65,7 @@ from sync.observe import (
 )
 from sync.plan import RedisTopology, ShakeWorkload, plan_direction, renamed
 from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
+from sync.verify import RedisURL
 
 log = logging.getLogger(__name__)
 
@@ -743,14 +744,23 @@ def _tick(
                     reason=f"a replica of {shard.master} is healthy again: reading it instead of the master",
                 )
         entry.state = str(decision.state) if _running(pod) or decision.action is Action.REPLAN else PENDING
-        entry.lag_bytes, entry.lag_seconds = decision.lag_bytes, decision.lag_seconds
-        entry.write_lag_bytes = decision.write_lag_bytes
+        entry.lag_bytes, entry.write_lag_bytes = decision.lag_bytes, decision.write_lag_bytes
+        beats = (
+            _heartbeat(workload, history[-1].source_master, target, resolved)
+            if _running(pod) and source is not None
+            else None
+        )
+        if beats is not None:
+            entry.lag_seconds, entry.lag_seconds_from = round(beats, 3), "heartbeat"
+        else:
+            entry.lag_seconds = decision.lag_seconds
+            entry.lag_seconds_from = "rate" if decision.lag_seconds is not None else None
         metrics.record_sync_lag(
             namespace,
             name,
             workload.name,
             decision.lag_bytes,
-            decision.lag_seconds,
+            entry.lag_seconds,
             decision.write_lag_bytes,
         )
         if decision.action is Action.RESTART and roll(rt, namespace, workload.name, decision.reason):
@@ -763,6 +773,29 @@ def _tick(
     before = _load_status(body).to_wire()
     if status.to_wire() != before:
         patch["status"] = status.to_wire()
+
+
+def _heartbeat(
+    workload: ShakeWorkload, source_master: Endpoint | None, target: RedisTopology | None, resolved: Resolved
+) -> float | None:
+    """Lag in seconds from the workload's heartbeat key (``sync.heartbeat``, as the local runner
+    does it): read on the source shard's master and on the target; a new one written on the source
+    once the target holds the last. None when no key applies (a filter would drop it) or either side
+    cannot be read this round."""
+    key = heartbeat.key(workload)
+    if key is None or target is None:
+        return None
+    reader, writer = resolved.reader(), resolved.writer()
+    master = reader.dialable(source_master or workload.source_master)
+    db = heartbeat.database(workload)
+    # A cluster target is discovered from any of its masters; otherwise the one master it has.
+    target_url = RedisURL(writer.dialable(target.shards[0].master), None, writer.password, 0)
+    on_source = heartbeat.read_source(master, key, db, None, reader.password)
+    on_target = heartbeat.read_target(target_url, key, db)
+    now = time.time()
+    if heartbeat.due(on_source, on_target):
+        heartbeat.write_source(master, key, db, None, reader.password, now)
+    return heartbeat.lag_seconds(on_source, on_target, now)
 
 
 def _observed(side: SideAccess) -> RedisTopology | None:

@@ -97,15 +97,19 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
         interval=2,
     )
 
-    def status_reports_workloads() -> list | None:
+    def status_reports_heartbeat_lag() -> list | None:
         sync = local_cluster.custom.get_namespaced_custom_object(
             GROUP, VERSION, namespace, "redissyncs", SYNC
         )
         workloads = (sync.get("status") or {}).get("workloads") or []
-        return workloads if len(workloads) == 3 else None
+        beating = [w for w in workloads if w.get("lagSecondsFrom") == "heartbeat"]
+        return workloads if len(workloads) == 3 and len(beating) == 3 else None
 
-    workloads = wait_for("status.workloads", status_reports_workloads, 120, interval=2)
+    # Lag in seconds from the heartbeat key the operator writes on each source shard and reads back
+    # on the target (redis-shake itself reports bytes only).
+    workloads = wait_for("status.workloads with heartbeat lag", status_reports_heartbeat_lag, 180, interval=2)
     assert all(w["state"] for w in workloads), workloads
+    assert all(0 <= w["lagSeconds"] < 60 for w in workloads), workloads
 
     local_cluster.custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "redissyncs", SYNC, {"spec": {"direction": "Stopped"}}
@@ -120,4 +124,8 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
         120,
         interval=2,
     )
-    assert target.dbsize() == len(before) + len(during)
+    # Every key the test wrote, and nothing else but the operator's heartbeat keys (one per shard).
+    keys = set(target.scan_iter(count=1000))
+    heartbeats = {k for k in keys if k.startswith("__moorage_sync__:heartbeat:")}
+    assert len(heartbeats) == 3, heartbeats
+    assert keys - heartbeats == set(before) | set(during)
