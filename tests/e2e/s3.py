@@ -17,26 +17,16 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from tests.integration.s3_harness import S3Server, WeedPorts, start_seaweedfs, stop_seaweedfs, weed_binary
+from tests.integration.s3_harness import S3Server, start_seaweedfs, stop_seaweedfs, weed_binary
 
 BRIDGE_HOST = "10.88.0.1"
-START_ATTEMPTS = 3
 
 
 @pytest.fixture(scope="module")
 def pod_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """SeaweedFS on 10.88.0.1 (free ports) for one test module."""
     weed_binary()
-    for attempt in range(START_ATTEMPTS):
-        try:
-            server, proc = start_seaweedfs(
-                tmp_path_factory.mktemp("seaweedfs-e2e"), host=BRIDGE_HOST, ports=WeedPorts.free(BRIDGE_HOST)
-            )
-            break
-        except RuntimeError as error:
-            # A port found free was taken before weed bound it: other ports, another time.
-            if "address already in use" not in str(error) or attempt == START_ATTEMPTS - 1:
-                raise
+    server, proc = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs-e2e"), host=BRIDGE_HOST)
     try:
         yield server
     finally:

