@@ -39,6 +39,7 @@ import redis
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import create_cluster
+from middleware.engines.redis.cluster_migrate import migrate_slots
 from middleware.engines.redis.sentinel import bootstrap_sentinel, failover, wait_for_new_master
 from sync.local_runner import SHAKE_VERSION, LocalSyncs, SyncStatus
 from sync.supervisor import Policy
@@ -875,3 +876,52 @@ def setup_record(setup: ProxySetup) -> dict[str, object]:
         "workloads"
     ]
     return next(r for r in records if r["name"] == NAME)
+
+
+def test_a_reshard_of_the_source_during_the_sync(setup: Setup) -> None:
+    """Slots move from shard 0 to shard 1 (keys and all, MIGRATE) while a writer runs on the source.
+    A migrated key leaves shard 0's replication stream as a DEL and enters shard 1's as a RESTORE,
+    read by two redis-shake processes whose writes to the target are not ordered: the DEL can land
+    after the RESTORE. Supervision sees both shards' slot ranges changed, re-plans those two
+    workloads (shares emptied, full resync of their new ranges) and leaves shard 2's alone; verify then
+    finds 0 differences and every acknowledged write is on the target."""
+    _write(setup.cluster, 0, 2000)
+    syncs = LocalSyncs(setup.state)
+    report = syncs.start(
+        NAME,
+        RedisURL(setup.members[1].endpoint, None, PASSWORD, 0),
+        RedisURL(setup.target.endpoint, None, PASSWORD, 0),
+        status_port_base=setup.base,
+        binary=setup.binary,
+    )
+    pids = setup.record(report)
+    _all_healthy(syncs)
+    shard0, shard1 = setup.members[0], setup.members[1]
+    with shard0.client() as client:
+        owned = [r for r in client.execute_command("CLUSTER", "SLOTS") if int(r[2][1]) == shard0.port]
+    start, end = int(owned[0][0]), int(owned[0][1])
+    moving = range(start, start + (end - start + 1) // 4)  # a quarter of shard 0's slots, with their keys
+    acted: list[str] = []
+    with _writing(setup.cluster, "live") as acked:
+        time.sleep(0.5)
+        moved = migrate_slots(
+            [m.endpoint for m in setup.members], PASSWORD, shard0.endpoint, shard1.endpoint, moving
+        )
+        assert moved.moved_keys > 0, "keys moved with the slots"
+
+        def replanned() -> bool:
+            found = syncs.supervise_once(NAME)
+            acted.extend(found.acted)
+            setup.record(found)
+            done = {line.split(":")[0] for line in acted if ": re-planned" in line}
+            return {WORKLOADS[0], WORKLOADS[1]} <= done
+
+        wait_until(replanned, bool, 60, "shards 0 and 1 re-planned onto their new slot ranges", interval=1.0)
+        time.sleep(1.0)  # writes after the re-plan, into the new processes
+    assert not any(line.startswith(f"{WORKLOADS[2]}:") for line in acted), acted
+    now = _all_healthy(syncs)
+    assert {w.name: w.pid for w in now.workloads}[WORKLOADS[2]] == pids[WORKLOADS[2]]
+    _verify_equal(setup.state, _url(setup.members[1]), _url(setup.target), setup.cache)
+    with setup.target.client() as target:
+        _all_acked_arrived(target, "live", acked)
+    syncs.stop(NAME)
