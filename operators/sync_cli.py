@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from middleware.endpoints import Endpoint
-from middleware.errors import MoorageError
+from middleware.errors import MoorageError, SpecError
 from middleware.models.sync import SyncDirection
 from middleware.runtime.kubernetes import KubernetesRuntime
 from operators import sync_ops
@@ -32,6 +32,7 @@ from sync.cutover import CutoverReport, Step, cutover
 from sync.cutover import Progress as CutoverProgress
 from sync.local_runner import LocalSyncs, SyncStatus
 from sync.manual import DEFAULT_STATUS_PORT_BASE
+from sync.share import clear_from_document
 from sync.verify import DEFAULT_MAX_DIFFS, VerifyReport, parse_url, verify
 
 sync_app = typer.Typer(
@@ -639,3 +640,30 @@ def plan_command(
     out.print(table)
     if out_dir is not None:
         out.print("run each with: redis-shake <workload>/shake.toml   (the files hold passwords: mode 0600)")
+
+
+@sync_app.command("clear-share")
+def clear_share_command(
+    document: Annotated[
+        Path, typer.Argument(help="The share document a RedisSync's config Secret holds (share.json).")
+    ],
+) -> None:
+    """Empty one workload's share of the target before redis-shake's full sync (what each redis-shake
+    pod's init container runs): the keys in the workload's slots that pass its filter. Exit 1 while
+    the target cannot be reached or written (the pod then waits and retries), 2 for a bad document."""
+    try:
+        text = document.read_text(encoding="utf-8")
+    except OSError as error:
+        raise _fail(f"cannot read {document}: {error.strerror}") from None
+    try:
+        workload, target, deleted = clear_from_document(text)
+    except SpecError as error:
+        raise _fail(str(error)) from None
+    except MoorageError as error:
+        err.print(f"error: the share could not be emptied: {error}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    out.print(
+        f"{workload}: emptied its share of {target.redacted} ({deleted} keys) before the full sync",
+        markup=False,
+        highlight=False,
+    )

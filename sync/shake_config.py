@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -91,6 +92,8 @@ def listening_port(version: str) -> int:
 
 CONFIG_DIR = "/etc/redis-shake"
 CONFIG_FILE = "shake.toml"
+# The share document of the clear-share init container (sync.share.clear_from_document).
+SHARE_FILE = "share.json"
 # The image is the user's choice (spec.image); this default names the upstream v4 image.
 DEFAULT_IMAGE = "ghcr.io/tair-opensource/redisshake:v4"
 # Where the binary is in the image: upstream's v4 Dockerfile copies it to /app (its WORKDIR, not on
@@ -245,8 +248,39 @@ def config_secret_name(workload: ShakeWorkload) -> str:
     return f"{workload.name}-config"
 
 
-def config_secret(workload: ShakeWorkload, namespace: str, config_text: str) -> dict[str, Any]:
-    """The Secret holding the rendered config (it contains both passwords)."""
+def share_document(workload: ShakeWorkload, config_text: str, version: str) -> str:
+    """What the pod's ``clear-share`` init container needs to empty this workload's share of the
+    target before redis-shake's full sync (``sync.share``): its slots and filter, and the writer's
+    address and credentials exactly as the rendered config has them."""
+    parsed = tomllib.loads(config_text)
+
+    def writer(name: str) -> Any:
+        section, key = SHAKE_KEYS[version][f"writer.{name}"]
+        return (parsed.get(section) or {}).get(key) if section else parsed.get(key)
+
+    return json.dumps(
+        {
+            "workload": workload.name,
+            "slots": [list(r) for r in workload.source_slots],
+            "filter": workload.filter.to_wire(),
+            "target": {
+                "address": writer("address"),
+                "username": writer("username") or None,
+                "password": writer("password") or None,
+            },
+        },
+        sort_keys=True,
+    )
+
+
+def config_secret(
+    workload: ShakeWorkload, namespace: str, config_text: str, share_text: str | None = None
+) -> dict[str, Any]:
+    """The Secret holding the rendered config and the share document (both hold the target's
+    password, the config the source's too)."""
+    data = {CONFIG_FILE: base64.b64encode(config_text.encode("utf-8")).decode("ascii")}
+    if share_text is not None:
+        data[SHARE_FILE] = base64.b64encode(share_text.encode("utf-8")).decode("ascii")
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -256,7 +290,7 @@ def config_secret(workload: ShakeWorkload, namespace: str, config_text: str) -> 
             "labels": labels(workload),
         },
         "type": "Opaque",
-        "data": {CONFIG_FILE: base64.b64encode(config_text.encode("utf-8")).decode("ascii")},
+        "data": data,
     }
 
 
@@ -270,11 +304,18 @@ def deployment(
     status_port: int | None = STATUS_PORT,
     config_checksum: str | None = None,
     binary: str = BINARY["v4"],
+    share_image: str | None = None,
 ) -> dict[str, Any]:
     """One redis-shake pod. ``Recreate`` and one replica: two instances of one workload would write
     the same keys twice and race each other's full syncs. ``config_checksum`` (of the config text)
     goes on the pod template so a re-plan rolls the pod (a
-    password rotation needs a rollout of its own)."""
+    password rotation needs a rollout of its own).
+
+    ``share_image`` (Moorage's own image): an init container empties the workload's share of the
+    target (``moorage sync clear-share``) before redis-shake starts, since every start of redis-shake
+    is a full sync, correct only into an empty share (``sync.share``). It fails, and the pod waits,
+    while the target cannot be reached: redis-shake never starts over the previous run's keys. Init
+    containers run once per pod, so the operator rolls a pod whose redis-shake restarted in place."""
     selector = {key: value for key, value in labels(workload).items() if key != "moorage.io/sync-direction"}
     probe = {
         "httpGet": {"path": "/", "port": "status"},
@@ -298,6 +339,17 @@ def deployment(
         # A generous startup window: the status port opens early, but the first full sync can take long.
         startup={**probe, "failureThreshold": 30} if with_status else None,
     )
+    init_containers = []
+    if share_image:
+        init_containers.append(
+            kube.container(
+                "clear-share",
+                share_image,
+                resources=resources,
+                command=["moorage", "sync", "clear-share", f"{CONFIG_DIR}/{SHARE_FILE}"],
+                volume_mounts=[{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+            )
+        )
     annotations = {"moorage.io/config-checksum": config_checksum} if config_checksum else {}
     template_meta: dict[str, Any] = {"labels": labels(workload)}
     if annotations:
@@ -314,6 +366,7 @@ def deployment(
                 "metadata": template_meta,
                 "spec": kube.pod_spec(
                     containers=[container],
+                    init_containers=init_containers,
                     volumes=[
                         {
                             "name": "config",
@@ -336,16 +389,19 @@ def manifests(
     image: str = DEFAULT_IMAGE,
     resources: Resources = DEFAULT_RESOURCES,
     shake_version: str = "v4",
+    share_image: str | None = None,
 ) -> list[dict[str, Any]]:
     """Secret + Deployment per workload; ``configs`` maps workload name -> rendered config text
-    (rendered for ``shake_version``: v3 workloads get no status port)."""
+    (rendered for ``shake_version``: v3 workloads get no status port). With ``share_image``, each pod
+    empties its share of the target first (see ``deployment``)."""
     objects: list[dict[str, Any]] = []
     for workload in workloads:
         text = configs[workload.name]
         # A checksum of the plan, not of the config text: a hash of text holding the passwords on a
         # readable annotation would let anyone test password guesses offline.
         checksum = hashlib.sha256(repr(workload).encode("utf-8")).hexdigest()[:16]
-        objects.append(config_secret(workload, namespace, text))
+        share = share_document(workload, text, shake_version) if share_image else None
+        objects.append(config_secret(workload, namespace, text, share))
         objects.append(
             deployment(
                 workload,
@@ -355,6 +411,7 @@ def manifests(
                 status_port=STATUS_PORT if shake_version == "v4" else None,
                 binary=BINARY[shake_version],
                 config_checksum=checksum,
+                share_image=share_image,
             )
         )
     return objects

@@ -21,12 +21,16 @@ Other workloads' shares are left alone: several shards write one target at the s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from pydantic import ValidationError
 from redis.crc import key_slot
 
+from middleware.endpoints import Endpoint
 from middleware.engines.redis.slots import SlotRange
+from middleware.errors import SpecError
 from middleware.models.sync import SyncFilter
 from sync.plan import ShakeWorkload
 from sync.verify import RedisURL, Side
@@ -85,7 +89,32 @@ def clear_share(workload: ShakeWorkload, target: RedisURL) -> int:
     """Delete ``workload``'s share of the target (see the module docstring); the number of keys
     deleted. Raises NotReady / OperationError (the target redacted) when the target cannot be read or
     written: the caller must not start the full sync then."""
-    share = Share.of(workload)
+    return clear(Share.of(workload), target)
+
+
+def clear_from_document(text: str) -> tuple[str, RedisURL, int]:
+    """Empty the share a document of ``sync.shake_config.share_document`` describes (what a
+    redis-shake pod's init container runs): the workload's name, the target, the keys deleted.
+    Raises SpecError for a document that is not one, as ``clear`` for the target."""
+    try:
+        document = json.loads(text)
+        target = document["target"]
+        share = Share(
+            slots=tuple((int(lo), int(hi)) for lo, hi in document["slots"]),
+            filter=SyncFilter.model_validate(document.get("filter") or {}),
+            cluster_source=bool(document["slots"]),
+        )
+        url = RedisURL(
+            Endpoint.parse(str(target["address"])), target.get("username"), target.get("password"), 0
+        )
+        workload = str(document["workload"])
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise SpecError("share document", f"not a share document: {type(exc).__name__}: {exc}") from None
+    return workload, url, clear(share, url)
+
+
+def clear(share: Share, target: RedisURL) -> int:
+    """Delete the keys of ``share`` on the target; how many."""
     deleted = 0
     probe = Side("target", replace(target, db=0))
     try:

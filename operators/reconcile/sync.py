@@ -50,6 +50,7 @@ from middleware.models.sync import (
 )
 from middleware.runtime.kubernetes import KubeconfigError, KubernetesApiError, KubernetesRuntime
 from operators import metrics
+from operators.backup_handlers import job_settings
 from operators.reconcile import context, events
 from operators.reconcile.observe import pods_by_name
 from operators.settings import GROUP, VERSION, OperatorConfig
@@ -412,6 +413,8 @@ def render(namespace: str, resolved: Resolved, workloads: Sequence[ShakeWorkload
         image=spec.image or shake_config.DEFAULT_IMAGE,
         resources=spec.resources or shake_config.DEFAULT_RESOURCES,
         shake_version=str(spec.shake_version),
+        # The image the operator's own Jobs run: it has `moorage sync clear-share`.
+        share_image=job_settings().image,
     )
 
 
@@ -627,6 +630,12 @@ def _restarts(pod: Mapping[str, Any] | None) -> int:
     return sum(int(s.get("restartCount") or 0) for s in statuses)
 
 
+def _clears_share(pod: Mapping[str, Any] | None) -> bool:
+    """Whether the pod empties its share before redis-shake starts (rendered with clear-share)."""
+    init = ((pod or {}).get("spec") or {}).get("initContainers") or []
+    return any(c.get("name") == "clear-share" for c in init)
+
+
 def _running(pod: Mapping[str, Any] | None) -> bool:
     state = (pod or {}).get("status") or {}
     return state.get("phase") == "Running" and bool(state.get("podIP"))
@@ -763,6 +772,16 @@ def _tick(
             entry.lag_seconds,
             decision.write_lag_bytes,
         )
+        if decision.action is Action.NONE and _restarts(pod) > 0 and _clears_share(pod):
+            # redis-shake restarted inside its pod (a crash, an OOM kill): that restart was a full
+            # sync over the keys its previous run wrote, and the pod's clear-share init container
+            # only runs for a new pod. A new pod empties the share and syncs again.
+            decision = Decision(
+                decision.state,
+                Action.RESTART,
+                f"redis-shake restarted in its pod ({_restarts(pod)} restarts): a full sync over a share "
+                "not emptied first",
+            )
         if decision.action is Action.RESTART and roll(rt, namespace, workload.name, decision.reason):
             _restarted(body, namespace, name, entry, "Restarted", decision.reason)
         elif decision.action is Action.REPLAN:

@@ -8,6 +8,9 @@ shard's slots (on a standalone and on a cluster target), a key filter, the datab
 
 from __future__ import annotations
 
+import base64
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,8 +21,8 @@ from redis.crc import key_slot
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import create_cluster
 from middleware.models.sync import RedisEndpointKind, SyncFilter
-from sync import manual
-from sync.plan import RedisTopology, ShakeWorkload, Shard, plan, standalone
+from sync import manual, shake_config
+from sync.plan import RedisTopology, ShakeWorkload, Shard, WriterTarget, plan, standalone
 from sync.share import clear_share
 from sync.verify import RedisURL, verify
 from tests.integration.conftest import PASSWORD
@@ -127,3 +130,60 @@ def test_a_shard_share_on_a_cluster_target(redis_group: RedisNodes) -> None:
         assert left == set(keys) - doomed
     finally:
         cluster.close()
+
+
+def _clear_share_cli(document: Path) -> subprocess.CompletedProcess[str]:
+    """`moorage sync clear-share FILE`, as the redis-shake pod's init container runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "operators.cli", "sync", "clear-share", str(document)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_pods_clear_share_step_empties_the_share_the_secret_describes(
+    redis_group: RedisNodes, tmp_path: Path
+) -> None:
+    """The share document goes into the workload's config Secret beside shake.toml (the writer's
+    address and password taken from the rendered config itself); the init container's command
+    empties exactly that share, and refuses to let redis-shake start while the target is down."""
+    target = redis_group.add("target", cluster=False)
+    keys = [f"{prefix}{i}" for prefix in ("a:", "b:") for i in range(300)]
+    with target.client() as client:
+        client.mset(dict.fromkeys(keys, "v"))
+    workload = replace(
+        _shard_workload(((0, 8191),), SyncFilter(allow_key_prefixes=["a:"])),
+        writer=WriterTarget(RedisEndpointKind.STANDALONE, (target.endpoint,)),
+    )
+    config = shake_config.render_v4(workload, source_password="src-secret", target_password=PASSWORD)
+    objects = shake_config.manifests([workload], "ns", {workload.name: config}, share_image="moorage:test")
+    secret, deployment = objects
+    document = tmp_path / shake_config.SHARE_FILE
+    document.write_bytes(base64.b64decode(secret["data"][shake_config.SHARE_FILE]))
+    assert "src-secret" not in document.read_text(), "the share document holds the target's password only"
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert init["image"] == "moorage:test"
+    assert init["command"] == [
+        "moorage",
+        "sync",
+        "clear-share",
+        f"/etc/redis-shake/{shake_config.SHARE_FILE}",
+    ]
+
+    doomed = {k for k in keys if k.startswith("a:") and key_slot(k.encode()) <= 8191}
+    cleared = _clear_share_cli(document)
+    assert cleared.returncode == 0, cleared.stderr
+    assert f"({len(doomed)} keys)" in cleared.stdout and PASSWORD not in cleared.stdout + cleared.stderr
+    with target.client() as client:
+        assert set(client.keys("*")) == set(keys) - doomed
+
+    target.stop()
+    down = _clear_share_cli(document)
+    assert down.returncode == 1 and "could not be emptied" in down.stderr, down.stderr
+    assert PASSWORD not in down.stdout + down.stderr
+    (tmp_path / "bad.json").write_text("{}")
+    bad = _clear_share_cli(tmp_path / "bad.json")
+    assert bad.returncode == 2 and "not a share document" in bad.stderr, bad.stderr
