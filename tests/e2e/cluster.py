@@ -230,8 +230,10 @@ class LocalCluster:
             },
         )
 
-    def pod_log(self, namespace: str, name: str) -> str:
-        return str(self.core.read_namespaced_pod_log(name, namespace))
+    def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
+        if container is None:
+            return str(self.core.read_namespaced_pod_log(name, namespace))
+        return str(self.core.read_namespaced_pod_log(name, namespace, container=container))
 
     def wait_pod_phase(self, namespace: str, name: str, phases: Sequence[str], timeout: float = 120) -> str:
         def phase() -> str | None:

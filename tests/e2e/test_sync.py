@@ -55,6 +55,10 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
     before = [f"k-before-{i}" for i in range(2000)]
     for key in before:
         source.set(key, "v" + key[1:])
+    # Lists: a full sync over a share that was not emptied appends them a second time (#921).
+    lists = [f"list-{i}" for i in range(60)]
+    for key in lists:
+        source.rpush(key, *range(5))
 
     local_cluster.apply(
         {
@@ -110,6 +114,30 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
     workloads = wait_for("status.workloads with heartbeat lag", status_reports_heartbeat_lag, 180, interval=2)
     assert all(w["state"] for w in workloads), workloads
     assert all(0 <= w["lagSeconds"] < 60 for w in workloads), workloads
+    assert all(target.llen(key) == 5 for key in lists)
+
+    # A redis-shake pod deleted (a drain, an eviction): its replacement is a full sync, which its
+    # clear-share init container makes over an emptied share; no list is appended twice.
+    (old,) = local_cluster.pods(namespace, f"app.kubernetes.io/component={SYNC}-shard-0")
+    local_cluster.core.delete_namespaced_pod(old.metadata.name, namespace)
+
+    def replaced() -> str | None:
+        pods = [
+            p
+            for p in local_cluster.pods(namespace, f"app.kubernetes.io/component={SYNC}-shard-0")
+            if p.metadata.uid != old.metadata.uid and p.status.phase == "Running"
+        ]
+        ready = [p for p in pods if all(c.ready for c in (p.status.container_statuses or []))]
+        return ready[0].metadata.name if ready else None
+
+    new_pod = wait_for("shard 0's redis-shake pod replaced and Ready", replaced, 180, interval=2)
+    cleared = local_cluster.pod_log(namespace, new_pod, container="clear-share")
+    assert "emptied its share" in cleared, cleared
+    after = [f"k-after-{i}" for i in range(300)]
+    for key in after:
+        source.set(key, "v" + key[1:])
+    wait_for("the keys written after the pod came back", lambda: missing_keys(target, after) == [], 120, 2)
+    assert {key: target.llen(key) for key in lists} == dict.fromkeys(lists, 5)
 
     local_cluster.custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "redissyncs", SYNC, {"spec": {"direction": "Stopped"}}
@@ -128,4 +156,4 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
     keys = set(target.scan_iter(count=1000))
     heartbeats = {k for k in keys if k.startswith("__moorage_sync__:heartbeat:")}
     assert len(heartbeats) == 3, heartbeats
-    assert keys - heartbeats == set(before) | set(during)
+    assert keys - heartbeats == set(before) | set(during) | set(after) | set(lists)
