@@ -226,6 +226,7 @@ def test_a_v3_sync_has_no_status_port_and_refuses_filters(
 
     from kubernetes.client.exceptions import ApiException
 
+    from sync.shake_config import CONFIG_FILE, SHARE_FILE
     from tests.k8s.kopf_support import apps_api
 
     require_binary("redis-server", "redis-server")
@@ -265,8 +266,11 @@ def test_a_v3_sync_has_no_status_port_and_refuses_filters(
                 not container.ports and container.readiness_probe is None and container.startup_probe is None
             )
             secret = core_api(api_client).read_namespaced_secret(f"{sync}-config", namespace)
-            (text,) = (base64.b64decode(v).decode() for v in secret.data.values())
-            config = tomllib.loads(text)
+            # The config, and the share document the pod's clear-share init container reads.
+            assert set(secret.data) == {CONFIG_FILE, SHARE_FILE}, sorted(secret.data)
+            share = json.loads(base64.b64decode(secret.data[SHARE_FILE]).decode())
+            assert share["target"]["address"] == target.endpoint.address
+            config = tomllib.loads(base64.b64decode(secret.data[CONFIG_FILE]).decode())
             assert config["type"] == "sync" and config["source"]["address"] == source.endpoint.address
             assert (
                 config["target"]["address"] == target.endpoint.address
