@@ -462,11 +462,8 @@ def test_status_watch_restarts_a_silent_stall(behind_proxy: ProxySetup) -> None:
     syncs.stop(NAME)
 
 
-def test_a_source_failover_re_plans_only_that_shards_workload(setup: Setup) -> None:
-    """A real CLUSTER FAILOVER of shard 0: the next supervision passes re-plan that workload onto the
-    shard's new layout (new config, new process) and leave the other shards' processes alone; the
-    target ends up equal to the source."""
-    _write(setup.cluster, 0, 200)
+def _start_cluster_sync(setup: Setup) -> tuple[LocalSyncs, dict[str, int]]:
+    """The cluster source into the standalone target through ``LocalSyncs.start``, all Healthy."""
     syncs = LocalSyncs(setup.state)
     report = syncs.start(
         NAME,
@@ -477,6 +474,15 @@ def test_a_source_failover_re_plans_only_that_shards_workload(setup: Setup) -> N
     )
     pids = setup.record(report)
     _all_healthy(syncs)
+    return syncs, pids
+
+
+def test_a_source_failover_re_plans_only_that_shards_workload(setup: Setup) -> None:
+    """A real CLUSTER FAILOVER of shard 0: the next supervision passes re-plan that workload onto the
+    shard's new layout (new config, new process) and leave the other shards' processes alone; the
+    target ends up equal to the source."""
+    _write(setup.cluster, 0, 200)
+    syncs, pids = _start_cluster_sync(setup)
     shard0 = WORKLOADS[0]
     before = tomllib.loads(setup.config(shard0).read_text())["sync_reader"]["address"]
     old_master, new_master = setup.members[0], setup.members[3]
@@ -560,16 +566,7 @@ def test_a_dead_reader_re_plans_onto_another_node_of_its_shard(setup: Setup) -> 
     it there with its share emptied first, and reports it; the other shards' processes are left
     alone, and every acknowledged write arrives."""
     _write(setup.cluster, 0, 200)
-    syncs = LocalSyncs(setup.state)
-    report = syncs.start(
-        NAME,
-        RedisURL(setup.members[1].endpoint, None, PASSWORD, 0),
-        RedisURL(setup.target.endpoint, None, PASSWORD, 0),
-        status_port_base=setup.base,
-        binary=setup.binary,
-    )
-    pids = setup.record(report)
-    _all_healthy(syncs)
+    syncs, pids = _start_cluster_sync(setup)
     shard0, dead, master = WORKLOADS[0], setup.members[3], setup.members[0]
     assert setup.records()[shard0]["reader"] == dead.endpoint.address
 
@@ -886,16 +883,7 @@ def test_a_reshard_of_the_source_during_the_sync(setup: Setup) -> None:
     workloads (shares emptied, full resync of their new ranges) and leaves shard 2's alone; verify then
     finds 0 differences and every acknowledged write is on the target."""
     _write(setup.cluster, 0, 2000)
-    syncs = LocalSyncs(setup.state)
-    report = syncs.start(
-        NAME,
-        RedisURL(setup.members[1].endpoint, None, PASSWORD, 0),
-        RedisURL(setup.target.endpoint, None, PASSWORD, 0),
-        status_port_base=setup.base,
-        binary=setup.binary,
-    )
-    pids = setup.record(report)
-    _all_healthy(syncs)
+    syncs, pids = _start_cluster_sync(setup)
     shard0, shard1 = setup.members[0], setup.members[1]
     with shard0.client() as client:
         owned = [r for r in client.execute_command("CLUSTER", "SLOTS") if int(r[2][1]) == shard0.port]
