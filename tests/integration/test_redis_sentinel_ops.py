@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis.live import REDACTED, apply_parameters, node_role, ping_all
+from middleware.engines.redis.live import REDACTED, NodeRole, apply_parameters, node_role, ping_all
 from middleware.engines.redis.sentinel import (
     BootstrapReport,
     SentinelView,
@@ -82,6 +82,29 @@ def masters_among(view: SentinelView) -> list[Endpoint]:
     return sorted(e for e, role in view.nodes.items() if role.is_master)
 
 
+def settled_failover(d: Deployment, old: Endpoint, followers_down: tuple[Endpoint, ...] = ()) -> Endpoint:
+    """The master the sentinels settle on after moving away from ``old``, once every reachable data node
+    follows it. On a loaded machine the sentinels may fail over a second time (the new master misses
+    down-after once); that is their job, so the test follows where they settle instead of the first
+    answer."""
+
+    def state() -> tuple[Endpoint, list[NodeRole]]:
+        new = wait_for_new_master(
+            d.sentinel_endpoints, MASTER_NAME, old, PASSWORD, timeout=FAILOVER_DEADLINE,
+            sentinel_password=PASSWORD,
+        )  # fmt: skip
+        skipped = (new, *followers_down)
+        return new, [node_role(e, PASSWORD) for e in d.data_endpoints if e not in skipped]
+
+    new, _ = wait_until(
+        state,
+        lambda s: all(r.is_replica and r.master == s[0] and r.link_up for r in s[1]),
+        REJOIN_DEADLINE,
+        "the sentinels to settle on a master every reachable data node follows",
+    )
+    return new
+
+
 def test_bootstrap_failover_and_old_master_rejoins_as_replica(deployment: Deployment) -> None:
     d = deployment
     first = bootstrap(d)
@@ -110,14 +133,9 @@ def test_bootstrap_failover_and_old_master_rejoins_as_replica(deployment: Deploy
 
     old = d.master.endpoint
     d.master.kill()
-    new = wait_for_new_master(
-        d.sentinel_endpoints,
-        MASTER_NAME,
-        old,
-        PASSWORD,
-        timeout=FAILOVER_DEADLINE,
-        sentinel_password=PASSWORD,
-    )
+    # Sentinel reconfigures the surviving replicas after the promotion, one at a time: until it has,
+    # a bootstrap would rightly point them itself, and this check is about a settled failover.
+    new = settled_failover(d, old, followers_down=(old,))
     assert new in d.replica_endpoints
     with d.by_endpoint(new).client() as client:
         assert client.dbsize() == 200
@@ -126,16 +144,6 @@ def test_bootstrap_failover_and_old_master_rejoins_as_replica(deployment: Deploy
     view = observe(d)
     assert view.master == new, view
     assert old in view.unreachable_nodes
-
-    # Sentinel reconfigures the surviving replicas after the promotion, one at a time: until it has,
-    # a bootstrap would rightly point them itself, and this check is about a settled failover.
-    survivors = [e for e in d.data_endpoints if e not in (new, old)]
-    wait_until(
-        lambda: [node_role(e, PASSWORD) for e in survivors],
-        lambda roles: all(r.is_replica and r.master == new for r in roles),
-        REJOIN_DEADLINE,
-        "sentinel to point the other replicas at the new master",
-    )
 
     # Re-running bootstrap while the old master is still down follows the sentinels and tolerates it.
     during = bootstrap(d)
@@ -211,24 +219,11 @@ def test_manual_failover_then_lost_sentinel_state_follows_replication(deployment
 
     old = failover(d.sentinel_endpoints, MASTER_NAME, PASSWORD, sentinel_password=PASSWORD)
     assert old == d.master.endpoint
-    new = wait_for_new_master(
-        d.sentinel_endpoints,
-        MASTER_NAME,
-        old,
-        PASSWORD,
-        timeout=FAILOVER_DEADLINE,
-        sentinel_password=PASSWORD,
-    )
+    # The old master and the other replica follow the new master.
+    new = settled_failover(d, old)
     assert new in d.replica_endpoints
     with d.by_endpoint(new).client() as client:
         assert client.get("before-failover") == "yes"
-    others = [e for e in d.data_endpoints if e != new]
-    wait_until(
-        lambda: [node_role(e, PASSWORD) for e in others],
-        lambda roles: all(r.is_replica and r.master == new and r.link_up for r in roles),
-        REJOIN_DEADLINE,
-        "the old master and the other replica to follow the new master",
-    )
 
     # The sentinels lose their state (emptyDir, reinstall): nobody monitors the name any more.
     forget_master(d)
