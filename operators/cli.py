@@ -28,8 +28,11 @@ from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.lifecycle import Lifecycle
 from middleware.models.middleware import MiddlewareStatus
+from middleware.operations import Action, OperationRequest
+from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 from operators.backup_cli import backup_app, restore_app
+from operators.operation_client import request_operation
 from operators.operator_cli import operator_command
 from operators.sync_cli import sync_app
 
@@ -62,6 +65,25 @@ StateDir = Annotated[
 ]
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Middleware.")]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
+
+
+class RuntimeKind(StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+RuntimeOpt = Annotated[
+    RuntimeKind,
+    typer.Option(
+        "--runtime",
+        envvar="MOORAGE_RUNTIME",
+        help="local: processes on this machine; kubernetes: the Middleware in the cluster of $KUBECONFIG "
+        "(the operator does the work).",
+    ),
+]
+TimeoutOpt = Annotated[
+    float, typer.Option("--timeout", help="Kubernetes: seconds to wait for the outcome and for Ready.")
+]
 
 
 def _lifecycle(state_dir: Path | None) -> Lifecycle:
@@ -253,8 +275,15 @@ def switchover(
     namespace: Namespace = "default",
     state_dir: StateDir = None,
     output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Planned change of primary: no committed write is lost; the old primary rejoins as a replica."""
+    if runtime == RuntimeKind.KUBERNETES:
+        _operation_on_kubernetes(
+            name, namespace, OperationRequest.new(Action.SWITCHOVER, to), output, timeout
+        )
+        return
     lifecycle = _lifecycle(state_dir)
     spec = lifecycle.existing(namespace, name).spec
     observed = lifecycle.switchover(namespace, name, to)
@@ -268,12 +297,42 @@ def failover(
     namespace: Namespace = "default",
     state_dir: StateDir = None,
     output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 600.0,
 ) -> None:
     """Promote the most advanced replica when the primary is gone (refused while a primary answers)."""
+    if runtime == RuntimeKind.KUBERNETES:
+        _operation_on_kubernetes(name, namespace, OperationRequest.new(Action.FAILOVER), output, timeout)
+        return
     lifecycle = _lifecycle(state_dir)
     spec = lifecycle.existing(namespace, name).spec
     observed = lifecycle.failover(namespace, name)
     doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
+    _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
+def _operation_on_kubernetes(
+    name: str, namespace: str, request: OperationRequest, output: Output, timeout: float
+) -> None:
+    """The operator does the work (see operators/operation_client.py); the same output as locally."""
+    try:
+        rt = KubernetesRuntime.from_environment()
+    except Exception as exc:  # no kubeconfig, an unreadable one: the kubernetes client's own words
+        raise MoorageError(f"cannot reach the cluster ($KUBECONFIG): {exc}") from None
+    try:
+        with err.status(f"{request.action.value} of {namespace}/{name}") as spinner:
+            outcome = request_operation(
+                rt, namespace, name, request, timeout=timeout, progress=lambda m: spinner.update(m)
+            )
+    finally:
+        rt.close()
+    body = outcome.middleware
+    spec_doc = body.get("spec") or {}
+    observed = MiddlewareStatus.model_validate(body.get("status") or {})
+    err.print(f"{request.action.value} {request.id}: {outcome.message}", highlight=False)
+    doc = _status_document(
+        name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed
+    )
     _print_json(doc) if output == Output.JSON else _print_status(doc)
 
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import kopf
 
+from middleware.operations import OPERATION_ANNOTATION
 from operators import backup_handlers, metrics, sync_handlers
-from operators.reconcile import apply, delete, observe
+from operators.reconcile import apply, delete, observe, operation
 from operators.settings import GROUP, VERSION, configure, operator_config
 
 # Importing these registers their handlers: MiddlewareBackup / MiddlewareRestore with the backup
@@ -19,6 +20,7 @@ from operators.settings import GROUP, VERSION, configure, operator_config
 REGISTERED_ELSEWHERE = (backup_handlers, sync_handlers)
 
 MIDDLEWARES = (GROUP, VERSION, "middlewares")
+OPERATION_FIELD = ("metadata", "annotations", OPERATION_ANNOTATION)
 
 
 @kopf.on.startup()
@@ -39,6 +41,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def reconcile_middleware(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
     with metrics.reconcile_timer("Middleware", str(reason)) as outcome:
         apply.reconcile(body, patch, outcome, operator_config())
+
+
+# A day-2 operation (switchover, failover) asked through the annotation; its outcome goes to
+# status.lastOperation. Resumed after a restart: a request already finished is recognised by its id.
+@kopf.on.resume(*MIDDLEWARES, field=OPERATION_FIELD, value=kopf.PRESENT)
+@kopf.on.create(*MIDDLEWARES, field=OPERATION_FIELD, value=kopf.PRESENT)
+@kopf.on.update(*MIDDLEWARES, field=OPERATION_FIELD, value=kopf.PRESENT)
+def run_operation(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    with metrics.reconcile_timer("Middleware", "operation"):
+        operation.run(body, patch, operator_config())
 
 
 @kopf.on.delete(*MIDDLEWARES, optional=False)

@@ -858,10 +858,14 @@ def install_moorage(layout: Layout) -> None:
 
 
 def reload(layout: Layout) -> None:
-    """After a code change: the images again (only changed ones are rebuilt), the operator restarted."""
+    """After a code change: the images again (only changed ones are rebuilt), deploy/ applied again
+    (CRDs, RBAC), the operator restarted."""
     if not alive(layout, "containerd"):
         raise ClusterError(f"no cluster is running in {layout.root}: `make cluster-up`")
     load_images(layout)
+    # A change may have touched the CRDs (a new status field is pruned by the old schema) or RBAC.
+    kubectl(layout, "apply", "--server-side", "-k", str(HERE / "deploy"))
+    kubectl(layout, "wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
     kubectl(layout, "-n", "moorage-system", "rollout", "restart", "deployment/moorage-operator")
     kubectl(
         layout, "-n", "moorage-system", "rollout", "status", "deployment/moorage-operator", "--timeout=180s"

@@ -135,6 +135,18 @@ class MemberStatus(WireModel):
     shard: int | None = None
 
 
+class OperationStatus(WireModel):
+    """The outcome of the last day-2 operation asked through the operation.moorage.io/request annotation."""
+
+    id: str = Field(description="The request's id, as written in the annotation (empty if unreadable).")
+    action: str = Field(description="switchover or failover.")
+    target: str | None = Field(default=None, description="The member asked for, if any.")
+    result: str = Field(description="Running, Succeeded or Failed.")
+    message: str = ""
+    started_at: str | None = None
+    finished_at: str | None = None
+
+
 class MiddlewareStatus(ResourceStatus):
     members: list[MemberStatus] = Field(default_factory=list)
     endpoints: dict[str, str] = Field(
@@ -142,6 +154,7 @@ class MiddlewareStatus(ResourceStatus):
     )
     version: str | None = None
     credentials_secret: str | None = None
+    last_operation: OperationStatus | None = None
 
 
 class Middleware(CustomResource):

@@ -83,6 +83,16 @@ def connection(
     return rt.connection(spec, engine, manifests, pods, password, cluster_domain)
 
 
+def live_connection(
+    rt: KubernetesRuntime, spec: ResolvedSpec, engine: Engine, config: OperatorConfig
+) -> tuple[Connection, dict[str, dict[str, Any]]]:
+    """A connection to the members as their pods are now, and those pods by name."""
+    pods = pods_by_name(rt, spec)
+    password = rt.secret_value(spec.namespace, credentials_secret_name(spec), "password")
+    manifests = engine.render(spec, cluster_domain=config.cluster_domain)
+    return connection(rt, spec, engine, manifests, pods, password, config.cluster_domain), pods
+
+
 def label_roles(
     rt: KubernetesRuntime, spec: ResolvedSpec, observation: Observation, pods: Mapping[str, Mapping[str, Any]]
 ) -> list[str]:
@@ -132,10 +142,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     except SpecError:
         return
     spec, engine = decoded.spec, decoded.engine
-    pods = pods_by_name(rt, spec)
-    password = rt.secret_value(spec.namespace, credentials_secret_name(spec), "password")
-    manifests = engine.render(spec, cluster_domain=config.cluster_domain)
-    conn = connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
+    conn, pods = live_connection(rt, spec, engine, config)
     before = status.to_wire()
     st.restarted_since_pending(status, creation_times(pods))
     if _change_in_flight(body):

@@ -29,6 +29,9 @@ def load(body: Mapping[str, Any]) -> MiddlewareStatus:
 
 def write(patch: MutableMapping[str, Any], status: MiddlewareStatus) -> None:
     wire = status.to_wire()
+    # Only the operation handler writes lastOperation (operation.record): a timer holding a body read
+    # before an operation finished must not put the old record back.
+    wire.pop("lastOperation", None)
     # Keys the model left out (None) are cleared explicitly: a merge patch keeps what it omits.
     for key in ("phaseReason", "version", "credentialsSecret"):
         wire.setdefault(key, None)

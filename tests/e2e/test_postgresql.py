@@ -5,12 +5,15 @@ every pod) is deleted, with no acknowledged commit lost."""
 from __future__ import annotations
 
 import base64
+import json
+import os
+import subprocess
 import time
 
 import psycopg
 import pytest
 
-from tests.e2e.cluster import LocalCluster, wait_for
+from tests.e2e.cluster import REPO_ROOT, LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +29,8 @@ WRITER = r"""
 i=0
 while [ ! -e /tmp/stop ]; do
   i=$((i+1))
-  if timeout 10 psql -qtAX -v ON_ERROR_STOP=1 -c "INSERT INTO acked VALUES ($i)" >/dev/null 2>&1; then
+  if timeout 10 psql -qtAX -v ON_ERROR_STOP=1 -c "INSERT INTO ${TABLE:-acked} VALUES ($i)" >/dev/null 2>&1
+  then
     echo "ack $i"
   fi
   sleep 0.05
@@ -36,8 +40,27 @@ sleep 3600
 """
 
 
-def _acks(cluster: LocalCluster, namespace: str) -> int:
-    return sum(1 for line in cluster.pod_log(namespace, "writer").splitlines() if line.startswith("ack "))
+def _acks(cluster: LocalCluster, namespace: str, writer: str = "writer") -> int:
+    return sum(1 for line in cluster.pod_log(namespace, writer).splitlines() if line.startswith("ack "))
+
+
+def _acked(cluster: LocalCluster, namespace: str, writer: str) -> set[int]:
+    return {
+        int(line.split()[1])
+        for line in cluster.pod_log(namespace, writer).splitlines()
+        if line.startswith("ack ")
+    }
+
+
+def _moorage(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI as a DBA runs it against the cluster of $KUBECONFIG."""
+    return subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args],
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MOORAGE_RUNTIME": "kubernetes"},
+        text=True,
+        capture_output=True,
+        timeout=900,
+    )
 
 
 def _app_password(cluster: LocalCluster, namespace: str) -> str:
@@ -119,6 +142,70 @@ def test_replication_ready_and_pgvector_from_a_pod(
     with _rw(local_cluster, module_namespace, superuser=True) as conn:
         sync = conn.execute("SELECT count(*) FROM pg_stat_replication WHERE sync_state IN ('sync','quorum')")
         assert sync.fetchone()[0] >= 1
+
+
+def test_switchover_and_refusals_through_the_cli_nothing_lost(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
+    """`moorage switchover --to` against the cluster: the operator fences the primary, promotes the
+    named replica, relabels, and the old primary rejoins as a replica, while a writer commits through
+    -rw. Requests it cannot do are refused with the engine's reason, in the CLI and in the status."""
+    ns = module_namespace
+    with _rw(local_cluster, ns) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS switched (n int PRIMARY KEY)")
+    env = {
+        "PGHOST": f"{NAME}-rw",
+        "PGDATABASE": "app",
+        "PGUSER": "app",
+        "PGPASSWORD": _app_password(local_cluster, ns),
+        "PGCONNECT_TIMEOUT": "3",
+        "TABLE": "switched",
+    }
+    local_cluster.run_pod(ns, "switch-writer", PG_IMAGE, WRITER, env=env)
+    wait_for("the writer's first commit", lambda: _acks(local_cluster, ns, "switch-writer") > 0, 120)
+
+    old = _primary(local_cluster, ns)
+    target = next(
+        m["name"] for m in local_cluster.middleware(ns, NAME)["status"]["members"] if m["name"] != old
+    )
+    done = _moorage(local_cluster, "switchover", NAME, "-n", ns, "--to", target, "-o", "json")
+    assert done.returncode == 0, done.stderr
+    roles = {m["name"]: m["role"] for m in json.loads(done.stdout)["members"]}
+    assert roles[target] == "primary", roles
+    assert roles[old] == "replica", roles  # the CLI returns once the old primary rejoined (Ready)
+    record = local_cluster.middleware(ns, NAME)["status"]["lastOperation"]
+    assert (record["action"], record["target"], record["result"]) == ("switchover", target, "Succeeded")
+    pod = local_cluster.core.read_namespaced_pod(target, ns)
+    assert pod.metadata.labels["moorage.io/role"] == "primary"
+
+    # Writes go on through the same Service to the new primary.
+    so_far = _acks(local_cluster, ns, "switch-writer")
+    wait_for(
+        "ten commits acknowledged after the switchover",
+        lambda: _acks(local_cluster, ns, "switch-writer") >= so_far + 10,
+        120,
+        interval=1,
+    )
+    local_cluster.exec(ns, "switch-writer", ["touch", "/tmp/stop"])
+    wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(ns, "switch-writer"), 60)
+    acked = _acked(local_cluster, ns, "switch-writer")
+    with _rw(local_cluster, ns) as conn:
+        stored = {row[0] for row in conn.execute("SELECT n FROM switched")}
+        assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"
+
+    # Refusals: the reason in the CLI's error, the status and an Event; nothing changes.
+    refused = _moorage(local_cluster, "failover", NAME, "-n", ns)
+    assert refused.returncode == 1, refused.stdout
+    assert "a primary is reachable and writable" in refused.stderr, refused.stderr
+    record = local_cluster.middleware(ns, NAME)["status"]["lastOperation"]
+    assert (record["action"], record["result"]) == ("failover", "Failed"), record
+    unknown = _moorage(local_cluster, "switchover", NAME, "-n", ns, "--to", f"{NAME}-9")
+    assert unknown.returncode == 1
+    assert f"{NAME}-9 is not a streaming replica" in unknown.stderr, unknown.stderr
+    events = local_cluster.kubectl("-n", ns, "get", "events", "--field-selector", "reason=FailoverFailed")
+    assert "use switchover" in events, events
+    assert _primary(local_cluster, ns) == target
 
 
 def test_primary_pod_deleted_writable_again_nothing_lost(

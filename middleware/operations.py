@@ -1,0 +1,95 @@
+"""Day-2 operations asked of a Middleware through its API: the request a user (or ``moorage
+switchover``) writes into an annotation, and the record the operator keeps in ``status.lastOperation``.
+
+Why an annotation with an id: an operation is an event, not a desired state, so it has no place in
+``spec``; the id makes a request run once (a repeat of the same id is a no-op, a new id is a new
+request) and lets the caller find the outcome of *its* request in the status. This follows the
+field's practice of asking operators for switchovers through the API (CloudNativePG's plugin patches
+the Cluster, KubeBlocks creates an OpsRequest) rather than reaching into pods.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from middleware.errors import SpecError
+
+# Not under "moorage.io/": kopf treats every annotation under its storage prefix as its own and
+# leaves it out of the diff, so a change there would never reach a handler.
+OPERATION_ANNOTATION = "operation.moorage.io/request"
+ANNOTATION_FIELD = f"metadata.annotations[{OPERATION_ANNOTATION}]"
+# An id is what the caller matches the status against: short, printable, no surprises in a log.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+class Action(StrEnum):
+    SWITCHOVER = "switchover"
+    FAILOVER = "failover"
+
+
+class Result(StrEnum):
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+FINISHED = frozenset({Result.SUCCEEDED, Result.FAILED})
+
+
+@dataclass(frozen=True)
+class OperationRequest:
+    id: str
+    action: Action
+    target: str | None = None
+
+    @classmethod
+    def new(cls, action: Action, target: str | None = None) -> OperationRequest:
+        return cls(id=secrets.token_hex(6), action=action, target=target)
+
+    def to_annotation(self) -> str:
+        document: dict[str, str] = {"id": self.id, "action": self.action.value}
+        if self.target is not None:
+            document["target"] = self.target
+        return json.dumps(document, sort_keys=True)
+
+    @classmethod
+    def parse(cls, raw: str) -> OperationRequest:
+        """The annotation's JSON document; SpecError naming the field and what is wrong."""
+        try:
+            document = json.loads(raw)
+        except ValueError:
+            raise SpecError(ANNOTATION_FIELD, 'not JSON; expected {"id": ..., "action": ...}') from None
+        if not isinstance(document, dict):
+            raise SpecError(ANNOTATION_FIELD, "must be a JSON object")
+        unknown = sorted(set(document) - {"id", "action", "target"})
+        if unknown:
+            raise SpecError(ANNOTATION_FIELD, f"unknown key(s) {', '.join(unknown)}")
+        ident = document.get("id")
+        if not isinstance(ident, str) or not _ID.match(ident):
+            raise SpecError(f"{ANNOTATION_FIELD}.id", "required: 1-63 letters, digits, '.', '_' or '-'")
+        action = document.get("action")
+        if action not in {a.value for a in Action}:
+            choices = ", ".join(a.value for a in Action)
+            raise SpecError(f"{ANNOTATION_FIELD}.action", f"{action!r} is not one of {choices}")
+        target = document.get("target")
+        if target is not None and (not isinstance(target, str) or not target):
+            raise SpecError(f"{ANNOTATION_FIELD}.target", "must be a member name")
+        if target is not None and action == Action.FAILOVER:
+            raise SpecError(
+                f"{ANNOTATION_FIELD}.target", "failover promotes the most advanced replica; name none"
+            )
+        return cls(id=ident, action=Action(action), target=target)
+
+
+def request_id(raw: str | None) -> str:
+    """The id of a request, even an invalid one, so its refusal can be matched; "" when unreadable."""
+    try:
+        document = json.loads(raw or "")
+    except ValueError:
+        return ""
+    ident = document.get("id") if isinstance(document, dict) else None
+    return ident if isinstance(ident, str) and _ID.match(ident) else ""

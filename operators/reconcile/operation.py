@@ -1,0 +1,157 @@
+"""Day-2 operations asked through the ``operation.moorage.io/request`` annotation: Switchover and Failover.
+
+The handler runs a request once: it reads the request, checks whether ``status.lastOperation``
+already holds its outcome (a resumed operator, a repeated event), asks the engine to do it over a
+connection to the pods as they are, relabels roles at once so the Services follow the new primary,
+and records the outcome with an Event. "Not yet" (no replica caught up, no primary to switch from) is
+a ``kopf.TemporaryError`` until ``operation_timeout``; a refusal (a standalone has no replica, the
+named member is not a replica) is recorded as Failed with the engine's reason and never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from middleware.errors import MoorageError, NotReady, SpecError
+from middleware.models.common import now_rfc3339
+from middleware.models.middleware import OperationStatus
+from middleware.operations import (
+    FINISHED,
+    OPERATION_ANNOTATION,
+    Action,
+    OperationRequest,
+    Result,
+    request_id,
+)
+from operators.reconcile import context, events, observe
+from operators.reconcile import status as st
+from operators.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
+
+
+def requested(body: Mapping[str, Any]) -> str | None:
+    return ((body.get("metadata") or {}).get("annotations") or {}).get(OPERATION_ANNOTATION)
+
+
+def run(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig) -> None:
+    raw = requested(body)
+    if raw is None:
+        return
+    status = st.load(body)
+    previous = status.last_operation
+    try:
+        request = OperationRequest.parse(raw)
+    except SpecError as error:
+        ident = request_id(raw)
+        if previous is None or previous.id != ident or previous.result not in FINISHED:
+            _finish(body, patch, OperationStatus(id=ident, action="?", result=Result.FAILED), str(error))
+        return
+    if previous is not None and previous.id == request.id and previous.result in FINISHED:
+        return  # done before (a resumed operator, a repeated event): a request runs once
+    started = previous.started_at if previous is not None and previous.id == request.id else None
+    record = OperationStatus(
+        id=request.id,
+        action=request.action.value,
+        target=request.target,
+        result=Result.RUNNING,
+        started_at=started or now_rfc3339(),
+    )
+    if not st.is_provisioned(status):
+        _wait(body, patch, record, "the Middleware is not provisioned yet", config)
+        return
+    rt = context.runtime()
+    try:
+        decoded = context.decode(body, rt)
+    except SpecError as error:
+        _finish(body, patch, record, f"the spec is invalid: {error}")
+        return
+    spec, engine = decoded.spec, decoded.engine
+    conn, pods = observe.live_connection(rt, spec, engine, config)
+    if started is None:
+        events.normal(body, reason=_reason(request.action, "Started"), message=_describe(request))
+    try:
+        if request.action == Action.SWITCHOVER:
+            report = engine.switchover(spec, conn, request.target)
+        else:
+            report = engine.failover(spec, conn)
+    except NotReady as error:
+        _wait(body, patch, record, str(error), config)
+        return
+    except MoorageError as error:
+        _finish(body, patch, record, str(error))
+        return
+    # The Services select pods by role: relabel now rather than at the next timer pass. The old
+    # primary may be restarting (fenced); the timer labels it once it answers.
+    message = "; ".join(report.actions) or "nothing to do"
+    try:
+        observation, relabelled = observe.observe(rt, spec, engine, conn, pods)
+    except Exception as exc:  # the operation is done; the timer will observe again
+        log.info("observing %s/%s after %s failed: %s", spec.namespace, spec.name, request.action, exc)
+    else:
+        if relabelled:
+            events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
+        st.observed(status, observation)
+        st.write(patch, status)
+    _finish(body, patch, record, message, result=Result.SUCCEEDED)
+
+
+def _wait(
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    record: OperationStatus,
+    why: str,
+    config: OperatorConfig,
+) -> None:
+    """Not possible yet: Running with the reason, tried again; Failed once it has waited too long."""
+    waited = _seconds_since(record.started_at)
+    if waited >= config.operation_timeout:
+        _finish(body, patch, record, f"gave up after {waited:.0f}s: {why}")
+        return
+    record.message = f"waiting: {why}"
+    _put(patch, record)
+    raise kopf.TemporaryError(f"operation {record.id}: {why}", delay=config.operation_retry)
+
+
+def _finish(
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    record: OperationStatus,
+    message: str,
+    result: Result = Result.FAILED,
+) -> None:
+    record.result = result
+    record.message = message
+    record.finished_at = now_rfc3339()
+    _put(patch, record)
+    reason = _reason(record.action, "Succeeded" if result == Result.SUCCEEDED else "Failed")
+    post = events.normal if result == Result.SUCCEEDED else events.warning
+    post(body, reason=reason, message=f"{record.id}: {message}")
+
+
+def _put(patch: MutableMapping[str, Any], record: OperationStatus) -> None:
+    patch.setdefault("status", {})["lastOperation"] = record.to_wire()
+
+
+def _reason(action: str, outcome: str) -> str:
+    return f"{action.capitalize() if action in {a.value for a in Action} else 'Operation'}{outcome}"
+
+
+def _describe(request: OperationRequest) -> str:
+    to = f" to {request.target}" if request.target else ""
+    return f"{request.id}: {request.action.value}{to}"
+
+
+def _seconds_since(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    try:
+        then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return 0.0
+    return (datetime.now(UTC) - then).total_seconds()
