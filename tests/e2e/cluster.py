@@ -230,6 +230,16 @@ class LocalCluster:
             },
         )
 
+    def moorage(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """The ``moorage`` CLI as a DBA runs it against this cluster (``--runtime kubernetes``)."""
+        return subprocess.run(
+            [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "MOORAGE_RUNTIME": "kubernetes"},
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+
     def pod_log(self, namespace: str, name: str, container: str | None = None) -> str:
         if container is None:
             return str(self.core.read_namespaced_pod_log(name, namespace))

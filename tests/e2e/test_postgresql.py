@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 import time
 
 import psycopg
 import pytest
 
-from tests.e2e.cluster import REPO_ROOT, LocalCluster, wait_for
+from tests.e2e.cluster import LocalCluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -50,17 +48,6 @@ def _acked(cluster: LocalCluster, namespace: str, writer: str) -> set[int]:
         for line in cluster.pod_log(namespace, writer).splitlines()
         if line.startswith("ack ")
     }
-
-
-def _moorage(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI as a DBA runs it against the cluster of $KUBECONFIG."""
-    return subprocess.run(
-        [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args],
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "MOORAGE_RUNTIME": "kubernetes"},
-        text=True,
-        capture_output=True,
-        timeout=900,
-    )
 
 
 def _app_password(cluster: LocalCluster, namespace: str) -> str:
@@ -168,7 +155,7 @@ def test_switchover_and_refusals_through_the_cli_nothing_lost(
     target = next(
         m["name"] for m in local_cluster.middleware(ns, NAME)["status"]["members"] if m["name"] != old
     )
-    done = _moorage(local_cluster, "switchover", NAME, "-n", ns, "--to", target, "-o", "json")
+    done = local_cluster.moorage("switchover", NAME, "-n", ns, "--to", target, "-o", "json")
     assert done.returncode == 0, done.stderr
     roles = {m["name"]: m["role"] for m in json.loads(done.stdout)["members"]}
     assert roles[target] == "primary", roles
@@ -195,12 +182,12 @@ def test_switchover_and_refusals_through_the_cli_nothing_lost(
     assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"
 
     # Refusals: the reason in the CLI's error, the status and an Event; nothing changes.
-    refused = _moorage(local_cluster, "failover", NAME, "-n", ns)
+    refused = local_cluster.moorage("failover", NAME, "-n", ns)
     assert refused.returncode == 1, refused.stdout
     assert "a primary is reachable and writable" in refused.stderr, refused.stderr
     record = local_cluster.middleware(ns, NAME)["status"]["lastOperation"]
     assert (record["action"], record["result"]) == ("failover", "Failed"), record
-    unknown = _moorage(local_cluster, "switchover", NAME, "-n", ns, "--to", f"{NAME}-9")
+    unknown = local_cluster.moorage("switchover", NAME, "-n", ns, "--to", f"{NAME}-9")
     assert unknown.returncode == 1
     assert f"{NAME}-9 is not a streaming replica" in unknown.stderr, unknown.stderr
     events = local_cluster.kubectl("-n", ns, "get", "events", "--field-selector", "reason=FailoverFailed")

@@ -353,7 +353,8 @@ class RedisEngine(EngineDefaults):
             report.add(f"removed replica {master.plan.name}")
 
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
-        """Sentinel: SENTINEL FAILOVER (sentinels pick the replica; a target cannot be chosen).
+        """Sentinel: writes paused until the replicas have them, then SENTINEL FAILOVER (the sentinels
+        pick the replica; a target cannot be chosen).
         Cluster: CLUSTER FAILOVER on the given replica, coordinated so no acknowledged write is lost."""
         report = Report(changed=False)
         if spec.topology == Topology.SENTINEL:
@@ -361,7 +362,7 @@ class RedisEngine(EngineDefaults):
                 raise OperationError("sentinel picks the new master itself: run switchover without --to")
             sentinels = _endpoints(conn.of(SENTINEL_COMPONENT))
             name = sentinel_master_name(spec)
-            old = sentinel.failover(sentinels, name, conn.password, sentinel_password=conn.password)
+            old = sentinel.switchover(sentinels, name, conn.password, sentinel_password=conn.password)
             new = sentinel.wait_for_new_master(
                 sentinels, name, old, conn.password, sentinel_password=conn.password
             )

@@ -812,6 +812,90 @@ def failover(
     raise NotReady(f"no sentinel accepted the failover of {master_name}: {last_error}")
 
 
+# A planned switchover holds writes on the master this long at most (Redis lifts the pause itself),
+# and gives its replicas this long to reach the master's last offset before asking the sentinels.
+SWITCHOVER_PAUSE_MS = 15000
+SWITCHOVER_CATCH_UP_SECONDS = 10.0
+
+
+def switchover(
+    sentinels: Sequence[Endpoint],
+    master_name: str,
+    password: str | None = None,
+    *,
+    sentinel_password: str | None = None,
+    pause_ms: int = SWITCHOVER_PAUSE_MS,
+) -> Endpoint:
+    """A planned change of master that loses no acknowledged write; returns the master replaced.
+
+    SENTINEL FAILOVER alone promotes a replica while the master still acknowledges writes the replica
+    never receives (replication is asynchronous): those are lost when the old master is turned into a
+    replica. So, as the data pods' preStop handover does: writes are paused on the master, every
+    replica is let reach its last offset, the sentinels are asked, and the old master follows the new
+    one as soon as a sentinel names it, so that writes held by the pause fail with READONLY instead of
+    landing on it. Any failure before the sentinels accepted lifts the pause again."""
+    master, voters = _agreed_master(sentinels, master_name, sentinel_password)
+    if any(a.flags & _IN_FLUX_FLAGS for a in voters):
+        raise NotReady(f"failover already in progress for {master_name}")
+    role = node_role(master, password, attempts=1)
+    if not role.is_master:
+        raise NotReady(f"{master.address} is named master but reports {role.role}")
+    if not role.replicas:
+        raise OperationError(f"{master.address} has no replica attached; nothing to switch over to")
+    call(master, password, lambda c: c.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE"))
+    try:
+        _wait(
+            lambda: _replicas_behind(master, password),
+            SWITCHOVER_CATCH_UP_SECONDS,
+            f"the replicas of {master.address} to reach its last offset",
+        )
+        old = failover(sentinels, master_name, password, sentinel_password=sentinel_password)
+    except BaseException:
+        try:
+            call(master, password, lambda c: c.execute_command("CLIENT", "UNPAUSE"), attempts=1)
+        except Exception as exc:  # the pause runs out by itself
+            log.warning("lifting the write pause on %s failed: %s", master.address, exc)
+        raise
+    _follow_promoted(sentinels, master_name, old, password, sentinel_password, pause_ms / 1000)
+    return old
+
+
+def _follow(master: Endpoint, client: redis.Redis) -> Any:
+    return client.execute_command("REPLICAOF", master.host, master.port)
+
+
+def _replicas_behind(master: Endpoint, password: str | None) -> list[str]:
+    current = node_role(master, password, attempts=1)
+    return [
+        f"{r.endpoint.address} at {r.offset} < {current.offset}"
+        for r in current.replicas
+        if r.offset < current.offset
+    ]
+
+
+def _follow_promoted(
+    sentinels: Sequence[Endpoint],
+    master_name: str,
+    old: Endpoint,
+    password: str | None,
+    sentinel_password: str | None,
+    within: float,
+) -> None:
+    """Point the old master at the promoted replica as soon as a sentinel names it (within the pause)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        answers, _ = _ask_all(sentinels, master_name, sentinel_password, attempts=1)
+        promoted = next((a.master for a in answers if a.master and not same_node(a.master, old)), None)
+        if promoted is not None:
+            try:
+                call(old, password, partial(_follow, promoted))
+            except (NotReady, OperationError) as exc:  # the sentinels reconfigure it anyway, later
+                log.warning("pointing %s at %s failed: %s", old.address, promoted.address, exc)
+            return
+        time.sleep(0.1)
+    log.warning("no sentinel named a new master for %s within %.0fs", master_name, within)
+
+
 def wait_for_new_master(
     sentinels: Sequence[Endpoint],
     master_name: str,
