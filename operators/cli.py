@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import typer
 import yaml
@@ -21,16 +22,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from middleware.catalog import load_default_catalog
+from middleware.catalog import load_default_catalog, merge_catalogs
 from middleware.engines.base import Progress as ProgressFn
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.lifecycle import Lifecycle
+from middleware.models.common import API_VERSION
 from middleware.models.middleware import MiddlewareStatus
 from middleware.operations import Action, OperationRequest
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
+from middleware.spec import ResolvedSpec, load_middleware, resolve
 from operators.backup_cli import backup_app, restore_app
 from operators.operation_client import request_operation
 from operators.operator_cli import operator_command
@@ -315,10 +318,7 @@ def _operation_on_kubernetes(
     name: str, namespace: str, request: OperationRequest, output: Output, timeout: float
 ) -> None:
     """The operator does the work (see operators/operation_client.py); the same output as locally."""
-    try:
-        rt = KubernetesRuntime.from_environment()
-    except Exception as exc:  # no kubeconfig, an unreadable one: the kubernetes client's own words
-        raise MoorageError(f"cannot reach the cluster ($KUBECONFIG): {exc}") from None
+    rt = _kubernetes_runtime()
     try:
         with err.status(f"{request.action.value} of {namespace}/{name}") as spinner:
             outcome = request_operation(
@@ -334,6 +334,72 @@ def _operation_on_kubernetes(
         name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed
     )
     _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
+@app.command()
+def connect(
+    name: str,
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    reveal_secrets: Annotated[bool, typer.Option(help="Put the passwords into the URIs.")] = False,
+) -> None:
+    """Connection URIs per user (PostgreSQL's `app` user first). On Kubernetes they name the Services,
+    which follow failovers, for clients in the cluster; passwords masked unless --reveal-secrets."""
+    if runtime == RuntimeKind.KUBERNETES:
+        spec, endpoints, password = _kubernetes_access(name, namespace)
+    else:
+        lifecycle = _lifecycle(state_dir)
+        spec = lifecycle.existing(namespace, name).spec
+        endpoints = dict(lifecycle.status(namespace, name).endpoints)
+        password = lifecycle.runtime.password(spec)
+    engine = get_engine(spec.engine)
+    rows = []
+    for access in engine.client_access(spec, endpoints, password):
+        uri = access.uri
+        if access.password and not reveal_secrets:
+            uri = uri.replace(quote(access.password, safe=""), "****")
+        row = {"user": access.user, "purpose": access.purpose, "uri": uri}
+        if reveal_secrets and access.password:
+            row["password"] = access.password
+        rows.append(row)
+    if output == Output.JSON:
+        _print_json(rows)
+        return
+    table = Table(show_header=True, header_style="bold")
+    for column in ("user", "for", "uri"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(row["user"], row["purpose"], row["uri"])
+    out.print(table)
+    if not reveal_secrets:
+        out.print("passwords masked: --reveal-secrets puts them in")
+
+
+def _kubernetes_access(name: str, namespace: str) -> tuple[ResolvedSpec, dict[str, str], str]:
+    rt = _kubernetes_runtime()
+    try:
+        body = rt.get(API_VERSION, "Middleware", namespace, name)
+        if body is None:
+            raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
+        meta = {k: v for k, v in body["metadata"].items() if k in ("name", "namespace", "labels", "generation")}
+        middleware = load_middleware({**body, "metadata": meta, "status": None})
+        spec = resolve(middleware, merge_catalogs(rt.catalogs()))
+        password = rt.secret_value(namespace, credentials_secret_name(spec), "password")
+        if password is None:
+            raise MoorageError(f"Secret {credentials_secret_name(spec)} has no password yet")
+        observed = (body.get("status") or {}).get("endpoints") or {}
+        return spec, get_engine(spec.engine).service_endpoints(spec, observed), password
+    finally:
+        rt.close()
+
+
+def _kubernetes_runtime() -> KubernetesRuntime:
+    try:
+        return KubernetesRuntime.from_environment()
+    except Exception as exc:  # no kubeconfig, an unreadable one: the kubernetes client's own words
+        raise MoorageError(f"cannot reach the cluster ($KUBECONFIG): {exc}") from None
 
 
 @app.command("set")

@@ -7,9 +7,10 @@ Names follow KubeBlocks' lifecycle actions where they exist: ``bootstrap`` (Post
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
+from urllib.parse import quote
 
 from middleware.endpoints import Endpoint
 from middleware.errors import OperationError
@@ -103,6 +104,17 @@ class Observation:
     message: str = ""
     endpoints: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientAccess:
+    """How a client connects: the user, what this address is for, and a URI ready to paste (with the
+    password in it: the caller masks it unless asked to reveal it)."""
+
+    user: str
+    purpose: str
+    uri: str
+    password: str
 
 
 @dataclass
@@ -233,6 +245,18 @@ class Engine(Protocol):
         """Promote a replica when the primary is gone (engines without automatic failover)."""
         ...
 
+    def client_access(
+        self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
+    ) -> list[ClientAccess]:
+        """Connection URIs per user, from the status endpoints (``observe``'s names) or the Services'
+        (``service_endpoints``)."""
+        ...
+
+    def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
+        """``observed`` with the Kubernetes Services' names where a Service serves that endpoint
+        (``NAME-rw.NAMESPACE.svc:5432``): stable across failovers, for clients in the cluster."""
+        ...
+
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         """Every member the spec asks for, in start order (e.g. sentinels after the data members)."""
         ...
@@ -335,6 +359,14 @@ class EngineDefaults:
             f"{spec.engine} {spec.topology} fails over by itself (or has no replicas): nothing to trigger"
         )
 
+    def client_access(
+        self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
+    ) -> list[ClientAccess]:
+        raise OperationError(f"connection help is not available for {spec.engine} yet")
+
+    def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
+        return dict(observed)
+
     def data_dump(
         self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
     ) -> Iterator[DumpObject]:
@@ -352,3 +384,12 @@ class EngineDefaults:
         self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
     ) -> LoadReport:
         raise OperationError(f"restores are not supported for {spec.engine} yet")
+
+
+def userinfo(user: str, password: str) -> str:
+    """``user:password@`` for a URI, both percent-encoded (a generated password may hold ``/``)."""
+    return f"{quote(user, safe='')}:{quote(password, safe='')}@"
+
+
+def service_host(spec: ResolvedSpec, service: str, port: int) -> str:
+    return f"{service}.{spec.namespace}.svc:{port}"

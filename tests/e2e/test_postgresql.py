@@ -195,6 +195,33 @@ def test_switchover_and_refusals_through_the_cli_nothing_lost(
     assert _primary(local_cluster, ns) == target
 
 
+def test_connect_prints_uris_that_work_from_a_pod(local_cluster: LocalCluster, module_namespace: str) -> None:
+    """`moorage connect --runtime kubernetes`: the URIs name the Services, so they work from any pod
+    in the cluster and follow failovers; the app user's password is in them with --reveal-secrets."""
+    done = local_cluster.moorage("connect", NAME, "-n", module_namespace, "--reveal-secrets", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    access = json.loads(done.stdout)
+    assert [(a["user"], a["uri"].split("@")[1]) for a in access] == [
+        ("app", f"{NAME}-rw.{module_namespace}.svc:5432/app"),
+        ("app", f"{NAME}-ro.{module_namespace}.svc:5432/app"),
+        ("postgres", f"{NAME}-rw.{module_namespace}.svc:5432/postgres"),
+    ]
+    script = (
+        'psql "$RW" -qtAX -c "SELECT current_user || \' \' || pg_is_in_recovery()" && '
+        'psql "$RO" -qtAX -c "SELECT current_user || \' \' || pg_is_in_recovery()"'
+    )
+    env = {"RW": access[0]["uri"], "RO": access[1]["uri"]}
+    local_cluster.run_pod(module_namespace, "connect-client", PG_IMAGE, script, env=env)
+    phase = local_cluster.wait_pod_phase(
+        module_namespace, "connect-client", ["Succeeded", "Failed"], timeout=120
+    )
+    log = local_cluster.pod_log(module_namespace, "connect-client")
+    assert phase == "Succeeded", log
+    assert log.split() == ["app", "false", "app", "true"], log
+    masked = local_cluster.moorage("connect", NAME, "-n", module_namespace, "-o", "json")
+    assert access[0]["password"] not in masked.stdout and "****" in masked.stdout
+
+
 def test_primary_pod_deleted_writable_again_nothing_lost(
     local_cluster: LocalCluster, module_namespace: str
 ) -> None:

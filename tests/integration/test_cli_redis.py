@@ -197,6 +197,16 @@ def test_sentinel_master_failover_is_reflected_in_status(moorage: Moorage, tmp_p
     assert len(masters(again)) == 1 and masters(again)[0]["name"] != old_master["name"], again
     assert again["phase"] == "Ready"
 
+    # `connect` names the current master; the URI it prints is the one a client uses.
+    access = moorage.json("connect", "session", "--reveal-secrets")
+    assert [a["user"] for a in access] == ["default", "default"], access
+    assert access[1]["uri"].startswith("redis+sentinel://") and access[1]["uri"].endswith("/session")
+    with redis.Redis.from_url(access[0]["uri"]) as client:
+        assert client.get("survives") == b"failover"
+        assert client.execute_command("ROLE")[0] == b"master"
+    masked = moorage.run("connect", "session").stdout
+    assert status["password"] not in masked and "****" in masked, masked
+
 
 def test_invalid_spec_is_one_line_on_stderr_and_starts_nothing(moorage: Moorage, tmp_path: Path) -> None:
     manifest = write_manifest(

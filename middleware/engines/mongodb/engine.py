@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
+    ClientAccess,
     Connection,
     DataSource,
     DumpObject,
@@ -34,6 +35,7 @@ from middleware.engines.base import (
     ReconfigureReport,
     Report,
     no_progress,
+    userinfo,
 )
 from middleware.engines.mongodb import dump, replicaset
 from middleware.engines.mongodb.config import (
@@ -83,6 +85,16 @@ class MongoDBEngine(EngineDefaults):
     def secrets_file(self, member: MemberPlan, password: str) -> str:
         # The member's keyFile (security.keyFile = ${SECRETS_FILE}), written 0600 by the runtime.
         return keyfile_from_password(password)
+
+    def client_access(
+        self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
+    ) -> list[ClientAccess]:
+        client = endpoints.get("client", "")
+        scheme, sep, rest = client.partition("://")
+        if not sep:
+            raise NotReady("no client endpoint observed yet (is it Ready?)")
+        uri = f"{scheme}://{userinfo(ADMIN_USER, password)}{rest}"
+        return [ClientAccess(ADMIN_USER, "replica set (the driver finds the primary)", uri, password)]
 
     def render(self, spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[dict[str, Any]]:
         return render_manifests(spec, cluster_domain=cluster_domain)

@@ -9,13 +9,14 @@ shut down, failover only when the primary is unreachable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Addressing,
+    ClientAccess,
     Connection,
     DataSource,
     DumpObject,
@@ -30,19 +31,25 @@ from middleware.engines.base import (
     ReconfigureReport,
     Report,
     no_progress,
+    service_host,
+    userinfo,
 )
 from middleware.engines.postgresql import dump, replication
 from middleware.engines.postgresql.binaries import find_bin_dir, not_traversable_by_others
 from middleware.engines.postgresql.config import (
+    APP_DATABASE,
+    APP_USER,
     APPEND_SCRIPT,
     FIRST_START_MARKER,
     INCLUDE_SCRIPT,
     PGDATA,
+    POSTGRES_PORT,
     PWFILE_SCRIPT,
     REPLICATION_USER,
     REWIND_OR_CLONE_SCRIPT,
     START_SCRIPT,
     SUPERUSER,
+    app_password,
     conninfo,
     guc_quote,
     pg_hba_conf,
@@ -52,7 +59,13 @@ from middleware.engines.postgresql.config import (
 from middleware.engines.postgresql.render import PRIMARY_ROLE, REPLICA_ROLE, render_credentials
 from middleware.engines.postgresql.render import render as render_manifests
 from middleware.engines.postgresql.replication import NodeState
-from middleware.engines.postgresql.topology import DATA_COMPONENT, plan_members, start_waves
+from middleware.engines.postgresql.topology import (
+    DATA_COMPONENT,
+    plan_members,
+    ro_service,
+    rw_service,
+    start_waves,
+)
 from middleware.errors import MoorageError, NotReady, OperationError
 from middleware.spec import ResolvedSpec
 
@@ -285,6 +298,35 @@ class PostgresEngine(EngineDefaults):
         )
 
     # -- planned and unplanned role changes -----------------------------------------------------------
+    def client_access(
+        self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
+    ) -> list[ClientAccess]:
+        rw = endpoints.get("rw")
+        if not rw:
+            raise NotReady("no primary observed yet (is it Ready?)")
+        app = app_password(password)
+
+        def uri(user: str, secret: str, host: str, database: str) -> str:
+            return f"postgresql://{userinfo(user, secret)}{host}/{database}"
+
+        access = [
+            ClientAccess(APP_USER, "primary (reads and writes)", uri(APP_USER, app, rw, APP_DATABASE), app)
+        ]
+        ro = endpoints.get("ro", "").split(",")[0]
+        if ro:
+            purpose = "a replica (reads; may lag)"
+            access.append(ClientAccess(APP_USER, purpose, uri(APP_USER, app, ro, APP_DATABASE), app))
+        purpose = "primary, superuser (administration only)"
+        access.append(ClientAccess(SUPERUSER, purpose, uri(SUPERUSER, password, rw, "postgres"), password))
+        return access
+
+    def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
+        endpoints = dict(observed)
+        endpoints["rw"] = service_host(spec, rw_service(spec.name), POSTGRES_PORT)
+        if spec.replicas > 1:
+            endpoints["ro"] = service_host(spec, ro_service(spec.name), POSTGRES_PORT)
+        return endpoints
+
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         """Planned: the old primary is shut down first (fenced; its last WAL reaches the standbys), the
         chosen standby is promoted once it has everything, the others follow it. The old primary is

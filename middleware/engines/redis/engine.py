@@ -11,6 +11,7 @@ from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
+    ClientAccess,
     Connection,
     DataSource,
     DumpObject,
@@ -25,9 +26,17 @@ from middleware.engines.base import (
     ReconfigureReport,
     Report,
     no_progress,
+    service_host,
+    userinfo,
 )
 from middleware.engines.redis import cluster, dump, live, sentinel
-from middleware.engines.redis.config import redis_conf, secrets_conf, sentinel_conf
+from middleware.engines.redis.config import (
+    REDIS_PORT,
+    SENTINEL_PORT,
+    redis_conf,
+    secrets_conf,
+    sentinel_conf,
+)
 from middleware.engines.redis.render import render as render_manifests
 from middleware.engines.redis.render import render_credentials
 from middleware.engines.redis.topology import (
@@ -352,6 +361,34 @@ class RedisEngine(EngineDefaults):
             )
             report.add(f"removed replica {master.plan.name}")
 
+    def client_access(
+        self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
+    ) -> list[ClientAccess]:
+        auth = userinfo("default", password)
+        if spec.topology == Topology.CLUSTER:
+            entry = _first(endpoints, "cluster")
+            purpose = "cluster (any node; cluster-mode clients follow MOVED)"
+            return [ClientAccess("default", purpose, f"redis://{auth}{entry}", password)]
+        master = _first(endpoints, "master")
+        access = [ClientAccess("default", "master (reads and writes)", f"redis://{auth}{master}", password)]
+        if spec.topology == Topology.SENTINEL:
+            sentinels, name = endpoints.get("sentinels", ""), endpoints.get("masterName", "")
+            purpose = f"sentinels (ask them for master {name!r}; same password)"
+            uri = f"redis+sentinel://{auth}{sentinels}/{name}"
+            access.append(ClientAccess("default", purpose, uri, password))
+        return access
+
+    def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
+        endpoints = dict(observed)
+        if spec.topology == Topology.SENTINEL:
+            endpoints["master"] = service_host(spec, f"{spec.name}-master", REDIS_PORT)
+            endpoints["sentinels"] = service_host(spec, f"{spec.name}-sentinel", SENTINEL_PORT)
+        elif spec.topology == Topology.CLUSTER:
+            endpoints["cluster"] = service_host(spec, spec.name, REDIS_PORT)
+        else:
+            endpoints["master"] = service_host(spec, spec.name, REDIS_PORT)
+        return endpoints
+
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         """Sentinel: writes paused until the replicas have them, then SENTINEL FAILOVER (the sentinels
         pick the replica; a target cannot be chosen).
@@ -518,3 +555,11 @@ def _endpoints(members: list[Member]) -> list[Endpoint]:
 
 
 ENGINE = RedisEngine()
+
+
+def _first(endpoints: Mapping[str, str], key: str) -> str:
+    """One address of a named endpoint (a comma list for some); a clear error when not observed."""
+    value = endpoints.get(key, "").split(",")[0]
+    if not value:
+        raise NotReady(f"no {key} endpoint observed yet (is it Ready?)")
+    return value

@@ -10,13 +10,14 @@ before the runtime stops them. Nothing is ever reinstalled.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Addressing,
+    ClientAccess,
     Connection,
     DataSource,
     DumpObject,
@@ -30,12 +31,15 @@ from middleware.engines.base import (
     ReconfigureReport,
     Report,
     no_progress,
+    service_host,
 )
 from middleware.engines.zookeeper import dump, ensemble, launch
 from middleware.engines.zookeeper.config import (
+    CLIENT_PORT,
     CONFIG_FILE,
     DYNAMIC_FILE,
     MYID,
+    SUPER_USER,
     dynamic_config,
     secrets_file,
     server_spec,
@@ -48,6 +52,7 @@ from middleware.engines.zookeeper.topology import (
     DATA_COMPONENT,
     ELECTION_PORT_NAME,
     PEER_PORT_NAME,
+    client_service,
     plan_members,
     server_id,
 )
@@ -124,6 +129,22 @@ class ZooKeeperEngine(EngineDefaults):
 
     def secrets_file(self, member: MemberPlan, password: str) -> str:
         return secrets_file(password)
+
+    def client_access(
+        self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
+    ) -> list[ClientAccess]:
+        hosts = endpoints.get("client", "")
+        if not hosts:
+            raise NotReady("no client endpoint observed yet (is it Ready?)")
+        # ZooKeeper has no URI scheme of its own: a connect string, and the superuser's digest auth
+        # (zkCli: addauth digest super:PASSWORD) for what needs it (reconfig, ACL repairs).
+        return [
+            ClientAccess("-", "ensemble (connect string; no authentication to read and write)", hosts, ""),
+            ClientAccess(SUPER_USER, "superuser (addauth digest super:PASSWORD)", hosts, password),
+        ]
+
+    def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
+        return {**observed, "client": service_host(spec, client_service(spec.name), CLIENT_PORT)}
 
     def render(self, spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[dict[str, Any]]:
         return render_manifests(spec, cluster_domain=cluster_domain)
