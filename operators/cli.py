@@ -383,7 +383,8 @@ def _kubernetes_access(name: str, namespace: str) -> tuple[ResolvedSpec, dict[st
         body = rt.get(API_VERSION, "Middleware", namespace, name)
         if body is None:
             raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
-        meta = {k: v for k, v in body["metadata"].items() if k in ("name", "namespace", "labels", "generation")}
+        kept = ("name", "namespace", "labels", "generation")
+        meta = {k: v for k, v in body["metadata"].items() if k in kept}
         middleware = load_middleware({**body, "metadata": meta, "status": None})
         spec = resolve(middleware, merge_catalogs(rt.catalogs()))
         password = rt.secret_value(namespace, credentials_secret_name(spec), "password")
