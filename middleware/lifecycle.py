@@ -8,6 +8,7 @@ from the old shape by running the same command again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +28,13 @@ from middleware.engines.base import (
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, NotReady, OperationError, SpecError
 from middleware.models.middleware import MemberStatus, Middleware, MiddlewareStatus, Phase
+from middleware.rolling import MemberState, Step, StepKind, next_step
 from middleware.runtime.base import Runtime
 from middleware.spec import ResolvedSpec, load_middleware, resolve
 
 T = TypeVar("T")
+# A rolling restart waiting on an unhealthy deployment whose members all run heals it this often.
+HEAL_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,71 @@ class Lifecycle:
     def failover(self, namespace: str, name: str) -> MiddlewareStatus:
         deployment = self.existing(namespace, name)
         deployment.engine.failover(deployment.spec, self.connection(deployment))
+        return self._reconcile(deployment)
+
+    def restart(
+        self, namespace: str, name: str, progress: Progress = no_progress, timeout: float = 600.0
+    ) -> MiddlewareStatus:
+        """Rolling restart, one member at a time in ``middleware.rolling``'s order (the operator
+        follows the same steps with pods): each member's process is stopped and started again with
+        its data, the primary last after a switchover; ``timeout`` bounds each wait for health."""
+        deployment = self.existing(namespace, name)
+        spec, engine = deployment.spec, deployment.engine
+        plans = {m.name: m for m in engine.members(spec)}
+        restarted: set[str] = set()
+        deadline = time.monotonic() + timeout
+        heal_after = time.monotonic() + HEAL_INTERVAL
+        while True:
+            conn = self.connection(deployment)
+            up = {m.plan.name: m.up for m in conn.members}
+            try:
+                observation = engine.observe(spec, conn)
+            except MoorageError:
+                observation = None
+            states = [
+                MemberState(m.name, m.role, up.get(m.name, False), m.name in restarted, m.shard)
+                for m in (observation.members if observation else [])
+            ]
+            step = next_step(states, observation.ready) if observation else Step(StepKind.WAIT)
+            progress("rolling restart", len(restarted), len(plans))
+            if step.kind == StepKind.DONE:
+                break
+            if step.kind == StepKind.WAIT:
+                if observation is not None and all(s.up for s in states) and time.monotonic() >= heal_after:
+                    # Everyone runs yet it is not healthy (an old primary restarted fenced, as a
+                    # standby of nobody): the same heal as `up` and the operator's timer.
+                    heal_after = time.monotonic() + HEAL_INTERVAL
+                    with contextlib.suppress(MoorageError):
+                        engine.bootstrap(spec, conn)
+                if time.monotonic() > deadline:
+                    why = step.reason or "the members cannot be observed"
+                    raise OperationError(f"rolling restart stopped after {timeout:.0f}s: {why}")
+                time.sleep(0.5)
+                continue
+            assert step.member is not None
+            if step.kind == StepKind.SWITCHOVER:
+                try:
+                    engine.switchover(spec, conn, step.target)
+                except NotReady:
+                    time.sleep(0.5)  # e.g. a replica still catching up; bounded by the deadline
+                    if time.monotonic() > deadline:
+                        raise
+                    continue
+                except OperationError:
+                    pass  # this engine cannot switch over: its primary restarts as it is
+                else:
+                    # A switchover may fence the old primary (PostgreSQL stops it); in a pod the
+                    # kubelet starts it again, here we do: that start is its restart.
+                    for plan in plans.values():
+                        if self.runtime.member_exited(spec, plan):
+                            self.runtime.start_member(spec, engine, plan.name)
+                            restarted.add(plan.name)
+                    deadline = time.monotonic() + timeout
+                    continue
+            self.runtime.retire(spec, engine, [plans[step.member]])
+            self.runtime.start_member(spec, engine, step.member)
+            restarted.add(step.member)
+            deadline = time.monotonic() + timeout
         return self._reconcile(deployment)
 
     def _reconcile(self, deployment: Deployment) -> MiddlewareStatus:

@@ -29,6 +29,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 class Action(StrEnum):
     SWITCHOVER = "switchover"
     FAILOVER = "failover"
+    RESTART = "restart"  # rolling: one member at a time, the primary last after a switchover
 
 
 class Result(StrEnum):
@@ -81,6 +82,10 @@ class OperationRequest:
         if target is not None and action == Action.FAILOVER:
             raise SpecError(
                 f"{ANNOTATION_FIELD}.target", "failover promotes the most advanced replica; name none"
+            )
+        if target is not None and action == Action.RESTART:
+            raise SpecError(
+                f"{ANNOTATION_FIELD}.target", "a rolling restart restarts every member; name none"
             )
         return cls(id=ident, action=Action(action), target=target)
 

@@ -314,6 +314,28 @@ def failover(
     _print_json(doc) if output == Output.JSON else _print_status(doc)
 
 
+@app.command()
+def restart(
+    name: str,
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 600.0,
+) -> None:
+    """Rolling restart: one member at a time, each healthy before the next, the primary last after a
+    switchover (applies parameters that need a restart; clears PendingRestart)."""
+    if runtime == RuntimeKind.KUBERNETES:
+        _operation_on_kubernetes(name, namespace, OperationRequest.new(Action.RESTART), output, timeout)
+        return
+    lifecycle = _lifecycle(state_dir)
+    spec = lifecycle.existing(namespace, name).spec
+    with _progress(output == Output.TABLE) as progress:
+        observed = lifecycle.restart(namespace, name, progress, timeout=timeout)
+    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
+    _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
 def _operation_on_kubernetes(
     name: str, namespace: str, request: OperationRequest, output: Output, timeout: float
 ) -> None:

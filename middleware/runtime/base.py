@@ -42,6 +42,10 @@ class Runtime(Protocol):
         """Stop members the spec no longer has; their data is kept (like PVCs on scale-in)."""
         ...
 
+    def start_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> None:
+        """Start one stopped member again with its existing data (what a pod restart does)."""
+        ...
+
     def update_config(self, spec: ResolvedSpec, engine: Engine, directives: dict[str, str]) -> None:
         """Persist changed parameters in every member's config, so a restart keeps them."""
         ...

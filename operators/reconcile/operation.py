@@ -17,9 +17,10 @@ from typing import Any
 
 import kopf
 
-from middleware.errors import MoorageError, NotReady, SpecError
+from middleware.engines.base import Engine
+from middleware.errors import MoorageError, NotReady, OperationError, SpecError
 from middleware.models.common import now_rfc3339
-from middleware.models.middleware import OperationStatus
+from middleware.models.middleware import MiddlewareStatus, OperationStatus
 from middleware.operations import (
     FINISHED,
     OPERATION_ANNOTATION,
@@ -28,6 +29,9 @@ from middleware.operations import (
     Result,
     request_id,
 )
+from middleware.rolling import MemberState, StepKind, next_step
+from middleware.runtime.kubernetes import member_up
+from middleware.spec import ResolvedSpec
 from operators.reconcile import context, events, observe
 from operators.reconcile import status as st
 from operators.settings import OperatorConfig
@@ -75,6 +79,9 @@ def run(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig
     conn, pods = observe.live_connection(rt, spec, engine, config)
     if started is None:
         events.normal(body, reason=_reason(request.action, "Started"), message=_describe(request))
+    if request.action == Action.RESTART:
+        _restart_step(body, patch, status, record, spec, engine, config)
+        return
     try:
         if request.action == Action.SWITCHOVER:
             report = engine.switchover(spec, conn, request.target)
@@ -101,16 +108,102 @@ def run(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig
     _finish(body, patch, record, message, result=Result.SUCCEEDED)
 
 
+def _restart_step(
+    body: kopf.Body,
+    patch: MutableMapping[str, Any],
+    status: MiddlewareStatus,
+    record: OperationStatus,
+    spec: ResolvedSpec,
+    engine: Engine,
+    config: OperatorConfig,
+) -> None:
+    """One step of a rolling restart (``middleware.rolling`` decides), then "call me again": a member
+    counts as restarted when its pod was created after the operation started, so the step needs no
+    memory of its own and survives an operator restart."""
+    rt = context.runtime()
+    conn, pods = observe.live_connection(rt, spec, engine, config)
+    # Each member may take a while to come back: the time allowed grows with their number.
+    allowed = config.operation_timeout * max(1, len(pods))
+    try:
+        observation = engine.observe(spec, conn)
+    except MoorageError as error:
+        _wait(body, patch, record, f"observing the members: {error}", config, allowed)
+        return
+    started = record.started_at or ""
+    states = [
+        MemberState(
+            name=m.name,
+            role=m.role,
+            up=m.name in pods and _serving(engine, pods[m.name]),
+            restarted=str(pods.get(m.name, {}).get("metadata", {}).get("creationTimestamp") or "") >= started,
+            shard=m.shard,
+        )
+        for m in observation.members
+    ]
+    step = next_step(states, observation.ready)
+    done = sum(1 for m in states if m.restarted)
+    if step.kind == StepKind.WAIT:
+        _wait(body, patch, record, f"{step.reason} ({done}/{len(states)} restarted)", config, allowed)
+        return
+    if step.kind == StepKind.DONE:
+        relabelled = observe.label_roles(rt, spec, observation, pods)
+        if relabelled:
+            events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
+        st.observed(status, observation)
+        st.restarted_since_pending(status, observe.creation_times(pods))
+        st.write(patch, status)
+        _finish(body, patch, record, step.reason, result=Result.SUCCEEDED)
+        return
+    assert step.member is not None
+    if step.kind == StepKind.SWITCHOVER:
+        try:
+            report = engine.switchover(spec, conn, step.target)
+        except NotReady as error:
+            _wait(
+                body, patch, record, f"switchover before restarting {step.member}: {error}", config, allowed
+            )
+            return
+        except OperationError as error:
+            # This engine cannot switch over (ZooKeeper, a standalone): the primary restarts as it is.
+            log.info(
+                "%s/%s: no switchover (%s); restarting %s", spec.namespace, spec.name, error, step.member
+            )
+        else:
+            message = "; ".join(report.actions)
+            events.normal(body, reason="RestartSwitchover", message=f"{record.id}: {message}")
+            observe.observe(rt, spec, engine, conn, pods)  # the Services follow the new primary now
+            _progress(patch, record, f"switched over ({message}); {done}/{len(states)} restarted", config)
+            return
+    rt.delete("v1", "Pod", spec.namespace, step.member)
+    events.normal(body, reason="RestartingMember", message=f"{record.id}: {step.reason}")
+    _progress(patch, record, f"{step.reason}; {done}/{len(states)} restarted", config)
+
+
+def _serving(engine: Engine, pod: Mapping[str, Any]) -> bool:
+    # A pod being deleted may still report Ready until its containers stop: it is not back yet.
+    return member_up(engine, pod) and not (pod.get("metadata") or {}).get("deletionTimestamp")
+
+
+def _progress(
+    patch: MutableMapping[str, Any], record: OperationStatus, message: str, config: OperatorConfig
+) -> None:
+    """A step was taken: Running with what was done, and the next step after a short while."""
+    record.message = message
+    _put(patch, record)
+    raise kopf.TemporaryError(f"operation {record.id}: {message}", delay=config.member_retry)
+
+
 def _wait(
     body: kopf.Body,
     patch: MutableMapping[str, Any],
     record: OperationStatus,
     why: str,
     config: OperatorConfig,
+    allowed: float | None = None,
 ) -> None:
     """Not possible yet: Running with the reason, tried again; Failed once it has waited too long."""
     waited = _seconds_since(record.started_at)
-    if waited >= config.operation_timeout:
+    if waited >= (allowed or config.operation_timeout):
         _finish(body, patch, record, f"gave up after {waited:.0f}s: {why}")
         return
     record.message = f"waiting: {why}"

@@ -222,6 +222,65 @@ def test_connect_prints_uris_that_work_from_a_pod(local_cluster: LocalCluster, m
     assert access[0]["password"] not in masked.stdout and "****" in masked.stdout
 
 
+def test_rolling_restart_rolls_out_a_restart_only_parameter_nothing_lost(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
+    """A parameter that needs a restart is PendingRestart until `moorage restart` rolls it out: the
+    replicas' pods first, a switchover, then the old primary's pod, each Ready before the next,
+    while a writer commits through -rw."""
+    ns = module_namespace
+    local_cluster.patch_middleware(ns, NAME, {"parameters": {"max_connections": "250"}})
+
+    def pending() -> dict | None:
+        conditions = local_cluster.middleware(ns, NAME).get("status", {}).get("conditions", [])
+        found = next((c for c in conditions if c["type"] == "PendingRestart"), None)
+        return found if found and found["status"] == "True" else None
+
+    wait_for("PendingRestart after a restart-only parameter", pending, 180, interval=2)
+    with _rw(local_cluster, ns) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS rolled (n int PRIMARY KEY)")
+    env = {
+        "PGHOST": f"{NAME}-rw",
+        "PGDATABASE": "app",
+        "PGUSER": "app",
+        "PGPASSWORD": _app_password(local_cluster, ns),
+        "PGCONNECT_TIMEOUT": "3",
+        "TABLE": "rolled",
+    }
+    local_cluster.run_pod(ns, "roll-writer", PG_IMAGE, WRITER, env=env)
+    wait_for("the writer's first commit", lambda: _acks(local_cluster, ns, "roll-writer") > 0, 120)
+    before = {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
+    }
+    old_primary = _primary(local_cluster, ns)
+
+    done = local_cluster.moorage("restart", NAME, "-n", ns, "-o", "json", timeout=1200)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["phase"] == "Ready" and all(m["healthy"] for m in doc["members"]), doc
+    after = {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
+    }
+    assert set(after) == set(before) and all(after[n] != before[n] for n in before), (before, after)
+    assert _primary(local_cluster, ns) != old_primary  # switched over before its pod was deleted
+    status = local_cluster.middleware(ns, NAME)["status"]
+    assert (status["lastOperation"]["action"], status["lastOperation"]["result"]) == ("restart", "Succeeded")
+    assert pending() is None
+    with _rw(local_cluster, ns, superuser=True) as conn:
+        assert conn.execute("SHOW max_connections").fetchone()[0] == "250"
+
+    so_far = _acks(local_cluster, ns, "roll-writer")
+    wait_for(
+        "ten commits after the restart", lambda: _acks(local_cluster, ns, "roll-writer") >= so_far + 10, 120
+    )
+    local_cluster.exec(ns, "roll-writer", ["touch", "/tmp/stop"])
+    wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(ns, "roll-writer"), 60)
+    acked = _acked(local_cluster, ns, "roll-writer")
+    with _rw(local_cluster, ns) as conn:
+        stored = {row[0] for row in conn.execute("SELECT n FROM rolled")}
+    assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"
+
+
 def test_primary_pod_deleted_writable_again_nothing_lost(
     local_cluster: LocalCluster, module_namespace: str
 ) -> None:

@@ -256,6 +256,44 @@ def test_switchover_then_old_primary_rejoins(lifecycle: Lifecycle) -> None:
     assert all(m.healthy for m in status.members)
 
 
+def test_rolling_restart_applies_a_restart_only_parameter_primary_last(lifecycle: Lifecycle) -> None:
+    doc = manifest("roll", replicas=3)
+    lifecycle.up(doc)
+    deployment = lifecycle.existing("default", "roll")
+    password = lifecycle.runtime.password(deployment.spec)
+    with app(rw(lifecycle, deployment), password, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (i int)")
+        conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
+    # Raised, not lowered: a standby refuses to start with a lower max_connections than its primary,
+    # so a decrease would need the primary restarted first (docs/operations.md, known limits).
+    report = lifecycle.set_parameters("default", "roll", {"max_connections": "250"})
+    assert "max_connections" in report.needs_restart, report
+
+    def started_at() -> dict[str, Any]:
+        conn = lifecycle.connection(deployment)
+        found = {}
+        for member in conn.members:
+            with psycopg.connect(
+                host=member.endpoint.host, port=member.endpoint.port, user="postgres", password=password,
+                dbname="postgres", connect_timeout=3,
+            ) as pg:  # fmt: skip
+                row = pg.execute(
+                    "SELECT pg_postmaster_start_time(), current_setting('max_connections')"
+                ).fetchone()
+                found[member.plan.name] = row
+        return found
+
+    before = started_at()
+    status = lifecycle.restart("default", "roll")
+    after = started_at()
+    assert all(after[m][0] > before[m][0] for m in before), (before, after)  # every member restarted
+    assert {m: after[m][1] for m in after} == {m: "250" for m in after}  # and runs the new value
+    assert status.phase == "Ready" and all(m.healthy for m in status.members), status
+    # The primary moved away before its restart: a replica was promoted, the old primary follows it.
+    assert writable_members(lifecycle, deployment) != ["roll-0"]
+    assert count_rows(rw(lifecycle, deployment), password) == 100
+
+
 class Writer(threading.Thread):
     """Inserts numbered rows, one transaction each, recording which commits were acknowledged."""
 
@@ -355,7 +393,7 @@ def test_parameters_reload_or_restart(lifecycle: Lifecycle) -> None:
     password = lifecycle.runtime.password(deployment.spec)
     report = lifecycle.set_parameters("default", "params", {"work_mem": "32MB", "max_connections": "150"})
     assert report.applied_live == {"work_mem": "32MB"}
-    assert report.needs_restart == {"max_connections": "150"}
+    assert report.needs_restart == {"max_connections": "250"}
     for member in lifecycle.connection(deployment).members:
         with app(member.endpoint, password) as conn:
             assert conn.execute("SHOW work_mem").fetchone()[0] == "32MB"

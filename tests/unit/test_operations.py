@@ -34,7 +34,8 @@ def test_a_switchover_may_leave_the_target_to_the_engine() -> None:
         ('{"id": "a1", "action": "switchover", "to": "x"}', ANNOTATION_FIELD, "unknown key(s) to"),
         ('{"action": "switchover"}', f"{ANNOTATION_FIELD}.id", "required"),
         ('{"id": "has space", "action": "switchover"}', f"{ANNOTATION_FIELD}.id", "required"),
-        ('{"id": "a1", "action": "restart"}', f"{ANNOTATION_FIELD}.action", "'restart' is not one of"),
+        ('{"id": "a1", "action": "reboot"}', f"{ANNOTATION_FIELD}.action", "'reboot' is not one of"),
+        ('{"id": "a1", "action": "restart", "target": "x"}', f"{ANNOTATION_FIELD}.target", "every member"),
         ('{"id": "a1", "action": "switchover", "target": ""}', f"{ANNOTATION_FIELD}.target", "member name"),
         ('{"id": "a1", "action": "failover", "target": "x"}', f"{ANNOTATION_FIELD}.target", "name none"),
     ],
@@ -49,7 +50,7 @@ def test_an_invalid_request_names_the_field_and_the_reason(raw: str, field: str,
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
-        ('{"id": "a1", "action": "restart"}', "a1"),  # invalid, yet its refusal can be matched
+        ('{"id": "a1", "action": "reboot"}', "a1"),  # invalid, yet its refusal can be matched
         ('{"id": "bad id"}', ""),
         ("not json", ""),
         (None, ""),
