@@ -279,6 +279,23 @@ class KubernetesRuntime:
         patch = {"metadata": {"labels": dict(labels)}}
         return self.merge_patch("v1", "Pod", namespace, name, patch) is not None
 
+    def evict_pod(self, namespace: str, name: str) -> bool:
+        """Evict a pod through the Eviction API, so its PodDisruptionBudget is honoured (a rolling
+        restart). True when evicted or already gone; False when the budget does not allow it now."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        path = self._path("v1", "Pod", namespace, name) + "/eviction"
+        try:
+            self._request("POST", path, body=body, missing_ok=True)
+        except KubernetesApiError as exc:
+            if exc.status == 429:  # "Cannot evict pod as it would violate the pod's disruption budget"
+                return False
+            raise
+        return True
+
     def claims(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return self.list_objects("v1", "PersistentVolumeClaim", namespace, labels)
 

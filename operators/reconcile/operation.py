@@ -117,7 +117,9 @@ def _restart_step(
     engine: Engine,
     config: OperatorConfig,
 ) -> None:
-    """One step of a rolling restart (``middleware.rolling`` decides), then "call me again": a member
+    """One step of a rolling restart (``middleware.rolling`` decides), then "call me again". A member
+    is restarted by evicting its pod (the Eviction API honours the PodDisruptionBudget; the operator
+    may not delete pods). A member
     counts as restarted when its pod was created after the operation started, so the step needs no
     memory of its own and survives an operator restart."""
     rt = context.runtime()
@@ -174,7 +176,10 @@ def _restart_step(
             observe.observe(rt, spec, engine, conn, pods)  # the Services follow the new primary now
             _progress(patch, record, f"switched over ({message}); {done}/{len(states)} restarted", config)
             return
-    rt.delete("v1", "Pod", spec.namespace, step.member)
+    if not rt.evict_pod(spec.namespace, step.member):
+        why = f"the PodDisruptionBudget does not allow evicting {step.member} now"
+        _wait(body, patch, record, why, config, allowed)
+        return
     events.normal(body, reason="RestartingMember", message=f"{record.id}: {step.reason}")
     _progress(patch, record, f"{step.reason}; {done}/{len(states)} restarted", config)
 

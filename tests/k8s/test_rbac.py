@@ -57,6 +57,7 @@ ALLOWED = [
     ],
     ("create", "policy", "poddisruptionbudgets", "", True),
     *[(v, "", "pods", "", True) for v in ("get", "list", "watch", "patch")],
+    ("create", "", "pods", "eviction", True),  # a rolling restart, one budgeted eviction at a time
     *[(v, "", "persistentvolumeclaims", "", True) for v in ("get", "list", "patch", "delete")],
     *[(v, "batch", "jobs", "", True) for v in ("create", "get", "delete", "watch")],
     # the backup/restore Jobs' ServiceAccount and its RoleBinding (to moorage-backup-job only)
