@@ -304,6 +304,24 @@ def test_sentinel_replicas_scale_up_and_down(moorage: Moorage, tmp_path: Path) -
     assert len(masters(switched)) == 1 and masters(switched)[0]["name"] != before, switched
     assert next(m for m in switched["members"] if m["name"] == before)["role"] == "replica"
 
+    # A rolling restart: sentinels and replicas first, then a switchover, then the old master.
+    master = masters(switched)[0]
+    host, port = master["address"].split(":")
+    password = moorage.status("queue", "--reveal-secrets")["password"]
+    with redis.Redis(host=host, port=int(port), password=password) as client:
+        client.set("kept", "across the restart")
+        assert client.wait(2, 5000) == 2
+    state = moorage.state_dir / "default" / "queue" / "state.json"
+    pids = {m: r["pid"] for m, r in json.loads(state.read_text())["members"].items()}
+    rolled = moorage.json("restart", "queue")
+    assert rolled["phase"] == "Ready" and all(m["healthy"] for m in rolled["members"]), rolled
+    assert len(masters(rolled)) == 1 and masters(rolled)[0]["name"] != master["name"], rolled
+    now = {m: r["pid"] for m, r in json.loads(state.read_text())["members"].items()}
+    assert all(now[m] != pids[m] for m in pids), (pids, now)  # every process is a new one
+    host, port = masters(rolled)[0]["address"].split(":")
+    with redis.Redis(host=host, port=int(port), password=password) as client:
+        assert client.get("kept") == b"across the restart"
+
     shrunk = moorage.json("scale", "queue", "--replicas", "1")
     # Scaling in keeps ordinal 0 only; if it was a replica after the switchover, the master is
     # handed over to it first.
