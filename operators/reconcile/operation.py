@@ -233,7 +233,9 @@ def _finish(
 
 
 def _put(patch: MutableMapping[str, Any], record: OperationStatus) -> None:
-    patch.setdefault("status", {})["lastOperation"] = record.to_wire()
+    # Every key, unset ones as null: a merge patch keeps what it omits, and the previous request's
+    # target or finishedAt must not show under this one.
+    patch.setdefault("status", {})["lastOperation"] = record.model_dump(by_alias=True, mode="json")
 
 
 def _reason(action: str, outcome: str) -> str:

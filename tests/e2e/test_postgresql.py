@@ -265,6 +265,7 @@ def test_rolling_restart_rolls_out_a_restart_only_parameter_nothing_lost(
     assert _primary(local_cluster, ns) != old_primary  # switched over before its pod was deleted
     status = local_cluster.middleware(ns, NAME)["status"]
     assert (status["lastOperation"]["action"], status["lastOperation"]["result"]) == ("restart", "Succeeded")
+    assert "target" not in status["lastOperation"]  # the earlier switchover's target is not carried over
     assert pending() is None
     with _rw(local_cluster, ns, superuser=True) as conn:
         assert conn.execute("SHOW max_connections").fetchone()[0] == "250"
