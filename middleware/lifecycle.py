@@ -269,7 +269,7 @@ class Lifecycle:
             except MoorageError:
                 observation = None
             states = [
-                MemberState(m.name, m.role, up.get(m.name, False), m.name in restarted, m.shard)
+                MemberState(m.name, m.role, up.get(m.name, False), m.name in restarted, m.shard, m.healthy)
                 for m in (observation.members if observation else [])
             ]
             step = next_step(states, observation.ready) if observation else Step(StepKind.WAIT)

@@ -35,6 +35,7 @@ class MemberState:
     up: bool  # running and answering (a Ready pod, a live process)
     restarted: bool  # since the operation started
     shard: int | None = None
+    healthy: bool = True  # in its role as the engine observes it (a replica streaming)
 
 
 @dataclass(frozen=True)
@@ -51,9 +52,22 @@ def next_step(members: Sequence[MemberState], healthy: bool) -> Step:
     down = [m.name for m in members if not m.up]
     if down:
         return Step(StepKind.WAIT, reason=f"waiting for {', '.join(down)} to be up")
-    if not healthy:
-        return Step(StepKind.WAIT, reason="waiting for the deployment to be healthy again")
     pending = [m for m in members if not m.restarted]
+    if not healthy:
+        # A member not restarted yet that is itself unhealthy is restarted next rather than waited
+        # for: a PostgreSQL primary fenced by the switchover comes back in its old pod with the old
+        # settings, and a standby whose max_connections is below its new primary's pauses recovery
+        # until it restarts. Restarting a broken member cannot make things worse.
+        broken = sorted(
+            (m for m in pending if not m.healthy and m.role not in PRIMARY_ROLES),
+            key=lambda m: _order(m.name),
+        )
+        if broken:
+            member = broken[-1]
+            return Step(
+                StepKind.RESTART, member.name, reason=f"restarting unhealthy {member.role} {member.name}"
+            )
+        return Step(StepKind.WAIT, reason="waiting for the deployment to be healthy again")
     if not pending:
         return Step(StepKind.DONE, reason=f"{len(members)} members restarted")
     # Highest name first, like a StatefulSet rollout; primaries after everything else.

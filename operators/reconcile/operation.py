@@ -139,6 +139,7 @@ def _restart_step(
             up=m.name in pods and _serving(engine, pods[m.name]),
             restarted=str(pods.get(m.name, {}).get("metadata", {}).get("creationTimestamp") or "") >= started,
             shard=m.shard,
+            healthy=m.healthy,
         )
         for m in observation.members
     ]

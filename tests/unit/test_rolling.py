@@ -69,3 +69,17 @@ def test_sentinels_and_followers_before_the_leader_and_ordinals_compared_as_numb
         MemberState("z-10", "follower", True, False),
     ]
     assert next_step(members, healthy=True).member == "z-10"
+
+
+def test_an_unhealthy_member_not_restarted_yet_is_restarted_instead_of_waited_for() -> None:
+    # The fenced old primary came back in its old pod as a standby that cannot replay (old settings).
+    members = [
+        MemberState("db-0", "replica", True, False, healthy=False),
+        MemberState("db-1", "replica", True, True),
+        MemberState("db-2", "primary", True, True),
+    ]
+    step = next_step(members, healthy=False)
+    assert (step.kind, step.member) == (StepKind.RESTART, "db-0")
+    # One already restarted that is unhealthy is waited for: restarting it again would not help.
+    again = [MemberState(m.name, m.role, m.up, True, healthy=m.healthy) for m in members]
+    assert next_step(again, healthy=False).kind == StepKind.WAIT
