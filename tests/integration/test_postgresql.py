@@ -393,7 +393,7 @@ def test_parameters_reload_or_restart(lifecycle: Lifecycle) -> None:
     password = lifecycle.runtime.password(deployment.spec)
     report = lifecycle.set_parameters("default", "params", {"work_mem": "32MB", "max_connections": "150"})
     assert report.applied_live == {"work_mem": "32MB"}
-    assert report.needs_restart == {"max_connections": "250"}
+    assert report.needs_restart == {"max_connections": "150"}
     for member in lifecycle.connection(deployment).members:
         with app(member.endpoint, password) as conn:
             assert conn.execute("SHOW work_mem").fetchone()[0] == "32MB"
