@@ -6,6 +6,7 @@ defaults and validation live in exactly one place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,18 @@ def load_middleware(document: dict[str, Any]) -> Middleware:
         return Middleware.model_validate(document)
     except ValidationError as error:
         raise spec_error_from(error) from None
+
+
+def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of the object the models know: status and server-managed metadata are dropped."""
+    meta = body.get("metadata") or {}
+    keep = ("name", "namespace", "labels", "annotations", "generation", "uid")
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in keep if k in meta},
+        "spec": dict(body.get("spec") or {}),
+    }
 
 
 def spec_error_from(error: ValidationError) -> SpecError:

@@ -33,7 +33,7 @@ from middleware.models.middleware import MiddlewareStatus
 from middleware.operations import Action, OperationRequest
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec, load_middleware, manifest_of, resolve
 from operators.backup_cli import backup_app, restore_app
 from operators.operation_client import request_operation
 from operators.operator_cli import operator_command
@@ -159,6 +159,10 @@ def _status_document(name: str, namespace: str, engine: str, topology: str, stat
     }
 
 
+def _show(doc: dict[str, Any], output: Output) -> None:
+    _print_json(doc) if output == Output.JSON else _print_status(doc)
+
+
 def _print_status(doc: dict[str, Any]) -> None:
     out.print(
         f"[bold]{doc['namespace']}/{doc['name']}[/] {doc['engine']} {doc['topology']}: "
@@ -267,8 +271,7 @@ def scale(
     with _progress(output == Output.TABLE) as progress:
         observed = lifecycle.scale(namespace, name, shards=shards, replicas=replicas, progress=progress)
     spec = deployment.spec
-    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
-    _print_json(doc) if output == Output.JSON else _print_status(doc)
+    _show(_status_document(name, namespace, spec.engine, spec.topology, observed), output)
 
 
 @app.command()
@@ -290,8 +293,7 @@ def switchover(
     lifecycle = _lifecycle(state_dir)
     spec = lifecycle.existing(namespace, name).spec
     observed = lifecycle.switchover(namespace, name, to)
-    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
-    _print_json(doc) if output == Output.JSON else _print_status(doc)
+    _show(_status_document(name, namespace, spec.engine, spec.topology, observed), output)
 
 
 @app.command()
@@ -310,8 +312,7 @@ def failover(
     lifecycle = _lifecycle(state_dir)
     spec = lifecycle.existing(namespace, name).spec
     observed = lifecycle.failover(namespace, name)
-    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
-    _print_json(doc) if output == Output.JSON else _print_status(doc)
+    _show(_status_document(name, namespace, spec.engine, spec.topology, observed), output)
 
 
 @app.command()
@@ -332,8 +333,7 @@ def restart(
     spec = lifecycle.existing(namespace, name).spec
     with _progress(output == Output.TABLE) as progress:
         observed = lifecycle.restart(namespace, name, progress, timeout=timeout)
-    doc = _status_document(name, namespace, spec.engine, spec.topology, observed)
-    _print_json(doc) if output == Output.JSON else _print_status(doc)
+    _show(_status_document(name, namespace, spec.engine, spec.topology, observed), output)
 
 
 def _operation_on_kubernetes(
@@ -352,10 +352,10 @@ def _operation_on_kubernetes(
     spec_doc = body.get("spec") or {}
     observed = MiddlewareStatus.model_validate(body.get("status") or {})
     err.print(f"{request.action.value} {request.id}: {outcome.message}", highlight=False)
-    doc = _status_document(
-        name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed
+    _show(
+        _status_document(name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed),
+        output,
     )
-    _print_json(doc) if output == Output.JSON else _print_status(doc)
 
 
 @app.command()
@@ -405,10 +405,7 @@ def _kubernetes_access(name: str, namespace: str) -> tuple[ResolvedSpec, dict[st
         body = rt.get(API_VERSION, "Middleware", namespace, name)
         if body is None:
             raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
-        kept = ("name", "namespace", "labels", "generation")
-        meta = {k: v for k, v in body["metadata"].items() if k in kept}
-        middleware = load_middleware({**body, "metadata": meta, "status": None})
-        spec = resolve(middleware, merge_catalogs(rt.catalogs()))
+        spec = resolve(load_middleware(manifest_of(body)), merge_catalogs(rt.catalogs()))
         password = rt.secret_value(namespace, credentials_secret_name(spec), "password")
         if password is None:
             raise MoorageError(f"Secret {credentials_secret_name(spec)} has no password yet")

@@ -12,7 +12,7 @@ from middleware.catalog import Catalog, merge_catalogs
 from middleware.engines.base import Engine
 from middleware.engines.registry import get_engine
 from middleware.runtime.kubernetes import AddressResolver, KubernetesRuntime, pod_dns_address
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec, load_middleware, manifest_of, resolve
 from operators.settings import FIELD_MANAGER
 
 _lock = threading.Lock()
@@ -63,18 +63,6 @@ class Decoded:
 def catalog(rt: KubernetesRuntime) -> Catalog:
     """The default catalog with every MiddlewareCatalog layered on top, in name order."""
     return merge_catalogs(rt.catalogs())
-
-
-def manifest_of(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of the object the models know: status and server-managed metadata are dropped."""
-    meta = body.get("metadata") or {}
-    keep = ("name", "namespace", "labels", "annotations", "generation", "uid")
-    return {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": {k: meta[k] for k in keep if k in meta},
-        "spec": dict(body.get("spec") or {}),
-    }
 
 
 def decode(body: Mapping[str, Any], rt: KubernetesRuntime, with_catalog: Catalog | None = None) -> Decoded:

@@ -175,14 +175,19 @@ def _restart_step(
             message = "; ".join(report.actions)
             events.normal(body, reason="RestartSwitchover", message=f"{record.id}: {message}")
             observe.observe(rt, spec, engine, conn, pods)  # the Services follow the new primary now
-            _progress(patch, record, f"switched over ({message}); {done}/{len(states)} restarted", config)
+            _again(
+                patch,
+                record,
+                f"switched over ({message}); {done}/{len(states)} restarted",
+                config.member_retry,
+            )
             return
     if not rt.evict_pod(spec.namespace, step.member):
         why = f"the PodDisruptionBudget does not allow evicting {step.member} now"
         _wait(body, patch, record, why, config, allowed)
         return
     events.normal(body, reason="RestartingMember", message=f"{record.id}: {step.reason}")
-    _progress(patch, record, f"{step.reason}; {done}/{len(states)} restarted", config)
+    _again(patch, record, f"{step.reason}; {done}/{len(states)} restarted", config.member_retry)
 
 
 def _serving(engine: Engine, pod: Mapping[str, Any]) -> bool:
@@ -190,13 +195,11 @@ def _serving(engine: Engine, pod: Mapping[str, Any]) -> bool:
     return member_up(engine, pod) and not (pod.get("metadata") or {}).get("deletionTimestamp")
 
 
-def _progress(
-    patch: MutableMapping[str, Any], record: OperationStatus, message: str, config: OperatorConfig
-) -> None:
-    """A step was taken: Running with what was done, and the next step after a short while."""
+def _again(patch: MutableMapping[str, Any], record: OperationStatus, message: str, delay: float) -> None:
+    """Still Running: say so with ``message`` and have kopf call the handler again after ``delay``."""
     record.message = message
     _put(patch, record)
-    raise kopf.TemporaryError(f"operation {record.id}: {message}", delay=config.member_retry)
+    raise kopf.TemporaryError(f"operation {record.id}: {message}", delay=delay)
 
 
 def _wait(
@@ -212,9 +215,7 @@ def _wait(
     if waited >= (allowed or config.operation_timeout):
         _finish(body, patch, record, f"gave up after {waited:.0f}s: {why}")
         return
-    record.message = f"waiting: {why}"
-    _put(patch, record)
-    raise kopf.TemporaryError(f"operation {record.id}: {why}", delay=config.operation_retry)
+    _again(patch, record, f"waiting: {why}", config.operation_retry)
 
 
 def _finish(

@@ -50,6 +50,29 @@ def _acked(cluster: LocalCluster, namespace: str, writer: str) -> set[int]:
     }
 
 
+def _start_writer(cluster: LocalCluster, namespace: str, pod: str, table: str) -> None:
+    """A writer pod committing numbered rows into ``table`` through -rw; returns after its first commit."""
+    with _rw(cluster, namespace) as conn:
+        conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (n int PRIMARY KEY)")
+    env = {
+        "PGHOST": f"{NAME}-rw",
+        "PGDATABASE": "app",
+        "PGUSER": "app",
+        "PGPASSWORD": _app_password(cluster, namespace),
+        "PGCONNECT_TIMEOUT": "3",
+        "TABLE": table,
+    }
+    cluster.run_pod(namespace, pod, PG_IMAGE, WRITER, env=env)
+    wait_for("the writer's first commit", lambda: _acks(cluster, namespace, pod) > 0, 120)
+
+
+def _stop_writer(cluster: LocalCluster, namespace: str, pod: str) -> set[int]:
+    """Stop the writer and return the rows whose commit it saw acknowledged."""
+    cluster.exec(namespace, pod, ["touch", "/tmp/stop"])
+    wait_for("the writer to stop", lambda: "stopped at" in cluster.pod_log(namespace, pod), 60)
+    return _acked(cluster, namespace, pod)
+
+
 def _app_password(cluster: LocalCluster, namespace: str) -> str:
     secret = cluster.core.read_namespaced_secret(f"{NAME}-credentials", namespace)
     return base64.b64decode(secret.data["app-password"]).decode()
@@ -138,18 +161,7 @@ def test_switchover_and_refusals_through_the_cli_nothing_lost(
     named replica, relabels, and the old primary rejoins as a replica, while a writer commits through
     -rw. Requests it cannot do are refused with the engine's reason, in the CLI and in the status."""
     ns = module_namespace
-    with _rw(local_cluster, ns) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS switched (n int PRIMARY KEY)")
-    env = {
-        "PGHOST": f"{NAME}-rw",
-        "PGDATABASE": "app",
-        "PGUSER": "app",
-        "PGPASSWORD": _app_password(local_cluster, ns),
-        "PGCONNECT_TIMEOUT": "3",
-        "TABLE": "switched",
-    }
-    local_cluster.run_pod(ns, "switch-writer", PG_IMAGE, WRITER, env=env)
-    wait_for("the writer's first commit", lambda: _acks(local_cluster, ns, "switch-writer") > 0, 120)
+    _start_writer(local_cluster, ns, "switch-writer", "switched")
 
     old = _primary(local_cluster, ns)
     target = next(
@@ -173,9 +185,7 @@ def test_switchover_and_refusals_through_the_cli_nothing_lost(
         120,
         interval=1,
     )
-    local_cluster.exec(ns, "switch-writer", ["touch", "/tmp/stop"])
-    wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(ns, "switch-writer"), 60)
-    acked = _acked(local_cluster, ns, "switch-writer")
+    acked = _stop_writer(local_cluster, ns, "switch-writer")
     with _rw(local_cluster, ns) as conn:
         stored = {row[0] for row in conn.execute("SELECT n FROM switched")}
         assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
@@ -237,18 +247,7 @@ def test_rolling_restart_rolls_out_a_restart_only_parameter_nothing_lost(
         return found if found and found["status"] == "True" else None
 
     wait_for("PendingRestart after a restart-only parameter", pending, 180, interval=2)
-    with _rw(local_cluster, ns) as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS rolled (n int PRIMARY KEY)")
-    env = {
-        "PGHOST": f"{NAME}-rw",
-        "PGDATABASE": "app",
-        "PGUSER": "app",
-        "PGPASSWORD": _app_password(local_cluster, ns),
-        "PGCONNECT_TIMEOUT": "3",
-        "TABLE": "rolled",
-    }
-    local_cluster.run_pod(ns, "roll-writer", PG_IMAGE, WRITER, env=env)
-    wait_for("the writer's first commit", lambda: _acks(local_cluster, ns, "roll-writer") > 0, 120)
+    _start_writer(local_cluster, ns, "roll-writer", "rolled")
     before = {
         p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
     }
@@ -274,9 +273,7 @@ def test_rolling_restart_rolls_out_a_restart_only_parameter_nothing_lost(
     wait_for(
         "ten commits after the restart", lambda: _acks(local_cluster, ns, "roll-writer") >= so_far + 10, 120
     )
-    local_cluster.exec(ns, "roll-writer", ["touch", "/tmp/stop"])
-    wait_for("the writer to stop", lambda: "stopped at" in local_cluster.pod_log(ns, "roll-writer"), 60)
-    acked = _acked(local_cluster, ns, "roll-writer")
+    acked = _stop_writer(local_cluster, ns, "roll-writer")
     with _rw(local_cluster, ns) as conn:
         stored = {row[0] for row in conn.execute("SELECT n FROM rolled")}
     assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"
