@@ -26,11 +26,11 @@ from middleware.engines.base import (
     no_progress,
 )
 from middleware.engines.registry import get_engine
-from middleware.errors import MoorageError, NotReady, OperationError, SpecError
+from middleware.errors import MoorageError, NotReady, OperationError
 from middleware.models.middleware import MemberStatus, Middleware, MiddlewareStatus, Phase
 from middleware.rolling import MemberState, Step, StepKind, next_step
 from middleware.runtime.base import Runtime
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec, check_change, load_middleware, resolve
 
 T = TypeVar("T")
 # A rolling restart waiting on an unhealthy deployment whose members all run heals it this often.
@@ -98,14 +98,17 @@ class Lifecycle:
         if previous_manifest is None:
             return self._create(wanted, manifest, progress)
         previous = self.prepare(previous_manifest)
-        self._check_immutable(previous.spec, spec)
+        check_change(previous.spec, spec, wanted.engine)
         if _shape(previous.spec) != _shape(spec):
             self._scale(previous, wanted, progress)
         changed = {k: v for k, v in spec.parameters.items() if previous.spec.parameters.get(k) != v}
         self._ensure_running(wanted, progress)
-        if changed:
-            self._reconfigure(wanted, changed)
+        report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
         self.runtime.record_manifest(spec, manifest)
+        if report.needs_restart:
+            # Rolled out at once, as the operator does: a value written to the config but not in
+            # effect would otherwise wait for whatever restart comes next, unnoticed.
+            return self.restart(spec.namespace, spec.name, progress)
         return self._wait_ready(wanted, progress)
 
     def _create(self, wanted: Deployment, manifest: dict[str, Any], progress: Progress) -> MiddlewareStatus:
@@ -179,16 +182,6 @@ class Lifecycle:
                 raise NotReady(message)
             time.sleep(self.settings.poll_interval)
 
-    @staticmethod
-    def _check_immutable(old: ResolvedSpec, new: ResolvedSpec) -> None:
-        for field in ("engine", "topology"):
-            if getattr(old, field) != getattr(new, field):
-                raise SpecError(
-                    f"spec.{field}",
-                    f"cannot change from {getattr(old, field)!r} to {getattr(new, field)!r} "
-                    "(create a new Middleware and restore a backup into it)",
-                )
-
     # -- changes --------------------------------------------------------------------------------
     def _scale(self, previous: Deployment, wanted: Deployment, progress: Progress) -> None:
         spec, engine = wanted.spec, wanted.engine
@@ -228,14 +221,20 @@ class Lifecycle:
     def set_parameters(
         self, namespace: str, name: str, parameters: dict[str, str], progress: Progress = no_progress
     ) -> ReconfigureReport:
+        """Live parameters are applied to every member at once; those that need a restart are
+        written to the config and rolled out by a rolling restart (``restart``) before returning."""
         deployment = self.existing(namespace, name)
         manifest = deployment.middleware.to_wire()
         manifest.pop("status", None)
         manifest["spec"]["parameters"] = {**manifest["spec"].get("parameters", {}), **parameters}
         wanted = self.prepare(manifest)  # validates the new values before touching anything
+        check_change(deployment.spec, wanted.spec, wanted.engine)
         changed = {k: v for k, v in wanted.spec.parameters.items() if deployment.spec.parameters.get(k) != v}
         report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
+        # Recorded before the restart: the restart starts every member from the recorded manifest.
         self.runtime.record_manifest(wanted.spec, manifest)
+        if report.needs_restart:
+            self.restart(namespace, name, progress)
         return report
 
     def switchover(self, namespace: str, name: str, target: str | None = None) -> MiddlewareStatus:

@@ -22,6 +22,19 @@ from middleware.errors import SpecError
 # leaves it out of the diff, so a change there would never reach a handler.
 OPERATION_ANNOTATION = "operation.moorage.io/request"
 ANNOTATION_FIELD = f"metadata.annotations[{OPERATION_ANNOTATION}]"
+# The spec the operator last brought the deployment to (written once a change is complete); kopf may
+# ignore it, it is the operator's own record. A client waits for it to equal the spec it wrote.
+APPLIED_SPEC_ANNOTATION = "moorage.io/applied-spec"
+# The id of the rolling restart the operator asks for itself when parameters need a restart.
+ROLLOUT_ID_PREFIX = "parameters-"
+
+
+def rollout_id(pending_since: str) -> str:
+    """The rolling restart for the PendingRestart condition set at ``pending_since`` (RFC 3339): one
+    per pending change, so the operator and a client waiting on it name the same request."""
+    return ROLLOUT_ID_PREFIX + "".join(ch for ch in pending_since if ch.isalnum())
+
+
 # An id is what the caller matches the status against: short, printable, no surprises in a log.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 

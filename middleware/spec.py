@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -16,6 +16,9 @@ from middleware.catalog import Catalog, load_default_catalog, validate_parameter
 from middleware.errors import SpecError
 from middleware.models.common import Resources, Storage
 from middleware.models.middleware import DeletionPolicy, Middleware, Topology
+
+if TYPE_CHECKING:
+    from middleware.engines.base import Engine
 
 
 @dataclass(frozen=True)
@@ -138,3 +141,20 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         labels=dict(middleware.metadata.labels),
         generation=middleware.metadata.generation,
     )
+
+
+IMMUTABLE_FIELDS = ("engine", "topology")
+
+
+def check_change(old: ResolvedSpec, new: ResolvedSpec, engine: Engine) -> None:
+    """Changes no runtime can carry out, refused before anything is touched (SpecError naming the
+    field): the immutable fields, then the engine's own rules (``Engine.check_change``). The same
+    check for ``moorage up``/``set``/``scale`` and for the operator's update handler."""
+    for name in IMMUTABLE_FIELDS:
+        if getattr(old, name) != getattr(new, name):
+            raise SpecError(
+                f"spec.{name}",
+                f"cannot change from {getattr(old, name)!r} to {getattr(new, name)!r} "
+                "(create a new Middleware and restore a backup into it)",
+            )
+    engine.check_change(old, new)

@@ -33,9 +33,9 @@ from middleware.models.middleware import MiddlewareStatus
 from middleware.operations import Action, OperationRequest
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
-from middleware.spec import ResolvedSpec, load_middleware, manifest_of, resolve
+from middleware.spec import ResolvedSpec, check_change, load_middleware, manifest_of, resolve
 from operators.backup_cli import backup_app, restore_app
-from operators.operation_client import request_operation
+from operators.operation_client import change_spec, request_operation
 from operators.operator_cli import operator_command
 from operators.sync_cli import sync_app
 
@@ -262,10 +262,17 @@ def scale(
     namespace: Namespace = "default",
     state_dir: StateDir = None,
     output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 1200.0,
 ) -> None:
     """Scale shards or replicas, moving data safely."""
     if (shards is None) == (replicas is None):
         raise SpecError("scale", "give exactly one of --shards or --replicas")
+    change = {"shards": shards} if shards is not None else {"replicas": replicas}
+    if runtime == RuntimeKind.KUBERNETES:
+        body, _spec = _change_on_kubernetes(name, namespace, change, timeout)
+        _show_middleware(name, namespace, body, output)
+        return
     lifecycle = _lifecycle(state_dir)
     deployment = lifecycle.existing(namespace, name)
     with _progress(output == Output.TABLE) as progress:
@@ -348,14 +355,8 @@ def _operation_on_kubernetes(
             )
     finally:
         rt.close()
-    body = outcome.middleware
-    spec_doc = body.get("spec") or {}
-    observed = MiddlewareStatus.model_validate(body.get("status") or {})
     err.print(f"{request.action.value} {request.id}: {outcome.message}", highlight=False)
-    _show(
-        _status_document(name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed),
-        output,
-    )
+    _show_middleware(name, namespace, outcome.middleware, output)
 
 
 @app.command()
@@ -429,27 +430,72 @@ def set_parameters(
     namespace: Namespace = "default",
     state_dir: StateDir = None,
     output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 1200.0,
 ) -> None:
-    """Change parameters: dynamic ones are applied live, the others are reported as needing a restart."""
+    """Change parameters: dynamic ones are applied live; the others are written to the config and
+    rolled out by a rolling restart (replicas first, the primary last after a switchover)."""
     parameters: dict[str, str] = {}
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError("set", f"{item!r} is not key=value")
         parameters[key] = value
-    report = _lifecycle(state_dir).set_parameters(namespace, name, parameters)
-    doc = {"appliedLive": report.applied_live, "needsRestart": report.needs_restart}
+    if runtime == RuntimeKind.KUBERNETES:
+        _body, spec = _change_on_kubernetes(name, namespace, {"parameters": parameters}, timeout)
+        # Which of them needed a restart, as the catalog defines them (the operator applied them so).
+        report_live = {k: v for k, v in parameters.items() if k in spec.dynamic_parameters}
+        report_restart = {k: v for k, v in parameters.items() if k not in report_live}
+    else:
+        with _progress(output == Output.TABLE) as progress:
+            report = _lifecycle(state_dir).set_parameters(namespace, name, parameters, progress)
+        report_live, report_restart = report.applied_live, report.needs_restart
+    doc = {"appliedLive": report_live, "needsRestart": report_restart}
     if output == Output.JSON:
         _print_json(doc)
         return
-    for key, value in report.applied_live.items():
+    for key, value in report_live.items():
         out.print(f"applied live: {key} = {value}")
-    for key, value in report.needs_restart.items():
-        out.print(
-            f"[yellow]needs a restart[/]: {key} = {value} (written to the config, effective on restart)"
-        )
-    if not report.applied_live and not report.needs_restart:
+    for key, value in report_restart.items():
+        out.print(f"needs a restart: {key} = {value} (rolled out: every member restarted, primary last)")
+    if not report_live and not report_restart:
         out.print("nothing changed")
+
+
+def _change_on_kubernetes(
+    name: str, namespace: str, change: dict[str, Any], timeout: float
+) -> tuple[dict[str, Any], ResolvedSpec]:
+    """Check the change as the operator will (so a refusal touches nothing), write it into the spec,
+    and follow the operator until it is carried out (operators/operation_client.py)."""
+    rt = _kubernetes_runtime()
+    try:
+        current = rt.get(API_VERSION, "Middleware", namespace, name)
+        if current is None:
+            raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
+        catalog = merge_catalogs(rt.catalogs())
+        manifest = manifest_of(current)
+        old = resolve(load_middleware(manifest), catalog)
+        spec = dict(manifest.get("spec") or {})
+        for key, value in change.items():
+            spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+        new = resolve(load_middleware({**manifest, "spec": spec}), catalog)
+        check_change(old, new, get_engine(new.engine))
+        with err.status(f"changing {namespace}/{name}") as spinner:
+            body = change_spec(
+                rt, namespace, name, change, timeout=timeout, progress=lambda m: spinner.update(m)
+            )
+        return body, new
+    finally:
+        rt.close()
+
+
+def _show_middleware(name: str, namespace: str, body: dict[str, Any], output: Output) -> None:
+    spec_doc = body.get("spec") or {}
+    observed = MiddlewareStatus.model_validate(body.get("status") or {})
+    _show(
+        _status_document(name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed),
+        output,
+    )
 
 
 @app.command()

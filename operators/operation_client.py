@@ -1,19 +1,30 @@
 """The CLI's side of a day-2 operation on Kubernetes: write the request into the Middleware's
 ``operation.moorage.io/request`` annotation, then follow ``status.lastOperation`` until the operator has
-done it, and the status until the Middleware is Ready again. The CLI never reaches into pods: the
-operator does the work, so the request, its progress and its outcome are visible to everyone
-(``kubectl describe mw``) and survive the CLI being interrupted."""
+done it, and the status until the Middleware is Ready again. A spec change (``moorage scale``, ``set``)
+is a merge patch of the spec, followed until the operator has applied it (its applied-spec record
+equals the spec written), rolled out any parameters needing a restart, and reports Ready. The CLI
+never reaches into pods: the operator does the work, so the request, its progress and its outcome
+are visible to everyone (``kubectl describe mw``) and survive the CLI being interrupted."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from middleware.errors import MoorageError, OperationError
 from middleware.models.common import API_VERSION
-from middleware.operations import FINISHED, OPERATION_ANNOTATION, OperationRequest, Result
+from middleware.operations import (
+    APPLIED_SPEC_ANNOTATION,
+    FINISHED,
+    OPERATION_ANNOTATION,
+    ROLLOUT_ID_PREFIX,
+    OperationRequest,
+    Result,
+    rollout_id,
+)
 from middleware.runtime.kubernetes import KubernetesRuntime
 
 POLL_SECONDS = 1.0
@@ -70,6 +81,87 @@ def request_operation(
             )
         time.sleep(POLL_SECONDS)
         body = _get(rt, namespace, name)
+
+
+def change_spec(
+    rt: KubernetesRuntime,
+    namespace: str,
+    name: str,
+    spec_patch: Mapping[str, Any],
+    *,
+    timeout: float,
+    progress: Callable[[str], None] = lambda _m: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Merge ``spec_patch`` into the spec and wait until the operator has carried it out: the
+    Middleware as it then is. SpecError-like refusals of the operator (InvalidSpec) and a failed
+    rolling restart raise OperationError with the operator's words; MoorageError on timeout."""
+    written = rt.merge_patch(API_VERSION, "Middleware", namespace, name, {"spec": dict(spec_patch)})
+    if written is None:
+        raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
+    generation = written["metadata"].get("generation")
+    deadline = clock() + timeout
+    body = written
+    while True:
+        state = spec_change_state(body, generation)
+        if state.failed:
+            raise OperationError(f"{namespace}/{name}: {state.message}")
+        if state.done:
+            return body
+        progress(state.message)
+        if clock() > deadline:
+            raise MoorageError(
+                f"{namespace}/{name} did not settle within {timeout:.0f}s: {state.message} "
+                f"(kubectl -n {namespace} describe mw {name})"
+            )
+        time.sleep(POLL_SECONDS)
+        body = _get(rt, namespace, name)
+
+
+@dataclass(frozen=True)
+class SpecChangeState:
+    done: bool
+    failed: bool
+    message: str
+
+
+def spec_change_state(body: Mapping[str, Any], generation: int | None) -> SpecChangeState:
+    """Where the operator is with the spec of ``generation``, read from the Middleware alone."""
+    status = body.get("status") or {}
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    phase, reason = status.get("phase"), status.get("phaseReason")
+    observed = status.get("observedGeneration")
+    if generation is not None and (observed is None or observed < generation):
+        return SpecChangeState(False, False, f"waiting for the operator to see generation {generation}")
+    if reason == "InvalidSpec" or reason == "StorageShrinkRefused":
+        message = (conditions.get("Provisioned") or {}).get("message") or reason
+        return SpecChangeState(False, True, f"the operator refused the spec: {message}")
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    try:
+        applied = json.loads(annotations.get(APPLIED_SPEC_ANNOTATION) or "null")
+    except ValueError:
+        applied = None
+    if applied != (body.get("spec") or {}):
+        why = (conditions.get("Progressing") or {}).get("message") or reason
+        return SpecChangeState(False, False, f"applying: {phase} ({why})")
+    pending = conditions.get("PendingRestart") or {}
+    if pending.get("status") == "True":
+        last = status.get("lastOperation") or {}
+        rollout = last.get("id") == rollout_id(str(pending.get("lastTransitionTime") or ""))
+        if rollout and last.get("result") == Result.FAILED:
+            return SpecChangeState(
+                False, True, f"the rolling restart {last.get('id')} failed: {last.get('message')}"
+            )
+        step = last.get("message") if rollout else "about to start"
+        return SpecChangeState(False, False, f"rolling restart for {pending.get('message')}: {step}")
+    last = status.get("lastOperation") or {}
+    if str(last.get("id") or "").startswith(ROLLOUT_ID_PREFIX) and last.get("result") == Result.RUNNING:
+        # PendingRestart clears once every pod is newer than it, a moment before the rollout's last
+        # step has seen the last member back: the rollout's own outcome is the one to wait for.
+        return SpecChangeState(False, False, f"rolling restart finishing: {last.get('message')}")
+    if phase != "Ready":
+        return SpecChangeState(False, False, f"waiting for Ready: {phase} ({reason})")
+    return SpecChangeState(True, False, "Ready")
 
 
 def _get(rt: KubernetesRuntime, namespace: str, name: str) -> dict[str, Any]:

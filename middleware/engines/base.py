@@ -237,6 +237,11 @@ class Engine(Protocol):
         generated once: applying a fresh one over an existing one would lock the members out."""
         ...
 
+    def check_change(self, old: ResolvedSpec, new: ResolvedSpec) -> None:
+        """Refuse (SpecError naming the field) a change from ``old`` to ``new`` this engine cannot
+        carry out safely; called before anything is touched, on both runtimes."""
+        ...
+
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         """Planned change of primary (Switchover), to ``target`` member or the best candidate."""
         ...
@@ -350,6 +355,9 @@ class EngineDefaults:
 
     def render_secrets(self, spec: ResolvedSpec, password: str) -> list[dict[str, Any]]:
         return [self.render_credentials(spec, password)]
+
+    def check_change(self, old: ResolvedSpec, new: ResolvedSpec) -> None:
+        return None
 
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         raise OperationError(f"switchover is not supported for {spec.engine} {spec.topology}")

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from middleware.errors import SpecError
+from middleware.operations import APPLIED_SPEC_ANNOTATION
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators.reconcile import context
-from operators.settings import ANNOTATION_PREFIX
 
-ANNOTATION = f"{ANNOTATION_PREFIX}/applied-spec"
+ANNOTATION = APPLIED_SPEC_ANNOTATION
 SHAPE_KEYS = ("shards", "replicas", "sentinels")
 
 

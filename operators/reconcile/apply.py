@@ -23,8 +23,18 @@ from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.models.middleware import MiddlewareStatus, Phase
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, member_up, pod_ready
-from middleware.spec import ResolvedSpec
-from operators.reconcile import applied, context, events, observe, prune, reconfigure, scale, storage
+from middleware.spec import ResolvedSpec, check_change
+from operators.reconcile import (
+    applied,
+    context,
+    events,
+    observe,
+    operation,
+    prune,
+    reconfigure,
+    scale,
+    storage,
+)
 from operators.reconcile import status as st
 from operators.settings import OperatorConfig
 
@@ -56,7 +66,7 @@ def reconcile(
         decoded = context.decode(body, rt)
         previous = applied.load(body, rt)
         if previous is not None:
-            _check_immutable(previous.spec, decoded.spec)
+            check_change(previous.spec, decoded.spec, decoded.engine)
     except SpecError as exc:
         st.invalid_spec(status, exc)
         st.write(patch, status)
@@ -139,6 +149,7 @@ def reconcile(
                 events.warning(body, reason="ReconfigureFailed", message=message)
             retry(message, config.bootstrap_retry)
     st.restarted_since_pending(status, observe.creation_times(pods))
+    operation.request_rollout(body, patch, status)
     st.settled(status)
     applied.record(patch, dict(body.get("spec") or {}))
     st.write(patch, status)
@@ -176,16 +187,6 @@ def _label_ready_members(
     relabelled = observe.label_roles(rt, spec, observation, pods)
     if relabelled:
         events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-
-
-def _check_immutable(old: ResolvedSpec, new: ResolvedSpec) -> None:
-    for field in ("engine", "topology"):
-        if getattr(old, field) != getattr(new, field):
-            raise SpecError(
-                f"spec.{field}",
-                f"cannot change from {getattr(old, field)!r} to {getattr(new, field)!r} "
-                "(create a new Middleware and restore a backup into it)",
-            )
 
 
 def _expand_storage(

@@ -130,7 +130,7 @@ def observe(
 def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig) -> None:
     """The timer: observe a bootstrapped deployment, relabel roles, refresh the status. Before the
     first bootstrap, and for an invalid spec, the create/update handler owns the status."""
-    from operators.reconcile import context
+    from operators.reconcile import context, operation
     from operators.reconcile import status as st
 
     status = st.load(body)
@@ -145,6 +145,8 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     conn, pods = live_connection(rt, spec, engine, config)
     before = status.to_wire()
     st.restarted_since_pending(status, creation_times(pods))
+    if not _change_in_flight(body):
+        operation.request_rollout(body, patch, status)  # e.g. after a request of the user's finished
     if _change_in_flight(body):
         # The create/update handler is mid-way through a change (a scale moving slots, a rollout)
         # and owns phase and members until it records the spec as applied: a timer writing Ready

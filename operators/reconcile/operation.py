@@ -28,6 +28,7 @@ from middleware.operations import (
     OperationRequest,
     Result,
     request_id,
+    rollout_id,
 )
 from middleware.rolling import MemberState, StepKind, next_step
 from middleware.runtime.kubernetes import member_up
@@ -188,6 +189,39 @@ def _restart_step(
         return
     events.normal(body, reason="RestartingMember", message=f"{record.id}: {step.reason}")
     _again(patch, record, f"{step.reason}; {done}/{len(states)} restarted", config.member_retry)
+
+
+def request_rollout(body: kopf.Body, patch: MutableMapping[str, Any], status: MiddlewareStatus) -> bool:
+    """While ``PendingRestart`` is True, ask for a rolling restart the way a user would: a request in
+    the annotation, so it runs through the handler above with its status, Events and refusals."""
+    request = rollout_request(requested(body), status)
+    if request is None:
+        return False
+    annotations = patch.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[OPERATION_ANNOTATION] = request.to_annotation()
+    pending = status.condition(st.PENDING_RESTART)
+    why = pending.message if pending is not None else ""
+    events.normal(body, reason="RestartRequested", message=f"{request.id}: rolling restart: {why}")
+    return True
+
+
+def rollout_request(raw: str | None, status: MiddlewareStatus) -> OperationRequest | None:
+    """The rolling restart to ask for, if any. One per pending change (the id comes from the
+    condition's transition time), so one that failed is not retried in a loop: its reason stays in
+    ``lastOperation`` and ``moorage restart`` tries again. A request of the user's (``raw``, the
+    annotation) that has not finished is never replaced; the next pass asks once it has."""
+    pending = status.condition(st.PENDING_RESTART)
+    if pending is None or pending.status != "True":
+        return None
+    ident = rollout_id(pending.last_transition_time)
+    previous = status.last_operation
+    if previous is not None and previous.id == ident:
+        return None  # asked for already: running, or finished and not to be repeated
+    if raw is not None and (
+        previous is None or previous.id != request_id(raw) or previous.result not in FINISHED
+    ):
+        return None
+    return OperationRequest(id=ident, action=Action.RESTART)
 
 
 def _serving(engine: Engine, pod: Mapping[str, Any]) -> bool:

@@ -232,42 +232,61 @@ def test_connect_prints_uris_that_work_from_a_pod(local_cluster: LocalCluster, m
     assert access[0]["password"] not in masked.stdout and "****" in masked.stdout
 
 
-def test_rolling_restart_rolls_out_a_restart_only_parameter_nothing_lost(
+def test_set_rolls_out_a_restart_only_parameter_nothing_lost(
     local_cluster: LocalCluster, module_namespace: str
 ) -> None:
-    """A parameter that needs a restart is PendingRestart until `moorage restart` rolls it out: the
-    replicas' pods first, a switchover, then the old primary's pod, each Ready before the next,
-    while a writer commits through -rw."""
+    """`moorage set --runtime kubernetes` with a parameter that needs a restart: the operator marks it
+    PendingRestart and asks itself for a rolling restart (the replicas' pods first, a switchover, then
+    the old primary's pod, each Ready before the next); the CLI returns once that is done, while a
+    writer commits through -rw. A lowering that would stall a standby is refused before any change.
+    Then `moorage restart` rolls every pod once more."""
     ns = module_namespace
-    local_cluster.patch_middleware(ns, NAME, {"parameters": {"max_connections": "250"}})
+    generation = local_cluster.middleware(ns, NAME)["metadata"]["generation"]
+    refused = local_cluster.moorage("set", NAME, "-n", ns, "max_connections=100")
+    assert refused.returncode != 0 and "spec.parameters.max_connections" in refused.stderr, refused.stderr
+    assert local_cluster.middleware(ns, NAME)["metadata"]["generation"] == generation  # nothing written
 
-    def pending() -> dict | None:
-        conditions = local_cluster.middleware(ns, NAME).get("status", {}).get("conditions", [])
-        found = next((c for c in conditions if c["type"] == "PendingRestart"), None)
-        return found if found and found["status"] == "True" else None
-
-    wait_for("PendingRestart after a restart-only parameter", pending, 180, interval=2)
     _start_writer(local_cluster, ns, "roll-writer", "rolled")
     before = {
         p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
     }
     old_primary = _primary(local_cluster, ns)
 
-    done = local_cluster.moorage("restart", NAME, "-n", ns, "-o", "json", timeout=1200)
+    done = local_cluster.moorage("set", NAME, "-n", ns, "max_connections=250", "-o", "json", timeout=1200)
     assert done.returncode == 0, done.stderr
-    doc = json.loads(done.stdout)
-    assert doc["phase"] == "Ready" and all(m["healthy"] for m in doc["members"]), doc
+    assert json.loads(done.stdout) == {"appliedLive": {}, "needsRestart": {"max_connections": "250"}}
     after = {
         p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
     }
     assert set(after) == set(before) and all(after[n] != before[n] for n in before), (before, after)
-    assert _primary(local_cluster, ns) != old_primary  # switched over before its pod was deleted
+    assert _primary(local_cluster, ns) != old_primary  # switched over before its pod was evicted
     status = local_cluster.middleware(ns, NAME)["status"]
-    assert (status["lastOperation"]["action"], status["lastOperation"]["result"]) == ("restart", "Succeeded")
-    assert "target" not in status["lastOperation"]  # the earlier switchover's target is not carried over
-    assert pending() is None
+    last = status["lastOperation"]
+    assert (last["action"], last["result"]) == ("restart", "Succeeded"), last
+    assert last["id"].startswith("parameters-") and "target" not in last, last  # asked by the operator
+    pending = next((c for c in status["conditions"] if c["type"] == "PendingRestart"), None)
+    assert pending is not None and pending["status"] == "False", pending
+    assert status["phase"] == "Ready"
     with _rw(local_cluster, ns, superuser=True) as conn:
         assert conn.execute("SHOW max_connections").fetchone()[0] == "250"
+
+    so_far = _acks(local_cluster, ns, "roll-writer")
+    wait_for(
+        "ten commits after the rollout", lambda: _acks(local_cluster, ns, "roll-writer") >= so_far + 10, 120
+    )
+
+    restarted = local_cluster.moorage("restart", NAME, "-n", ns, "-o", "json", timeout=1200)
+    assert restarted.returncode == 0, restarted.stderr
+    doc = json.loads(restarted.stdout)
+    assert doc["phase"] == "Ready" and all(m["healthy"] for m in doc["members"]), doc
+    again = {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
+    }
+    assert all(again[n] != after[n] for n in after), (after, again)
+    last = local_cluster.middleware(ns, NAME)["status"]["lastOperation"]
+    assert (last["action"], last["result"]) == ("restart", "Succeeded") and not last["id"].startswith(
+        "parameters-"
+    ), last
 
     so_far = _acks(local_cluster, ns, "roll-writer")
     wait_for(

@@ -68,10 +68,19 @@ def test_cluster_ready_and_checked_by_redis_cli(local_cluster: LocalCluster, mod
 def test_cluster_scales_out_and_in_while_a_pod_writes(
     local_cluster: LocalCluster, module_namespace: str
 ) -> None:
+    """Out through `moorage scale --runtime kubernetes` (it returns once the operator has applied the
+    new spec and it is Ready), in through a plain spec patch: the same operator path either way."""
     writer = start_writer(local_cluster, module_namespace, CLUSTER, CLUSTER, cluster_mode=True)
     generation = local_cluster.middleware(module_namespace, CLUSTER)["metadata"]["generation"]
-    local_cluster.patch_middleware(module_namespace, CLUSTER, {"shards": 4})
-    mw = local_cluster.wait_ready(module_namespace, CLUSTER, timeout=420, generation_at_least=generation + 1)
+    refused = local_cluster.moorage("scale", CLUSTER, "-n", module_namespace, "--shards", "0")
+    assert refused.returncode != 0 and "spec.shards" in refused.stderr, refused.stderr
+    assert local_cluster.middleware(module_namespace, CLUSTER)["metadata"]["generation"] == generation
+    done = local_cluster.moorage("scale", CLUSTER, "-n", module_namespace, "--shards", "4", "-o", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["phase"] == "Ready" and {m.get("shard") for m in doc["members"]} == {0, 1, 2, 3}, doc
+    mw = local_cluster.middleware(module_namespace, CLUSTER)
+    assert mw["status"]["observedGeneration"] == generation + 1
     assert {m.get("shard") for m in _members(mw).values()} == {0, 1, 2, 3}
     client = cluster_client(local_cluster, module_namespace, CLUSTER)
     assert len(client.get_primaries()) == 4

@@ -236,8 +236,12 @@ def test_parameters_live_and_restart_and_down_keeps_data(moorage: Moorage, tmp_p
 
     report = moorage.json("set", "single", "maxmemory-policy=allkeys-lfu", "io-threads=2")
     assert report == {"appliedLive": {"maxmemory-policy": "allkeys-lfu"}, "needsRestart": {"io-threads": "2"}}
+    # The restart-only one was rolled out by a restart before `set` returned (a new process).
+    status = moorage.status("single", "--reveal-secrets")
+    host, port = status["members"][0]["address"].split(":")
     with redis.Redis(host=host, port=int(port), password=status["password"], decode_responses=True) as client:
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lfu"}
+        assert client.config_get("io-threads") == {"io-threads": "2"}
         client.set("kept", "yes")
         client.save()
 

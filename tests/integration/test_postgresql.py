@@ -30,7 +30,7 @@ from middleware.engines.postgresql import replication
 from middleware.engines.postgresql.binaries import find_bin_dir, not_traversable_by_others
 from middleware.engines.postgresql.config import app_password
 from middleware.engines.postgresql.engine import ENGINE
-from middleware.errors import MoorageError
+from middleware.errors import MoorageError, SpecError
 from middleware.lifecycle import Deployment, Lifecycle
 from middleware.runtime.local import LocalRuntime
 
@@ -256,7 +256,22 @@ def test_switchover_then_old_primary_rejoins(lifecycle: Lifecycle) -> None:
     assert all(m.healthy for m in status.members)
 
 
-def test_rolling_restart_applies_a_restart_only_parameter_primary_last(lifecycle: Lifecycle) -> None:
+def started_at(lifecycle: Lifecycle, deployment: Deployment, password: str) -> dict[str, Any]:
+    """Per member: (postmaster start time, max_connections)."""
+    found = {}
+    for member in lifecycle.connection(deployment).members:
+        with psycopg.connect(
+            host=member.endpoint.host, port=member.endpoint.port, user="postgres", password=password,
+            dbname="postgres", connect_timeout=3,
+        ) as pg:  # fmt: skip
+            row = pg.execute(
+                "SELECT pg_postmaster_start_time(), current_setting('max_connections')"
+            ).fetchone()
+            found[member.plan.name] = row
+    return found
+
+
+def test_set_rolls_out_a_restart_only_parameter_primary_last(lifecycle: Lifecycle) -> None:
     doc = manifest("roll", replicas=3)
     lifecycle.up(doc)
     deployment = lifecycle.existing("default", "roll")
@@ -264,34 +279,25 @@ def test_rolling_restart_applies_a_restart_only_parameter_primary_last(lifecycle
     with app(rw(lifecycle, deployment), password, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (i int)")
         conn.execute("INSERT INTO t SELECT generate_series(1, 100)")
-    # Raised, not lowered: a standby refuses to start with a lower max_connections than its primary,
-    # so a decrease would need the primary restarted first (docs/operations.md, known limits).
+    before = started_at(lifecycle, deployment, password)
+    # Raised, not lowered: lowering is refused with standbys (test_parameters_live_and_refused).
     report = lifecycle.set_parameters("default", "roll", {"max_connections": "250"})
     assert "max_connections" in report.needs_restart, report
-
-    def started_at() -> dict[str, Any]:
-        conn = lifecycle.connection(deployment)
-        found = {}
-        for member in conn.members:
-            with psycopg.connect(
-                host=member.endpoint.host, port=member.endpoint.port, user="postgres", password=password,
-                dbname="postgres", connect_timeout=3,
-            ) as pg:  # fmt: skip
-                row = pg.execute(
-                    "SELECT pg_postmaster_start_time(), current_setting('max_connections')"
-                ).fetchone()
-                found[member.plan.name] = row
-        return found
-
-    before = started_at()
-    status = lifecycle.restart("default", "roll")
-    after = started_at()
+    after = started_at(lifecycle, deployment, password)
     assert all(after[m][0] > before[m][0] for m in before), (before, after)  # every member restarted
     assert {m: after[m][1] for m in after} == {m: "250" for m in after}  # and runs the new value
+    status = lifecycle.status("default", "roll")
     assert status.phase == "Ready" and all(m.healthy for m in status.members), status
     # The primary moved away before its restart: a replica was promoted, the old primary follows it.
     assert writable_members(lifecycle, deployment) != ["roll-0"]
     assert count_rows(rw(lifecycle, deployment), password) == 100
+
+    # `moorage restart` on its own restarts every member again, the value kept.
+    status = lifecycle.restart("default", "roll")
+    again = started_at(lifecycle, deployment, password)
+    assert all(again[m][0] > after[m][0] for m in after), (after, again)
+    assert {m: again[m][1] for m in again} == {m: "250" for m in again}
+    assert status.phase == "Ready" and count_rows(rw(lifecycle, deployment), password) == 100
 
 
 class Writer(threading.Thread):
@@ -387,13 +393,22 @@ def test_failover_is_refused_while_a_primary_is_writable(lifecycle: Lifecycle) -
 # --- parameters and scale ----------------------------------------------------------------------------
 
 
-def test_parameters_reload_or_restart(lifecycle: Lifecycle) -> None:
+def test_parameters_live_and_refused(lifecycle: Lifecycle) -> None:
     lifecycle.up(manifest("params", replicas=2))
     deployment = lifecycle.existing("default", "params")
     password = lifecycle.runtime.password(deployment.spec)
-    report = lifecycle.set_parameters("default", "params", {"work_mem": "32MB", "max_connections": "150"})
-    assert report.applied_live == {"work_mem": "32MB"}
-    assert report.needs_restart == {"max_connections": "150"}
+    before = started_at(lifecycle, deployment, password)
+    report = lifecycle.set_parameters("default", "params", {"work_mem": "32MB"})
+    assert report.applied_live == {"work_mem": "32MB"} and report.needs_restart == {}
+    for member in lifecycle.connection(deployment).members:
+        with app(member.endpoint, password) as conn:
+            assert conn.execute("SHOW work_mem").fetchone()[0] == "32MB"
+    assert started_at(lifecycle, deployment, password) == before  # live: nothing restarted
+
+    # Lowering a hot-standby setting with standbys is refused before anything changes.
+    with pytest.raises(SpecError, match=r"spec\.parameters\.max_connections: lowering from 200 to 150"):
+        lifecycle.set_parameters("default", "params", {"work_mem": "64MB", "max_connections": "150"})
+    assert lifecycle.existing("default", "params").spec.parameters["work_mem"] == "32MB"
     for member in lifecycle.connection(deployment).members:
         with app(member.endpoint, password) as conn:
             assert conn.execute("SHOW work_mem").fetchone()[0] == "32MB"

@@ -375,9 +375,16 @@ def test_cli_up_the_example_scale_status_set_and_purge(moorage: Moorage) -> None
     assert shrunk["phase"] == "Ready" and len(shrunk["members"]) == 3, shrunk
     assert_tree(shrunk["endpoints"]["client"], paths)
 
-    # Every ZooKeeper parameter is read at start only: reported as needing a restart.
+    # Every ZooKeeper parameter is read at start only: rolled out by a rolling restart before `set`
+    # returns, the tree kept.
     report = moorage.json("set", name, "tickTime=3000")
     assert report == {"appliedLive": {}, "needsRestart": {"tickTime": "3000"}}
+    rolled = moorage.json("status", name)
+    assert rolled["phase"] == "Ready" and sorted(roles(rolled)) == ["follower", "follower", "leader"], rolled
+    for member in rolled["members"]:
+        endpoint = Endpoint.parse(member["address"])
+        assert "tickTime=3000" in four_letter_word(endpoint.host, endpoint.port, "conf").splitlines()
+    assert_tree(rolled["endpoints"]["client"], paths)
     bad = moorage.run("set", name, "tickTime=5", check=False)
     assert bad.returncode == 2 and "spec.parameters.tickTime" in bad.stderr
 

@@ -66,3 +66,66 @@ def test_the_annotation_is_outside_kopfs_own_prefix() -> None:
     from operators.settings import ANNOTATION_PREFIX
 
     assert not OPERATION_ANNOTATION.startswith(f"{ANNOTATION_PREFIX}/")
+
+
+# --- the rolling restart the operator asks for itself while PendingRestart is True -------------------
+
+from middleware.models.middleware import MiddlewareStatus, OperationStatus  # noqa: E402
+from middleware.operations import Result  # noqa: E402
+from operators.reconcile.operation import rollout_request  # noqa: E402
+
+
+def _pending(since: str = "2026-12-04T22:00:00Z") -> MiddlewareStatus:
+    status = MiddlewareStatus()
+    status.set_condition("PendingRestart", True, "ParametersNeedRestart", "max_connections")
+    status.conditions[-1].last_transition_time = since
+    return status
+
+
+def test_no_rollout_without_a_pending_restart() -> None:
+    assert rollout_request(None, MiddlewareStatus()) is None
+    cleared = _pending()
+    cleared.set_condition("PendingRestart", False, "Restarted", "every member restarted")
+    assert rollout_request(None, cleared) is None
+
+
+def test_a_pending_restart_asks_for_one_rolling_restart_named_after_it() -> None:
+    request = rollout_request(None, _pending())
+    assert request == OperationRequest(id="parameters-20261204T220000Z", action=Action.RESTART)
+    # Valid as an annotation: the handler will accept what the operator wrote.
+    assert OperationRequest.parse(request.to_annotation()) == request
+
+
+@pytest.mark.parametrize("result", [Result.RUNNING, Result.SUCCEEDED, Result.FAILED])
+def test_the_same_pending_change_is_asked_for_once(result: Result) -> None:
+    status = _pending()
+    first = rollout_request(None, status)
+    assert first is not None
+    status.last_operation = OperationStatus(id=first.id, action="restart", result=result)
+    assert rollout_request(first.to_annotation(), status) is None
+
+
+def test_a_later_change_needing_a_restart_is_asked_for_again() -> None:
+    first = rollout_request(None, _pending())
+    assert first is not None
+    later = _pending("2026-12-04T23:00:00Z")
+    later.last_operation = OperationStatus(id=first.id, action="restart", result=Result.FAILED)
+    again = rollout_request(first.to_annotation(), later)
+    assert again is not None and again.id == "parameters-20261204T230000Z"
+
+
+def test_a_users_unfinished_request_is_never_replaced() -> None:
+    status = _pending()
+    users = OperationRequest(id="mine", action=Action.SWITCHOVER, target="db-1")
+    assert rollout_request(users.to_annotation(), status) is None  # not even started yet
+    status.last_operation = OperationStatus(id="mine", action="switchover", result=Result.RUNNING)
+    assert rollout_request(users.to_annotation(), status) is None
+    status.last_operation = OperationStatus(id="mine", action="switchover", result=Result.SUCCEEDED)
+    assert rollout_request(users.to_annotation(), status) is not None  # finished: the rollout follows
+
+
+def test_the_applied_spec_record_is_under_kopfs_prefix_so_changing_it_triggers_no_handler() -> None:
+    from middleware.operations import APPLIED_SPEC_ANNOTATION
+    from operators.settings import ANNOTATION_PREFIX
+
+    assert APPLIED_SPEC_ANNOTATION.startswith(f"{ANNOTATION_PREFIX}/")

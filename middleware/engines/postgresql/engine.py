@@ -66,7 +66,7 @@ from middleware.engines.postgresql.topology import (
     rw_service,
     start_waves,
 )
-from middleware.errors import MoorageError, NotReady, OperationError
+from middleware.errors import MoorageError, NotReady, OperationError, SpecError
 from middleware.spec import ResolvedSpec
 
 log = logging.getLogger(__name__)
@@ -297,6 +297,23 @@ class PostgresEngine(EngineDefaults):
             details={"lagBytes": lag, "synchronous": {n: s.sync_state for n, s in stats.items()}},
         )
 
+    def check_change(self, old: ResolvedSpec, new: ResolvedSpec) -> None:
+        """A standby refuses to replay from a primary whose hot-standby settings exceed its own, so
+        lowering one is only safe with the primary restarted before its standbys (CloudNativePG does
+        an in-place primary restart for this); Moorage's rolling restart restarts the primary last,
+        so such a lowering is refused rather than left to stall a standby."""
+        if max(old.replicas, new.replicas) < 2:
+            return
+        for name in HOT_STANDBY_PARAMETERS:
+            before, after = _integer(old.parameters.get(name)), _integer(new.parameters.get(name))
+            if before is not None and after is not None and after < before:
+                raise SpecError(
+                    f"spec.parameters.{name}",
+                    f"lowering from {before} to {after} is not supported with standbys: a standby may "
+                    f"not run with a lower {name} than its primary, and the rolling restart restarts "
+                    "the primary last (docs/postgresql.md, Parameters)",
+                )
+
     # -- planned and unplanned role changes -----------------------------------------------------------
     def client_access(
         self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
@@ -498,3 +515,20 @@ def _ordinal(data: list[Member], endpoint: Endpoint) -> int:
 
 
 ENGINE = PostgresEngine()
+
+
+# Settings a hot standby must hold at least at its primary's value (PostgreSQL docs, "Hot Standby").
+HOT_STANDBY_PARAMETERS = (
+    "max_connections",
+    "max_prepared_transactions",
+    "max_locks_per_transaction",
+    "max_wal_senders",
+    "max_worker_processes",
+)
+
+
+def _integer(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
