@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from middleware.catalog import load_default_catalog, merge_catalogs
+from middleware.endpoints import Endpoint
+from middleware.engines.base import ClientCommand
 from middleware.engines.base import Progress as ProgressFn
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
@@ -37,6 +41,7 @@ from middleware.spec import ResolvedSpec, check_change, load_middleware, manifes
 from operators.backup_cli import backup_app, restore_app
 from operators.operation_client import change_spec, request_operation
 from operators.operator_cli import operator_command
+from operators.port_forward import port_forward
 from operators.sync_cli import sync_app
 
 app = typer.Typer(
@@ -367,6 +372,14 @@ def connect(
     output: OutputOpt = Output.TABLE,
     runtime: RuntimeOpt = RuntimeKind.LOCAL,
     reveal_secrets: Annotated[bool, typer.Option(help="Put the passwords into the URIs.")] = False,
+    exec_client: Annotated[
+        bool,
+        typer.Option(
+            "--exec",
+            help="Open the engine's own client (psql as app, redis-cli, ZooKeeper's shell) on the primary; "
+            "on Kubernetes through `kubectl port-forward` to its Service.",
+        ),
+    ] = False,
 ) -> None:
     """Connection URIs per user (PostgreSQL's `app` user first). On Kubernetes they name the Services,
     which follow failovers, for clients in the cluster; passwords masked unless --reveal-secrets."""
@@ -378,6 +391,16 @@ def connect(
         endpoints = dict(lifecycle.status(namespace, name).endpoints)
         password = lifecycle.runtime.password(spec)
     engine = get_engine(spec.engine)
+    if exec_client:
+        address = engine.client_address(spec, endpoints)
+        if runtime == RuntimeKind.KUBERNETES:
+            # NAME-rw.NS.svc:5432: the Service is the first label.
+            target = Endpoint.parse(address)
+            with port_forward(namespace, target.host.split(".")[0], target.port) as local:
+                code = _run_client(engine.client_command(spec, local.address, password))
+        else:
+            code = _run_client(engine.client_command(spec, address, password))
+        raise typer.Exit(code)
     rows = []
     for access in engine.client_access(spec, endpoints, password):
         uri = access.uri
@@ -398,6 +421,14 @@ def connect(
     out.print(table)
     if not reveal_secrets:
         out.print("passwords masked: --reveal-secrets puts them in")
+
+
+def _run_client(command: ClientCommand) -> int:
+    """The client in the foreground with this terminal (or these pipes); its exit code is ours."""
+    try:
+        return subprocess.run(command.argv, env={**os.environ, **command.env}, check=False).returncode
+    except FileNotFoundError:
+        raise MoorageError(f"{command.argv[0]} not found: install the engine's client for --exec") from None
 
 
 def _kubernetes_access(name: str, namespace: str) -> tuple[ResolvedSpec, dict[str, str], str]:

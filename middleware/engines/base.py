@@ -117,6 +117,16 @@ class ClientAccess:
     password: str
 
 
+@dataclass(frozen=True)
+class ClientCommand:
+    """The engine's own interactive client (psql, redis-cli, ZooKeeper's shell) against one address.
+    No secret in ``argv``, which any user of the machine can read in the process list: the password
+    goes in ``env``, in the variable the client documents for it (PGPASSWORD, REDISCLI_AUTH)."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+
 @dataclass
 class Report:
     """What a live operation did; ``changed`` is False when it was a no-op (idempotent re-run)."""
@@ -257,6 +267,15 @@ class Engine(Protocol):
         (``service_endpoints``)."""
         ...
 
+    def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
+        """The ``host:port`` an interactive session opens (the primary's, where there is one), from
+        the same endpoints as ``client_access``."""
+        ...
+
+    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+        """The engine's own client against ``address`` (``moorage connect --exec``)."""
+        ...
+
     def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
         """``observed`` with the Kubernetes Services' names where a Service serves that endpoint
         (``NAME-rw.NAMESPACE.svc:5432``): stable across failovers, for clients in the cluster."""
@@ -366,6 +385,12 @@ class EngineDefaults:
         raise OperationError(
             f"{spec.engine} {spec.topology} fails over by itself (or has no replicas): nothing to trigger"
         )
+
+    def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
+        raise OperationError(f"no interactive client for {spec.engine}: use a URI from `moorage connect`")
+
+    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+        raise OperationError(f"no interactive client for {spec.engine}: use a URI from `moorage connect`")
 
     def client_access(
         self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str

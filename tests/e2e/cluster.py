@@ -230,11 +230,14 @@ class LocalCluster:
             },
         )
 
-    def moorage(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def moorage(
+        self, *args: str, timeout: float = 900, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """The ``moorage`` CLI as a DBA runs it against this cluster (``--runtime kubernetes``)."""
         return subprocess.run(
             [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig), "MOORAGE_RUNTIME": "kubernetes"},
+            input=stdin,
             text=True,
             capture_output=True,
             timeout=timeout,

@@ -231,6 +231,13 @@ def test_connect_prints_uris_that_work_from_a_pod(local_cluster: LocalCluster, m
     masked = local_cluster.moorage("connect", NAME, "-n", module_namespace, "-o", "json")
     assert access[0]["password"] not in masked.stdout and "****" in masked.stdout
 
+    # `--exec`: psql on this machine, through `kubectl port-forward` to the -rw Service.
+    session = local_cluster.moorage(
+        "connect", NAME, "-n", module_namespace, "--exec", stdin="SELECT current_user, pg_is_in_recovery();\n"
+    )
+    assert session.returncode == 0, session.stderr
+    assert session.stdout.split()[-5:] == ["app", "|", "f", "(1", "row)"], session.stdout
+
 
 def test_set_rolls_out_a_restart_only_parameter_nothing_lost(
     local_cluster: LocalCluster, module_namespace: str

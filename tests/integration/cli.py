@@ -31,12 +31,15 @@ class Moorage:
         self.state_dir = state_dir
         self.columns = columns
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "MOORAGE_STATE_DIR": str(self.state_dir), "COLUMNS": str(self.columns)}
         result = subprocess.run(
             [sys.executable, "-m", "operators.cli", *args],
             cwd=REPO,
             env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=CLI_TIMEOUT,

@@ -243,6 +243,10 @@ def test_parameters_live_and_restart_and_down_keeps_data(moorage: Moorage, tmp_p
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "allkeys-lfu"}
         assert client.config_get("io-threads") == {"io-threads": "2"}
         client.set("kept", "yes")
+        # `connect --exec` opens redis-cli, authenticated through its environment (REDISCLI_AUTH).
+        session = moorage.run("connect", "single", "--exec", stdin="SET via-exec yes\nGET kept\n")
+        assert session.stdout.split() == ["OK", "yes"], session.stdout
+        assert client.get("via-exec") == "yes"
         client.save()
 
     moorage.run("down", "single")

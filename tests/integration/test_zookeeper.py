@@ -385,6 +385,10 @@ def test_cli_up_the_example_scale_status_set_and_purge(moorage: Moorage) -> None
         endpoint = Endpoint.parse(member["address"])
         assert "tickTime=3000" in four_letter_word(endpoint.host, endpoint.port, "conf").splitlines()
     assert_tree(rolled["endpoints"]["client"], paths)
+    # `connect --exec` opens ZooKeeper's own shell on the ensemble.
+    session = moorage.run("connect", name, "--exec", stdin="create /via-exec hello\nget /via-exec\nquit\n")
+    said = session.stdout + session.stderr  # the shell prints "Created" on stderr, values on stdout
+    assert "Created /via-exec" in said and "hello" in session.stdout and "log4j:WARN" not in said, said
     bad = moorage.run("set", name, "tickTime=5", check=False)
     assert bad.returncode == 2 and "spec.parameters.tickTime" in bad.stderr
 

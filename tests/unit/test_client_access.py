@@ -111,3 +111,42 @@ def test_zookeeper_gives_the_connect_string_and_the_superuser() -> None:
 def test_nothing_observed_yet_is_said_not_guessed(engine: str, topology: str) -> None:
     with pytest.raises(NotReady, match="observed yet"):
         uris(spec(engine, topology), {})
+
+
+# --- `moorage connect --exec`: the engine's own client, the password never in argv -----------------
+
+
+@pytest.mark.parametrize(
+    "engine,topology,endpoints,address,client,secret_env",
+    [
+        ("postgresql", "replication", {"rw": "127.0.0.1:5001", "ro": "127.0.0.1:5002"}, "127.0.0.1:5001",
+         "psql", "PGPASSWORD"),
+        ("redis", "sentinel", {"master": "127.0.0.1:6380", "sentinels": "127.0.0.1:26379"}, "127.0.0.1:6380",
+         "redis-cli", "REDISCLI_AUTH"),
+        ("redis", "cluster", {"cluster": "127.0.0.1:7001,127.0.0.1:7002"}, "127.0.0.1:7001", "redis-cli",
+         "REDISCLI_AUTH"),
+        ("zookeeper", "ensemble", {"client": "127.0.0.1:2181,127.0.0.1:2182"}, "127.0.0.1:2181",
+         "org.apache.zookeeper.ZooKeeperMain", None),
+    ],
+)  # fmt: skip
+def test_exec_opens_the_engines_client_on_the_primary_with_no_secret_in_argv(
+    engine: str, topology: str, endpoints: dict[str, str], address: str, client: str, secret_env: str | None
+) -> None:
+    s = spec(engine, topology)
+    found = get_engine(engine).client_address(s, endpoints)
+    assert found == address
+    command = get_engine(engine).client_command(s, found, PASSWORD)
+    assert any(arg.endswith(client) for arg in command.argv), command.argv
+    assert not any(PASSWORD in arg or QUOTED in arg for arg in command.argv), command.argv
+    if secret_env is not None:
+        assert command.env[secret_env]  # the password (PostgreSQL: the app user's, derived from it)
+    port = address.rsplit(":", 1)[1]
+    assert any(port in arg for arg in command.argv)
+    assert ("-c" in command.argv) == (topology == "cluster")  # redis-cli follows MOVED in a cluster
+
+
+def test_exec_before_a_primary_is_observed_is_not_ready_and_mongodb_has_no_shell_here() -> None:
+    with pytest.raises(NotReady, match="no primary observed"):
+        get_engine("postgresql").client_address(spec("postgresql", "replication", replicas=2), {})
+    with pytest.raises(Exception, match="no interactive client for mongodb"):
+        get_engine("mongodb").client_address(spec("mongodb", "replicaset"), {"client": "mongodb://h:1"})

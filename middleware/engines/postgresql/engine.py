@@ -17,6 +17,7 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Addressing,
     ClientAccess,
+    ClientCommand,
     Connection,
     DataSource,
     DumpObject,
@@ -315,6 +316,23 @@ class PostgresEngine(EngineDefaults):
                 )
 
     # -- planned and unplanned role changes -----------------------------------------------------------
+    def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
+        rw = endpoints.get("rw")
+        if not rw:
+            raise NotReady("no primary observed yet (is it Ready?)")
+        return rw
+
+    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+        """psql as the ``app`` user on the ``app`` database (the superuser is one ``\\c`` away for
+        those who know its password); the psql shipped with the server binaries, else PATH's."""
+        endpoint = Endpoint.parse(address)
+        try:
+            psql = str(find_bin_dir() / "psql")
+        except MoorageError:
+            psql = "psql"
+        conninfo = f"host={endpoint.host} port={endpoint.port} user={APP_USER} dbname={APP_DATABASE}"
+        return ClientCommand([psql, conninfo], {"PGPASSWORD": app_password(password)})
+
     def client_access(
         self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
     ) -> list[ClientAccess]:

@@ -12,6 +12,7 @@ from typing import Any
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     ClientAccess,
+    ClientCommand,
     Connection,
     DataSource,
     DumpObject,
@@ -377,6 +378,18 @@ class RedisEngine(EngineDefaults):
             uri = f"redis+sentinel://{auth}{sentinels}/{name}"
             access.append(ClientAccess("default", purpose, uri, password))
         return access
+
+    def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
+        return _first(endpoints, "cluster" if spec.topology == Topology.CLUSTER else "master")
+
+    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+        """redis-cli (-c in a cluster: it follows MOVED to the node's own address, which from
+        outside a Kubernetes cluster is reachable only where pod IPs are)."""
+        endpoint = Endpoint.parse(address)
+        argv = ["redis-cli", "-h", endpoint.host, "-p", str(endpoint.port)]
+        if spec.topology == Topology.CLUSTER:
+            argv.append("-c")
+        return ClientCommand(argv, {"REDISCLI_AUTH": password})
 
     def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
         endpoints = dict(observed)

@@ -18,6 +18,7 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import (
     Addressing,
     ClientAccess,
+    ClientCommand,
     Connection,
     DataSource,
     DumpObject,
@@ -142,6 +143,29 @@ class ZooKeeperEngine(EngineDefaults):
             ClientAccess("-", "ensemble (connect string; no authentication to read and write)", hosts, ""),
             ClientAccess(SUPER_USER, "superuser (addauth digest super:PASSWORD)", hosts, password),
         ]
+
+    def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
+        first = endpoints.get("client", "").split(",")[0]
+        if not first:
+            raise NotReady("no client endpoint observed yet (is it Ready?)")
+        return first
+
+    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+        """ZooKeeper's own shell (what zkCli.sh runs), on the classpath the members run with; no
+        authentication to read and write (``addauth digest super:PASSWORD`` for reconfig and ACLs)."""
+        return ClientCommand(
+            [
+                "java",
+                # The shell's own output only: the client library's log lines are errors or nothing.
+                "-Dzookeeper.root.logger=ERROR,CONSOLE",
+                f"-Dlog4j.configuration={DEBIAN_LOG4J}",
+                "-cp",
+                DEBIAN_CLASSPATH,
+                "org.apache.zookeeper.ZooKeeperMain",
+                "-server",
+                address,
+            ]
+        )
 
     def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
         return {**observed, "client": service_host(spec, client_service(spec.name), CLIENT_PORT)}
