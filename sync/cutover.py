@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis import live
+from middleware.engines.redis import client as redis_client
 from middleware.errors import MoorageError, NotReady, OperationError
 from sync.observe import fetch_status, replication_view, shake_consumer
 from sync.supervisor import AOF_PHASE, ShakeStatus
@@ -186,10 +186,13 @@ def _pause(masters: Sequence[Endpoint], password: str | None, seconds: float, re
     milliseconds = max(1, int(seconds * 1000))
     for master in masters:
         try:
-            live.call(master, password, lambda c: c.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE"))
+            redis_client.call(
+                master, password, lambda c: c.execute_command("CLIENT", "PAUSE", milliseconds, "WRITE")
+            )
         except (NotReady, OperationError, redis.RedisError) as exc:
             raise CutoverAborted(
-                Step.PAUSE, f"could not pause writes on {master}: {live.describe_error(exc, password)}"
+                Step.PAUSE,
+                f"could not pause writes on {master}: {redis_client.describe_error(exc, password)}",
             ) from None
         report.paused.append(master.address)
 
@@ -199,7 +202,7 @@ def _unpause(masters: Sequence[Endpoint], password: str | None) -> list[str]:
     failed = []
     for master in masters:
         try:
-            live.call(master, password, lambda c: c.execute_command("CLIENT", "UNPAUSE"))
+            redis_client.call(master, password, lambda c: c.execute_command("CLIENT", "UNPAUSE"))
         except (NotReady, OperationError, redis.RedisError):
             failed.append(master.address)
     return failed

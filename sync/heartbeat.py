@@ -23,7 +23,7 @@ import redis
 from redis.crc import key_slot
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis import live
+from middleware.engines.redis import client as redis_client
 from middleware.errors import MoorageError
 from sync.plan import ShakeWorkload
 from sync.share import passes
@@ -85,7 +85,7 @@ def read_source(
 ) -> float | None:
     try:
         return _number(
-            live.call(
+            redis_client.call(
                 master,
                 password,
                 lambda c: c.get(name),
@@ -103,7 +103,7 @@ def write_source(
     master: Endpoint, name: bytes, db: int, username: str | None, password: str | None, now: float
 ) -> bool:
     try:
-        live.call(
+        redis_client.call(
             master,
             password,
             lambda c: c.set(name, f"{now:.3f}", ex=TTL_SECONDS),

@@ -17,7 +17,7 @@ from pathlib import Path
 import redis
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis import live
+from middleware.engines.redis import client as redis_client
 from middleware.errors import NotReady, OperationError
 from middleware.models.sync import RedisEndpointKind, SyncFilter
 from sync import shake_config
@@ -33,9 +33,9 @@ def observe_url(url: RedisURL) -> RedisTopology:
     """A side given by one node's URL: the whole cluster when that node is in cluster mode, else that
     node as a standalone (a sentinel group is given as its master's URL, as for ``sync verify``)."""
     try:
-        info = live.call(url.endpoint, url.password, lambda c: c.info("cluster"), attempts=1)
+        info = redis_client.call(url.endpoint, url.password, lambda c: c.info("cluster"), attempts=1)
     except (OperationError, redis.RedisError) as exc:
-        raise NotReady(f"{url.redacted}: {live.describe_error(exc, url.password)}") from None
+        raise NotReady(f"{url.redacted}: {redis_client.describe_error(exc, url.password)}") from None
     if not info.get("cluster_enabled"):
         return observe_topology(
             RedisEndpointKind.STANDALONE, data_nodes=[url.endpoint], password=url.password

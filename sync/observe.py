@@ -17,8 +17,8 @@ from typing import Any
 import redis
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis import cluster, live, sentinel
-from middleware.engines.redis.slots import SlotRange
+from middleware.engines.redis import client as redis_client
+from middleware.engines.redis.client import SlotRange
 from middleware.errors import NotReady, OperationError
 from middleware.models.sync import RedisEndpointKind
 from sync.plan import RedisTopology, Shard, standalone, topology_from_cluster, topology_from_sentinel
@@ -41,14 +41,14 @@ def observe_topology(
     """One side as its servers report it now. Raises NotReady when it cannot be observed (yet)."""
     try:
         if kind is RedisEndpointKind.CLUSTER:
-            view = cluster.observe_cluster(data_nodes, password)
+            view = redis_client.observe_cluster(data_nodes, password)
             if view.open_slots:
                 raise NotReady("slots are being migrated; the shards are not stable yet")
             return topology_from_cluster(view)
         if kind is RedisEndpointKind.SENTINEL:
             if not sentinels or not master_name:
                 raise NotReady("a sentinel side needs its sentinels and master name")
-            sview = sentinel.observe_sentinel(
+            sview = redis_client.observe_sentinel(
                 sentinels, master_name, password, sentinel_password=password, data_nodes=data_nodes
             )
             if sview.master_down or sview.failover_in_progress:
@@ -61,13 +61,15 @@ def observe_topology(
         # topology_from_* raise ValueError for a cluster without slots or sentinels without a master.
         raise NotReady(str(exc)) from None
     except (OperationError, redis.RedisError) as exc:
-        raise NotReady(live.describe_error(exc, password)) from None
+        raise NotReady(redis_client.describe_error(exc, password)) from None
 
 
 def master_offset(endpoint: Endpoint, password: str | None) -> int | None:
     """``master_repl_offset`` of ``endpoint``; None when it does not answer."""
     try:
-        info: dict[str, Any] = live.call(endpoint, password, lambda c: c.info("replication"), attempts=1)
+        info: dict[str, Any] = redis_client.call(
+            endpoint, password, lambda c: c.info("replication"), attempts=1
+        )
     except (NotReady, OperationError, redis.RedisError):
         return None
     value = info.get("master_repl_offset")
@@ -109,7 +111,9 @@ def parse_consumers(info: Mapping[str, Any]) -> list[Consumer]:
 def replication_view(endpoint: Endpoint, password: str | None) -> tuple[int, list[Consumer]] | None:
     """``endpoint``'s ``master_repl_offset`` and its consumers; None when it does not answer."""
     try:
-        info: dict[str, Any] = live.call(endpoint, password, lambda c: c.info("replication"), attempts=1)
+        info: dict[str, Any] = redis_client.call(
+            endpoint, password, lambda c: c.info("replication"), attempts=1
+        )
     except (NotReady, OperationError, redis.RedisError):
         return None
     offset = info.get("master_repl_offset")
@@ -120,7 +124,9 @@ def saving(endpoint: Endpoint, password: str | None) -> bool | None:
     """Whether ``endpoint`` is running a BGSAVE or AOF rewrite of its own; None when it does not answer.
     A full sync cannot attach to such a BGSAVE and waits for the next one (redis-shake #973)."""
     try:
-        info: dict[str, Any] = live.call(endpoint, password, lambda c: c.info("persistence"), attempts=1)
+        info: dict[str, Any] = redis_client.call(
+            endpoint, password, lambda c: c.info("persistence"), attempts=1
+        )
     except (NotReady, OperationError, redis.RedisError):
         return None
     return bool(info.get("rdb_bgsave_in_progress")) or bool(info.get("aof_rewrite_in_progress"))

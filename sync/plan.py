@@ -21,9 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis.cluster import ClusterView
-from middleware.engines.redis.sentinel import SentinelView
-from middleware.engines.redis.slots import SlotRange
+from middleware.engines.redis.client import ClusterView, SentinelView, SlotRange
 from middleware.errors import SpecError
 from middleware.models.sync import RedisEndpointKind, SyncDirection, SyncFilter
 

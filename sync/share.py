@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis.slots import SlotRange
+from middleware.engines.redis.client import SlotRange
 from middleware.errors import SpecError
 from middleware.models.sync import SyncFilter
 from sync.plan import ShakeWorkload

@@ -34,7 +34,7 @@ from enum import StrEnum
 from typing import Any
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis.slots import SlotRange
+from middleware.engines.redis.client import SlotRange
 from sync.plan import ShakeWorkload
 
 # Field names of redis-shake v4's status_port JSON that this module reads, in one place so they are

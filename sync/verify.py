@@ -37,10 +37,19 @@ import redis
 from redis.crc import key_slot
 
 from middleware.endpoints import Endpoint
-from middleware.engines.redis.cluster import observe_cluster
-from middleware.engines.redis.live import NETWORK_ERRORS, connect, describe_error
-from middleware.engines.redis.resp import Command, RespConnection, RespError, open_connection, pack
-from middleware.engines.redis.slots import TOTAL_SLOTS, expand
+from middleware.engines.redis.client import (
+    NETWORK_ERRORS,
+    TOTAL_SLOTS,
+    Command,
+    RespConnection,
+    RespError,
+    connect,
+    describe_error,
+    expand,
+    observe_cluster,
+    open_connection,
+    pack,
+)
 from middleware.errors import MoorageError, NotReady, OperationError
 
 # Keys per pipeline round trip: large enough to amortise the network, small enough that one batch of

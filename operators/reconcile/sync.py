@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from middleware.catalog import Catalog, merge_catalogs
 from middleware.endpoints import Endpoint
-from middleware.engines.redis.topology import DATA_COMPONENT, SENTINEL_COMPONENT, sentinel_master_name
+from middleware.engines.redis.client import DATA_COMPONENT, SENTINEL_COMPONENT, sentinel_master_name
 from middleware.errors import NotReady, SpecError
 from middleware.kube.builders import COMPONENT_LABEL, INSTANCE_LABEL, NAME_LABEL, credentials_secret_name
 from middleware.models.common import SecretKeyReference
