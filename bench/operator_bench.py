@@ -4,7 +4,7 @@
 
 Starts etcd + kube-apiserver (tests/k8s/controlplane.py; no controller-manager, so the StatefulSets
 the operator creates make no pods: this measures the operator, not pod churn), installs crds/, runs
-``python -m operators.operator_cli --namespace bench --standalone`` as a subprocess, then creates
+``python -m operators.cli.operator_command --namespace bench --standalone`` as a subprocess, then creates
 COUNT small redis standalone Middlewares one after another. Latency per object is from just before
 its create call to the first watch event showing ``status.observedGeneration == generation`` (the
 operator's first status write). Peak RSS is the operator's ``VmHWM`` from /proc at the end.
@@ -88,8 +88,8 @@ def run(count: int, timeout: float) -> dict[str, Any]:
         api = plane.api_client()
         log_path = Path(tmp) / "operator.log"
         env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
-        argv = [sys.executable, "-m", "operators.operator_cli", "--namespace", NAMESPACE, "--standalone",
-                "--metrics-port", "0"]  # fmt: skip
+        argv = [sys.executable, "-m", "operators.cli.operator_command", "--namespace", NAMESPACE,
+                "--standalone", "--metrics-port", "0"]  # fmt: skip
         with log_path.open("wb") as log:
             operator = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:

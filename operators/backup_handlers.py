@@ -13,7 +13,6 @@ Importing this module registers the handlers (``kopf run -m operators.main -m op
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
@@ -27,7 +26,6 @@ from backups.jobs import (
     JOB_NAME_LABEL,
     JOB_SERVICE_ACCOUNT,
     MIDDLEWARE_LABEL,
-    JobSettings,
     backup_job,
     job_name,
     job_outcome,
@@ -49,8 +47,9 @@ from middleware.models.backup import (
 from middleware.models.common import ResourceStatus
 from middleware.models.middleware import BackupPolicy
 from middleware.runtime.kubernetes import KubernetesRuntime, owner_reference
-from operators.reconcile import context, events
-from operators.settings import GROUP, VERSION
+from operators.kube import context
+from operators.reconcile import events
+from operators.settings import GROUP, VERSION, operator_config
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +60,6 @@ MIDDLEWARES = (GROUP, VERSION, "middlewares")
 SCHEDULED_LABEL = "moorage.io/scheduled"
 COMPLETE = "Complete"
 RUNNING, COMPLETED, FAILED = "Running", "Completed", "Failed"
-
-
-def _float_env(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not a number") from None
-
-
-FOLLOW_INTERVAL = _float_env("MOORAGE_BACKUP_FOLLOW_SECONDS", 10.0)
-SCHEDULE_INTERVAL = _float_env("MOORAGE_BACKUP_SCHEDULE_SECONDS", 60.0)
-
-
-def job_settings() -> JobSettings:
-    defaults = JobSettings()
-    return JobSettings(
-        image=os.environ.get("MOORAGE_JOB_IMAGE", defaults.image),
-        cpu=os.environ.get("MOORAGE_JOB_CPU", defaults.cpu),
-        memory=os.environ.get("MOORAGE_JOB_MEMORY", defaults.memory),
-    )
 
 
 def _now() -> str:
@@ -254,7 +232,7 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         middleware=spec.middleware.name,
         backup_id=backup_id,
         repository=_repository_spec(repo),
-        settings=job_settings(),
+        settings=operator_config().job,
         catalogs=rt.catalogs(),
     )
     backup_id = _start_job(rt, body, job, backup_id)
@@ -267,7 +245,7 @@ def _is_running(status: Mapping[str, Any] | None, **_: Any) -> bool:
     return (status or {}).get("phase") == RUNNING
 
 
-@kopf.timer(*BACKUPS, interval=FOLLOW_INTERVAL, when=_is_running)
+@kopf.timer(*BACKUPS, interval=operator_config().backup_follow_interval, when=_is_running)
 def follow_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     status = MiddlewareBackupStatus.model_validate(dict(body.get("status") or {}))
     rt = context.runtime()
@@ -365,7 +343,7 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         backup_id=spec.backup_id,
         restore_id=restore_id,
         repository=_repository_spec(repo),
-        settings=job_settings(),
+        settings=operator_config().job,
         catalogs=rt.catalogs(),
     )
     restore_id = _start_job(rt, body, job, restore_id)
@@ -374,7 +352,7 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     _transition(body, patch, status, RUNNING, "JobRunning", message, complete=False, event="JobCreated")
 
 
-@kopf.timer(*RESTORES, interval=FOLLOW_INTERVAL, when=_is_running)
+@kopf.timer(*RESTORES, interval=operator_config().backup_follow_interval, when=_is_running)
 def follow_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     status = MiddlewareRestoreStatus.model_validate(dict(body.get("status") or {}))
     rt = context.runtime()
@@ -437,7 +415,12 @@ def prune_scheduled(items: list[dict[str, Any]], policy: BackupPolicy, now: date
     return list(reversed(doomed))
 
 
-@kopf.timer(*MIDDLEWARES, id="backup-schedule", interval=SCHEDULE_INTERVAL, when=_has_schedule)
+@kopf.timer(
+    *MIDDLEWARES,
+    id="backup-schedule",
+    interval=operator_config().backup_schedule_interval,
+    when=_has_schedule,
+)
 def backup_schedule(body: kopf.Body, **_: Any) -> None:
     """Create a MiddlewareBackup when ``spec.backup.schedule`` fired since the last scheduled one,
     then prune scheduled MiddlewareBackups (and their data in the repository) to the retention."""

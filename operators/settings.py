@@ -1,17 +1,21 @@
 """Operator settings: kopf's (finalizer, progress storage, peering, posting, timeouts) and ours.
 
 ``configure`` is called from the one ``@kopf.on.startup`` handler in ``operators.main``. Our own
-knobs come from the environment so the Deployment (and tests) can tune them without code.
+knobs are one dataclass, ``OperatorConfig``, read from the environment in one place
+(``from_environment``) so the Deployment (and tests) can tune them without code; every handler
+module takes its intervals and Job settings from it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
 import kopf
+
+from backups.jobs import JobSettings
 
 GROUP = "moorage.io"
 VERSION = "v1alpha1"
@@ -47,9 +51,17 @@ class OperatorConfig:
     operation_retry: float = 10.0
     # ...and reported Failed once it has waited this long: a request must not stay Running forever.
     operation_timeout: float = 600.0
+    # RedisSync supervision: redis-shake's status port and the sides are sampled this often.
+    sync_supervise_interval: float = 10.0
+    # A running backup or restore Job is followed this often; schedules are checked this often.
+    backup_follow_interval: float = 10.0
+    backup_schedule_interval: float = 60.0
+    # Backup, restore and share-clearing Jobs: the image (the operator's own) and its resources.
+    job: JobSettings = field(default_factory=JobSettings)
 
     @classmethod
     def from_environment(cls) -> OperatorConfig:
+        job = JobSettings()
         return cls(
             cluster_domain=os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local"),
             member_retry=_float("MOORAGE_MEMBER_RETRY_SECONDS", 5.0),
@@ -59,6 +71,14 @@ class OperatorConfig:
             observe_interval=_float("MOORAGE_OBSERVE_INTERVAL_SECONDS", 30.0),
             operation_retry=_float("MOORAGE_OPERATION_RETRY_SECONDS", 10.0),
             operation_timeout=_float("MOORAGE_OPERATION_TIMEOUT_SECONDS", 600.0),
+            sync_supervise_interval=_float("MOORAGE_SYNC_SUPERVISE_SECONDS", 10.0),
+            backup_follow_interval=_float("MOORAGE_BACKUP_FOLLOW_SECONDS", 10.0),
+            backup_schedule_interval=_float("MOORAGE_BACKUP_SCHEDULE_SECONDS", 60.0),
+            job=JobSettings(
+                image=os.environ.get("MOORAGE_JOB_IMAGE", job.image),
+                cpu=os.environ.get("MOORAGE_JOB_CPU", job.cpu),
+                memory=os.environ.get("MOORAGE_JOB_MEMORY", job.memory),
+            ),
         )
 
 

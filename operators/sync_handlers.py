@@ -22,7 +22,11 @@ def reconcile_sync(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) ->
         sync.reconcile(body, patch, outcome, operator_config())
 
 
-@kopf.timer(*SYNCS, interval=sync.SUPERVISE_INTERVAL, initial_delay=sync.SUPERVISE_INTERVAL)
+@kopf.timer(
+    *SYNCS,
+    interval=operator_config().sync_supervise_interval,
+    initial_delay=operator_config().sync_supervise_interval,
+)
 def supervise_sync(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     with metrics.reconcile_timer("RedisSync", "supervise"):
         sync.tick(body, patch, operator_config())

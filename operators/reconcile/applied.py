@@ -17,7 +17,7 @@ from middleware.errors import SpecError
 from middleware.operations import APPLIED_SPEC_ANNOTATION
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
-from operators.reconcile import context
+from operators.kube import context
 
 ANNOTATION = APPLIED_SPEC_ANNOTATION
 SHAPE_KEYS = ("shards", "replicas", "sentinels")

@@ -24,9 +24,9 @@ from middleware.kube.builders import credentials_secret_name
 from middleware.models.middleware import MiddlewareStatus, Phase
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, member_up, pod_ready
 from middleware.spec import ResolvedSpec, check_change
+from operators.kube import context
 from operators.reconcile import (
     applied,
-    context,
     events,
     observe,
     operation,

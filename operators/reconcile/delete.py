@@ -12,7 +12,8 @@ import kopf
 
 from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from operators import metrics
-from operators.reconcile import context, events
+from operators.kube import context
+from operators.reconcile import events
 
 
 def delete(body: kopf.Body) -> None:

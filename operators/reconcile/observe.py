@@ -12,20 +12,16 @@ import kopf
 
 from middleware.engines.base import Connection, Engine, Observation
 from middleware.errors import SpecError
-from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, ROLE_LABEL, credentials_secret_name
+from middleware.kube.builders import ROLE_LABEL, credentials_secret_name
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators import metrics
+from operators.kube.context import pods_by_name
 from operators.reconcile import events
 from operators.reconcile.status import MiddlewareStatus
 from operators.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
-
-
-def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[str, Any]]:
-    labels = {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name}
-    return {p["metadata"]["name"]: p for p in rt.pods(spec.namespace, labels)}
 
 
 # Waiting reasons that will not clear by themselves (ContainerCreating and PodInitializing do).
@@ -130,7 +126,8 @@ def observe(
 def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig) -> None:
     """The timer: observe a bootstrapped deployment, relabel roles, refresh the status. Before the
     first bootstrap, and for an invalid spec, the create/update handler owns the status."""
-    from operators.reconcile import context, operation
+    from operators.kube import context
+    from operators.reconcile import operation
     from operators.reconcile import status as st
 
     status = st.load(body)

@@ -33,7 +33,8 @@ from middleware.operations import (
 from middleware.rolling import MemberState, StepKind, next_step
 from middleware.runtime.kubernetes import member_up
 from middleware.spec import ResolvedSpec
-from operators.reconcile import context, events, observe
+from operators.kube import context
+from operators.reconcile import events, observe
 from operators.reconcile import status as st
 from operators.settings import OperatorConfig
 

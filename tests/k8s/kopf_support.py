@@ -223,7 +223,7 @@ def local_members(state_dir: Any, manifest: dict[str, Any], timeout: float = 60.
     from middleware.engines.registry import get_engine
     from middleware.runtime.local import LocalRuntime
     from middleware.spec import load_middleware, resolve
-    from operators.reconcile import context
+    from operators.kube import context
 
     local = LocalRuntime(state_dir)
     spec = resolve(load_middleware(manifest))

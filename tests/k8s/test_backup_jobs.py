@@ -341,7 +341,8 @@ def test_a_job_left_by_an_earlier_attempt_keeps_its_backup_id(
 
     from backups.jobs import backup_job
     from middleware.models.backup import BackupRepositorySpec
-    from operators.backup_handlers import RUN_ID_ANNOTATION, job_settings
+    from operators.backup_handlers import RUN_ID_ANNOTATION
+    from operators.settings import operator_config
 
     _repository(api_client, namespace)
     _create(api_client, namespace, "middlewares", "Middleware", "cache", REDIS)
@@ -354,7 +355,7 @@ def test_a_job_left_by_an_earlier_attempt_keeps_its_backup_id(
         repository=BackupRepositorySpec.model_validate(
             {"bucket": "backups", "endpoint": "http://127.0.0.1:1"}
         ),
-        settings=job_settings(),
+        settings=operator_config().job,
     )
     job["metadata"]["annotations"] = {RUN_ID_ANNOTATION: earlier}
     batch: Any = client.BatchV1Api(api_client)

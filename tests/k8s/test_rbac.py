@@ -191,7 +191,7 @@ def test_operator_reconciles_with_only_the_deploy_rbac(
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     argv = [
-        sys.executable, "-m", "operators.operator_cli", "--all-namespaces", "--peering=moorage",
+        sys.executable, "-m", "operators.cli.operator_command", "--all-namespaces", "--peering=moorage",
         f"--liveness=http://127.0.0.1:{health_port}/healthz",
         f"--metrics-port={metrics_port}", "--metrics-address=127.0.0.1",
     ]  # fmt: skip

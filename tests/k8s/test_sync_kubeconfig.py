@@ -179,7 +179,7 @@ def test_remote_cluster_source_is_planned_from_its_pod_ips(
     """The DCE shape: a 3-shard cluster in cluster B (the namespace ``cluster_b``, reconciled there by
     the operator watching only it) syncs into a sentinel deployment here. The RedisSync's source is
     read through a kubeconfig Secret for user cluster-b-reader (client certificate)."""
-    from operators.reconcile import context
+    from operators.kube import context
 
     _require_redis()
     src, tgt, sync = _name("src"), _name("tgt"), _name("rs")

@@ -64,7 +64,7 @@ def local_sides(state_dir: Path, manifests: list[dict[str, Any]]) -> Iterator[tu
     """Like kopf_support.local_members, for several Middlewares at once: their members are real
     processes, and the operator's address seam maps each pod to its process."""
     from middleware.runtime.local import LocalRuntime
-    from operators.reconcile import context
+    from operators.kube import context
     from tests.k8s import kopf_support
 
     local = LocalRuntime(state_dir)

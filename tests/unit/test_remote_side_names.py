@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from middleware.endpoints import Endpoint
 from middleware.models.sync import RedisEndpointKind
-from operators.reconcile.sync import SideAccess, _pod_ip_prefixes
+from operators.kube.redis_sync import SideAccess, _pod_ip_prefixes
 from sync.plan import RedisTopology, Replica, Shard, renamed
 
 STATEFULSET = {

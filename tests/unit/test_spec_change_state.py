@@ -1,5 +1,5 @@
 """How `moorage scale|set --runtime kubernetes` reads the operator's progress from the Middleware alone
-(operators/operation_client.spec_change_state): every state the operator can leave it in."""
+(operators/cli/operations.spec_change_state): every state the operator can leave it in."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from middleware.operations import APPLIED_SPEC_ANNOTATION, rollout_id
-from operators.operation_client import spec_change_state
+from operators.cli.operations import spec_change_state
 
 SPEC = {
     "engine": "postgresql",

@@ -26,7 +26,7 @@ from middleware.endpoints import Endpoint
 from middleware.errors import MoorageError, SpecError
 from middleware.models.sync import SyncDirection
 from middleware.runtime.kubernetes import KubernetesRuntime
-from operators import sync_ops
+from operators.cli import sync_ops
 from sync import manual
 from sync.cutover import CutoverReport, Step, cutover
 from sync.cutover import Progress as CutoverProgress

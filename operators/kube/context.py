@@ -11,6 +11,7 @@ from typing import Any
 from middleware.catalog import Catalog, merge_catalogs
 from middleware.engines.base import Engine
 from middleware.engines.registry import get_engine
+from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL
 from middleware.runtime.kubernetes import AddressResolver, KubernetesRuntime, pod_dns_address
 from middleware.spec import ResolvedSpec, load_middleware, manifest_of, resolve
 from operators.settings import FIELD_MANAGER
@@ -71,3 +72,9 @@ def decode(body: Mapping[str, Any], rt: KubernetesRuntime, with_catalog: Catalog
     middleware = load_middleware(manifest_of(body))
     spec = resolve(middleware, with_catalog if with_catalog is not None else catalog(rt))
     return Decoded(body=body, spec=spec, engine=get_engine(spec.engine))
+
+
+def pods_by_name(rt: KubernetesRuntime, spec: ResolvedSpec) -> dict[str, dict[str, Any]]:
+    """The deployment's pods by name (every component's), as the API has them now."""
+    labels = {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name}
+    return {p["metadata"]["name"]: p for p in rt.pods(spec.namespace, labels)}

@@ -38,11 +38,11 @@ from middleware.operations import Action, OperationRequest
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, manifest_of, resolve
-from operators.backup_cli import backup_app, restore_app
-from operators.operation_client import change_spec, request_operation
-from operators.operator_cli import operator_command
-from operators.port_forward import port_forward
-from operators.sync_cli import sync_app
+from operators.cli.backup_commands import backup_app, restore_app
+from operators.cli.operations import change_spec, request_operation
+from operators.cli.operator_command import operator_command
+from operators.cli.port_forward import port_forward
+from operators.cli.sync_commands import sync_app
 
 app = typer.Typer(
     help="Moorage: stateful middleware lifecycle manager (local runtime when no cluster is used).",
@@ -351,7 +351,7 @@ def restart(
 def _operation_on_kubernetes(
     name: str, namespace: str, request: OperationRequest, output: Output, timeout: float
 ) -> None:
-    """The operator does the work (see operators/operation_client.py); the same output as locally."""
+    """The operator does the work (see operators/cli/operations.py); the same output as locally."""
     rt = _kubernetes_runtime()
     try:
         with err.status(f"{request.action.value} of {namespace}/{name}") as spinner:
@@ -497,7 +497,7 @@ def _change_on_kubernetes(
     name: str, namespace: str, change: dict[str, Any], timeout: float
 ) -> tuple[dict[str, Any], ResolvedSpec]:
     """Check the change as the operator will (so a refusal touches nothing), write it into the spec,
-    and follow the operator until it is carried out (operators/operation_client.py)."""
+    and follow the operator until it is carried out (operators/cli/operations.py)."""
     rt = _kubernetes_runtime()
     try:
         current = rt.get(API_VERSION, "Middleware", namespace, name)

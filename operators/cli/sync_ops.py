@@ -19,8 +19,8 @@ from middleware.errors import MoorageError, NotReady, OperationError, SpecError
 from middleware.kube.builders import COMPONENT_LABEL, INSTANCE_LABEL, NAME_LABEL
 from middleware.models.sync import RedisEndpointKind, SyncDirection
 from middleware.runtime.kubernetes import KubernetesRuntime
-from operators.reconcile import context
-from operators.reconcile.sync import API, SideAccess, desired, resolve
+from operators.kube import context
+from operators.kube.redis_sync import API, SideAccess, desired, resolve
 from operators.settings import OperatorConfig
 from sync import shake_config
 from sync.cutover import CutoverReport, Feed, Progress, cutover

@@ -205,7 +205,8 @@ def operator_command(
 
 
 def main() -> None:
-    """``python -m operators.operator_cli``: the same command without loading the whole ``moorage`` CLI."""
+    """``python -m operators.cli.operator_command``: the same command without loading the whole
+    ``moorage`` CLI."""
     try:
         typer.run(operator_command)
     except MoorageError as error:
