@@ -39,7 +39,7 @@ from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, manifest_of, resolve
 from operators.cli.backup_commands import backup_app, restore_app
-from operators.cli.operations import change_spec, request_operation
+from operators.cli.operations import apply_middleware, change_spec, delete_middleware, request_operation
 from operators.cli.operator_command import operator_command
 from operators.cli.port_forward import port_forward
 from operators.cli.sync_commands import sync_app
@@ -73,6 +73,9 @@ StateDir = Annotated[
 ]
 Namespace = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the Middleware.")]
 OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="table or json.")]
+
+
+CLI_FIELD_MANAGER = "moorage-cli"
 
 
 class RuntimeKind(StrEnum):
@@ -194,10 +197,15 @@ def up(
     file: Annotated[list[Path], typer.Option("--file", "-f", help="Middleware manifest(s), YAML.")],
     state_dir: StateDir = None,
     output: OutputOpt = Output.TABLE,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 1200.0,
 ) -> None:
     """Create or update Middleware from manifests and wait until Ready."""
-    lifecycle = _lifecycle(state_dir)
     documents = _read_documents(file)
+    if runtime == RuntimeKind.KUBERNETES:
+        _up_on_kubernetes(documents, output, timeout)
+        return
+    lifecycle = _lifecycle(state_dir)
     # Validate every document before starting anything: one bad spec starts nothing.
     deployments = [lifecycle.prepare(doc) for doc in documents]
     results = []
@@ -214,6 +222,34 @@ def up(
             _print_status(result)
 
 
+def _up_on_kubernetes(documents: list[dict[str, Any]], output: Output, timeout: float) -> None:
+    """Every document checked as the operator will (a bad one writes nothing), then applied and
+    followed until the operator has carried it out and it is Ready."""
+    rt = _kubernetes_runtime()
+    try:
+        catalog = merge_catalogs(rt.catalogs())
+        for doc in documents:
+            doc.setdefault("metadata", {}).setdefault("namespace", "default")
+            new = resolve(load_middleware(doc), catalog)
+            current = rt.get(API_VERSION, "Middleware", new.namespace, new.name)
+            if current is not None:
+                old = resolve(load_middleware(manifest_of(current)), catalog)
+                check_change(old, new, get_engine(new.engine))
+        results = []
+        for doc in documents:
+            meta = doc["metadata"]
+            with err.status(f"{meta['namespace']}/{meta['name']}: applying") as spinner:
+                body = apply_middleware(rt, doc, timeout=timeout, progress=lambda m: spinner.update(m))
+            results.append(_middleware_document(body))
+    finally:
+        rt.close()
+    if output == Output.JSON:
+        _print_json(results if len(results) > 1 else results[0])
+    else:
+        for result in results:
+            _print_status(result)
+
+
 @app.command()
 def status(
     name: Annotated[str | None, typer.Argument(help="Middleware name; all when omitted.")] = None,
@@ -221,8 +257,12 @@ def status(
     state_dir: StateDir = None,
     output: OutputOpt = Output.TABLE,
     reveal_secrets: Annotated[bool, typer.Option(help="Include the password in the output.")] = False,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
 ) -> None:
-    """Observe members live: roles, health and endpoints."""
+    """Observe members live: roles, health and endpoints (Kubernetes: the operator's status)."""
+    if runtime == RuntimeKind.KUBERNETES:
+        _status_on_kubernetes(name, namespace, output, reveal_secrets)
+        return
     lifecycle = _lifecycle(state_dir)
     targets = [(namespace, name)] if name else lifecycle.runtime.list()
     documents = []
@@ -244,15 +284,58 @@ def status(
             out.print(f"  password: {doc['password']}")
 
 
+def _status_on_kubernetes(name: str | None, namespace: str, output: Output, reveal_secrets: bool) -> None:
+    rt = _kubernetes_runtime()
+    try:
+        if name:
+            found = rt.get(API_VERSION, "Middleware", namespace, name)
+            if found is None:
+                raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
+            bodies = [found]
+        else:
+            bodies = rt.list_objects(API_VERSION, "Middleware", namespace, {})
+        documents = []
+        for body in bodies:
+            doc = _middleware_document(body)
+            if reveal_secrets:
+                spec = resolve(load_middleware(manifest_of(body)), merge_catalogs(rt.catalogs()))
+                doc["password"] = rt.secret_value(spec.namespace, credentials_secret_name(spec), "password")
+            documents.append(doc)
+    finally:
+        rt.close()
+    if output == Output.JSON:
+        _print_json(documents[0] if name else documents)
+        return
+    if not documents:
+        out.print(f"no Middleware in namespace {namespace}")
+    for doc in documents:
+        _print_status(doc)
+        if reveal_secrets:
+            out.print(f"  password: {doc['password']}")
+
+
 @app.command()
 def down(
     name: str,
     namespace: Namespace = "default",
     purge: Annotated[bool, typer.Option(help="Also delete data and credentials.")] = False,
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = RuntimeKind.LOCAL,
+    timeout: TimeoutOpt = 600.0,
 ) -> None:
-    """Stop a Middleware. Data and credentials are kept unless --purge is given."""
-    _lifecycle(state_dir).down(namespace, name, purge=purge)
+    """Stop a Middleware. Data and credentials are kept unless --purge is given (Kubernetes: the
+    Middleware is deleted with deletionPolicy Retain, or Delete with --purge)."""
+    if runtime == RuntimeKind.KUBERNETES:
+        rt = _kubernetes_runtime()
+        try:
+            with err.status(f"deleting {namespace}/{name}") as spinner:
+                delete_middleware(
+                    rt, namespace, name, purge=purge, timeout=timeout, progress=lambda m: spinner.update(m)
+                )
+        finally:
+            rt.close()
+    else:
+        _lifecycle(state_dir).down(namespace, name, purge=purge)
     kept = "data deleted" if purge else "data kept (use --purge to delete it)"
     err.print(f"{namespace}/{name} stopped; {kept}")
 
@@ -449,7 +532,8 @@ def _kubernetes_access(name: str, namespace: str) -> tuple[ResolvedSpec, dict[st
 
 def _kubernetes_runtime() -> KubernetesRuntime:
     try:
-        return KubernetesRuntime.from_environment()
+        # Its own field manager: the Middleware's spec is the user's, the objects it makes the operator's.
+        return KubernetesRuntime.from_environment(field_manager=CLI_FIELD_MANAGER)
     except Exception as exc:  # no kubeconfig, an unreadable one: the kubernetes client's own words
         raise MoorageError(f"cannot reach the cluster ($KUBECONFIG): {exc}") from None
 
@@ -521,11 +605,19 @@ def _change_on_kubernetes(
 
 
 def _show_middleware(name: str, namespace: str, body: dict[str, Any], output: Output) -> None:
-    spec_doc = body.get("spec") or {}
+    _show(_middleware_document(body), output)
+
+
+def _middleware_document(body: dict[str, Any]) -> dict[str, Any]:
+    """The same document as locally, from a Middleware as the operator's status has it."""
+    meta, spec_doc = body.get("metadata") or {}, body.get("spec") or {}
     observed = MiddlewareStatus.model_validate(body.get("status") or {})
-    _show(
-        _status_document(name, namespace, spec_doc.get("engine", ""), spec_doc.get("topology", ""), observed),
-        output,
+    return _status_document(
+        meta.get("name", ""),
+        meta.get("namespace", ""),
+        spec_doc.get("engine", ""),
+        spec_doc.get("topology", ""),
+        observed,
     )
 
 

@@ -99,9 +99,66 @@ def change_spec(
     written = rt.merge_patch(API_VERSION, "Middleware", namespace, name, {"spec": dict(spec_patch)})
     if written is None:
         raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
+    return follow_spec(rt, written, timeout=timeout, progress=progress, clock=clock)
+
+
+def apply_middleware(
+    rt: KubernetesRuntime,
+    manifest: Mapping[str, Any],
+    *,
+    timeout: float,
+    progress: Callable[[str], None] = lambda _m: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """``moorage up --runtime kubernetes``: create or update the Middleware (server-side apply of the
+    fields the manifest sets, as the CLI's own field manager) and wait as ``change_spec`` does."""
+    written = rt.apply(dict(manifest))
+    return follow_spec(rt, written, timeout=timeout, progress=progress, clock=clock)
+
+
+def delete_middleware(
+    rt: KubernetesRuntime,
+    namespace: str,
+    name: str,
+    *,
+    purge: bool,
+    timeout: float,
+    progress: Callable[[str], None] = lambda _m: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """``moorage down --runtime kubernetes``: the same promise as locally, data kept unless ``purge``.
+    ``spec.deletionPolicy`` is set to say so before the delete, since the operator's finalizer reads
+    it then (Retain keeps the PVCs and credentials for a later ``up``); returns once it is gone."""
+    policy = "Delete" if purge else "Retain"
+    patched = rt.merge_patch(API_VERSION, "Middleware", namespace, name, {"spec": {"deletionPolicy": policy}})
+    if patched is None:
+        raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
+    rt.delete(API_VERSION, "Middleware", namespace, name)
+    deadline = clock() + timeout
+    while rt.get(API_VERSION, "Middleware", namespace, name) is not None:
+        progress(f"waiting for the operator to finish deleting {namespace}/{name} ({policy})")
+        if clock() > deadline:
+            raise MoorageError(
+                f"{namespace}/{name} is still being deleted after {timeout:.0f}s: is the operator running? "
+                f"(kubectl -n {namespace} describe mw {name})"
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def follow_spec(
+    rt: KubernetesRuntime,
+    written: Mapping[str, Any],
+    *,
+    timeout: float,
+    progress: Callable[[str], None] = lambda _m: None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
+    """Follow the Middleware ``written`` (the API's answer to a write) until the operator has
+    carried out its generation (``spec_change_state``)."""
+    namespace, name = written["metadata"]["namespace"], written["metadata"]["name"]
     generation = written["metadata"].get("generation")
     deadline = clock() + timeout
-    body = written
+    body = dict(written)
     while True:
         state = spec_change_state(body, generation)
         if state.failed:

@@ -41,21 +41,29 @@ REPO = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _postgres_available() -> None:
+def postgres_unavailable() -> str | None:
+    """Why local PostgreSQL members cannot run here, or None (also used by tests/e2e/test_scenarios.py)."""
     try:
         bin_dir = find_bin_dir()
     except MoorageError as error:
-        pytest.skip(str(error))
+        return str(error)
     try:
         pwd.getpwnam("postgres")
     except KeyError:
-        pytest.skip("no `postgres` OS user: useradd --system --create-home postgres (make setup)")
+        return "no `postgres` OS user: useradd --system --create-home postgres (make setup)"
     if os.geteuid() == 0 and not_traversable_by_others(bin_dir) is not None:
-        pytest.skip(
+        return (
             f"{bin_dir} is not reachable by the postgres user: run `make setup` (it copies PostgreSQL "
             "to /opt/moorage/postgresql when the virtualenv is under /root)"
         )
+    return None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _postgres_available() -> None:
+    why = postgres_unavailable()
+    if why is not None:
+        pytest.skip(why)
 
 
 @pytest.fixture

@@ -166,7 +166,27 @@ START_SCRIPT = "\n".join(
         f'elif ! grep -qx "{FENCE_OFF_LINE}" "$config"; then',
         '  : > "$pgdata/standby.signal"',
         "fi",
-        'exec "${bin:+$bin/}postgres" -D "$pgdata" -c "config_file=$config"',
+        'set -- -D "$pgdata" -c "config_file=$config"',
+        # A standby cannot replay WAL written under higher hot-standby settings than its own (it
+        # stops: "recovery aborted because of insufficient parameter settings"), e.g. data kept by
+        # `down` and started again from a manifest with a lower max_connections. Such a setting is
+        # raised to what the data records (pg_controldata), as CloudNativePG does for its replicas.
+        'if [ -e "$pgdata/standby.signal" ] && [ -e "$pgdata/global/pg_control" ]; then',
+        # Backticks, not $(...): the kubelet would expand $(NAME) in a container's command.
+        '  recorded=`"${bin:+$bin/}pg_controldata" "$pgdata"`',
+        "  for pair in max_connections:max_connections max_worker_processes:max_worker_processes \\",
+        "      max_wal_senders:max_wal_senders max_prepared_transactions:max_prepared_xacts \\",
+        "      max_locks_per_transaction:max_locks_per_xact; do",
+        '    name=${pair%%:*} key=${pair#*:}',
+        '    need=`printf "%s\\n" "$recorded" | sed -n "s/^$key setting: *//p"`',
+        '    have=`"${bin:+$bin/}postgres" "$@" -C "$name"`',
+        '    if [ -n "$need" ] && [ -n "$have" ] && [ "$need" -gt "$have" ]; then',
+        '      echo "moorage: $name raised from $have to $need, the value this data was written with" >&2',
+        '      set -- "$@" -c "$name=$need"',
+        "    fi",
+        "  done",
+        "fi",
+        'exec "${bin:+$bin/}postgres" "$@"',
     ]
 )
 
