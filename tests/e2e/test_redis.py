@@ -177,6 +177,37 @@ def test_all_pods_deleted_at_once_the_cluster_heals_by_itself(
     assert missing_keys(cluster_client(local_cluster, module_namespace, CLUSTER), keys) == []
 
 
+def test_cluster_rolling_restart_through_the_cli_nothing_lost(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
+    """`moorage restart --runtime kubernetes` on a Redis cluster while a pod writes: replicas' pods
+    first, then each master switched over to a restarted replica of its own shard (CLUSTER FAILOVER,
+    coordinated) before its pod is evicted; every pod replaced, every acknowledged write kept."""
+    ns = module_namespace
+    writer = start_writer(local_cluster, ns, CLUSTER, CLUSTER, cluster_mode=True)
+    selector = f"app.kubernetes.io/instance={CLUSTER}"
+    before = {p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, selector)}
+    masters_before = {
+        n for n, m in _members(local_cluster.middleware(ns, CLUSTER)).items() if m["role"] == "master"
+    }
+
+    done = local_cluster.moorage("restart", CLUSTER, "-n", ns, "-o", "json", timeout=1500)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["phase"] == "Ready" and all(m["healthy"] for m in doc["members"]), doc
+    after = {p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, selector)}
+    assert set(after) == set(before) and all(after[n] != before[n] for n in before), (before, after)
+    masters_after = {m["name"] for m in doc["members"] if m["role"] == "master"}
+    assert masters_after.isdisjoint(masters_before), (masters_before, masters_after)  # switched over first
+    last = local_cluster.middleware(ns, CLUSTER)["status"]["lastOperation"]
+    assert (last["action"], last["result"]) == ("restart", "Succeeded"), last
+
+    acked = stop_writer(local_cluster, ns, writer)
+    assert len(acked) > 50
+    assert missing_keys(cluster_client(local_cluster, ns, CLUSTER), acked) == []
+    local_cluster.core.delete_namespaced_pod(writer, ns, grace_period_seconds=0)
+
+
 def test_sentinel_follows_a_deleted_master(local_cluster: LocalCluster, module_namespace: str) -> None:
     local_cluster.create_middleware(
         module_namespace,
