@@ -177,7 +177,7 @@ START_SCRIPT = "\n".join(
         "  for pair in max_connections:max_connections max_worker_processes:max_worker_processes \\",
         "      max_wal_senders:max_wal_senders max_prepared_transactions:max_prepared_xacts \\",
         "      max_locks_per_transaction:max_locks_per_xact; do",
-        '    name=${pair%%:*} key=${pair#*:}',
+        "    name=${pair%%:*} key=${pair#*:}",
         '    need=`printf "%s\\n" "$recorded" | sed -n "s/^$key setting: *//p"`',
         '    have=`"${bin:+$bin/}postgres" "$@" -C "$name"`',
         '    if [ -n "$need" ] && [ -n "$have" ] && [ "$need" -gt "$have" ]; then',
