@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from middleware.catalog import load_default_catalog, merge_catalogs
+from middleware.catalog import Catalog, load_default_catalog
 from middleware.endpoints import Endpoint
 from middleware.engines.base import ClientCommand
 from middleware.engines.base import Progress as ProgressFn
@@ -43,6 +43,7 @@ from operators.cli.operations import apply_middleware, change_spec, delete_middl
 from operators.cli.operator_command import operator_command
 from operators.cli.port_forward import port_forward
 from operators.cli.sync_commands import sync_app
+from operators.kube import context
 
 app = typer.Typer(
     help="Moorage: stateful middleware lifecycle manager (local runtime when no cluster is used).",
@@ -227,14 +228,10 @@ def _up_on_kubernetes(documents: list[dict[str, Any]], output: Output, timeout: 
     followed until the operator has carried it out and it is Ready."""
     rt = _kubernetes_runtime()
     try:
-        catalog = merge_catalogs(rt.catalogs())
+        catalog = context.catalog(rt)
         for doc in documents:
             doc.setdefault("metadata", {}).setdefault("namespace", "default")
-            new = resolve(load_middleware(doc), catalog)
-            current = rt.get(API_VERSION, "Middleware", new.namespace, new.name)
-            if current is not None:
-                old = resolve(load_middleware(manifest_of(current)), catalog)
-                check_change(old, new, get_engine(new.engine))
+            _checked_against_cluster(rt, catalog, doc)
         results = []
         for doc in documents:
             meta = doc["metadata"]
@@ -273,14 +270,20 @@ def status(
         if reveal_secrets:
             doc["password"] = lifecycle.runtime.password(deployment.spec)
         documents.append(doc)
+    _print_statuses(
+        documents, name is not None, output, "no Middleware yet: create one with `moorage up -f FILE`"
+    )
+
+
+def _print_statuses(documents: list[dict[str, Any]], single: bool, output: Output, empty: str) -> None:
     if output == Output.JSON:
-        _print_json(documents[0] if name else documents)
+        _print_json(documents[0] if single else documents)
         return
     if not documents:
-        out.print("no Middleware yet: create one with `moorage up -f FILE`")
+        out.print(empty)
     for doc in documents:
         _print_status(doc)
-        if reveal_secrets:
+        if "password" in doc:
             out.print(f"  password: {doc['password']}")
 
 
@@ -298,20 +301,11 @@ def _status_on_kubernetes(name: str | None, namespace: str, output: Output, reve
         for body in bodies:
             doc = _middleware_document(body)
             if reveal_secrets:
-                spec = resolve(load_middleware(manifest_of(body)), merge_catalogs(rt.catalogs()))
-                doc["password"] = rt.secret_value(spec.namespace, credentials_secret_name(spec), "password")
+                doc["password"] = _credentials(rt, body)[1]
             documents.append(doc)
     finally:
         rt.close()
-    if output == Output.JSON:
-        _print_json(documents[0] if name else documents)
-        return
-    if not documents:
-        out.print(f"no Middleware in namespace {namespace}")
-    for doc in documents:
-        _print_status(doc)
-        if reveal_secrets:
-            out.print(f"  password: {doc['password']}")
+    _print_statuses(documents, name is not None, output, f"no Middleware in namespace {namespace}")
 
 
 @app.command()
@@ -520,8 +514,7 @@ def _kubernetes_access(name: str, namespace: str) -> tuple[ResolvedSpec, dict[st
         body = rt.get(API_VERSION, "Middleware", namespace, name)
         if body is None:
             raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
-        spec = resolve(load_middleware(manifest_of(body)), merge_catalogs(rt.catalogs()))
-        password = rt.secret_value(namespace, credentials_secret_name(spec), "password")
+        spec, password = _credentials(rt, body)
         if password is None:
             raise MoorageError(f"Secret {credentials_secret_name(spec)} has no password yet")
         observed = (body.get("status") or {}).get("endpoints") or {}
@@ -587,14 +580,11 @@ def _change_on_kubernetes(
         current = rt.get(API_VERSION, "Middleware", namespace, name)
         if current is None:
             raise MoorageError(f"no Middleware {namespace}/{name} in the cluster")
-        catalog = merge_catalogs(rt.catalogs())
         manifest = manifest_of(current)
-        old = resolve(load_middleware(manifest), catalog)
         spec = dict(manifest.get("spec") or {})
         for key, value in change.items():
             spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-        new = resolve(load_middleware({**manifest, "spec": spec}), catalog)
-        check_change(old, new, get_engine(new.engine))
+        new = _checked_against_cluster(rt, context.catalog(rt), {**manifest, "spec": spec})
         with err.status(f"changing {namespace}/{name}") as spinner:
             body = change_spec(
                 rt, namespace, name, change, timeout=timeout, progress=lambda m: spinner.update(m)
@@ -602,6 +592,23 @@ def _change_on_kubernetes(
         return body, new
     finally:
         rt.close()
+
+
+def _checked_against_cluster(rt: KubernetesRuntime, catalog: Catalog, doc: dict[str, Any]) -> ResolvedSpec:
+    """``doc`` resolved with the cluster's catalogs and checked against the Middleware as it is now,
+    if there is one, as the operator will check it: a refusal writes nothing."""
+    new = resolve(load_middleware(doc), catalog)
+    current = rt.get(API_VERSION, "Middleware", new.namespace, new.name)
+    if current is not None:
+        check_change(context.decode(current, rt, catalog).spec, new, get_engine(new.engine))
+    return new
+
+
+def _credentials(rt: KubernetesRuntime, body: dict[str, Any]) -> tuple[ResolvedSpec, str | None]:
+    """The Middleware's resolved spec and its password, from its credentials Secret (None before
+    the operator created it)."""
+    spec = context.decode(body, rt).spec
+    return spec, rt.secret_value(spec.namespace, credentials_secret_name(spec), "password")
 
 
 def _show_middleware(name: str, namespace: str, body: dict[str, Any], output: Output) -> None:

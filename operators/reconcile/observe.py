@@ -142,9 +142,10 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     conn, pods = live_connection(rt, spec, engine, config)
     before = status.to_wire()
     st.restarted_since_pending(status, creation_times(pods))
-    if not _change_in_flight(body):
+    in_flight = _change_in_flight(body)
+    if not in_flight:
         operation.request_rollout(body, patch, status)  # e.g. after a request of the user's finished
-    if _change_in_flight(body):
+    if in_flight:
         # The create/update handler is mid-way through a change (a scale moving slots, a rollout)
         # and owns phase and members until it records the spec as applied: a timer writing Ready
         # from the half-changed shape would announce a scale-out before any slot moved. Roles are

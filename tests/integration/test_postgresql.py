@@ -205,27 +205,23 @@ def test_cli_up_example_pgvector_hnsw_and_streaming_replicas(state_dir: Path) ->
     assert set(observation.details["synchronous"].values()) == {"quorum"}
     # A second `up` changes nothing and stays Ready.
     assert cli("up", "-f", "examples/postgresql.yaml", "-o", "json")["phase"] == "Ready"
+
     # `connect --exec`: psql as app on the primary, the password in its environment only.
-    session = subprocess.run(
-        [sys.executable, "-m", "operators.cli", "connect", "vectors", "--exec"],
-        cwd=REPO,
-        env=env,
-        input="SELECT current_user, pg_is_in_recovery(), count(*) FROM docs;\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    def psql(stdin: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "operators.cli", "connect", "vectors", "--exec"],
+            cwd=REPO,
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    session = psql("SELECT current_user, pg_is_in_recovery(), count(*) FROM docs;\n")
     assert session.returncode == 0, session.stderr
     assert "app" in session.stdout and " f " in session.stdout and "500" in session.stdout, session.stdout
-    failed = subprocess.run(
-        [sys.executable, "-m", "operators.cli", "connect", "vectors", "--exec"],
-        cwd=REPO,
-        env=env,
-        input="\\set ON_ERROR_STOP 1\nSELECT * FROM no_such_table;\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    failed = psql("\\set ON_ERROR_STOP 1\nSELECT * FROM no_such_table;\n")
     assert failed.returncode != 0 and "no_such_table" in failed.stderr  # the client's exit code is ours
 
 
