@@ -23,12 +23,14 @@ from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
 from backups.errors import BackupError
 from backups.manifest import BackupManifest
 from backups.repository import Repository
 from backups.retention import select_for_pruning
 from middleware.engines.base import Connection, Engine, LoadReport, Progress, no_progress
-from middleware.errors import MoorageError
+from middleware.errors import MoorageError, NotReady
 from middleware.spec import ResolvedSpec
 
 
@@ -63,6 +65,33 @@ class Targets(Protocol):
         ...
 
 
+READY_TIMEOUT_SECONDS = 120.0
+"""How long a backup or restore waits for a target that is not serving right now (a failover in
+progress, a sentinel that does not answer) before it gives up without having touched anything."""
+
+
+def serving_inventory(
+    target: Target, progress: Progress = no_progress, timeout: float = READY_TIMEOUT_SECONDS
+) -> dict[str, int]:
+    """The target's inventory, once it serves. ``NotReady`` is what an engine says during a
+    failover or while a member is briefly unreachable: a Job started at that moment would otherwise
+    fail a backup or a restore that works a few seconds later. Asked again until ``timeout``, then
+    the last ``NotReady`` is raised; nothing has been written by then."""
+
+    def waiting(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        progress(f"waiting for {target.name} to serve: {error}", state.seconds_since_start or 0.0, timeout)
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(NotReady),
+        stop=stop_after_delay(timeout),
+        wait=wait_exponential(multiplier=0.5, max=10),
+        before_sleep=waiting,
+        reraise=True,
+    )
+    return retrying(target.engine.data_inventory, target.spec, target.conn)
+
+
 # -- backups ------------------------------------------------------------------------------------
 
 
@@ -82,18 +111,20 @@ def create_backup(
     restore_id: str | None = None,
     backup_id: str | None = None,
     progress: Progress = no_progress,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
 ) -> BackupManifest:
     """Dump ``target`` into the repository. The backup exists only once its manifest is written,
     which is the last step; any failure aborts it (objects deleted, nothing listed, audited).
     ``backup_id`` is chosen by the caller when it must be known before the backup starts (the
-    operator names it in the status before its Job runs)."""
-    started = _now()
-    clock = time.monotonic()
+    operator names it in the status before its Job runs). A target not serving yet is waited for
+    up to ``ready_timeout`` seconds (:func:`serving_inventory`)."""
     writer = repository.begin(
         target.namespace, target.name, kind=kind, restore_id=restore_id, backup_id=backup_id
     )
     try:
-        inventory = target.engine.data_inventory(target.spec, target.conn)
+        inventory = serving_inventory(target, progress, ready_timeout)
+        started = _now()
+        clock = time.monotonic()
         done = 0
 
         def on_bytes(count: int) -> None:
@@ -276,18 +307,26 @@ class RestorePlan:
         }
 
 
-def plan_restore(repository: Repository, backup_id: str, target: Target) -> RestorePlan:
+def plan_restore(
+    repository: Repository,
+    backup_id: str,
+    target: Target,
+    *,
+    progress: Progress = no_progress,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
+) -> RestorePlan:
     """What a restore of ``backup_id`` into ``target`` would overwrite, and whether it can work.
     Reads only: nothing is changed."""
     manifest = repository.find(backup_id)
     reason = target.engine.data_compatibility(manifest.origin(), target.spec)
+    overwrites = serving_inventory(target, progress, ready_timeout)
     return RestorePlan(
         backup=manifest,
         namespace=target.namespace,
         target=target.name,
         compatible=reason is None,
         reason=reason,
-        overwrites=target.engine.data_inventory(target.spec, target.conn),
+        overwrites=overwrites,
         incoming=dict(manifest.inventory),
     )
 
@@ -346,12 +385,13 @@ def apply_restore(
     *,
     progress: Progress = no_progress,
     restore_id: str | None = None,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
     """Safety snapshot → load → verify; on any failure after the snapshot, load the snapshot back.
 
     Refuses before touching the target when the target is incompatible or the backup fails its
     checksums. Returns the restore record (``restoreId``, ``phase``, ``safetySnapshot``, ...)."""
-    plan = plan_restore(repository, backup_id, target)
+    plan = plan_restore(repository, backup_id, target, progress=progress, ready_timeout=ready_timeout)
     if not plan.compatible:
         raise RestoreRefused(
             f"cannot restore {backup_id} into {target.namespace}/{target.name}: {plan.reason}"
@@ -380,7 +420,14 @@ def apply_restore(
     rid = record.data["restoreId"]
     record.step(RestorePhase.SNAPSHOTTING, "taking a safety snapshot of the target")
     try:
-        safety = create_backup(repository, target, kind="safety-snapshot", restore_id=rid, progress=progress)
+        safety = create_backup(
+            repository,
+            target,
+            kind="safety-snapshot",
+            restore_id=rid,
+            progress=progress,
+            ready_timeout=ready_timeout,
+        )
     except BaseException as error:
         record.step(
             RestorePhase.FAILED, f"safety snapshot failed, the target was not touched: {_describe(error)}"
@@ -396,7 +443,13 @@ def apply_restore(
         cause = _describe(error)
         try:
             _load_snapshot(
-                repository, safety, target, record, progress, f"restore failed ({cause}); rolling back"
+                repository,
+                safety,
+                target,
+                record,
+                progress,
+                f"restore failed ({cause}); rolling back",
+                ready_timeout,
             )
         except Exception as rollback_error:
             record.step(
@@ -423,7 +476,12 @@ def apply_restore(
 
 
 def rollback_restore(
-    repository: Repository, restore_id: str, target: Target, *, progress: Progress = no_progress
+    repository: Repository,
+    restore_id: str,
+    target: Target,
+    *,
+    progress: Progress = no_progress,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
     """Return the target to the safety snapshot of ``restore_id`` (also after a killed restore)."""
     data = repository.load_restore(restore_id)
@@ -448,7 +506,7 @@ def rollback_restore(
             + "; ".join(checked.problems)
         )
     record = _Record(repository, data)
-    _load_snapshot(repository, snapshot, target, record, progress, "rolling back on request")
+    _load_snapshot(repository, snapshot, target, record, progress, "rolling back on request", ready_timeout)
     repository.audit("restore-rolled-back", restoreId=restore_id, backupId=data["backupId"], automatic=False)
     return record.data
 
@@ -460,8 +518,12 @@ def _load_snapshot(
     record: _Record,
     progress: Progress,
     why: str,
+    ready_timeout: float,
 ) -> None:
     record.step(RestorePhase.ROLLING_BACK, why)
+    # A restore that failed because the target stopped serving (a failover mid-load) rolls back
+    # once it serves again, not into the same failure.
+    serving_inventory(target, progress, ready_timeout)
     loaded = target.engine.data_load(target.spec, target.conn, repository.source(snapshot), progress)
     _check_holds(target, loaded)
     record.data["rolledBack"] = True

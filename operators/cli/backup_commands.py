@@ -158,6 +158,16 @@ def _show_manifest(manifest: BackupManifest) -> None:
     out.print(table)
 
 
+ReadyTimeout = Annotated[
+    float,
+    typer.Option(
+        "--ready-timeout",
+        min=0,
+        help="Seconds to wait for a target that does not serve right now (a failover in progress) "
+        "before giving up; nothing is touched while waiting.",
+    ),
+]
+
 # -- backup ---------------------------------------------------------------------------------------
 
 
@@ -171,6 +181,7 @@ def backup_create(
     ] = None,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
+    ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
     """Back up a deployment: one streamed object per shard/database, manifest.json written last."""
@@ -178,7 +189,9 @@ def backup_create(
     repository = _repository(repo)
     target = _targets(state_dir, runtime).get(namespace, name)
     with _progress(not as_json) as progress:
-        manifest = runbook.create_backup(repository, target, backup_id=backup_id, progress=progress)
+        manifest = runbook.create_backup(
+            repository, target, backup_id=backup_id, progress=progress, ready_timeout=ready_timeout
+        )
     if as_json:
         _print_json(manifest.to_wire())
     else:
@@ -384,12 +397,14 @@ def restore_plan(
     ] = None,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
+    ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
     """What a restore would overwrite and whether the target can take it. Changes nothing in the
     target; exits 1 when the target is incompatible."""
     repository = _repository(repo)
-    plan = runbook.plan_restore(repository, backup_id, _targets(state_dir, runtime).get(namespace, to))
+    target = _targets(state_dir, runtime).get(namespace, to)
+    plan = runbook.plan_restore(repository, backup_id, target, ready_timeout=ready_timeout)
     if restore_id:
         runbook.record_plan(repository, plan, restore_id)
     if _json(output):
@@ -413,6 +428,7 @@ def restore_apply(
     ] = None,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
+    ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
     """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails."""
@@ -422,7 +438,12 @@ def restore_apply(
     _confirm(yes, f"this replaces the data of {namespace}/{to} with backup {backup_id}")
     with _progress(not as_json) as progress:
         record = runbook.apply_restore(
-            repository, backup_id, target, progress=progress, restore_id=restore_id
+            repository,
+            backup_id,
+            target,
+            progress=progress,
+            restore_id=restore_id,
+            ready_timeout=ready_timeout,
         )
     if as_json:
         _print_json(record)
@@ -437,6 +458,7 @@ def restore_rollback(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
+    ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
     """Return the target of a restore to the safety snapshot taken before it (also after a
@@ -447,7 +469,9 @@ def restore_rollback(
     target = _targets(state_dir, runtime).get(record["namespace"], record["target"])
     _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
     with _progress(not as_json) as progress:
-        record = runbook.rollback_restore(repository, restore_id, target, progress=progress)
+        record = runbook.rollback_restore(
+            repository, restore_id, target, progress=progress, ready_timeout=ready_timeout
+        )
     if as_json:
         _print_json(record)
     else:

@@ -304,6 +304,52 @@ def test_a_restore_failing_half_way_rolls_back_by_itself(runbook: Runbook, tmp_p
     assert "maxmemory" in " ".join(step["message"] for step in record["history"])
 
 
+def _member_pids(book: Runbook, name: str, component: str) -> list[int]:
+    state = json.loads((book.state_dir / "default" / name / "state.json").read_text())
+    return sorted(int(r["pid"]) for member, r in state["members"].items() if f"-{component}-" in member)
+
+
+def test_a_restore_waits_while_the_target_does_not_serve(runbook: Runbook, tmp_path: Path) -> None:
+    """Two of three sentinels frozen (SIGSTOP): no majority names a master, which is what a Job
+    started mid-failover sees. A restore waits for them (``--ready-timeout``) without touching
+    anything, gives up cleanly when they stay away, and goes through once they answer again."""
+    _up(runbook, SENTINEL, tmp_path)
+    fill(runbook.masters("cache"), "cache", 200, cluster=False)
+    before = runbook.snapshot("cache")
+    backup_id = runbook.json("backup", "create", "cache")["backupId"]
+    (master,) = runbook.masters("cache")
+    master.set("written-after-the-backup", "1")
+    keys_before_restore = master.dbsize()
+
+    frozen = _member_pids(runbook, "cache", "sentinel")[:2]
+    assert len(frozen) == 2
+    waiting: subprocess.Popen[str] | None = None
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        refused = runbook.run(
+            "restore", "apply", backup_id, "--to", "cache", "--yes", "--ready-timeout", "3", expect=1
+        )
+        assert "sentinels do not report a live master" in refused.stderr, refused.stderr
+        assert runbook.json("restore", "list") == []  # not even a safety snapshot was started
+        assert master.dbsize() == keys_before_restore and master.get("written-after-the-backup")
+
+        waiting = runbook.popen("restore", "apply", backup_id, "--to", "cache", "--yes", "-o", "json")
+        still_waiting_until = time.monotonic() + 5
+        while time.monotonic() < still_waiting_until:
+            assert waiting.poll() is None, waiting.communicate()
+            time.sleep(0.2)
+        assert master.get("written-after-the-backup"), "the restore changed data before the target served"
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert waiting is not None
+    stdout, stderr = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, stderr
+    assert json.loads(stdout)["phase"] == "Applied"
+    assert runbook.snapshot("cache") == before
+
+
 def _scratch_servers() -> set[int]:
     """Live scratch redis-servers (a restore's temporary RDB readers, named by their private dir)."""
     found = set()
