@@ -11,7 +11,8 @@ value on the source is always the oldest heartbeat not yet delivered:
 
 The key is in the workload's share: for a cluster source its hash tag puts it in the shard's first
 slot range (a key of another shard's slots would be synced by that shard's workload, or, if the
-source routed it, refused). It passes the workload's key filter or no heartbeat is written (None),
+source routed it, refused). A filter of allowed prefixes lets it through (``sync.plan.with_heartbeat``);
+one that blocks it means no heartbeat is written (None),
 and it expires after ``TTL_SECONDS`` so a stopped sync leaves nothing behind for long.
 """
 
@@ -25,11 +26,11 @@ from redis.crc import key_slot
 from middleware.endpoints import Endpoint
 from middleware.engines.redis import client as redis_client
 from middleware.errors import MoorageError
+from sync.plan import HEARTBEAT_PREFIX as PREFIX
 from sync.plan import ShakeWorkload
 from sync.share import passes
 from sync.verify import RedisURL, Side
 
-PREFIX = "__moorage_sync__:heartbeat"
 TTL_SECONDS = 3600
 # A paused source (a cutover's CLIENT PAUSE WRITE) holds the SET: give up quickly instead.
 TIMEOUT = 1.0

@@ -175,6 +175,23 @@ def _check_filter(source: RedisTopology, target: RedisTopology, filter_: SyncFil
         raise SpecError("spec.filter", f"prefixes both allowed and blocked: {sorted(overlap)}")
 
 
+HEARTBEAT_PREFIX = "__moorage_sync__:heartbeat"
+"""The keys the supervisor writes on the source to measure lag in seconds (``sync.heartbeat``)."""
+
+
+def with_heartbeat(filter_: SyncFilter) -> SyncFilter:
+    """The filter the workloads run with: the user's, plus the heartbeat keys when it allows only
+    some prefixes. Without them a filtered sync (the common case of moving some tenants) would have
+    no lag in seconds at all. A blocked prefix that covers them still wins: the user said so."""
+    if not filter_.allow_key_prefixes or any(
+        HEARTBEAT_PREFIX.startswith(prefix) for prefix in filter_.allow_key_prefixes
+    ):
+        return filter_
+    return filter_.model_copy(
+        update={"allow_key_prefixes": [*filter_.allow_key_prefixes, f"{HEARTBEAT_PREFIX}:"]}
+    )
+
+
 def plan(
     sync: str,
     source: RedisTopology,
@@ -188,6 +205,7 @@ def plan(
         return []
     filter_ = filter_ or SyncFilter()
     _check_filter(source, target, filter_)
+    filter_ = with_heartbeat(filter_)
     if set(source.masters) & set(target.masters):
         raise SpecError("spec.target", "source and target are the same Redis")
     base = sync if direction is SyncDirection.FORWARD else f"{sync}-reverse"

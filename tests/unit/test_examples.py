@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from middleware.catalog.catalog import load_default_catalog, merge_catalogs
 from middleware.models import ALL_RESOURCES, GROUP, Middleware
 from middleware.spec import resolve
+from tests.example_files import EXAMPLES, documents
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MODELS = {resource.KIND: resource for resource in ALL_RESOURCES}
 
 
@@ -20,7 +18,7 @@ def _documents() -> list[tuple[str, dict[str, Any]]]:
     return [
         (path.name, doc)
         for path in sorted(EXAMPLES.glob("*.yaml"))
-        for doc in yaml.safe_load_all(path.read_text())
+        for doc in documents(path.name)
         if doc["apiVersion"].startswith(f"{GROUP}/")
     ]
 

@@ -32,11 +32,17 @@ def test_the_key_of_a_cluster_workload_hashes_into_its_shards_slots() -> None:
         assert lo <= key_slot(key) <= hi
 
 
-def test_a_filter_that_would_drop_the_key_means_no_heartbeat() -> None:
+def test_a_filter_of_allowed_prefixes_still_carries_the_heartbeat_a_blocking_one_drops_it() -> None:
     (workload,) = plan("orders", standalone(Endpoint("src", 6379)), TARGET)
     assert heartbeat.key(workload) == b"__moorage_sync__:heartbeat:orders:orders"
-    only_users = replace(workload, filter=SyncFilter(allow_key_prefixes=["user:"]))
-    assert heartbeat.key(only_users) is None
+    # The plan lets the heartbeat through a filter of allowed prefixes (examples/redis-sync.yaml).
+    (only_users,) = plan(
+        "orders", standalone(Endpoint("src", 6379)), TARGET, SyncFilter(allow_key_prefixes=["user:"])
+    )
+    assert only_users.filter.allow_key_prefixes == ["user:", "__moorage_sync__:heartbeat:"]
+    assert heartbeat.key(only_users) == b"__moorage_sync__:heartbeat:orders:orders"
+    # A workload whose filter does not pass the key (built without the plan) writes none.
+    assert heartbeat.key(replace(workload, filter=SyncFilter(allow_key_prefixes=["user:"]))) is None
     blocked = replace(workload, filter=SyncFilter(block_key_prefixes=["__moorage"]))
     assert heartbeat.key(blocked) is None
     assert heartbeat.database(replace(workload, filter=SyncFilter(allow_dbs=[3, 2]))) == 2

@@ -104,7 +104,11 @@ def test_v4_config_is_toml_with_the_documented_keys_and_escaped_password() -> No
         "sync_aof": True,
     }
     assert doc["redis_writer"]["address"] == "dst-1:6379" and doc["redis_writer"]["cluster"] is False
-    assert doc["filter"] == {"allow_key_prefix": ["user:"], "block_key_prefix": ["tmp:"]}
+    # The heartbeat keys pass an allow-list too, or a filtered sync has no lag in seconds.
+    assert doc["filter"] == {
+        "allow_key_prefix": ["user:", "__moorage_sync__:heartbeat:"],
+        "block_key_prefix": ["tmp:"],
+    }
     assert doc["advanced"]["status_port"] == 8080
     assert doc["advanced"]["rdb_restore_command_behavior"] == "rewrite"
     # Every key rendered comes from the one table.
