@@ -42,6 +42,11 @@ def observe_topology(
     try:
         if kind is RedisEndpointKind.CLUSTER:
             view = redis_client.observe_cluster(data_nodes, password)
+            if not view.nodes and view.unreachable:
+                # Say which nodes and why (a pod DNS name that does not resolve where this runs),
+                # not that the cluster has no masters.
+                reasons = "; ".join(f"{e.address}: {why}" for e, why in list(view.unreachable.items())[:3])
+                raise NotReady(f"no node of the cluster answers from here ({reasons})")
             if view.open_slots:
                 raise NotReady("slots are being migrated; the shards are not stable yet")
             return topology_from_cluster(view)

@@ -198,8 +198,11 @@ class LocalCluster:
         *,
         env: Mapping[str, str] | None = None,
         restart: str = "Never",
+        service_account: str | None = None,
+        user: int = 999,
     ) -> None:
-        """A client pod running ``sh -c script`` (the engine images carry their clients)."""
+        """A client pod running ``sh -c script`` (the engine images carry their clients).
+        ``service_account``: the pod talks to the API as it (its token mounted)."""
         self.core.create_namespaced_pod(
             namespace,
             {
@@ -207,6 +210,11 @@ class LocalCluster:
                 "spec": {
                     "restartPolicy": restart,
                     "terminationGracePeriodSeconds": 1,
+                    **(
+                        {"serviceAccountName": service_account, "automountServiceAccountToken": True}
+                        if service_account
+                        else {}
+                    ),
                     "enableServiceLinks": False,
                     "containers": [
                         {
@@ -221,7 +229,7 @@ class LocalCluster:
                             },
                             "securityContext": {
                                 "runAsNonRoot": True,
-                                "runAsUser": 999,
+                                "runAsUser": user,
                                 "allowPrivilegeEscalation": False,
                             },
                         }

@@ -1,8 +1,8 @@
 """A real S3 server the cluster's pods can reach, for the backup end-to-end tests.
 
 SeaweedFS ``weed mini`` (``tests/integration/s3_harness.py`` starts it) bound to the host's
-address on the pod bridge, 10.88.0.1, on free ports of its own: never the fixed 127.0.0.1 ports of
-the integration tests' instance (which runs under a machine-wide lock), so both can run at once.
+address on the pod bridge, 10.88.0.1, on free ports of its own, like the integration tests'
+instance on 127.0.0.1, so both (and other test runs) can run at once.
 Pods reach it at ``http://10.88.0.1:<port>`` (the host is their gateway); the tests reach it at the
 same address. Random credentials, a temporary directory, stopped by its PID at the end of the
 module.

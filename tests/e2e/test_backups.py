@@ -21,46 +21,35 @@ import redis
 
 from tests.e2e.cluster import GROUP, SMALL, VERSION, LocalCluster, wait_for
 from tests.e2e.s3 import new_bucket, s3_client
+from tests.example_files import document
 from tests.integration.s3_harness import S3Server
 
 pytestmark = pytest.mark.e2e
 
-REPOSITORY = "s3"
-KEYS_SECRET = "s3-keys"
+# The examples' own names: the repository and its keys' Secret are examples/backup-repository.yaml.
+REPOSITORY = document("backup-repository.yaml", "BackupRepository")["metadata"]["name"]
+KEYS_SECRET = document("backup-repository.yaml", "Secret")["metadata"]["name"]
 JOB_TIMEOUT = 300
 SERVING_TIMEOUT = 120
 
 
 @pytest.fixture(scope="module")
 def bucket(local_cluster: LocalCluster, module_namespace: str, pod_s3_server: S3Server) -> str:
-    """A bucket, the Secret with its keys and the BackupRepository pointing at it."""
+    """A bucket, and examples/backup-repository.yaml applied with what its comments tell a user to
+    put in: the S3 server's endpoint, its bucket and its keys. Everything else (prefix, region,
+    path style, server-side encryption) is the example's."""
     ns = module_namespace
     name = new_bucket(pod_s3_server)
-    local_cluster.apply(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": KEYS_SECRET, "namespace": ns},
-            "stringData": {
-                "AWS_ACCESS_KEY_ID": pod_s3_server.access_key,
-                "AWS_SECRET_ACCESS_KEY": pod_s3_server.secret_key,
-            },
-        },
-    )
-    local_cluster.apply(
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "BackupRepository",
-            "metadata": {"name": REPOSITORY, "namespace": ns},
-            "spec": {
-                "endpoint": pod_s3_server.endpoint,
-                "bucket": name,
-                "prefix": "moorage",
-                "credentials": {"name": KEYS_SECRET},
-            },
-        },
-        ns,
-    )
+    secret = document("backup-repository.yaml", "Secret")
+    secret["stringData"] = {
+        "AWS_ACCESS_KEY_ID": pod_s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": pod_s3_server.secret_key,
+    }
+    secret["metadata"]["namespace"] = ns
+    local_cluster.apply(secret)
+    repository = document("backup-repository.yaml", "BackupRepository")
+    repository["spec"].update(endpoint=pod_s3_server.endpoint, bucket=name)
+    local_cluster.apply(repository, ns)
     return name
 
 
@@ -115,31 +104,24 @@ def _jobs_report(cluster: LocalCluster, namespace: str) -> str:
 
 
 def backup(cluster: LocalCluster, namespace: str, name: str, middleware: str) -> dict[str, Any]:
-    _create(
-        cluster,
-        namespace,
-        "MiddlewareBackup",
-        name,
-        {"middleware": {"name": middleware}, "repository": {"name": REPOSITORY}},
-    )
+    """examples/middleware-backup.yaml under another name, for ``middleware``."""
+    resource = document("middleware-backup.yaml", "MiddlewareBackup")
+    resource["metadata"]["name"] = name
+    resource["spec"]["middleware"]["name"] = middleware
+    cluster.apply(resource, namespace)
     return _completed(cluster, namespace, "middlewarebackups", name)["status"]
 
 
 def restore(
     cluster: LocalCluster, namespace: str, name: str, target: str, backup_id: str, action: str
 ) -> dict[str, Any]:
-    _create(
-        cluster,
-        namespace,
-        "MiddlewareRestore",
-        name,
-        {
-            "repository": {"name": REPOSITORY},
-            "backupId": backup_id,
-            "target": {"name": target},
-            "action": action,
-        },
-    )
+    """examples/middleware-restore.yaml: its first document for a Plan or an Apply (the action its
+    comment says to set), its second, the undo, for a Rollback."""
+    resource = document("middleware-restore.yaml", "MiddlewareRestore", 1 if action == "Rollback" else 0)
+    assert resource["spec"]["action"] in (action, "Apply"), resource
+    resource["metadata"]["name"] = name
+    resource["spec"].update(backupId=backup_id, target={"name": target}, action=action)
+    cluster.apply(resource, namespace)
     return _completed(cluster, namespace, "middlewarerestores", name)["status"]
 
 

@@ -1,6 +1,7 @@
 """Cross-cluster Redis sync on real pods (the DCE scenario): a 3-shard cluster replicated into a
-sentinel deployment by one real redis-shake pod per source shard, under the operator; data
-written before and during the sync arrives; Stopped removes the workloads."""
+sentinel deployment by one real redis-shake pod per source shard, under the operator, as
+examples/redis-sync.yaml asks for it (its key filter included): keys under its prefixes written
+before and during the sync arrive, others never do, lag is reported in seconds."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import pytest
 
 from tests.e2e.cluster import GROUP, SMALL, VERSION, LocalCluster, wait_for
 from tests.e2e.redis_clients import cluster_client, missing_keys, node_client
+from tests.example_files import document
 
 pytestmark = pytest.mark.e2e
 
 SOURCE, TARGET, SYNC = "orders", "replica", "orders-to-replica"
-SHAKE_IMAGE = "localhost/moorage/redis-shake:v4.2.0"
+EXAMPLE = document("redis-sync.yaml", "RedisSync")
+USERS, SESSIONS = EXAMPLE["spec"]["filter"]["allowKeyPrefixes"]
 
 
 def _target_master(cluster: LocalCluster, namespace: str) -> object:
@@ -52,28 +55,25 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
     local_cluster.wait_ready(namespace, SOURCE, timeout=420)
     local_cluster.wait_ready(namespace, TARGET, timeout=420)
     source = cluster_client(local_cluster, namespace, SOURCE)
-    before = [f"k-before-{i}" for i in range(2000)]
+    before = [f"{USERS}before-{i}" for i in range(2000)]
     for key in before:
         source.set(key, "v" + key[1:])
     # Lists: a full sync over a share that was not emptied appends them a second time (#921).
-    lists = [f"list-{i}" for i in range(60)]
+    lists = [f"{SESSIONS}list-{i}" for i in range(60)]
     for key in lists:
         source.rpush(key, *range(5))
+    filtered_out = [f"cache:{i}" for i in range(200)]  # no allowed prefix: never copied
+    for key in filtered_out:
+        source.set(key, "x")
 
-    local_cluster.apply(
-        {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "RedisSync",
-            "metadata": {"name": SYNC, "namespace": namespace},
-            "spec": {
-                "source": {"middleware": {"name": SOURCE}},
-                "target": {"middleware": {"name": TARGET}},
-                "image": SHAKE_IMAGE,
-                "resources": {"cpu": "100m", "memory": "128Mi"},
-            },
-        },
-        namespace,
-    )
+    # The example as a user applies it, with this test's Middleware names; its own image, filter
+    # and direction. Smaller requests than its 250m: the node also runs both deployments.
+    sync = document("redis-sync.yaml", "RedisSync")
+    sync["metadata"]["name"] = SYNC
+    sync["spec"]["source"]["middleware"]["name"] = SOURCE
+    sync["spec"]["target"]["middleware"]["name"] = TARGET
+    sync["spec"]["resources"] = {"cpu": "100m", "memory": "128Mi"}
+    local_cluster.apply(sync, namespace)
 
     def workloads_running() -> list | None:
         deployments = local_cluster.apps.list_namespaced_deployment(
@@ -91,7 +91,7 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
         interval=2,
     )
 
-    during = [f"k-during-{i}" for i in range(500)]
+    during = [f"{SESSIONS}during-{i}" for i in range(500)]
     for key in during:
         source.set(key, "v" + key[1:])
     wait_for(
@@ -133,11 +133,12 @@ def test_cluster_into_sentinel_through_real_redis_shake_pods(
     new_pod = wait_for("shard 0's redis-shake pod replaced and Ready", replaced, 180, interval=2)
     cleared = local_cluster.pod_log(namespace, new_pod, container="clear-share")
     assert "emptied its share" in cleared, cleared
-    after = [f"k-after-{i}" for i in range(300)]
+    after = [f"{USERS}after-{i}" for i in range(300)]
     for key in after:
         source.set(key, "v" + key[1:])
     wait_for("the keys written after the pod came back", lambda: missing_keys(target, after) == [], 120, 2)
     assert {key: target.llen(key) for key in lists} == dict.fromkeys(lists, 5)
+    assert target.exists(*filtered_out) == 0, "keys outside the example's filter were copied"
 
     local_cluster.custom.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "redissyncs", SYNC, {"spec": {"direction": "Stopped"}}

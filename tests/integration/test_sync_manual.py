@@ -22,6 +22,9 @@ import redis
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.cluster import create_cluster
+from middleware.errors import NotReady
+from middleware.models.sync import RedisEndpointKind
+from sync.observe import observe_topology
 from tests.integration.conftest import PASSWORD
 from tests.integration.harness import RedisNodes, RedisProcess, wait_until
 from tests.integration.shake_harness import ShakeProcess, status_port_base
@@ -151,3 +154,13 @@ def test_cutover_needs_either_a_name_or_both_urls() -> None:
     assert both.returncode == 2 and "either a RedisSync NAME" in both.stderr
     half = _cli("cutover", "--source", "redis://127.0.0.1:1", "--yes")
     assert half.returncode == 2
+
+
+def test_a_cluster_side_whose_names_do_not_resolve_here_is_named_with_the_reason() -> None:
+    """Pod DNS names seen from outside their cluster: the refusal says which node and why, not
+    that the cluster has no masters (what a cutover run from a node used to print)."""
+    nodes = [Endpoint(f"shop-shard-{i}-0.shop-headless.ns.svc.cluster.invalid", 6379) for i in range(3)]
+    with pytest.raises(NotReady, match="no node of the cluster answers from here") as refused:
+        observe_topology(RedisEndpointKind.CLUSTER, data_nodes=nodes, password="secret-password")
+    assert "shop-shard-0-0.shop-headless.ns.svc.cluster.invalid:6379" in str(refused.value)
+    assert "secret-password" not in str(refused.value)

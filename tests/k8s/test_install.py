@@ -57,6 +57,9 @@ def test_kustomize_build_is_complete() -> None:
         ("ServiceAccount", SERVICE_ACCOUNT),
         ("ClusterRole", "moorage-operator"),
         ("ClusterRoleBinding", "moorage-operator"),
+        # For DBAs and the CLI run in a pod (bound by the user; tests/e2e/test_sync_faults.py).
+        ("ClusterRole", "moorage-dba"),
+        ("ClusterRole", "moorage-catalog-reader"),
         ("Deployment", "moorage-operator"),
         ("Service", "moorage-operator-metrics"),
     ]:
