@@ -6,7 +6,9 @@ target failover leaving every workload writing to a replica) made for real, one 
    re-planned;
 2. the pod a workload reads from is killed (deleted, grace 0);
 3. the target fails over (``SENTINEL FAILOVER``): the writes follow the new master;
-4. a redis-shake pod is killed.
+4. a redis-shake pod is killed;
+5. a redis-shake process stalls (SIGSTOP): supervision sees no progress and rolls its pod;
+6. the source restarts with its data (every pod deleted at once).
 
 After each, every write the source acknowledged so far must reach the target's master of the
 moment. At the end the writer stops and ``moorage sync cutover`` (pause, drain, ``sync verify``,
@@ -18,9 +20,13 @@ network policy engine this node does not run (docs/TESTING.md).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,6 +78,22 @@ def _target_master_ip(cluster: LocalCluster, namespace: str) -> str | None:
 def _workloads(cluster: LocalCluster, namespace: str) -> dict[str, dict[str, Any]]:
     body: Any = cluster.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", SYNC)
     return {w["name"]: w for w in (body.get("status") or {}).get("workloads") or []}
+
+
+def _container_process(pod: str, executable: str) -> int:
+    """The node's PID of ``executable`` in ``pod`` (a container's process is a process of this
+    machine, its HOSTNAME the pod's name)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[0] == executable.encode() and f"HOSTNAME={pod}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no {executable} process of pod {pod} on this node")
 
 
 def _more_acks(cluster: LocalCluster, namespace: str, writer: str, count: int = 100) -> None:
@@ -217,6 +239,34 @@ def test_sync_survives_source_and_target_failovers_and_killed_pods_with_a_writer
     local_cluster.delete_pods(ns, [shake.metadata.name])
     _more_acks(local_cluster, ns, writer)
     _all_acked_arrive(local_cluster, ns, writer, "after a redis-shake pod was killed")
+
+    # 5. A redis-shake process stalls (SIGSTOP from the node: the container's process is the
+    # node's): no progress while the source writes; supervision rolls its pod.
+    shard1_restarts = _workloads(local_cluster, ns)[shard1]["restarts"]
+    (stalled_pod,) = local_cluster.pods(ns, f"app.kubernetes.io/component={shard1}")
+    frozen = _container_process(stalled_pod.metadata.name, "/app/redis-shake")
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        restarted = wait_for(
+            f"{shard1} restarted by supervision while frozen",
+            lambda: (w := _workloads(local_cluster, ns)[shard1])["restarts"] > shard1_restarts and w,
+            300,
+            interval=2,
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(frozen, signal.SIGCONT)
+    assert "no progress" in restarted["lastRestartReason"] or "silent" in restarted["lastRestartReason"], (
+        restarted
+    )
+    _more_acks(local_cluster, ns, writer)
+    _all_acked_arrive(local_cluster, ns, writer, "after a stalled redis-shake was restarted")
+
+    # 6. The source restarts with its data: every pod of the cluster deleted at once.
+    source_pods = [p.metadata.name for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={SOURCE}")]
+    local_cluster.wait_replaced(ns, local_cluster.delete_pods(ns, source_pods))
+    _more_acks(local_cluster, ns, writer)
+    _all_acked_arrive(local_cluster, ns, writer, "after every source pod restarted")
 
     # The end: nothing acknowledged lost, and the cutover's verify finds no difference. The cutover
     # runs where the Redis pods and their DNS names are reachable, as docs/operations.md tells a
