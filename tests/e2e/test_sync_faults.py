@@ -8,7 +8,9 @@ target failover leaving every workload writing to a replica) made for real, one 
 3. the target fails over (``SENTINEL FAILOVER``): the writes follow the new master;
 4. a redis-shake pod is killed;
 5. a redis-shake process stalls (SIGSTOP): supervision sees no progress and rolls its pod;
-6. the source restarts with its data (every pod deleted at once).
+6. redis-shake is killed inside its container (SIGKILL, what the OOM killer sends): the kubelet
+   restarts it in place, supervision rolls the pod so its share is emptied first;
+7. the source restarts with its data (every pod deleted at once).
 
 After each, every write the source acknowledged so far must reach the target's master of the
 moment. At the end the writer stops and ``moorage sync cutover`` (pause, drain, ``sync verify``,
@@ -262,7 +264,24 @@ def test_sync_survives_source_and_target_failovers_and_killed_pods_with_a_writer
     _more_acks(local_cluster, ns, writer)
     _all_acked_arrive(local_cluster, ns, writer, "after a stalled redis-shake was restarted")
 
-    # 6. The source restarts with its data: every pod of the cluster deleted at once.
+    # 6. redis-shake killed inside its container (SIGKILL from the node, what the OOM killer sends):
+    # the kubelet restarts it in the same pod, over a share its first run filled; supervision rolls
+    # the pod so the share is emptied first (its clear-share init container).
+    shard2 = f"{SYNC}-shard-2"
+    shard2_restarts = _workloads(local_cluster, ns)[shard2]["restarts"]
+    (oom_pod,) = local_cluster.pods(ns, f"app.kubernetes.io/component={shard2}")
+    os.kill(_container_process(oom_pod.metadata.name, "/app/redis-shake"), signal.SIGKILL)
+    rolled = wait_for(
+        f"{shard2}'s pod rolled after redis-shake restarted inside it",
+        lambda: (w := _workloads(local_cluster, ns)[shard2])["restarts"] > shard2_restarts and w,
+        300,
+        interval=2,
+    )
+    assert "restarted in its pod" in rolled["lastRestartReason"], rolled
+    _more_acks(local_cluster, ns, writer)
+    _all_acked_arrive(local_cluster, ns, writer, "after redis-shake was killed inside its pod")
+
+    # 7. The source restarts with its data: every pod of the cluster deleted at once.
     source_pods = [p.metadata.name for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={SOURCE}")]
     local_cluster.wait_replaced(ns, local_cluster.delete_pods(ns, source_pods))
     _more_acks(local_cluster, ns, writer)
