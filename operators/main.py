@@ -12,7 +12,7 @@ import kopf
 
 from middleware.operations import OPERATION_ANNOTATION
 from operators import backup_handlers, metrics, sync_handlers
-from operators.reconcile import apply, delete, observe, operation
+from operators.reconcile import apply, catalog, delete, events, observe, operation
 from operators.settings import GROUP, VERSION, configure, operator_config
 
 # Importing these registers their handlers: MiddlewareBackup / MiddlewareRestore with the backup
@@ -20,6 +20,7 @@ from operators.settings import GROUP, VERSION, configure, operator_config
 REGISTERED_ELSEWHERE = (backup_handlers, sync_handlers)
 
 MIDDLEWARES = (GROUP, VERSION, "middlewares")
+CATALOGS = (GROUP, VERSION, "middlewarecatalogs")
 OPERATION_FIELD = ("metadata", "annotations", OPERATION_ANNOTATION)
 
 
@@ -63,3 +64,17 @@ def delete_middleware(body: kopf.Body, **_: Any) -> None:
 def observe_middleware(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     with metrics.reconcile_timer("Middleware", "observe"):
         observe.tick(body, patch, operator_config())
+
+
+# A MiddlewareCatalog says itself whether it merges (status.phase Accepted / Invalid with the
+# reason). Middlewares pick catalogs up at their next decode: nothing else to do here.
+@kopf.on.resume(*CATALOGS)
+@kopf.on.create(*CATALOGS)
+@kopf.on.update(*CATALOGS, field="spec")
+def review_catalog(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
+    with metrics.reconcile_timer("MiddlewareCatalog", str(reason)):
+        status = catalog.review(body)
+        if status.phase == catalog.INVALID:
+            message = status.condition("Accepted")
+            events.warning(body, reason="InvalidCatalog", message=message.message if message else "")
+        catalog.write(patch, status)

@@ -9,11 +9,13 @@ so a bootstrap through pod DNS fails, and the tests check that the status says s
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
 import pytest
 
+from tests.example_files import document
 from tests.integration.harness import require_binary
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import (
@@ -354,6 +356,83 @@ def test_catalog_image_override_reaches_the_next_render(
             assert {c.image for c in template.init_containers or []} <= {image}
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", catalog)
+
+
+def test_the_catalog_override_example_is_accepted_and_holds_middlewares_to_it(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    """examples/catalog-override.yaml as an admin applies it: `kubectl get mwcat` shows Accepted,
+    a Redis renders with the corp image, and a parameter outside its narrower range is refused
+    naming the parameter and the range, as its header says. One with an unknown version is Invalid."""
+    custom = custom_api(api_client)
+    corp = document("catalog-override.yaml", "MiddlewareCatalog")
+    corp["metadata"]["name"] = f"corp-{namespace}"  # cluster-scoped: one per test run
+    broken = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "MiddlewareCatalog",
+        "metadata": {"name": f"broken-{namespace}"},
+        "spec": {
+            "images": [{"engine": "redis", "version": "6.2", "image": "registry.corp.example/redis:6.2"}]
+        },
+    }
+    custom.create_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", corp)
+    try:
+        with running_operator(control_plane, api_client, namespace):
+
+            def phase(name: str) -> str | None:
+                body = custom.get_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", name)
+                return (body.get("status") or {}).get("phase")
+
+            assert (
+                wait_for("the example catalog Accepted", lambda: phase(corp["metadata"]["name"]))
+                == "Accepted"
+            )
+            name = _name("corp")
+            spec = {"engine": "redis", "topology": "standalone"}
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            apps = apps_api(api_client)
+            sts = wait_for(
+                "the StatefulSet", lambda: _read(apps.read_namespaced_stateful_set, name, namespace)
+            )
+            assert {c.image for c in sts.spec.template.spec.containers} == {
+                "registry.corp.example/redis:7.0.15"
+            }
+
+            too_many = _name("maxclients")
+            spec = {"engine": "redis", "topology": "standalone", "parameters": {"maxclients": "6000"}}
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(too_many, spec)
+            )
+            refused = wait_for(
+                "the out-of-range parameter refused",
+                lambda: (
+                    (s := status_of(api_client, namespace, too_many)).get("phaseReason") == "InvalidSpec"
+                    and s
+                ),
+            )
+            assert refused["phase"] == "Failed"
+            message = condition(refused, "Ready")["message"]
+            assert "maxclients" in message and "5000" in message, refused
+
+            # Last, and removed at once: a catalog that does not merge stops every Middleware's decode.
+            custom.create_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", broken)
+            try:
+                assert (
+                    wait_for("the broken catalog Invalid", lambda: phase(broken["metadata"]["name"]))
+                    == "Invalid"
+                )
+            finally:
+                custom.delete_cluster_custom_object(
+                    GROUP, VERSION, "middlewarecatalogs", broken["metadata"]["name"]
+                )
+    finally:
+        for doc in (corp, broken):
+            with contextlib.suppress(Exception):
+                custom.delete_cluster_custom_object(
+                    GROUP, VERSION, "middlewarecatalogs", doc["metadata"]["name"]
+                )
 
 
 def test_sentinel_bootstraps_through_the_kubernetes_path_on_local_processes(

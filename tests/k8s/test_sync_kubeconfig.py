@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from middleware.endpoints import Endpoint
+from tests.example_files import document
 from tests.integration.harness import free_port
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import (
@@ -228,11 +229,13 @@ def test_remote_cluster_source_is_planned_from_its_pod_ips(
             )
             target_master = _phase(api_client, namespace, "middlewares", tgt, "Ready")["endpoints"]["master"]
 
-            source = {
-                "middleware": {"name": src, "namespace": cluster_b},
-                "kubeconfig": {"name": "cluster-b", "key": KEY},
-            }
-            body = _sync(sync, source, {"middleware": {"name": tgt}})
+            # examples/redis-sync-other-cluster.yaml, with this test's names for the Middlewares,
+            # the other cluster's namespace and the kubeconfig Secret.
+            body = document("redis-sync-other-cluster.yaml", "RedisSync")
+            body["metadata"]["name"] = sync
+            body["spec"]["source"]["middleware"] = {"name": src, "namespace": cluster_b}
+            body["spec"]["source"]["kubeconfig"] = {"name": "cluster-b", "key": KEY}
+            body["spec"]["target"]["middleware"]["name"] = tgt
             uid = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "redissyncs", body)[
                 "metadata"
             ]["uid"]
