@@ -31,6 +31,7 @@ REPOSITORY = document("backup-repository.yaml", "BackupRepository")["metadata"][
 KEYS_SECRET = document("backup-repository.yaml", "Secret")["metadata"]["name"]
 JOB_TIMEOUT = 300
 SERVING_TIMEOUT = 120
+CONNECT_TIMEOUT = 60
 
 
 @pytest.fixture(scope="module")
@@ -392,8 +393,22 @@ def _pg(cluster: LocalCluster, namespace: str) -> psycopg.Connection:
     ip = _cluster_ip(cluster, namespace, f"{PG}-rw")
     secret: Any = cluster.core.read_namespaced_secret(f"{PG}-credentials", namespace)
     password = base64.b64decode(secret.data["app-password"]).decode()
-    return psycopg.connect(
-        host=ip, port=5432, dbname="app", user="app", password=password, connect_timeout=5, autocommit=True
+    # Ready comes from the operator; kube-proxy programs the ClusterIP a moment later on a busy
+    # node, and until then the host's packets to it leave by the default route (an egress proxy
+    # answered "HTTP/1.1 400" once, in CI). A client reconnects, so do we: only connecting.
+    return wait_for(
+        f"{PG}-rw to accept a connection",
+        lambda: psycopg.connect(
+            host=ip,
+            port=5432,
+            dbname="app",
+            user="app",
+            password=password,
+            connect_timeout=5,
+            autocommit=True,
+        ),
+        CONNECT_TIMEOUT,
+        interval=1.0,
     )
 
 

@@ -86,8 +86,20 @@ def _rw(cluster: LocalCluster, namespace: str, *, superuser: bool = False) -> ps
         if superuser
         else ("app", _app_password(cluster, namespace))
     )
-    return psycopg.connect(
-        host=ip, port=5432, dbname="app", user=user, password=password, connect_timeout=5, autocommit=True
+    # kube-proxy may program the ClusterIP a moment after Ready (see test_backups._pg): reconnect.
+    return wait_for(
+        f"{NAME}-rw to accept a connection",
+        lambda: psycopg.connect(
+            host=ip,
+            port=5432,
+            dbname="app",
+            user=user,
+            password=password,
+            connect_timeout=5,
+            autocommit=True,
+        ),
+        60,
+        interval=1.0,
     )
 
 
