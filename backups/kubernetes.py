@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from backups.jobs import CATALOGS_ENV
 from backups.runbook import Target
 from middleware.catalog import Catalog, merge_catalogs
-from middleware.engines.base import Connection, Engine
+from middleware.engines.base import Connection, Engine, Progress, no_progress
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError
 from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, credentials_secret_name
@@ -28,6 +29,11 @@ from middleware.spec import ResolvedSpec, load_middleware, resolve
 
 API_VERSION = "moorage.io/v1alpha1"
 PASSWORD_KEY = "password"
+# Marks a Middleware made by `backup verify --deep`: `kubectl get mw -l moorage.io/scratch` finds
+# one left behind by a CLI that was killed before it could delete it.
+SCRATCH_LABEL = "moorage.io/scratch"
+SCRATCH_READY_TIMEOUT_SECONDS = 900.0
+SCRATCH_POLL_SECONDS = 2.0
 
 
 def catalogs_from_env(raw: str) -> list[dict[str, Any]]:
@@ -63,9 +69,24 @@ def applied_manifest(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class KubernetesTargets:
-    def __init__(self, runtime: KubernetesRuntime, *, cluster_domain: str = "cluster.local") -> None:
+    def __init__(
+        self,
+        runtime: KubernetesRuntime,
+        *,
+        cluster_domain: str = "cluster.local",
+        scratch_namespace: str | None = None,
+        scratch_timeout: float = SCRATCH_READY_TIMEOUT_SECONDS,
+        progress: Progress = no_progress,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.runtime = runtime
         self.cluster_domain = cluster_domain
+        self.scratch_namespace = scratch_namespace
+        self.scratch_timeout = scratch_timeout
+        self.progress = progress
+        self.clock = clock
+        self.sleep = sleep
 
     def get(self, namespace: str, name: str) -> Target:
         body = self.runtime.get(API_VERSION, "Middleware", namespace, name)
@@ -98,10 +119,59 @@ class KubernetesTargets:
 
     @contextmanager
     def scratch(self, manifest: dict[str, Any]) -> Iterator[Target]:
-        # A scratch Middleware in the cluster needs the operator to provision it, wait for Ready
-        # and purge it afterwards; from inside a Job that is not wired yet.
-        raise MoorageError(
-            "backup verify --deep needs a scratch deployment, which only the local runtime can start "
-            "for now; run it with --runtime local, or verify checksums only (without --deep)"
-        )
-        yield  # pragma: no cover  (makes this a generator for @contextmanager)
+        """A scratch Middleware created through the API, provisioned by the operator like any other
+        (so a deep verify also proves the operator can bring this backup's shape up), waited for
+        until Ready, and deleted on exit with its PVCs and Secret (``deletionPolicy: Delete``,
+        which the scratch manifest always carries). Placed in ``scratch_namespace``, else in the
+        backup's own namespace, where a DBA's rights already are."""
+        meta = manifest["metadata"]
+        namespace = self.scratch_namespace or meta["namespace"]
+        name = meta["name"]
+        body = {
+            **manifest,
+            "metadata": {
+                **meta,
+                "namespace": namespace,
+                "labels": {**meta.get("labels", {}), SCRATCH_LABEL: "verify"},
+            },
+        }
+        if body["spec"].get("deletionPolicy") != "Delete":
+            raise MoorageError("a scratch Middleware must have deletionPolicy Delete (its data goes with it)")
+        if self.runtime.create(body) is None:
+            raise MoorageError(
+                f"Middleware {namespace}/{name} already exists: not a scratch deployment of ours"
+            )
+        try:
+            self._wait_ready(namespace, name)
+            yield self.get(namespace, name)
+        finally:
+            self.runtime.delete(API_VERSION, "Middleware", namespace, name)
+
+    def _wait_ready(self, namespace: str, name: str) -> None:
+        """Until the operator reports the scratch Middleware Ready for its generation. Failed (an
+        invalid spec: nothing will change) stops at once; otherwise ``scratch_timeout`` seconds."""
+        deadline = self.clock() + self.scratch_timeout
+        while True:
+            body = self.runtime.get(API_VERSION, "Middleware", namespace, name)
+            if body is None:
+                raise MoorageError(f"scratch Middleware {namespace}/{name} disappeared before it was Ready")
+            status = body.get("status") or {}
+            phase, reason = status.get("phase"), status.get("phaseReason")
+            ready: dict[str, Any] = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+            )
+            current = status.get("observedGeneration") == body["metadata"].get("generation")
+            if current and phase == "Ready":
+                return
+            self.progress(f"scratch {name}: {phase or 'Pending'}", 0, 1)
+            if current and phase == "Failed":
+                raise MoorageError(
+                    f"scratch Middleware {namespace}/{name} failed: {reason}: {ready.get('message', '')}"
+                )
+            if self.clock() > deadline:
+                raise MoorageError(
+                    f"scratch Middleware {namespace}/{name} not Ready after {self.scratch_timeout:.0f}s "
+                    f"(phase {phase or 'none'}, {reason or 'no reason yet'}: {ready.get('message', '')}); "
+                    "is the operator running, and is there room for its pods?"
+                )
+            self.sleep(SCRATCH_POLL_SECONDS)

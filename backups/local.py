@@ -9,6 +9,8 @@ from typing import Any
 from backups.runbook import Target
 from middleware.lifecycle import Lifecycle
 
+SCRATCH_NAMESPACE = "moorage-scratch"
+
 
 class LocalTargets:
     def __init__(self, lifecycle: Lifecycle) -> None:
@@ -28,8 +30,10 @@ class LocalTargets:
 
     @contextmanager
     def scratch(self, manifest: dict[str, Any]) -> Iterator[Target]:
-        namespace = manifest["metadata"]["namespace"]
+        # Apart from the user's deployments, so `moorage status` lists never show it.
+        namespace = SCRATCH_NAMESPACE
         name = manifest["metadata"]["name"]
+        manifest = {**manifest, "metadata": {**manifest["metadata"], "namespace": namespace}}
         try:
             self.lifecycle.up(manifest)
             yield self.get(namespace, name)

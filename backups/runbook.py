@@ -225,9 +225,10 @@ def _scratch_manifest(manifest: BackupManifest) -> dict[str, Any]:
     return {
         "apiVersion": source.get("apiVersion", "moorage.io/v1alpha1"),
         "kind": "Middleware",
+        # The backup's own namespace: each Targets places the scratch copy where it belongs.
         "metadata": {
             "name": f"verify-{secrets.token_hex(3)}",
-            "namespace": "moorage-scratch",
+            "namespace": manifest.namespace,
         },
         "spec": spec,
     }

@@ -90,10 +90,21 @@ def _repository(url: str | None) -> Repository:
     return Repository(store)
 
 
-def _targets(state_dir: Path | None, runtime: str = "local") -> LocalTargets | KubernetesTargets:
+def _targets(
+    state_dir: Path | None,
+    runtime: str = "local",
+    *,
+    scratch_namespace: str | None = None,
+    progress: ProgressFn = no_progress,
+) -> LocalTargets | KubernetesTargets:
     if runtime == "kubernetes":
         domain = os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local")
-        return KubernetesTargets(KubernetesRuntime.from_environment(), cluster_domain=domain)
+        return KubernetesTargets(
+            KubernetesRuntime.from_environment(),
+            cluster_domain=domain,
+            scratch_namespace=scratch_namespace,
+            progress=progress,
+        )
     if runtime != "local":
         raise MoorageError(f"--runtime must be local or kubernetes, not {runtime!r}")
     return LocalTargets(Lifecycle(LocalRuntime(state_dir)))
@@ -246,20 +257,26 @@ def backup_verify(
     deep: Annotated[bool, typer.Option(help="Also restore into a scratch deployment and check it.")] = False,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
+    scratch_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="--runtime kubernetes: the namespace of the scratch Middleware (default: the backup's).",
+        ),
+    ] = None,
     output: Output = "table",
 ) -> None:
-    """Check every object's size and sha256; --deep also loads it into a scratch deployment.
-    Exits 1 when the backup is not good."""
+    """Check every object's size and sha256; --deep also loads it into a scratch deployment
+    (locally: processes; on Kubernetes: a Middleware the operator provisions, deleted with its
+    PVCs afterwards). Exits 1 when the backup is not good."""
     as_json = _json(output)
     repository = _repository(repo)
     with _progress(not as_json) as progress:
-        report = runbook.verify_backup(
-            repository,
-            backup_id,
-            deep=deep,
-            targets=_targets(state_dir, runtime) if deep else None,
-            progress=progress,
+        targets = (
+            _targets(state_dir, runtime, scratch_namespace=scratch_namespace, progress=progress)
+            if deep
+            else None
         )
+        report = runbook.verify_backup(repository, backup_id, deep=deep, targets=targets, progress=progress)
     if as_json:
         _print_json(report.to_wire())
     elif report.ok:

@@ -200,9 +200,11 @@ class LocalCluster:
         restart: str = "Never",
         service_account: str | None = None,
         user: int = 999,
+        env_from_secret: str | None = None,
     ) -> None:
         """A client pod running ``sh -c script`` (the engine images carry their clients).
-        ``service_account``: the pod talks to the API as it (its token mounted)."""
+        ``service_account``: the pod talks to the API as it (its token mounted);
+        ``env_from_secret``: every key of that Secret as an environment variable."""
         self.core.create_namespaced_pod(
             namespace,
             {
@@ -223,6 +225,11 @@ class LocalCluster:
                             "imagePullPolicy": "Never",
                             "command": ["sh", "-c", script],
                             "env": [{"name": k, "value": v} for k, v in (env or {}).items()],
+                            **(
+                                {"envFrom": [{"secretRef": {"name": env_from_secret}}]}
+                                if env_from_secret
+                                else {}
+                            ),
                             "resources": {
                                 "requests": {"cpu": "50m", "memory": "64Mi"},
                                 "limits": {"cpu": "500m", "memory": "256Mi"},

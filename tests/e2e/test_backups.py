@@ -19,7 +19,10 @@ import psycopg
 import pytest
 import redis
 
+from backups.kubernetes import SCRATCH_LABEL
+from middleware.engines.postgresql.dump import rows_key, tables_key
 from tests.e2e.cluster import GROUP, SMALL, VERSION, LocalCluster, wait_for
+from tests.e2e.dba import dba_account, in_a_dba_pod
 from tests.e2e.s3 import new_bucket, s3_client
 from tests.example_files import document
 from tests.integration.s3_harness import S3Server
@@ -465,6 +468,7 @@ def test_postgresql_standalone_backup_restore_rollback(
     job_pod(local_cluster, ns, "moorage.io/backup=ledger-1")
     manifest = check_backup_in_s3(pod_s3_server, bucket, status)
     assert manifest["engine"] == "postgresql" and manifest["middleware"] == PG
+    deep_verify_in_a_dba_pod(local_cluster, ns, pod_s3_server, bucket, status["backupId"])
 
     with _pg(local_cluster, ns) as conn:
         conn.execute("DELETE FROM accounts WHERE id % 3 = 0")
@@ -484,3 +488,41 @@ def test_postgresql_standalone_backup_restore_rollback(
     job_pod(local_cluster, ns, "moorage.io/restore=ledger-rollback")
     assert rolled["rolledBack"] is True, rolled
     assert pg_contents_when_serving(local_cluster, ns) == changed
+
+
+def deep_verify_in_a_dba_pod(
+    cluster: LocalCluster, namespace: str, server: S3Server, bucket: str, backup_id: str
+) -> None:
+    """``moorage backup verify --deep --runtime kubernetes`` as a DBA runs it: the operator
+    provisions a scratch copy of the backup's Middleware on real pods, the CLI loads the backup
+    into it and counts what arrived, and the scratch copy goes with its PVCs."""
+    repository = document("backup-repository.yaml", "BackupRepository")["spec"]
+    url = f"s3://{bucket}/{repository['prefix']}?endpoint={server.endpoint}"
+    with dba_account(cluster, namespace) as account:
+        report = in_a_dba_pod(
+            cluster,
+            namespace,
+            account,
+            f"moorage backup verify {backup_id} --deep --runtime kubernetes --repo '{url}' -o json",
+            pod="dba-verify",
+            env_from_secret=document("backup-repository.yaml", "Secret")["metadata"]["name"],
+            diagnostics=("middlewares",),
+            timeout=900,
+        )
+    assert report["ok"] is True and report["deep"] is True, report
+    # What the test wrote before the backup: 2 tables, 2,000 + 3 rows in the app database.
+    assert report["loaded"][tables_key("app")] == 2, report
+    assert report["loaded"][rows_key("app")] == 2003, report
+    # runbook._scratch_manifest names it verify-<6 hex>; its claims are <template>-verify-<hex>-<n>.
+    scratch_claim = re.compile(r"-verify-[0-9a-f]{6}-[0-9]+$")
+
+    def scratch_left() -> list[str]:
+        middlewares = cluster.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", label_selector=SCRATCH_LABEL
+        )["items"]
+        claims = cluster.core.list_namespaced_persistent_volume_claim(namespace).items
+        return [m["metadata"]["name"] for m in middlewares] + [
+            c.metadata.name for c in claims if scratch_claim.search(c.metadata.name)
+        ]
+
+    wait_for("the scratch Middleware to be gone with its PVCs", lambda: not scratch_left(), 180, interval=2)

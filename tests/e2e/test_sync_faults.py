@@ -23,19 +23,16 @@ network policy engine this node does not run (docs/TESTING.md).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from backups.jobs import IMAGE_USER
 from tests.e2e.cluster import GROUP, SMALL, VERSION, LocalCluster, wait_for
+from tests.e2e.dba import dba_account, in_a_dba_pod
 from tests.e2e.redis_clients import (
     acknowledged,
     missing_keys,
@@ -294,80 +291,16 @@ def test_sync_survives_source_and_target_failovers_and_killed_pods_with_a_writer
     _all_acked_arrive(local_cluster, ns, writer, "after the writer stopped")
     # A DBA cuts over a sync that is streaming again: every workload Healthy, its pod Ready.
     wait_for("every workload Healthy again", lambda: _all_healthy(local_cluster, ns), 300, interval=2)
-    with _dba_account(local_cluster, ns) as account:
-        report = _in_a_dba_pod(
-            local_cluster, ns, account, f"moorage sync cutover {SYNC} -n {ns} --yes --unpause -o json"
+    with dba_account(local_cluster, ns) as account:
+        report = in_a_dba_pod(
+            local_cluster,
+            ns,
+            account,
+            f"moorage sync cutover {SYNC} -n {ns} --yes --unpause -o json",
+            diagnostics=("redissyncs",),
         )
     assert report["ok"] is True and report["step"] == "done", report
     assert report["verify"]["equal"] is True, report["verify"]
     assert len(acked) >= 1000
     sync = local_cluster.custom.get_namespaced_custom_object(GROUP, VERSION, ns, "redissyncs", SYNC)
     assert sync["spec"]["direction"] == "Stopped"
-
-
-@contextmanager
-def _dba_account(cluster: LocalCluster, namespace: str) -> Iterator[str]:
-    """A ServiceAccount with deploy/rbac.yaml's DBA roles: moorage-dba in this namespace (a
-    RoleBinding), moorage-catalog-reader cluster-wide (catalogs are cluster-scoped)."""
-    account = "dba"
-    catalogs = f"{namespace}-dba-catalogs"
-    subject = [{"kind": "ServiceAccount", "name": account, "namespace": namespace}]
-    cluster.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}}, namespace)
-    cluster.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": account},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "moorage-dba",
-            },
-            "subjects": subject,
-        },
-        namespace,
-    )
-    cluster.apply(
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": catalogs},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": "moorage-catalog-reader",
-            },
-            "subjects": subject,
-        }
-    )
-    try:
-        yield account
-    finally:
-        cluster.kubectl("delete", "clusterrolebinding", catalogs, "--ignore-not-found", check=False)
-
-
-def _in_a_dba_pod(cluster: LocalCluster, namespace: str, account: str, command: str) -> Any:
-    """``command`` in a pod of the operator's image (which is Moorage's) as ``account``; its JSON."""
-    operator: Any = cluster.apps.read_namespaced_deployment("moorage-operator", "moorage-system")
-    image = operator.spec.template.spec.containers[0].image
-    pod = "dba-cutover"
-    cluster.run_pod(
-        namespace,
-        pod,
-        image,
-        f"HOME=/tmp {command} 2>/tmp/stderr; code=$?; echo; echo exit=$code; cat /tmp/stderr",
-        service_account=account,
-        user=IMAGE_USER,
-    )
-    wait_for(f"{pod} to finish", lambda: "exit=" in cluster.pod_log(namespace, pod), 600, interval=2)
-    log = cluster.pod_log(namespace, pod)
-    output, _, rest = log.partition("\nexit=")
-    assert rest.startswith("0"), "\n".join(
-        [
-            log,
-            cluster.kubectl("-n", namespace, "get", "pods", "-o", "wide", check=False),
-            cluster.kubectl("-n", namespace, "get", "redissyncs", "-o", "yaml", check=False)[-4000:],
-            cluster.operator_log(tail=40),
-        ]
-    )
-    return json.loads(output)
