@@ -12,6 +12,10 @@ DEBIAN_PACKAGES := redis-server redis-sentinel redis-tools zookeeper openssl
 CLUSTER_PACKAGES := containerd runc containernetworking-plugins mmdebstrap iptables
 EXAMPLES ?= examples/redis-cluster.yaml examples/redis-sentinel.yaml
 PYTEST_ARGS ?=
+# `make test` runs the e2e tier on one worker beside the other tiers on another (tests/conftest.py);
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
+XDIST_ARGS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 .PHONY: help setup barman system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench clean
 
@@ -62,7 +66,7 @@ test: export MOORAGE_FERRETDB_REQUIRED := 1
 test: export MOORAGE_SHAKE_REQUIRED := 1
 test: export MOORAGE_E2E_REQUIRED := 1
 test: setup crds-check cluster-deps control-plane coredns redis-shake ferretdb images ## Install everything and run all tests (unit, integration, k8s, e2e on real pods)
-	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(PYTEST_ARGS)
+	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
 
 test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
