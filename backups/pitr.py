@@ -45,7 +45,8 @@ _SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.(gz|bz2|xz|sn
 
 def find_barman() -> Path:
     """The bin directory holding barman's cloud tools, or an error saying how to get them."""
-    candidates = [Path(p) for p in (os.environ.get(BARMAN_BIN_ENV),) if p] + [DEFAULT_BARMAN_DIR / "bin"]
+    configured = os.environ.get(BARMAN_BIN_ENV)
+    candidates = ([Path(configured)] if configured else []) + [DEFAULT_BARMAN_DIR / "bin"]
     for directory in candidates:
         if all(os.access(directory / tool, os.X_OK) for tool in BARMAN_TOOLS):
             return directory
@@ -206,17 +207,11 @@ class ArchiveReport:
     base_backups: list[BaseBackup]
     segments: dict[int, list[Segment]]  # per timeline, sorted
     gaps: list[Segment] = field(default_factory=list)  # missing, oldest first
-    system_ids: set[str] = field(default_factory=set)
 
     @property
     def earliest(self) -> datetime | None:
         """The earliest recoverable moment: the end of the oldest complete base backup."""
         return min((b.end_time for b in self.base_backups), default=None)
-
-    @property
-    def last_segment(self) -> Segment | None:
-        every = [s for segments in self.segments.values() for s in segments]
-        return max(every, default=None)
 
     def check(self, target: RecoveryTarget) -> BaseBackup:
         """The base backup to restore from for ``target``, or a refusal naming why, before anything
@@ -282,5 +277,4 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
         base_backups=sorted(backups, key=lambda b: b.end_time),
         segments=segments,
         gaps=gaps,
-        system_ids={b.system_id for b in backups},
     )

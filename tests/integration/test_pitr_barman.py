@@ -52,6 +52,19 @@ def barman_bin() -> Path:
         pytest.skip(str(error))
 
 
+def as_postgres(*command: str, env: dict[str, str]) -> None:
+    """Run ``command`` as the postgres OS user when we are root (PostgreSQL and barman refuse or
+    cannot reach root's files), failing the test with its stderr."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    done = subprocess.run([*prefix, *command], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"{command[0]} failed: {done.stderr[-2000:]}"
+
+
+def give_to_postgres(path: Path) -> None:
+    if os.geteuid() == 0:
+        shutil.chown(path, "postgres")
+
+
 class Server:
     """One PostgreSQL data directory run with pg_ctl, as the postgres OS user when we are root."""
 
@@ -59,9 +72,7 @@ class Server:
         self.bin_dir, self.data, self.socket_dir, self.port, self.env = bin_dir, data, socket_dir, port, env
 
     def run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        done = subprocess.run([*prefix, *command], env=self.env, capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, f"{command[0]} failed: {done.stderr[-2000:]}"
+        as_postgres(*command, env=self.env)
 
     def configure(self, settings: dict[str, str]) -> None:
         lines = {
@@ -72,7 +83,7 @@ class Server:
         }
         path = self.data / "postgresql.auto.conf"
         path.write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
-        shutil.chown(path, "postgres") if os.geteuid() == 0 else None
+        give_to_postgres(path)
 
     def start(self) -> None:
         self.run(
@@ -130,23 +141,11 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
             conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
             conn.execute("INSERT INTO marks (id) VALUES (1)")
             system_id = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
-        backup = subprocess.run(
-            [
-                *archive.command(barman_bin, "barman-cloud-backup"),
-                "--host",
-                str(workdir),
-                "--port",
-                str(primary.port),
-                "--user",
-                "postgres",
-            ],
+        as_postgres(
+            *archive.command(barman_bin, "barman-cloud-backup"),
+            *("--host", str(workdir), "--port", str(primary.port), "--user", "postgres"),
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            user="postgres" if os.geteuid() == 0 else None,
         )
-        assert backup.returncode == 0, backup.stderr[-2000:]
         with primary.connect() as conn:
             conn.execute("INSERT INTO marks (id) VALUES (2)")
             time.sleep(1.1)  # markers a second apart: the target falls strictly between 2 and 3
@@ -174,19 +173,13 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
 
     # Restore into a new data directory: barman-cloud-restore + the recovery settings we render.
     restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
-    restore = subprocess.run(
-        [*archive.command(barman_bin, "barman-cloud-restore"), chosen.backup_id, str(restored.data)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        user="postgres" if os.geteuid() == 0 else None,
+    as_postgres(
+        *archive.command(barman_bin, "barman-cloud-restore"), chosen.backup_id, str(restored.data), env=env
     )
-    assert restore.returncode == 0, restore.stderr[-2000:]
     restored.data.chmod(0o700)
     restored.configure(recovery_settings(archive, barman_bin, RecoveryTarget(time=target)))
     (restored.data / "recovery.signal").touch()
-    shutil.chown(restored.data / "recovery.signal", "postgres") if os.geteuid() == 0 else None
+    give_to_postgres(restored.data / "recovery.signal")
     restored.start()
     try:
 
