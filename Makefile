@@ -64,6 +64,7 @@ stop: ## Stop the examples (data is kept; `moorage down NAME --purge` deletes it
 # skipping the tests that need it.
 test: export MOORAGE_FERRETDB_REQUIRED := 1
 test: export MOORAGE_SHAKE_REQUIRED := 1
+test: export MOORAGE_BARMAN_REQUIRED := 1
 test: export MOORAGE_E2E_REQUIRED := 1
 test: setup crds-check cluster-deps control-plane coredns redis-shake ferretdb images ## Install everything and run all tests (unit, integration, k8s, e2e on real pods)
 	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
@@ -72,6 +73,7 @@ test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: export MOORAGE_SHAKE_REQUIRED := 1
+test-integration: export MOORAGE_BARMAN_REQUIRED := 1
 test-integration: setup ferretdb ## Integration tests on real engine servers started on 127.0.0.1
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 

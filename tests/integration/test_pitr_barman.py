@@ -38,6 +38,8 @@ from tests.integration.s3_harness import S3Server
 from tests.integration.test_postgresql import postgres_unavailable
 
 pytestmark = pytest.mark.integration
+# `make test` sets it: barman is installed by `make setup`, so its absence is a failure there.
+BARMAN_REQUIRED_ENV = "MOORAGE_BARMAN_REQUIRED"
 psycopg = pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (make setup)")
 
 
@@ -49,6 +51,8 @@ def barman_bin() -> Path:
     try:
         return find_barman()
     except MoorageError as error:
+        if os.environ.get(BARMAN_REQUIRED_ENV) == "1":
+            pytest.fail(f"{error}; {BARMAN_REQUIRED_ENV}=1 makes this a failure instead of a skip")
         pytest.skip(str(error))
 
 
