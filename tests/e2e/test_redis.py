@@ -263,4 +263,17 @@ def test_sentinel_follows_a_deleted_master(local_cluster: LocalCluster, module_n
     ip = local_cluster.core.read_namespaced_pod(switched, module_namespace).status.pod_ip
     # The handover pauses writes until a replica has them all: nothing acknowledged is lost.
     lost = missing_keys(node_client(ip, password), acked)
-    assert lost == [], f"{len(lost)} acknowledged writes lost in a failover and a switchover: {lost[:10]}"
+    if lost:  # what happened around the loss, for the next one to read
+        sentinels = [
+            p.metadata.name
+            for p in local_cluster.pods(
+                module_namespace,
+                f"app.kubernetes.io/instance={SENTINEL},app.kubernetes.io/component=sentinel",
+            )
+        ]
+        logs = "\n".join(f"--- {p}\n{local_cluster.pod_log(module_namespace, p)[-3000:]}" for p in sentinels)
+        raise AssertionError(
+            f"{len(lost)} acknowledged writes lost in a failover and a switchover: {lost[:10]}..{lost[-3:]} "
+            f"(master {master}, promoted {promoted}, switched {switched})\n"
+            f"{local_cluster.describe(module_namespace)}\n{logs}"
+        )

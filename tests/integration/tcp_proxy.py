@@ -8,6 +8,10 @@ supervisor's own probes, get through. ``thaw()`` lets the frozen ones move again
 
 ``cut()`` is a cut network path instead: every connection open at that moment is closed and new ones
 are closed as soon as they are accepted, until ``mend()``.
+
+``drop_reply_after(marker)`` is a request carried out whose reply never arrives: the first chunk a
+client sends that holds ``marker`` is delivered upstream, and that connection is closed before
+anything comes back (once; ``replies_dropped`` counts it).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class FreezingProxy:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._cut = threading.Event()
+        self._drop_marker: bytes | None = None
+        self.replies_dropped = 0
         threading.Thread(target=self._accept, name=f"proxy-{self.endpoint}", daemon=True).start()
 
     def _accept(self) -> None:
@@ -80,10 +86,23 @@ class FreezingProxy:
                     if not data:
                         return
                     pairs[sock].sendall(data)
+                    if sock is link.client and self._take_drop(data):
+                        return
         except OSError:
             return
         finally:
             link.close()
+
+    def drop_reply_after(self, marker: bytes) -> None:
+        self._drop_marker = marker
+
+    def _take_drop(self, data: bytes) -> bool:
+        with self._lock:
+            if self._drop_marker is None or self._drop_marker not in data:
+                return False
+            self._drop_marker = None
+            self.replies_dropped += 1
+            return True
 
     def freeze(self) -> int:
         """Freeze every connection open now; how many."""

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.live import REDACTED, NodeRole, apply_parameters, node_role, ping_all
@@ -29,6 +30,7 @@ from middleware.engines.redis.sentinel import (
 from middleware.errors import OperationError, SpecError
 from tests.integration.harness import logs, wait_until
 from tests.integration.sentinel_harness import Deployment, SentinelHarness
+from tests.integration.tcp_proxy import FreezingProxy
 
 pytestmark = pytest.mark.integration
 
@@ -406,40 +408,84 @@ def test_bootstrap_rejects_invalid_settings_before_touching_anything(change: dic
     assert caught.value.field == field
 
 
+class _Writer:
+    """Writes w:1, w:2, ... on one connection to the master until the first refusal; ``acked`` are the
+    writes the server acknowledged, every one of which must survive."""
+
+    def __init__(self, master: Endpoint) -> None:
+        self.master = master
+        self.acked: list[str] = []
+        self.refused: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+
+    def _write(self) -> None:
+        client = redis.Redis(
+            host=self.master.host, port=self.master.port, password=PASSWORD, socket_timeout=30
+        )
+        with client:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                try:
+                    client.set(f"w:{i}", "1")
+                except Exception as exc:  # READONLY once it follows the new master: never acknowledged
+                    self.refused.append(f"{type(exc).__name__}: {exc}")
+                    return
+                self.acked.append(f"w:{i}")
+
+    def start(self) -> None:
+        self._thread.start()
+        wait_until(lambda: len(self.acked), lambda n: n >= 200, 30.0, "the writer's first writes")
+
+    def finish(self) -> None:
+        self._thread.join(timeout=60)
+        self._stop.set()
+        assert not self._thread.is_alive()
+
+
+def assert_switchover_kept_every_write(d: Deployment, old: Endpoint, writer: _Writer) -> None:
+    writer.finish()
+    assert old == d.master.endpoint
+    # The old master followed the new one at once: the write it held was refused, not acknowledged.
+    assert writer.refused and writer.refused[0].startswith("ReadOnlyError"), writer.refused
+    new = settled_failover(d, old)
+    with d.by_endpoint(new).client() as client:
+        present = client.exists(*writer.acked[-500:])
+        missing = [k for k in writer.acked if not client.exists(k)]
+    assert missing == [], f"{len(missing)} acknowledged writes lost: {missing[:10]}"
+    assert present == min(500, len(writer.acked))
+
+
 def test_switchover_under_writes_loses_no_acknowledged_write(deployment: Deployment) -> None:
     """A writer hammers the master while a planned switchover runs: every write the old master
     acknowledged is on the new master (plain SENTINEL FAILOVER loses the ones acknowledged between the
     promotion and the old master's demotion)."""
     d = deployment
     bootstrap(d)
-    acked: list[str] = []
-    refused: list[str] = []
-    stop = threading.Event()
-
-    def write() -> None:
-        with d.master.client() as client:
-            i = 0
-            while not stop.is_set():
-                i += 1
-                try:
-                    client.set(f"w:{i}", "1")
-                except Exception as exc:  # READONLY once it follows the new master: never acknowledged
-                    refused.append(f"{type(exc).__name__}: {exc}")
-                    return
-                acked.append(f"w:{i}")
-
-    writer = threading.Thread(target=write, daemon=True)
+    writer = _Writer(d.master.endpoint)
     writer.start()
-    wait_until(lambda: len(acked), lambda n: n >= 200, 30.0, "the writer's first writes")
     old = switchover(d.sentinel_endpoints, MASTER_NAME, PASSWORD, sentinel_password=PASSWORD)
-    assert old == d.master.endpoint
-    writer.join(timeout=60)
-    stop.set()
-    assert not writer.is_alive()
-    assert refused and refused[0].startswith("ReadOnlyError"), refused  # the old master followed at once
-    new = settled_failover(d, old)
-    with d.by_endpoint(new).client() as client:
-        present = client.exists(*acked[-500:]) if acked else 0
-        missing = [k for k in acked if not client.exists(k)]
-    assert missing == [], f"{len(missing)} acknowledged writes lost: {missing[:10]}"
-    assert present == min(500, len(acked))
+    assert_switchover_kept_every_write(d, old, writer)
+
+
+def test_switchover_whose_failover_reply_is_lost_holds_writes_and_follows(deployment: Deployment) -> None:
+    """A real fault: the sentinel carries out SENTINEL FAILOVER but its reply never arrives (the proxy
+    in front of it closes the connection right after delivering the command). The switchover must not
+    take that for a refusal: lifting the write pause then lets the old master acknowledge writes until
+    the sentinels demote it, all lost. It follows the failover under way instead, and asks no second
+    sentinel (two forced failovers could promote two replicas)."""
+    d = deployment
+    bootstrap(d)
+    proxies = [FreezingProxy(e) for e in d.sentinel_endpoints]
+    try:
+        for proxy in proxies:
+            proxy.drop_reply_after(b"FAILOVER")
+        writer = _Writer(d.master.endpoint)
+        writer.start()
+        old = switchover([p.endpoint for p in proxies], MASTER_NAME, PASSWORD, sentinel_password=PASSWORD)
+        assert sum(p.replies_dropped for p in proxies) == 1  # the fault happened, once
+        assert_switchover_kept_every_write(d, old, writer)
+    finally:
+        for proxy in proxies:
+            proxy.close()

@@ -83,9 +83,11 @@ set -- $replica
 redis-cli -h "$1" -p "$2" CLUSTER FAILOVER >/dev/null 2>&1 || exit 0"""
 # SENTINEL FAILOVER alone promotes a replica while this master still takes writes that the
 # promoted replica never sees (kube-proxy keeps routing to a terminating pod that still serves):
-# writes are paused first (lifted by Redis itself after the bound), every replica is let catch up to
-# the last offset, and only then are the sentinels asked. Paused writers get READONLY once the
-# sentinels turn this member into a replica: refused, never acknowledged and lost.
+# writes are paused first, every replica is let catch up to the last offset, and only then are the
+# sentinels asked. Paused writers get READONLY once this member follows the new master: refused,
+# never acknowledged and lost. The pause is renewed while the sentinels promote (Redis keeps the later
+# deadline): one that ran out before the promotion would let this member acknowledge writes the new
+# master never gets. It ends by itself at the latest 5 s after the script stops renewing it.
 _SENTINEL_HANDOVER = """\
 cli CLIENT PAUSE 15000 WRITE >/dev/null
 offset=`cli INFO replication | sed -n 's/^master_repl_offset:\\([0-9]*\\).*/\\1/p'`
@@ -97,14 +99,17 @@ while [ "`behind`" != 0 ] && [ $i -lt 40 ]; do
 done
 sentinel() { redis-cli -h %(sentinels)s -p %(sentinel_port)d "$@" 2>/dev/null; }
 sentinel SENTINEL FAILOVER %(master)s >/dev/null || exit 0
-# The sentinels reconfigure an old master only seconds later; until then the pause would run out
-# and the writes it held would land here, acknowledged and lost. Follow the new master at once:
-# held writes then fail with READONLY.
+# Follow the new master as soon as a sentinel names it, then lift the pause: the held writes fail
+# with READONLY at once.
 me=`cli CONFIG GET replica-announce-ip | tail -n 1`
 i=0
-while [ $i -lt 40 ]; do
+while [ $i -lt 80 ]; do
+  cli CLIENT PAUSE 5000 WRITE >/dev/null
   set -- `sentinel SENTINEL GET-MASTER-ADDR-BY-NAME %(master)s`
-  if [ -n "${1:-}" ] && [ "$1" != "$me" ]; then cli REPLICAOF "$1" "$2" >/dev/null; break; fi
+  if [ -n "${1:-}" ] && [ "$1" != "$me" ]; then
+    cli REPLICAOF "$1" "$2" >/dev/null && cli CLIENT UNPAUSE >/dev/null
+    break
+  fi
   sleep 0.25; i=`expr $i + 1`
 done"""
 

@@ -795,27 +795,126 @@ def failover(
         role = None  # a dead master is exactly what a failover is for
     if role is not None and role.is_master and not role.replicas:
         raise OperationError(f"{master.address} has no replica attached; nothing to fail over to")
+    _request_failover(sentinels, master_name, master, voters, password, sentinel_password)
+    return master
+
+
+def _request_failover(
+    sentinels: Sequence[Endpoint],
+    master_name: str,
+    master: Endpoint,
+    voters: Sequence[_Answer],
+    password: str | None,
+    sentinel_password: str | None,
+) -> None:
+    """SENTINEL FAILOVER on one of ``voters``; returns once one accepted it.
+
+    The command is never resent blindly: a request whose reply was lost may have been carried out, and
+    a second sentinel asked then would force a second failover that may promote another replica. So
+    after a network error the sentinels' own state decides (a failover under way, or a new master
+    named, means the request was accepted) before the next sentinel is tried."""
     last_error = ""
     for answer in voters:
         try:
-            call(answer.sentinel, sentinel_password, lambda c: _sentinel_cmd(c, "FAILOVER", master_name))
+            call(
+                answer.sentinel,
+                sentinel_password,
+                lambda c: _sentinel_cmd(c, "FAILOVER", master_name),
+                attempts=1,
+            )
         except redis.ResponseError as exc:
             message = describe_error(exc, password, sentinel_password)
             if "INPROG" in str(exc):
                 raise NotReady(f"failover already in progress for {master_name}") from None
             raise OperationError(f"sentinel {answer.sentinel.address} refused failover: {message}") from None
         except NotReady as exc:
+            if _failover_started(sentinels, master_name, master, sentinel_password):
+                log.warning(
+                    "sentinel %s: the reply to FAILOVER %s was lost (%s), but a failover is under way",
+                    answer.sentinel,
+                    master_name,
+                    exc,
+                )
+                return
             last_error = str(exc)
             continue
         log.info("sentinel %s: failover of %s (was %s) started", answer.sentinel, master_name, master)
-        return master
+        return
     raise NotReady(f"no sentinel accepted the failover of {master_name}: {last_error}")
 
 
-# A planned switchover holds writes on the master this long at most (Redis lifts the pause itself),
-# and gives its replicas this long to reach the master's last offset before asking the sentinels.
-SWITCHOVER_PAUSE_MS = 15000
+# A failover a sentinel accepted shows in its flags at once (the command sets them); this bounds the
+# wait for a sentinel that is slow to answer after a lost reply.
+_FAILOVER_START_SECONDS = 2.0
+
+
+def _failover_started(
+    sentinels: Sequence[Endpoint], master_name: str, old: Endpoint, sentinel_password: str | None
+) -> bool:
+    """True when some sentinel runs a failover of ``master_name`` or names a master other than ``old``."""
+    deadline = time.monotonic() + _FAILOVER_START_SECONDS
+    while True:
+        answers, _ = _ask_all(sentinels, master_name, sentinel_password, attempts=1)
+        for answer in answers:
+            if answer.flags & _IN_FLUX_FLAGS or (answer.master and not same_node(answer.master, old)):
+                return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+
+
+class _WriteFence:
+    """Writes held on a master (CLIENT PAUSE WRITE) as a lease that is renewed while it is needed.
+
+    A single long pause can run out while the sentinels are still promoting a replica; the old master
+    would then acknowledge writes that the promoted one never receives, all lost when it is turned into
+    a replica. A short lease renewed on every poll lasts exactly as long as the switchover needs it,
+    and still ends by itself within one lease if this process dies. Redis keeps the later of two pause
+    deadlines, so a renewal only ever extends it."""
+
+    def __init__(self, master: Endpoint, password: str | None, lease_ms: int) -> None:
+        self.master = master
+        self.password = password
+        self.lease_ms = lease_ms
+        self._renewed_at: float | None = None
+
+    def hold(self) -> None:
+        """Take the lease, or renew it when a third of it has passed."""
+        now = time.monotonic()
+        if self._renewed_at is not None and now - self._renewed_at < self.lease_ms / 3000:
+            return
+        try:
+            call(
+                self.master,
+                self.password,
+                lambda c: c.execute_command("CLIENT", "PAUSE", self.lease_ms, "WRITE"),
+                attempts=1,
+            )
+        except NotReady:
+            if self._renewed_at is None:
+                raise  # never held: nothing to protect yet
+            # Unreachable, so it takes no writes either; the next poll tries again.
+            log.warning("renewing the write pause on %s failed; retrying", self.master.address)
+            return
+        self._renewed_at = now
+
+    def lift(self) -> None:
+        try:
+            call(self.master, self.password, lambda c: c.execute_command("CLIENT", "UNPAUSE"), attempts=1)
+        except Exception as exc:  # the lease runs out by itself
+            log.warning("lifting the write pause on %s failed: %s", self.master.address, exc)
+
+
+# A planned switchover holds writes on the master with a lease this long (renewed while the switchover
+# runs), gives its replicas this long to reach the master's last offset before asking the sentinels,
+# and follows a failover the sentinels accepted this long at most (their failover-timeout bounds it
+# first in practice).
+SWITCHOVER_LEASE_MS = 5000
 SWITCHOVER_CATCH_UP_SECONDS = 10.0
+SWITCHOVER_PROMOTION_SECONDS = 120.0
+# Sentinels reporting no failover and still naming the old master for this long after one was accepted
+# have abandoned it (no good replica, failover-timeout): the old master stays and takes writes again.
+_ABANDONED_SECONDS = 2.0
 
 
 def switchover(
@@ -824,16 +923,19 @@ def switchover(
     password: str | None = None,
     *,
     sentinel_password: str | None = None,
-    pause_ms: int = SWITCHOVER_PAUSE_MS,
+    lease_ms: int = SWITCHOVER_LEASE_MS,
+    promotion_timeout: float = SWITCHOVER_PROMOTION_SECONDS,
 ) -> Endpoint:
     """A planned change of master that loses no acknowledged write; returns the master replaced.
 
     SENTINEL FAILOVER alone promotes a replica while the master still acknowledges writes the replica
     never receives (replication is asynchronous): those are lost when the old master is turned into a
-    replica. So, as the data pods' preStop handover does: writes are paused on the master, every
-    replica is let reach its last offset, the sentinels are asked, and the old master follows the new
-    one as soon as a sentinel names it, so that writes held by the pause fail with READONLY instead of
-    landing on it. Any failure before the sentinels accepted lifts the pause again."""
+    replica. So, as the data pods' preStop handover does: writes are held on the master (a renewed
+    lease, see ``_WriteFence``), every replica is let reach its last offset, the sentinels are asked,
+    and the old master follows the new one as soon as a sentinel names it; only then is the hold
+    lifted, and the writes it held fail with READONLY instead of landing on it. The hold is lifted
+    early only when no failover started (refused, or never reached a sentinel) or the sentinels
+    abandoned it."""
     master, voters = _agreed_master(sentinels, master_name, sentinel_password)
     if any(a.flags & _IN_FLUX_FLAGS for a in voters):
         raise NotReady(f"failover already in progress for {master_name}")
@@ -842,22 +944,30 @@ def switchover(
         raise NotReady(f"{master.address} is named master but reports {role.role}")
     if not role.replicas:
         raise OperationError(f"{master.address} has no replica attached; nothing to switch over to")
-    call(master, password, lambda c: c.execute_command("CLIENT", "PAUSE", pause_ms, "WRITE"))
+    fence = _WriteFence(master, password, lease_ms)
+    fence.hold()
     try:
+
+        def behind() -> list[str]:
+            fence.hold()
+            return _replicas_behind(master, password)
+
         _wait(
-            lambda: _replicas_behind(master, password),
-            SWITCHOVER_CATCH_UP_SECONDS,
-            f"the replicas of {master.address} to reach its last offset",
+            behind, SWITCHOVER_CATCH_UP_SECONDS, f"the replicas of {master.address} to reach its last offset"
         )
-        old = failover(sentinels, master_name, password, sentinel_password=sentinel_password)
+        _request_failover(sentinels, master_name, master, voters, password, sentinel_password)
+    except NotReady as exc:
+        # "In progress" or an unanswered request can still mean a failover away from this master:
+        # lifting the hold then would let it acknowledge writes the promoted replica never gets.
+        if not _failover_started(sentinels, master_name, master, sentinel_password):
+            fence.lift()
+            raise
+        log.warning("switchover of %s: %s; following the failover under way", master_name, exc)
     except BaseException:
-        try:
-            call(master, password, lambda c: c.execute_command("CLIENT", "UNPAUSE"), attempts=1)
-        except Exception as exc:  # the pause runs out by itself
-            log.warning("lifting the write pause on %s failed: %s", master.address, exc)
+        fence.lift()
         raise
-    _follow_promoted(sentinels, master_name, old, password, sentinel_password, pause_ms / 1000)
-    return old
+    _follow_promoted(sentinels, master_name, master, password, sentinel_password, fence, promotion_timeout)
+    return master
 
 
 def _follow(master: Endpoint, client: redis.Redis) -> Any:
@@ -879,21 +989,41 @@ def _follow_promoted(
     old: Endpoint,
     password: str | None,
     sentinel_password: str | None,
-    within: float,
+    fence: _WriteFence,
+    timeout: float,
 ) -> None:
-    """Point the old master at the promoted replica as soon as a sentinel names it (within the pause)."""
-    deadline = time.monotonic() + within
+    """Hold writes on ``old`` until a sentinel names the promoted replica, point ``old`` at it, then
+    lift the hold. Raises when the sentinels abandon the failover (the hold is lifted: ``old`` stays
+    master) or name no new master within ``timeout`` (the hold then runs out within one lease)."""
+    deadline = time.monotonic() + timeout
+    settled_since: float | None = None
     while time.monotonic() < deadline:
-        answers, _ = _ask_all(sentinels, master_name, sentinel_password, attempts=1)
+        fence.hold()
+        answers, unreachable = _ask_all(sentinels, master_name, sentinel_password, attempts=1)
         promoted = next((a.master for a in answers if a.master and not same_node(a.master, old)), None)
         if promoted is not None:
             try:
                 call(old, password, partial(_follow, promoted))
-            except (NotReady, OperationError) as exc:  # the sentinels reconfigure it anyway, later
+            except (NotReady, OperationError) as exc:  # still held: try again on the next poll
                 log.warning("pointing %s at %s failed: %s", old.address, promoted.address, exc)
-            return
+            else:
+                fence.lift()  # it is a replica now: the held writes fail with READONLY
+                return
+        elif not unreachable and not any(a.flags & _IN_FLUX_FLAGS for a in answers):
+            settled_since = settled_since or time.monotonic()
+            if time.monotonic() - settled_since >= _ABANDONED_SECONDS:
+                fence.lift()
+                raise OperationError(
+                    f"the sentinels abandoned the failover of {master_name}: {old.address} stays master "
+                    "(is a replica in sync and reachable from the sentinels?)"
+                )
+        else:
+            settled_since = None
         time.sleep(0.1)
-    log.warning("no sentinel named a new master for %s within %.0fs", master_name, within)
+    raise NotReady(
+        f"no sentinel named a new master for {master_name} within {timeout:.0f}s; "
+        f"writes on {old.address} resume within {fence.lease_ms / 1000:.0f}s"
+    )
 
 
 def wait_for_new_master(
