@@ -11,9 +11,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from middleware import scaling
 from middleware.catalog import Catalog, load_default_catalog
 from middleware.engines.base import (
     Connection,
@@ -99,7 +100,7 @@ class Lifecycle:
             return self._create(wanted, manifest, progress)
         previous = self.prepare(previous_manifest)
         check_change(previous.spec, spec, wanted.engine)
-        if _shape(previous.spec) != _shape(spec):
+        if scaling.shape(previous.spec) != scaling.shape(spec):
             self._scale(previous, wanted, progress)
         changed = {k: v for k, v in spec.parameters.items() if previous.spec.parameters.get(k) != v}
         self._ensure_running(wanted, progress)
@@ -185,11 +186,18 @@ class Lifecycle:
     # -- changes --------------------------------------------------------------------------------
     def _scale(self, previous: Deployment, wanted: Deployment, progress: Progress) -> None:
         spec, engine = wanted.spec, wanted.engine
-        self._save(spec, Phase.UPDATING, "Scaling", f"{_shape(previous.spec)} -> {_shape(spec)}")
-        for wave in engine.start_waves(spec):
-            self.runtime.apply(spec, engine, wave, self.connection(wanted, previous))
-            self._wait_members_up(wanted, progress, wave)
-        engine.scale(previous.spec, spec, self.connection(wanted, previous), progress)
+        self._save(spec, Phase.UPDATING, "Scaling", scaling.describe_change(previous.spec, spec))
+        port = _LocalMembers(self, progress)
+        # Each wave gets the start timeout: the deadline moves on whenever the members waited for change.
+        waited_for, deadline = "", 0.0
+        while isinstance(
+            step := scaling.scale_step(port, previous.spec, spec, engine, progress), scaling.Wait
+        ):
+            if step.reason != waited_for:
+                waited_for, deadline = step.reason, time.monotonic() + self.settings.member_start_timeout
+            elif time.monotonic() > deadline:
+                raise NotReady(f"members did not start in time: {step.reason}")
+            time.sleep(self.settings.poll_interval)
         wanted_names = {m.name for m in engine.members(spec)}
         leaving = [m for m in previous.engine.members(previous.spec) if m.name not in wanted_names]
         if leaving:
@@ -365,5 +373,35 @@ class Lifecycle:
         self.runtime.delete(namespace, name, purge=purge)
 
 
-def _shape(spec: ResolvedSpec) -> tuple[int, int, int]:
-    return (spec.shards, spec.replicas, spec.sentinels)
+@dataclass
+class _LocalMembers:
+    """``middleware.scaling.MembersPort`` over the local runtime: members are processes, started wave
+    by wave (a wave once every member of the waves before it is up). A member this port started that
+    has exited again is an error, not restarted in a loop."""
+
+    lifecycle: Lifecycle
+    progress: Progress
+    started: set[str] = field(default_factory=set)
+
+    def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
+        runtime = self.lifecycle.runtime
+        planned = engine.members(spec)
+        for wave in engine.start_waves(spec):
+            up = {m.plan.name for m in runtime.members(spec, engine) if m.up}
+            self.progress("starting members", len(up & {m.name for m in planned}), len(planned))
+            waiting = [m for m in wave if m.name not in up]
+            if not waiting:
+                continue
+            for member in waiting:
+                if member.name in self.started and runtime.member_exited(spec, member):
+                    tail = runtime.member_log_tail(spec, member)
+                    raise OperationError(
+                        f"member {member.name} exited right after start; its log ends:\n{tail}"
+                    )
+            started = runtime.apply(spec, engine, wave, self.connection(spec, engine))
+            self.started.update(m.name for m in started)
+            return [m.name for m in waiting]
+        return []
+
+    def connection(self, spec: ResolvedSpec, engine: Engine) -> Connection:
+        return Connection(self.lifecycle.runtime.members(spec, engine), self.lifecycle.runtime.password(spec))

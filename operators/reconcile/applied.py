@@ -29,10 +29,6 @@ class Applied:
     spec: ResolvedSpec
 
 
-def shape(spec: ResolvedSpec) -> tuple[int, int, int]:
-    return (spec.shards, spec.replicas, spec.sentinels)
-
-
 def load(body: Mapping[str, Any], rt: KubernetesRuntime) -> Applied | None:
     """The recorded spec, resolved; None before the first success (or for an unreadable record,
     which is then treated as unknown: no scale or prune is inferred from it)."""

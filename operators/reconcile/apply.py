@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import kopf
 
+from middleware import scaling
 from middleware.engines.base import Engine
 from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
@@ -80,7 +81,7 @@ def reconcile(
 
     _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
     password = _credentials(rt, body, spec, engine)
-    if previous is not None and applied.shape(previous.spec) != applied.shape(spec):
+    if previous is not None and scaling.shape(previous.spec) != scaling.shape(spec):
         previous = scale.drive(rt, body, patch, status, previous, spec, engine, password, config, retry)
 
     try:

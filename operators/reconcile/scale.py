@@ -1,10 +1,10 @@
-"""Shape changes (shards, replicas, sentinels) in the order the data needs, never sleeping.
+"""Shape changes on Kubernetes: ``middleware.scaling``'s step over the cluster, never sleeping.
 
-The members of both shapes must be up while the engine moves data: the widest shape (each count at
-its larger value) is applied first, so on a scale-out the new pods start and on a scale-in the
-leaving ones are still there. Once they are all Ready, ``engine.scale(old, new)`` moves slots or
-replicas (idempotent, so a retry after a crash converges); only then does the caller apply the new,
-smaller render and prune what it no longer contains.
+The flow (widest shape up, then ``engine.scale``) is ``middleware.scaling.scale_step``, shared with
+the local runtime; this module is its Kubernetes port (apply the widest render, report the pods not
+Ready) and the kopf glue: status, Events, ``kopf.TemporaryError`` while not done, and the applied
+record once the data has moved. The caller then applies the new, smaller render and prunes what it
+no longer contains.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any, NoReturn
 
 import kopf
 
-from middleware.engines.base import Engine
+from middleware.engines.base import Connection, Engine
 from middleware.models.middleware import MiddlewareStatus
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, pod_ready
+from middleware.scaling import Wait, describe_change, scale_step
 from middleware.spec import ResolvedSpec
 from operators.reconcile import applied, events, observe
 from operators.reconcile import status as st
@@ -26,13 +27,25 @@ from operators.settings import OperatorConfig
 Retry = Callable[[str, float], NoReturn]
 
 
-def widest(old: ResolvedSpec, new: ResolvedSpec) -> ResolvedSpec:
-    return dataclasses.replace(
-        new,
-        shards=max(old.shards, new.shards),
-        replicas=max(old.replicas, new.replicas),
-        sentinels=max(old.sentinels, new.sentinels),
-    )
+@dataclasses.dataclass
+class KubernetesMembers:
+    """``middleware.scaling.MembersPort`` over the cluster: members are pods of StatefulSets."""
+
+    rt: KubernetesRuntime
+    owner: kopf.Body
+    password: str
+    cluster_domain: str
+
+    def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
+        for manifest in engine.render(spec, cluster_domain=self.cluster_domain):
+            self.rt.apply(manifest, owner=self.owner)
+        pods = observe.pods_by_name(self.rt, spec)
+        return [m.name for m in engine.members(spec) if m.name not in pods or not pod_ready(pods[m.name])]
+
+    def connection(self, spec: ResolvedSpec, engine: Engine) -> Connection:
+        manifests = engine.render(spec, cluster_domain=self.cluster_domain)
+        pods = observe.pods_by_name(self.rt, spec)
+        return observe.connection(self.rt, spec, engine, manifests, pods, self.password, self.cluster_domain)
 
 
 def drive(
@@ -49,37 +62,24 @@ def drive(
 ) -> applied.Applied:
     """Bring the members from ``previous``'s shape to ``spec``'s; returns the record to continue
     from (the previous spec with the new shape). Raises kopf.TemporaryError while not done yet."""
-    old_shape, new_shape = applied.shape(previous.spec), applied.shape(spec)
-    change = f"shards/replicas/sentinels {_fmt(old_shape)} -> {_fmt(new_shape)}"
-    wide = widest(previous.spec, spec)
-    manifests = engine.render(wide, cluster_domain=config.cluster_domain)
+    change = describe_change(previous.spec, spec)
+    port = KubernetesMembers(rt, body, password, config.cluster_domain)
     try:
-        for manifest in manifests:
-            rt.apply(manifest, owner=body)
+        step = scale_step(port, previous.spec, spec, engine)
     except KubernetesApiError as exc:
         st.api_refused(status, "ApplyFailed", str(exc))
         events.warning(body, reason="ApplyFailed", message=str(exc))
         retry(str(exc), config.api_error_retry)
-
-    pods = observe.pods_by_name(rt, wide)
-    planned = engine.members(wide)
-    waiting = [m.name for m in planned if m.name not in pods or not pod_ready(pods[m.name])]
-    if waiting:
-        message = f"{change}: waiting for {', '.join(waiting[:5])} to be Ready before moving data"
-        if st.progressing(status, "Scaling", message):
-            events.normal(body, reason="Scaling", message=message)
-        retry(message, config.member_retry)
-
-    st.progressing(status, "Scaling", f"{change}: moving data")
-    conn = observe.connection(rt, wide, engine, manifests, pods, password, config.cluster_domain)
-    try:
-        report = engine.scale(previous.spec, spec, conn)
     except Exception as exc:  # network, a member still loading, a refusal: all retried the same way
         message = f"{change} failed: {type(exc).__name__}: {exc}"
         if st.scale_failed(status, message):
             events.warning(body, reason="ScaleFailed", message=message)
         retry(message, config.bootstrap_retry)
-    actions = "; ".join(report.actions) or "nothing to move"
+    if isinstance(step, Wait):
+        if st.progressing(status, "Scaling", step.reason):
+            events.normal(body, reason="Scaling", message=step.reason)
+        retry(step.reason, config.member_retry)
+    actions = "; ".join(step.actions) or "nothing to move"
     events.normal(body, reason="Scaled", message=f"{change}: {actions}")
     # Recorded now: the data is where the new shape wants it, and a retry of a later step (apply,
     # prune, bootstrap) must not scale again from the old shape.
@@ -91,7 +91,3 @@ def drive(
             previous.spec, shards=spec.shards, replicas=spec.replicas, sentinels=spec.sentinels
         ),
     )
-
-
-def _fmt(shape: tuple[int, int, int]) -> str:
-    return "/".join(str(n) for n in shape)
