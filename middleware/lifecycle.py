@@ -20,7 +20,6 @@ from middleware.engines.base import (
     Connection,
     Engine,
     Member,
-    MemberPlan,
     Observation,
     Progress,
     ReconfigureReport,
@@ -120,36 +119,23 @@ class Lifecycle:
     def _ensure_running(self, deployment: Deployment, progress: Progress) -> None:
         spec, engine = deployment.spec, deployment.engine
         self._save(spec, Phase.PROVISIONING, "StartingMembers", "starting members")
-        planned = engine.members(spec)
-        progress("starting members", 0, len(planned))
-        for wave in engine.start_waves(spec):
-            self.runtime.apply(spec, engine, wave, self.connection(deployment))
-            self._wait_members_up(deployment, progress, wave)
+        port = _LocalMembers(self, progress)
+        self._until_done(lambda: _wait_for(port.bring_up(spec, engine)))
         progress("bootstrapping", 0, 1)
         engine.bootstrap(spec, self.connection(deployment), progress)
         progress("bootstrapping", 1, 1)
 
-    def _wait_members_up(
-        self, deployment: Deployment, progress: Progress, wave: list[MemberPlan] | None = None
-    ) -> None:
-        spec, engine = deployment.spec, deployment.engine
-        planned = engine.members(spec)
-        waiting = {m.name for m in (wave if wave is not None else planned)}
-
-        def all_up() -> bool:
-            members = self.runtime.members(spec, engine)
-            progress("starting members", sum(1 for m in members if m.up), len(planned))
-            up = sum(1 for m in members if m.up and m.plan.name in waiting)
-            # Only this wave's members: one that is down in a later wave is started by that wave.
-            for member in (m for m in planned if m.name in waiting):
-                if self.runtime.member_exited(spec, member):
-                    tail = self.runtime.member_log_tail(spec, member)
-                    raise OperationError(
-                        f"member {member.name} exited right after start; its log ends:\n{tail}"
-                    )
-            return up == len(waiting)
-
-        self._poll(all_up, self.settings.member_start_timeout, "members did not start in time")
+    def _until_done(self, step: Callable[[], scaling.Wait | T]) -> T:
+        """Call a non-blocking step until it is done; it may wait this long for the same thing (a wave
+        of members, say), and the deadline moves on whenever what it waits for changes."""
+        waited_for, deadline = "", 0.0
+        while isinstance(result := step(), scaling.Wait):
+            if result.reason != waited_for:
+                waited_for, deadline = result.reason, time.monotonic() + self.settings.member_start_timeout
+            elif time.monotonic() > deadline:
+                raise NotReady(f"members did not start in time: {result.reason}")
+            time.sleep(self.settings.poll_interval)
+        return result
 
     def _wait_ready(self, deployment: Deployment, progress: Progress) -> MiddlewareStatus:
         last: list[Observation] = []
@@ -188,16 +174,7 @@ class Lifecycle:
         spec, engine = wanted.spec, wanted.engine
         self._save(spec, Phase.UPDATING, "Scaling", scaling.describe_change(previous.spec, spec))
         port = _LocalMembers(self, progress)
-        # Each wave gets the start timeout: the deadline moves on whenever the members waited for change.
-        waited_for, deadline = "", 0.0
-        while isinstance(
-            step := scaling.scale_step(port, previous.spec, spec, engine, progress), scaling.Wait
-        ):
-            if step.reason != waited_for:
-                waited_for, deadline = step.reason, time.monotonic() + self.settings.member_start_timeout
-            elif time.monotonic() > deadline:
-                raise NotReady(f"members did not start in time: {step.reason}")
-            time.sleep(self.settings.poll_interval)
+        self._until_done(lambda: scaling.scale_step(port, previous.spec, spec, engine, progress))
         wanted_names = {m.name for m in engine.members(spec)}
         leaving = [m for m in previous.engine.members(previous.spec) if m.name not in wanted_names]
         if leaving:
@@ -371,6 +348,10 @@ class Lifecycle:
 
     def down(self, namespace: str, name: str, *, purge: bool) -> None:
         self.runtime.delete(namespace, name, purge=purge)
+
+
+def _wait_for(members: list[str]) -> scaling.Wait | None:
+    return scaling.Wait(f"waiting for {', '.join(members[:5])}") if members else None
 
 
 @dataclass
