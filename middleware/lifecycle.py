@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from middleware import scaling
+from middleware import restarting, scaling
 from middleware.catalog import Catalog, load_default_catalog
 from middleware.engines.base import (
     Connection,
@@ -28,7 +28,6 @@ from middleware.engines.base import (
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, NotReady, OperationError
 from middleware.models.middleware import MemberStatus, Middleware, MiddlewareStatus, Phase
-from middleware.rolling import MemberState, Step, StepKind, next_step
 from middleware.runtime.base import Runtime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, resolve
 
@@ -236,66 +235,35 @@ class Lifecycle:
     def restart(
         self, namespace: str, name: str, progress: Progress = no_progress, timeout: float = 600.0
     ) -> MiddlewareStatus:
-        """Rolling restart, one member at a time in ``middleware.rolling``'s order (the operator
-        follows the same steps with pods): each member's process is stopped and started again with
-        its data, the primary last after a switchover; ``timeout`` bounds each wait for health."""
+        """Rolling restart, one member at a time in ``middleware.rolling``'s order, by the step the
+        operator runs too (``middleware.restarting``): each member's process is stopped and started
+        again with its data, the primary last after a switchover; ``timeout`` bounds each wait."""
         deployment = self.existing(namespace, name)
         spec, engine = deployment.spec, deployment.engine
-        plans = {m.name: m for m in engine.members(spec)}
-        restarted: set[str] = set()
+        port = _LocalRestarts(self, deployment)
+        total = len(engine.members(spec))
         deadline = time.monotonic() + timeout
         heal_after = time.monotonic() + HEAL_INTERVAL
-        while True:
-            conn = self.connection(deployment)
-            up = {m.plan.name: m.up for m in conn.members}
-            try:
-                observation = engine.observe(spec, conn)
-            except MoorageError:
-                observation = None
-            states = [
-                MemberState(m.name, m.role, up.get(m.name, False), m.name in restarted, m.shard, m.healthy)
-                for m in (observation.members if observation else [])
-            ]
-            step = next_step(states, observation.ready) if observation else Step(StepKind.WAIT)
-            progress("rolling restart", len(restarted), len(plans))
-            if step.kind == StepKind.DONE:
-                break
-            if step.kind == StepKind.WAIT:
-                if observation is not None and all(s.up for s in states) and time.monotonic() >= heal_after:
-                    # Everyone runs yet it is not healthy (an old primary restarted fenced, as a
-                    # standby of nobody): the same heal as `up` and the operator's timer.
-                    heal_after = time.monotonic() + HEAL_INTERVAL
-                    with contextlib.suppress(MoorageError):
-                        engine.bootstrap(spec, conn)
-                if time.monotonic() > deadline:
-                    why = step.reason or "the members cannot be observed"
-                    raise OperationError(f"rolling restart stopped after {timeout:.0f}s: {why}")
-                time.sleep(0.5)
+        while (step := restarting.restart_step(port, spec, engine)).outcome != restarting.Outcome.FINISHED:
+            progress("rolling restart", len(port.restarted), total)
+            if step.outcome != restarting.Outcome.WAITING:
+                deadline = time.monotonic() + timeout
                 continue
-            assert step.member is not None
-            if step.kind == StepKind.SWITCHOVER:
-                try:
-                    engine.switchover(spec, conn, step.target)
-                except NotReady:
-                    time.sleep(0.5)  # e.g. a replica still catching up; bounded by the deadline
-                    if time.monotonic() > deadline:
-                        raise
-                    continue
-                except OperationError:
-                    pass  # this engine cannot switch over: its primary restarts as it is
-                else:
-                    # A switchover may fence the old primary (PostgreSQL stops it); in a pod the
-                    # kubelet starts it again, here we do: that start is its restart.
-                    for plan in plans.values():
-                        if self.runtime.member_exited(spec, plan):
-                            self.runtime.start_member(spec, engine, plan.name)
-                            restarted.add(plan.name)
-                    deadline = time.monotonic() + timeout
-                    continue
-            self.runtime.retire(spec, engine, [plans[step.member]])
-            self.runtime.start_member(spec, engine, step.member)
-            restarted.add(step.member)
-            deadline = time.monotonic() + timeout
+            snapshot = step.snapshot
+            if (
+                snapshot.observation is not None
+                and all(snapshot.up.values())
+                and time.monotonic() >= heal_after
+            ):
+                # Everyone runs yet it is not healthy (an old primary restarted fenced, as a
+                # standby of nobody): the same heal as `up` and the operator's timer.
+                heal_after = time.monotonic() + HEAL_INTERVAL
+                with contextlib.suppress(MoorageError):
+                    engine.bootstrap(spec, snapshot.conn)
+            if time.monotonic() > deadline:
+                raise OperationError(f"rolling restart stopped after {timeout:.0f}s: {step.message}")
+            time.sleep(0.5)
+        progress("rolling restart", len(port.restarted), total)
         return self._reconcile(deployment)
 
     def _reconcile(self, deployment: Deployment) -> MiddlewareStatus:
@@ -348,6 +316,41 @@ class Lifecycle:
 
     def down(self, namespace: str, name: str, *, purge: bool) -> None:
         self.runtime.delete(namespace, name, purge=purge)
+
+
+@dataclass
+class _LocalRestarts:
+    """``middleware.restarting.RestartPort`` over the local runtime: a member restarts as its process
+    stopped and started again with its data; this port remembers which it restarted."""
+
+    lifecycle: Lifecycle
+    deployment: Deployment
+    restarted: set[str] = field(default_factory=set)
+
+    def snapshot(self, spec: ResolvedSpec, engine: Engine) -> restarting.Snapshot:
+        conn = self.lifecycle.connection(self.deployment)
+        up = {m.plan.name: m.up for m in conn.members}
+        try:
+            observation: Observation | None = engine.observe(spec, conn)
+            problem = ""
+        except MoorageError as error:
+            observation, problem = None, str(error)
+        return restarting.Snapshot(conn, observation, up, frozenset(self.restarted), problem)
+
+    def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
+        plan = next(m for m in engine.members(spec) if m.name == name)
+        self.lifecycle.runtime.retire(spec, engine, [plan])
+        self.lifecycle.runtime.start_member(spec, engine, name)
+        self.restarted.add(name)
+        return None
+
+    def switched_over(self, spec: ResolvedSpec, engine: Engine, snapshot: restarting.Snapshot) -> None:
+        # A switchover may fence the old primary (PostgreSQL stops it); in a pod the kubelet starts
+        # it again, here this does: that start is its restart.
+        for plan in engine.members(spec):
+            if self.lifecycle.runtime.member_exited(spec, plan):
+                self.lifecycle.runtime.start_member(spec, engine, plan.name)
+                self.restarted.add(plan.name)
 
 
 def _wait_for(members: list[str]) -> scaling.Wait | None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from middleware.engines.base import Engine
-from middleware.errors import MoorageError, NotReady, OperationError, SpecError
+from middleware.engines.base import Engine, Observation
+from middleware.errors import MoorageError, NotReady, SpecError
 from middleware.models.common import now_rfc3339
 from middleware.models.middleware import MiddlewareStatus, OperationStatus
 from middleware.operations import (
@@ -30,8 +31,8 @@ from middleware.operations import (
     request_id,
     rollout_id,
 )
-from middleware.rolling import MemberState, StepKind, next_step
-from middleware.runtime.kubernetes import member_up
+from middleware.restarting import Outcome, Snapshot, restart_step
+from middleware.runtime.kubernetes import KubernetesRuntime, member_up
 from middleware.spec import ResolvedSpec
 from operators.kube import context
 from operators.reconcile import events, observe
@@ -119,77 +120,67 @@ def _restart_step(
     engine: Engine,
     config: OperatorConfig,
 ) -> None:
-    """One step of a rolling restart (``middleware.rolling`` decides), then "call me again". A member
-    is restarted by evicting its pod (the Eviction API honours the PodDisruptionBudget; the operator
-    may not delete pods). A member
-    counts as restarted when its pod was created after the operation started, so the step needs no
-    memory of its own and survives an operator restart."""
+    """One step of a rolling restart (``middleware.restarting``, the step the CLI loops locally),
+    then "call me again". A member is restarted by evicting its pod (the Eviction API honours the
+    PodDisruptionBudget; the operator may not delete pods). A member counts as restarted when its pod
+    was created after the operation started, so the step needs no memory of its own and survives an
+    operator restart."""
     rt = context.runtime()
-    conn, pods = observe.live_connection(rt, spec, engine, config)
+    port = _PodRestarts(rt, config, record.started_at or "")
+    step = restart_step(port, spec, engine)
     # Each member may take a while to come back: the time allowed grows with their number.
-    allowed = config.operation_timeout * max(1, len(pods))
-    try:
-        observation = engine.observe(spec, conn)
-    except MoorageError as error:
-        _wait(body, patch, record, f"observing the members: {error}", config, allowed)
+    allowed = config.operation_timeout * max(1, len(port.pods))
+    if step.outcome == Outcome.WAITING:
+        _wait(body, patch, record, step.message, config, allowed)
         return
-    started = record.started_at or ""
-    states = [
-        MemberState(
-            name=m.name,
-            role=m.role,
-            up=m.name in pods and _serving(engine, pods[m.name]),
-            restarted=str(pods.get(m.name, {}).get("metadata", {}).get("creationTimestamp") or "") >= started,
-            shard=m.shard,
-            healthy=m.healthy,
-        )
-        for m in observation.members
-    ]
-    step = next_step(states, observation.ready)
-    done = sum(1 for m in states if m.restarted)
-    if step.kind == StepKind.WAIT:
-        _wait(body, patch, record, f"{step.reason} ({done}/{len(states)} restarted)", config, allowed)
-        return
-    if step.kind == StepKind.DONE:
-        relabelled = observe.label_roles(rt, spec, observation, pods)
+    if step.outcome == Outcome.FINISHED:
+        assert step.snapshot.observation is not None
+        relabelled = observe.label_roles(rt, spec, step.snapshot.observation, port.pods)
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        st.observed(status, observation)
-        st.restarted_since_pending(status, observe.creation_times(pods))
+        st.observed(status, step.snapshot.observation)
+        st.restarted_since_pending(status, observe.creation_times(port.pods))
         st.write(patch, status)
-        _finish(body, patch, record, step.reason, result=Result.SUCCEEDED)
+        _finish(body, patch, record, step.message, result=Result.SUCCEEDED)
         return
-    assert step.member is not None
-    if step.kind == StepKind.SWITCHOVER:
+    if step.outcome == Outcome.SWITCHED_OVER:
+        events.normal(body, reason="RestartSwitchover", message=f"{record.id}: {'; '.join(step.actions)}")
+    else:
+        events.normal(body, reason="RestartingMember", message=f"{record.id}: {step.message}")
+    _again(patch, record, step.message, config.member_retry)
+
+
+@dataclass
+class _PodRestarts:
+    """``middleware.restarting.RestartPort`` over pods: restarted = created after ``started``."""
+
+    rt: KubernetesRuntime
+    config: OperatorConfig
+    started: str
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def snapshot(self, spec: ResolvedSpec, engine: Engine) -> Snapshot:
+        conn, self.pods = observe.live_connection(self.rt, spec, engine, self.config)
+        up = {name: _serving(engine, pod) for name, pod in self.pods.items()}
+        restarted = frozenset(
+            name
+            for name, pod in self.pods.items()
+            if str((pod.get("metadata") or {}).get("creationTimestamp") or "") >= self.started
+        )
         try:
-            report = engine.switchover(spec, conn, step.target)
-        except NotReady as error:
-            _wait(
-                body, patch, record, f"switchover before restarting {step.member}: {error}", config, allowed
-            )
-            return
-        except OperationError as error:
-            # This engine cannot switch over (ZooKeeper, a standalone): the primary restarts as it is.
-            log.info(
-                "%s/%s: no switchover (%s); restarting %s", spec.namespace, spec.name, error, step.member
-            )
-        else:
-            message = "; ".join(report.actions)
-            events.normal(body, reason="RestartSwitchover", message=f"{record.id}: {message}")
-            observe.observe(rt, spec, engine, conn, pods)  # the Services follow the new primary now
-            _again(
-                patch,
-                record,
-                f"switched over ({message}); {done}/{len(states)} restarted",
-                config.member_retry,
-            )
-            return
-    if not rt.evict_pod(spec.namespace, step.member):
-        why = f"the PodDisruptionBudget does not allow evicting {step.member} now"
-        _wait(body, patch, record, why, config, allowed)
-        return
-    events.normal(body, reason="RestartingMember", message=f"{record.id}: {step.reason}")
-    _again(patch, record, f"{step.reason}; {done}/{len(states)} restarted", config.member_retry)
+            observation: Observation | None = engine.observe(spec, conn)
+            problem = ""
+        except MoorageError as error:
+            observation, problem = None, str(error)
+        return Snapshot(conn, observation, up, restarted, problem)
+
+    def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
+        if not self.rt.evict_pod(spec.namespace, name):
+            return f"the PodDisruptionBudget does not allow evicting {name} now"
+        return None
+
+    def switched_over(self, spec: ResolvedSpec, engine: Engine, snapshot: Snapshot) -> None:
+        observe.observe(self.rt, spec, engine, snapshot.conn, self.pods)  # the Services follow now
 
 
 def request_rollout(body: kopf.Body, patch: MutableMapping[str, Any], status: MiddlewareStatus) -> bool:
