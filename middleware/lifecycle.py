@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from middleware import reconfiguring, restarting, scaling
+from middleware import restarting, scaling
 from middleware.catalog import Catalog, load_default_catalog
 from middleware.engines.base import (
     Connection,
@@ -100,9 +100,9 @@ class Lifecycle:
         check_change(previous.spec, spec, wanted.engine)
         if scaling.shape(previous.spec) != scaling.shape(spec):
             self._scale(previous, wanted, progress)
-        change = reconfiguring.parameter_change(previous.spec.parameters, spec.parameters)
+        changed = {k: v for k, v in spec.parameters.items() if previous.spec.parameters.get(k) != v}
         self._ensure_running(wanted, progress)
-        report = self._reconfigure(wanted, change)
+        report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
         self.runtime.record_manifest(spec, manifest)
         if report.needs_restart:
             # Rolled out at once, as the operator does: a value written to the config but not in
@@ -179,13 +179,11 @@ class Lifecycle:
         if leaving:
             self.runtime.retire(spec, engine, leaving)
 
-    def _reconfigure(
-        self, deployment: Deployment, change: reconfiguring.ParameterChange
-    ) -> ReconfigureReport:
-        if not change:
-            return ReconfigureReport()
-        conn = self.connection(deployment)
-        return reconfiguring.reconfigure(self.runtime, deployment.spec, deployment.engine, conn, change)
+    def _reconfigure(self, deployment: Deployment, changed: dict[str, str]) -> ReconfigureReport:
+        spec, engine = deployment.spec, deployment.engine
+        report = engine.reconfigure(spec, self.connection(deployment), changed)
+        self.runtime.update_config(spec, engine, changed)
+        return report
 
     def scale(
         self,
@@ -215,8 +213,8 @@ class Lifecycle:
         manifest["spec"]["parameters"] = {**manifest["spec"].get("parameters", {}), **parameters}
         wanted = self.prepare(manifest)  # validates the new values before touching anything
         check_change(deployment.spec, wanted.spec, wanted.engine)
-        change = reconfiguring.parameter_change(deployment.spec.parameters, wanted.spec.parameters)
-        report = self._reconfigure(wanted, change)
+        changed = {k: v for k, v in wanted.spec.parameters.items() if deployment.spec.parameters.get(k) != v}
+        report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
         # Recorded before the restart: the restart starts every member from the recorded manifest.
         self.runtime.record_manifest(wanted.spec, manifest)
         if report.needs_restart:

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import kopf
 
-from middleware import reconfiguring, scaling
+from middleware import scaling
 from middleware.engines.base import Engine
 from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
@@ -140,12 +140,12 @@ def reconcile(
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
 
     if previous is not None:
-        change = reconfiguring.parameter_change(previous.spec.parameters, spec.parameters)
+        changed = reconfigure.changed_parameters(previous.spec.parameters, spec.parameters)
+        removed = sorted(set(previous.spec.parameters) - set(spec.parameters))
         try:
-            reconfigure.apply(body, status, spec, engine, conn, change)
+            reconfigure.apply(body, status, spec, engine, conn, changed, removed)
         except Exception as exc:  # a member unreachable or refusing: retried like a bootstrap
-            names = ", ".join(sorted(change.changed))
-            message = f"applying parameters {names} failed: {type(exc).__name__}: {exc}"
+            message = f"applying parameters {', '.join(sorted(changed))} failed: {type(exc).__name__}: {exc}"
             if st.reconfigure_failed(status, message):
                 events.warning(body, reason="ReconfigureFailed", message=message)
             retry(message, config.bootstrap_retry)
