@@ -371,20 +371,21 @@ class _LocalMembers:
         runtime = self.lifecycle.runtime
         planned = engine.members(spec)
         for wave in engine.start_waves(spec):
-            up = {m.plan.name for m in runtime.members(spec, engine) if m.up}
-            self.progress("starting members", len(up & {m.name for m in planned}), len(planned))
-            waiting = [m for m in wave if m.name not in up]
-            if not waiting:
-                continue
-            for member in waiting:
+            for member in wave:
                 if member.name in self.started and runtime.member_exited(spec, member):
                     tail = runtime.member_log_tail(spec, member)
                     raise OperationError(
                         f"member {member.name} exited right after start; its log ends:\n{tail}"
                     )
+            # Applied even when all run: members' files rendered from every member's address (a
+            # ZooKeeper member's dynamic config, ports in a kept config) follow the current shape.
             started = runtime.apply(spec, engine, wave, self.connection(spec, engine))
             self.started.update(m.name for m in started)
-            return [m.name for m in waiting]
+            up = {m.plan.name for m in runtime.members(spec, engine) if m.up}
+            self.progress("starting members", len(up & {m.name for m in planned}), len(planned))
+            waiting = [m.name for m in wave if m.name not in up]
+            if waiting:
+                return waiting
         return []
 
     def connection(self, spec: ResolvedSpec, engine: Engine) -> Connection:
