@@ -273,7 +273,13 @@ def test_redis_sync_forward_failover_reverse_and_stop(
             config = wait_for(f"{affected} re-planned off {old_reader}", replanned, timeout=60)
             role, master_port = _role(config["sync_reader"]["address"], src_password)
             assert (role, master_port) == ("slave", Endpoint.parse(old_reader).port)
-            assert _checksum(apps, namespace, affected) != old_checksum  # the pod template rolls
+            # The pod template rolls: the config Secret and the Deployment are two API writes, and the
+            # Secret (read above) may be written first.
+            wait_for(
+                f"{affected}'s pod template to roll",
+                lambda: _checksum(apps, namespace, affected) != old_checksum,
+                timeout=30,
+            )
             # the other shards were not touched
             for workload in forward - {affected}:
                 assert _config(api_client, namespace, workload)["sync_reader"]["address"] == readers[workload]
