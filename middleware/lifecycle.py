@@ -119,7 +119,7 @@ class Lifecycle:
         spec, engine = deployment.spec, deployment.engine
         self._save(spec, Phase.PROVISIONING, "StartingMembers", "starting members")
         port = _LocalMembers(self, progress)
-        self._until_done(lambda: _wait_for(port.bring_up(spec, engine)))
+        self._until_done(lambda: scaling.waiting_for(port.bring_up(spec, engine)))
         progress("bootstrapping", 0, 1)
         engine.bootstrap(spec, self.connection(deployment), progress)
         progress("bootstrapping", 1, 1)
@@ -249,12 +249,9 @@ class Lifecycle:
             if step.outcome != restarting.Outcome.WAITING:
                 deadline = time.monotonic() + timeout
                 continue
-            snapshot = step.snapshot
-            if (
-                snapshot.observation is not None
-                and all(snapshot.up.values())
-                and time.monotonic() >= heal_after
-            ):
+            snapshot, observed = step.snapshot, step.snapshot.observation
+            all_up = observed is not None and all(snapshot.up.get(m.name, False) for m in observed.members)
+            if all_up and time.monotonic() >= heal_after:
                 # Everyone runs yet it is not healthy (an old primary restarted fenced, as a
                 # standby of nobody): the same heal as `up` and the operator's timer.
                 heal_after = time.monotonic() + HEAL_INTERVAL
@@ -330,12 +327,7 @@ class _LocalRestarts:
     def snapshot(self, spec: ResolvedSpec, engine: Engine) -> restarting.Snapshot:
         conn = self.lifecycle.connection(self.deployment)
         up = {m.plan.name: m.up for m in conn.members}
-        try:
-            observation: Observation | None = engine.observe(spec, conn)
-            problem = ""
-        except MoorageError as error:
-            observation, problem = None, str(error)
-        return restarting.Snapshot(conn, observation, up, frozenset(self.restarted), problem)
+        return restarting.observe_members(spec, engine, conn, up, frozenset(self.restarted))
 
     def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
         plan = next(m for m in engine.members(spec) if m.name == name)
@@ -351,10 +343,6 @@ class _LocalRestarts:
             if self.lifecycle.runtime.member_exited(spec, plan):
                 self.lifecycle.runtime.start_member(spec, engine, plan.name)
                 self.restarted.add(plan.name)
-
-
-def _wait_for(members: list[str]) -> scaling.Wait | None:
-    return scaling.Wait(f"waiting for {', '.join(members[:5])}") if members else None
 
 
 @dataclass

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from middleware.engines.base import Connection, Engine, Observation
-from middleware.errors import NotReady, OperationError
+from middleware.errors import MoorageError, NotReady, OperationError
 from middleware.rolling import MemberState, Step, StepKind, next_step
 from middleware.spec import ResolvedSpec
 
@@ -27,18 +27,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The members as they are now. ``observation`` is None when the engine could not observe them
-    (``problem`` says why)."""
+    """The members and what the engine observes of them; ``observation`` is None when it could not
+    observe them (``problem`` says why)."""
 
     conn: Connection
     observation: Observation | None
-    up: Mapping[str, bool]  # running and serving: a live process, a Ready pod not being deleted
-    restarted: frozenset[str]  # since the restart began
+    up: Mapping[str, bool]
+    restarted: frozenset[str]
     problem: str = ""
 
 
 class RestartPort(Protocol):
-    def snapshot(self, spec: ResolvedSpec, engine: Engine) -> Snapshot: ...
+    def snapshot(self, spec: ResolvedSpec, engine: Engine) -> Snapshot:
+        """The members now (``observe_members`` builds it from what the runtime sees)."""
+        ...
 
     def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
         """Start restarting ``name`` with its data; the reason when it may not be now (a disruption
@@ -49,6 +51,18 @@ class RestartPort(Protocol):
         """After a switchover: the local runtime starts an old primary the engine fenced (stopped),
         which is its restart; the operator relabels roles so the Services follow the new primary."""
         ...
+
+
+def observe_members(
+    spec: ResolvedSpec, engine: Engine, conn: Connection, up: Mapping[str, bool], restarted: frozenset[str]
+) -> Snapshot:
+    """A snapshot of the members a runtime sees, with what the engine observes of them."""
+    try:
+        observation: Observation | None = engine.observe(spec, conn)
+        problem = ""
+    except MoorageError as error:
+        observation, problem = None, str(error)
+    return Snapshot(conn, observation, up, restarted, problem)
 
 
 class Outcome(StrEnum):

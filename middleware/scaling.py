@@ -43,6 +43,14 @@ class Wait:
     reason: str
 
 
+def waiting_for(members: list[str], before: str = "", after: str = "") -> Wait | None:
+    """A wait naming the members not up yet (the first five), or None when there are none."""
+    if not members:
+        return None
+    shown = ", ".join(members[:5]) + (f" and {len(members) - 5} more" if len(members) > 5 else "")
+    return Wait(f"{before}waiting for {shown}{after}")
+
+
 def widest(old: ResolvedSpec, new: ResolvedSpec) -> ResolvedSpec:
     """``new`` with each count at the larger of the two: its members are those of both shapes."""
     return dataclasses.replace(
@@ -75,8 +83,9 @@ def scale_step(
     the widest shape are not up, else the engine's report once the data is where ``wanted`` needs it.
     Engine failures propagate (NotReady for "try again", OperationError for a refusal)."""
     wide = widest(previous, wanted)
-    waiting = port.bring_up(wide, engine)
-    if waiting:
-        shown = ", ".join(waiting[:5]) + (f" and {len(waiting) - 5} more" if len(waiting) > 5 else "")
-        return Wait(f"{describe_change(previous, wanted)}: waiting for {shown} before moving data")
+    wait = waiting_for(
+        port.bring_up(wide, engine), f"{describe_change(previous, wanted)}: ", " before moving data"
+    )
+    if wait is not None:
+        return wait
     return engine.scale(previous, wanted, port.connection(wide, engine), progress)

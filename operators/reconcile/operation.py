@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from middleware.engines.base import Engine, Observation
+from middleware.engines.base import Engine
 from middleware.errors import MoorageError, NotReady, SpecError
 from middleware.models.common import now_rfc3339
 from middleware.models.middleware import MiddlewareStatus, OperationStatus
@@ -31,7 +31,7 @@ from middleware.operations import (
     request_id,
     rollout_id,
 )
-from middleware.restarting import Outcome, Snapshot, restart_step
+from middleware.restarting import Outcome, Snapshot, observe_members, restart_step
 from middleware.runtime.kubernetes import KubernetesRuntime, member_up
 from middleware.spec import ResolvedSpec
 from operators.kube import context
@@ -167,12 +167,7 @@ class _PodRestarts:
             for name, pod in self.pods.items()
             if str((pod.get("metadata") or {}).get("creationTimestamp") or "") >= self.started
         )
-        try:
-            observation: Observation | None = engine.observe(spec, conn)
-            problem = ""
-        except MoorageError as error:
-            observation, problem = None, str(error)
-        return Snapshot(conn, observation, up, restarted, problem)
+        return observe_members(spec, engine, conn, up, restarted)
 
     def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
         if not self.rt.evict_pod(spec.namespace, name):
