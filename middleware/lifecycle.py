@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from middleware import restarting, scaling
+from middleware import provisioning, restarting, scaling
 from middleware.catalog import Catalog, load_default_catalog
 from middleware.engines.base import (
     Connection,
@@ -100,29 +100,33 @@ class Lifecycle:
         check_change(previous.spec, spec, wanted.engine)
         if scaling.shape(previous.spec) != scaling.shape(spec):
             self._scale(previous, wanted, progress)
-        changed = {k: v for k, v in spec.parameters.items() if previous.spec.parameters.get(k) != v}
-        self._ensure_running(wanted, progress)
-        report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
+        converged = self._provision(wanted, previous.spec.parameters, progress)
         self.runtime.record_manifest(spec, manifest)
-        if report.needs_restart:
+        if converged.reconfigured.needs_restart:
             # Rolled out at once, as the operator does: a value written to the config but not in
             # effect would otherwise wait for whatever restart comes next, unnoticed.
             return self.restart(spec.namespace, spec.name, progress)
         return self._wait_ready(wanted, progress)
 
     def _create(self, wanted: Deployment, manifest: dict[str, Any], progress: Progress) -> MiddlewareStatus:
-        self._ensure_running(wanted, progress)
+        self._provision(wanted, None, progress)
         self.runtime.record_manifest(wanted.spec, manifest)
         return self._wait_ready(wanted, progress)
 
-    def _ensure_running(self, deployment: Deployment, progress: Progress) -> None:
+    def _provision(
+        self, deployment: Deployment, applied_parameters: dict[str, str] | None, progress: Progress
+    ) -> provisioning.Converged:
+        """``middleware.provisioning``'s step, the operator's too, until it converges: members up wave
+        by wave, bootstrap, observation, changed parameters applied live and written to the configs."""
         spec, engine = deployment.spec, deployment.engine
         self._save(spec, Phase.PROVISIONING, "StartingMembers", "starting members")
         port = _LocalMembers(self, progress)
-        self._until_done(lambda: scaling.waiting_for(port.bring_up(spec, engine)))
-        progress("bootstrapping", 0, 1)
-        engine.bootstrap(spec, self.connection(deployment), progress)
-        progress("bootstrapping", 1, 1)
+        try:
+            return self._until_done(
+                lambda: provisioning.provision_step(port, spec, engine, applied_parameters, progress)
+            )
+        except provisioning.StepFailed as failed:
+            raise failed.cause from None  # the engine's own error, as the user knows it
 
     def _until_done(self, step: Callable[[], scaling.Wait | T]) -> T:
         """Call a non-blocking step until it is done; it may wait this long for the same thing (a wave
@@ -179,12 +183,6 @@ class Lifecycle:
         if leaving:
             self.runtime.retire(spec, engine, leaving)
 
-    def _reconfigure(self, deployment: Deployment, changed: dict[str, str]) -> ReconfigureReport:
-        spec, engine = deployment.spec, deployment.engine
-        report = engine.reconfigure(spec, self.connection(deployment), changed)
-        self.runtime.update_config(spec, engine, changed)
-        return report
-
     def scale(
         self,
         namespace: str,
@@ -213,13 +211,14 @@ class Lifecycle:
         manifest["spec"]["parameters"] = {**manifest["spec"].get("parameters", {}), **parameters}
         wanted = self.prepare(manifest)  # validates the new values before touching anything
         check_change(deployment.spec, wanted.spec, wanted.engine)
-        changed = {k: v for k, v in wanted.spec.parameters.items() if deployment.spec.parameters.get(k) != v}
-        report = self._reconfigure(wanted, changed) if changed else ReconfigureReport()
+        converged = self._provision(wanted, deployment.spec.parameters, progress)
         # Recorded before the restart: the restart starts every member from the recorded manifest.
         self.runtime.record_manifest(wanted.spec, manifest)
-        if report.needs_restart:
+        if converged.reconfigured.needs_restart:
             self.restart(namespace, name, progress)
-        return report
+        else:
+            self._save_observed(wanted, converged.observation)
+        return converged.reconfigured
 
     def switchover(self, namespace: str, name: str, target: str | None = None) -> MiddlewareStatus:
         deployment = self.existing(namespace, name)
@@ -272,8 +271,11 @@ class Lifecycle:
     def status(self, namespace: str, name: str) -> MiddlewareStatus:
         deployment = self.existing(namespace, name)
         observation = deployment.engine.observe(deployment.spec, self.connection(deployment))
+        return self._save_observed(deployment, observation)
+
+    def _save_observed(self, deployment: Deployment, observation: Observation) -> MiddlewareStatus:
         status = self._status_from(deployment, observation)
-        self.runtime.save_status(namespace, name, status.to_wire())
+        self.runtime.save_status(deployment.spec.namespace, deployment.spec.name, status.to_wire())
         return status
 
     def _status_from(self, deployment: Deployment, observation: Observation) -> MiddlewareStatus:
@@ -378,3 +380,8 @@ class _LocalMembers:
 
     def connection(self, spec: ResolvedSpec, engine: Engine) -> Connection:
         return Connection(self.lifecycle.runtime.members(spec, engine), self.lifecycle.runtime.password(spec))
+
+    def persist_parameters(self, spec: ResolvedSpec, engine: Engine, changed: dict[str, str]) -> None:
+        # Each member's config is written once and then kept (CONFIG REWRITE, sentinel state):
+        # changed values are written into it line by line.
+        self.lifecycle.runtime.update_config(spec, engine, changed)

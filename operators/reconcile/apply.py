@@ -2,15 +2,17 @@
 
 decode and validate → storage expansion if volumeClaimTemplates grew → credentials (once) → a shape
 change against the last applied spec goes through ``scale.drive`` (data moved before members leave)
-→ render and server-side apply with owner references → prune what is no longer rendered → members
-Ready? (else retry later) → engine bootstrap through per-pod DNS → observe → live parameter changes
-→ status, and the applied spec is recorded. Each step that cannot finish yet raises
-``kopf.TemporaryError`` with a delay; kopf calls the handler again and it picks up where the cluster
-is, since every step is idempotent.
+→ render and server-side apply with owner references → prune what is no longer rendered →
+``middleware.provisioning.provision_step`` over the pods, the step ``moorage up`` runs locally
+(members Ready? else retry later → engine bootstrap through per-pod DNS → observe → live parameter
+changes) → role labels, conditions, Events → status, and the applied spec is recorded. Each step
+that cannot finish yet raises ``kopf.TemporaryError`` with a delay; kopf calls the handler again and
+it picks up where the cluster is, since every step is idempotent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 from collections.abc import Callable, MutableMapping
@@ -18,12 +20,13 @@ from typing import Any, NoReturn
 
 import kopf
 
-from middleware import scaling
-from middleware.engines.base import Engine
+from middleware import provisioning, scaling
+from middleware.engines.base import Connection, Engine
 from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.models.middleware import MiddlewareStatus, Phase
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, member_up, pod_ready
+from middleware.scaling import Wait
 from middleware.spec import ResolvedSpec, check_change
 from operators.kube import context
 from operators.reconcile import (
@@ -104,10 +107,19 @@ def reconcile(
             message=f"applied {len(manifests)} objects ({', '.join(kinds)}) for generation {generation}",
         )
 
-    pods = observe.pods_by_name(rt, spec)
-    planned = engine.members(spec)
-    waiting = [m.name for m in planned if m.name not in pods or not member_up(engine, pods[m.name])]
-    if waiting:
+    # Members up -> bootstrap -> observe -> changed parameters live: the step `moorage up` runs too.
+    port = PodMembers(rt, manifests, password, config.cluster_domain)
+    try:
+        step = provisioning.provision_step(
+            port, spec, engine, previous.spec.parameters if previous is not None else None
+        )
+    except provisioning.StepFailed as failed:  # every stage is idempotent: retried the same way
+        _step_failed(body, status, failed)
+        retry(str(failed), config.bootstrap_retry)
+    pods = port.pods
+    if isinstance(step, Wait):
+        planned = engine.members(spec)
+        waiting = [m.name for m in planned if m.name not in pods or not member_up(engine, pods[m.name])]
         _label_ready_members(rt, body, spec, engine, manifests, pods, password, config)
         problems = {name: observe.pod_problem(pods[name]) for name in waiting if name in pods}
         failing = {name: problem for name, problem in problems.items() if problem}
@@ -116,44 +128,63 @@ def reconcile(
             post(body, reason=status.phase_reason or "WaitingForMembers", message=_message(status, st.READY))
         retry(f"{len(waiting)} of {len(planned)} members not Ready", config.member_retry)
 
-    conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
-    try:
-        report = engine.bootstrap(spec, conn)
-    except Exception as exc:  # every engine failure (network, protocol, refusal) is retried the same way
-        message = f"bootstrap through the members' pod DNS names failed: {type(exc).__name__}: {exc}"
-        if st.bootstrap_failed(status, message):
-            events.warning(body, reason="BootstrapFailed", message=message)
-        retry(message, config.bootstrap_retry)
-    if report.changed:
-        events.normal(body, reason="Bootstrapped", message="; ".join(report.actions))
-
-    try:
-        observation, relabelled = observe.observe(rt, spec, engine, conn, pods)
-    except Exception as exc:  # as above: the next attempt or the timer observes again
-        message = f"observing the members failed: {type(exc).__name__}: {exc}"
-        st.bootstrap_failed(status, message)
-        retry(message, config.bootstrap_retry)
+    if step.bootstrap.changed:
+        events.normal(body, reason="Bootstrapped", message="; ".join(step.bootstrap.actions))
+    observation = step.observation
+    relabelled = observe.record(rt, spec, observation, pods)
     if relabelled:
         events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
     if st.observed(status, observation):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
-
-    if previous is not None:
-        changed = reconfigure.changed_parameters(previous.spec.parameters, spec.parameters)
-        removed = sorted(set(previous.spec.parameters) - set(spec.parameters))
-        try:
-            reconfigure.apply(body, status, spec, engine, conn, changed, removed)
-        except Exception as exc:  # a member unreachable or refusing: retried like a bootstrap
-            message = f"applying parameters {', '.join(sorted(changed))} failed: {type(exc).__name__}: {exc}"
-            if st.reconfigure_failed(status, message):
-                events.warning(body, reason="ReconfigureFailed", message=message)
-            retry(message, config.bootstrap_retry)
+    reconfigure.report(body, status, step)
     st.restarted_since_pending(status, observe.creation_times(pods))
     operation.request_rollout(body, patch, status)
     st.settled(status)
     applied.record(patch, dict(body.get("spec") or {}))
     st.write(patch, status)
+
+
+@dataclasses.dataclass
+class PodMembers:
+    """``middleware.provisioning.ProvisionPort`` over pods: the StatefulSets were applied earlier in
+    the pass and the platform starts their pods, so bringing members up is reporting the ones not up
+    (``member_up``); the connection dials the pods' DNS names. Parameters need nothing persisted:
+    the re-rendered ConfigMap holds them for the next start."""
+
+    rt: KubernetesRuntime
+    manifests: list[dict[str, Any]]
+    password: str
+    cluster_domain: str
+    pods: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
+        self.pods = observe.pods_by_name(self.rt, spec)
+        return [
+            m.name
+            for m in engine.members(spec)
+            if m.name not in self.pods or not member_up(engine, self.pods[m.name])
+        ]
+
+    def connection(self, spec: ResolvedSpec, engine: Engine) -> Connection:
+        return observe.connection(
+            self.rt, spec, engine, self.manifests, self.pods, self.password, self.cluster_domain
+        )
+
+    def persist_parameters(self, spec: ResolvedSpec, engine: Engine, changed: dict[str, str]) -> None:
+        return None
+
+
+def _step_failed(body: kopf.Body, status: MiddlewareStatus, failed: provisioning.StepFailed) -> None:
+    message = str(failed)
+    if failed.stage is provisioning.Stage.BOOTSTRAP:
+        message = f"{message} (through the members' pod DNS names)"
+        if st.bootstrap_failed(status, message):
+            events.warning(body, reason="BootstrapFailed", message=message)
+    elif failed.stage is provisioning.Stage.OBSERVE:
+        st.bootstrap_failed(status, message)  # the next attempt or the timer observes again
+    elif st.reconfigure_failed(status, message):
+        events.warning(body, reason="ReconfigureFailed", message=message)
 
 
 def _label_ready_members(

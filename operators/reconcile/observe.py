@@ -112,6 +112,13 @@ def observe(
     pods: Mapping[str, Mapping[str, Any]],
 ) -> tuple[Observation, list[str]]:
     observation = engine.observe(spec, conn)
+    return observation, record(rt, spec, observation, pods)
+
+
+def record(
+    rt: KubernetesRuntime, spec: ResolvedSpec, observation: Observation, pods: Mapping[str, Mapping[str, Any]]
+) -> list[str]:
+    """What an observation changes outside the status: role labels (returned) and the metrics."""
     relabelled = label_roles(rt, spec, observation, pods)
     metrics.record_health(
         spec.namespace,
@@ -120,7 +127,7 @@ def observe(
         ready=observation.ready,
         healthy_members=sum(1 for m in observation.members if m.healthy),
     )
-    return observation, relabelled
+    return relabelled
 
 
 def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig) -> None:
