@@ -9,9 +9,11 @@ detached in its own session so it outlives the CLI, under ``<state>/syncs/<name>
 - ``<workload>/shake.toml``, ``<workload>/redis-shake.out`` (its stdout and stderr), ``<workload>/work``.
 
 A recorded PID counts as ours only while ``/proc/<pid>/cmdline`` names its config and its start time
-is the recorded one, so a recycled PID is never signalled. Supervision is the operator's: the same
-samples and ``supervisor.decide``; a restart kills and respawns the process (a full resync, as rolling
-a pod), a re-plan rewrites the configs of the workloads whose shard moved.
+is the recorded one, so a recycled PID is never signalled. Supervision is the operator's pass,
+``sync.supervising.supervise_step``, over this module's ``_LocalWorkloads`` port: a restart kills and
+respawns the process (a full resync, as rolling a pod), a re-plan rewrites the configs of the
+workloads whose shard moved, a process that exited is started again (with a back-off after quick
+failures, as kubelet's).
 
 Every process started is a full sync, which redis-shake v4 only gets right into an empty share of the
 target (``sync.share``): the workload's share is deleted on the target right before it starts.
@@ -42,7 +44,7 @@ from middleware.errors import MoorageError, NotReady
 from middleware.models.sync import RedisEndpointKind, SyncDirection
 from middleware.runtime.local import default_state_dir
 from middleware.runtime.processes import LOOPBACK, port_free, process_start_time, reap
-from sync import heartbeat, manual
+from sync import heartbeat, manual, supervising
 from sync.observe import (
     fetch_status,
     master_offset,
@@ -54,7 +56,7 @@ from sync.observe import (
 )
 from sync.plan import RedisTopology, ShakeWorkload, WriterTarget
 from sync.share import clear_share
-from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
+from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State
 from sync.verify import RedisURL
 
 BINARY_ENV = "MOORAGE_REDIS_SHAKE"
@@ -86,8 +88,6 @@ STATUS_TIMEOUT = 2.0
 CONFIG = "shake.toml"
 OUTPUT = "redis-shake.out"
 STATE = "state.json"
-# Enough samples for every window decide() looks at; older ones only cost memory.
-HISTORY = 32
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,40}[a-z0-9])?$")
 
 
@@ -507,7 +507,9 @@ class LocalSyncs:
         """Every workload's process, redis-shake's status document, offsets and the supervisor's
         decision (one more sample in this instance's history)."""
         state = self._known(name)
-        return self._status(name, state, sample=sample)
+        if not sample or state.get("stopped"):
+            return self._status(name, state)
+        return self._status(name, state, self._pass(name, state, act=False, beat=False).verdicts)
 
     def _passwords(self, name: str, state: dict[str, Any]) -> tuple[str | None, str | None]:
         """The source's username and password, from a workload's 0600 config (never in state.json)."""
@@ -604,37 +606,44 @@ class LocalSyncs:
             heartbeat.write_source(master, name, db, source.username, source.password, now)
         return heartbeat.lag_seconds(on_source, on_target, now)
 
-    def _status(self, name: str, state: dict[str, Any], *, sample: bool, beat: bool = False) -> SyncStatus:
+    def _pass(
+        self, name: str, state: dict[str, Any], *, act: bool, beat: bool, binary: str | None = None
+    ) -> supervising.Pass:
+        """One pass of ``sync.supervising``, the operator's too, over this sync's processes."""
+        port = _LocalWorkloads(self, name, state, beat=beat, binary=binary)
+        workloads = [_workload_of(name, record) for record in state["workloads"]]
+        return supervising.supervise_step(port, workloads, self.policy, act=act)
+
+    def _status(
+        self,
+        name: str,
+        state: dict[str, Any],
+        verdicts: Sequence[supervising.Verdict] = (),
+        decided_pids: dict[str, int | None] | None = None,
+        acted: Sequence[str] = (),
+    ) -> SyncStatus:
+        """Rows from the recorded processes; a workload with a verdict of this pass (still the
+        process it was judged on) shows that decision and its last sample."""
         stopped = bool(state.get("stopped"))
-        source: RedisTopology | None = None
-        password: str | None = None
-        target_master: Endpoint | None = None
-        source_url: RedisURL | None = None
-        target_url: RedisURL | None = None
-        if not stopped and sample:
-            source_url, source = self._source(name, state)
-            password = source_url.password
-            target = self._target_topology(name, state)
-            target_master = target.shards[0].master if target else None
-            target_url = self._target_url(name, state)
+        judged = {v.workload.name: v for v in verdicts}
         rows = []
         for record in state["workloads"]:
-            workload = _workload_of(name, record)
             alive = self._alive(name, record)
-            history = self._history.setdefault((name, record["name"]), [])
-            beats: float | None = None
+            verdict = judged.get(record["name"])
+            if (
+                verdict is not None
+                and decided_pids is not None
+                and decided_pids.get(record["name"]) != record.get("pid")
+            ):
+                verdict = None  # acted on: it shows its new process
+            history = self._history.get((name, record["name"])) or []
+            last = history[-1] if verdict is not None and history else None
             if stopped:
                 decision = Decision(State.UNKNOWN, Action.NONE, "stopped")
-            elif sample:
-                history.append(self._sample(name, record, workload, password, source, alive, target_master))
-                del history[:-HISTORY]
-                decision = decide(workload, history, self.policy)
-                if source_url is not None and target_url is not None:
-                    master = history[-1].source_master or workload.source_master
-                    beats = self._heartbeat(workload, master, source_url, target_url, beat)
+            elif verdict is not None:
+                decision = verdict.decision
             else:
                 decision = Decision(State.UNKNOWN, Action.NONE, "started" if alive else "not running")
-            last = history[-1] if history and sample and not stopped else None
             rows.append(
                 WorkloadStatus(
                     name=record["name"],
@@ -650,7 +659,7 @@ class LocalSyncs:
                     restarts=int(record.get("restarts", 0)),
                     last_restart_reason=record.get("lastRestartReason"),
                     log=str(self.directory(name) / record["name"] / OUTPUT),
-                    heartbeat_lag_seconds=beats,
+                    heartbeat_lag_seconds=verdict.heartbeat_lag if verdict is not None else None,
                 )
             )
         return SyncStatus(
@@ -660,89 +669,31 @@ class LocalSyncs:
             stopped=stopped,
             directory=str(self.directory(name)),
             workloads=rows,
+            acted=list(acted),
         )
 
     def supervise_once(self, name: str, *, binary: str | None = None) -> SyncStatus:
-        """One supervision pass: sample, decide, act. RESTART (or a process that exited, unless it is
-        crash-looping) kills and respawns that workload; REPLAN re-plans and restarts the workloads
-        whose shard changed, with new configs."""
-        state = self._known(name)
-        if state.get("stopped"):
-            return self._status(name, state, sample=False)
-        report = self._status(name, state, sample=True, beat=True)
-        restart: dict[str, str] = {}
-        replan: list[str] = []
-        for row in report.workloads:
-            if row.decision.action is Action.REPLAN:
-                replan.append(f"{row.name}: {row.decision.reason}")
-            elif row.decision.action is Action.RESTART:
-                restart[row.name] = row.decision.reason
-            elif not row.alive and row.decision.state is not State.CRASH_LOOPING:
-                restart[row.name] = f"{EXITED} (see {row.log})"
-        waiting = self._backing_off(state, restart)
-        if not (restart or replan):
-            return replace(report, acted=waiting) if waiting else report
-        if state.get("targetSentinels") and self._target_topology(name, state) is None:
-            # Its sentinels name no usable master (failing over): a restart now would write to the
-            # old master again. The next pass re-plans onto the new one.
-            return replace(
-                report,
-                acted=[
-                    f"target: sentinels of {state['targetMasterName']!r} name no usable master "
-                    "(failing over?); restarts wait for them"
-                ],
-            )
-        binary = binary or self._recorded_binary(state) or find_binary()
-        acted: list[str] = []
+        """One supervision pass (``sync.supervising``): sample, decide, act. A restart (or a process
+        that exited, unless it is crash-looping) kills and respawns that workload; a re-plan re-plans
+        and restarts the workloads whose shard changed, with new configs."""
         with self._locked(name):
             state = self._known(name)
-            if replan:
-                acted += self._replan(name, state, binary, "; ".join(replan))
-            else:
-                target = self._target_url(name, state)
-                for record in state["workloads"]:
-                    reason = restart.get(record["name"])
-                    if reason is None:
-                        continue
-                    try:
-                        self._restart(name, record, binary, reason, target)
-                    except LocalSyncError as exc:  # the next pass tries again
-                        acted.append(f"{record['name']}: not restarted: {exc}")
-                        continue
-                    acted.append(f"{record['name']}: restarted (full resync): {reason}")
-            self._write(name, state)
-        acted += waiting
-        # Workloads left alone keep this pass's decision; the ones acted on show their new process.
-        decided = {row.name: row for row in report.workloads}
-        fresh = self._status(name, state, sample=False)
-        rows = [
-            decided[row.name] if row.name in decided and decided[row.name].pid == row.pid else row
-            for row in fresh.workloads
-        ]
-        return replace(fresh, workloads=rows, acted=acted)
+            if state.get("stopped"):
+                return self._status(name, state)
+            pids = {record["name"]: record.get("pid") for record in state["workloads"]}
+            passed = self._pass(name, state, act=True, beat=True, binary=binary)
+            if passed.restarted or passed.replanned:
+                self._write(name, state)
+            elif any(": not restarted: " in line for line in passed.acted):
+                self._write(name, state)  # its quick-failure count and reason
+        return self._status(name, state, passed.verdicts, pids, passed.acted)
 
-    @staticmethod
-    def _backing_off(state: dict[str, Any], restart: dict[str, str]) -> list[str]:
-        """Drop from ``restart`` the workloads still inside their back-off (a side that is unreachable
-        makes every new process fail at once: restarting it every pass would only churn full
-        resyncs); what is waiting, for the report. What kubelet does for a crashing container."""
-        now, waiting = time.time(), []
-        for record in state["workloads"]:
-            reason = restart.get(record["name"])
-            if reason is None:
-                continue
-            left = (
-                float(record.get("startedAt") or 0)
-                + backoff_seconds(int(record.get("quickExits") or 0))
-                - now
-            )
-            if left > 0:
-                del restart[record["name"]]
-                waiting.append(
-                    f"{record['name']}: {reason}; restart in {left:.0f}s "
-                    f"(back-off after {record.get('quickExits')} quick failures)"
-                )
-        return waiting
+    def _backoff_left(self, record: dict[str, Any]) -> float:
+        """Seconds until a failed workload may start again (a side that is unreachable makes every new
+        process fail at once: restarting it every pass would only churn full resyncs); what kubelet
+        does for a crashing container."""
+        started = float(record.get("startedAt") or 0)
+        return started + backoff_seconds(int(record.get("quickExits") or 0)) - time.time()
 
     @staticmethod
     def _recorded_binary(state: dict[str, Any]) -> str | None:
@@ -833,3 +784,95 @@ class LocalSyncs:
             writer = config.get("redis_writer") or {}
             return writer.get("username") or None, writer.get("password") or None
         return None, None
+
+
+@dataclass
+class _LocalWorkloads:
+    """``sync.supervising.WorkloadsPort`` over local processes: a restart kills and respawns the
+    process (after emptying its share), a re-plan rewrites the configs of the workloads whose shard
+    moved; a process that exited is started again by this supervisor alone."""
+
+    runner: LocalSyncs
+    name: str
+    state: dict[str, Any]
+    beat: bool
+    binary: str | None = None
+    source_url: RedisURL | None = None
+    target_url: RedisURL | None = None
+
+    def _record(self, workload: ShakeWorkload) -> dict[str, Any]:
+        return next(r for r in self.state["workloads"] if r["name"] == workload.name)
+
+    def _shake(self) -> str:
+        if self.binary is None:
+            self.binary = LocalSyncs._recorded_binary(self.state) or find_binary()
+        return self.binary
+
+    def sides(self) -> tuple[RedisTopology | None, RedisTopology | None]:
+        self.source_url, source = self.runner._source(self.name, self.state)
+        target = self.runner._target_topology(self.name, self.state)
+        self.target_url = self.runner._target_url(self.name, self.state)
+        return source, target
+
+    def seen(self, workload: ShakeWorkload) -> supervising.Seen:
+        if self.runner._alive(self.name, self._record(workload)):
+            return supervising.Seen(supervising.Liveness.RUNNING)
+        log = self.runner.directory(self.name) / workload.name / OUTPUT
+        return supervising.Seen(supervising.Liveness.EXITED, f"{EXITED} (see {log})")
+
+    def history(self, workload: ShakeWorkload) -> list[Sample]:
+        return self.runner._history.setdefault((self.name, workload.name), [])
+
+    def sample(
+        self,
+        workload: ShakeWorkload,
+        seen: supervising.Seen,
+        source: RedisTopology | None,
+        target: RedisTopology | None,
+    ) -> Sample:
+        password = self.source_url.password if self.source_url else None
+        return self.runner._sample(
+            self.name,
+            self._record(workload),
+            workload,
+            password,
+            source,
+            seen.liveness is supervising.Liveness.RUNNING,
+            target.shards[0].master if target else None,
+        )
+
+    def heartbeat(self, workload: ShakeWorkload, source_master: Endpoint) -> float | None:
+        if self.source_url is None or self.target_url is None:
+            return None
+        return self.runner._heartbeat(workload, source_master, self.source_url, self.target_url, self.beat)
+
+    def restarts_held(self) -> str | None:
+        if self.state.get("targetSentinels") and self.runner._target_topology(self.name, self.state) is None:
+            # Its sentinels name no usable master (failing over): a restart now would write to the
+            # old master again. The next pass re-plans onto the new one.
+            return (
+                f"target: sentinels of {self.state['targetMasterName']!r} name no usable master "
+                "(failing over?); restarts wait for them"
+            )
+        return None
+
+    def backing_off(self, workload: ShakeWorkload, reason: str) -> str | None:
+        record = self._record(workload)
+        left = self.runner._backoff_left(record)
+        if left <= 0:
+            return None
+        return (
+            f"{workload.name}: {reason}; restart in {left:.0f}s "
+            f"(back-off after {record.get('quickExits')} quick failures)"
+        )
+
+    def restart(self, workload: ShakeWorkload, reason: str) -> None:
+        try:
+            target = self.runner._target_url(self.name, self.state)
+            self.runner._restart(self.name, self._record(workload), self._shake(), reason, target)
+        except LocalSyncError as exc:  # the next pass tries again
+            raise supervising.NotRestarted(str(exc)) from None
+
+    def replan(self, replans: Sequence[tuple[ShakeWorkload, Decision]]) -> list[str]:
+        reasons = "; ".join(f"{workload.name}: {decision.reason}" for workload, decision in replans)
+        return self.runner._replan(self.name, self.state, self._shake(), reasons)

@@ -6,11 +6,13 @@ direction does not have, and wait until their pods are gone (a forward and a rev
 together would copy each other's writes back and forth) → render and apply Secret + Deployment per
 workload, owned by the RedisSync → status.
 
-Supervision (the timer): per workload, a ``Sample`` of redis-shake's status port, the pod's restarts
-and the source shard's master, offset and slots observed now; ``sync.supervisor.decide`` turns the
-recent samples into an action. RESTART rolls the Deployment through a pod-template annotation (a full
-resync; pods are never deleted by the operator), REPLAN plans again from the live topology and applies.
-The reason goes into the workload's status and an Event; lag into the status and the metrics.
+Supervision (the timer): ``sync.supervising.supervise_step``, the pass ``moorage sync`` runs over
+local processes too, over this module's ``_PodWorkloads`` port: per workload a ``Sample`` of
+redis-shake's status port, the pod's restarts and the source shard's master, offset and slots observed
+now; ``sync.supervisor.decide`` and ``supervising.judge`` turn the recent samples into an action.
+RESTART rolls the Deployment through a pod-template annotation (a full resync; pods are never deleted
+by the operator), REPLAN plans again from the live topology and applies. The reason goes into the
+workload's status and an Event; lag into the status and the metrics.
 
 The data movement itself is redis-shake's, in the pods; this module only decides what runs where.
 """
@@ -22,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -52,7 +54,7 @@ from operators.kube.redis_sync import (
 )
 from operators.reconcile import events
 from operators.settings import OperatorConfig, operator_config
-from sync import heartbeat, shake_config
+from sync import heartbeat, shake_config, supervising
 from sync.observe import (
     fetch_status,
     master_offset,
@@ -62,7 +64,7 @@ from sync.observe import (
     shard_now,
 )
 from sync.plan import RedisTopology, ShakeWorkload
-from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample, State, decide
+from sync.supervisor import BEFORE_RDB_PHASES, Action, Decision, Policy, Sample
 from sync.verify import RedisURL
 
 log = logging.getLogger(__name__)
@@ -404,75 +406,111 @@ def _tick(
     except (SpecError, NotReady) as exc:
         log.info("RedisSync %s/%s: not supervised this round: %s", namespace, name, exc)
         return
-    source = _observed(resolved.reader())
-    target = _observed(resolved.writer())
-    pods = rt.pods(namespace, _selector(name))
     entries = {e.name: e for e in _entries(status, applied.workloads)}
-    replans: list[tuple[ShakeWorkload, Decision]] = []
-    for workload in applied.workloads:
+    port = _PodWorkloads(rt, body, resolved, generation, rt.pods(namespace, _selector(name)), entries)
+    passed = supervising.supervise_step(port, applied.workloads, POLICY)
+    for verdict in passed.verdicts:
+        workload, decision = verdict.workload, verdict.decision
         entry = entries[workload.name]
-        pod = _pod_of(pods, workload.name)
-        history = _history(namespace, name, workload.name)
-        history.append(
-            _sample(
-                workload, pod, source, target, resolved.reader().password, str(resolved.spec.shake_version)
-            )
-        )
-        decision = decide(workload, list(history), POLICY)
-        if decision.action is Action.RESTART and not _running(pod):
-            # No pod running yet (scheduling, image pull): silence is expected, a restart cannot help.
-            phase = ((pod or {}).get("status") or {}).get("phase") or "missing"
-            decision = Decision(State.UNKNOWN, Action.NONE, f"pod not running (phase {phase})")
-        if decision.action is Action.NONE and not workload.reads_replica and source is not None:
-            # Planned onto the master because no replica was healthy then (right after a failover,
-            # the replicas are still re-attaching): move off it as soon as one is.
-            shard = shard_now(source, workload.source_master, workload.reader, workload.source_slots)
-            if shard is not None and any(r.healthy for r in shard.replicas):
-                decision = replace(
-                    decision,
-                    action=Action.REPLAN,
-                    reason=f"a replica of {shard.master} is healthy again: reading it instead of the master",
-                )
-        entry.state = str(decision.state) if _running(pod) or decision.action is Action.REPLAN else PENDING
+        starting = verdict.seen.liveness is supervising.Liveness.STARTING
+        entry.state = PENDING if starting and decision.action is not Action.REPLAN else str(decision.state)
         entry.lag_bytes, entry.write_lag_bytes = decision.lag_bytes, decision.write_lag_bytes
-        beats = (
-            _heartbeat(workload, history[-1].source_master, target, resolved)
-            if _running(pod) and source is not None
-            else None
-        )
-        if beats is not None:
-            entry.lag_seconds, entry.lag_seconds_from = round(beats, 3), "heartbeat"
+        if verdict.heartbeat_lag is not None:
+            entry.lag_seconds, entry.lag_seconds_from = round(verdict.heartbeat_lag, 3), "heartbeat"
         else:
             entry.lag_seconds = decision.lag_seconds
             entry.lag_seconds_from = "rate" if decision.lag_seconds is not None else None
         metrics.record_sync_lag(
-            namespace,
-            name,
-            workload.name,
-            decision.lag_bytes,
-            entry.lag_seconds,
-            decision.write_lag_bytes,
+            namespace, name, workload.name, decision.lag_bytes, entry.lag_seconds, decision.write_lag_bytes
         )
-        if decision.action is Action.NONE and _restarts(pod) > 0 and _clears_share(pod):
-            # redis-shake restarted inside its pod (a crash, an OOM kill): that restart was a full
-            # sync over the keys its previous run wrote, and the pod's clear-share init container
-            # only runs for a new pod. A new pod empties the share and syncs again.
-            decision = Decision(
-                decision.state,
-                Action.RESTART,
-                f"redis-shake restarted in its pod ({_restarts(pod)} restarts): a full sync over a share "
-                "not emptied first",
-            )
-        if decision.action is Action.RESTART and roll(rt, namespace, workload.name, decision.reason):
-            _restarted(body, namespace, name, entry, "Restarted", decision.reason)
-        elif decision.action is Action.REPLAN:
-            replans.append((workload, decision))
-    if replans:
-        _replan(rt, body, resolved, namespace, name, generation, entries, replans)
     status.workloads = [entries[w.name] for w in _applied[(namespace, name)].workloads if w.name in entries]
     before = _load_status(body).to_wire()
     if status.to_wire() != before:
         patch["status"] = status.to_wire()
+
+
+@dataclass
+class _PodWorkloads:
+    """``sync.supervising.WorkloadsPort`` over Deployments: a workload runs when its pod does; the
+    kubelet restarts a crashed redis-shake in its pod (seen as restarted in place: its share was not
+    emptied first); a restart rolls the Deployment, a re-plan applies the new plan (changed configs
+    change the pod-template checksum, so exactly the affected Deployments roll)."""
+
+    rt: KubernetesRuntime
+    body: kopf.Body
+    resolved: Resolved
+    generation: int | None
+    pods: list[dict[str, Any]]
+    entries: dict[str, SyncWorkloadStatus]
+    target: RedisTopology | None = None
+
+    @property
+    def namespace(self) -> str:
+        return str(self.body["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+    def sides(self) -> tuple[RedisTopology | None, RedisTopology | None]:
+        self.target = _observed(self.resolved.writer())
+        return _observed(self.resolved.reader()), self.target
+
+    def seen(self, workload: ShakeWorkload) -> supervising.Seen:
+        pod = _pod_of(self.pods, workload.name)
+        if not _running(pod):
+            phase = ((pod or {}).get("status") or {}).get("phase") or "missing"
+            return supervising.Seen(supervising.Liveness.STARTING, f"pod phase {phase}")
+        if _restarts(pod) > 0 and _clears_share(pod):
+            return supervising.Seen(
+                supervising.Liveness.RESTARTED_IN_PLACE, f"restarted in its pod ({_restarts(pod)} restarts)"
+            )
+        return supervising.Seen(supervising.Liveness.RUNNING)
+
+    def history(self, workload: ShakeWorkload) -> deque[Sample]:
+        return _history(self.namespace, self.name, workload.name)
+
+    def sample(
+        self,
+        workload: ShakeWorkload,
+        seen: supervising.Seen,
+        source: RedisTopology | None,
+        target: RedisTopology | None,
+    ) -> Sample:
+        return _sample(
+            workload,
+            _pod_of(self.pods, workload.name),
+            source,
+            target,
+            self.resolved.reader().password,
+            str(self.resolved.spec.shake_version),
+        )
+
+    def heartbeat(self, workload: ShakeWorkload, source_master: Endpoint) -> float | None:
+        return _heartbeat(workload, source_master, self.target, self.resolved)
+
+    def restarts_held(self) -> str | None:
+        return None  # resolve() already refused sides that name no usable master
+
+    def backing_off(self, workload: ShakeWorkload, reason: str) -> str | None:
+        return None  # the kubelet backs off a crashing pod
+
+    def restart(self, workload: ShakeWorkload, reason: str) -> None:
+        if not roll(self.rt, self.namespace, workload.name, reason):
+            raise supervising.NotRestarted(f"Deployment {workload.name} not found")
+        _restarted(self.body, self.namespace, self.name, self.entries[workload.name], "Restarted", reason)
+
+    def replan(self, replans: Sequence[tuple[ShakeWorkload, Decision]]) -> list[str]:
+        return _replan(
+            self.rt,
+            self.body,
+            self.resolved,
+            self.namespace,
+            self.name,
+            self.generation,
+            self.entries,
+            replans,
+        )
 
 
 def _heartbeat(
@@ -525,7 +563,7 @@ def _replan(
     generation: int | None,
     entries: dict[str, SyncWorkloadStatus],
     replans: Sequence[tuple[ShakeWorkload, Decision]],
-) -> None:
+) -> list[str]:
     """Plan again from the topology observed now and apply: a changed reader or writer changes the
     plan checksum on the pod template, so exactly the affected Deployments roll."""
     try:
@@ -534,7 +572,7 @@ def _replan(
     except (NotReady, SpecError, KubernetesApiError) as exc:
         # Still converging (a failover in progress): the next tick decides again.
         log.info("RedisSync %s/%s: re-plan deferred: %s", namespace, name, exc)
-        return
+        return [f"re-plan deferred: {exc}"]
     with _lock:
         _applied[(namespace, name)] = Applied(generation, resolved.direction, list(workloads))
     by_name = {w.name: w for w in workloads}
@@ -557,3 +595,4 @@ def _replan(
             entries[workload.name] = SyncWorkloadStatus(
                 name=workload.name, source=workload.reader.address, state=PENDING
             )
+    return [f"re-planned: {'; '.join(f'{w.name}: {d.reason}' for w, d in replans)}"]
