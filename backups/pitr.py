@@ -6,8 +6,10 @@ PostgreSQL 18.6 here), the tools CloudNativePG uses. This module renders their c
 recovery settings, reads what they wrote to the repository, and answers what a restore must know
 before it touches anything: which moments can be recovered, and is a WAL segment missing?
 
-Not wired to Middleware specs, the operator or the CLI yet: docs/backups.md ("Point-in-time
-recovery") says what exists and what does not.
+Wired so far: ``spec.backup.walArchiving`` on the local runtime (``LocalArchiveFiles`` writes each
+member's archive script), the archiver's state in the status (``WALArchivingFailing``), on-demand base
+backups and the recoverable window with its checks (``moorage backup base``, ``moorage restore plan
+--to-time``). docs/backups.md ("Point-in-time recovery") says what exists and what does not.
 
 The archive of one Middleware lives at ``<repository prefix>/pitr/<namespace>/<name>/`` in barman's
 own layout: ``wals/<timeline+log>/<segment>[.gz|.bz2|...]`` and ``base/<backup id>/backup.info``.
@@ -18,13 +20,17 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from backups.store import RepositoryConfig, S3Store
+from middleware.engines.base import MemberPlan
+from middleware.engines.postgresql.config import ARCHIVE_SCRIPT
 from middleware.errors import MoorageError, SpecError
+from middleware.spec import ResolvedSpec
 
 BARMAN_VERSION = "3.19.1"
 BARMAN_BIN_ENV = "MOORAGE_BARMAN_BIN"
@@ -207,6 +213,39 @@ class ArchiveReport:
     base_backups: list[BaseBackup]
     segments: dict[int, list[Segment]]  # per timeline, sorted
     gaps: list[Segment] = field(default_factory=list)  # missing, oldest first
+    # When the newest segment of each timeline reached the repository: commits before the switch to
+    # that segment's successor are recoverable, so this bounds the window from above (a few seconds
+    # late by the upload's own time).
+    last_archived: dict[int, datetime] = field(default_factory=dict)
+
+    @property
+    def latest(self) -> datetime | None:
+        """The latest recoverable moment, as far as the archive shows it (see ``last_archived``)."""
+        return max(self.last_archived.values(), default=None)
+
+    def window(self) -> dict[str, object]:
+        """The recoverable window, per timeline too, for people and JSON."""
+        return {
+            "earliest": self.earliest.isoformat() if self.earliest else None,
+            "latest": self.latest.isoformat() if self.latest else None,
+            "baseBackups": [
+                {"id": b.backup_id, "timeline": b.timeline, "endTime": b.end_time.isoformat()}
+                for b in self.base_backups
+            ],
+            "timelines": [
+                {
+                    "timeline": timeline,
+                    "firstSegment": segments[0].name,
+                    "lastSegment": segments[-1].name,
+                    "lastArchivedAt": self.last_archived[timeline].isoformat()
+                    if timeline in self.last_archived
+                    else None,
+                }
+                for timeline, segments in sorted(self.segments.items())
+                if segments
+            ],
+            "missingSegments": [g.name for g in self.gaps],
+        }
 
     @property
     def earliest(self) -> datetime | None:
@@ -228,6 +267,12 @@ class ArchiveReport:
                     f"{self.earliest.isoformat() if self.earliest else '?'} "
                     "(the end of the oldest base backup)"
                 )
+        if target.time is not None and self.latest is not None and target.time > self.latest:
+            raise MoorageError(
+                f"{target.time.isoformat()} is after the end of the archive: its newest WAL segment "
+                f"was archived at {self.latest.isoformat()} (with archiving working, the window grows "
+                "at least once a minute)"
+            )
         chosen = max(candidates, key=lambda b: b.end_time)
         missing = [g for g in self.gaps if g >= chosen.begin_wal]
         if missing:
@@ -263,10 +308,13 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
             info = BaseBackup.from_info(parts[-2], store.get_bytes(key).decode())
             backups.append(info)
     segments: dict[int, list[Segment]] = {}
-    for key in store.list_keys(archive.key("wals") + "/"):
+    last_archived: dict[int, datetime] = {}
+    for key, modified in store.list_objects(archive.key("wals") + "/"):
         segment = Segment.parse(key.rsplit("/", 1)[-1])
         if segment is not None:
             segments.setdefault(segment.timeline, []).append(segment)
+            if segment.timeline not in last_archived or modified > last_archived[segment.timeline]:
+                last_archived[segment.timeline] = modified
     for timeline in segments:
         segments[timeline].sort()
     gaps: list[Segment] = []
@@ -277,4 +325,99 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
         base_backups=sorted(backups, key=lambda b: b.end_time),
         segments=segments,
         gaps=gaps,
+        last_archived=last_archived,
     )
+
+
+# The S3 keys of an archiving member, next to its archive script (mode 0600, the server's user only).
+ARCHIVE_CREDENTIALS = "wal-archive.credentials"
+
+
+def archive_script(archive: WalArchive, barman_bin: Path) -> str:
+    """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with
+    barman-cloud-wal-archive. Keys come from the credentials file beside it (boto3's shared
+    credentials format), never from the command line; a non-zero exit keeps the segment."""
+    command = shlex.join(archive.command(barman_bin, "barman-cloud-wal-archive"))
+    return "\n".join(
+        [
+            "#!/bin/sh",
+            f"# Written by Moorage (spec.backup.walArchiving) for {archive.namespace}/{archive.name}:",
+            f"# archives one WAL segment to {archive.destination}/{archive.name}.",
+            'here=$(dirname "$0")',
+            f'if [ -f "$here/{ARCHIVE_CREDENTIALS}" ]; then',
+            f'  export AWS_SHARED_CREDENTIALS_FILE="$here/{ARCHIVE_CREDENTIALS}"',
+            "fi",
+            f"export AWS_DEFAULT_REGION={shlex.quote(archive.config.region)}",
+            f'exec {command} "$1"',
+            "",
+        ]
+    )
+
+
+def credentials_file(config: RepositoryConfig) -> str | None:
+    """The repository's keys in boto3's shared-credentials format; None when boto3 finds its own."""
+    if not (config.access_key_id and config.secret_access_key):
+        return None
+    return (
+        "[default]\n"
+        f"aws_access_key_id = {config.access_key_id}\n"
+        f"aws_secret_access_key = {config.secret_access_key}\n"
+    )
+
+
+@dataclass(frozen=True)
+class LocalArchiveFiles:
+    """The local runtime's ``extra_member_files`` for archiving deployments: each PostgreSQL member
+    gets the archive script and the repository's keys beside its config (rewritten on every start,
+    so a new ``MOORAGE_BACKUP_REPO`` takes effect). Without a repository, a member whose script was
+    written before keeps it; a new one is refused naming the field."""
+
+    repository_url: str | None
+
+    def __call__(self, spec: ResolvedSpec, member: MemberPlan, data_dir: Path) -> dict[str, tuple[str, int]]:
+        if not spec.wal_archiving:
+            return {}
+        if not self.repository_url:
+            if (data_dir / ARCHIVE_SCRIPT).exists():
+                return {}
+            raise SpecError(
+                "spec.backup.walArchiving",
+                "no repository to archive to: set MOORAGE_BACKUP_REPO (or pass --repo) to "
+                "s3://BUCKET[/PREFIX]?endpoint=URL, keys in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
+            )
+        config = RepositoryConfig.from_url(self.repository_url)
+        archive = WalArchive(config, spec.namespace, spec.name)
+        files = {ARCHIVE_SCRIPT: (archive_script(archive, find_barman()), 0o700)}
+        keys = credentials_file(config)
+        if keys is not None:
+            files[ARCHIVE_CREDENTIALS] = (keys, 0o600)
+        return files
+
+
+def take_base_backup(
+    store: S3Store, archive: WalArchive, host: str, port: int, password: str, *, timeout: float = 6 * 3600
+) -> BaseBackup:
+    """A physical base backup of the primary at ``host:port`` with barman-cloud-backup, which reads
+    the data directory itself: it runs on the primary's machine as its OS user (``postgres`` when
+    started as root). Returns the new backup as the archive lists it; a failure names barman's last
+    words and leaves nothing marked complete (barman writes ``backup.info`` DONE last)."""
+    barman_bin = find_barman()
+    before = {b.backup_id for b in inspect(store, archive).base_backups}
+    env = {**os.environ, **archive.environment(), "PGPASSWORD": password}
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    command = [
+        *archive.command(barman_bin, "barman-cloud-backup"),
+        *("--host", host, "--port", str(port), "--user", "postgres"),
+    ]
+    try:
+        done = subprocess.run([*prefix, *command], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        what = f"{archive.namespace}/{archive.name}"
+        raise MoorageError(f"barman-cloud-backup of {what} ran over {timeout:.0f}s") from None
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise MoorageError(f"barman-cloud-backup of {archive.namespace}/{archive.name} failed:\n{tail}")
+    new = [b for b in inspect(store, archive).base_backups if b.backup_id not in before]
+    if not new:
+        raise MoorageError("barman-cloud-backup exited 0 but no new complete base backup is in the archive")
+    return new[-1]

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
 
@@ -488,11 +489,16 @@ class S3Store:
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Every key starting with ``prefix``, in S3's (lexicographic) order, page by page."""
+        for key, _modified in self.list_objects(prefix):
+            yield key
+
+    def list_objects(self, prefix: str) -> Iterator[tuple[str, datetime]]:
+        """Every key starting with ``prefix`` with the time it was written, page by page."""
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    yield item["Key"]
+                    yield item["Key"], item["LastModified"]
         except (ClientError, BotoCoreError) as exc:
             self._fail("ListObjectsV2", prefix, exc)
 

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from middleware import provisioning, restarting, scaling
 from middleware.catalog import Catalog, load_default_catalog
 from middleware.engines.base import (
+    WAL_ARCHIVING_CONDITION,
     Connection,
     Engine,
     Member,
@@ -24,6 +25,7 @@ from middleware.engines.base import (
     Progress,
     ReconfigureReport,
     no_progress,
+    wal_archiving_condition,
 )
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, NotReady, OperationError
@@ -298,6 +300,9 @@ class Lifecycle:
         status.set_condition(
             "Degraded", degraded, "MembersUnhealthy" if degraded else "AllMembersHealthy", observation.message
         )
+        archiving = wal_archiving_condition(observation)
+        if archiving is not None:
+            status.set_condition(WAL_ARCHIVING_CONDITION, *archiving)
         status.phase = (
             Phase.READY
             if observation.ready and not degraded

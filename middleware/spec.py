@@ -42,6 +42,8 @@ class ResolvedSpec:
     dynamic_parameters: frozenset[str] = frozenset()
     labels: dict[str, str] = field(default_factory=dict)
     generation: int | None = None
+    # Continuous WAL archiving to the backup repository (spec.backup.walArchiving).
+    wal_archiving: bool = False
 
     @property
     def is_cluster(self) -> bool:
@@ -121,6 +123,13 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
     )
     storage = spec.storage or Storage(size=plan.storage)
     parameters = validate_parameters(engine, str(spec.topology), spec.parameters)
+    wal_archiving = bool(spec.backup and spec.backup.wal_archiving)
+    if wal_archiving and str(spec.engine) not in WAL_ARCHIVING_ENGINES:
+        raise SpecError(
+            "spec.backup.walArchiving",
+            f"{spec.engine} has no write-ahead log to archive "
+            f"(offered for: {', '.join(WAL_ARCHIVING_ENGINES)})",
+        )
     return ResolvedSpec(
         name=middleware.metadata.name,
         namespace=middleware.metadata.namespace,
@@ -140,10 +149,12 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         dynamic_parameters=frozenset(p.name for p in engine.parameters if p.dynamic),
         labels=dict(middleware.metadata.labels),
         generation=middleware.metadata.generation,
+        wal_archiving=wal_archiving,
     )
 
 
 IMMUTABLE_FIELDS = ("engine", "topology")
+WAL_ARCHIVING_ENGINES = ("postgresql",)
 
 
 def check_change(old: ResolvedSpec, new: ResolvedSpec, engine: Engine) -> None:
@@ -157,4 +168,11 @@ def check_change(old: ResolvedSpec, new: ResolvedSpec, engine: Engine) -> None:
                 f"cannot change from {getattr(old, name)!r} to {getattr(new, name)!r} "
                 "(create a new Middleware and restore a backup into it)",
             )
+    if old.wal_archiving != new.wal_archiving:
+        # archive_mode only changes with a restart, and the member configs are written once.
+        raise SpecError(
+            "spec.backup.walArchiving",
+            f"cannot change from {old.wal_archiving} to {new.wal_archiving} on an existing Middleware yet "
+            "(create a new one with it set and restore a backup into it)",
+        )
     engine.check_change(old, new)

@@ -139,6 +139,29 @@ class Report:
         self.changed = True
 
 
+# ``Observation.details`` key of an engine that archives its write-ahead log (spec.backup.walArchiving):
+# the primary's archiver statistics (PostgreSQL's pg_stat_archiver, camelCase).
+WAL_ARCHIVING = "walArchiving"
+WAL_ARCHIVING_CONDITION = "WALArchivingFailing"
+
+
+def wal_archiving_condition(observation: Observation) -> tuple[bool, str, str] | None:
+    """The ``WALArchivingFailing`` condition (status, reason, message) from an observation, or None
+    when the engine reported no archiver (archiving off, or no primary to ask)."""
+    stat = observation.details.get(WAL_ARCHIVING)
+    if not isinstance(stat, dict):
+        return None
+    last = f"last archived {stat.get('lastArchivedWal') or '-'} at {stat.get('lastArchivedTime') or '-'}"
+    if stat.get("failing"):
+        return (
+            True,
+            "ArchiveCommandFailing",
+            f"archiving {stat.get('lastFailedWal')} failed at {stat.get('lastFailedTime')} "
+            f"({stat.get('failedCount')} failures so far; the segments are kept until it succeeds); {last}",
+        )
+    return False, "Archiving", f"{stat.get('archivedCount')} segments archived; {last}"
+
+
 @dataclass
 class ReconfigureReport:
     applied_live: dict[str, str] = field(default_factory=dict)

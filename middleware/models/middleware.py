@@ -65,6 +65,13 @@ class BackupPolicy(WireModel):
     keep_last: int | None = Field(default=7, ge=1, description="Keep at least this many backups.")
     keep_days: int | None = Field(default=None, ge=1, description="Also keep backups younger than this.")
     suspend: bool = False
+    wal_archiving: bool = Field(
+        default=False,
+        description=(
+            "PostgreSQL only: archive every WAL segment to the repository as it fills (and at least "
+            "once a minute), the base of point-in-time recovery. Fixed at creation for now."
+        ),
+    )
 
     @model_validator(mode="after")
     def _cron(self) -> BackupPolicy:

@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,18 @@ def _accepts(endpoint: Endpoint, timeout: float = 0.2) -> bool:
         return False
 
 
+# Files a layer above adds to a member's config directory, by name: (content, mode). The backups layer
+# writes the WAL archive script of an archiving PostgreSQL and its S3 keys this way (the runtime knows
+# neither repositories nor their credentials).
+ExtraMemberFiles = Callable[[ResolvedSpec, MemberPlan, Path], dict[str, tuple[str, int]]]
+
+
 class LocalRuntime:
-    def __init__(self, state_dir: Path | str | None = None) -> None:
+    def __init__(
+        self, state_dir: Path | str | None = None, *, extra_member_files: ExtraMemberFiles | None = None
+    ) -> None:
         self.root = Path(state_dir) if state_dir else default_state_dir()
+        self.extra_member_files = extra_member_files
 
     # -- layout ---------------------------------------------------------------------------------
     def _dir(self, namespace: str, name: str) -> Path:
@@ -181,6 +190,15 @@ class LocalRuntime:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)
+        extra = self.extra_member_files(spec, member, data_dir) if self.extra_member_files else {}
+        for file_name, (content, mode) in extra.items():
+            # Replaced whole, never half-written: the server may run the file at any moment.
+            scratch = data_dir / f".{file_name}.tmp"
+            scratch.unlink(missing_ok=True)
+            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(content)
+            scratch.replace(data_dir / file_name)
         self._hand_over(spec, engine, member)
 
     def _hand_over(self, spec: ResolvedSpec, engine: Engine, member: MemberPlan) -> None:

@@ -39,6 +39,7 @@ from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, manifest_of, resolve
 from operators.cli.backup_commands import backup_app, restore_app
+from operators.cli.local import local_runtime
 from operators.cli.operations import apply_middleware, change_spec, delete_middleware, request_operation
 from operators.cli.operator_command import operator_command
 from operators.cli.port_forward import port_forward
@@ -99,7 +100,7 @@ TimeoutOpt = Annotated[
 
 
 def _lifecycle(state_dir: Path | None) -> Lifecycle:
-    return Lifecycle(LocalRuntime(state_dir))
+    return Lifecycle(local_runtime(state_dir))
 
 
 def _print_json(data: Any) -> None:

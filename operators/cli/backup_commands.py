@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backups import runbook
+from backups import pitr, runbook
 from backups.kubernetes import KubernetesTargets
 from backups.local import LocalTargets
 from backups.manifest import BackupManifest
@@ -27,10 +28,11 @@ from backups.repository import Repository
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import Progress as ProgressFn
 from middleware.engines.base import no_progress
-from middleware.errors import MoorageError
+from middleware.errors import MoorageError, SpecError
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.kubernetes import KubernetesRuntime
-from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
+from middleware.runtime.local import STATE_DIR_ENV
+from operators.cli.local import local_runtime
 
 backup_app = typer.Typer(
     help="Take, list, verify and prune backups in an S3 repository.", no_args_is_help=True
@@ -107,7 +109,7 @@ def _targets(
         )
     if runtime != "local":
         raise MoorageError(f"--runtime must be local or kubernetes, not {runtime!r}")
-    return LocalTargets(Lifecycle(LocalRuntime(state_dir)))
+    return LocalTargets(Lifecycle(local_runtime(state_dir)))
 
 
 def _human(size: float) -> str:
@@ -207,6 +209,54 @@ def backup_create(
         _print_json(manifest.to_wire())
     else:
         _show_manifest(manifest)
+
+
+@backup_app.command("base")
+def backup_base(
+    name: Annotated[str, typer.Argument(help="A PostgreSQL Middleware with spec.backup.walArchiving.")],
+    repo: RepoOpt = "",
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """A physical base backup with barman's cloud tools (local runtime): point-in-time recovery
+    starts from one and replays the archived WAL from there."""
+    repository = _repository(repo)
+    lifecycle = Lifecycle(local_runtime(state_dir, repo))
+    deployment = lifecycle.existing(namespace, name)
+    if not deployment.spec.wal_archiving:
+        raise SpecError(
+            "spec.backup.walArchiving",
+            f"is off for {namespace}/{name}: a base backup without archived WAL recovers to itself only "
+            "(set it when creating the Middleware; `moorage backup create` takes a logical backup)",
+        )
+    primary = lifecycle.status(namespace, name).endpoints.get("rw")
+    if not primary:
+        raise MoorageError(f"{namespace}/{name} has no writable primary to back up")
+    host, port = primary.rsplit(":", 1)
+    archive = pitr.WalArchive(repository.config, namespace, name)
+    with _progress(not _json(output)) as progress:
+        progress("base backup (barman-cloud-backup)", 0, 1)
+        taken = pitr.take_base_backup(
+            repository.store, archive, host, int(port), lifecycle.runtime.password(deployment.spec)
+        )
+        progress("base backup (barman-cloud-backup)", 1, 1)
+    row = {
+        "id": taken.backup_id,
+        "timeline": taken.timeline,
+        "beginWal": taken.begin_wal.name,
+        "endWal": taken.end_wal.name,
+        "endTime": taken.end_time.isoformat(),
+        "systemId": taken.system_id,
+        "location": f"{archive.destination}/{name}",
+    }
+    if _json(output):
+        _print_json(row)
+    else:
+        out.print(
+            f"base backup [bold]{taken.backup_id}[/] of {namespace}/{name}: timeline {taken.timeline}, "
+            f"WAL {taken.begin_wal.name}..{taken.end_wal.name}, recoverable from {row['endTime']}"
+        )
 
 
 @backup_app.command("list")
@@ -346,7 +396,7 @@ def schedule_run(
     Locally every policy's repository is the --repo given."""
     as_json = _json(output)
     repository = _repository(repo)
-    targets = LocalTargets(Lifecycle(LocalRuntime(state_dir)))
+    targets = LocalTargets(Lifecycle(local_runtime(state_dir)))
     with _progress(not as_json) as progress:
         outcomes = runbook.run_schedules(
             lambda _ns, _name: repository, targets, targets.deployments(), progress=progress
@@ -404,21 +454,45 @@ def _print_record(record: dict[str, Any]) -> None:
 
 @restore_app.command("plan")
 def restore_plan(
-    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
     to: Annotated[str, typer.Option("--to", help="Target Middleware.")],
+    backup_id: Annotated[
+        str | None,
+        typer.Argument(help="Backup id; with a --to-* point, a base backup id or 'latest' (the default)."),
+    ] = None,
     repo: RepoOpt = "",
     namespace: Namespace = "default",
     restore_id: Annotated[
         str | None,
         typer.Option("--restore-id", help="Also save the plan as this restore's record (phase Planned)."),
     ] = None,
+    to_time: Annotated[
+        str | None,
+        typer.Option("--to-time", help="PostgreSQL: a moment with its zone, 2026-12-05T10:00:00Z."),
+    ] = None,
+    to_lsn: Annotated[
+        str | None, typer.Option("--to-lsn", help="PostgreSQL: a WAL position, 0/3000090.")
+    ] = None,
+    to_restore_point: Annotated[
+        str | None, typer.Option("--to-restore-point", help="PostgreSQL: a named restore point.")
+    ] = None,
+    to_latest: Annotated[
+        bool, typer.Option("--to-latest", help="PostgreSQL: the end of the archived WAL.")
+    ] = False,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
     ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
-    """What a restore would overwrite and whether the target can take it. Changes nothing in the
-    target; exits 1 when the target is incompatible."""
+    """What a restore would overwrite and whether the target can take it; with a --to-* point, the
+    recoverable window of the target's WAL archive and whether that point is inside it (a missing
+    segment named). Changes nothing; exits 1 when refused."""
+    if to_time is not None or to_lsn is not None or to_restore_point is not None or to_latest:
+        _point_in_time_plan(
+            repo, namespace, to, backup_id or "latest", to_time, to_lsn, to_restore_point, to_latest, output
+        )
+        return
+    if backup_id is None:
+        raise SpecError("BACKUP_ID", "give the backup to restore (`moorage backup list`), or a --to-* point")
     repository = _repository(repo)
     target = _targets(state_dir, runtime).get(namespace, to)
     plan = runbook.plan_restore(repository, backup_id, target, ready_timeout=ready_timeout)
@@ -429,6 +503,65 @@ def restore_plan(
     else:
         _print_plan(plan)
     if not plan.compatible:
+        raise typer.Exit(1)
+
+
+def _point_in_time_plan(
+    repo: str,
+    namespace: str,
+    name: str,
+    base: str,
+    to_time: str | None,
+    to_lsn: str | None,
+    to_restore_point: str | None,
+    to_latest: bool,
+    output: str,
+) -> None:
+    when = None
+    if to_time is not None:
+        try:
+            when = datetime.fromisoformat(to_time)
+        except ValueError:
+            example = "2026-12-05T10:00:00Z"
+            raise SpecError("--to-time", f"{to_time!r} is not an ISO 8601 time like {example}") from None
+    target = pitr.RecoveryTarget(time=when, lsn=to_lsn, name=to_restore_point, latest=to_latest)
+    repository = _repository(repo)
+    report = pitr.inspect(repository.store, pitr.WalArchive(repository.config, namespace, name))
+    plan: dict[str, Any] = {"target": f"{namespace}/{name}", "recoveryTarget": target.settings()}
+    plan["window"] = report.window()
+    try:
+        chosen = report.check(target)
+        if base != "latest" and base != chosen.backup_id:
+            given = next((b for b in report.base_backups if b.backup_id == base), None)
+            if given is None:
+                raise MoorageError(f"no complete base backup {base!r} in the archive")
+            if when is not None and given.end_time > when:
+                ends = given.end_time.isoformat()
+                raise MoorageError(f"base backup {base} ends at {ends}, after the target")
+            chosen = given
+    except MoorageError as exc:
+        plan.update(compatible=False, reason=str(exc))
+    else:
+        plan.update(compatible=True, baseBackup=chosen.backup_id, reason="")
+    if _json(output):
+        _print_json(plan)
+    else:
+        window = plan["window"]
+        out.print(
+            f"recoverable window of {namespace}/{name}: "
+            f"{window['earliest'] or '-'} .. {window['latest'] or '-'}"
+        )
+        for line in window["timelines"]:
+            out.print(
+                f"  timeline {line['timeline']}: {line['firstSegment']} .. {line['lastSegment']} "
+                f"(last archived {line['lastArchivedAt']})"
+            )
+        if plan["compatible"]:
+            settings = ", ".join(f"{k}={v}" for k, v in plan["recoveryTarget"].items())
+            out.print(f"[green]recoverable[/] from base backup {plan['baseBackup']} ({settings})")
+        else:
+            out.print(f"[red]refused[/]: {plan['reason']}")
+    if not plan["compatible"]:
         raise typer.Exit(1)
 
 

@@ -68,6 +68,12 @@ def reconcile(
 
     try:
         decoded = context.decode(body, rt)
+        if decoded.spec.wal_archiving:
+            raise SpecError(
+                "spec.backup.walArchiving",
+                "not available on Kubernetes yet: the PostgreSQL image does not carry barman's cloud tools "
+                "(the local runtime archives; see docs/backups.md)",
+            )
         previous = applied.load(body, rt)
         if previous is not None:
             check_change(previous.spec, decoded.spec, decoded.engine)

