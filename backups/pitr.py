@@ -17,20 +17,27 @@ own layout: ``wals/<timeline+log>/<segment>[.gz|.bz2|...]`` and ``base/<backup i
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
 import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
+
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import MemberPlan
-from middleware.engines.postgresql.config import ARCHIVE_SCRIPT
+from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, PGDATA
+from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
 from middleware.spec import ResolvedSpec
+
+log = logging.getLogger(__name__)
 
 BARMAN_VERSION = "3.19.1"
 BARMAN_BIN_ENV = "MOORAGE_BARMAN_BIN"
@@ -387,11 +394,28 @@ class LocalArchiveFiles:
             )
         config = RepositoryConfig.from_url(self.repository_url)
         archive = WalArchive(config, spec.namespace, spec.name)
+        try:
+            report = inspect(S3Store(config), archive)
+        except MoorageError as exc:
+            # The member starts anyway: archiving fails visibly (WALArchivingFailing) and keeps every
+            # segment until the repository answers; the check runs again at the next start.
+            log.warning("%s/%s: archive not checked, the repository did not answer: %s", *_names(spec), exc)
+        else:
+            check_archive_is_ours(report, archive, local_system_id(spec, data_dir))
         files = {ARCHIVE_SCRIPT: (archive_script(archive, find_barman()), 0o700)}
         keys = credentials_file(config)
         if keys is not None:
             files[ARCHIVE_CREDENTIALS] = (keys, 0o600)
         return files
+
+
+def server_system_id(host: str, port: int, password: str) -> str:
+    with psycopg.connect(
+        host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=10
+    ) as conn:
+        row = conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+    assert row is not None
+    return str(row[0])
 
 
 def take_base_backup(
@@ -402,7 +426,9 @@ def take_base_backup(
     started as root). Returns the new backup as the archive lists it; a failure names barman's last
     words and leaves nothing marked complete (barman writes ``backup.info`` DONE last)."""
     barman_bin = find_barman()
-    before = {b.backup_id for b in inspect(store, archive).base_backups}
+    report = inspect(store, archive)
+    check_archive_is_ours(report, archive, server_system_id(host, port, password))
+    before = {b.backup_id for b in report.base_backups}
     env = {**os.environ, **archive.environment(), "PGPASSWORD": password}
     prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     command = [
@@ -421,3 +447,55 @@ def take_base_backup(
     if not new:
         raise MoorageError("barman-cloud-backup exited 0 but no new complete base backup is in the archive")
     return new[-1]
+
+
+def system_id_of(pgdata: Path) -> str | None:
+    """The system identifier in a data directory's ``global/pg_control`` (its first field, a uint64
+    in the machine's byte order), or None when there is no cluster there yet."""
+    try:
+        with open(pgdata / "global" / "pg_control", "rb") as control:
+            head = control.read(8)
+    except FileNotFoundError:
+        return None
+    return str(int.from_bytes(head, sys.byteorder)) if len(head) == 8 else None
+
+
+def local_system_id(spec: ResolvedSpec, data_dir: Path) -> str | None:
+    """The system identifier of a local deployment: from any member's data directory (the local
+    runtime keeps ``members/<member>/data/pgdata``); None while no member has been initialised."""
+    members_dir = data_dir.parent.parent
+    for member in get_engine(spec.engine).members(spec):
+        found = system_id_of(members_dir / member.name / "data" / PGDATA)
+        if found is not None:
+            return found
+    return None
+
+
+def _names(spec: ResolvedSpec) -> tuple[str, str]:
+    return spec.namespace, spec.name
+
+
+def check_archive_is_ours(report: ArchiveReport, archive: WalArchive, system_id: str | None) -> None:
+    """Never archive into another cluster's archive (CloudNativePG's "Expected empty archive", with
+    the reason spelled out): a new deployment (no data yet) needs an empty archive; one with data
+    only archives where every base backup has its system identifier (a point-in-time restore keeps
+    it and goes on with a new timeline)."""
+    where = f"{archive.destination}/{archive.name}"
+    if system_id is None:
+        if report.base_backups or report.segments:
+            segments = sum(map(len, report.segments.values()))
+            held = f"{len(report.base_backups)} base backup(s), {segments} WAL segment(s)"
+            raise SpecError(
+                "spec.backup.walArchiving",
+                f"{where} already holds {held} of an earlier cluster: a new Middleware never archives "
+                "into it (its WAL would mix with theirs). Delete that prefix if the old archive is not "
+                "needed, or use another repository prefix",
+            )
+        return
+    others = sorted({b.system_id for b in report.base_backups} - {system_id})
+    if others:
+        raise SpecError(
+            "spec.backup.walArchiving",
+            f"{where} belongs to another cluster (system identifier {', '.join(others)}; this one is "
+            f"{system_id}): refused rather than mixing two clusters' WAL. Use another repository prefix",
+        )

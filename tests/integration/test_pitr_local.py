@@ -6,6 +6,8 @@ A Middleware with `spec.backup.walArchiving` first archives to a repository that
 repository rewrites the archive scripts: the kept segment reaches S3 (no gap) and the condition clears.
 `moorage backup base` takes a physical base backup; `moorage restore plan --to-time` shows the window
 and accepts a moment inside it, and refuses one before the base backup and one after the archive's end.
+A new cluster of the same name (after `down --purge`) is refused rather than archiving into the old
+cluster's archive.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from backups.pitr import WalArchive, inspect
+from backups.pitr import WalArchive, inspect, system_id_of
 from backups.store import RepositoryConfig, S3Store
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
@@ -161,3 +163,17 @@ def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in
     refused = cli.run("restore", "plan", "--to", NAME, "--to-time", late, "-o", "json", check=False)
     assert refused.returncode == 1, refused.stderr
     assert "after the end of the archive" in json.loads(refused.stdout)["reason"]
+
+    # The archive is this cluster's: its system identifier, read from pg_control, is the base backup's.
+    with primary(cli) as conn:
+        server_id = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    pgdata = cli.state_dir / "default" / NAME / "members" / f"{NAME}-0" / "data" / "pgdata"
+    assert system_id_of(pgdata) == server_id
+    assert [b.system_id for b in inspect(store, archive).base_backups] == [server_id]
+
+    # A new cluster under the same name never archives into the old one's archive: refused, named.
+    cli.run("down", NAME, "--purge")
+    reused = cli.run("up", "-f", str(manifest), check=False)
+    assert reused.returncode == 2, reused.stderr
+    assert "spec.backup.walArchiving" in reused.stderr and "already holds" in reused.stderr, reused.stderr
+    assert [b.system_id for b in inspect(store, archive).base_backups] == [server_id]

@@ -4,6 +4,7 @@ Archiving itself runs on the real servers in tests/integration/test_pitr_local.p
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ from backups.pitr import (
     Segment,
     WalArchive,
     archive_script,
+    check_archive_is_ours,
     credentials_file,
+    system_id_of,
 )
 from backups.store import RepositoryConfig
 from middleware.engines.base import Observation, wal_archiving_condition
@@ -145,3 +148,28 @@ def test_a_target_after_the_last_archived_segment_is_refused() -> None:
             "lastArchivedAt": (end + timedelta(minutes=5)).isoformat(),
         }
     ]
+
+
+def test_an_archive_is_used_only_by_its_own_cluster(tmp_path: Path) -> None:
+    archive = WalArchive(CONFIG, "shop", "ledger")
+    first = Segment(1, 0, 2)
+    end = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+    ours = ArchiveReport([BaseBackup("b1", 1, first, first, end, "7400000000000000001")], {1: [first]})
+    empty = ArchiveReport([], {})
+    check_archive_is_ours(empty, archive, None)  # a new cluster, an empty archive
+    check_archive_is_ours(ours, archive, "7400000000000000001")  # its own (a PITR restore keeps it)
+    with pytest.raises(SpecError, match="already holds 1 base backup"):
+        check_archive_is_ours(ours, archive, None)
+    with pytest.raises(SpecError, match=r"another cluster .*7400000000000000001.* this one is 7499"):
+        check_archive_is_ours(ours, archive, "7499")
+    with pytest.raises(SpecError, match=r"0 base backup.*1 WAL segment"):
+        check_archive_is_ours(ArchiveReport([], {1: [first]}), archive, None)
+
+
+def test_the_system_identifier_is_the_first_field_of_pg_control(tmp_path: Path) -> None:
+    assert system_id_of(tmp_path) is None
+    (tmp_path / "global").mkdir()
+    (tmp_path / "global" / "pg_control").write_bytes(
+        (7400000000000000001).to_bytes(8, sys.byteorder) + b"\0" * 8
+    )
+    assert system_id_of(tmp_path) == "7400000000000000001"
