@@ -499,3 +499,37 @@ def check_archive_is_ours(report: ArchiveReport, archive: WalArchive, system_id:
             f"{where} belongs to another cluster (system identifier {', '.join(others)}; this one is "
             f"{system_id}): refused rather than mixing two clusters' WAL. Use another repository prefix",
         )
+
+
+def prune_base_backups(
+    store: S3Store, archive: WalArchive, *, keep_last: int, keep_days: int | None
+) -> list[str]:
+    """Retention for base backups, by barman-cloud-backup-delete: it deletes the base backups outside
+    the policy and every WAL segment older than the oldest one kept, so the archive keeps exactly
+    what the kept base backups need. ``keep_days`` keeps a recovery window of that many days (and at
+    least ``keep_last`` backups), else the newest ``keep_last``. Returns the deleted backup ids."""
+    barman_bin = find_barman()
+    before = {b.backup_id for b in inspect(store, archive).base_backups}
+    if keep_days:
+        policy = [
+            "--retention-policy",
+            f"RECOVERY WINDOW OF {keep_days} DAYS",
+            "--minimum-redundancy",
+            str(keep_last),
+        ]
+    else:
+        policy = ["--retention-policy", f"REDUNDANCY {keep_last}"]
+    env = {**os.environ, **archive.environment()}
+    done = subprocess.run(
+        [*archive.command(barman_bin, "barman-cloud-backup-delete"), *policy],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise MoorageError(
+            f"barman-cloud-backup-delete of {archive.namespace}/{archive.name} failed:\n{tail}"
+        )
+    return sorted(before - {b.backup_id for b in inspect(store, archive).base_backups})

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from backups import pitr
 from backups.errors import BackupError
 from backups.manifest import BackupManifest
 from backups.repository import Repository
@@ -567,6 +568,10 @@ class ScheduleOutcome:
     pruned: list[str] = field(default_factory=list)
     error: str | None = None
     next_run: str | None = None
+    # With spec.backup.walArchiving: the physical base backup taken beside the logical one, and the
+    # base backups (with the WAL only they needed) that retention deleted.
+    base_backup_id: str | None = None
+    pruned_base_backups: list[str] = field(default_factory=list)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -575,6 +580,8 @@ class ScheduleOutcome:
             "due": self.due,
             "backupId": self.backup_id,
             "pruned": self.pruned,
+            "baseBackupId": self.base_backup_id,
+            "prunedBaseBackups": self.pruned_base_backups,
             "error": self.error,
             "nextRun": self.next_run,
         }
@@ -628,10 +635,32 @@ def run_schedules(
                     now=now,
                 )
                 outcome.pruned = [m.backup_id for m in pruned]
+                if target.spec.wal_archiving:
+                    archive = pitr.WalArchive(repository.config, namespace, name)
+                    outcome.base_backup_id = _base_backup(repository, archive, target).backup_id
+                    outcome.pruned_base_backups = pitr.prune_base_backups(
+                        repository.store,
+                        archive,
+                        keep_last=policy.get("keepLast", 7),
+                        keep_days=policy.get("keepDays"),
+                    )
         except MoorageError as error:
             outcome.error = str(error)
         outcomes.append(outcome)
     return outcomes
+
+
+def _base_backup(repository: Repository, archive: pitr.WalArchive, target: Target) -> pitr.BaseBackup:
+    """A physical base backup of the target's primary (barman reads its data directory: the primary
+    runs on this machine, as on the local runtime)."""
+    observation = target.engine.observe(target.spec, target.conn)
+    primary = observation.endpoints.get("rw")
+    if not primary or target.conn.password is None:
+        raise MoorageError(
+            f"{target.namespace}/{target.name} has no writable primary to take a base backup of"
+        )
+    host, port = primary.rsplit(":", 1)
+    return pitr.take_base_backup(repository.store, archive, host, int(port), target.conn.password)
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -396,7 +396,7 @@ def schedule_run(
     Locally every policy's repository is the --repo given."""
     as_json = _json(output)
     repository = _repository(repo)
-    targets = LocalTargets(Lifecycle(local_runtime(state_dir)))
+    targets = LocalTargets(Lifecycle(local_runtime(state_dir, repo)))
     with _progress(not as_json) as progress:
         outcomes = runbook.run_schedules(
             lambda _ns, _name: repository, targets, targets.deployments(), progress=progress
@@ -409,6 +409,12 @@ def schedule_run(
                 f"error: {o.error}" if o.error else (f"backed up as {o.backup_id}" if o.due else "not due")
             )
             pruned = f", pruned {len(o.pruned)}" if o.pruned else ""
+            if o.base_backup_id:
+                pruned += f", base backup {o.base_backup_id}"
+            if o.pruned_base_backups:
+                pruned += (
+                    f", pruned base backups {', '.join(o.pruned_base_backups)} with the WAL only they needed"
+                )
             out.print(f"{o.namespace}/{o.name}: {state}{pruned} (next {o.next_run})")
     if any(o.error for o in outcomes):
         raise typer.Exit(1)

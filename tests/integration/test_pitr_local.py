@@ -177,3 +177,57 @@ def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in
     assert reused.returncode == 2, reused.stderr
     assert "spec.backup.walArchiving" in reused.stderr and "already holds" in reused.stderr, reused.stderr
     assert [b.system_id for b in inspect(store, archive).base_backups] == [server_id]
+
+
+def test_scheduled_base_backups_and_retention_keep_exactly_the_wal_the_kept_ones_need(
+    cli: Moorage, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    bucket = "pitr-" + os.urandom(4).hex()
+    repo = f"s3://{bucket}/backups?endpoint={s3_server.endpoint}"
+    monkeypatch.setenv("MOORAGE_BACKUP_REPO", repo)
+    store = S3Store(RepositoryConfig.from_url(repo))
+    store.ensure_bucket()
+    archive = WalArchive(store.config, "default", NAME)
+    manifest = tmp_path / "ledger.yaml"
+    policy = {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "keepLast": 2, "walArchiving": True}
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "moorage.io/v1alpha1",
+                "kind": "Middleware",
+                "metadata": {"name": NAME},
+                "spec": {"engine": "postgresql", "topology": "standalone", "backup": policy},
+            }
+        )
+    )
+    cli.json("up", "-f", str(manifest))
+
+    def new_wal() -> None:
+        with primary(cli) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (i int)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute("SELECT pg_switch_wal()")
+
+    first = cli.json("backup", "base", NAME)
+    new_wal()
+    second = cli.json("backup", "base", NAME)
+    new_wal()
+    # Never backed up logically: the schedule is due; it takes a logical and a base backup, then
+    # applies keepLast 2 to the base backups as well.
+    (outcome,) = cli.json("backup", "schedule", "run")
+    assert outcome["due"] and outcome["error"] is None, outcome
+    third = outcome["baseBackupId"]
+    assert third and outcome["prunedBaseBackups"] == [first["id"]], outcome
+
+    report = inspect(store, archive)
+    assert [b.backup_id for b in report.base_backups] == [second["id"], third]
+    kept_from = next(b for b in report.base_backups if b.backup_id == second["id"]).begin_wal
+    assert min(report.segments[1]) >= kept_from, "WAL older than the oldest kept base backup is still there"
+    assert report.gaps == [], report.gaps
+    assert datetime.fromisoformat(
+        cli.json("restore", "plan", "--to", NAME, "--to-latest")["window"]["earliest"]
+    ) == (datetime.fromisoformat(second["endTime"]))
+    gone = cli.run("restore", "plan", "--to", NAME, "--to-time", first["endTime"], "-o", "json", check=False)
+    assert gone.returncode == 1 and "before the recoverable window" in json.loads(gone.stdout)["reason"]
