@@ -1,13 +1,27 @@
-"""Runbook targets on the local runtime: deployments started by ``moorage up``."""
+"""Runbook targets on the local runtime (deployments started by ``moorage up``) and its port for
+point-in-time restores."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg import sql
+
+from backups import pitr
 from backups.runbook import Target
+from middleware.engines.base import Connection, MemberPlan
+from middleware.engines.postgresql.config import FIRST_START_MARKER, PGDATA, guc_quote
+from middleware.errors import MoorageError, SpecError
 from middleware.lifecycle import Lifecycle
+from middleware.runtime.local import LocalRuntime
 
 SCRATCH_NAMESPACE = "moorage-scratch"
 
@@ -43,3 +57,154 @@ class LocalTargets:
 
     def deployments(self) -> list[tuple[str, str]]:
         return self.lifecycle.runtime.list()
+
+
+class LocalRecovery:
+    """``backups.pitr_restore.RecoveryPort`` over the local runtime: members are processes, their
+    PostgreSQL data directories ``members/<member>/data/pgdata`` on this machine, where barman's
+    tools run as the ``postgres`` user."""
+
+    def __init__(self, lifecycle: Lifecycle, namespace: str, name: str) -> None:
+        self.lifecycle, self.namespace, self.name = lifecycle, namespace, name
+        deployment = lifecycle.existing(namespace, name)
+        if not deployment.spec.wal_archiving:
+            raise SpecError(
+                "spec.backup.walArchiving",
+                f"is off for {namespace}/{name}: there is no archived WAL to recover to a point with",
+            )
+        self.spec, self.engine = deployment.spec, deployment.engine
+        self.manifest = lifecycle.runtime.applied_manifest(namespace, name) or deployment.middleware.to_wire()
+        self.runtime = lifecycle.runtime
+        assert isinstance(self.runtime, LocalRuntime)
+        self.password = self.runtime.password(self.spec)
+
+    def _pgdata(self, member: MemberPlan) -> Path:
+        assert isinstance(self.runtime, LocalRuntime)
+        return self.runtime.member_config_dir(self.spec, member) / PGDATA
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        primary = self.lifecycle.status(self.namespace, self.name).endpoints.get("rw")
+        if not primary:
+            raise MoorageError(f"{self.namespace}/{self.name} has no writable primary")
+        host, port = primary.rsplit(":", 1)
+        return psycopg.connect(
+            host=host,
+            port=int(port),
+            user="postgres",
+            password=self.password,
+            dbname="postgres",
+            autocommit=True,
+        )
+
+    def timeline(self) -> int | None:
+        try:
+            with self._connect() as conn:
+                row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+        except (MoorageError, psycopg.Error):
+            return None
+        return int(row[0]) if row else None
+
+    def stop(self) -> None:
+        self.runtime.retire(self.spec, self.engine, self.engine.members(self.spec))
+
+    def set_aside(self, suffix: str) -> list[str]:
+        moved = []
+        for member in self.engine.members(self.spec):
+            pgdata = self._pgdata(member)
+            if pgdata.exists():
+                pgdata.rename(pgdata.with_name(f"{PGDATA}.{suffix}"))
+                moved.append(member.name)
+        return moved
+
+    def discard_current(self, keep_as: str | None) -> None:
+        for member in self.engine.members(self.spec):
+            pgdata = self._pgdata(member)
+            if not pgdata.exists():
+                continue
+            if keep_as is None:
+                shutil.rmtree(pgdata)
+            else:
+                pgdata.rename(pgdata.with_name(f"{PGDATA}.{keep_as}"))
+
+    def bring_back(self, suffix: str) -> None:
+        for member in self.engine.members(self.spec):
+            aside = self._pgdata(member).with_name(f"{PGDATA}.{suffix}")
+            if aside.exists():
+                aside.rename(self._pgdata(member))
+
+    def restore_base(
+        self, archive: pitr.WalArchive, backup: pitr.BaseBackup, settings: dict[str, str]
+    ) -> str:
+        assert isinstance(self.runtime, LocalRuntime)
+        member = self.engine.members(self.spec)[0]
+        pgdata = self._pgdata(member)
+        config_dir = self.runtime.member_config_dir(self.spec, member)
+        barman_bin = pitr.find_barman()
+        pitr.run_as_postgres(
+            [*archive.command(barman_bin, "barman-cloud-restore"), backup.backup_id, str(pgdata)],
+            {**os.environ, **archive.environment()},
+            f"barman-cloud-restore of {backup.backup_id}",
+        )
+        pgdata.chmod(0o700)
+        scripts = {pitr.RESTORE_SCRIPT: (pitr.restore_script(archive, barman_bin), 0o700)}
+        keys = pitr.credentials_file(archive.config)
+        if keys is not None:
+            scripts[pitr.ARCHIVE_CREDENTIALS] = (keys, 0o600)
+        for file_name, (content, mode) in scripts.items():
+            path = config_dir / file_name
+            path.unlink(missing_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(content)
+        recovery = {**settings, "restore_command": f'"{config_dir / pitr.RESTORE_SCRIPT}" "%f" "%p"'}
+        with open(pgdata / "postgresql.auto.conf", "a") as auto:
+            auto.write("# point-in-time recovery by Moorage; reset once promoted\n")
+            auto.writelines(f"{key} = {guc_quote(value)}\n" for key, value in recovery.items())
+        # recovery.signal: targeted recovery; the first-start marker keeps the start script from
+        # adding standby.signal (standby mode would never stop at the target).
+        for signal_file in ("recovery.signal", FIRST_START_MARKER):
+            (pgdata / signal_file).touch()
+        owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+        if owner is not None:
+            written = [config_dir / file_name for file_name in scripts]
+            written += [
+                pgdata / "postgresql.auto.conf",
+                pgdata / "recovery.signal",
+                pgdata / FIRST_START_MARKER,
+            ]
+            for path in written:
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        return member.name
+
+    def start_restored(self, member: str, timeout: float) -> None:
+        plan = next(m for m in self.engine.members(self.spec) if m.name == member)
+        self.runtime.apply(self.spec, self.engine, [plan], Connection([], self.password))
+        deadline = time.monotonic() + timeout
+        endpoint = next(
+            m.endpoint for m in self.runtime.members(self.spec, self.engine) if m.plan.name == member
+        )
+        while time.monotonic() < deadline:
+            if self.runtime.member_exited(self.spec, plan):
+                tail = self.runtime.member_log_tail(self.spec, plan, lines=8)
+                raise MoorageError(f"{member} stopped during recovery; its log ends:\n{tail}")
+            try:
+                with psycopg.connect(
+                    host=endpoint.host, port=endpoint.port, user="postgres", password=self.password,
+                    dbname="postgres", connect_timeout=3,
+                ) as conn:  # fmt: skip
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                if row is not None and not row[0]:
+                    return
+            except psycopg.Error:
+                pass  # still starting
+            time.sleep(1.0)
+        raise MoorageError(f"{member} did not reach the recovery target within {timeout:.0f}s")
+
+    def start_all(self) -> None:
+        self.lifecycle.up(dict(self.manifest))
+
+    def clear_recovery_settings(self, names: list[str]) -> None:
+        with self._connect() as conn:
+            for setting in names:
+                conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(setting)))
+            conn.execute("SELECT pg_reload_conf()")

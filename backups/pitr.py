@@ -291,6 +291,20 @@ class ArchiveReport:
         return chosen
 
 
+def choose_base_backup(report: ArchiveReport, target: RecoveryTarget, base: str = "latest") -> BaseBackup:
+    """The base backup a restore to ``target`` starts from: ``report.check``'s choice, or the one
+    named by ``base`` when it can reach the target. Raises MoorageError naming why not."""
+    chosen = report.check(target)
+    if base in ("", "latest") or base == chosen.backup_id:
+        return chosen
+    given = next((b for b in report.base_backups if b.backup_id == base), None)
+    if given is None:
+        raise MoorageError(f"no complete base backup {base!r} in the archive")
+    if target.time is not None and given.end_time > target.time:
+        raise MoorageError(f"base backup {base} ends at {given.end_time.isoformat()}, after the target")
+    return given
+
+
 def _gaps(segments: Iterable[Segment], start: Segment | None) -> list[Segment]:
     """Segments missing on one timeline between ``start`` (or its first archived one) and its last."""
     ordered = sorted(segments)
@@ -338,26 +352,39 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
 
 # The S3 keys of an archiving member, next to its archive script (mode 0600, the server's user only).
 ARCHIVE_CREDENTIALS = "wal-archive.credentials"
+# The restore_command of a point-in-time recovery, beside the archive script.
+RESTORE_SCRIPT = "wal-restore"
 
 
 def archive_script(archive: WalArchive, barman_bin: Path) -> str:
     """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with
     barman-cloud-wal-archive. Keys come from the credentials file beside it (boto3's shared
     credentials format), never from the command line; a non-zero exit keeps the segment."""
-    command = shlex.join(archive.command(barman_bin, "barman-cloud-wal-archive"))
+    return _script(archive, barman_bin, "barman-cloud-wal-archive", "archives one WAL segment to", '"$1"')
+
+
+def _script(archive: WalArchive, barman_bin: Path, tool: str, what: str, arguments: str) -> str:
+    command = shlex.join(archive.command(barman_bin, tool))
     return "\n".join(
         [
             "#!/bin/sh",
             f"# Written by Moorage (spec.backup.walArchiving) for {archive.namespace}/{archive.name}:",
-            f"# archives one WAL segment to {archive.destination}/{archive.name}.",
+            f"# {what} {archive.destination}/{archive.name}.",
             'here=$(dirname "$0")',
             f'if [ -f "$here/{ARCHIVE_CREDENTIALS}" ]; then',
             f'  export AWS_SHARED_CREDENTIALS_FILE="$here/{ARCHIVE_CREDENTIALS}"',
             "fi",
             f"export AWS_DEFAULT_REGION={shlex.quote(archive.config.region)}",
-            f'exec {command} "$1"',
+            f"exec {command} {arguments}",
             "",
         ]
+    )
+
+
+def restore_script(archive: WalArchive, barman_bin: Path) -> str:
+    """restore_command for a point-in-time recovery: fetch segment ``$1`` into ``$2``."""
+    return _script(
+        archive, barman_bin, "barman-cloud-wal-restore", "fetches one WAL segment from", '"$1" "$2"'
     )
 
 
@@ -402,11 +429,28 @@ class LocalArchiveFiles:
             log.warning("%s/%s: archive not checked, the repository did not answer: %s", *_names(spec), exc)
         else:
             check_archive_is_ours(report, archive, local_system_id(spec, data_dir))
-        files = {ARCHIVE_SCRIPT: (archive_script(archive, find_barman()), 0o700)}
+        barman_bin = find_barman()
+        files = {
+            ARCHIVE_SCRIPT: (archive_script(archive, barman_bin), 0o700),
+            RESTORE_SCRIPT: (restore_script(archive, barman_bin), 0o700),
+        }
         keys = credentials_file(config)
         if keys is not None:
             files[ARCHIVE_CREDENTIALS] = (keys, 0o600)
         return files
+
+
+def run_as_postgres(command: list[str], env: dict[str, str], what: str, timeout: float = 6 * 3600) -> None:
+    """Run one of barman's tools as the ``postgres`` OS user (when root), which owns the data
+    directories they read and write; a failure names ``what`` and barman's last lines."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    try:
+        done = subprocess.run([*prefix, *command], env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise MoorageError(f"{what} ran over {timeout:.0f}s") from None
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise MoorageError(f"{what} failed:\n{tail}")
 
 
 def server_system_id(host: str, port: int, password: str) -> str:
@@ -430,19 +474,11 @@ def take_base_backup(
     check_archive_is_ours(report, archive, server_system_id(host, port, password))
     before = {b.backup_id for b in report.base_backups}
     env = {**os.environ, **archive.environment(), "PGPASSWORD": password}
-    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     command = [
         *archive.command(barman_bin, "barman-cloud-backup"),
         *("--host", host, "--port", str(port), "--user", "postgres"),
     ]
-    try:
-        done = subprocess.run([*prefix, *command], env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        what = f"{archive.namespace}/{archive.name}"
-        raise MoorageError(f"barman-cloud-backup of {what} ran over {timeout:.0f}s") from None
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        raise MoorageError(f"barman-cloud-backup of {archive.namespace}/{archive.name} failed:\n{tail}")
+    run_as_postgres(command, env, f"barman-cloud-backup of {archive.namespace}/{archive.name}", timeout)
     new = [b for b in inspect(store, archive).base_backups if b.backup_id not in before]
     if not new:
         raise MoorageError("barman-cloud-backup exited 0 but no new complete base backup is in the archive")

@@ -123,12 +123,18 @@ class Lifecycle:
         spec, engine = deployment.spec, deployment.engine
         self._save(spec, Phase.PROVISIONING, "StartingMembers", "starting members")
         port = _LocalMembers(self, progress)
-        try:
-            return self._until_done(
-                lambda: provisioning.provision_step(port, spec, engine, applied_parameters, progress)
-            )
-        except provisioning.StepFailed as failed:
-            raise failed.cause from None  # the engine's own error, as the user knows it
+
+        def step() -> scaling.Wait | provisioning.Converged:
+            try:
+                return provisioning.provision_step(port, spec, engine, applied_parameters, progress)
+            except provisioning.StepFailed as failed:
+                if isinstance(failed.cause, NotReady):
+                    # Not yet (a member that accepts connections while still starting up): what
+                    # the operator's retry does, bounded here by the start timeout.
+                    return scaling.Wait(f"{failed.stage.value} not possible yet", str(failed.cause))
+                raise failed.cause from None  # the engine's own error, as the user knows it
+
+        return self._until_done(step)
 
     def _until_done(self, step: Callable[[], scaling.Wait | T]) -> T:
         """Call a non-blocking step until it is done; it may wait this long for the same thing (a wave
@@ -138,7 +144,8 @@ class Lifecycle:
             if result.reason != waited_for:
                 waited_for, deadline = result.reason, time.monotonic() + self.settings.member_start_timeout
             elif time.monotonic() > deadline:
-                raise NotReady(f"members did not start in time: {result.reason}")
+                detail = f" ({result.detail})" if result.detail else ""
+                raise NotReady(f"members did not start in time: {result.reason}{detail}")
             time.sleep(self.settings.poll_interval)
         return result
 

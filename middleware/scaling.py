@@ -38,9 +38,11 @@ class MembersPort(Protocol):
 
 @dataclass(frozen=True)
 class Wait:
-    """Not done yet: call the step again later."""
+    """Not done yet: call the step again later. ``reason`` names what is waited for (a caller
+    bounds the wait for the same reason); ``detail`` is the latest word on it."""
 
     reason: str
+    detail: str = ""
 
 
 def waiting_for(members: list[str], before: str = "", after: str = "") -> Wait | None:

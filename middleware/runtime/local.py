@@ -95,6 +95,11 @@ class LocalRuntime:
     def _member_dir(self, spec: ResolvedSpec, member: MemberPlan) -> Path:
         return self._dir(spec.namespace, spec.name) / "members" / member.name
 
+    def member_config_dir(self, spec: ResolvedSpec, member: MemberPlan) -> Path:
+        """Where a member's config files live (the ``${DATA_DIR}`` of its templates); an engine's own
+        data directory may sit below it (PostgreSQL's ``pgdata``)."""
+        return self._member_dir(spec, member) / "data"
+
     def _state_path(self, namespace: str, name: str) -> Path:
         return self._dir(namespace, name) / "state.json"
 

@@ -20,9 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backups import pitr, runbook
+from backups import pitr, pitr_restore, runbook
 from backups.kubernetes import KubernetesTargets
-from backups.local import LocalTargets
+from backups.local import LocalRecovery, LocalTargets
 from backups.manifest import BackupManifest
 from backups.repository import Repository
 from backups.store import RepositoryConfig, S3Store
@@ -453,9 +453,35 @@ def _print_record(record: dict[str, Any]) -> None:
     out.print(
         f"[bold]{record['restoreId']}[/]: {record['phase']} — {record.get('message', '')}\n"
         f"  backup {record['backupId']} into {record['namespace']}/{record['target']}, "
-        f"safety snapshot {record.get('safetySnapshot') or '-'}, "
+        f"safety snapshot {record.get('safetySnapshot') or record.get('safetyCopy') or '-'}, "
         f"rolled back: {'yes' if record.get('rolledBack') else 'no'}"
     )
+
+
+ToTime = Annotated[
+    str | None, typer.Option("--to-time", help="PostgreSQL: a moment with its zone, 2026-12-05T10:00:00Z.")
+]
+ToLsn = Annotated[str | None, typer.Option("--to-lsn", help="PostgreSQL: a WAL position, 0/3000090.")]
+ToRestorePoint = Annotated[
+    str | None, typer.Option("--to-restore-point", help="PostgreSQL: a named restore point.")
+]
+ToLatest = Annotated[bool, typer.Option("--to-latest", help="PostgreSQL: the end of the archived WAL.")]
+
+
+def _recovery_target(
+    to_time: str | None, to_lsn: str | None, to_restore_point: str | None, to_latest: bool
+) -> pitr.RecoveryTarget | None:
+    """The point of a point-in-time restore, when any --to-* option was given."""
+    if to_time is None and to_lsn is None and to_restore_point is None and not to_latest:
+        return None
+    when = None
+    if to_time is not None:
+        try:
+            when = datetime.fromisoformat(to_time)
+        except ValueError:
+            example = "2026-12-05T10:00:00Z"
+            raise SpecError("--to-time", f"{to_time!r} is not an ISO 8601 time like {example}") from None
+    return pitr.RecoveryTarget(time=when, lsn=to_lsn, name=to_restore_point, latest=to_latest)
 
 
 @restore_app.command("plan")
@@ -471,19 +497,10 @@ def restore_plan(
         str | None,
         typer.Option("--restore-id", help="Also save the plan as this restore's record (phase Planned)."),
     ] = None,
-    to_time: Annotated[
-        str | None,
-        typer.Option("--to-time", help="PostgreSQL: a moment with its zone, 2026-12-05T10:00:00Z."),
-    ] = None,
-    to_lsn: Annotated[
-        str | None, typer.Option("--to-lsn", help="PostgreSQL: a WAL position, 0/3000090.")
-    ] = None,
-    to_restore_point: Annotated[
-        str | None, typer.Option("--to-restore-point", help="PostgreSQL: a named restore point.")
-    ] = None,
-    to_latest: Annotated[
-        bool, typer.Option("--to-latest", help="PostgreSQL: the end of the archived WAL.")
-    ] = False,
+    to_time: ToTime = None,
+    to_lsn: ToLsn = None,
+    to_restore_point: ToRestorePoint = None,
+    to_latest: ToLatest = False,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
     ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
@@ -492,10 +509,9 @@ def restore_plan(
     """What a restore would overwrite and whether the target can take it; with a --to-* point, the
     recoverable window of the target's WAL archive and whether that point is inside it (a missing
     segment named). Changes nothing; exits 1 when refused."""
-    if to_time is not None or to_lsn is not None or to_restore_point is not None or to_latest:
-        _point_in_time_plan(
-            repo, namespace, to, backup_id or "latest", to_time, to_lsn, to_restore_point, to_latest, output
-        )
+    point = _recovery_target(to_time, to_lsn, to_restore_point, to_latest)
+    if point is not None:
+        _point_in_time_plan(repo, namespace, to, backup_id or "latest", point, output)
         return
     if backup_id is None:
         raise SpecError("BACKUP_ID", "give the backup to restore (`moorage backup list`), or a --to-* point")
@@ -513,38 +529,14 @@ def restore_plan(
 
 
 def _point_in_time_plan(
-    repo: str,
-    namespace: str,
-    name: str,
-    base: str,
-    to_time: str | None,
-    to_lsn: str | None,
-    to_restore_point: str | None,
-    to_latest: bool,
-    output: str,
+    repo: str, namespace: str, name: str, base: str, target: pitr.RecoveryTarget, output: str
 ) -> None:
-    when = None
-    if to_time is not None:
-        try:
-            when = datetime.fromisoformat(to_time)
-        except ValueError:
-            example = "2026-12-05T10:00:00Z"
-            raise SpecError("--to-time", f"{to_time!r} is not an ISO 8601 time like {example}") from None
-    target = pitr.RecoveryTarget(time=when, lsn=to_lsn, name=to_restore_point, latest=to_latest)
     repository = _repository(repo)
     report = pitr.inspect(repository.store, pitr.WalArchive(repository.config, namespace, name))
     plan: dict[str, Any] = {"target": f"{namespace}/{name}", "recoveryTarget": target.settings()}
     plan["window"] = report.window()
     try:
-        chosen = report.check(target)
-        if base != "latest" and base != chosen.backup_id:
-            given = next((b for b in report.base_backups if b.backup_id == base), None)
-            if given is None:
-                raise MoorageError(f"no complete base backup {base!r} in the archive")
-            if when is not None and given.end_time > when:
-                ends = given.end_time.isoformat()
-                raise MoorageError(f"base backup {base} ends at {ends}, after the target")
-            chosen = given
+        chosen = pitr.choose_base_backup(report, target, base)
     except MoorageError as exc:
         plan.update(compatible=False, reason=str(exc))
     else:
@@ -573,8 +565,11 @@ def _point_in_time_plan(
 
 @restore_app.command("apply")
 def restore_apply(
-    backup_id: Annotated[str, typer.Argument(help="Backup id.")],
     to: Annotated[str, typer.Option("--to", help="Target Middleware.")],
+    backup_id: Annotated[
+        str | None,
+        typer.Argument(help="Backup id; with a --to-* point, a base backup id or 'latest' (the default)."),
+    ] = None,
     repo: RepoOpt = "",
     namespace: Namespace = "default",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -585,11 +580,34 @@ def restore_apply(
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
     ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
+    to_time: ToTime = None,
+    to_lsn: ToLsn = None,
+    to_restore_point: ToRestorePoint = None,
+    to_latest: ToLatest = False,
     output: Output = "table",
 ) -> None:
-    """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails."""
+    """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails. With a
+    --to-* point (PostgreSQL with walArchiving, local runtime): every member's data set aside, the
+    base backup restored and the archived WAL replayed to that point, the others re-seeded."""
     as_json = _json(output)
     repository = _repository(repo)
+    point = _recovery_target(to_time, to_lsn, to_restore_point, to_latest)
+    if point is not None:
+        if runtime != "local":
+            raise MoorageError(
+                "a point-in-time restore runs on the local runtime only for now (docs/backups.md)"
+            )
+        recovery = LocalRecovery(Lifecycle(local_runtime(state_dir, repo)), namespace, to)
+        _confirm(yes, f"this replaces the data of {namespace}/{to} with its state at {point.settings()}")
+        with _progress(not as_json) as progress:
+            record = pitr_restore.apply_point_in_time(
+                repository, recovery, namespace, to, point, base=backup_id or "latest",
+                restore_id=restore_id, progress=progress,
+            )  # fmt: skip
+        _print_json(record) if as_json else _print_record(record)
+        return
+    if backup_id is None:
+        raise SpecError("BACKUP_ID", "give the backup to restore (`moorage backup list`), or a --to-* point")
     target = _targets(state_dir, runtime).get(namespace, to)
     _confirm(yes, f"this replaces the data of {namespace}/{to} with backup {backup_id}")
     with _progress(not as_json) as progress:
@@ -622,8 +640,16 @@ def restore_rollback(
     as_json = _json(output)
     repository = _repository(repo)
     record = repository.load_restore(restore_id)
-    target = _targets(state_dir, runtime).get(record["namespace"], record["target"])
     _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
+    if record.get("kind") == pitr_restore.KIND:
+        recovery = LocalRecovery(
+            Lifecycle(local_runtime(state_dir, repo)), record["namespace"], record["target"]
+        )
+        with _progress(not as_json) as progress:
+            record = pitr_restore.rollback_point_in_time(repository, recovery, record, progress=progress)
+        _print_json(record) if as_json else _print_record(record)
+        return
+    target = _targets(state_dir, runtime).get(record["namespace"], record["target"])
     with _progress(not as_json) as progress:
         record = runbook.rollback_restore(
             repository, restore_id, target, progress=progress, ready_timeout=ready_timeout

@@ -231,3 +231,90 @@ def test_scheduled_base_backups_and_retention_keep_exactly_the_wal_the_kept_ones
     ) == (datetime.fromisoformat(second["endTime"]))
     gone = cli.run("restore", "plan", "--to", NAME, "--to-time", first["endTime"], "-o", "json", check=False)
     assert gone.returncode == 1 and "before the recoverable window" in json.loads(gone.stdout)["reason"]
+
+
+def rows(cli: Moorage) -> set[int]:
+    with primary(cli) as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM marks").fetchall()}
+
+
+def test_restore_to_a_moment_between_markers_then_roll_back_to_the_exact_data_before(
+    cli: Moorage, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    bucket = "pitr-" + os.urandom(4).hex()
+    repo = f"s3://{bucket}/backups?endpoint={s3_server.endpoint}"
+    monkeypatch.setenv("MOORAGE_BACKUP_REPO", repo)
+    store = S3Store(RepositoryConfig.from_url(repo))
+    store.ensure_bucket()
+    archive = WalArchive(store.config, "default", NAME)
+    manifest = tmp_path / "ledger.yaml"
+    policy = {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True}
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "moorage.io/v1alpha1",
+                "kind": "Middleware",
+                "metadata": {"name": NAME},
+                "spec": {"engine": "postgresql", "topology": "replication", "replicas": 2, "backup": policy},
+            }
+        )
+    )
+    cli.json("up", "-f", str(manifest))
+    with primary(cli) as conn:
+        conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        conn.execute("INSERT INTO marks (id) VALUES (1)")
+    base = cli.json("backup", "base", NAME)
+    with primary(cli) as conn:
+        conn.execute("INSERT INTO marks (id) VALUES (2)")
+        time.sleep(1.1)
+        between: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        time.sleep(1.1)
+        conn.execute("INSERT INTO marks (id) VALUES (3)")
+        last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+    wait_until(
+        lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
+        lambda names: last in names,
+        120,
+        f"segment {last} archived",
+        interval=1,
+    )
+    before = rows(cli)
+    assert before == {1, 2, 3}
+
+    record = cli.json("restore", "apply", "--to", NAME, "--to-time", between.isoformat(), "--yes")
+    assert record["phase"] == "Applied" and record["kind"] == "pointInTime", record
+    assert record["backupId"] == base["id"], record
+    # Exactly the rows committed before the moment; the restored primary is writable on timeline 2
+    # and archives there; the other member was re-seeded from it and is healthy.
+    assert rows(cli) == {1, 2}
+    status = cli.status(NAME)
+    assert status["phase"] == "Ready" and all(m["healthy"] for m in status["members"]), status
+    with primary(cli) as conn:
+        timeline = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0]
+        # In the config files no more (read at start only: pg_settings keeps them until the next
+        # restart, and they matter to nothing but a recovery).
+        left = conn.execute(
+            "SELECT name FROM pg_file_settings WHERE name LIKE 'recovery_target%' OR name = 'restore_command'"
+        ).fetchall()
+        conn.execute("INSERT INTO marks (id) VALUES (99)")
+    assert timeline == 2
+    assert left == [], f"recovery settings left in the config files: {left}"
+
+    rolled = cli.json("restore", "rollback", record["restoreId"], "--yes")
+    assert rolled["phase"] == "RolledBack" and rolled["rolledBack"] is True, rolled
+    assert rows(cli) == before  # the exact data from before the restore
+    status = cli.status(NAME)
+    assert status["phase"] == "Ready" and all(m["healthy"] for m in status["members"]), status
+    kept = (
+        cli.state_dir
+        / "default"
+        / NAME
+        / "members"
+        / f"{NAME}-0"
+        / "data"
+        / f"pgdata.after-{record['restoreId']}"
+    )
+    assert kept.is_dir(), "the restored data must be kept beside the rolled-back one"
