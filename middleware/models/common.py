@@ -112,6 +112,11 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def now_precise() -> str:
+    """RFC 3339 with microseconds, always the same width: such stamps order as strings."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class ResourceStatus(WireModel):
     """Status shape shared by every Moorage resource (CloudNativePG style)."""
 

@@ -152,6 +152,10 @@ class OperationStatus(WireModel):
     message: str = ""
     started_at: str | None = None
     finished_at: str | None = None
+    observed_at: str | None = Field(
+        default=None,
+        description="When the observation written with this outcome began (compare status.observedAt).",
+    )
 
 
 class MiddlewareStatus(ResourceStatus):
@@ -162,6 +166,14 @@ class MiddlewareStatus(ResourceStatus):
     version: str | None = None
     credentials_secret: str | None = None
     last_operation: OperationStatus | None = None
+    observed_at: str | None = Field(
+        default=None,
+        description=(
+            "When the observation behind members, endpoints and phase began. The operator's timer "
+            "runs beside its handlers, so an older observation may land after a newer one: a reader "
+            "waiting for an operation's outcome waits for observedAt >= lastOperation.observedAt."
+        ),
+    )
 
 
 class Middleware(CustomResource):

@@ -71,7 +71,10 @@ def request_operation(
     message = str(record.get("message") or "")
     while True:
         status = body.get("status") or {}
-        if status.get("phase") == "Ready":
+        # The operator's timer runs beside its handlers: an observation begun before the operation
+        # may be written after it. Its outcome is what an observation at least as new says.
+        current = str(status.get("observedAt") or "") >= str(record.get("observedAt") or "")
+        if status.get("phase") == "Ready" and current:
             return OperationOutcome(message=message, middleware=body)
         progress(f"done ({message}); waiting for Ready: {status.get('phase')} ({status.get('phaseReason')})")
         if clock() > deadline:

@@ -24,6 +24,7 @@ from middleware import provisioning, scaling
 from middleware.engines.base import Connection, Engine
 from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
+from middleware.models.common import now_precise
 from middleware.models.middleware import MiddlewareStatus, Phase
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, member_up, pod_ready
 from middleware.scaling import Wait
@@ -115,6 +116,7 @@ def reconcile(
 
     # Members up -> bootstrap -> observe -> changed parameters live: the step `moorage up` runs too.
     port = PodMembers(rt, manifests, password, config.cluster_domain)
+    observed_at = now_precise()  # the step observes last: this bounds when from below
     try:
         step = provisioning.provision_step(
             port, spec, engine, previous.spec.parameters if previous is not None else None
@@ -140,7 +142,7 @@ def reconcile(
     relabelled = observe.record(rt, spec, observation, pods)
     if relabelled:
         events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-    if st.observed(status, observation):
+    if st.observed(status, observation, observed_at):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
     reconfigure.report(body, status, step)

@@ -13,6 +13,7 @@ import kopf
 from middleware.engines.base import Connection, Engine, Observation
 from middleware.errors import SpecError
 from middleware.kube.builders import ROLE_LABEL, credentials_secret_name
+from middleware.models.common import now_precise
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators import metrics
@@ -166,15 +167,17 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
         return
     try:
+        observed_at = now_precise()
         observation, relabelled = observe(rt, spec, engine, conn, pods)
         if not observation.ready and _all_answer(observation) and _all_pods_ready(engine, spec, pods):
             # Every member runs and answers yet the deployment is not healthy (a Redis cluster whose
             # members all came back on new IPs, a PostgreSQL whose primary restarted fenced as a
             # standby): run the same heal as the create/update handler, then look again. A member
             # that does not answer cannot be healed from here; the status says so first.
-            _record(body, status, observation)
+            _record(body, status, observation, observed_at)
             healed = heal(body, spec, engine, conn)
             if healed:
+                observed_at = now_precise()
                 observation, more = observe(rt, spec, engine, conn, pods)
                 relabelled += more
     except Exception as exc:  # a member unreachable mid-observation: Degraded, not a crash
@@ -184,16 +187,16 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     else:
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        _record(body, status, observation)
+        _record(body, status, observation, observed_at)
     if status.to_wire() != before:
         st.write(patch, status)
 
 
-def _record(body: kopf.Body, status: MiddlewareStatus, observation: Observation) -> None:
+def _record(body: kopf.Body, status: MiddlewareStatus, observation: Observation, observed_at: str) -> None:
     """Put the observation into the status; an Event when the phase or reason changed."""
     from operators.reconcile import status as st
 
-    if st.observed(status, observation):
+    if st.observed(status, observation, observed_at):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
 

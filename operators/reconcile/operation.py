@@ -20,7 +20,7 @@ import kopf
 
 from middleware.engines.base import Engine
 from middleware.errors import MoorageError, NotReady, SpecError
-from middleware.models.common import now_rfc3339
+from middleware.models.common import now_precise, now_rfc3339
 from middleware.models.middleware import MiddlewareStatus, OperationStatus
 from middleware.operations import (
     FINISHED,
@@ -100,13 +100,15 @@ def run(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig
     # primary may be restarting (fenced); the timer labels it once it answers.
     message = "; ".join(report.actions) or "nothing to do"
     try:
+        observed_at = now_precise()
         observation, relabelled = observe.observe(rt, spec, engine, conn, pods)
     except Exception as exc:  # the operation is done; the timer will observe again
         log.info("observing %s/%s after %s failed: %s", spec.namespace, spec.name, request.action, exc)
     else:
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        st.observed(status, observation)
+        st.observed(status, observation, observed_at)
+        record.observed_at = observed_at
         st.write(patch, status)
     _finish(body, patch, record, message, result=Result.SUCCEEDED)
 
@@ -127,6 +129,7 @@ def _restart_step(
     operator restart."""
     rt = context.runtime()
     port = _PodRestarts(rt, config, record.started_at or "")
+    observed_at = now_precise()
     step = restart_step(port, spec, engine)
     # Each member may take a while to come back: the time allowed grows with their number.
     allowed = config.operation_timeout * max(1, len(port.pods))
@@ -138,7 +141,8 @@ def _restart_step(
         relabelled = observe.label_roles(rt, spec, step.snapshot.observation, port.pods)
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        st.observed(status, step.snapshot.observation)
+        st.observed(status, step.snapshot.observation, observed_at)
+        record.observed_at = observed_at
         st.restarted_since_pending(status, observe.creation_times(port.pods))
         st.write(patch, status)
         _finish(body, patch, record, step.message, result=Result.SUCCEEDED)

@@ -153,8 +153,11 @@ def observe_failed(status: MiddlewareStatus, message: str) -> bool:
     return changed
 
 
-def observed(status: MiddlewareStatus, observation: Observation) -> bool:
-    """After a bootstrap or a timer's observation: members, roles, endpoints, Ready/Degraded."""
+def observed(status: MiddlewareStatus, observation: Observation, observed_at: str | None = None) -> bool:
+    """After a bootstrap or a timer's observation: members, roles, endpoints, Ready/Degraded.
+    ``observed_at``: when that observation began (``now_precise`` taken before it)."""
+    if observed_at is not None:
+        status.observed_at = observed_at
     status.members = [
         MemberStatus(name=m.name, address=m.address, role=m.role, healthy=m.healthy, shard=m.shard)
         for m in observation.members

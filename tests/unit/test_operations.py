@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -129,3 +130,49 @@ def test_the_applied_spec_record_is_under_kopfs_prefix_so_changing_it_triggers_n
     from operators.settings import ANNOTATION_PREFIX
 
     assert APPLIED_SPEC_ANNOTATION.startswith(f"{ANNOTATION_PREFIX}/")
+
+
+class ScriptedApi:
+    """Stands in for the apiserver (named as such): answers GETs of one Middleware from a script of
+    bodies, the way the operator's handler and its concurrent timer would have written them."""
+
+    def __init__(self, bodies: list[dict[str, Any]]) -> None:
+        self.bodies, self.gets, self.patched = bodies, 0, None
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        body = self.bodies[min(self.gets, len(self.bodies) - 1)]
+        self.gets += 1
+        return body
+
+    def merge_patch(self, api_version: str, kind: str, namespace: str, name: str, body: Any) -> Any:
+        self.patched = body
+        return body
+
+
+def test_an_operations_outcome_waits_out_an_older_observation_written_after_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The timer runs beside the operation handler: its observation, begun before the switchover, may
+    land after it (old roles, phase Ready). The CLI returns only an observation at least as new."""
+    from operators.cli import operations as cli_operations
+
+    monkeypatch.setattr(cli_operations, "POLL_SECONDS", 0.0)
+    request = OperationRequest.new(Action.SWITCHOVER)
+    done = {
+        "id": request.id,
+        "action": "switchover",
+        "result": "Succeeded",
+        "observedAt": "2026-12-05T10:00:05.000000Z",
+    }
+
+    def body(observed_at: str, master: str) -> dict[str, Any]:
+        members = [{"name": n, "role": "master" if n == master else "replica"} for n in ("c-0", "c-1")]
+        status = {"phase": "Ready", "observedAt": observed_at, "members": members, "lastOperation": done}
+        return {"metadata": {"name": "c"}, "status": status}
+
+    stale = body("2026-12-05T10:00:04.900000Z", "c-0")  # the timer's, begun before the switchover
+    fresh = body("2026-12-05T10:00:35.000000Z", "c-1")
+    api = ScriptedApi([stale, stale, stale, fresh])
+    outcome = cli_operations.request_operation(api, "ns", "c", request, timeout=30)  # type: ignore[arg-type]
+    masters = [m["name"] for m in outcome.middleware["status"]["members"] if m["role"] == "master"]
+    assert masters == ["c-1"] and api.gets == 4
