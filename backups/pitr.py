@@ -426,7 +426,8 @@ class LocalArchiveFiles:
         except MoorageError as exc:
             # The member starts anyway: archiving fails visibly (WALArchivingFailing) and keeps every
             # segment until the repository answers; the check runs again at the next start.
-            log.warning("%s/%s: archive not checked, the repository did not answer: %s", *_names(spec), exc)
+            where = f"{spec.namespace}/{spec.name}"
+            log.warning("%s: archive not checked, the repository did not answer: %s", where, exc)
         else:
             check_archive_is_ours(report, archive, local_system_id(spec, data_dir))
         barman_bin = find_barman()
@@ -505,10 +506,6 @@ def local_system_id(spec: ResolvedSpec, data_dir: Path) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def _names(spec: ResolvedSpec) -> tuple[str, str]:
-    return spec.namespace, spec.name
 
 
 def check_archive_is_ours(report: ArchiveReport, archive: WalArchive, system_id: str | None) -> None:

@@ -604,7 +604,10 @@ def restore_apply(
                 repository, recovery, namespace, to, point, base=backup_id or "latest",
                 restore_id=restore_id, progress=progress,
             )  # fmt: skip
-        _print_json(record) if as_json else _print_record(record)
+        if as_json:
+            _print_json(record)
+        else:
+            _print_record(record)
         return
     if backup_id is None:
         raise SpecError("BACKUP_ID", "give the backup to restore (`moorage backup list`), or a --to-* point")
@@ -647,7 +650,10 @@ def restore_rollback(
         )
         with _progress(not as_json) as progress:
             record = pitr_restore.rollback_point_in_time(repository, recovery, record, progress=progress)
-        _print_json(record) if as_json else _print_record(record)
+        if as_json:
+            _print_json(record)
+        else:
+            _print_record(record)
         return
     target = _targets(state_dir, runtime).get(record["namespace"], record["target"])
     with _progress(not as_json) as progress:

@@ -9,7 +9,6 @@ that token and watches it reconcile a Middleware.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import re
 import signal
@@ -174,10 +173,7 @@ def test_rules_review_lists_no_wildcard(sa_client: Any) -> None:
 
 # --- the real proof: the operator runs with nothing but this RBAC ----------------------------------
 
-HANDLERS_PRESENT = importlib.util.find_spec("operators.main") is not None
 
-
-@pytest.mark.skipif(not HANDLERS_PRESENT, reason="operators/main.py (the kopf handlers) is not written yet")
 def test_operator_reconciles_with_only_the_deploy_rbac(
     control_plane: ControlPlane, sa_client: Any, api_client: Any, namespace: str, tmp_path: Path
 ) -> None:
