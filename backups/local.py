@@ -146,34 +146,20 @@ class LocalRecovery:
             f"barman-cloud-restore of {backup.backup_id}",
         )
         pgdata.chmod(0o700)
-        scripts = {pitr.RESTORE_SCRIPT: (pitr.restore_script(archive, barman_bin), 0o700)}
-        keys = pitr.credentials_file(archive.config)
-        if keys is not None:
-            scripts[pitr.ARCHIVE_CREDENTIALS] = (keys, 0o600)
-        for file_name, (content, mode) in scripts.items():
-            path = config_dir / file_name
-            path.unlink(missing_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-        recovery = {**settings, "restore_command": f'"{config_dir / pitr.RESTORE_SCRIPT}" "%f" "%p"'}
-        with open(pgdata / "postgresql.auto.conf", "a") as auto:
+        # The restore script itself (with the repository's keys beside it) is written when the
+        # member starts, like the archive script: this runtime's extra member files.
+        restore_command = f'"{config_dir / pitr.RESTORE_SCRIPT}" "%f" "%p"'
+        with open(pgdata / "postgresql.auto.conf", "a") as auto:  # barman restored it as postgres's
             auto.write("# point-in-time recovery by Moorage; reset once promoted\n")
+            recovery = {**settings, "restore_command": restore_command}
             auto.writelines(f"{key} = {guc_quote(value)}\n" for key, value in recovery.items())
         # recovery.signal: targeted recovery; the first-start marker keeps the start script from
         # adding standby.signal (standby mode would never stop at the target).
+        owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
         for signal_file in ("recovery.signal", FIRST_START_MARKER):
             (pgdata / signal_file).touch()
-        owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
-        if owner is not None:
-            written = [config_dir / file_name for file_name in scripts]
-            written += [
-                pgdata / "postgresql.auto.conf",
-                pgdata / "recovery.signal",
-                pgdata / FIRST_START_MARKER,
-            ]
-            for path in written:
-                os.chown(path, owner.pw_uid, owner.pw_gid)
+            if owner is not None:
+                os.chown(pgdata / signal_file, owner.pw_uid, owner.pw_gid)
         return member.name
 
     def start_restored(self, member: str, timeout: float) -> None:

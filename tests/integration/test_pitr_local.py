@@ -16,6 +16,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -58,32 +59,73 @@ def primary(cli: Moorage) -> psycopg.Connection:
     )
 
 
-def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in_time(
-    cli: Moorage, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@dataclass(frozen=True)
+class Repo:
+    url: str
+    store: S3Store
+    archive: WalArchive
+
+
+@pytest.fixture
+def repo(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Repo:
+    """A fresh bucket on the real S3 server, the CLI's repository (MOORAGE_BACKUP_REPO), and the
+    archive of NAME in it."""
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    bucket = "pitr-" + os.urandom(4).hex()
-    good = f"s3://{bucket}/backups?endpoint={s3_server.endpoint}"
-    dead = f"s3://{bucket}/backups?endpoint=http://127.0.0.1:{free_port()}"
-    store = S3Store(RepositoryConfig.from_url(good))
+    url = f"s3://pitr-{os.urandom(4).hex()}/backups?endpoint={s3_server.endpoint}"
+    monkeypatch.setenv("MOORAGE_BACKUP_REPO", url)
+    store = S3Store(RepositoryConfig.from_url(url))
     store.ensure_bucket()
-    archive = WalArchive(store.config, "default", NAME)
-    manifest = tmp_path / "ledger.yaml"
+    return Repo(url, store, WalArchive(store.config, "default", NAME))
+
+
+def write_manifest(directory: Path, topology: str, **extra: Any) -> Path:
+    """NAME as an archiving PostgreSQL; ``extra`` adds to spec (keepLast goes into the policy)."""
+    policy = {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True}
+    if "keepLast" in extra:
+        policy["keepLast"] = extra.pop("keepLast")
+    spec = {"engine": "postgresql", "topology": topology, "backup": policy, **extra}
+    manifest = directory / "ledger.yaml"
     manifest.write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "moorage.io/v1alpha1",
                 "kind": "Middleware",
                 "metadata": {"name": NAME},
-                "spec": {
-                    "engine": "postgresql",
-                    "topology": "standalone",
-                    "backup": {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True},
-                },
+                "spec": spec,
             }
         )
     )
+    return manifest
+
+
+def marks_around_a_moment(cli: Moorage, repo: Repo, before: int, after: int) -> datetime:
+    """Mark ``before``, a moment a second later, mark ``after`` a second after it; returns the
+    moment once the WAL holding both marks is in the archive."""
+    with primary(cli) as conn:
+        conn.execute("INSERT INTO marks (id) VALUES (%s)", (before,))
+        time.sleep(1.1)
+        between: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        time.sleep(1.1)
+        conn.execute("INSERT INTO marks (id) VALUES (%s)", (after,))
+        last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+    wait_until(
+        lambda: [s.name for s in inspect(repo.store, repo.archive).segments.get(1, [])],
+        lambda names: last in names,
+        120,
+        f"segment {last} archived",
+        interval=1,
+    )
+    return between
+
+
+def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in_time(
+    cli: Moorage, repo: Repo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    store, archive = repo.store, repo.archive
+    dead = repo.url.split("?")[0] + f"?endpoint=http://127.0.0.1:{free_port()}"  # nothing listens
+    manifest = write_manifest(tmp_path, "standalone")
 
     # Archiving to a repository that does not answer: reported, and the segment kept.
     monkeypatch.setenv("MOORAGE_BACKUP_REPO", dead)
@@ -105,7 +147,7 @@ def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in
     assert not inspect(store, archive).segments, "nothing can have reached the repository yet"
 
     # The right repository: `up` rewrites the archive scripts and the kept segments follow.
-    monkeypatch.setenv("MOORAGE_BACKUP_REPO", good)
+    monkeypatch.setenv("MOORAGE_BACKUP_REPO", repo.url)
     cli.json("up", "-f", str(manifest))
     wait_until(
         lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
@@ -130,21 +172,7 @@ def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in
     assert base["timeline"] == 1 and datetime.fromisoformat(base["endTime"]) >= before_base - timedelta(
         seconds=5
     )
-    with primary(cli) as conn:
-        conn.execute("INSERT INTO marks (id) VALUES (1)")
-        time.sleep(1.1)
-        between: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-        time.sleep(1.1)
-        conn.execute("INSERT INTO marks (id) VALUES (2)")
-        last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
-    wait_until(
-        lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
-        lambda names: last in names,
-        120,
-        f"segment {last} archived",
-        interval=1,
-    )
+    between = marks_around_a_moment(cli, repo, 1, 2)
 
     plan = cli.json("restore", "plan", "--to", NAME, "--to-time", between.isoformat())
     assert plan["compatible"] is True and plan["baseBackup"] == base["id"], plan
@@ -180,29 +208,10 @@ def test_archiving_fails_visibly_recovers_with_nothing_lost_and_plans_a_point_in
 
 
 def test_scheduled_base_backups_and_retention_keep_exactly_the_wal_the_kept_ones_need(
-    cli: Moorage, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    cli: Moorage, repo: Repo, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    bucket = "pitr-" + os.urandom(4).hex()
-    repo = f"s3://{bucket}/backups?endpoint={s3_server.endpoint}"
-    monkeypatch.setenv("MOORAGE_BACKUP_REPO", repo)
-    store = S3Store(RepositoryConfig.from_url(repo))
-    store.ensure_bucket()
-    archive = WalArchive(store.config, "default", NAME)
-    manifest = tmp_path / "ledger.yaml"
-    policy = {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "keepLast": 2, "walArchiving": True}
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "moorage.io/v1alpha1",
-                "kind": "Middleware",
-                "metadata": {"name": NAME},
-                "spec": {"engine": "postgresql", "topology": "standalone", "backup": policy},
-            }
-        )
-    )
-    cli.json("up", "-f", str(manifest))
+    store, archive = repo.store, repo.archive
+    cli.json("up", "-f", str(write_manifest(tmp_path, "standalone", keepLast=2)))
 
     def new_wal() -> None:
         with primary(cli) as conn:
@@ -239,48 +248,14 @@ def rows(cli: Moorage) -> set[int]:
 
 
 def test_restore_to_a_moment_between_markers_then_roll_back_to_the_exact_data_before(
-    cli: Moorage, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    cli: Moorage, repo: Repo, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
-    bucket = "pitr-" + os.urandom(4).hex()
-    repo = f"s3://{bucket}/backups?endpoint={s3_server.endpoint}"
-    monkeypatch.setenv("MOORAGE_BACKUP_REPO", repo)
-    store = S3Store(RepositoryConfig.from_url(repo))
-    store.ensure_bucket()
-    archive = WalArchive(store.config, "default", NAME)
-    manifest = tmp_path / "ledger.yaml"
-    policy = {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True}
-    manifest.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "moorage.io/v1alpha1",
-                "kind": "Middleware",
-                "metadata": {"name": NAME},
-                "spec": {"engine": "postgresql", "topology": "replication", "replicas": 2, "backup": policy},
-            }
-        )
-    )
-    cli.json("up", "-f", str(manifest))
+    cli.json("up", "-f", str(write_manifest(tmp_path, "replication", replicas=2)))
     with primary(cli) as conn:
         conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
         conn.execute("INSERT INTO marks (id) VALUES (1)")
     base = cli.json("backup", "base", NAME)
-    with primary(cli) as conn:
-        conn.execute("INSERT INTO marks (id) VALUES (2)")
-        time.sleep(1.1)
-        between: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
-        time.sleep(1.1)
-        conn.execute("INSERT INTO marks (id) VALUES (3)")
-        last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
-    wait_until(
-        lambda: [s.name for s in inspect(store, archive).segments.get(1, [])],
-        lambda names: last in names,
-        120,
-        f"segment {last} archived",
-        interval=1,
-    )
+    between = marks_around_a_moment(cli, repo, 2, 3)
     before = rows(cli)
     assert before == {1, 2, 3}
 
