@@ -17,13 +17,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from backups import pitr, pitr_pods
 from backups.jobs import CATALOGS_ENV
+from backups.repository import Repository
 from backups.runbook import Target
+from backups.store import RepositoryConfig, S3Store
 from middleware.catalog import Catalog, merge_catalogs
 from middleware.engines.base import Connection, Engine, Progress, no_progress
 from middleware.engines.registry import get_engine
-from middleware.errors import MoorageError
+from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, credentials_secret_name
+from middleware.models.backup import BackupRepositorySpec
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec, load_middleware, resolve
 
@@ -66,6 +70,23 @@ def applied_manifest(body: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "annotations") if k in meta},
         "spec": dict(body.get("spec") or {}),
     }
+
+
+def open_repository(rt: KubernetesRuntime, namespace: str, name: str) -> Repository:
+    """The BackupRepository ``name`` with the keys of its credentials Secret (read by the operator,
+    which never passes them on: Jobs get them as secretKeyRef)."""
+    found = rt.get(API_VERSION, "BackupRepository", namespace, name)
+    if found is None:
+        raise MoorageError(f"BackupRepository {namespace}/{name} not found")
+    spec = BackupRepositorySpec.model_validate(found.get("spec") or {})
+    credentials: dict[str, str] = {}
+    if spec.credentials is not None:
+        ref = spec.credentials
+        for key in (ref.access_key_id_key, ref.secret_access_key_key):
+            value = rt.secret_value(namespace, ref.name, key)
+            if value is not None:
+                credentials[key] = value
+    return Repository(S3Store(RepositoryConfig.from_spec(spec, credentials)))
 
 
 class KubernetesTargets:
@@ -175,3 +196,36 @@ class KubernetesTargets:
                     "is the operator running, and is there room for its pods?"
                 )
             self.sleep(SCRATCH_POLL_SECONDS)
+
+
+def take_base_backup(
+    rt: KubernetesRuntime,
+    repository: Repository,
+    namespace: str,
+    name: str,
+    *,
+    cluster_domain: str = "cluster.local",
+    timeout: float = 6 * 3600,
+) -> pitr.BaseBackup:
+    """A physical base backup of an archiving PostgreSQL Middleware, taken inside its primary's pod
+    (barman reads the data directory, which only that pod has): the primary as the engine reports
+    it, the archive checked against its system identifier, then barman-cloud-backup over pods/exec."""
+    target = KubernetesTargets(rt, cluster_domain=cluster_domain).get(namespace, name)
+    if not target.spec.wal_archiving:
+        raise SpecError(
+            "spec.backup.walArchiving",
+            f"is off for {namespace}/{name}: a base backup without archived WAL recovers to itself only",
+        )
+    primaries = [m for m in target.engine.observe(target.spec, target.conn).members if m.role == "primary"]
+    if len(primaries) != 1:
+        raise MoorageError(
+            f"{namespace}/{name} has no single writable primary to back up (found {len(primaries)})"
+        )
+    endpoint = target.conn.endpoint(primaries[0].name)
+    system_id = pitr.server_system_id(endpoint.host, endpoint.port, target.conn.password or "")
+    archive = pitr.WalArchive(repository.config, namespace, name)
+
+    def run_in_primary(command: list[str]) -> tuple[int, str]:
+        return rt.exec_in_pod(namespace, primaries[0].name, pitr_pods.POSTGRES_CONTAINER, command, timeout)
+
+    return pitr_pods.take_base_backup_in_pod(repository.store, archive, system_id, run_in_primary)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,15 +61,35 @@ class LocalTargets:
         return self.lifecycle.runtime.list()
 
 
+# The restore script of a recovery from another deployment's archive (a restore into a new
+# deployment, a drill): beside the config, removed once the restored member promoted.
+SOURCE_RESTORE_SCRIPT = "wal-restore-source"
+
+
 class LocalRecovery:
     """``backups.pitr_restore.RecoveryPort`` over the local runtime: members are processes, their
     PostgreSQL data directories ``members/<member>/data/pgdata`` on this machine, where barman's
-    tools run as the ``postgres`` user."""
+    tools run as the ``postgres`` user. ``from_other_archive``: the WAL comes from another
+    deployment's archive (this one need not archive itself), whose superuser password is
+    ``other_password``: the restored data has it until the restored member is made this one's."""
 
-    def __init__(self, lifecycle: Lifecycle, namespace: str, name: str) -> None:
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        namespace: str,
+        name: str,
+        *,
+        from_other_archive: bool = False,
+        other_password: str | None = None,
+    ) -> None:
         self.lifecycle, self.namespace, self.name = lifecycle, namespace, name
         deployment = lifecycle.existing(namespace, name)
-        if not deployment.spec.wal_archiving:
+        if deployment.spec.engine != "postgresql":
+            raise SpecError(
+                "spec.engine",
+                f"{namespace}/{name} is {deployment.spec.engine}: only PostgreSQL recovers to a point",
+            )
+        if not deployment.spec.wal_archiving and not from_other_archive:
             raise SpecError(
                 "spec.backup.walArchiving",
                 f"is off for {namespace}/{name}: there is no archived WAL to recover to a point with",
@@ -77,28 +99,39 @@ class LocalRecovery:
         self.runtime = lifecycle.runtime
         assert isinstance(self.runtime, LocalRuntime)
         self.password = self.runtime.password(self.spec)
+        self.other_password = other_password
+        # The superuser password of the data in place (another deployment's, once restored from it).
+        self.login_password = self.password
 
     def _pgdata(self, member: MemberPlan) -> Path:
         assert isinstance(self.runtime, LocalRuntime)
         return self.runtime.member_config_dir(self.spec, member) / PGDATA
 
-    def _connect(self) -> psycopg.Connection[Any]:
-        primary = self.lifecycle.status(self.namespace, self.name).endpoints.get("rw")
-        if not primary:
-            raise MoorageError(f"{self.namespace}/{self.name} has no writable primary")
-        host, port = primary.rsplit(":", 1)
-        return psycopg.connect(
-            host=host,
-            port=int(port),
-            user="postgres",
-            password=self.password,
-            dbname="postgres",
-            autocommit=True,
-        )
+    def connect(self) -> psycopg.Connection[Any]:
+        """The superuser on the writable member, autocommit (found by asking each member: the
+        status would log in with this deployment's password, which restored data may not have yet)."""
+        for member in self.runtime.members(self.spec, self.engine):
+            try:
+                conn = psycopg.connect(
+                    host=member.endpoint.host,
+                    port=member.endpoint.port,
+                    user="postgres",
+                    password=self.login_password,
+                    dbname="postgres",
+                    autocommit=True,
+                    connect_timeout=5,
+                )
+            except psycopg.Error:
+                continue
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            if row is not None and not row[0]:
+                return conn
+            conn.close()
+        raise MoorageError(f"{self.namespace}/{self.name} has no writable primary")
 
     def timeline(self) -> int | None:
         try:
-            with self._connect() as conn:
+            with self.connect() as conn:
                 row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
         except (MoorageError, psycopg.Error):
             return None
@@ -127,6 +160,7 @@ class LocalRecovery:
                 pgdata.rename(pgdata.with_name(f"{PGDATA}.{keep_as}"))
 
     def bring_back(self, suffix: str) -> None:
+        self.login_password = self.password  # this deployment's own data again
         for member in self.engine.members(self.spec):
             aside = self._pgdata(member).with_name(f"{PGDATA}.{suffix}")
             if aside.exists():
@@ -146,9 +180,18 @@ class LocalRecovery:
             f"barman-cloud-restore of {backup.backup_id}",
         )
         pgdata.chmod(0o700)
-        # The restore script itself (with the repository's keys beside it) is written when the
-        # member starts, like the archive script: this runtime's extra member files.
-        restore_command = f'"{config_dir / pitr.RESTORE_SCRIPT}" "%f" "%p"'
+        if (archive.namespace, archive.name) == (self.namespace, self.name):
+            # The member's own restore script (with the repository's keys beside it) is written when
+            # it starts, like the archive script: this runtime's extra member files.
+            script = config_dir / pitr.RESTORE_SCRIPT
+        else:
+            self.login_password = self.other_password or self.password
+            script = config_dir / SOURCE_RESTORE_SCRIPT
+            _write_private(script, pitr.restore_script(archive, barman_bin), 0o700)
+            keys = pitr.credentials_file(archive.config)
+            if keys is not None:
+                _write_private(config_dir / pitr.ARCHIVE_CREDENTIALS, keys, 0o600)
+        restore_command = f'"{script}" "%f" "%p"'
         with open(pgdata / "postgresql.auto.conf", "a") as auto:  # barman restored it as postgres's
             auto.write("# point-in-time recovery by Moorage; reset once promoted\n")
             recovery = {**settings, "restore_command": restore_command}
@@ -175,7 +218,7 @@ class LocalRecovery:
                 raise MoorageError(f"{member} stopped during recovery; its log ends:\n{tail}")
             try:
                 with psycopg.connect(
-                    host=endpoint.host, port=endpoint.port, user="postgres", password=self.password,
+                    host=endpoint.host, port=endpoint.port, user="postgres", password=self.login_password,
                     dbname="postgres", connect_timeout=3,
                 ) as conn:  # fmt: skip
                     row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
@@ -190,7 +233,76 @@ class LocalRecovery:
         self.lifecycle.up(dict(self.manifest))
 
     def clear_recovery_settings(self, names: list[str]) -> None:
-        with self._connect() as conn:
+        """The restored member made this deployment's own: recovery settings reset and, when the
+        data came from another deployment, its superuser password set to this one's (the roles
+        derived from it follow at the next bootstrap) and that archive's restore script removed."""
+        with self.connect() as conn:
             for setting in names:
                 conn.execute(sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(setting)))
             conn.execute("SELECT pg_reload_conf()")
+            if self.login_password != self.password:
+                conn.execute("SET log_statement = 'none'")  # a password never reaches the server log
+                conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(self.password)))
+        self.login_password = self.password
+        assert isinstance(self.runtime, LocalRuntime)
+        for member in self.engine.members(self.spec):
+            config_dir = self.runtime.member_config_dir(self.spec, member)
+            (config_dir / SOURCE_RESTORE_SCRIPT).unlink(missing_ok=True)
+            if not self.spec.wal_archiving:  # the keys were there for the other archive only
+                (config_dir / pitr.ARCHIVE_CREDENTIALS).unlink(missing_ok=True)
+
+
+def _write_private(path: Path, content: str, mode: int) -> None:
+    """A file only its owner reads (the member's start hands the directory to the postgres user)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+
+
+@dataclass
+class LocalScratch:
+    """A drill's scratch deployment on this machine (``backups.pitr_drill.Scratch``)."""
+
+    port: LocalRecovery
+    namespace: str
+    name: str
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return self.port.connect()
+
+
+def drill_scratch(
+    lifecycle: Lifecycle, source: LocalRecovery
+) -> Callable[[str], AbstractContextManager[LocalScratch]]:
+    """Scratch deployments for drills of ``source``: one standalone member of its version,
+    parameters and extensions (a drill proves the data comes back, not the topology), archiving
+    nothing, in the scratch namespace, removed with its data afterwards."""
+
+    @contextmanager
+    def scratch(drill_id: str) -> Iterator[LocalScratch]:
+        spec = dict(source.manifest.get("spec") or {})
+        for field in ("backup", "replicas", "sentinels", "shards"):
+            spec.pop(field, None)
+        spec.update(topology="standalone", deletionPolicy="Delete")
+        name = f"drill-{secrets.token_hex(3)}"
+        manifest = {
+            "apiVersion": source.manifest.get("apiVersion", "moorage.io/v1alpha1"),
+            "kind": "Middleware",
+            "metadata": {
+                "name": name,
+                "namespace": SCRATCH_NAMESPACE,
+                "labels": {"moorage.io/drill": drill_id},
+            },
+            "spec": spec,
+        }
+        try:
+            lifecycle.up(manifest)
+            port = LocalRecovery(
+                lifecycle, SCRATCH_NAMESPACE, name, from_other_archive=True, other_password=source.password
+            )
+            yield LocalScratch(port, SCRATCH_NAMESPACE, name)
+        finally:
+            lifecycle.down(SCRATCH_NAMESPACE, name, purge=True)
+
+    return scratch

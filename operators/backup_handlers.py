@@ -32,8 +32,8 @@ from backups.jobs import (
     pod_failure_message,
     restore_job,
 )
+from backups.kubernetes import open_repository
 from backups.repository import Repository
-from backups.store import RepositoryConfig, S3Store
 from middleware.errors import MoorageError
 from middleware.kube.builders import MANAGED_BY, MANAGED_BY_LABEL
 from middleware.models.backup import (
@@ -188,23 +188,6 @@ def _start_job(rt: KubernetesRuntime, body: kopf.Body, job: dict[str, Any], run_
         return run_id
     existing = rt.get("batch/v1", "Job", job["metadata"]["namespace"], job["metadata"]["name"]) or {}
     return str(((existing.get("metadata") or {}).get("annotations") or {}).get(RUN_ID_ANNOTATION, run_id))
-
-
-def open_repository(rt: KubernetesRuntime, namespace: str, name: str) -> Repository:
-    """The BackupRepository ``name`` with the keys of its credentials Secret (read by the operator,
-    which never passes them on: Jobs get them as secretKeyRef)."""
-    found = rt.get(API, "BackupRepository", namespace, name)
-    if found is None:
-        raise MoorageError(f"BackupRepository {namespace}/{name} not found")
-    spec = BackupRepositorySpec.model_validate(found.get("spec") or {})
-    credentials: dict[str, str] = {}
-    if spec.credentials is not None:
-        ref = spec.credentials
-        for key in (ref.access_key_id_key, ref.secret_access_key_key):
-            value = rt.secret_value(namespace, ref.name, key)
-            if value is not None:
-                credentials[key] = value
-    return Repository(S3Store(RepositoryConfig.from_spec(spec, credentials)))
 
 
 def _repository_spec(found: Mapping[str, Any]) -> BackupRepositorySpec:

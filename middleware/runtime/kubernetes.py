@@ -296,6 +296,40 @@ class KubernetesRuntime:
             raise
         return True
 
+    def exec_in_pod(
+        self, namespace: str, pod: str, container: str, command: list[str], timeout: float
+    ) -> tuple[int, str]:
+        """Run ``command`` in a pod's container (the pods/exec subresource, over a websocket):
+        its exit code and its output (stdout then stderr). Only the DBA's commands exec (a base
+        backup must read the primary's data directory); the operator never does (deploy/rbac.yaml)."""
+        from kubernetes import client
+        from kubernetes.stream import stream
+
+        session = stream(
+            client.CoreV1Api(self.api).connect_get_namespaced_pod_exec,
+            pod,
+            namespace,
+            container=container,
+            command=command,
+            stderr=True,
+            stdin=False,
+            stdout=True,
+            tty=False,
+            _preload_content=False,
+        )
+        stdout: list[str] = []
+        stderr: list[str] = []
+        try:
+            session.run_forever(timeout=timeout)
+            stdout.append(session.read_stdout())
+            stderr.append(session.read_stderr())
+            if session.is_open():
+                raise MoorageError(f"{' '.join(command[:2])} in {namespace}/{pod} ran over {timeout:.0f}s")
+            code = session.returncode
+        finally:
+            session.close()
+        return int(code if code is not None else -1), "".join(stdout) + "".join(stderr)
+
     def claims(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return self.list_objects("v1", "PersistentVolumeClaim", namespace, labels)
 

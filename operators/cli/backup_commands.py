@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backups import pitr, pitr_restore, runbook
+from backups import pitr, pitr_drill, pitr_restore, runbook
 from backups.kubernetes import KubernetesTargets
-from backups.local import LocalRecovery, LocalTargets
+from backups.kubernetes import take_base_backup as kubernetes_base_backup
+from backups.local import LocalRecovery, LocalTargets, drill_scratch
 from backups.manifest import BackupManifest
 from backups.repository import Repository
 from backups.store import RepositoryConfig, S3Store
@@ -217,29 +218,26 @@ def backup_base(
     repo: RepoOpt = "",
     namespace: Namespace = "default",
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
-    """A physical base backup with barman's cloud tools (local runtime): point-in-time recovery
-    starts from one and replays the archived WAL from there."""
+    """A physical base backup with barman's cloud tools: point-in-time recovery starts from one and
+    replays the archived WAL from there. It runs where the primary's data directory is: on this
+    machine, or (--runtime kubernetes) in the primary's pod, over pods/exec."""
     repository = _repository(repo)
-    lifecycle = Lifecycle(local_runtime(state_dir, repo))
-    deployment = lifecycle.existing(namespace, name)
-    if not deployment.spec.wal_archiving:
-        raise SpecError(
-            "spec.backup.walArchiving",
-            f"is off for {namespace}/{name}: a base backup without archived WAL recovers to itself only "
-            "(set it when creating the Middleware; `moorage backup create` takes a logical backup)",
-        )
-    primary = lifecycle.status(namespace, name).endpoints.get("rw")
-    if not primary:
-        raise MoorageError(f"{namespace}/{name} has no writable primary to back up")
-    host, port = primary.rsplit(":", 1)
     archive = pitr.WalArchive(repository.config, namespace, name)
     with _progress(not _json(output)) as progress:
         progress("base backup (barman-cloud-backup)", 0, 1)
-        taken = pitr.take_base_backup(
-            repository.store, archive, host, int(port), lifecycle.runtime.password(deployment.spec)
-        )
+        if runtime == "kubernetes":
+            taken = kubernetes_base_backup(
+                KubernetesRuntime.from_environment(),
+                repository,
+                namespace,
+                name,
+                cluster_domain=os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local"),
+            )
+        else:
+            taken = _local_base_backup(repository, archive, state_dir, repo)
         progress("base backup (barman-cloud-backup)", 1, 1)
     row = {
         "id": taken.backup_id,
@@ -257,6 +255,89 @@ def backup_base(
             f"base backup [bold]{taken.backup_id}[/] of {namespace}/{name}: timeline {taken.timeline}, "
             f"WAL {taken.begin_wal.name}..{taken.end_wal.name}, recoverable from {row['endTime']}"
         )
+
+
+@backup_app.command("drill")
+def backup_drill(
+    name: Annotated[str, typer.Argument(help="A PostgreSQL Middleware with spec.backup.walArchiving.")],
+    repo: RepoOpt = "",
+    namespace: Namespace = "default",
+    state_dir: StateDir = None,
+    output: Output = "table",
+) -> None:
+    """Prove the point-in-time recovery works (local runtime): marker rows written, a random moment
+    inside the window restored into a scratch deployment, exactly the markers from before it
+    found there; the outcome and the recovery time kept in the repository. Exit 1 when it failed."""
+    repository = _repository(repo)
+    lifecycle = Lifecycle(local_runtime(state_dir, repo))
+    source = LocalRecovery(lifecycle, namespace, name)
+    with _progress(not _json(output)) as progress:
+        record = pitr_drill.run_drill(
+            repository, namespace, name, source, drill_scratch(lifecycle, source), progress=progress
+        )
+    if _json(output):
+        _print_json(record)
+    else:
+        _print_drill(record)
+    if not record["ok"]:
+        raise typer.Exit(1)
+
+
+@backup_app.command("drills")
+def backup_drills(
+    name: Annotated[str, typer.Argument(help="The Middleware drilled.")],
+    repo: RepoOpt = "",
+    namespace: Namespace = "default",
+    output: Output = "table",
+) -> None:
+    """A Middleware's drills, oldest first, and its latest verified recoverable moment."""
+    records = pitr_drill.list_drills(_repository(repo), namespace, name)
+    verified = pitr_drill.latest_verified(records)
+    if _json(output):
+        _print_json({"drills": records, "latestVerifiedPoint": verified["point"] if verified else None})
+        return
+    for record in records:
+        _print_drill(record)
+    out.print(
+        f"latest verified recoverable point of {namespace}/{name}: "
+        + (f"[bold]{verified['point']}[/] (drill {verified['drillId']})" if verified else "none yet")
+    )
+
+
+def _print_drill(record: dict[str, Any]) -> None:
+    verdict = "[green]passed[/]" if record["ok"] else "[red]failed[/]"
+    out.print(
+        f"drill [bold]{record['drillId']}[/] of {record['namespace']}/{record['middleware']}: {verdict}"
+    )
+    if record.get("point"):
+        out.print(
+            f"  restored to {record['point']} from {record.get('baseBackup', '-')} in "
+            f"{record.get('recoverySeconds', '-')} s; markers expected {record.get('expectedPresent')}, "
+            f"absent {record.get('expectedAbsent')}"
+        )
+    if record.get("reason"):
+        out.print(f"  {record['reason']}")
+
+
+def _local_base_backup(
+    repository: Repository, archive: pitr.WalArchive, state_dir: Path | None, repo: str
+) -> pitr.BaseBackup:
+    lifecycle = Lifecycle(local_runtime(state_dir, repo))
+    namespace, name = archive.namespace, archive.name
+    deployment = lifecycle.existing(namespace, name)
+    if not deployment.spec.wal_archiving:
+        raise SpecError(
+            "spec.backup.walArchiving",
+            f"is off for {namespace}/{name}: a base backup without archived WAL recovers to itself only "
+            "(set it when creating the Middleware; `moorage backup create` takes a logical backup)",
+        )
+    primary = lifecycle.status(namespace, name).endpoints.get("rw")
+    if not primary:
+        raise MoorageError(f"{namespace}/{name} has no writable primary to back up")
+    host, port = primary.rsplit(":", 1)
+    return pitr.take_base_backup(
+        repository.store, archive, host, int(port), lifecycle.runtime.password(deployment.spec)
+    )
 
 
 @backup_app.command("list")
@@ -465,6 +546,14 @@ ToLsn = Annotated[str | None, typer.Option("--to-lsn", help="PostgreSQL: a WAL p
 ToRestorePoint = Annotated[
     str | None, typer.Option("--to-restore-point", help="PostgreSQL: a named restore point.")
 ]
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="With a --to-* point: replay this Middleware's archive (same namespace) instead of the "
+        "target's own, e.g. into a new deployment.",
+    ),
+]
 ToLatest = Annotated[bool, typer.Option("--to-latest", help="PostgreSQL: the end of the archived WAL.")]
 
 
@@ -501,17 +590,18 @@ def restore_plan(
     to_lsn: ToLsn = None,
     to_restore_point: ToRestorePoint = None,
     to_latest: ToLatest = False,
+    source: FromOpt = None,
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
     ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
     """What a restore would overwrite and whether the target can take it; with a --to-* point, the
-    recoverable window of the target's WAL archive and whether that point is inside it (a missing
-    segment named). Changes nothing; exits 1 when refused."""
+    recoverable window of the target's WAL archive (or --from's) and whether that point is inside
+    it (a missing segment named). Changes nothing; exits 1 when refused."""
     point = _recovery_target(to_time, to_lsn, to_restore_point, to_latest)
     if point is not None:
-        _point_in_time_plan(repo, namespace, to, backup_id or "latest", point, output)
+        _point_in_time_plan(repo, namespace, source or to, backup_id or "latest", point, output)
         return
     if backup_id is None:
         raise SpecError("BACKUP_ID", "give the backup to restore (`moorage backup list`), or a --to-* point")
@@ -584,11 +674,13 @@ def restore_apply(
     to_lsn: ToLsn = None,
     to_restore_point: ToRestorePoint = None,
     to_latest: ToLatest = False,
+    source: FromOpt = None,
     output: Output = "table",
 ) -> None:
     """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails. With a
     --to-* point (PostgreSQL with walArchiving, local runtime): every member's data set aside, the
-    base backup restored and the archived WAL replayed to that point, the others re-seeded."""
+    base backup restored and the archived WAL replayed to that point (from --from's archive: into
+    another deployment, which takes its own credentials), the others re-seeded."""
     as_json = _json(output)
     repository = _repository(repo)
     point = _recovery_target(to_time, to_lsn, to_restore_point, to_latest)
@@ -597,12 +689,25 @@ def restore_apply(
             raise MoorageError(
                 "a point-in-time restore runs on the local runtime only for now (docs/backups.md)"
             )
-        recovery = LocalRecovery(Lifecycle(local_runtime(state_dir, repo)), namespace, to)
-        _confirm(yes, f"this replaces the data of {namespace}/{to} with its state at {point.settings()}")
+        lifecycle = Lifecycle(local_runtime(state_dir, repo))
+        origin: pitr_restore.Source | None = None
+        if source is not None and source != to:
+            # The source's password is what the restored data has until it is made the target's.
+            other = LocalRecovery(lifecycle, namespace, source)
+            origin = pitr_restore.Source(namespace, source, other.timeline())
+            recovery = LocalRecovery(
+                lifecycle, namespace, to, from_other_archive=True, other_password=other.password
+            )
+        else:
+            recovery = LocalRecovery(lifecycle, namespace, to)
+        where = f" of {namespace}/{source}" if origin else ""
+        _confirm(
+            yes, f"this replaces the data of {namespace}/{to} with the state{where} at {point.settings()}"
+        )
         with _progress(not as_json) as progress:
             record = pitr_restore.apply_point_in_time(
                 repository, recovery, namespace, to, point, base=backup_id or "latest",
-                restore_id=restore_id, progress=progress,
+                restore_id=restore_id, progress=progress, source=origin,
             )  # fmt: skip
         if as_json:
             _print_json(record)
@@ -646,7 +751,10 @@ def restore_rollback(
     _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
     if record.get("kind") == pitr_restore.KIND:
         recovery = LocalRecovery(
-            Lifecycle(local_runtime(state_dir, repo)), record["namespace"], record["target"]
+            Lifecycle(local_runtime(state_dir, repo)),
+            record["namespace"],
+            record["target"],
+            from_other_archive="source" in record,
         )
         with _progress(not as_json) as progress:
             record = pitr_restore.rollback_point_in_time(repository, recovery, record, progress=progress)

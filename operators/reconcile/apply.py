@@ -32,6 +32,7 @@ from middleware.spec import ResolvedSpec, check_change
 from operators.kube import context
 from operators.reconcile import (
     applied,
+    archiving,
     events,
     observe,
     operation,
@@ -67,17 +68,20 @@ def reconcile(
         outcome["result"] = "retry"
         raise kopf.TemporaryError(message, delay=delay)
 
+    def repository_unavailable(exc: archiving.RepositoryUnavailable) -> NoReturn:
+        st.api_refused(status, "ArchiveRepositoryUnavailable", str(exc))
+        events.warning(body, reason="ArchiveRepositoryUnavailable", message=str(exc))
+        retry(str(exc), config.api_error_retry)
+
     try:
         decoded = context.decode(body, rt)
-        if decoded.spec.wal_archiving:
-            raise SpecError(
-                "spec.backup.walArchiving",
-                "not available on Kubernetes yet: the PostgreSQL image does not carry barman's cloud tools "
-                "(the local runtime archives; see docs/backups.md)",
-            )
         previous = applied.load(body, rt)
         if previous is not None:
             check_change(previous.spec, decoded.spec, decoded.engine)
+        elif decoded.spec.wal_archiving:
+            archiving.check_new_archive(rt, decoded.spec)
+    except archiving.RepositoryUnavailable as exc:
+        repository_unavailable(exc)
     except SpecError as exc:
         st.invalid_spec(status, exc)
         st.write(patch, status)
@@ -87,7 +91,10 @@ def reconcile(
     spec, engine = decoded.spec, decoded.engine
     status.version = spec.version
     status.credentials_secret = credentials_secret_name(spec)
-    manifests = engine.render(spec, cluster_domain=config.cluster_domain)
+    try:
+        manifests = archiving.render(rt, spec, engine, config.cluster_domain)
+    except archiving.RepositoryUnavailable as exc:
+        repository_unavailable(exc)
 
     _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
     password = _credentials(rt, body, spec, engine)

@@ -20,7 +20,7 @@ from middleware.models.middleware import MiddlewareStatus
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, pod_ready
 from middleware.scaling import Wait, describe_change, scale_step
 from middleware.spec import ResolvedSpec
-from operators.reconcile import applied, events, observe
+from operators.reconcile import applied, archiving, events, observe
 from operators.reconcile import status as st
 from operators.settings import OperatorConfig
 
@@ -37,7 +37,7 @@ class KubernetesMembers:
     cluster_domain: str
 
     def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
-        for manifest in engine.render(spec, cluster_domain=self.cluster_domain):
+        for manifest in archiving.render(self.rt, spec, engine, self.cluster_domain):
             self.rt.apply(manifest, owner=self.owner)
         pods = observe.pods_by_name(self.rt, spec)
         return [m.name for m in engine.members(spec) if m.name not in pods or not pod_ready(pods[m.name])]

@@ -293,3 +293,95 @@ def test_restore_to_a_moment_between_markers_then_roll_back_to_the_exact_data_be
         / f"pgdata.after-{record['restoreId']}"
     )
     assert kept.is_dir(), "the restored data must be kept beside the rolled-back one"
+
+
+def connect_as_owner(cli: Moorage, name: str) -> psycopg.Connection:
+    """The superuser of ``name`` with ``name``'s own password (what its clients have)."""
+    lifecycle = Lifecycle(LocalRuntime(cli.state_dir))
+    deployment = lifecycle.existing("default", name)
+    host, port = lifecycle.status("default", name).endpoints["rw"].rsplit(":", 1)
+    return psycopg.connect(
+        host=host,
+        port=int(port),
+        user="postgres",
+        password=lifecycle.runtime.password(deployment.spec),
+        dbname="postgres",
+        autocommit=True,
+    )
+
+
+def drill(cli: Moorage, name: str) -> dict[str, Any]:
+    """`backup drill`'s record; its exit code must say the same as the record (0: passed)."""
+    done = cli.run("backup", "drill", name, "-o", "json", check=False)
+    record: dict[str, Any] = json.loads(done.stdout)
+    assert done.returncode == (0 if record["ok"] else 1), (done.returncode, record, done.stderr)
+    return record
+
+
+def test_drills_prove_random_moments_and_a_restore_goes_into_another_deployment(
+    cli: Moorage, repo: Repo, tmp_path: Path
+) -> None:
+    cli.json("up", "-f", str(write_manifest(tmp_path, "standalone")))
+    with primary(cli) as conn:
+        conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
+        conn.execute("INSERT INTO marks (id) VALUES (1)")
+    base = cli.json("backup", "base", NAME)
+
+    # Two drills: each writes 2 markers, restores a random moment of the window into a scratch
+    # deployment and finds exactly the markers committed before it there.
+    first = drill(cli, NAME)
+    assert first["ok"] is True and first["reason"] == "", json.dumps(first)
+    assert first["baseBackup"] == base["id"] and first["recoverySeconds"] > 0, first
+    assert first["expectedPresent"] + first["expectedAbsent"] == 2 and first["missing"] == [], first
+    point = datetime.fromisoformat(first["point"])
+    assert datetime.fromisoformat(base["endTime"]) < point < datetime.fromisoformat(first["finishedAt"])
+    second = drill(cli, NAME)
+    assert second["ok"] is True and second["expectedPresent"] + second["expectedAbsent"] == 4, second
+    # The scratch deployments are gone with their data.
+    assert [d for d in cli.runtime().list() if d[0] == "moorage-scratch"] == []
+    assert not (cli.state_dir / "moorage-scratch").exists() or not any(
+        (cli.state_dir / "moorage-scratch").iterdir()
+    )
+
+    listing = cli.json("backup", "drills", NAME)
+    assert [d["drillId"] for d in listing["drills"]] == [first["drillId"], second["drillId"]], listing
+    assert listing["latestVerifiedPoint"] == max(first["point"], second["point"]), listing
+    drills_audited = [e for e in cli.json("backup", "audit") if e["event"] == "drill"]
+    assert [e["ok"] for e in drills_audited] == [True, True], drills_audited
+
+    # A drill that cannot pass is recorded as failed with the reason, never as passed: a second
+    # archiving deployment without any base backup.
+    other = tmp_path / "other"
+    other.mkdir()
+    manifest = write_manifest(other, "standalone")
+    document = yaml.safe_load(manifest.read_text())
+    document["metadata"]["name"] = "fresh"
+    manifest.write_text(yaml.safe_dump(document))
+    cli.json("up", "-f", str(manifest))
+    record = drill(cli, "fresh")
+    assert record["ok"] is False and "no complete base backup" in record["reason"], record
+    assert cli.json("backup", "drills", "fresh")["latestVerifiedPoint"] is None
+
+    # A restore to a moment of NAME's archive into another deployment, which keeps its own password.
+    between = marks_around_a_moment(cli, repo, 2, 3)
+    copy = yaml.safe_load(write_manifest(other, "standalone").read_text())
+    copy["metadata"]["name"] = "copy"
+    copy["spec"].pop("backup")
+    (other / "copy.yaml").write_text(yaml.safe_dump(copy))
+    cli.json("up", "-f", str(other / "copy.yaml"))
+    with connect_as_owner(cli, "copy") as conn:
+        conn.execute("CREATE TABLE mine (id int)")
+    restored = cli.json(
+        "restore", "apply", "--to", "copy", "--from", NAME, "--to-time", between.isoformat(), "--yes"
+    )
+    assert restored["phase"] == "Applied" and restored["source"] == f"default/{NAME}", restored
+    with connect_as_owner(cli, "copy") as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM marks").fetchall()} == {1, 2}
+        assert conn.execute("SELECT to_regclass('mine')").fetchone()[0] is None
+    assert cli.status("copy")["phase"] == "Ready"
+    assert rows(cli) == {1, 2, 3}, "the source is untouched"
+
+    cli.json("restore", "rollback", restored["restoreId"], "--yes")
+    with connect_as_owner(cli, "copy") as conn:
+        assert conn.execute("SELECT to_regclass('mine')").fetchone()[0] == "mine"
+        assert conn.execute("SELECT to_regclass('marks')").fetchone()[0] is None

@@ -147,3 +147,35 @@ def test_a_failed_restore_puts_the_data_back_and_says_so(repository: Repository)
     (record,) = [r for r in repository.list_restores() if r.get("kind") == "pointInTime"]
     assert record["phase"] == "Failed" and record["rolledBack"] is True
     assert [h["phase"] for h in record["history"]][-2:] == ["RollingBack", "Failed"]
+
+
+def test_a_restore_from_another_deployments_archive_follows_that_ones_timeline(
+    repository: Repository,
+) -> None:
+    port = InMemoryRecovery()  # "copy": its own timeline (1) is not the one to follow
+    archives: list[pitr.WalArchive] = []
+    original = port.restore_base
+
+    def restore_base(archive: pitr.WalArchive, backup: pitr.BaseBackup, settings: dict[str, str]) -> str:
+        archives.append(archive)
+        return original(archive, backup, settings)
+
+    port.restore_base = restore_base  # type: ignore[method-assign]
+    record = pitr_restore.apply_point_in_time(
+        repository,
+        port,
+        "shop",
+        "copy",
+        pitr.RecoveryTarget(time=END + timedelta(seconds=1)),
+        source=pitr_restore.Source("shop", "ledger", 3),
+    )
+    assert [(a.namespace, a.name) for a in archives] == [("shop", "ledger")]
+    assert port.settings["recovery_target_timeline"] == "3"
+    assert record["source"] == "shop/ledger" and record["target"] == "copy" and record["backupId"] == "b1"
+    # The copy's own (empty) archive is refused as a source: nothing touched.
+    empty = InMemoryRecovery()
+    with pytest.raises(MoorageError):
+        pitr_restore.apply_point_in_time(
+            repository, empty, "shop", "ledger-2", pitr.RecoveryTarget(time=END + timedelta(seconds=1))
+        )
+    assert empty.calls == []

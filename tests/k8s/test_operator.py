@@ -139,15 +139,15 @@ def test_cluster_is_applied_waits_for_members_and_reports_bootstrap_failure(
     [
         # the CRD schema accepts any version string; only the catalog knows 6.0 is not offered
         ({"engine": "redis", "topology": "standalone", "version": "6.0"}, "spec.version", "'6.0'"),
-        # WAL archiving runs on the local runtime only, for now: refused with the reason, nothing made
+        # the schema takes walArchiving on any engine; only PostgreSQL has a WAL to archive
         (
             {
-                "engine": "postgresql",
+                "engine": "redis",
                 "topology": "standalone",
                 "backup": {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True},
             },
             "spec.backup.walArchiving",
-            "not available on Kubernetes yet",
+            "no write-ahead log",
         ),
     ],
 )
@@ -186,6 +186,35 @@ def test_semantic_spec_error_is_permanent_and_names_the_field(
         # nothing was applied for an invalid spec
         assert apps_api(api_client).list_namespaced_stateful_set(namespace).items == []
         assert _read(core_api(api_client).read_namespaced_secret, f"{name}-credentials", namespace) is None
+
+
+def test_wal_archiving_waits_for_its_repository_and_renders_no_member_without_it(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    """The archive scripts name the BackupRepository: until it exists the members are not
+    rendered (archive_command would have nothing to run), the status says why, and the operator
+    tries again (a repository created later is picked up: not a permanent error)."""
+    name = _name("wal")
+    spec = {
+        "engine": "postgresql",
+        "topology": "standalone",
+        "backup": {"repository": {"name": "not-yet"}, "schedule": "0 3 * * *", "walArchiving": True},
+    }
+    with running_operator(control_plane, api_client, namespace):
+        custom_api(api_client).create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+        )
+
+        def waiting() -> dict[str, Any] | None:
+            status = status_of(api_client, namespace, name)
+            return status if status.get("phaseReason") == "ArchiveRepositoryUnavailable" else None
+
+        status = wait_for("phaseReason ArchiveRepositoryUnavailable", waiting)
+        assert status["phase"] == "Degraded"
+        message = condition(status, "Provisioned")["message"]
+        assert "spec.backup.repository.name" in message and f"{namespace}/not-yet not found" in message
+        assert apps_api(api_client).list_namespaced_stateful_set(namespace).items == []
+        assert "ArchiveRepositoryUnavailable" in _event_reasons(api_client, namespace, name)
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])

@@ -4,6 +4,8 @@ Archiving itself runs on the real servers in tests/integration/test_pitr_local.p
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +26,13 @@ from backups.pitr import (
     credentials_file,
     system_id_of,
 )
+from backups.pitr_pods import IMAGE_BARMAN_BIN, PGPASS_FILE, base_backup_command, with_wal_archiving
 from backups.store import RepositoryConfig
 from middleware.engines.base import Observation, wal_archiving_condition
-from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, postgresql_conf
+from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, RESTORE_SCRIPT, postgresql_conf
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
+from middleware.models.backup import CredentialsSecret
 from middleware.spec import check_change
 from tests.unit.manifests import middleware_spec
 
@@ -173,3 +177,46 @@ def test_the_system_identifier_is_the_first_field_of_pg_control(tmp_path: Path) 
         (7400000000000000001).to_bytes(8, sys.byteorder) + b"\0" * 8
     )
     assert system_id_of(tmp_path) == "7400000000000000001"
+
+
+# -- in pods (backups/pitr_pods.py): the operator adds the scripts and the keys' references ------
+
+
+def test_pods_get_the_scripts_from_the_config_map_and_the_keys_only_as_secret_references() -> None:
+    spec = postgres(backup=BACKUP)
+    assert spec.archive_repository == "s3"
+    rendered = get_engine("postgresql").render(spec)
+    before = copy.deepcopy(rendered)
+    archive = WalArchive(CONFIG, "shop", "ledger")
+    manifests = with_wal_archiving(spec, rendered, archive, CredentialsSecret(name="s3-keys"))
+    assert rendered == before  # a copy: the engine's render is left as it was
+
+    config_map = next(m for m in manifests if m["kind"] == "ConfigMap")
+    archive_sh, restore_sh = config_map["data"][ARCHIVE_SCRIPT], config_map["data"][RESTORE_SCRIPT]
+    assert f"exec {IMAGE_BARMAN_BIN}/barman-cloud-wal-archive " in archive_sh
+    assert f"exec {IMAGE_BARMAN_BIN}/barman-cloud-wal-restore " in restore_sh
+    assert "s3://pitr-bucket/pitr/shop ledger" in archive_sh
+    pod = next(m for m in manifests if m["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]["command"][-1]
+    # The init container refuses to start a member without the scripts, and installs them 0700.
+    assert f"for f in {ARCHIVE_SCRIPT} {RESTORE_SCRIPT}; do" in init and "chmod 0700" in init
+    postgres_env = {e["name"]: e for e in pod["containers"][0].get("env", [])}
+    assert postgres_env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+        "name": "s3-keys",
+        "key": "AWS_ACCESS_KEY_ID",
+    }
+    assert "secretKeyRef" in postgres_env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]
+    text = json.dumps(manifests)
+    assert "s3cr3t" not in text and "AKIDEXAMPLE" not in text
+
+    # Without archiving neither the scripts nor the install step are rendered.
+    plain = get_engine("postgresql").render(postgres())
+    assert ARCHIVE_SCRIPT not in json.dumps(plain)
+
+
+def test_a_base_backup_in_the_pod_uses_the_pgpass_file_never_a_password() -> None:
+    command = base_backup_command(WalArchive(CONFIG, "shop", "ledger"))
+    assert command[:2] == ["sh", "-c"]
+    assert f"PGPASSFILE={PGPASS_FILE}" in command[2]
+    assert f"{IMAGE_BARMAN_BIN}/barman-cloud-backup" in command[2] and "--host 127.0.0.1" in command[2]
+    assert "s3cr3t" not in command[2] and "PGPASSWORD" not in command[2]

@@ -33,6 +33,8 @@ FENCE_OFF_LINE = "moorage.fence = off"
 # WAL archiving (spec.backup.walArchiving): the script a layer above writes into ${DATA_DIR}, and
 # how long an idle primary waits before archiving a partly filled segment (the archive's lag bound).
 ARCHIVE_SCRIPT = "wal-archive"
+# restore_command of a point-in-time recovery: a script beside the archive script.
+RESTORE_SCRIPT = "wal-restore"
 ARCHIVE_COMMAND = '"${DATA_DIR}/' + ARCHIVE_SCRIPT + '" "%p"'
 ARCHIVE_TIMEOUT = "60s"
 SHARED_BUFFERS_SHARE = 0.25

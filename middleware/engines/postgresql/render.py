@@ -14,9 +14,11 @@ from typing import Any
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.postgresql.config import (
+    ARCHIVE_SCRIPT,
     FIRST_START_MARKER,
     POSTGRES_PORT,
     REPLICATION_USER,
+    RESTORE_SCRIPT,
     START_SCRIPT,
     SUPERUSER,
     app_password,
@@ -187,6 +189,22 @@ def placeholder_values() -> dict[str, str]:
     }
 
 
+def _archive_scripts(spec: ResolvedSpec) -> list[str]:
+    """With spec.backup.walArchiving, archive_command runs ``${DATA_DIR}/wal-archive``: the operator
+    adds that script and the restore one to the ConfigMap (they name the repository, which this
+    pure renderer does not know); executable copies go next to the config."""
+    if not spec.wal_archiving:
+        return []
+    return [
+        f"for f in {ARCHIVE_SCRIPT} {RESTORE_SCRIPT}; do",
+        f'  [ -s "{TEMPLATES_DIR}/$f" ] || fail "no $f in the ConfigMap (spec.backup.walArchiving: '
+        'the operator adds it from the BackupRepository)"',
+        f'  cp "{TEMPLATES_DIR}/$f" "{CONFIG_DIR}/$f.tmp" && chmod 0700 "{CONFIG_DIR}/$f.tmp"',
+        f'  mv "{CONFIG_DIR}/$f.tmp" "{CONFIG_DIR}/$f"',
+        "done",
+    ]
+
+
 def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> str:
     values = placeholder_values()
     assert set(values) == set(PLACEHOLDERS)
@@ -210,6 +228,7 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         f'  sed {sed} "{TEMPLATES_DIR}/$f" > "{CONFIG_DIR}/$f.tmp"',
         f'  mv "{CONFIG_DIR}/$f.tmp" "{CONFIG_DIR}/$f"',
         "done",
+        *_archive_scripts(spec),
         # pgpass escaping: backslash and colon. Backticks, not $(...), which kubelet would expand.
         "esc() { printf '%s' \"$1\" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/:/\\\\:/g'; }",
         f'rp=`esc "${REPLICATION_PASSWORD_ENV}"`',

@@ -1,0 +1,77 @@
+"""WAL archiving of a PostgreSQL Middleware on Kubernetes (spec.backup.walArchiving).
+
+Every pass that applies the StatefulSet renders through ``render``: the engine's manifests, plus
+(when archiving) the archive scripts naming the BackupRepository and its keys as ``secretKeyRef``
+(``backups.pitr_pods``). ``check_new_archive`` keeps a new Middleware out of an archive that already
+holds another cluster's WAL (the local runtime's rule, ``backups.pitr.check_archive_is_ours``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from backups import pitr, pitr_pods
+from backups.kubernetes import API_VERSION, open_repository
+from backups.store import S3Store
+from middleware.engines.base import Engine
+from middleware.errors import MoorageError
+from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
+from middleware.models.backup import BackupRepositorySpec
+from middleware.runtime.kubernetes import KubernetesRuntime
+from middleware.spec import ResolvedSpec
+
+log = logging.getLogger(__name__)
+
+Manifest = dict[str, Any]
+
+
+class RepositoryUnavailable(MoorageError):
+    """The BackupRepository to archive to is missing or unusable: not yet, it may be created or
+    mended; the member pods are not rendered without it (archive_command would have no script)."""
+
+
+def _archive(
+    rt: KubernetesRuntime, spec: ResolvedSpec
+) -> tuple[pitr.WalArchive, BackupRepositorySpec, S3Store]:
+    name = spec.archive_repository or ""
+    found = rt.get(API_VERSION, "BackupRepository", spec.namespace, name)
+    if found is None:
+        raise RepositoryUnavailable(
+            f"spec.backup.repository.name: BackupRepository {spec.namespace}/{name} not found "
+            "(WAL archiving needs it before the members can start)"
+        )
+    try:
+        repository = open_repository(rt, spec.namespace, name)
+    except MoorageError as exc:
+        raise RepositoryUnavailable(f"BackupRepository {spec.namespace}/{name}: {exc}") from None
+    archive = pitr.WalArchive(repository.store.config, spec.namespace, spec.name)
+    return archive, BackupRepositorySpec.model_validate(found.get("spec") or {}), repository.store
+
+
+def render(rt: KubernetesRuntime, spec: ResolvedSpec, engine: Engine, cluster_domain: str) -> list[Manifest]:
+    manifests = engine.render(spec, cluster_domain=cluster_domain)
+    if not spec.wal_archiving:
+        return manifests
+    archive, repository, _ = _archive(rt, spec)
+    return pitr_pods.with_wal_archiving(spec, manifests, archive, repository.credentials)
+
+
+def check_new_archive(rt: KubernetesRuntime, spec: ResolvedSpec) -> None:
+    """For a Middleware with no data yet (not one claim: a Middleware deleted with
+    ``deletionPolicy: Retain`` and created again keeps its claims, data and archive), the archive
+    must be empty: a SpecError naming spec.backup.walArchiving and what the archive holds. A
+    repository that does not answer is not a refusal: archiving then fails visibly
+    (WALArchivingFailing) and keeps every segment."""
+    labels = {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name, MANAGED_BY_LABEL: MANAGED_BY}
+    if rt.claims(spec.namespace, labels):
+        return
+    archive, _, store = _archive(rt, spec)
+    try:
+        report = pitr.inspect(store, archive)
+    except MoorageError as exc:
+        log.warning(
+            "%s/%s: archive not checked, the repository did not answer: %s", spec.namespace, spec.name, exc
+        )
+        return
+    pitr.check_archive_is_ours(report, archive, None)

@@ -1,0 +1,225 @@
+"""PostgreSQL WAL archiving on real pods (issue 14): a Middleware with ``spec.backup.walArchiving``
+archives from its pods to a real S3 server (SeaweedFS on the pod bridge, ``s3.py``) with the
+barman in the PostgreSQL image, and its keys only from the BackupRepository's Secret.
+
+One flow: segments switched on the primary reach S3 and the status says archiving works; a base
+backup taken by a DBA (``moorage backup base --runtime kubernetes`` in a pod bound to the DBA
+role: barman runs in the primary's container over pods/exec); a switchover, after which the new
+primary archives on timeline 2; ``restore plan --to-latest`` sees both timelines and the base
+backup; and the Middleware deleted with its data and created again under the same name is refused
+(its archive holds another cluster's WAL now).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.e2e.cluster import GROUP, REPO_ROOT, VERSION, LocalCluster, wait_for
+from tests.e2e.dba import dba_account, in_a_dba_pod
+from tests.e2e.s3 import s3_client
+from tests.e2e.test_backups import KEYS_SECRET, REPOSITORY, _cluster_ip, bucket  # noqa: F401  (fixture)
+from tests.example_files import document
+from tests.integration.s3_harness import S3Server
+
+pytestmark = pytest.mark.e2e
+
+NAME = "ledger"
+SPEC = {
+    "engine": "postgresql",
+    "topology": "replication",
+    "replicas": 2,
+    "resources": {"cpu": "150m", "memory": "256Mi"},
+    "storage": {"size": "512Mi"},
+    # suspend: no scheduled logical backups beside what this test does
+    "backup": {
+        "repository": {"name": REPOSITORY},
+        "schedule": "0 3 * * *",
+        "suspend": True,
+        "walArchiving": True,
+    },
+}
+ARCHIVE_TIMEOUT = 180
+
+
+def repository_url(server: S3Server, bucket_name: str) -> str:
+    prefix = document("backup-repository.yaml", "BackupRepository")["spec"]["prefix"]
+    return f"s3://{bucket_name}/{prefix}?endpoint={server.endpoint}"
+
+
+def archive_root(namespace: str) -> str:
+    prefix = document("backup-repository.yaml", "BackupRepository")["spec"]["prefix"].strip("/")
+    return f"{prefix}/pitr/{namespace}/{NAME}"
+
+
+@contextmanager
+def superuser(cluster: LocalCluster, namespace: str) -> Iterator[psycopg.Connection[Any]]:
+    """The superuser on the -rw Service (it follows the primary's role label)."""
+    ip = _cluster_ip(cluster, namespace, f"{NAME}-rw")
+    password = cluster.password(namespace, NAME)
+    conn = wait_for(
+        f"{NAME}-rw to accept a connection",
+        lambda: psycopg.connect(
+            host=ip,
+            port=5432,
+            dbname="postgres",
+            user="postgres",
+            password=password,
+            connect_timeout=5,
+            autocommit=True,
+        ),
+        120,
+        interval=1.0,
+    )
+    with conn:
+        yield conn
+
+
+def switch_segment(cluster: LocalCluster, namespace: str, mark: int) -> str:
+    """A marker row, then the current segment closed (and so handed to archive_command): its name."""
+    with superuser(cluster, namespace) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS marks (n int PRIMARY KEY)")
+        conn.execute("INSERT INTO marks VALUES (%s)", (mark,))
+        row = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def archived_segments(server: S3Server, bucket_name: str, namespace: str) -> set[str]:
+    """Segment names (compression suffix dropped) under the archive's wals/ in S3."""
+    s3: Any = s3_client(server)
+    names: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket_name, Prefix=f"{archive_root(namespace)}/wals/"
+    ):
+        for item in page.get("Contents", []):
+            names.add(item["Key"].rsplit("/", 1)[-1].split(".")[0])
+    return names
+
+
+def cli(cluster: LocalCluster, server: S3Server, *args: str) -> Any:
+    """The CLI on this host against the cluster's API and the S3 server, JSON out."""
+    env = {
+        **os.environ,
+        "MOORAGE_RUNTIME": "kubernetes",
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+    }
+    done = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args, "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, f"moorage {' '.join(args)}: {done.stderr[-3000:]}{done.stdout[-2000:]}"
+    return json.loads(done.stdout)
+
+
+def archiving_condition(cluster: LocalCluster, namespace: str) -> dict[str, Any] | None:
+    conditions = (cluster.middleware(namespace, NAME).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "WALArchivingFailing"), None)
+
+
+def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
+    local_cluster: LocalCluster,
+    module_namespace: str,
+    bucket: str,  # noqa: F811  (the fixture imported above)
+    pod_s3_server: S3Server,
+) -> None:
+    ns = module_namespace
+    url = repository_url(pod_s3_server, bucket)
+    local_cluster.create_middleware(ns, NAME, SPEC)
+    local_cluster.wait_ready(ns, NAME, timeout=600)
+
+    # Archiving from the pods, keys from the Secret only.
+    first = switch_segment(local_cluster, ns, 1)
+    wait_for(
+        f"segment {first} in S3",
+        lambda: first in archived_segments(pod_s3_server, bucket, ns),
+        ARCHIVE_TIMEOUT,
+        interval=2.0,
+    )
+    condition = wait_for(
+        "WALArchivingFailing=False in the status",
+        lambda: (c := archiving_condition(local_cluster, ns)) and c["status"] == "False" and c,
+        ARCHIVE_TIMEOUT,
+        interval=2.0,
+    )
+    assert condition["reason"] == "Archiving", condition
+    statefulset = local_cluster.apps.read_namespaced_stateful_set(NAME, ns).to_dict()
+    assert pod_s3_server.secret_key not in json.dumps(statefulset, default=str)
+
+    # A base backup, taken where the data directory is: in the primary's container.
+    with dba_account(local_cluster, ns) as account:
+        taken = in_a_dba_pod(
+            local_cluster,
+            ns,
+            account,
+            f"moorage backup base {NAME} -n {ns} --runtime kubernetes --repo '{url}' -o json",
+            pod="dba-base-backup",
+            env_from_secret=KEYS_SECRET,
+            diagnostics=("middlewares",),
+            timeout=600,
+        )
+    assert taken["timeline"] == 1, taken
+    info: Any = s3_client(pod_s3_server).get_object(  # type: ignore[attr-defined]
+        Bucket=bucket, Key=f"{archive_root(ns)}/base/{taken['id']}/backup.info"
+    )
+    assert "status=DONE" in info["Body"].read().decode()
+
+    # A switchover: the promoted replica archives on its new timeline.
+    pods = {
+        p.metadata.name: p.metadata.labels.get("moorage.io/role")
+        for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
+    }
+    replica = next(name for name, role in pods.items() if role == "replica")
+    cli(local_cluster, pod_s3_server, "switchover", NAME, "-n", ns, "--to", replica)
+    second = switch_segment(local_cluster, ns, 2)
+    assert second.startswith("00000002"), second
+    wait_for(
+        f"segment {second} (timeline 2) in S3",
+        lambda: second in archived_segments(pod_s3_server, bucket, ns),
+        ARCHIVE_TIMEOUT,
+        interval=2.0,
+    )
+
+    plan = cli(
+        local_cluster, pod_s3_server, "restore", "plan", "--to", NAME, "-n", ns, "--to-latest", "--repo", url
+    )
+    assert plan["compatible"] is True and plan["baseBackup"] == taken["id"], plan
+    assert {t["timeline"] for t in plan["window"]["timelines"]} >= {1, 2}, plan
+    assert plan["window"]["missingSegments"] == [], plan
+
+    # One archive, one cluster: deleted with its data and created again, the name's archive is not
+    # empty, so the new cluster is refused before any pod is made.
+    local_cluster.patch_middleware(ns, NAME, {"deletionPolicy": "Delete"})
+    local_cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "middlewares", NAME)
+
+    def gone() -> bool:
+        claims = local_cluster.core.list_namespaced_persistent_volume_claim(
+            ns, label_selector=f"app.kubernetes.io/instance={NAME}"
+        ).items
+        listed: Any = local_cluster.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "middlewares")
+        return not claims and not listed["items"]
+
+    wait_for("the Middleware and its claims gone", gone, 300, interval=2.0)
+    local_cluster.create_middleware(ns, NAME, SPEC)
+
+    def refused() -> dict[str, Any] | None:
+        status = local_cluster.middleware(ns, NAME).get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    status: dict[str, Any] = wait_for("the new Middleware refused", refused, 120, interval=1.0)
+    message = next(c for c in status["conditions"] if c["type"] == "Provisioned")["message"]
+    assert status["phaseReason"] == "InvalidSpec", status
+    assert message.startswith("spec.backup.walArchiving:") and archive_root(ns) in message, message
+    assert not local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
