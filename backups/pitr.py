@@ -358,6 +358,20 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
 ARCHIVE_CREDENTIALS = "wal-archive.credentials"
 
 
+ARCHIVING_FAILING_EVENT = "wal-archiving-failing"
+ARCHIVING_RECOVERED_EVENT = "wal-archiving-recovered"
+
+
+def archiving_transition(was_failing: bool | None, failing: bool | None) -> str | None:
+    """The audit event for a change of ``WALArchivingFailing`` (None: no archiver observed): the
+    archiving started failing (also when first seen failing), or recovered after a failure."""
+    if failing is None or failing == was_failing:
+        return None
+    if failing:
+        return ARCHIVING_FAILING_EVENT
+    return ARCHIVING_RECOVERED_EVENT if was_failing else None
+
+
 def archive_script(archive: WalArchive, barman_bin: Path) -> str:
     """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with
     barman-cloud-wal-archive. Keys come from the credentials file beside it (boto3's shared

@@ -7,8 +7,10 @@ instead of touching prometheus-client objects.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from datetime import datetime
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -32,6 +34,21 @@ MEMBERS_HEALTHY = Gauge(
     "moorage_middleware_members_healthy",
     "Members the engine observed healthy.",
     ["namespace", "name", "engine"],
+)
+WAL_ARCHIVING_FAILING = Gauge(
+    "moorage_wal_archiving_failing",
+    "1 when the primary's last WAL archive attempt failed (spec.backup.walArchiving), 0 when it succeeded.",
+    ["namespace", "name"],
+)
+WAL_LAST_ARCHIVED = Gauge(
+    "moorage_wal_last_archived_timestamp_seconds",
+    "When the primary last archived a WAL segment (Unix time): alert on time() minus this.",
+    ["namespace", "name"],
+)
+WAL_ARCHIVE_FAILURES = Gauge(
+    "moorage_wal_archive_failed_count",
+    "Failed archive attempts the primary counted since its statistics were reset (pg_stat_archiver).",
+    ["namespace", "name"],
 )
 
 SYNC_LAG_BYTES = Gauge(
@@ -72,6 +89,15 @@ def reconcile_timer(kind: str, handler: str) -> Iterator[dict[str, str]]:
     finally:
         RECONCILE_SECONDS.labels(kind, handler).observe(time.perf_counter() - started)
         RECONCILES.labels(kind, handler, outcome["result"]).inc()
+
+
+def record_archiving(namespace: str, name: str, stat: Mapping[str, Any]) -> None:
+    """From the primary's archiver statistics (``Observation.details["walArchiving"]``)."""
+    WAL_ARCHIVING_FAILING.labels(namespace, name).set(1 if stat.get("failing") else 0)
+    WAL_ARCHIVE_FAILURES.labels(namespace, name).set(int(stat.get("failedCount") or 0))
+    archived = stat.get("lastArchivedTime")
+    if archived:
+        WAL_LAST_ARCHIVED.labels(namespace, name).set(datetime.fromisoformat(str(archived)).timestamp())
 
 
 def record_health(namespace: str, name: str, engine: str, *, ready: bool, healthy_members: int) -> None:

@@ -39,7 +39,7 @@ from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, manifest_of, resolve
 from operators.cli.backup_commands import backup_app, restore_app
-from operators.cli.local import local_runtime
+from operators.cli.local import archiving_failing, audit_archiving, local_runtime
 from operators.cli.operations import apply_middleware, change_spec, delete_middleware, request_operation
 from operators.cli.operator_command import operator_command
 from operators.cli.port_forward import port_forward
@@ -266,7 +266,9 @@ def status(
     documents = []
     for ns, each in targets:
         deployment = lifecycle.existing(ns, each)
+        was_failing = archiving_failing(lifecycle.runtime.load_status(ns, each))
         observed = lifecycle.status(ns, each)
+        audit_archiving(ns, each, was_failing, observed)
         doc = _status_document(each, ns, deployment.spec.engine, deployment.spec.topology, observed)
         if reveal_secrets:
             doc["password"] = lifecycle.runtime.password(deployment.spec)

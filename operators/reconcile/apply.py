@@ -149,9 +149,11 @@ def reconcile(
     relabelled = observe.record(rt, spec, observation, pods)
     if relabelled:
         events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
+    was_failing = archiving.failing(status)
     if st.observed(status, observation, observed_at):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+    archiving.report_transition(rt, body, spec, was_failing, status)
     reconfigure.report(body, status, step)
     st.restarted_since_pending(status, observe.creation_times(pods))
     operation.request_rollout(body, patch, status)

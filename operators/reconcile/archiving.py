@@ -11,15 +11,19 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import kopf
+
 from backups import pitr, pitr_pods
 from backups.kubernetes import API_VERSION, open_repository
 from backups.store import S3Store
-from middleware.engines.base import Engine
+from middleware.engines.base import WAL_ARCHIVING_CONDITION, Engine
 from middleware.errors import MoorageError
 from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from middleware.models.backup import BackupRepositorySpec
+from middleware.models.middleware import MiddlewareStatus
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
+from operators.reconcile import events
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,38 @@ def render(rt: KubernetesRuntime, spec: ResolvedSpec, engine: Engine, cluster_do
         return manifests
     archive, repository, _ = _archive(rt, spec)
     return pitr_pods.with_wal_archiving(spec, manifests, archive, repository.credentials)
+
+
+def failing(status: MiddlewareStatus) -> bool | None:
+    condition = status.condition(WAL_ARCHIVING_CONDITION)
+    return None if condition is None else condition.status == "True"
+
+
+def report_transition(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    spec: ResolvedSpec,
+    was_failing: bool | None,
+    status: MiddlewareStatus,
+) -> None:
+    """When archiving starts failing or recovers: an Event, and a row in the repository's audit
+    log (``backup audit``), written when the repository answers (it may be why archiving fails)."""
+    event = pitr.archiving_transition(was_failing, failing(status))
+    condition = status.condition(WAL_ARCHIVING_CONDITION)
+    if event is None or condition is None:
+        return
+    if event == pitr.ARCHIVING_FAILING_EVENT:
+        events.warning(body, reason="WALArchivingFailing", message=condition.message)
+    else:
+        events.normal(body, reason="WALArchivingRecovered", message=condition.message)
+    try:
+        open_repository(rt, spec.namespace, spec.archive_repository or "").audit(
+            event, target=f"{spec.namespace}/{spec.name}", message=condition.message
+        )
+    except MoorageError as exc:
+        log.warning(
+            "%s/%s: %s not audited, the repository did not answer: %s", spec.namespace, spec.name, event, exc
+        )
 
 
 def check_new_archive(rt: KubernetesRuntime, spec: ResolvedSpec) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from middleware.engines.base import Connection, Engine, Observation
+from middleware.engines.base import WAL_ARCHIVING, Connection, Engine, Observation
 from middleware.errors import SpecError
 from middleware.kube.builders import ROLE_LABEL, credentials_secret_name
 from middleware.models.common import now_precise
@@ -18,7 +18,7 @@ from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators import metrics
 from operators.kube.context import pods_by_name
-from operators.reconcile import events
+from operators.reconcile import archiving, events
 from operators.reconcile.status import MiddlewareStatus
 from operators.settings import OperatorConfig
 
@@ -128,6 +128,9 @@ def record(
         ready=observation.ready,
         healthy_members=sum(1 for m in observation.members if m.healthy),
     )
+    archiver = observation.details.get(WAL_ARCHIVING)
+    if isinstance(archiver, dict):
+        metrics.record_archiving(spec.namespace, spec.name, archiver)
     return relabelled
 
 
@@ -174,7 +177,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
             # members all came back on new IPs, a PostgreSQL whose primary restarted fenced as a
             # standby): run the same heal as the create/update handler, then look again. A member
             # that does not answer cannot be healed from here; the status says so first.
-            _record(body, status, observation, observed_at)
+            _record(rt, body, spec, status, observation, observed_at)
             healed = heal(body, spec, engine, conn)
             if healed:
                 observed_at = now_precise()
@@ -187,18 +190,28 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     else:
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        _record(body, status, observation, observed_at)
+        _record(rt, body, spec, status, observation, observed_at)
     if status.to_wire() != before:
         st.write(patch, status)
 
 
-def _record(body: kopf.Body, status: MiddlewareStatus, observation: Observation, observed_at: str) -> None:
-    """Put the observation into the status; an Event when the phase or reason changed."""
+def _record(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    spec: ResolvedSpec,
+    status: MiddlewareStatus,
+    observation: Observation,
+    observed_at: str,
+) -> None:
+    """Put the observation into the status; an Event when the phase or reason changed, and when
+    WAL archiving started failing or recovered (audited in the repository too)."""
     from operators.reconcile import status as st
 
+    was_failing = archiving.failing(status)
     if st.observed(status, observation, observed_at):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
+    archiving.report_transition(rt, body, spec, was_failing, status)
 
 
 def _change_in_flight(body: kopf.Body) -> bool:

@@ -385,3 +385,28 @@ def test_drills_prove_random_moments_and_a_restore_goes_into_another_deployment(
     with connect_as_owner(cli, "copy") as conn:
         assert conn.execute("SELECT to_regclass('mine')").fetchone()[0] == "mine"
         assert conn.execute("SELECT to_regclass('marks')").fetchone()[0] is None
+
+
+def test_status_audits_archiving_starting_to_fail_and_recovering(repo: Repo) -> None:
+    """What `moorage status` does with each observation (operators/cli/local.audit_archiving):
+    a transition of WALArchivingFailing is a row of `backup audit`, a steady state is not."""
+    from backups.repository import Repository
+    from middleware.models.middleware import MiddlewareStatus
+    from operators.cli.local import archiving_failing, audit_archiving
+
+    def status(failing: bool) -> MiddlewareStatus:
+        observed = MiddlewareStatus()
+        observed.set_condition(
+            "WALArchivingFailing", failing, "ArchiveCommandFailing" if failing else "Archiving", "m"
+        )
+        return observed
+
+    audit_archiving("default", NAME, None, status(False))  # first seen working: nothing to say
+    audit_archiving("default", NAME, archiving_failing(status(False).to_wire()), status(True))
+    audit_archiving("default", NAME, True, status(True))
+    audit_archiving("default", NAME, True, status(False))
+    rows = [e for e in Repository(repo.store).audit_log() if e["event"].startswith("wal-archiving")]
+    assert [(e["event"], e["target"]) for e in rows] == [
+        ("wal-archiving-failing", f"default/{NAME}"),
+        ("wal-archiving-recovered", f"default/{NAME}"),
+    ]

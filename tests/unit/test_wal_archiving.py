@@ -22,6 +22,7 @@ from backups.pitr import (
     Segment,
     WalArchive,
     archive_script,
+    archiving_transition,
     check_archive_is_ours,
     credentials_file,
     system_id_of,
@@ -220,3 +221,41 @@ def test_a_base_backup_in_the_pod_uses_the_pgpass_file_never_a_password() -> Non
     assert f"PGPASSFILE={PGPASS_FILE}" in command[2]
     assert f"{IMAGE_BARMAN_BIN}/barman-cloud-backup" in command[2] and "--host 127.0.0.1" in command[2]
     assert "s3cr3t" not in command[2] and "PGPASSWORD" not in command[2]
+
+
+@pytest.mark.parametrize(
+    ("was", "now", "event"),
+    [
+        (None, None, None),  # archiving off, or no primary to ask
+        (None, False, None),  # first seen working: nothing happened
+        (None, True, "wal-archiving-failing"),  # first seen failing
+        (False, True, "wal-archiving-failing"),
+        (True, True, None),
+        (True, False, "wal-archiving-recovered"),
+        (False, False, None),
+        (True, None, None),  # the primary not answering says nothing about archiving
+    ],
+)
+def test_archiving_transitions_are_audited_once(
+    was: bool | None, now: bool | None, event: str | None
+) -> None:
+    assert archiving_transition(was, now) == event
+
+
+def test_the_archiver_metrics_follow_the_primarys_statistics() -> None:
+    from prometheus_client import REGISTRY
+
+    from operators.metrics import record_archiving
+
+    record_archiving(
+        "shop",
+        "ledger",
+        {"failing": True, "failedCount": 3, "lastArchivedTime": "2026-12-05 10:00:00.5+00"},
+    )
+    labels = {"namespace": "shop", "name": "ledger"}
+    assert REGISTRY.get_sample_value("moorage_wal_archiving_failing", labels) == 1
+    assert REGISTRY.get_sample_value("moorage_wal_archive_failed_count", labels) == 3
+    last = datetime(2026, 12, 5, 10, 0, 0, 500000, tzinfo=UTC).timestamp()
+    assert REGISTRY.get_sample_value("moorage_wal_last_archived_timestamp_seconds", labels) == last
+    record_archiving("shop", "ledger", {"failing": False, "failedCount": 3, "lastArchivedTime": None})
+    assert REGISTRY.get_sample_value("moorage_wal_archiving_failing", labels) == 0
