@@ -20,7 +20,7 @@ from psycopg import sql
 from backups import pitr
 from backups.runbook import Target
 from middleware.engines.base import Connection, MemberPlan
-from middleware.engines.postgresql.config import FIRST_START_MARKER, PGDATA, guc_quote
+from middleware.engines.postgresql.config import FIRST_START_MARKER, PGDATA, SOURCE_RESTORE_SCRIPT, guc_quote
 from middleware.errors import MoorageError, SpecError
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
@@ -59,11 +59,6 @@ class LocalTargets:
 
     def deployments(self) -> list[tuple[str, str]]:
         return self.lifecycle.runtime.list()
-
-
-# The restore script of a recovery from another deployment's archive (a restore into a new
-# deployment, a drill): beside the config, removed once the restored member promoted.
-SOURCE_RESTORE_SCRIPT = "wal-restore-source"
 
 
 class LocalRecovery:

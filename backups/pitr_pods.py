@@ -15,13 +15,23 @@ from __future__ import annotations
 import copy
 import shlex
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from backups import pitr
 from backups.store import S3Store
-from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, POSTGRES_PORT, RESTORE_SCRIPT, SUPERUSER
-from middleware.engines.postgresql.render import SECRETS_FILE
-from middleware.errors import MoorageError
+from middleware.engines.postgresql.config import (
+    ARCHIVE_SCRIPT,
+    FIRST_START_MARKER,
+    POSTGRES_PORT,
+    RECOVERY_SCRIPT,
+    RESTORE_SCRIPT,
+    SOURCE_RESTORE_SCRIPT,
+    SUPERUSER,
+    guc_quote,
+)
+from middleware.engines.postgresql.render import CONFIG_DIR, SECRETS_FILE
+from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import config_map_name, env_from_secret
 from middleware.models.backup import CredentialsSecret
 from middleware.spec import ResolvedSpec
@@ -30,6 +40,7 @@ Manifest = dict[str, Any]
 
 IMAGE_BARMAN_BIN = pitr.DEFAULT_BARMAN_DIR / "bin"
 POSTGRES_CONTAINER = "postgresql"
+INIT_CONTAINER = "init"
 # The pgpass file the init container writes: barman connects as the superuser through it, so no
 # password is on the exec's command line.
 PGPASS_FILE = SECRETS_FILE
@@ -44,26 +55,37 @@ def with_wal_archiving(
     """The rendered manifests with the archive and restore scripts in the ConfigMap and the
     repository's keys in the PostgreSQL container's environment (copies; the input is untouched)."""
     result = [copy.deepcopy(m) for m in manifests]
+    config_map, statefulset = _config_map_and_statefulset(spec, result)
+    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN)
+    config_map["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN)
+    containers = statefulset["spec"]["template"]["spec"]["containers"]
+    _add_keys(next(c for c in containers if c["name"] == POSTGRES_CONTAINER), credentials)
+    return result
+
+
+def _config_map_and_statefulset(spec: ResolvedSpec, manifests: list[Manifest]) -> tuple[Manifest, Manifest]:
     config_name = config_map_name(spec)
-    config_maps = [m for m in result if m["kind"] == "ConfigMap" and m["metadata"]["name"] == config_name]
-    statefulsets = [m for m in result if m["kind"] == "StatefulSet"]
+    config_maps = [m for m in manifests if m["kind"] == "ConfigMap" and m["metadata"]["name"] == config_name]
+    statefulsets = [m for m in manifests if m["kind"] == "StatefulSet"]
     if len(config_maps) != 1 or len(statefulsets) != 1:
         raise ValueError(
-            f"expected one ConfigMap {config_map_name(spec)} and one StatefulSet, "
+            f"expected one ConfigMap {config_name} and one StatefulSet, "
             f"got {len(config_maps)} and {len(statefulsets)}"
         )
-    config_maps[0]["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN)
-    config_maps[0]["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN)
-    if credentials is not None:
-        containers = statefulsets[0]["spec"]["template"]["spec"]["containers"]
-        postgres = next(c for c in containers if c["name"] == POSTGRES_CONTAINER)
-        postgres.setdefault("env", []).extend(
-            [
-                env_from_secret("AWS_ACCESS_KEY_ID", credentials.name, credentials.access_key_id_key),
-                env_from_secret("AWS_SECRET_ACCESS_KEY", credentials.name, credentials.secret_access_key_key),
-            ]
-        )
-    return result
+    return config_maps[0], statefulsets[0]
+
+
+def _add_keys(container: Manifest, credentials: CredentialsSecret | None) -> None:
+    """The repository's keys as secretKeyRef env (barman's boto3 reads them), once."""
+    if credentials is None:
+        return
+    env = container.setdefault("env", [])
+    for name, key in (
+        ("AWS_ACCESS_KEY_ID", credentials.access_key_id_key),
+        ("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key_key),
+    ):
+        if not any(e["name"] == name for e in env):
+            env.append(env_from_secret(name, credentials.name, key))
 
 
 def base_backup_command(archive: pitr.WalArchive) -> list[str]:
@@ -97,3 +119,80 @@ def take_base_backup_in_pod(
             raise MoorageError(f"barman-cloud-backup of {archive.namespace}/{archive.name} failed:\n{tail}")
 
     return pitr.base_backup_with(store, archive, system_id, lambda: run(base_backup_command(archive)))
+
+
+def recovery_target(spec: ResolvedSpec) -> pitr.RecoveryTarget:
+    """spec.recovery's target (none given: the end of the archive); a SpecError names the field."""
+    recovery = spec.recovery
+    assert recovery is not None
+    if recovery.target_time is not None:
+        try:
+            moment = datetime.fromisoformat(recovery.target_time.replace("Z", "+00:00"))
+        except ValueError:
+            raise SpecError(
+                "spec.recovery.targetTime",
+                f"{recovery.target_time!r} is not a time like 2026-12-05T10:00:00Z",
+            ) from None
+        try:
+            return pitr.RecoveryTarget(time=moment)
+        except SpecError as exc:
+            raise SpecError("spec.recovery.targetTime", exc.reason) from None
+    if recovery.target_lsn is not None:
+        try:
+            return pitr.RecoveryTarget(lsn=recovery.target_lsn)
+        except SpecError as exc:
+            raise SpecError("spec.recovery.targetLsn", exc.reason) from None
+    if recovery.target_restore_point is not None:
+        return pitr.RecoveryTarget(name=recovery.target_restore_point)
+    return pitr.RecoveryTarget(latest=True)
+
+
+def recovery_script(source: pitr.WalArchive, backup_id: str, target: pitr.RecoveryTarget) -> str:
+    """What the first member's init container runs instead of initdb (``$1``: the data directory):
+    the base backup restored from the source's archive, the recovery settings appended (WAL fetched
+    through the source's restore script, stop at the target and promote), recovery.signal, and
+    the first-start marker (the start script then starts it as the one writable member)."""
+    restore = shlex.join([*source.command(IMAGE_BARMAN_BIN, "barman-cloud-restore"), backup_id])
+    settings = {
+        "restore_command": f'"{CONFIG_DIR}/{SOURCE_RESTORE_SCRIPT}" "%f" "%p"',
+        **target.settings(),
+    }
+    lines = [
+        "#!/bin/sh",
+        f"# Written by Moorage (spec.recovery): base backup {backup_id} of "
+        f"{source.namespace}/{source.name} from {source.destination}, recovered to {target.settings()}.",
+        "set -eu",
+        "pgdata=$1",
+        f"export AWS_DEFAULT_REGION={shlex.quote(source.config.region)}",
+        f'{restore} "$pgdata"',
+        'chmod 0700 "$pgdata"',
+        "cat >> \"$pgdata/postgresql.auto.conf\" <<'EOF'",
+        "# point-in-time recovery by Moorage (spec.recovery); the init container removes it once promoted",
+        *(f"{key} = {guc_quote(value)}" for key, value in settings.items()),
+        "EOF",
+        ': > "$pgdata/recovery.signal"',
+        f': > "$pgdata/{FIRST_START_MARKER}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def with_recovery(
+    spec: ResolvedSpec,
+    manifests: Iterable[Manifest],
+    source: pitr.WalArchive,
+    backup_id: str,
+    credentials: CredentialsSecret | None,
+) -> list[Manifest]:
+    """The manifests of a Middleware created from ``source``'s archive (spec.recovery): the recovery
+    and source restore scripts in the ConfigMap, the repository's keys (secretKeyRef) in the init
+    container, which restores, and in the PostgreSQL container, which fetches the WAL."""
+    result = [copy.deepcopy(m) for m in manifests]
+    config_map, statefulset = _config_map_and_statefulset(spec, result)
+    config_map["data"][RECOVERY_SCRIPT] = recovery_script(source, backup_id, recovery_target(spec))
+    config_map["data"][SOURCE_RESTORE_SCRIPT] = pitr.restore_script(source, IMAGE_BARMAN_BIN)
+    pod = statefulset["spec"]["template"]["spec"]
+    for container in [*pod.get("initContainers", []), *pod["containers"]]:
+        if container["name"] in (POSTGRES_CONTAINER, INIT_CONTAINER):
+            _add_keys(container, credentials)
+    return result

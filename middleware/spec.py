@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from middleware.catalog import Catalog, load_default_catalog, validate_parameters
 from middleware.errors import SpecError
 from middleware.models.common import Resources, Storage
-from middleware.models.middleware import DeletionPolicy, Middleware, Topology
+from middleware.models.middleware import DeletionPolicy, Middleware, RecoverySource, Topology
 
 if TYPE_CHECKING:
     from middleware.engines.base import Engine
@@ -46,6 +46,8 @@ class ResolvedSpec:
     # repository (the BackupRepository named by spec.backup.repository.name).
     wal_archiving: bool = False
     archive_repository: str | None = None
+    # spec.recovery: created from another Middleware's archive, at a point in time.
+    recovery: RecoverySource | None = None
 
     @property
     def is_cluster(self) -> bool:
@@ -132,6 +134,8 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
             f"{spec.engine} has no write-ahead log to archive "
             f"(offered for: {', '.join(WAL_ARCHIVING_ENGINES)})",
         )
+    if spec.recovery is not None and str(spec.engine) not in WAL_ARCHIVING_ENGINES:
+        raise SpecError("spec.recovery", f"{spec.engine} has no write-ahead log to recover from")
     return ResolvedSpec(
         name=middleware.metadata.name,
         namespace=middleware.metadata.namespace,
@@ -153,6 +157,7 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         generation=middleware.metadata.generation,
         wal_archiving=wal_archiving,
         archive_repository=spec.backup.repository.name if spec.backup and wal_archiving else None,
+        recovery=spec.recovery,
     )
 
 
@@ -177,5 +182,11 @@ def check_change(old: ResolvedSpec, new: ResolvedSpec, engine: Engine) -> None:
             "spec.backup.walArchiving",
             f"cannot change from {old.wal_archiving} to {new.wal_archiving} on an existing Middleware yet "
             "(create a new one with it set and restore a backup into it)",
+        )
+    if old.recovery != new.recovery:
+        raise SpecError(
+            "spec.recovery",
+            "is read at creation only (the data has been recovered): "
+            "create a new Middleware to recover again",
         )
     engine.check_change(old, new)

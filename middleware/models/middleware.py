@@ -80,6 +80,32 @@ class BackupPolicy(WireModel):
         return self
 
 
+class RecoverySource(WireModel):
+    """Create a PostgreSQL Middleware from another one's WAL archive, as it was at a moment."""
+
+    source: str = Field(
+        min_length=1, description="The archiving Middleware (same namespace) to recover from."
+    )
+    repository: LocalObjectReference = Field(description="The BackupRepository holding its archive.")
+    backup_id: str | None = Field(
+        default=None, description="The base backup to start from; unset: the newest one before the target."
+    )
+    target_time: str | None = Field(
+        default=None, description="A moment with its zone, e.g. 2026-12-05T10:00:00Z."
+    )
+    target_lsn: str | None = Field(default=None, description="A WAL position, e.g. 0/3000090.")
+    target_restore_point: str | None = Field(default=None, description="A pg_create_restore_point name.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RecoverySource:
+        given = [t for t in (self.target_time, self.target_lsn, self.target_restore_point) if t is not None]
+        if len(given) > 1:
+            raise ValueError(
+                "give at most one of targetTime, targetLsn, targetRestorePoint (none: the latest)"
+            )
+        return self
+
+
 ParameterValue = str | int | float | bool
 
 
@@ -108,6 +134,13 @@ class MiddlewareSpec(WireModel):
     )
     extensions: list[str] = Field(default_factory=list, description="e.g. ['vector'] for PostgreSQL.")
     backup: BackupPolicy | None = None
+    recovery: RecoverySource | None = Field(
+        default=None,
+        description=(
+            "PostgreSQL only, at creation: the data comes from another Middleware's WAL archive, "
+            "recovered to targetTime/targetLsn/targetRestorePoint (or its end), with its credentials."
+        ),
+    )
     deletion_policy: DeletionPolicy = Field(
         default=DeletionPolicy.RETAIN,
         description="Retain keeps PVCs and the credentials Secret when the Middleware is deleted.",
@@ -166,6 +199,10 @@ class MiddlewareStatus(ResourceStatus):
     version: str | None = None
     credentials_secret: str | None = None
     last_operation: OperationStatus | None = None
+    recovery_base_backup: str | None = Field(
+        default=None,
+        description="spec.recovery: the base backup chosen at creation (the members recover from it).",
+    )
     observed_at: str | None = Field(
         default=None,
         description=(

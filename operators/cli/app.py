@@ -210,6 +210,14 @@ def up(
     lifecycle = _lifecycle(state_dir)
     # Validate every document before starting anything: one bad spec starts nothing.
     deployments = [lifecycle.prepare(doc) for doc in documents]
+    for deployment in deployments:
+        recovery, name = deployment.spec.recovery, deployment.spec.name
+        if recovery is not None:
+            raise SpecError(
+                "spec.recovery",
+                "recovers pods on Kubernetes; on this runtime create the deployment without it, then "
+                f"`moorage restore apply --to {name} --from {recovery.source} --to-time T` (docs/backups.md)",
+            )
     results = []
     for doc, deployment in zip(documents, deployments, strict=True):
         spec = deployment.spec

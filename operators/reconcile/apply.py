@@ -78,8 +78,11 @@ def reconcile(
         previous = applied.load(body, rt)
         if previous is not None:
             check_change(previous.spec, decoded.spec, decoded.engine)
-        elif decoded.spec.wal_archiving:
-            archiving.check_new_archive(rt, decoded.spec)
+        else:
+            if decoded.spec.wal_archiving:
+                archiving.check_new_archive(rt, decoded.spec)
+            if decoded.spec.recovery is not None and status.recovery_base_backup is None:
+                status.recovery_base_backup = archiving.choose_recovery(rt, decoded.spec)
     except archiving.RepositoryUnavailable as exc:
         repository_unavailable(exc)
     except SpecError as exc:
@@ -92,12 +95,15 @@ def reconcile(
     status.version = spec.version
     status.credentials_secret = credentials_secret_name(spec)
     try:
-        manifests = archiving.render(rt, spec, engine, config.cluster_domain)
+        manifests = archiving.render(rt, spec, engine, config.cluster_domain, status.recovery_base_backup)
     except archiving.RepositoryUnavailable as exc:
         repository_unavailable(exc)
 
     _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
-    password = _credentials(rt, body, spec, engine)
+    try:
+        password = _credentials(rt, body, spec, engine)
+    except archiving.RepositoryUnavailable as exc:
+        repository_unavailable(exc)
     if previous is not None and scaling.shape(previous.spec) != scaling.shape(spec):
         previous = scale.drive(rt, body, patch, status, previous, spec, engine, password, config, retry)
 
@@ -280,7 +286,9 @@ def _credentials(rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, eng
     password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
     if password is not None:
         return password
-    created = rt.create_secrets(engine.render_secrets(spec, secrets.token_urlsafe(24)))
+    # Recovered from another Middleware's archive, the data keeps that one's credentials.
+    fresh = archiving.source_password(rt, spec) if spec.recovery is not None else secrets.token_urlsafe(24)
+    created = rt.create_secrets(engine.render_secrets(spec, fresh))
     if created:
         events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
     # Read back: if another writer won a create race, its password is the one members use.

@@ -17,7 +17,7 @@ from backups import pitr, pitr_pods
 from backups.kubernetes import API_VERSION, open_repository
 from backups.store import S3Store
 from middleware.engines.base import WAL_ARCHIVING_CONDITION, Engine
-from middleware.errors import MoorageError
+from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from middleware.models.backup import BackupRepositorySpec
 from middleware.models.middleware import MiddlewareStatus
@@ -36,29 +36,84 @@ class RepositoryUnavailable(MoorageError):
 
 
 def _archive(
-    rt: KubernetesRuntime, spec: ResolvedSpec
+    rt: KubernetesRuntime, spec: ResolvedSpec, *, of_source: bool = False
 ) -> tuple[pitr.WalArchive, BackupRepositorySpec, S3Store]:
-    name = spec.archive_repository or ""
+    """The archive of this Middleware (spec.backup.repository) or, ``of_source``, of the one it
+    recovers from (spec.recovery.repository)."""
+    if of_source:
+        assert spec.recovery is not None
+        name, field, owner = (
+            spec.recovery.repository.name,
+            "spec.recovery.repository.name",
+            spec.recovery.source,
+        )
+    else:
+        name, field, owner = spec.archive_repository or "", "spec.backup.repository.name", spec.name
     found = rt.get(API_VERSION, "BackupRepository", spec.namespace, name)
     if found is None:
         raise RepositoryUnavailable(
-            f"spec.backup.repository.name: BackupRepository {spec.namespace}/{name} not found "
-            "(WAL archiving needs it before the members can start)"
+            f"{field}: BackupRepository {spec.namespace}/{name} not found "
+            "(the members need it before they can start)"
         )
     try:
         repository = open_repository(rt, spec.namespace, name)
     except MoorageError as exc:
         raise RepositoryUnavailable(f"BackupRepository {spec.namespace}/{name}: {exc}") from None
-    archive = pitr.WalArchive(repository.store.config, spec.namespace, spec.name)
+    archive = pitr.WalArchive(repository.store.config, spec.namespace, owner)
     return archive, BackupRepositorySpec.model_validate(found.get("spec") or {}), repository.store
 
 
-def render(rt: KubernetesRuntime, spec: ResolvedSpec, engine: Engine, cluster_domain: str) -> list[Manifest]:
+def render(
+    rt: KubernetesRuntime,
+    spec: ResolvedSpec,
+    engine: Engine,
+    cluster_domain: str,
+    recovery_base_backup: str | None = None,
+) -> list[Manifest]:
+    """The engine's manifests, with what archiving and a recovery from an archive add."""
     manifests = engine.render(spec, cluster_domain=cluster_domain)
-    if not spec.wal_archiving:
-        return manifests
-    archive, repository, _ = _archive(rt, spec)
-    return pitr_pods.with_wal_archiving(spec, manifests, archive, repository.credentials)
+    if spec.wal_archiving:
+        archive, repository, _ = _archive(rt, spec)
+        manifests = pitr_pods.with_wal_archiving(spec, manifests, archive, repository.credentials)
+    if spec.recovery is not None:
+        if recovery_base_backup is None:
+            raise RepositoryUnavailable("spec.recovery: no base backup chosen yet")
+        source, repository, _ = _archive(rt, spec, of_source=True)
+        manifests = pitr_pods.with_recovery(
+            spec, manifests, source, recovery_base_backup, repository.credentials
+        )
+    return manifests
+
+
+def choose_recovery(rt: KubernetesRuntime, spec: ResolvedSpec) -> str:
+    """spec.recovery at creation: the base backup of the source's archive to start from, checked
+    against the target (SpecError naming spec.recovery when the target is outside the window, or a
+    segment is missing) before any pod is made."""
+    assert spec.recovery is not None
+    target = pitr_pods.recovery_target(spec)
+    source, _, store = _archive(rt, spec, of_source=True)
+    try:
+        report = pitr.inspect(store, source)
+    except MoorageError as exc:
+        raise RepositoryUnavailable(f"spec.recovery: the archive of {spec.recovery.source}: {exc}") from None
+    try:
+        chosen = pitr.choose_base_backup(report, target, spec.recovery.backup_id or "latest")
+    except MoorageError as exc:
+        raise SpecError("spec.recovery", f"{source.destination}/{source.name}: {exc}") from None
+    return chosen.backup_id
+
+
+def source_password(rt: KubernetesRuntime, spec: ResolvedSpec) -> str:
+    """The recovered data's superuser password: the source's, from its credentials Secret."""
+    assert spec.recovery is not None
+    secret = f"{spec.recovery.source}-credentials"
+    password = rt.secret_value(spec.namespace, secret, "password")
+    if password is None:
+        raise RepositoryUnavailable(
+            f"spec.recovery.source: Secret {spec.namespace}/{secret} has no password: the recovered data "
+            "keeps the source's credentials, and they are needed to create this Middleware's"
+        )
+    return password
 
 
 def failing(status: MiddlewareStatus) -> bool | None:

@@ -35,9 +35,12 @@ class KubernetesMembers:
     owner: kopf.Body
     password: str
     cluster_domain: str
+    recovery_base_backup: str | None = None
 
     def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
-        for manifest in archiving.render(self.rt, spec, engine, self.cluster_domain):
+        for manifest in archiving.render(
+            self.rt, spec, engine, self.cluster_domain, self.recovery_base_backup
+        ):
             self.rt.apply(manifest, owner=self.owner)
         pods = observe.pods_by_name(self.rt, spec)
         return [m.name for m in engine.members(spec) if m.name not in pods or not pod_ready(pods[m.name])]
@@ -63,7 +66,7 @@ def drive(
     """Bring the members from ``previous``'s shape to ``spec``'s; returns the record to continue
     from (the previous spec with the new shape). Raises kopf.TemporaryError while not done yet."""
     change = describe_change(previous.spec, spec)
-    port = KubernetesMembers(rt, body, password, config.cluster_domain)
+    port = KubernetesMembers(rt, body, password, config.cluster_domain, status.recovery_base_backup)
     try:
         step = scale_step(port, previous.spec, spec, engine)
     except KubernetesApiError as exc:

@@ -6,8 +6,10 @@ One flow: segments switched on the primary reach S3 and the status says archivin
 backup taken by a DBA (``moorage backup base --runtime kubernetes`` in a pod bound to the DBA
 role: barman runs in the primary's container over pods/exec); a switchover, after which the new
 primary archives on timeline 2; ``restore plan --to-latest`` sees both timelines and the base
-backup; and the Middleware deleted with its data and created again under the same name is refused
-(its archive holds another cluster's WAL now).
+backup; a new Middleware with ``spec.recovery`` (examples/postgresql-pitr.yaml's second document)
+holds exactly the rows from before a moment after the switchover, and one with a moment before the
+window is refused; and the source deleted with its data and created again under the same name is
+refused (its archive holds another cluster's WAL now).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,21 +34,13 @@ from tests.integration.s3_harness import S3Server
 
 pytestmark = pytest.mark.e2e
 
-NAME = "ledger"
-SPEC = {
-    "engine": "postgresql",
-    "topology": "replication",
-    "replicas": 2,
-    "resources": {"cpu": "150m", "memory": "256Mi"},
-    "storage": {"size": "512Mi"},
-    # suspend: no scheduled logical backups beside what this test does
-    "backup": {
-        "repository": {"name": REPOSITORY},
-        "schedule": "0 3 * * *",
-        "suspend": True,
-        "walArchiving": True,
-    },
-}
+# examples/postgresql-pitr.yaml: the archiving Middleware and the one recovered from its archive,
+# sized for this node, and the nightly logical backup suspended (this test is about the archive).
+EXAMPLE = "postgresql-pitr.yaml"
+SMALL = {"resources": {"cpu": "150m", "memory": "256Mi"}, "storage": {"size": "512Mi"}}
+SOURCE, RECOVERED = (document(EXAMPLE, "Middleware", index) for index in (0, 1))
+NAME, COPY = SOURCE["metadata"]["name"], RECOVERED["metadata"]["name"]
+SPEC = {**SOURCE["spec"], **SMALL, "backup": {**SOURCE["spec"]["backup"], "suspend": True}}
 ARCHIVE_TIMEOUT = 180
 
 
@@ -60,12 +55,13 @@ def archive_root(namespace: str) -> str:
 
 
 @contextmanager
-def superuser(cluster: LocalCluster, namespace: str) -> Iterator[psycopg.Connection[Any]]:
-    """The superuser on the -rw Service (it follows the primary's role label)."""
-    ip = _cluster_ip(cluster, namespace, f"{NAME}-rw")
-    password = cluster.password(namespace, NAME)
+def superuser(cluster: LocalCluster, namespace: str, name: str = NAME) -> Iterator[psycopg.Connection[Any]]:
+    """The superuser on the -rw Service (it follows the primary's role label), with the password
+    of the Middleware's own Secret."""
+    ip = _cluster_ip(cluster, namespace, f"{name}-rw")
+    password = cluster.password(namespace, name)
     conn = wait_for(
-        f"{NAME}-rw to accept a connection",
+        f"{name}-rw to accept a connection",
         lambda: psycopg.connect(
             host=ip,
             port=5432,
@@ -80,6 +76,12 @@ def superuser(cluster: LocalCluster, namespace: str) -> Iterator[psycopg.Connect
     )
     with conn:
         yield conn
+
+
+def scalar(conn: psycopg.Connection[Any], query: str) -> Any:
+    row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return row[0]
 
 
 def switch_segment(cluster: LocalCluster, namespace: str, mark: int) -> str:
@@ -122,6 +124,17 @@ def cli(cluster: LocalCluster, server: S3Server, *args: str) -> Any:
     )
     assert done.returncode == 0, f"moorage {' '.join(args)}: {done.stderr[-3000:]}{done.stdout[-2000:]}"
     return json.loads(done.stdout)
+
+
+def failed(cluster: LocalCluster, namespace: str, name: str) -> dict[str, Any]:
+    """The status of a Middleware once its phase is Failed (a refused spec)."""
+
+    def refused() -> dict[str, Any] | None:
+        status = cluster.middleware(namespace, name).get("status") or {}
+        return status if status.get("phase") == "Failed" else None
+
+    result: dict[str, Any] = wait_for(f"{name} refused", refused, 120, interval=1.0)
+    return result
 
 
 def archiving_condition(cluster: LocalCluster, namespace: str) -> dict[str, Any] | None:
@@ -199,6 +212,45 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
     assert {t["timeline"] for t in plan["window"]["timelines"]} >= {1, 2}, plan
     assert plan["window"]["missingSegments"] == [], plan
 
+    # Into a new Middleware, to a moment after the switchover: the base backup of timeline 1, then
+    # the WAL of timelines 1 and 2, replayed by the new Middleware's own pods.
+    time.sleep(1.1)
+    with superuser(local_cluster, ns) as conn:
+        between = scalar(conn, "SELECT clock_timestamp()")
+    time.sleep(1.1)
+    third = switch_segment(local_cluster, ns, 3)
+    wait_for(
+        f"segment {third} in S3",
+        lambda: third in archived_segments(pod_s3_server, bucket, ns),
+        ARCHIVE_TIMEOUT,
+        interval=2.0,
+    )
+    # The example's second Middleware, with what its comment says to put in: a moment of the window.
+    recovery = {**RECOVERED["spec"]["recovery"], "targetTime": between.isoformat()}
+    assert recovery["source"] == NAME and recovery["repository"]["name"] == REPOSITORY
+    copy_spec = {**RECOVERED["spec"], **SMALL, "recovery": recovery}
+    local_cluster.create_middleware(ns, COPY, copy_spec)
+    recovered = local_cluster.wait_ready(ns, COPY, timeout=600)
+    assert recovered["status"]["recoveryBaseBackup"] == taken["id"], recovered["status"]
+    assert all(m["healthy"] for m in recovered["status"]["members"]), recovered["status"]
+    with superuser(local_cluster, ns, COPY) as conn:
+        marks = {row[0] for row in conn.execute("SELECT n FROM marks").fetchall()}
+        timeline = scalar(conn, "SELECT timeline_id FROM pg_control_checkpoint()")
+        streaming = scalar(conn, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+    assert marks == {1, 2}, marks  # exactly the rows committed before the moment
+    assert timeline == 3, timeline  # promoted after the source's timeline 2
+    assert streaming == 1, "the second member cloned the recovered one and follows it"
+    with superuser(local_cluster, ns) as conn:
+        assert {row[0] for row in conn.execute("SELECT n FROM marks").fetchall()} == {1, 2, 3}
+
+    # A moment before the archive's window is refused before any pod is made, naming the field.
+    early = {**recovery, "targetTime": "2020-01-01T00:00:00Z"}
+    local_cluster.create_middleware(ns, "too-early", {**copy_spec, "recovery": early})
+    refused_early = failed(local_cluster, ns, "too-early")
+    message = next(c for c in refused_early["conditions"] if c["type"] == "Provisioned")["message"]
+    assert message.startswith("spec.recovery:") and "before the recoverable window" in message, message
+    assert not local_cluster.pods(ns, "app.kubernetes.io/instance=too-early")
+
     # One archive, one cluster: deleted with its data and created again, the name's archive is not
     # empty, so the new cluster is refused before any pod is made.
     local_cluster.patch_middleware(ns, NAME, {"deletionPolicy": "Delete"})
@@ -209,16 +261,11 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
             ns, label_selector=f"app.kubernetes.io/instance={NAME}"
         ).items
         listed: Any = local_cluster.custom.list_namespaced_custom_object(GROUP, VERSION, ns, "middlewares")
-        return not claims and not listed["items"]
+        return not claims and NAME not in {m["metadata"]["name"] for m in listed["items"]}
 
     wait_for("the Middleware and its claims gone", gone, 300, interval=2.0)
     local_cluster.create_middleware(ns, NAME, SPEC)
-
-    def refused() -> dict[str, Any] | None:
-        status = local_cluster.middleware(ns, NAME).get("status") or {}
-        return status if status.get("phase") == "Failed" else None
-
-    status: dict[str, Any] = wait_for("the new Middleware refused", refused, 120, interval=1.0)
+    status = failed(local_cluster, ns, NAME)
     message = next(c for c in status["conditions"] if c["type"] == "Provisioned")["message"]
     assert status["phaseReason"] == "InvalidSpec", status
     assert message.startswith("spec.backup.walArchiving:") and archive_root(ns) in message, message

@@ -27,10 +27,23 @@ from backups.pitr import (
     credentials_file,
     system_id_of,
 )
-from backups.pitr_pods import IMAGE_BARMAN_BIN, PGPASS_FILE, base_backup_command, with_wal_archiving
+from backups.pitr_pods import (
+    IMAGE_BARMAN_BIN,
+    PGPASS_FILE,
+    base_backup_command,
+    recovery_target,
+    with_recovery,
+    with_wal_archiving,
+)
 from backups.store import RepositoryConfig
 from middleware.engines.base import Observation, wal_archiving_condition
-from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, RESTORE_SCRIPT, postgresql_conf
+from middleware.engines.postgresql.config import (
+    ARCHIVE_SCRIPT,
+    RECOVERY_SCRIPT,
+    RESTORE_SCRIPT,
+    SOURCE_RESTORE_SCRIPT,
+    postgresql_conf,
+)
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
 from middleware.models.backup import CredentialsSecret
@@ -259,3 +272,53 @@ def test_the_archiver_metrics_follow_the_primarys_statistics() -> None:
     assert REGISTRY.get_sample_value("moorage_wal_last_archived_timestamp_seconds", labels) == last
     record_archiving("shop", "ledger", {"failing": False, "failedCount": 3, "lastArchivedTime": None})
     assert REGISTRY.get_sample_value("moorage_wal_archiving_failing", labels) == 0
+
+
+# -- spec.recovery: a new Middleware from another one's archive -----------------------------------
+
+RECOVERY = {"source": "ledger", "repository": {"name": "s3"}, "targetTime": "2026-12-05T10:00:00Z"}
+
+
+def test_recovery_is_postgresql_only_one_target_and_fixed_at_creation() -> None:
+    with pytest.raises(SpecError) as refused:
+        middleware_spec("cache", "shop", {"engine": "redis", "topology": "standalone", "recovery": RECOVERY})
+    assert refused.value.field == "spec.recovery"
+    with pytest.raises(SpecError) as two:
+        postgres(recovery={**RECOVERY, "targetLsn": "0/3000090"})
+    assert "at most one of targetTime, targetLsn, targetRestorePoint" in str(two.value)
+    with pytest.raises(SpecError) as changed:
+        check_change(postgres(recovery=RECOVERY), postgres(), get_engine("postgresql"))
+    assert changed.value.field == "spec.recovery"
+    with pytest.raises(SpecError) as bad_time:
+        recovery_target(postgres(recovery={**RECOVERY, "targetTime": "yesterday"}))
+    assert bad_time.value.field == "spec.recovery.targetTime"
+    latest = recovery_target(postgres(recovery={"source": "ledger", "repository": {"name": "s3"}}))
+    assert latest.latest
+
+
+def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_the_settings() -> None:
+    spec = postgres(recovery=RECOVERY)
+    source = WalArchive(CONFIG, "shop", "ledger")
+    manifests = with_recovery(
+        spec, get_engine("postgresql").render(spec), source, "20261205T090000", CredentialsSecret(name="keys")
+    )
+    config_map = next(m for m in manifests if m["kind"] == "ConfigMap")
+    script = config_map["data"][RECOVERY_SCRIPT]
+    assert f"{IMAGE_BARMAN_BIN}/barman-cloud-restore " in script and " ledger 20261205T090000 " in script
+    assert "recovery_target_time = '2026-12-05T10:00:00+00:00'" in script
+    assert "recovery_target_action = 'promote'" in script
+    assert f'restore_command = \'"/etc/postgresql/{SOURCE_RESTORE_SCRIPT}" "%f" "%p"\'' in script
+    assert 'recovery.signal"' in script and "moorage.first-start" in script
+    assert "s3://pitr-bucket/pitr/shop ledger" in config_map["data"][SOURCE_RESTORE_SCRIPT]
+    pod = next(m for m in manifests if m["kind"] == "StatefulSet")["spec"]["template"]["spec"]
+    init = pod["initContainers"][0]
+    assert f'sh "/etc/postgresql-templates/{RECOVERY_SCRIPT}" "$pgdata"' in init["command"][-1]
+    assert "initdb" not in init["command"][-1]
+    # Once promoted (no recovery.signal), the settings leave every member's data at its next start.
+    assert "sed -i -e '/^restore_command[ =]/d' -e '/^recovery_target/d'" in init["command"][-1]
+    for container in (init, pod["containers"][0]):
+        keys = {e["name"]: e for e in container["env"]}
+        assert keys["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "keys"
+    assert "s3cr3t" not in json.dumps(manifests)
+    plain = get_engine("postgresql").render(postgres())[-2]["spec"]["template"]["spec"]
+    assert "initdb" in plain["initContainers"][0]["command"][-1]

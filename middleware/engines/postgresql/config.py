@@ -35,6 +35,10 @@ FENCE_OFF_LINE = "moorage.fence = off"
 ARCHIVE_SCRIPT = "wal-archive"
 # restore_command of a point-in-time recovery: a script beside the archive script.
 RESTORE_SCRIPT = "wal-restore"
+# Recovering from another deployment's archive (spec.recovery, a drill): its restore script, and in
+# pods the script the init container runs instead of initdb (barman-cloud-restore + the settings).
+SOURCE_RESTORE_SCRIPT = "wal-restore-source"
+RECOVERY_SCRIPT = "recovery-bootstrap"
 ARCHIVE_COMMAND = '"${DATA_DIR}/' + ARCHIVE_SCRIPT + '" "%p"'
 ARCHIVE_TIMEOUT = "60s"
 SHARED_BUFFERS_SHARE = 0.25

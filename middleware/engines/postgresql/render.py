@@ -17,8 +17,10 @@ from middleware.engines.postgresql.config import (
     ARCHIVE_SCRIPT,
     FIRST_START_MARKER,
     POSTGRES_PORT,
+    RECOVERY_SCRIPT,
     REPLICATION_USER,
     RESTORE_SCRIPT,
+    SOURCE_RESTORE_SCRIPT,
     START_SCRIPT,
     SUPERUSER,
     app_password,
@@ -189,19 +191,64 @@ def placeholder_values() -> dict[str, str]:
     }
 
 
-def _archive_scripts(spec: ResolvedSpec) -> list[str]:
-    """With spec.backup.walArchiving, archive_command runs ``${DATA_DIR}/wal-archive``: the operator
-    adds that script and the restore one to the ConfigMap (they name the repository, which this
-    pure renderer does not know); executable copies go next to the config."""
-    if not spec.wal_archiving:
+def _installed_scripts(spec: ResolvedSpec) -> list[str]:
+    """Scripts PostgreSQL runs that name a repository, which this pure renderer does not know: the
+    operator adds them to the ConfigMap, executable copies go next to the config. With
+    spec.backup.walArchiving: ``${DATA_DIR}/wal-archive`` (archive_command) and the restore one;
+    with spec.recovery: the restore script of the source's archive."""
+    names = [ARCHIVE_SCRIPT, RESTORE_SCRIPT] if spec.wal_archiving else []
+    if spec.recovery is not None:
+        names.append(SOURCE_RESTORE_SCRIPT)
+    if not names:
         return []
     return [
-        f"for f in {ARCHIVE_SCRIPT} {RESTORE_SCRIPT}; do",
-        f'  [ -s "{TEMPLATES_DIR}/$f" ] || fail "no $f in the ConfigMap (spec.backup.walArchiving: '
-        'the operator adds it from the BackupRepository)"',
+        f"for f in {' '.join(names)}; do",
+        f'  [ -s "{TEMPLATES_DIR}/$f" ] || fail "no $f in the ConfigMap (spec.backup.walArchiving, '
+        'spec.recovery: the operator adds it from the BackupRepository)"',
         f'  cp "{TEMPLATES_DIR}/$f" "{CONFIG_DIR}/$f.tmp" && chmod 0700 "{CONFIG_DIR}/$f.tmp"',
         f'  mv "{CONFIG_DIR}/$f.tmp" "{CONFIG_DIR}/$f"',
         "done",
+    ]
+
+
+def _initdb() -> list[str]:
+    return [
+        f"    printf '%s\\n' \"${PASSWORD_ENV}\" > {SECRETS_DIR}/pwfile",
+        f'    initdb -D "$pgdata" -U {SUPERUSER} --pwfile={SECRETS_DIR}/pwfile --auth=scram-sha-256 '
+        "--data-checksums --no-locale --encoding=UTF8",
+        f"    rm -f {SECRETS_DIR}/pwfile",
+        # The replication role before the first start: the next members clone through it before
+        # every member is Ready, and so before the operator's bootstrap (which keeps it up to
+        # date) can run. Single-user mode: nothing listens yet, and the statement is not logged.
+        f"    rp_sql=`printf '%s' \"${REPLICATION_PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
+        f'    printf "CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD \'%s\';\\n" "$rp_sql" '
+        '| postgres --single -D "$pgdata" postgres >/dev/null',
+        f'    : > "$pgdata/{FIRST_START_MARKER}"',
+    ]
+
+
+def _recover_from_archive() -> list[str]:
+    """spec.recovery: the first member's data is another Middleware's base backup plus its WAL up to
+    the target, not initdb. The operator adds the script (it names the archive and the base backup);
+    it restores, writes the recovery settings and recovery.signal, and the start recovers."""
+    script = f"{TEMPLATES_DIR}/{RECOVERY_SCRIPT}"
+    return [
+        f'    [ -s "{script}" ] || fail "no {RECOVERY_SCRIPT} in the ConfigMap (spec.recovery: '
+        "the operator adds it from the source's archive)\"",
+        f'    sh "{script}" "$pgdata"',
+    ]
+
+
+def _forget_recovery(spec: ResolvedSpec) -> list[str]:
+    """Once promoted (recovery.signal gone) the recovery settings go: a copy cloned from this data,
+    or this member restarted as a standby after a failover, must never chase the old target nor
+    fetch WAL from the source's archive."""
+    if spec.recovery is None:
+        return []
+    return [
+        'if [ ! -e "$pgdata/recovery.signal" ] && [ -f "$pgdata/postgresql.auto.conf" ]; then',
+        "  sed -i -e '/^restore_command[ =]/d' -e '/^recovery_target/d' \"$pgdata/postgresql.auto.conf\"",
+        "fi",
     ]
 
 
@@ -228,7 +275,7 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         f'  sed {sed} "{TEMPLATES_DIR}/$f" > "{CONFIG_DIR}/$f.tmp"',
         f'  mv "{CONFIG_DIR}/$f.tmp" "{CONFIG_DIR}/$f"',
         "done",
-        *_archive_scripts(spec),
+        *_installed_scripts(spec),
         # pgpass escaping: backslash and colon. Backticks, not $(...), which kubelet would expand.
         "esc() { printf '%s' \"$1\" | sed -e 's/\\\\/\\\\\\\\/g' -e 's/:/\\\\:/g'; }",
         f'rp=`esc "${REPLICATION_PASSWORD_ENV}"`',
@@ -241,17 +288,7 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         'if [ ! -s "$pgdata/PG_VERSION" ]; then',
         '  rm -rf "$pgdata"',
         '  if [ "${POD_NAME##*-}" = 0 ] && ! primary_up; then',
-        f"    printf '%s\\n' \"${PASSWORD_ENV}\" > {SECRETS_DIR}/pwfile",
-        f'    initdb -D "$pgdata" -U {SUPERUSER} --pwfile={SECRETS_DIR}/pwfile --auth=scram-sha-256 '
-        "--data-checksums --no-locale --encoding=UTF8",
-        f"    rm -f {SECRETS_DIR}/pwfile",
-        # The replication role before the first start: the next members clone through it before
-        # every member is Ready, and so before the operator's bootstrap (which keeps it up to
-        # date) can run. Single-user mode: nothing listens yet, and the statement is not logged.
-        f"    rp_sql=`printf '%s' \"${REPLICATION_PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
-        f'    printf "CREATE ROLE {REPLICATION_USER} WITH REPLICATION LOGIN PASSWORD \'%s\';\\n" "$rp_sql" '
-        '| postgres --single -D "$pgdata" postgres >/dev/null',
-        f'    : > "$pgdata/{FIRST_START_MARKER}"',
+        *(_recover_from_archive() if spec.recovery is not None else _initdb()),
         "  else",
         "    tries=0",
         "    until primary_up; do",
@@ -265,6 +302,7 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         # Data survived (a restart, an old primary after a failover): rewind onto the current primary.
         f'  pg_rewind -D "$pgdata" --source-server="{rewind_source}"',
         "fi",
+        *_forget_recovery(spec),
         f'if [ ! -e "$pgdata/{FIRST_START_MARKER}" ] && primary_up; then',
         "  line=\"primary_conninfo = '$conninfo'\"",
         '  printf \'%s\\n\' "$line" >> "$pgdata/postgresql.auto.conf"',
