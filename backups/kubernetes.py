@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from backups import pitr, pitr_pods
+import psycopg
+
+from backups import pitr, pitr_drill, pitr_pods
 from backups.jobs import CATALOGS_ENV
 from backups.repository import Repository
 from backups.runbook import Target
@@ -139,7 +143,7 @@ class KubernetesTargets:
         return self.runtime.connection(spec, engine, manifests, pods, password, self.cluster_domain)
 
     @contextmanager
-    def scratch(self, manifest: dict[str, Any]) -> Iterator[Target]:
+    def scratch(self, manifest: dict[str, Any], purpose: str = "verify") -> Iterator[Target]:
         """A scratch Middleware created through the API, provisioned by the operator like any other
         (so a deep verify also proves the operator can bring this backup's shape up), waited for
         until Ready, and deleted on exit with its PVCs and Secret (``deletionPolicy: Delete``,
@@ -153,7 +157,7 @@ class KubernetesTargets:
             "metadata": {
                 **meta,
                 "namespace": namespace,
-                "labels": {**meta.get("labels", {}), SCRATCH_LABEL: "verify"},
+                "labels": {**meta.get("labels", {}), SCRATCH_LABEL: purpose},
             },
         }
         if body["spec"].get("deletionPolicy") != "Delete":
@@ -229,3 +233,91 @@ def take_base_backup(
         return rt.exec_in_pod(namespace, primaries[0].name, pitr_pods.POSTGRES_CONTAINER, command, timeout)
 
     return pitr_pods.take_base_backup_in_pod(repository.store, archive, system_id, run_in_primary)
+
+
+def _primary_connection(target: Target) -> psycopg.Connection[Any]:
+    """The superuser on the primary the engine reports, through its pod's DNS name."""
+    primaries = [m for m in target.engine.observe(target.spec, target.conn).members if m.role == "primary"]
+    if len(primaries) != 1:
+        raise MoorageError(
+            f"{target.namespace}/{target.name} has no single writable primary (found {len(primaries)})"
+        )
+    endpoint = target.conn.endpoint(primaries[0].name)
+    return psycopg.connect(
+        host=endpoint.host,
+        port=endpoint.port,
+        user="postgres",
+        password=target.conn.password,
+        dbname="postgres",
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+@dataclass
+class KubernetesDrillSource:
+    """``backups.pitr_drill.DrillSource`` for a Middleware in a cluster."""
+
+    target: Target
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return _primary_connection(self.target)
+
+    def timeline(self) -> int | None:
+        return None  # spec.recovery follows the archive's latest timeline
+
+
+@dataclass
+class KubernetesRecovered:
+    target: Target
+    recovery_seconds: float
+
+    def connect(self) -> psycopg.Connection[Any]:
+        return _primary_connection(self.target)
+
+
+def drill_scratch(
+    targets: KubernetesTargets, source: Target
+) -> Callable[[pitr_drill.DrillRecovery], AbstractContextManager[KubernetesRecovered]]:
+    """Scratch Middlewares for drills of ``source``: its spec as one standalone member without the
+    backup policy, recovered
+    by its own pods from the source's archive (``spec.recovery``, the moment and the base backup of
+    the drill), in the source's namespace, deleted with its data afterwards. The time measured runs
+    from the creation until the operator reports it Ready (the pods start, restore and replay)."""
+    repository = source.spec.archive_repository
+    if repository is None:
+        raise SpecError(
+            "spec.backup.walArchiving", f"is off for {source.namespace}/{source.name}: no archive to drill"
+        )
+
+    @contextmanager
+    def scratch(recovery: pitr_drill.DrillRecovery) -> Iterator[KubernetesRecovered]:
+        assert recovery.target.time is not None
+        # One member: a drill proves the data comes back, not the topology.
+        dropped = ("backup", "replicas", "sentinels", "shards")
+        spec = {k: v for k, v in (source.manifest.get("spec") or {}).items() if k not in dropped}
+        spec.update(
+            topology="standalone",
+            deletionPolicy="Delete",
+            recovery={
+                "source": source.name,
+                "repository": {"name": repository},
+                "backupId": recovery.base_backup,
+                "targetTime": recovery.target.time.isoformat(),
+            },
+        )
+        manifest = {
+            "apiVersion": API_VERSION,
+            "kind": "Middleware",
+            "metadata": {
+                "name": f"drill-{secrets.token_hex(3)}",
+                "namespace": source.namespace,
+                "labels": {"moorage.io/drill": recovery.drill_id},
+            },
+            "spec": spec,
+        }
+        clock = time.monotonic()
+        with targets.scratch(manifest, purpose="drill") as target:
+            yield KubernetesRecovered(target, time.monotonic() - clock)
+
+    return scratch

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from backups import pitr
+from backups import pitr, pitr_drill, pitr_restore
+from backups.repository import Repository
 from backups.runbook import Target
 from middleware.engines.base import Connection, MemberPlan
 from middleware.engines.postgresql.config import FIRST_START_MARKER, PGDATA, SOURCE_RESTORE_SCRIPT, guc_quote
@@ -257,25 +258,25 @@ def _write_private(path: Path, content: str, mode: int) -> None:
 
 @dataclass
 class LocalScratch:
-    """A drill's scratch deployment on this machine (``backups.pitr_drill.Scratch``)."""
+    """A drill's scratch deployment on this machine, recovered (``backups.pitr_drill.Recovered``)."""
 
     port: LocalRecovery
-    namespace: str
-    name: str
+    recovery_seconds: float
 
     def connect(self) -> psycopg.Connection[Any]:
         return self.port.connect()
 
 
 def drill_scratch(
-    lifecycle: Lifecycle, source: LocalRecovery
-) -> Callable[[str], AbstractContextManager[LocalScratch]]:
+    lifecycle: Lifecycle, source: LocalRecovery, repository: Repository
+) -> Callable[[pitr_drill.DrillRecovery], AbstractContextManager[LocalScratch]]:
     """Scratch deployments for drills of ``source``: one standalone member of its version,
     parameters and extensions (a drill proves the data comes back, not the topology), archiving
-    nothing, in the scratch namespace, removed with its data afterwards."""
+    nothing, in the scratch namespace, restored from the source's archive with
+    ``apply_point_in_time`` (the time measured is that restore's), removed with its data afterwards."""
 
     @contextmanager
-    def scratch(drill_id: str) -> Iterator[LocalScratch]:
+    def scratch(recovery: pitr_drill.DrillRecovery) -> Iterator[LocalScratch]:
         spec = dict(source.manifest.get("spec") or {})
         for field in ("backup", "replicas", "sentinels", "shards"):
             spec.pop(field, None)
@@ -287,7 +288,7 @@ def drill_scratch(
             "metadata": {
                 "name": name,
                 "namespace": SCRATCH_NAMESPACE,
-                "labels": {"moorage.io/drill": drill_id},
+                "labels": {"moorage.io/drill": recovery.drill_id},
             },
             "spec": spec,
         }
@@ -296,7 +297,12 @@ def drill_scratch(
             port = LocalRecovery(
                 lifecycle, SCRATCH_NAMESPACE, name, from_other_archive=True, other_password=source.password
             )
-            yield LocalScratch(port, SCRATCH_NAMESPACE, name)
+            clock = time.monotonic()
+            pitr_restore.apply_point_in_time(
+                repository, port, SCRATCH_NAMESPACE, name, recovery.target, base=recovery.base_backup,
+                restore_id=f"restore-{recovery.drill_id}", source=recovery.source,
+            )  # fmt: skip
+            yield LocalScratch(port, time.monotonic() - clock)
         finally:
             lifecycle.down(SCRATCH_NAMESPACE, name, purge=True)
 

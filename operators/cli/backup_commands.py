@@ -21,7 +21,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backups import pitr, pitr_drill, pitr_restore, runbook
-from backups.kubernetes import KubernetesTargets
+from backups.kubernetes import KubernetesDrillSource, KubernetesTargets
+from backups.kubernetes import drill_scratch as kubernetes_drill_scratch
 from backups.kubernetes import take_base_backup as kubernetes_base_backup
 from backups.local import LocalRecovery, LocalTargets, drill_scratch
 from backups.manifest import BackupManifest
@@ -263,18 +264,27 @@ def backup_drill(
     repo: RepoOpt = "",
     namespace: Namespace = "default",
     state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
-    """Prove the point-in-time recovery works (local runtime): marker rows written, a random moment
-    inside the window restored into a scratch deployment, exactly the markers from before it
-    found there; the outcome and the recovery time kept in the repository. Exit 1 when it failed."""
+    """Prove the point-in-time recovery works: marker rows written, a random moment inside the
+    window restored into a scratch deployment (Kubernetes: a scratch Middleware with spec.recovery),
+    exactly the markers from before it found there; the outcome and the recovery time kept in the
+    repository. Exit 1 when it failed."""
     repository = _repository(repo)
-    lifecycle = Lifecycle(local_runtime(state_dir, repo))
-    source = LocalRecovery(lifecycle, namespace, name)
+    source: pitr_drill.DrillSource
+    scratch: pitr_drill.ScratchFactory
+    if runtime == "kubernetes":
+        targets = _targets(state_dir, runtime)
+        assert isinstance(targets, KubernetesTargets)
+        target = targets.get(namespace, name)
+        source, scratch = KubernetesDrillSource(target), kubernetes_drill_scratch(targets, target)
+    else:
+        lifecycle = Lifecycle(local_runtime(state_dir, repo))
+        local = LocalRecovery(lifecycle, namespace, name)
+        source, scratch = local, drill_scratch(lifecycle, local, repository)
     with _progress(not _json(output)) as progress:
-        record = pitr_drill.run_drill(
-            repository, namespace, name, source, drill_scratch(lifecycle, source), progress=progress
-        )
+        record = pitr_drill.run_drill(repository, namespace, name, source, scratch, progress=progress)
     if _json(output):
         _print_json(record)
     else:

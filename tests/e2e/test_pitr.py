@@ -243,6 +243,33 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
     with superuser(local_cluster, ns) as conn:
         assert {row[0] for row in conn.execute("SELECT n FROM marks").fetchall()} == {1, 2, 3}
 
+    # A drill, as a DBA runs it: markers written into the source, a random moment of the window
+    # recovered by a scratch Middleware's own pods, exactly the earlier markers found there; the
+    # scratch goes with its data, the outcome stays in the repository.
+    with dba_account(local_cluster, ns) as account:
+        drill = in_a_dba_pod(
+            local_cluster,
+            ns,
+            account,
+            f"moorage backup drill {NAME} -n {ns} --runtime kubernetes --repo '{url}' -o json",
+            pod="dba-drill",
+            env_from_secret=KEYS_SECRET,
+            diagnostics=("middlewares",),
+            timeout=900,
+        )
+    assert drill["ok"] is True and drill["baseBackup"] == taken["id"], drill
+    assert drill["expectedPresent"] + drill["expectedAbsent"] >= 2 and drill["recoverySeconds"] > 0, drill
+
+    def scratch_left() -> list[Any]:
+        listed: Any = local_cluster.custom.list_namespaced_custom_object(
+            GROUP, VERSION, ns, "middlewares", label_selector="moorage.io/scratch=drill"
+        )
+        return list(listed["items"])
+
+    wait_for("the drill's scratch Middleware gone", lambda: not scratch_left(), 300, interval=2.0)
+    drills = cli(local_cluster, pod_s3_server, "backup", "drills", NAME, "-n", ns, "--repo", url)
+    assert drills["latestVerifiedPoint"] == drill["point"], drills
+
     # A moment before the archive's window is refused before any pod is made, naming the field.
     early = {**recovery, "targetTime": "2020-01-01T00:00:00Z"}
     local_cluster.create_middleware(ns, "too-early", {**copy_spec, "recovery": early})

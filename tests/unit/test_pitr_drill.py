@@ -48,3 +48,11 @@ def test_the_latest_verified_point_is_the_newest_moment_a_passed_drill_restored(
     verified = latest_verified(records)
     assert verified is not None and verified["drillId"] == "c"
     assert latest_verified([r for r in records if not r["ok"]]) is None
+
+
+def test_the_moment_is_never_after_the_end_the_archive_shows() -> None:
+    # S3 keeps upload times to the second: the window's end can read a little before the markers.
+    markers = [marker(1, 10), marker(2, 12)]
+    latest = T0 + timedelta(seconds=11)
+    for seed in range(50):
+        assert choose_point(T0, markers, random.Random(seed), latest) <= latest
