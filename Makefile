@@ -125,6 +125,7 @@ bench: setup cluster-deps control-plane coredns images ## Benchmarks; results in
 	$(PY) bench/sync_bench.py --out bench/results.json
 	$(PY) bench/operator_bench.py --out bench/results.json
 	$(PY) bench/backup_bench.py --out bench/results.json
+	$(PY) bench/pitr_bench.py --out bench/results.json
 	$(PY) bench/k8s_ready_bench.py --out bench/results.json
 
 clean: ## Remove the virtualenv and local state

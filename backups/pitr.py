@@ -17,6 +17,7 @@ own layout: ``wals/<timeline+log>/<segment>[.gz|.bz2|...]`` and ``base/<backup i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -356,6 +357,10 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
 
 # The S3 keys of an archiving member, next to its archive script (mode 0600, the server's user only).
 ARCHIVE_CREDENTIALS = "wal-archive.credentials"
+# Segments one archive_command call uploads at most (itself and those PostgreSQL asks for next),
+# and where it notes the ones uploaded ahead.
+ARCHIVE_PARALLEL = 4
+ARCHIVE_SPOOL = "wal-archive.spool"
 
 
 ARCHIVING_FAILING_EVENT = "wal-archiving-failing"
@@ -372,15 +377,43 @@ def archiving_transition(was_failing: bool | None, failing: bool | None) -> str 
     return ARCHIVING_RECOVERED_EVENT if was_failing else None
 
 
-def archive_script(archive: WalArchive, barman_bin: Path) -> str:
+def archive_script(archive: WalArchive, barman_bin: Path, spool: str = f"$here/{ARCHIVE_SPOOL}") -> str:
     """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with
     barman-cloud-wal-archive. Keys come from the credentials file beside it (boto3's shared
-    credentials format), never from the command line; a non-zero exit keeps the segment."""
-    return _script(archive, barman_bin, "barman-cloud-wal-archive", "archives one WAL segment to", '"$1"')
+    credentials format), never from the command line; a non-zero exit keeps the segment.
+
+    PostgreSQL archives one segment at a time and barman's tool is one process per segment, which
+    under a write load falls behind (bench/results.json, ``pitr``). So, as CloudNativePG's
+    ``maxParallel`` does, each call also uploads up to ARCHIVE_PARALLEL - 1 of the segments
+    PostgreSQL will ask for next (``.ready`` in archive_status) beside ``$1``, and notes in
+    ``spool`` (a directory the server's user can write) each one uploaded; asked for one of those
+    later, it answers at once. A segment whose upload ahead failed is not noted, so it is uploaded
+    when asked for: nothing is reported archived that is not in the repository. The notes are kept
+    per destination, so a script rewritten for another repository never trusts the old ones."""
+    command = shlex.join(archive.command(barman_bin, "barman-cloud-wal-archive"))
+    where = hashlib.sha256(f"{archive.config.endpoint} {archive.destination}/{archive.name}".encode())
+    return _script(
+        archive,
+        "archives WAL segments to",
+        [
+            'name=$(basename "$1") wal=$(dirname "$1")',
+            f'spool="{spool}/{where.hexdigest()[:12]}"',
+            'if [ -e "$spool/$name" ]; then rm -f "$spool/$name"; exit 0; fi',
+            'mkdir -p "$spool"',
+            "ahead=$(ls \"$wal/archive_status\" 2>/dev/null | sed -n -E 's/^([0-9A-F]{24})[.]ready$/\\1/p' "
+            f'| grep -vx "$name" | sort | head -n {ARCHIVE_PARALLEL - 1})',
+            "for next in $ahead; do",
+            f'  ({command} "$wal/$next" && : > "$spool/$next") &',
+            "done",
+            f'{command} "$1"',
+            "code=$?",
+            "wait",
+            "exit $code",
+        ],
+    )
 
 
-def _script(archive: WalArchive, barman_bin: Path, tool: str, what: str, arguments: str) -> str:
-    command = shlex.join(archive.command(barman_bin, tool))
+def _script(archive: WalArchive, what: str, body: list[str]) -> str:
     return "\n".join(
         [
             "#!/bin/sh",
@@ -391,7 +424,7 @@ def _script(archive: WalArchive, barman_bin: Path, tool: str, what: str, argumen
             f'  export AWS_SHARED_CREDENTIALS_FILE="$here/{ARCHIVE_CREDENTIALS}"',
             "fi",
             f"export AWS_DEFAULT_REGION={shlex.quote(archive.config.region)}",
-            f"exec {command} {arguments}",
+            *body,
             "",
         ]
     )
@@ -399,9 +432,8 @@ def _script(archive: WalArchive, barman_bin: Path, tool: str, what: str, argumen
 
 def restore_script(archive: WalArchive, barman_bin: Path) -> str:
     """restore_command for a point-in-time recovery: fetch segment ``$1`` into ``$2``."""
-    return _script(
-        archive, barman_bin, "barman-cloud-wal-restore", "fetches one WAL segment from", '"$1" "$2"'
-    )
+    command = shlex.join(archive.command(barman_bin, "barman-cloud-wal-restore"))
+    return _script(archive, "fetches one WAL segment from", [f'exec {command} "$1" "$2"'])
 
 
 def credentials_file(config: RepositoryConfig) -> str | None:

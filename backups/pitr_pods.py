@@ -1,5 +1,6 @@
-"""WAL archiving in pods: the PostgreSQL manifests of an archiving Middleware, and the base backup
-taken inside its primary's pod. Pure builders, except ``take_base_backup_in_pod``.
+"""Point-in-time recovery in pods: the PostgreSQL manifests of an archiving Middleware
+(``with_wal_archiving``) and of one recovered from another's archive (``with_recovery``), and the
+base backup taken inside a primary's pod. Pure builders, except ``take_base_backup_in_pod``.
 
 The engine renders ``archive_command`` as ``${DATA_DIR}/wal-archive`` and an init container that
 copies ``wal-archive`` and ``wal-restore`` from the ConfigMap next to the config; the scripts name
@@ -56,7 +57,10 @@ def with_wal_archiving(
     repository's keys in the PostgreSQL container's environment (copies; the input is untouched)."""
     result = [copy.deepcopy(m) for m in manifests]
     config_map, statefulset = _config_map_and_statefulset(spec, result)
-    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN)
+    # The config directory is read-only in the container: the notes of segments uploaded ahead go
+    # to the pod's /tmp (lost with the pod, which only means those are uploaded again).
+    spool = f"/tmp/{pitr.ARCHIVE_SPOOL}"
+    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN, spool)
     config_map["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN)
     containers = statefulset["spec"]["template"]["spec"]["containers"]
     _add_keys(next(c for c in containers if c["name"] == POSTGRES_CONTAINER), credentials)

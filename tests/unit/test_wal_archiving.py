@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -207,7 +208,8 @@ def test_pods_get_the_scripts_from_the_config_map_and_the_keys_only_as_secret_re
 
     config_map = next(m for m in manifests if m["kind"] == "ConfigMap")
     archive_sh, restore_sh = config_map["data"][ARCHIVE_SCRIPT], config_map["data"][RESTORE_SCRIPT]
-    assert f"exec {IMAGE_BARMAN_BIN}/barman-cloud-wal-archive " in archive_sh
+    assert f"{IMAGE_BARMAN_BIN}/barman-cloud-wal-archive " in archive_sh
+    assert 'spool="/tmp/wal-archive.spool/' in archive_sh  # the config directory is read-only there
     assert f"exec {IMAGE_BARMAN_BIN}/barman-cloud-wal-restore " in restore_sh
     assert "s3://pitr-bucket/pitr/shop ledger" in archive_sh
     pod = next(m for m in manifests if m["kind"] == "StatefulSet")["spec"]["template"]["spec"]
@@ -322,3 +324,42 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     assert "s3cr3t" not in json.dumps(manifests)
     plain = get_engine("postgresql").render(postgres())[-2]["spec"]["template"]["spec"]
     assert "initdb" in plain["initContainers"][0]["command"][-1]
+
+
+def test_the_archive_script_uploads_ahead_in_parallel_and_never_notes_a_failed_upload(tmp_path: Path) -> None:
+    """The archive script run by sh as PostgreSQL runs it (cwd: the data directory, ``$1``:
+    pg_wal/NAME), with a STAND-IN for barman-cloud-wal-archive that records what it was given and
+    fails for one segment (the real tool runs in tests/integration/test_pitr_local.py)."""
+    bin_dir, data = tmp_path / "bin", tmp_path / "data"
+    (data / "pg_wal" / "archive_status").mkdir(parents=True)
+    bin_dir.mkdir()
+    log = tmp_path / "uploaded"
+    fake = bin_dir / "barman-cloud-wal-archive"
+    fake.write_text(
+        "#!/bin/sh\nfor segment; do :; done\n"  # the last argument
+        f'case "$segment" in *000000010000000000000004) exit 1;; esac\necho "$segment" >> {log}\n'
+    )
+    fake.chmod(0o755)
+    segments = [f"0000000100000000000000{n:02X}" for n in range(1, 7)]
+    for name in segments:
+        (data / "pg_wal" / name).write_bytes(b"")
+        (data / "pg_wal" / "archive_status" / f"{name}.ready").write_bytes(b"")
+    (data / "pg_wal" / "archive_status" / "00000002.history.ready").write_bytes(b"")
+    script = data / "wal-archive"
+    script.write_text(archive_script(WalArchive(CONFIG, "shop", "ledger"), bin_dir))
+
+    def archive(name: str) -> int:
+        done = subprocess.run(["sh", str(script), f"pg_wal/{name}"], cwd=data, capture_output=True, text=True)
+        (data / "pg_wal" / "archive_status" / f"{name}.ready").unlink()
+        return done.returncode
+
+    # Asked for 01: 01 and the next three (02, 03, 04) uploaded, 04's upload failing.
+    assert archive(segments[0]) == 0
+    assert sorted(log.read_text().split()) == [f"pg_wal/{n}" for n in segments[:3]]
+    # 02 and 03 were uploaded ahead: answered at once (nothing uploaded again, nor ahead).
+    log.write_text("")
+    assert archive(segments[1]) == 0 and archive(segments[2]) == 0
+    assert log.read_text() == ""
+    # 04 was not noted: asked for, it is uploaded (and fails: PostgreSQL keeps it and asks again).
+    assert archive(segments[3]) == 1
+    assert sorted(log.read_text().split()) == [f"pg_wal/{n}" for n in segments[4:]]
