@@ -69,8 +69,8 @@ def reconcile(
         raise kopf.TemporaryError(message, delay=delay)
 
     def repository_unavailable(exc: archiving.RepositoryUnavailable) -> NoReturn:
-        st.api_refused(status, "ArchiveRepositoryUnavailable", str(exc))
-        events.warning(body, reason="ArchiveRepositoryUnavailable", message=str(exc))
+        st.api_refused(status, exc.reason, str(exc))
+        events.warning(body, reason=exc.reason, message=str(exc))
         retry(str(exc), config.api_error_retry)
 
     try:

@@ -1,9 +1,12 @@
-"""WAL archiving of a PostgreSQL Middleware on Kubernetes (spec.backup.walArchiving).
+"""Point-in-time recovery of a PostgreSQL Middleware on Kubernetes: WAL archiving
+(spec.backup.walArchiving) and a recovery from another Middleware's archive (spec.recovery).
 
 Every pass that applies the StatefulSet renders through ``render``: the engine's manifests, plus
-(when archiving) the archive scripts naming the BackupRepository and its keys as ``secretKeyRef``
-(``backups.pitr_pods``). ``check_new_archive`` keeps a new Middleware out of an archive that already
-holds another cluster's WAL (the local runtime's rule, ``backups.pitr.check_archive_is_ours``).
+the archive scripts naming the BackupRepository and its keys as ``secretKeyRef``, plus the recovery
+script of the base backup ``choose_recovery`` picked at creation (``backups.pitr_pods``).
+``check_new_archive`` keeps a new Middleware out of an archive that already holds another cluster's
+WAL (the local runtime's rule, ``backups.pitr.check_archive_is_ours``). ``report_transition`` turns
+a change of WALArchivingFailing into an Event and an audit row.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ Manifest = dict[str, Any]
 class RepositoryUnavailable(MoorageError):
     """The BackupRepository to archive to is missing or unusable: not yet, it may be created or
     mended; the member pods are not rendered without it (archive_command would have no script)."""
+
+    reason = "ArchiveRepositoryUnavailable"
+
+
+class RecoverySourceUnavailable(RepositoryUnavailable):
+    """spec.recovery's source has no credentials Secret (yet): the recovered data keeps its password."""
+
+    reason = "RecoverySourceUnavailable"
 
 
 def _archive(
@@ -109,7 +120,7 @@ def source_password(rt: KubernetesRuntime, spec: ResolvedSpec) -> str:
     secret = f"{spec.recovery.source}-credentials"
     password = rt.secret_value(spec.namespace, secret, "password")
     if password is None:
-        raise RepositoryUnavailable(
+        raise RecoverySourceUnavailable(
             f"spec.recovery.source: Secret {spec.namespace}/{secret} has no password: the recovered data "
             "keeps the source's credentials, and they are needed to create this Middleware's"
         )
