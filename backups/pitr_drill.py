@@ -102,10 +102,22 @@ def list_drills(repository: Repository, namespace: str, name: str) -> list[dict[
     return sorted(records, key=lambda r: str(r.get("startedAt", "")))
 
 
+def latest_verified_in(repository: Repository, namespace: str, name: str) -> dict[str, Any] | None:
+    """``latest_verified`` without reading every record: drill ids sort by time, so the records
+    are read newest first until one passed (a failed drill never proves a moment)."""
+    prefix = _drill_key(repository, namespace, name).rstrip("/") + "/"
+    for key in sorted(repository.store.list_keys(prefix), reverse=True):
+        record = cast(dict[str, Any], json.loads(repository.store.get_bytes(key)))
+        if record.get("ok"):
+            return record
+    return None
+
+
 def latest_verified(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The drill that proved the newest moment recoverable (None: no drill passed yet)."""
+    """The newest drill that passed (records oldest first, as ``list_drills`` gives them): its
+    moment is the latest verified recoverable point. None: no drill passed yet."""
     passed = [r for r in records if r.get("ok")]
-    return max(passed, key=lambda r: str(r["point"])) if passed else None
+    return passed[-1] if passed else None
 
 
 def write_markers(source: DrillSource, drill_id: str, count: int = 2) -> tuple[list[Marker], str]:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import kopf
 
-from backups import runbook
+from backups import pitr_drill, runbook
 from backups.errors import BackupError
 from backups.jobs import (
     JOB_CLUSTER_ROLE,
@@ -47,6 +47,7 @@ from middleware.models.backup import (
 from middleware.models.common import ResourceStatus
 from middleware.models.middleware import BackupPolicy
 from middleware.runtime.kubernetes import KubernetesRuntime, owner_reference
+from operators import metrics
 from operators.kube import context
 from operators.reconcile import events
 from operators.settings import GROUP, VERSION, operator_config
@@ -467,3 +468,34 @@ def _prune_repository(rt: KubernetesRuntime, body: kopf.Body, policy: BackupPoli
     if pruned:
         ids = ", ".join(m.backup_id for m in pruned)
         events.normal(body, reason="BackupsPruned", message=f"deleted backups {ids} from the repository")
+
+
+def _archives(spec: Mapping[str, Any] | None, **_: Any) -> bool:
+    return bool(((spec or {}).get("backup") or {}).get("walArchiving"))
+
+
+@kopf.timer(
+    *MIDDLEWARES,
+    id="recovery-proof",
+    interval=operator_config().backup_schedule_interval,
+    when=_archives,
+)
+def recovery_proof(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """When the recovery was last proven: the moment the newest passed drill restored (drills run
+    from the CLI and are kept in the repository) into ``status.lastVerifiedRecoveryPoint`` and the
+    metric ``moorage_pitr_verified_point_timestamp_seconds``."""
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    policy = BackupPolicy.model_validate(dict(body["spec"]["backup"]))
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        repository = open_repository(context.runtime(), namespace, policy.repository.name)
+        record = pitr_drill.latest_verified_in(repository, namespace, name)
+    except (MoorageError, BackupError) as exc:
+        log.info("%s/%s: drills not read, the repository did not answer: %s", namespace, name, exc)
+        return
+    point = str(record["point"]) if record else None
+    if point is not None:
+        metrics.record_verified_point(namespace, name, point)
+    if (body.get("status") or {}).get("lastVerifiedRecoveryPoint") != point:
+        patch.setdefault("status", {})["lastVerifiedRecoveryPoint"] = point

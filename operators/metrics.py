@@ -51,6 +51,12 @@ WAL_ARCHIVE_FAILURES = Gauge(
     ["namespace", "name"],
 )
 
+PITR_VERIFIED_POINT = Gauge(
+    "moorage_pitr_verified_point_timestamp_seconds",
+    "The moment the newest passed recovery drill restored (Unix time): when recovery was last proven.",
+    ["namespace", "name"],
+)
+
 SYNC_LAG_BYTES = Gauge(
     "moorage_sync_lag_bytes",
     "Bytes the source shard's master is ahead of what its redis-shake workload received.",
@@ -98,6 +104,10 @@ def record_archiving(namespace: str, name: str, stat: Mapping[str, Any]) -> None
     archived = stat.get("lastArchivedTime")
     if archived:
         WAL_LAST_ARCHIVED.labels(namespace, name).set(datetime.fromisoformat(str(archived)).timestamp())
+
+
+def record_verified_point(namespace: str, name: str, point: str) -> None:
+    PITR_VERIFIED_POINT.labels(namespace, name).set(datetime.fromisoformat(point).timestamp())
 
 
 def record_health(namespace: str, name: str, engine: str, *, ready: bool, healthy_members: int) -> None:

@@ -199,6 +199,11 @@ class MiddlewareStatus(ResourceStatus):
     version: str | None = None
     credentials_secret: str | None = None
     last_operation: OperationStatus | None = None
+    last_verified_recovery_point: str | None = Field(
+        default=None,
+        description="spec.backup.walArchiving: the newest moment a passed recovery drill restored "
+        "(`moorage backup drill`), read from the repository.",
+    )
     recovery_base_backup: str | None = Field(
         default=None,
         description="spec.recovery: the base backup chosen at creation (the members recover from it).",

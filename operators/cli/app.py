@@ -39,7 +39,7 @@ from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.runtime.local import STATE_DIR_ENV, LocalRuntime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, manifest_of, resolve
 from operators.cli.backup_commands import backup_app, restore_app
-from operators.cli.local import archiving_failing, audit_archiving, local_runtime
+from operators.cli.local import archiving_failing, audit_archiving, last_verified_point, local_runtime
 from operators.cli.operations import apply_middleware, change_spec, delete_middleware, request_operation
 from operators.cli.operator_command import operator_command
 from operators.cli.port_forward import port_forward
@@ -166,7 +166,7 @@ def _status_document(name: str, namespace: str, engine: str, topology: str, stat
         ],
         "endpoints": status.endpoints,
         "conditions": [c.to_wire() for c in status.conditions],
-    }
+    } | ({"lastVerifiedRecoveryPoint": point} if (point := status.last_verified_recovery_point) else {})
 
 
 def _show(doc: dict[str, Any], output: Output) -> None:
@@ -192,6 +192,8 @@ def _print_status(doc: dict[str, Any]) -> None:
     out.print(table)
     for key, value in doc["endpoints"].items():
         out.print(f"  {key}: {value}")
+    if doc.get("lastVerifiedRecoveryPoint"):
+        out.print(f"  last verified recoverable point: {doc['lastVerifiedRecoveryPoint']}")
 
 
 @app.command()
@@ -277,6 +279,8 @@ def status(
         was_failing = archiving_failing(lifecycle.runtime.load_status(ns, each))
         observed = lifecycle.status(ns, each)
         audit_archiving(ns, each, was_failing, observed)
+        if deployment.spec.wal_archiving:
+            observed.last_verified_recovery_point = last_verified_point(ns, each)
         doc = _status_document(each, ns, deployment.spec.engine, deployment.spec.topology, observed)
         if reveal_secrets:
             doc["password"] = lifecycle.runtime.password(deployment.spec)

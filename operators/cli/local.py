@@ -10,6 +10,7 @@ from typing import Any
 
 from backups.jobs import REPO_ENV
 from backups.pitr import LocalArchiveFiles, archiving_transition
+from backups.pitr_drill import latest_verified_in
 from backups.repository import Repository
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import WAL_ARCHIVING_CONDITION
@@ -52,3 +53,17 @@ def audit_archiving(namespace: str, name: str, was_failing: bool | None, status:
         )
     except MoorageError as exc:
         log.warning("%s/%s: %s not audited, the repository did not answer: %s", namespace, name, event, exc)
+
+
+def last_verified_point(namespace: str, name: str) -> str | None:
+    """The moment the newest passed drill restored (``moorage backup drill``), from the repository
+    of ``MOORAGE_BACKUP_REPO``; None without one, or when it does not answer."""
+    url = os.environ.get(REPO_ENV)
+    if not url:
+        return None
+    try:
+        record = latest_verified_in(Repository(S3Store(RepositoryConfig.from_url(url))), namespace, name)
+    except MoorageError as exc:
+        log.warning("%s/%s: drills not read, the repository did not answer: %s", namespace, name, exc)
+        return None
+    return str(record["point"]) if record else None

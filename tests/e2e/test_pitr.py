@@ -269,6 +269,16 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
     wait_for("the drill's scratch Middleware gone", lambda: not scratch_left(), 300, interval=2.0)
     drills = cli(local_cluster, pod_s3_server, "backup", "drills", NAME, "-n", ns, "--repo", url)
     assert drills["latestVerifiedPoint"] == drill["point"], drills
+    # The operator reads it from the repository into the status (its schedule interval, 60 s).
+    wait_for(
+        "status.lastVerifiedRecoveryPoint",
+        lambda: (
+            (local_cluster.middleware(ns, NAME).get("status") or {}).get("lastVerifiedRecoveryPoint")
+            == drill["point"]
+        ),
+        180,
+        interval=3.0,
+    )
 
     # A moment before the archive's window is refused before any pod is made, naming the field.
     early = {**recovery, "targetTime": "2020-01-01T00:00:00Z"}

@@ -38,9 +38,9 @@ def test_no_moment_when_the_window_starts_after_the_markers() -> None:
         choose_point(T0 + timedelta(minutes=5), [marker(1, 10), marker(2, 11)], random.Random(0))
 
 
-def test_the_latest_verified_point_is_the_newest_moment_a_passed_drill_restored() -> None:
-    records = [
-        {"drillId": "a", "ok": True, "point": "2026-12-05T10:00:05+00:00"},
+def test_the_latest_verified_point_is_the_moment_of_the_newest_passed_drill() -> None:
+    records = [  # oldest first
+        {"drillId": "a", "ok": True, "point": "2026-12-05T10:08:05+00:00"},
         {"drillId": "b", "ok": False, "point": "2026-12-05T10:09:00+00:00"},
         {"drillId": "c", "ok": True, "point": "2026-12-05T10:07:00+00:00"},
         {"drillId": "d", "ok": False, "reason": "no complete base backup"},
@@ -56,3 +56,15 @@ def test_the_moment_is_never_after_the_end_the_archive_shows() -> None:
     latest = T0 + timedelta(seconds=11)
     for seed in range(50):
         assert choose_point(T0, markers, random.Random(seed), latest) <= latest
+
+
+def test_the_verified_point_metric_is_the_moment_in_unix_time() -> None:
+    from prometheus_client import REGISTRY
+
+    from operators.metrics import record_verified_point
+
+    record_verified_point("shop", "ledger", "2026-12-05T10:07:00+00:00")
+    value = REGISTRY.get_sample_value(
+        "moorage_pitr_verified_point_timestamp_seconds", {"namespace": "shop", "name": "ledger"}
+    )
+    assert value == datetime(2026, 12, 5, 10, 7, tzinfo=UTC).timestamp()
