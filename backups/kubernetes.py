@@ -220,29 +220,30 @@ def take_base_backup(
             "spec.backup.walArchiving",
             f"is off for {namespace}/{name}: a base backup without archived WAL recovers to itself only",
         )
-    primaries = [m for m in target.engine.observe(target.spec, target.conn).members if m.role == "primary"]
-    if len(primaries) != 1:
-        raise MoorageError(
-            f"{namespace}/{name} has no single writable primary to back up (found {len(primaries)})"
-        )
-    endpoint = target.conn.endpoint(primaries[0].name)
+    primary = _primary(target)
+    endpoint = target.conn.endpoint(primary)
     system_id = pitr.server_system_id(endpoint.host, endpoint.port, target.conn.password or "")
     archive = pitr.WalArchive(repository.config, namespace, name)
 
     def run_in_primary(command: list[str]) -> tuple[int, str]:
-        return rt.exec_in_pod(namespace, primaries[0].name, pitr_pods.POSTGRES_CONTAINER, command, timeout)
+        return rt.exec_in_pod(namespace, primary, pitr_pods.POSTGRES_CONTAINER, command, timeout)
 
     return pitr_pods.take_base_backup_in_pod(repository.store, archive, system_id, run_in_primary)
 
 
-def _primary_connection(target: Target) -> psycopg.Connection[Any]:
-    """The superuser on the primary the engine reports, through its pod's DNS name."""
+def _primary(target: Target) -> str:
+    """The member (pod) the engine reports as the one writable primary."""
     primaries = [m for m in target.engine.observe(target.spec, target.conn).members if m.role == "primary"]
     if len(primaries) != 1:
         raise MoorageError(
             f"{target.namespace}/{target.name} has no single writable primary (found {len(primaries)})"
         )
-    endpoint = target.conn.endpoint(primaries[0].name)
+    return primaries[0].name
+
+
+def _primary_connection(target: Target) -> psycopg.Connection[Any]:
+    """The superuser on the primary the engine reports, through its pod's DNS name."""
+    endpoint = target.conn.endpoint(_primary(target))
     return psycopg.connect(
         host=endpoint.host,
         port=endpoint.port,
