@@ -294,12 +294,8 @@ def drill_scratch(
     @contextmanager
     def scratch(recovery: pitr_drill.DrillRecovery) -> Iterator[KubernetesRecovered]:
         assert recovery.target.time is not None
-        # One member: a drill proves the data comes back, not the topology.
-        dropped = ("backup", "replicas", "sentinels", "shards")
-        spec = {k: v for k, v in (source.manifest.get("spec") or {}).items() if k not in dropped}
+        spec = pitr_drill.scratch_spec(dict(source.manifest.get("spec") or {}))
         spec.update(
-            topology="standalone",
-            deletionPolicy="Delete",
             recovery={
                 "source": source.name,
                 "repository": {"name": repository},

@@ -277,10 +277,7 @@ def drill_scratch(
 
     @contextmanager
     def scratch(recovery: pitr_drill.DrillRecovery) -> Iterator[LocalScratch]:
-        spec = dict(source.manifest.get("spec") or {})
-        for field in ("backup", "replicas", "sentinels", "shards"):
-            spec.pop(field, None)
-        spec.update(topology="standalone", deletionPolicy="Delete")
+        spec = pitr_drill.scratch_spec(dict(source.manifest.get("spec") or {}))
         name = f"drill-{secrets.token_hex(3)}"
         manifest = {
             "apiVersion": source.manifest.get("apiVersion", "moorage.io/v1alpha1"),

@@ -88,6 +88,15 @@ class Marker:
         return f"{self.drill}/{self.n}"
 
 
+def scratch_spec(source_spec: dict[str, Any]) -> dict[str, Any]:
+    """A drill's scratch deployment: the source's spec as one standalone member (a drill proves the
+    data comes back, not the topology), without its backup policy, deleted with its data."""
+    dropped = ("backup", "replicas", "sentinels", "shards")
+    spec = {k: v for k, v in source_spec.items() if k not in dropped}
+    spec.update(topology="standalone", deletionPolicy="Delete")
+    return spec
+
+
 def _drill_key(repository: Repository, namespace: str, name: str, drill_id: str = "") -> str:
     return repository.config.key(DRILLS_DIR, namespace, name, drill_id + ".json" if drill_id else "")
 
