@@ -44,6 +44,34 @@ def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or Path.cwd() / ".moorage")
 
 
+def log_tail(log: str, lines: int) -> str:
+    """A member's last log lines, led by the stack trace's causes when they scrolled out of them:
+    a JVM's last lines are the bottom of a trace, its reason is in a "Caused by:" above."""
+    recent = log.splitlines()[-200:]
+    tail = recent[-lines:]
+    causes = [ln for ln in recent[:-lines] if ln.startswith("Caused by: ")][-2:]
+    return "\n".join([*causes, *(["\t..."] if causes else []), *tail])
+
+
+def replace_config(path: Path, text: str) -> None:
+    """Give a server's existing config file new content, if it has any: whole and in one step.
+
+    The server may be reading the file at that very moment (a member starting; ZooKeeper read a
+    half-written zoo.cfg as "Invalid config" once in CI) or rewriting it itself (CONFIG REWRITE,
+    ZooKeeper's reconfig), so an unchanged file is not touched and a changed one is replaced by
+    rename, keeping its owner and mode (the server may run as another user).
+    """
+    if path.read_text() == text:
+        return
+    scratch = path.with_name(f".{path.name}.moorage-tmp")
+    scratch.write_text(text)
+    stat = path.stat()
+    os.chmod(scratch, stat.st_mode & 0o7777)
+    if (stat.st_uid, stat.st_gid) != (os.geteuid(), os.getegid()):
+        os.chown(scratch, stat.st_uid, stat.st_gid)
+    scratch.replace(path)
+
+
 def fill_placeholders(template: str, values: dict[str, str]) -> str:
     """Replace ``${NAME}`` placeholders only; any other ``$`` in a config value is left alone."""
     text = template
@@ -304,7 +332,7 @@ class LocalRuntime:
         lines = config_path.read_text().splitlines()
         for directive, key in (("port", "PORT"), ("cluster-port", "BUS_PORT")):
             lines = [f"{directive} {values[key]}" if ln.split(" ", 1)[0] == directive else ln for ln in lines]
-        config_path.write_text("\n".join(lines) + "\n")
+        replace_config(config_path, "\n".join(lines) + "\n")
 
     def _start(
         self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, record: dict[str, Any], config: Path
@@ -364,7 +392,7 @@ class LocalRuntime:
         path = self._member_dir(spec, member) / "member.log"
         if not path.exists():
             return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(path.read_text(errors="replace"), lines)
 
     def member_exited(self, spec: ResolvedSpec, member: MemberPlan) -> bool:
         record = self._read_state(spec.namespace, spec.name)["members"].get(member.name, {})
@@ -402,7 +430,7 @@ class LocalRuntime:
                         lines = [ln for i, ln in enumerate(lines) if i not in indexes[1:]]
                     else:
                         lines.append(replacement)
-                path.write_text("\n".join(lines) + "\n")
+                replace_config(path, "\n".join(lines) + "\n")
 
     def _stop(self, record: dict[str, Any]) -> None:
         self._signal_and_wait(record, signal.SIGTERM, STOP_GRACE_SECONDS)
