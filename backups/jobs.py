@@ -9,7 +9,8 @@ return. The rules every Job follows, so a handler cannot forget them:
   value never appears in the Job (Jobs are readable by far more people than Secrets);
 - ``backoffLimit: 0``: a restore is never retried blindly (the runbook already rolls back by
   itself, and a second attempt would snapshot the half-restored target as its "safety" copy);
-- its own ServiceAccount (reads Middlewares, pods and Secrets of the namespace, nothing else);
+- its own ServiceAccount (reads Middlewares, pods and Secrets of the namespace, and may exec into
+  pods: a base backup runs barman where the data directory is; nothing else);
 - the MiddlewareCatalogs the operator resolves with, as the ``MOORAGE_CATALOGS`` env (catalogs are
   cluster-scoped: a namespace's RoleBinding cannot let the Job list them, and a ClusterRoleBinding
   per namespace would be a grant the operator cannot clean up);
@@ -208,6 +209,36 @@ def backup_job(
         namespace=namespace,
         labels=_labels(middleware, "backup", {BACKUP_LABEL: owner}),
         command=command,
+        repository=repository,
+        settings=settings,
+        catalogs=catalogs,
+    )
+
+
+def base_backup_job(
+    *,
+    owner: str,
+    namespace: str,
+    middleware: str,
+    repository: BackupRepositorySpec,
+    settings: JobSettings,
+    keep: tuple[int, int | None] | None = None,
+    catalogs: Iterable[Mapping[str, Any]] | None = None,
+) -> Manifest:
+    """The Job of a ``method: Base`` MiddlewareBackup ``owner``: ``moorage backup base`` (barman in the
+    primary's pod, over pods/exec), the backup named after ``owner`` so the operator finds it in the
+    archive. ``keep`` (keepLast, keepDays): a scheduled one applies the base backups' retention."""
+    command = ["moorage", "backup", "base", middleware, "--namespace", namespace, "--runtime", "kubernetes"]
+    command += ["--name", owner]
+    if keep is not None:
+        keep_last, keep_days = keep
+        command += ["--keep-last", str(keep_last)]
+        command += ["--keep-days", str(keep_days)] if keep_days is not None else []
+    return _job(
+        name=job_name(owner, "backup"),
+        namespace=namespace,
+        labels=_labels(middleware, "backup", {BACKUP_LABEL: owner}),
+        command=[*command, "-o", "json"],
         repository=repository,
         settings=settings,
         catalogs=catalogs,

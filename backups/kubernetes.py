@@ -208,12 +208,16 @@ def take_base_backup(
     namespace: str,
     name: str,
     *,
+    name_as: str | None = None,
+    keep: tuple[int, int | None] | None = None,
     cluster_domain: str = "cluster.local",
     timeout: float = 6 * 3600,
-) -> pitr.BaseBackup:
+) -> tuple[pitr.BaseBackup, list[str]]:
     """A physical base backup of an archiving PostgreSQL Middleware, taken inside its primary's pod
     (barman reads the data directory, which only that pod has): the primary as the engine reports
-    it, the archive checked against its system identifier, then barman-cloud-backup over pods/exec."""
+    it, the archive checked against its system identifier, then barman-cloud-backup over pods/exec.
+    ``name_as``: the backup's name; ``keep`` (keepLast, keepDays): the retention applied after it,
+    in the same pod. Returns the backup and the ids retention deleted."""
     target = KubernetesTargets(rt, cluster_domain=cluster_domain).get(namespace, name)
     if not target.spec.wal_archiving:
         raise SpecError(
@@ -228,7 +232,16 @@ def take_base_backup(
     def run_in_primary(command: list[str]) -> tuple[int, str]:
         return rt.exec_in_pod(namespace, primary, pitr_pods.POSTGRES_CONTAINER, command, timeout)
 
-    return pitr_pods.take_base_backup_in_pod(repository.store, archive, system_id, run_in_primary)
+    taken = pitr_pods.take_base_backup_in_pod(
+        repository.store, archive, system_id, run_in_primary, name=name_as
+    )
+    if keep is None:
+        return taken, []
+    keep_last, keep_days = keep
+    pruned = pitr_pods.prune_base_backups_in_pod(
+        repository.store, archive, run_in_primary, keep_last=keep_last, keep_days=keep_days
+    )
+    return taken, pruned
 
 
 def _primary(target: Target) -> str:

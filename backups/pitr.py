@@ -17,6 +17,7 @@ own layout: ``wals/<timeline+log>/<segment>[.gz|.bz2|...]`` and ``base/<backup i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -110,6 +111,10 @@ class BaseBackup:
     end_wal: Segment
     end_time: datetime
     system_id: str
+    # What ``--name`` gave it (a scheduled MiddlewareBackup's name); the bytes of its objects (barman
+    # measures the size only after it wrote backup.info, so it is not in there).
+    name: str | None = None
+    size_bytes: int | None = None
 
     @classmethod
     def from_info(cls, backup_id: str, text: str) -> BaseBackup:
@@ -128,6 +133,7 @@ class BaseBackup:
                 end_wal=end,
                 end_time=datetime.fromisoformat(info["end_time"]),
                 system_id=info["systemid"],
+                name=info.get("backup_name") or None,
             )
         except (KeyError, ValueError) as exc:
             raise MoorageError(f"base backup {backup_id}: unreadable backup.info ({exc})") from None
@@ -328,11 +334,13 @@ def _gaps(segments: Iterable[Segment], start: Segment | None) -> list[Segment]:
 def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
     """Read the archive's listing and every base backup's ``backup.info``."""
     backups: list[BaseBackup] = []
-    for key in store.list_keys(archive.key("base") + "/"):
+    sizes: dict[str, int] = {}
+    for key, size in store.list_sizes(archive.key("base") + "/"):
         parts = key.rsplit("/", 2)
+        sizes[parts[-2]] = sizes.get(parts[-2], 0) + size
         if parts[-1] == "backup.info":
-            info = BaseBackup.from_info(parts[-2], store.get_bytes(key).decode())
-            backups.append(info)
+            backups.append(BaseBackup.from_info(parts[-2], store.get_bytes(key).decode()))
+    backups = [dataclasses.replace(b, size_bytes=sizes.get(b.backup_id)) for b in backups]
     segments: dict[int, list[Segment]] = {}
     last_archived: dict[int, datetime] = {}
     for key, modified in store.list_objects(archive.key("wals") + "/"):
@@ -511,8 +519,21 @@ def server_system_id(host: str, port: int, password: str) -> str:
     return str(row[0])
 
 
+def base_backup_options(name: str | None) -> list[str]:
+    """barman-cloud-backup's options but for the connection; ``name`` is the backup's friendly
+    name (barman refers to a backup by it as well as by its id)."""
+    return [*BASE_BACKUP_OPTIONS, *(("--name", name) if name else ())]
+
+
 def take_base_backup(
-    store: S3Store, archive: WalArchive, host: str, port: int, password: str, *, timeout: float = 6 * 3600
+    store: S3Store,
+    archive: WalArchive,
+    host: str,
+    port: int,
+    password: str,
+    *,
+    name: str | None = None,
+    timeout: float = 6 * 3600,
 ) -> BaseBackup:
     """A physical base backup of the primary at ``host:port`` with barman-cloud-backup, which reads
     the data directory itself: it runs on the primary's machine as its OS user (``postgres`` when
@@ -522,7 +543,7 @@ def take_base_backup(
     env = {**os.environ, **archive.environment(), "PGPASSWORD": password}
     command = [
         *archive.command(barman_bin, "barman-cloud-backup"),
-        *BASE_BACKUP_OPTIONS,
+        *base_backup_options(name),
         *("--host", host, "--port", str(port), "--user", "postgres"),
     ]
     what = f"barman-cloud-backup of {archive.namespace}/{archive.name}"
@@ -598,35 +619,47 @@ def check_archive_is_ours(report: ArchiveReport, archive: WalArchive, system_id:
         )
 
 
-def prune_base_backups(
-    store: S3Store, archive: WalArchive, *, keep_last: int, keep_days: int | None
-) -> list[str]:
-    """Retention for base backups, by barman-cloud-backup-delete: it deletes the base backups outside
-    the policy and every WAL segment older than the oldest one kept, so the archive keeps exactly
-    what the kept base backups need. ``keep_days`` keeps a recovery window of that many days (and at
-    least ``keep_last`` backups), else the newest ``keep_last``. Returns the deleted backup ids."""
-    barman_bin = find_barman()
-    before = {b.backup_id for b in inspect(store, archive).base_backups}
+def retention_options(keep_last: int, keep_days: int | None) -> list[str]:
+    """barman-cloud-backup-delete's policy: ``keep_days`` keeps a recovery window of that many days
+    (and at least ``keep_last`` backups), else the newest ``keep_last``."""
     if keep_days:
-        policy = [
+        return [
             "--retention-policy",
             f"RECOVERY WINDOW OF {keep_days} DAYS",
             "--minimum-redundancy",
             str(keep_last),
         ]
-    else:
-        policy = ["--retention-policy", f"REDUNDANCY {keep_last}"]
-    env = {**os.environ, **archive.environment()}
-    done = subprocess.run(
-        [*archive.command(barman_bin, "barman-cloud-backup-delete"), *policy],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    if done.returncode != 0:
-        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
-        raise MoorageError(
-            f"barman-cloud-backup-delete of {archive.namespace}/{archive.name} failed:\n{tail}"
-        )
+    return ["--retention-policy", f"REDUNDANCY {keep_last}"]
+
+
+def prune_base_backups_with(store: S3Store, archive: WalArchive, run_barman: Callable[[], None]) -> list[str]:
+    """Retention for base backups, by barman-cloud-backup-delete run where barman is (``run_barman``:
+    raises when it fails): it deletes the base backups outside the policy and every WAL segment
+    older than the oldest one kept, so the archive keeps exactly what the kept base backups need.
+    Returns the deleted backup ids."""
+    before = {b.backup_id for b in inspect(store, archive).base_backups}
+    run_barman()
     return sorted(before - {b.backup_id for b in inspect(store, archive).base_backups})
+
+
+def prune_base_backups(
+    store: S3Store, archive: WalArchive, *, keep_last: int, keep_days: int | None
+) -> list[str]:
+    """``prune_base_backups_with`` barman on this machine."""
+    barman_bin = find_barman()
+    command = [
+        *archive.command(barman_bin, "barman-cloud-backup-delete"),
+        *retention_options(keep_last, keep_days),
+    ]
+
+    def run() -> None:
+        done = subprocess.run(
+            command, env={**os.environ, **archive.environment()}, capture_output=True, text=True, timeout=3600
+        )
+        if done.returncode != 0:
+            tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+            raise MoorageError(
+                f"barman-cloud-backup-delete of {archive.namespace}/{archive.name} failed:\n{tail}"
+            )
+
+    return prune_base_backups_with(store, archive, run)

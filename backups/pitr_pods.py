@@ -92,14 +92,14 @@ def _add_keys(container: Manifest, credentials: CredentialsSecret | None) -> Non
             env.append(env_from_secret(name, credentials.name, key))
 
 
-def base_backup_command(archive: pitr.WalArchive) -> list[str]:
+def base_backup_command(archive: pitr.WalArchive, name: str | None = None) -> list[str]:
     """barman-cloud-backup as run inside the primary's container: it reads the data directory
     there, connects over the loopback with the pgpass file, and takes the keys from the container's
     environment."""
     backup = shlex.join(
         [
             *archive.command(IMAGE_BARMAN_BIN, "barman-cloud-backup"),
-            *pitr.BASE_BACKUP_OPTIONS,
+            *pitr.base_backup_options(name),
             *("--host", "127.0.0.1", "--port", str(POSTGRES_PORT), "--user", SUPERUSER),
         ]
     )
@@ -110,19 +110,45 @@ def base_backup_command(archive: pitr.WalArchive) -> list[str]:
 Exec = Callable[[list[str]], tuple[int, str]]
 
 
+def retention_command(archive: pitr.WalArchive, keep_last: int, keep_days: int | None) -> list[str]:
+    """barman-cloud-backup-delete as run inside a member's container (the keys in its environment)."""
+    delete = shlex.join(
+        [
+            *archive.command(IMAGE_BARMAN_BIN, "barman-cloud-backup-delete"),
+            *pitr.retention_options(keep_last, keep_days),
+        ]
+    )
+    return ["sh", "-c", f"AWS_DEFAULT_REGION={shlex.quote(archive.config.region)} exec {delete}"]
+
+
+def _run_barman(run_in_pod: Exec, command: list[str], what: str) -> None:
+    code, output = run_in_pod(command)
+    if code != 0:
+        tail = "\n".join(output.strip().splitlines()[-5:])
+        raise MoorageError(f"{what} failed:\n{tail}")
+
+
 def take_base_backup_in_pod(
-    store: S3Store, archive: pitr.WalArchive, system_id: str, run_in_primary: Exec
+    store: S3Store, archive: pitr.WalArchive, system_id: str, run_in_primary: Exec, *, name: str | None = None
 ) -> pitr.BaseBackup:
     """``pitr.take_base_backup`` for a pod: the same archive checks, barman run through
     ``run_in_primary`` (an exec into the primary's PostgreSQL container: exit code, output)."""
+    what = f"barman-cloud-backup of {archive.namespace}/{archive.name}"
+    return pitr.base_backup_with(
+        store,
+        archive,
+        system_id,
+        lambda: _run_barman(run_in_primary, base_backup_command(archive, name), what),
+    )
 
-    def run(command: list[str]) -> None:
-        code, output = run_in_primary(command)
-        if code != 0:
-            tail = "\n".join(output.strip().splitlines()[-5:])
-            raise MoorageError(f"barman-cloud-backup of {archive.namespace}/{archive.name} failed:\n{tail}")
 
-    return pitr.base_backup_with(store, archive, system_id, lambda: run(base_backup_command(archive)))
+def prune_base_backups_in_pod(
+    store: S3Store, archive: pitr.WalArchive, run_in_pod: Exec, *, keep_last: int, keep_days: int | None
+) -> list[str]:
+    """``pitr.prune_base_backups`` with barman run in a member's pod."""
+    what = f"barman-cloud-backup-delete of {archive.namespace}/{archive.name}"
+    command = retention_command(archive, keep_last, keep_days)
+    return pitr.prune_base_backups_with(store, archive, lambda: _run_barman(run_in_pod, command, what))
 
 
 def recovery_target(spec: ResolvedSpec) -> pitr.RecoveryTarget:

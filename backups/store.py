@@ -502,6 +502,16 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             self._fail("ListObjectsV2", prefix, exc)
 
+    def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
+        """Every key starting with ``prefix`` with its size in bytes, page by page."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"], int(item["Size"])
+        except (ClientError, BotoCoreError) as exc:
+            self._fail("ListObjectsV2", prefix, exc)
+
     def _uploads(self, prefix: str) -> Iterator[tuple[str, str]]:
         paginator = self.client.get_paginator("list_multipart_uploads")
         try:

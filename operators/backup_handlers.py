@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import kopf
 
-from backups import pitr_drill, runbook
+from backups import pitr, pitr_drill, runbook
 from backups.errors import BackupError
 from backups.jobs import (
     JOB_CLUSTER_ROLE,
@@ -27,6 +27,7 @@ from backups.jobs import (
     JOB_SERVICE_ACCOUNT,
     MIDDLEWARE_LABEL,
     backup_job,
+    base_backup_job,
     job_name,
     job_outcome,
     pod_failure_message,
@@ -37,6 +38,7 @@ from backups.repository import Repository
 from middleware.errors import MoorageError
 from middleware.kube.builders import MANAGED_BY, MANAGED_BY_LABEL
 from middleware.models.backup import (
+    BackupMethod,
     BackupRepositorySpec,
     MiddlewareBackupSpec,
     MiddlewareBackupStatus,
@@ -209,6 +211,9 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     spec = MiddlewareBackupSpec.model_validate(dict(body["spec"]))
     _require(rt, body, patch, status, "Middleware", spec.middleware.name, "spec.middleware.name")
     repo = _require(rt, body, patch, status, "BackupRepository", spec.repository.name, "spec.repository.name")
+    if spec.method == BackupMethod.BASE:
+        _start_base_backup(rt, body, patch, status, spec, repo)
+        return
     backup_id = Repository.new_id(spec.middleware.name)
     job = backup_job(
         owner=name,
@@ -222,6 +227,64 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     backup_id = _start_job(rt, body, job, backup_id)
     status.backup_id, status.started_at = backup_id, _now()
     message = f"Job {job['metadata']['name']} backs up {spec.middleware.name} as {backup_id}"
+    _transition(body, patch, status, RUNNING, "JobRunning", message, complete=False, event="JobCreated")
+
+
+def _start_base_backup(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    status: MiddlewareBackupStatus,
+    spec: MiddlewareBackupSpec,
+    repo: Mapping[str, Any],
+) -> None:
+    """A physical base backup: only of an archiving PostgreSQL Middleware, into the repository it
+    archives to (a base backup elsewhere would have no WAL to recover with). The backup is named
+    after this MiddlewareBackup; barman gives its id, written once the Job is done."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    source = rt.get(API, "Middleware", namespace, spec.middleware.name) or {}
+    source_spec = source.get("spec") or {}
+    policy = source_spec.get("backup") or {}
+    if source_spec.get("engine") != "postgresql" or not policy.get("walArchiving"):
+        _fail(
+            body,
+            patch,
+            status,
+            "InvalidSpec",
+            f"spec.method: Base needs a PostgreSQL Middleware with spec.backup.walArchiving; "
+            f"{spec.middleware.name} is {source_spec.get('engine')} with walArchiving "
+            f"{bool(policy.get('walArchiving'))} (method Logical backs up any engine)",
+        )
+    archived_to = (policy.get("repository") or {}).get("name")
+    if archived_to != spec.repository.name:
+        _fail(
+            body,
+            patch,
+            status,
+            "InvalidSpec",
+            f"spec.repository.name: {spec.middleware.name} archives its WAL to {archived_to!r}; a base "
+            f"backup in {spec.repository.name!r} would have no WAL to recover with",
+        )
+    scheduled = (body["metadata"].get("labels") or {}).get(SCHEDULED_LABEL) == "true"
+    keep = None
+    if scheduled:
+        kept = BackupPolicy.model_validate(dict(policy))
+        keep = (kept.keep_last or 1, kept.keep_days)
+    job = base_backup_job(
+        owner=name,
+        namespace=namespace,
+        middleware=spec.middleware.name,
+        repository=_repository_spec(repo),
+        settings=operator_config().job,
+        keep=keep,
+        catalogs=rt.catalogs(),
+    )
+    _start_job(rt, body, job, name)
+    status.started_at = _now()
+    message = (
+        f"Job {job['metadata']['name']} takes base backup {name} of {spec.middleware.name} "
+        "in its primary's pod"
+    )
     _transition(body, patch, status, RUNNING, "JobRunning", message, complete=False, event="JobCreated")
 
 
@@ -244,8 +307,15 @@ def follow_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     status.finished_at = ended
     status.duration_seconds = _seconds_between(status.started_at, ended)
     if outcome == "Failed":
-        why = _backup_failure(rt, namespace, spec.repository.name, status.backup_id)
+        why = (
+            ""
+            if spec.method == BackupMethod.BASE
+            else _backup_failure(rt, namespace, spec.repository.name, status.backup_id)
+        )
         _fail(body, patch, status, "JobFailed", f"Job {job_id} failed: {why or message}")
+    if spec.method == BackupMethod.BASE:
+        _complete_base_backup(rt, body, patch, status, spec, job_id)
+        return
     try:
         manifest = open_repository(rt, namespace, spec.repository.name).find(status.backup_id or "")
     except (MoorageError, BackupError) as exc:
@@ -259,6 +329,42 @@ def follow_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     )
     status.duration_seconds = manifest.duration_seconds
     done = f"backup {manifest.backup_id}: {manifest.size_bytes} bytes at {manifest.location}"
+    _transition(body, patch, status, COMPLETED, "BackupCompleted", done, complete=True)
+
+
+def _complete_base_backup(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    patch: kopf.Patch,
+    status: MiddlewareBackupStatus,
+    spec: MiddlewareBackupSpec,
+    job_id: str,
+) -> None:
+    """The base backup the Job took, found by its name in the archive (barman writes it complete
+    last, so one listed there is whole)."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        repository = open_repository(rt, namespace, spec.repository.name)
+        archive = pitr.WalArchive(repository.config, namespace, spec.middleware.name)
+        found = [b for b in pitr.inspect(repository.store, archive).base_backups if b.name == name]
+    except (MoorageError, BackupError) as exc:
+        _fail(body, patch, status, "ArchiveUnreadable", f"Job {job_id} succeeded but {exc}")
+    if not found:
+        _fail(
+            body,
+            patch,
+            status,
+            "BaseBackupMissing",
+            f"Job {job_id} succeeded but no complete base backup named {name} is in {archive.destination}",
+        )
+    taken = found[-1]
+    status.backup_id = taken.backup_id
+    status.location = f"{archive.destination}/{spec.middleware.name}/base/{taken.backup_id}"
+    status.size_bytes = taken.size_bytes
+    done = (
+        f"base backup {taken.backup_id} (timeline {taken.timeline}, WAL {taken.begin_wal.name}.."
+        f"{taken.end_wal.name}): recoverable from {taken.end_time.isoformat()}"
+    )
     _transition(body, patch, status, COMPLETED, "BackupCompleted", done, complete=True)
 
 
@@ -406,8 +512,10 @@ def prune_scheduled(items: list[dict[str, Any]], policy: BackupPolicy, now: date
     when=_has_schedule,
 )
 def backup_schedule(body: kopf.Body, **_: Any) -> None:
-    """Create a MiddlewareBackup when ``spec.backup.schedule`` fired since the last scheduled one,
-    then prune scheduled MiddlewareBackups (and their data in the repository) to the retention."""
+    """Create a MiddlewareBackup when ``spec.backup.schedule`` fired since the last scheduled one
+    (and, for an archiving PostgreSQL Middleware, a ``method: Base`` one beside it, as the local
+    schedule takes both), then prune scheduled MiddlewareBackups (and their data in the repository)
+    to the retention, each method on its own; the base backups' own Job prunes their data."""
     if body["metadata"].get("deletionTimestamp"):
         return
     policy = BackupPolicy.model_validate(dict(body["spec"]["backup"]))
@@ -417,30 +525,41 @@ def backup_schedule(body: kopf.Body, **_: Any) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     labels = {MIDDLEWARE_LABEL: name, SCHEDULED_LABEL: "true"}
     existing = rt.list_objects(API, "MiddlewareBackup", namespace, labels)
+    base = [i for i in existing if (i.get("spec") or {}).get("method") == BackupMethod.BASE.value]
+    logical = [i for i in existing if i not in base]
     now = datetime.now(UTC)
-    last = max((_created(i) for i in existing), default=None)
+    last = max((_created(i) for i in logical), default=None)
     due, upcoming = runbook.is_due(policy.schedule, last, now)
     if due:
-        backup_name = job_name(name, now.strftime("%Y%m%dt%H%M%Sz"))
-        rt.create(
-            {
-                "apiVersion": API,
-                "kind": "MiddlewareBackup",
-                "metadata": {
-                    "name": backup_name,
-                    "namespace": namespace,
-                    "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
-                },
-                "spec": {"middleware": {"name": name}, "repository": {"name": policy.repository.name}},
-            }
-        )
+        stamp = now.strftime("%Y%m%dt%H%M%Sz")
+        methods = [(job_name(name, stamp), BackupMethod.LOGICAL)]
+        if policy.wal_archiving and (body["spec"].get("engine") == "postgresql"):
+            methods.append((job_name(name, f"{stamp}-base"), BackupMethod.BASE))
+        for backup_name, method in methods:
+            rt.create(
+                {
+                    "apiVersion": API,
+                    "kind": "MiddlewareBackup",
+                    "metadata": {
+                        "name": backup_name,
+                        "namespace": namespace,
+                        "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
+                    },
+                    "spec": {
+                        "middleware": {"name": name},
+                        "repository": {"name": policy.repository.name},
+                        "method": method.value,
+                    },
+                }
+            )
+        created = " and ".join(f"{n} ({m.value})" for n, m in methods)
         events.normal(
             body,
             reason="BackupScheduled",
-            message=f"created MiddlewareBackup {backup_name} ({policy.schedule}); "
+            message=f"created MiddlewareBackup {created} ({policy.schedule}); "
             f"next {upcoming:%Y-%m-%dT%H:%MZ}",
         )
-    doomed = prune_scheduled(existing, policy, now)
+    doomed = prune_scheduled(logical, policy, now) + prune_scheduled(base, policy, now)
     for item in doomed:
         rt.delete(API, "MiddlewareBackup", namespace, item["metadata"]["name"])
     if doomed or due:

@@ -56,9 +56,22 @@ class BackupRepository(CustomResource):
     status: ResourceStatus | None = None
 
 
+class BackupMethod(StrEnum):
+    LOGICAL = "Logical"
+    BASE = "Base"
+
+
 class MiddlewareBackupSpec(WireModel):
     middleware: LocalObjectReference
     repository: LocalObjectReference
+    method: BackupMethod = Field(
+        default=BackupMethod.LOGICAL,
+        description=(
+            "Logical: a streamed dump of every engine (restorable into another shape). Base: PostgreSQL "
+            "with spec.backup.walArchiving only, a physical base backup taken in the primary's pod, "
+            "where point-in-time recovery starts."
+        ),
+    )
 
 
 class MiddlewareBackupStatus(ResourceStatus):

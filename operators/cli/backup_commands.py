@@ -220,25 +220,50 @@ def backup_base(
     namespace: Namespace = "default",
     state_dir: StateDir = None,
     runtime: RuntimeOpt = "local",
+    backup_name: Annotated[
+        str | None, typer.Option("--name", help="A name for the backup, usable wherever its id is.")
+    ] = None,
+    keep_last: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-last", min=1, help="Then delete older base backups (and the WAL only they need)."
+        ),
+    ] = None,
+    keep_days: Annotated[
+        int | None, typer.Option("--keep-days", min=1, help="With --keep-last: also keep those this young.")
+    ] = None,
     output: Output = "table",
 ) -> None:
     """A physical base backup with barman's cloud tools: point-in-time recovery starts from one and
     replays the archived WAL from there. It runs where the primary's data directory is: on this
-    machine, or (--runtime kubernetes) in the primary's pod, over pods/exec."""
+    machine, or (--runtime kubernetes) in the primary's pod, over pods/exec. With --keep-last, the
+    retention of the Middleware's base backups follows, as a scheduled backup applies it."""
+    if keep_days is not None and keep_last is None:
+        raise SpecError(
+            "--keep-days", "needs --keep-last (the fewest base backups to keep whatever their age)"
+        )
     repository = _repository(repo)
     archive = pitr.WalArchive(repository.config, namespace, name)
+    keep = (keep_last, keep_days) if keep_last is not None else None
     with _progress(not _json(output)) as progress:
         progress("base backup (barman-cloud-backup)", 0, 1)
         if runtime == "kubernetes":
-            taken = kubernetes_base_backup(
+            taken, pruned = kubernetes_base_backup(
                 KubernetesRuntime.from_environment(),
                 repository,
                 namespace,
                 name,
+                name_as=backup_name,
+                keep=keep,
                 cluster_domain=os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local"),
             )
         else:
-            taken = _local_base_backup(repository, archive, state_dir, repo)
+            taken = _local_base_backup(repository, archive, state_dir, repo, backup_name)
+            pruned = (
+                pitr.prune_base_backups(repository.store, archive, keep_last=keep[0], keep_days=keep[1])
+                if keep
+                else []
+            )
         progress("base backup (barman-cloud-backup)", 1, 1)
     row = {
         "id": taken.backup_id,
@@ -248,6 +273,9 @@ def backup_base(
         "endTime": taken.end_time.isoformat(),
         "systemId": taken.system_id,
         "location": f"{archive.destination}/{name}",
+        "name": taken.name,
+        "sizeBytes": taken.size_bytes,
+        "prunedBaseBackups": pruned,
     }
     if _json(output):
         _print_json(row)
@@ -256,6 +284,8 @@ def backup_base(
             f"base backup [bold]{taken.backup_id}[/] of {namespace}/{name}: timeline {taken.timeline}, "
             f"WAL {taken.begin_wal.name}..{taken.end_wal.name}, recoverable from {row['endTime']}"
         )
+        if pruned:
+            out.print(f"pruned base backups {', '.join(pruned)} with the WAL only they needed")
 
 
 @backup_app.command("drill")
@@ -330,7 +360,11 @@ def _print_drill(record: dict[str, Any]) -> None:
 
 
 def _local_base_backup(
-    repository: Repository, archive: pitr.WalArchive, state_dir: Path | None, repo: str
+    repository: Repository,
+    archive: pitr.WalArchive,
+    state_dir: Path | None,
+    repo: str,
+    backup_name: str | None,
 ) -> pitr.BaseBackup:
     lifecycle = Lifecycle(local_runtime(state_dir, repo))
     namespace, name = archive.namespace, archive.name
@@ -346,7 +380,12 @@ def _local_base_backup(
         raise MoorageError(f"{namespace}/{name} has no writable primary to back up")
     host, port = primary.rsplit(":", 1)
     return pitr.take_base_backup(
-        repository.store, archive, host, int(port), lifecycle.runtime.password(deployment.spec)
+        repository.store,
+        archive,
+        host,
+        int(port),
+        lifecycle.runtime.password(deployment.spec),
+        name=backup_name,
     )
 
 

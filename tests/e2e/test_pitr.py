@@ -7,7 +7,8 @@ backup taken by a DBA (``moorage backup base --runtime kubernetes`` in a pod bou
 role: barman runs in the primary's container over pods/exec); a switchover, after which the new
 primary archives on timeline 2; ``restore plan --to-latest`` sees both timelines and the base
 backup; a new Middleware with ``spec.recovery`` (examples/postgresql-pitr.yaml's second document)
-holds exactly the rows from before a moment after the switchover, and one with a moment before the
+holds exactly the rows from before a moment after the switchover; a drill; the schedule's base
+backup, taken by a Job in the primary's pod, pruning the older one; one with a moment before the
 window is refused; and the source deleted with its data and created again under the same name is
 refused (its archive holds another cluster's WAL now).
 """
@@ -279,6 +280,44 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
         180,
         interval=3.0,
     )
+
+    # The schedule, switched on with keepLast 1: never run before, it is due at once and makes a
+    # logical MiddlewareBackup and a base one; the base one's Job (the backup ServiceAccount) runs
+    # barman in the primary's pod, names the backup after the resource and prunes the DBA's older
+    # base backup with the WAL only it needed.
+    local_cluster.patch_middleware(ns, NAME, {"backup": {"suspend": False, "keepLast": 1}})
+
+    def scheduled(method: str) -> dict[str, Any] | None:
+        listed: Any = local_cluster.custom.list_namespaced_custom_object(
+            GROUP, VERSION, ns, "middlewarebackups", label_selector=f"moorage.io/middleware={NAME}"
+        )
+        found = [i for i in listed["items"] if i["spec"].get("method") == method]
+        return (
+            found[0]
+            if found and (found[0].get("status") or {}).get("phase") in ("Completed", "Failed")
+            else None
+        )
+
+    base_backup = wait_for("the scheduled base backup done", lambda: scheduled("Base"), 600, interval=3.0)
+    local_cluster.patch_middleware(ns, NAME, {"backup": {"suspend": True}})
+    assert base_backup["metadata"]["labels"]["moorage.io/scheduled"] == "true", base_backup["metadata"]
+    base_status = base_backup["status"]
+    assert base_status["phase"] == "Completed", base_status
+    newest = base_status["backupId"]
+    info = s3_client(pod_s3_server).get_object(  # type: ignore[attr-defined]
+        Bucket=bucket, Key=f"{archive_root(ns)}/base/{newest}/backup.info"
+    )
+    assert f"backup_name={base_backup['metadata']['name']}" in info["Body"].read().decode()
+    listed_base: Any = s3_client(pod_s3_server).list_objects_v2(  # type: ignore[attr-defined]
+        Bucket=bucket, Prefix=f"{archive_root(ns)}/base/"
+    )
+    assert {o["Key"].split("/base/")[1].split("/")[0] for o in listed_base.get("Contents", [])} == {newest}
+    latest = cli(
+        local_cluster, pod_s3_server, "restore", "plan", "--to", NAME, "-n", ns, "--to-latest", "--repo", url
+    )
+    assert latest["baseBackup"] == newest and latest["window"]["missingSegments"] == [], latest
+    logical = wait_for("the scheduled logical backup done", lambda: scheduled("Logical"), 600, interval=3.0)
+    assert logical["status"]["phase"] == "Completed", logical["status"]
 
     # A moment before the archive's window is refused before any pod is made, naming the field.
     early = {**recovery, "targetTime": "2020-01-01T00:00:00Z"}

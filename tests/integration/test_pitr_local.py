@@ -241,6 +241,17 @@ def test_scheduled_base_backups_and_retention_keep_exactly_the_wal_the_kept_ones
     gone = cli.run("restore", "plan", "--to", NAME, "--to-time", first["endTime"], "-o", "json", check=False)
     assert gone.returncode == 1 and "before the recoverable window" in json.loads(gone.stdout)["reason"]
 
+    # On demand, named and with the retention applied after it (what a Kubernetes scheduled base
+    # backup's Job runs): only the new one is left, found by its name.
+    new_wal()
+    named = cli.json("backup", "base", NAME, "--name", "before-upgrade", "--keep-last", "1")
+    assert named["name"] == "before-upgrade" and named["sizeBytes"] > 0, named
+    assert named["prunedBaseBackups"] == [second["id"], third], named
+    (only,) = inspect(store, archive).base_backups
+    assert (only.backup_id, only.name) == (named["id"], "before-upgrade")
+    refused = cli.run("backup", "base", NAME, "--keep-days", "3", check=False)
+    assert refused.returncode == 2 and "--keep-days" in refused.stderr, refused.stderr
+
 
 def rows(cli: Moorage) -> set[int]:
     with primary(cli) as conn:

@@ -12,6 +12,7 @@ from backups.jobs import (
     JOB_SERVICE_ACCOUNT,
     JobSettings,
     backup_job,
+    base_backup_job,
     catalogs_value,
     job_name,
     job_outcome,
@@ -94,6 +95,33 @@ def test_backup_job_runs_the_cli_with_the_chosen_id() -> None:
     assert _container(job)["image"] == "registry.example/moorage:1.2.3"
 
 
+def _base(keep: tuple[int, int | None] | None) -> dict[str, Any]:
+    return base_backup_job(
+        owner="orders-20260101t030000z-base",
+        namespace="shop",
+        middleware="orders",
+        repository=REPO,
+        settings=SETTINGS,
+        keep=keep,
+    )
+
+
+@pytest.mark.parametrize(
+    ("keep", "retention"),
+    [(None, []), ((3, None), ["--keep-last", "3"]), ((2, 14), ["--keep-last", "2", "--keep-days", "14"])],
+)
+def test_a_base_backup_job_names_the_backup_after_its_resource(
+    keep: tuple[int, int | None] | None, retention: list[str]
+) -> None:
+    job = _base(keep)
+    assert job["metadata"]["name"] == "orders-20260101t030000z-base-backup"
+    assert job["metadata"]["labels"]["moorage.io/backup"] == "orders-20260101t030000z-base"
+    assert _container(job)["command"] == [
+        "moorage", "backup", "base", "orders", "--namespace", "shop", "--runtime", "kubernetes",
+        "--name", "orders-20260101t030000z-base", *retention, "-o", "json",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("action", "verb_args"),
     [
@@ -120,7 +148,9 @@ def test_restore_jobs_per_action(action: str, verb_args: list[str]) -> None:
 
 
 @pytest.mark.parametrize(
-    "job", [_backup(), _restore("Apply"), _restore("Rollback")], ids=["backup", "apply", "rollback"]
+    "job",
+    [_backup(), _base((1, None)), _restore("Apply"), _restore("Rollback")],
+    ids=["backup", "base", "apply", "rollback"],
 )
 def test_every_job_keeps_the_rules(job: dict[str, Any]) -> None:
     spec = job["spec"]

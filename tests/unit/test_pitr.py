@@ -99,6 +99,16 @@ def test_base_backup_info_must_be_complete() -> None:
         BaseBackup.from_info("x", text)
 
 
+def test_base_backup_info_gives_the_name_when_barman_was_given_one() -> None:
+    text = (
+        "status=DONE\nbegin_wal=000000010000000000000002\nend_wal=000000010000000000000003\n"
+        "timeline=1\nend_time=2026-12-06 03:00:05.123456+00:00\nsystemid=7400000000000000001\n"
+    )
+    assert BaseBackup.from_info("20261206T030000", text).name is None
+    named = BaseBackup.from_info("20261206T030000", text + "backup_name=ledger-nightly\n")
+    assert (named.name, named.end_wal.name) == ("ledger-nightly", "000000010000000000000003")
+
+
 def test_targets_are_validated_naming_the_field() -> None:
     with pytest.raises(SpecError, match="exactly one"):
         RecoveryTarget()

@@ -33,6 +33,7 @@ from backups.pitr_pods import (
     PGPASS_FILE,
     base_backup_command,
     recovery_target,
+    retention_command,
     with_recovery,
     with_wal_archiving,
 )
@@ -236,6 +237,18 @@ def test_a_base_backup_in_the_pod_uses_the_pgpass_file_never_a_password() -> Non
     assert f"PGPASSFILE={PGPASS_FILE}" in command[2]
     assert f"{IMAGE_BARMAN_BIN}/barman-cloud-backup" in command[2] and "--host 127.0.0.1" in command[2]
     assert "s3cr3t" not in command[2] and "PGPASSWORD" not in command[2]
+
+
+def test_a_named_base_backup_and_the_retention_in_the_pod() -> None:
+    archive = WalArchive(CONFIG, "shop", "ledger")
+    named = base_backup_command(archive, "ledger-20261206t030000z-base")
+    assert "--name ledger-20261206t030000z-base" in named[2]
+    assert "--name" not in base_backup_command(archive)[2]
+    by_count = retention_command(archive, 2, None)[2]
+    assert f"{IMAGE_BARMAN_BIN}/barman-cloud-backup-delete" in by_count
+    assert "--retention-policy 'REDUNDANCY 2'" in by_count and "s3cr3t" not in by_count
+    by_days = retention_command(archive, 2, 7)[2]
+    assert "'RECOVERY WINDOW OF 7 DAYS' --minimum-redundancy 2" in by_days
 
 
 @pytest.mark.parametrize(
