@@ -369,6 +369,8 @@ ARCHIVE_CREDENTIALS = "wal-archive.credentials"
 # and where it notes the ones uploaded ahead.
 ARCHIVE_PARALLEL = 4
 ARCHIVE_SPOOL = "wal-archive.spool"
+# Ends the batch uploader's program in the archive script (a shell here-document).
+WAL_BATCH_END = "MOORAGE_WAL_BATCH"
 
 
 ARCHIVING_FAILING_EVENT = "wal-archiving-failing"
@@ -386,20 +388,25 @@ def archiving_transition(was_failing: bool | None, failing: bool | None) -> str 
 
 
 def archive_script(archive: WalArchive, barman_bin: Path, spool: str = f"$here/{ARCHIVE_SPOOL}") -> str:
-    """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with
-    barman-cloud-wal-archive. Keys come from the credentials file beside it (boto3's shared
-    credentials format), never from the command line; a non-zero exit keeps the segment.
+    """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with barman's
+    library, as barman-cloud-wal-archive does. Keys come from the credentials file beside it
+    (boto3's shared credentials format), never from the command line; a non-zero exit keeps the
+    segment.
 
-    PostgreSQL archives one segment at a time and barman's tool is one process per segment, which
-    under a write load falls behind (bench/results.json, ``pitr``). So, as CloudNativePG's
-    ``maxParallel`` does, each call also uploads up to ARCHIVE_PARALLEL - 1 of the segments
-    PostgreSQL will ask for next (``.ready`` in archive_status) beside ``$1``, and notes in
-    ``spool`` (a directory the server's user can write) each one uploaded; asked for one of those
-    later, it answers at once. A segment whose upload ahead failed is not noted, so it is uploaded
-    when asked for: nothing is reported archived that is not in the repository. The notes are kept
-    per destination, so a script rewritten for another repository never trusts the old ones."""
-    command = shlex.join(archive.command(barman_bin, "barman-cloud-wal-archive"))
+    PostgreSQL archives one segment at a time, and barman's tool is one process per segment whose
+    start costs about what uploading the segment does: under a write load that falls behind
+    (bench/results.json, ``pitr``). So each call uploads, in one process of barman's interpreter
+    (``backups/wal_batch.py``, fed on stdin), ``$1`` and up to ARCHIVE_PARALLEL - 1 of the segments
+    PostgreSQL will ask for next (``.ready`` in archive_status) at once, as CloudNativePG's
+    ``maxParallel`` does, and notes in ``spool`` (a directory the server's user can write) each one
+    uploaded ahead; asked for one of those later, it answers at once. A segment whose upload ahead
+    failed is not noted, so it is uploaded when asked for: nothing is reported archived that is not
+    in the repository. The notes are kept per destination, so a script rewritten for another
+    repository never trusts the old ones."""
     where = hashlib.sha256(f"{archive.config.endpoint} {archive.destination}/{archive.name}".encode())
+    program = Path(__file__).with_name("wal_batch.py").read_text()
+    if WAL_BATCH_END in program:  # it would end the here-document early
+        raise RuntimeError(f"backups/wal_batch.py must not contain {WAL_BATCH_END}")
     return _script(
         archive,
         "archives WAL segments to",
@@ -410,13 +417,10 @@ def archive_script(archive: WalArchive, barman_bin: Path, spool: str = f"$here/{
             'mkdir -p "$spool"',
             "ahead=$(ls \"$wal/archive_status\" 2>/dev/null | sed -n -E 's/^([0-9A-F]{24})[.]ready$/\\1/p' "
             f'| grep -vx "$name" | sort | head -n {ARCHIVE_PARALLEL - 1})',
-            "for next in $ahead; do",
-            f'  ({command} "$wal/$next" && : > "$spool/$next") &',
-            "done",
-            f'{command} "$1"',
-            "code=$?",
-            "wait",
-            "exit $code",
+            f'exec {shlex.quote(str(barman_bin / "python"))} - "$spool" "$1" $ahead -- '
+            f"{shlex.join(archive.barman_args())} <<'{WAL_BATCH_END}'",
+            program.rstrip("\n"),
+            WAL_BATCH_END,
         ],
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -89,7 +90,7 @@ def test_the_script_names_the_destination_and_never_a_key() -> None:
     archive = WalArchive(CONFIG, "shop", "ledger")
     script = archive_script(archive, Path("/opt/barman/bin"))
     assert script.startswith("#!/bin/sh\n")
-    assert "/opt/barman/bin/barman-cloud-wal-archive" in script and '"$1"' in script
+    assert 'exec /opt/barman/bin/python - "$spool" "$1" $ahead -- --cloud-provider aws-s3' in script
     assert "s3://pitr-bucket/pitr/shop ledger" in script and "--endpoint-url http://127.0.0.1:9000" in script
     assert ARCHIVE_CREDENTIALS in script
     assert "s3cr3t" not in script and "AKIDEXAMPLE" not in script
@@ -127,7 +128,7 @@ def test_local_archive_files_need_a_repository_unless_a_script_is_already_there(
         spec, member, tmp_path
     )
     assert files[ARCHIVE_SCRIPT][1] == 0o700 and files[ARCHIVE_CREDENTIALS][1] == 0o600
-    assert str(bin_dir / "barman-cloud-wal-archive") in files[ARCHIVE_SCRIPT][0]
+    assert f"exec {bin_dir / 'python'} - " in files[ARCHIVE_SCRIPT][0]
 
 
 def archiver(**stat: Any) -> Observation:
@@ -209,7 +210,7 @@ def test_pods_get_the_scripts_from_the_config_map_and_the_keys_only_as_secret_re
 
     config_map = next(m for m in manifests if m["kind"] == "ConfigMap")
     archive_sh, restore_sh = config_map["data"][ARCHIVE_SCRIPT], config_map["data"][RESTORE_SCRIPT]
-    assert f"{IMAGE_BARMAN_BIN}/barman-cloud-wal-archive " in archive_sh
+    assert f"exec {IMAGE_BARMAN_BIN}/python - " in archive_sh
     assert 'spool="/tmp/wal-archive.spool/' in archive_sh  # the config directory is read-only there
     assert f"exec {IMAGE_BARMAN_BIN}/barman-cloud-wal-restore " in restore_sh
     assert "s3://pitr-bucket/pitr/shop ledger" in archive_sh
@@ -339,20 +340,46 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     assert "initdb" in plain["initContainers"][0]["command"][-1]
 
 
-def test_the_archive_script_uploads_ahead_in_parallel_and_never_notes_a_failed_upload(tmp_path: Path) -> None:
+STAND_IN_BARMAN = {
+    "barman/__init__.py": "",
+    "barman/xlog.py": "import re\n"
+    "def is_any_xlog_file(path):\n"
+    "    return re.search(r'[0-9A-F]{24}$|[0-9A-F]{8}[.]history$', path) is not None\n",
+    "barman/cloud_providers/__init__.py": "def get_cloud_interface(config):\n"
+    "    return open(config.log, 'a')\n",
+    "barman/clients/__init__.py": "",
+    # Records each upload in the file the "interface" is, and fails for segment 04.
+    "barman/clients/cloud_walarchive.py": "import argparse, os, threading, time\n"
+    "def parse_arguments(args):\n"
+    "    return argparse.Namespace(log=os.environ['UPLOAD_LOG'], server_name=args[-2], wal=args[-1],\n"
+    "                              compression=None, compression_level=None)\n"
+    "class CloudWalUploader:\n"
+    "    def __init__(self, cloud_interface, server_name, compression, compression_level):\n"
+    "        self.log = cloud_interface\n"
+    "    def upload_wal(self, path):\n"
+    "        time.sleep(0.2)  # the uploads overlap, so each gets its own thread\n"
+    "        if path.endswith('000000010000000000000004'):\n"
+    "            raise OSError('S3 said no')\n"
+    "        self.log.write(f'{path} {threading.get_ident()}\\n')\n",
+}
+
+
+def test_the_archive_script_uploads_ahead_in_one_process_and_never_notes_a_failed_upload(
+    tmp_path: Path,
+) -> None:
     """The archive script run by sh as PostgreSQL runs it (cwd: the data directory, ``$1``:
-    pg_wal/NAME), with a STAND-IN for barman-cloud-wal-archive that records what it was given and
-    fails for one segment (the real tool runs in tests/integration/test_pitr_local.py)."""
-    bin_dir, data = tmp_path / "bin", tmp_path / "data"
+    pg_wal/NAME), its batch uploader (backups/wal_batch.py) run by this interpreter with a STAND-IN
+    for barman's library that records each upload and its thread, and fails for one segment (the
+    real barman runs in tests/integration/test_pitr_local.py and on pods in tests/e2e)."""
+    bin_dir, data, library = tmp_path / "bin", tmp_path / "data", tmp_path / "stand-in"
     (data / "pg_wal" / "archive_status").mkdir(parents=True)
     bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    for relative, text in STAND_IN_BARMAN.items():
+        (library / relative).parent.mkdir(parents=True, exist_ok=True)
+        (library / relative).write_text(text)
     log = tmp_path / "uploaded"
-    fake = bin_dir / "barman-cloud-wal-archive"
-    fake.write_text(
-        "#!/bin/sh\nfor segment; do :; done\n"  # the last argument
-        f'case "$segment" in *000000010000000000000004) exit 1;; esac\necho "$segment" >> {log}\n'
-    )
-    fake.chmod(0o755)
+    log.write_text("")
     segments = [f"0000000100000000000000{n:02X}" for n in range(1, 7)]
     for name in segments:
         (data / "pg_wal" / name).write_bytes(b"")
@@ -360,19 +387,33 @@ def test_the_archive_script_uploads_ahead_in_parallel_and_never_notes_a_failed_u
     (data / "pg_wal" / "archive_status" / "00000002.history.ready").write_bytes(b"")
     script = data / "wal-archive"
     script.write_text(archive_script(WalArchive(CONFIG, "shop", "ledger"), bin_dir))
+    env = {**os.environ, "PYTHONPATH": str(library), "UPLOAD_LOG": str(log)}
 
-    def archive(name: str) -> int:
-        done = subprocess.run(["sh", str(script), f"pg_wal/{name}"], cwd=data, capture_output=True, text=True)
+    def archive(name: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["sh", str(script), f"pg_wal/{name}"], cwd=data, capture_output=True, text=True, env=env
+        )
         (data / "pg_wal" / "archive_status" / f"{name}.ready").unlink()
-        return done.returncode
+        return done
 
-    # Asked for 01: 01 and the next three (02, 03, 04) uploaded, 04's upload failing.
-    assert archive(segments[0]) == 0
-    assert sorted(log.read_text().split()) == [f"pg_wal/{n}" for n in segments[:3]]
+    def uploaded() -> list[str]:
+        return sorted(line.split()[0] for line in log.read_text().splitlines())
+
+    # Asked for 01: 01 and the next three (02, 03, 04) uploaded at once, each in its own thread,
+    # 04's upload failing.
+    first = archive(segments[0])
+    assert first.returncode == 0, first.stderr
+    assert uploaded() == [f"pg_wal/{n}" for n in segments[:3]]
+    assert len({line.split()[1] for line in log.read_text().splitlines()}) == 3, (
+        "not in threads of one process"
+    )
+    assert "uploading pg_wal/000000010000000000000004 ahead failed" in first.stderr
     # 02 and 03 were uploaded ahead: answered at once (nothing uploaded again, nor ahead).
     log.write_text("")
-    assert archive(segments[1]) == 0 and archive(segments[2]) == 0
+    assert archive(segments[1]).returncode == 0 and archive(segments[2]).returncode == 0
     assert log.read_text() == ""
     # 04 was not noted: asked for, it is uploaded (and fails: PostgreSQL keeps it and asks again).
-    assert archive(segments[3]) == 1
-    assert sorted(log.read_text().split()) == [f"pg_wal/{n}" for n in segments[4:]]
+    again = archive(segments[3])
+    assert again.returncode == 1
+    assert "archiving pg_wal/000000010000000000000004 failed: S3 said no" in again.stderr
+    assert uploaded() == [f"pg_wal/{n}" for n in segments[4:]]
