@@ -21,7 +21,13 @@ from backups import pitr, pitr_drill, pitr_restore
 from backups.repository import Repository
 from backups.runbook import Target
 from middleware.engines.base import Connection, MemberPlan
-from middleware.engines.postgresql.config import FIRST_START_MARKER, PGDATA, SOURCE_RESTORE_SCRIPT, guc_quote
+from middleware.engines.postgresql.config import (
+    FIRST_START_MARKER,
+    PGDATA,
+    RESTORE_SPOOL,
+    SOURCE_RESTORE_SCRIPT,
+    guc_quote,
+)
 from middleware.errors import MoorageError, SpecError
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
@@ -170,6 +176,8 @@ class LocalRecovery:
         pgdata = self._pgdata(member)
         config_dir = self.runtime.member_config_dir(self.spec, member)
         barman_bin = pitr.find_barman()
+        # What an earlier recovery fetched ahead is not trusted (the archive may be another one now).
+        shutil.rmtree(config_dir / RESTORE_SPOOL, ignore_errors=True)
         pitr.run_as_postgres(
             [*archive.command(barman_bin, "barman-cloud-restore"), backup.backup_id, str(pgdata)],
             {**os.environ, **archive.environment()},
@@ -244,6 +252,7 @@ class LocalRecovery:
         for member in self.engine.members(self.spec):
             config_dir = self.runtime.member_config_dir(self.spec, member)
             (config_dir / SOURCE_RESTORE_SCRIPT).unlink(missing_ok=True)
+            shutil.rmtree(config_dir / RESTORE_SPOOL, ignore_errors=True)  # segments fetched past the target
             if not self.spec.wal_archiving:  # the keys were there for the other archive only
                 (config_dir / pitr.ARCHIVE_CREDENTIALS).unlink(missing_ok=True)
 

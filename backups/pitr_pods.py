@@ -27,11 +27,12 @@ from middleware.engines.postgresql.config import (
     POSTGRES_PORT,
     RECOVERY_SCRIPT,
     RESTORE_SCRIPT,
+    RESTORE_SPOOL,
     SOURCE_RESTORE_SCRIPT,
     SUPERUSER,
     guc_quote,
 )
-from middleware.engines.postgresql.render import CONFIG_DIR, SECRETS_FILE
+from middleware.engines.postgresql.render import CONFIG_DIR, DATA_DIR, SECRETS_FILE
 from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import config_map_name, env_from_secret
 from middleware.models.backup import CredentialsSecret
@@ -45,6 +46,8 @@ INIT_CONTAINER = "init"
 # The pgpass file the init container writes: barman connects as the superuser through it, so no
 # password is on the exec's command line.
 PGPASS_FILE = SECRETS_FILE
+# Segments fetched ahead during a recovery: on the data volume (/tmp is a small emptyDir).
+POD_RESTORE_SPOOL = f"{DATA_DIR}/{RESTORE_SPOOL}"
 
 
 def with_wal_archiving(
@@ -61,7 +64,7 @@ def with_wal_archiving(
     # to the pod's /tmp (lost with the pod, which only means those are uploaded again).
     spool = f"/tmp/{pitr.ARCHIVE_SPOOL}"
     config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN, spool)
-    config_map["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN)
+    config_map["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN, POD_RESTORE_SPOOL)
     containers = statefulset["spec"]["template"]["spec"]["containers"]
     _add_keys(next(c for c in containers if c["name"] == POSTGRES_CONTAINER), credentials)
     return result
@@ -193,6 +196,7 @@ def recovery_script(source: pitr.WalArchive, backup_id: str, target: pitr.Recove
         f"{source.namespace}/{source.name} from {source.destination}, recovered to {target.settings()}.",
         "set -eu",
         "pgdata=$1",
+        f'rm -rf "{POD_RESTORE_SPOOL}"  # what an earlier recovery fetched ahead is not trusted',
         f"export AWS_DEFAULT_REGION={shlex.quote(source.config.region)}",
         f'{restore} "$pgdata"',
         'chmod 0700 "$pgdata"',
@@ -220,7 +224,9 @@ def with_recovery(
     result = [copy.deepcopy(m) for m in manifests]
     config_map, statefulset = _config_map_and_statefulset(spec, result)
     config_map["data"][RECOVERY_SCRIPT] = recovery_script(source, backup_id, recovery_target(spec))
-    config_map["data"][SOURCE_RESTORE_SCRIPT] = pitr.restore_script(source, IMAGE_BARMAN_BIN)
+    config_map["data"][SOURCE_RESTORE_SCRIPT] = pitr.restore_script(
+        source, IMAGE_BARMAN_BIN, POD_RESTORE_SPOOL
+    )
     pod = statefulset["spec"]["template"]["spec"]
     for container in [*pod.get("initContainers", []), *pod["containers"]]:
         if container["name"] in (POSTGRES_CONTAINER, INIT_CONTAINER):

@@ -27,11 +27,13 @@ from backups.pitr import (
     archiving_transition,
     check_archive_is_ours,
     credentials_file,
+    restore_script,
     system_id_of,
 )
 from backups.pitr_pods import (
     IMAGE_BARMAN_BIN,
     PGPASS_FILE,
+    POD_RESTORE_SPOOL,
     base_backup_command,
     recovery_target,
     retention_command,
@@ -97,6 +99,23 @@ def test_the_script_names_the_destination_and_never_a_key() -> None:
     keys = credentials_file(CONFIG)
     assert keys is not None and "aws_secret_access_key = s3cr3t/key" in keys
     assert credentials_file(RepositoryConfig(bucket="pitr-bucket")) is None
+
+
+def test_the_restore_script_fetches_ahead_into_a_spool_of_its_own_archive() -> None:
+    ledger = restore_script(WalArchive(CONFIG, "shop", "ledger"), Path("/opt/barman/bin"))
+    other = restore_script(WalArchive(CONFIG, "shop", "orders"), Path("/opt/barman/bin"))
+    assert (
+        '/opt/barman/bin/barman-cloud-wal-restore --parallel 8 --spool-dir "$here/wal-restore.spool/'
+        in ledger
+    )
+    assert ledger.rstrip().endswith('s3://pitr-bucket/pitr/shop ledger "$1" "$2"')
+
+    def spool(script: str) -> str:
+        return script.split("--spool-dir ", 1)[1].split()[0]
+
+    # A segment's name is the same in every archive: never handed over from another one's spool.
+    assert spool(ledger) != spool(other)
+    assert "s3cr3t" not in ledger
 
 
 def test_local_archive_files_need_a_repository_unless_a_script_is_already_there(
@@ -330,8 +349,13 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     init = pod["initContainers"][0]
     assert f'sh "/etc/postgresql-templates/{RECOVERY_SCRIPT}" "$pgdata"' in init["command"][-1]
     assert "initdb" not in init["command"][-1]
-    # Once promoted (no recovery.signal), the settings leave every member's data at its next start.
+    # Segments fetched ahead go to the data volume, and what an earlier recovery left is not used.
+    assert f'--parallel 8 --spool-dir "{POD_RESTORE_SPOOL}/' in config_map["data"][SOURCE_RESTORE_SCRIPT]
+    assert script.index(f'rm -rf "{POD_RESTORE_SPOOL}"') < script.index("barman-cloud-restore")
+    # Once promoted (no recovery.signal), the settings leave every member's data at its next start,
+    # and what was fetched past the target with them.
     assert "sed -i -e '/^restore_command[ =]/d' -e '/^recovery_target/d'" in init["command"][-1]
+    assert f'rm -rf "{POD_RESTORE_SPOOL}"' in init["command"][-1]
     for container in (init, pod["containers"][0]):
         keys = {e["name"]: e for e in container["env"]}
         assert keys["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "keys"

@@ -39,6 +39,9 @@ RESTORE_SCRIPT = "wal-restore"
 # pods the script the init container runs instead of initdb (barman-cloud-restore + the settings).
 SOURCE_RESTORE_SCRIPT = "wal-restore-source"
 RECOVERY_SCRIPT = "recovery-bootstrap"
+# Where restore_command keeps the segments fetched ahead during a recovery (beside the data, on its
+# volume in pods); emptied before a recovery starts and once the member is promoted.
+RESTORE_SPOOL = "wal-restore.spool"
 ARCHIVE_COMMAND = '"${DATA_DIR}/' + ARCHIVE_SCRIPT + '" "%p"'
 ARCHIVE_TIMEOUT = "60s"
 SHARED_BUFFERS_SHARE = 0.25

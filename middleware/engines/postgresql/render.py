@@ -20,6 +20,7 @@ from middleware.engines.postgresql.config import (
     RECOVERY_SCRIPT,
     REPLICATION_USER,
     RESTORE_SCRIPT,
+    RESTORE_SPOOL,
     SOURCE_RESTORE_SCRIPT,
     START_SCRIPT,
     SUPERUSER,
@@ -248,6 +249,7 @@ def _forget_recovery(spec: ResolvedSpec) -> list[str]:
     return [
         'if [ ! -e "$pgdata/recovery.signal" ] && [ -f "$pgdata/postgresql.auto.conf" ]; then',
         "  sed -i -e '/^restore_command[ =]/d' -e '/^recovery_target/d' \"$pgdata/postgresql.auto.conf\"",
+        f'  rm -rf "{DATA_DIR}/{RESTORE_SPOOL}"',
         "fi",
     ]
 
