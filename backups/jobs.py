@@ -43,6 +43,11 @@ Manifest = dict[str, Any]
 
 JOB_SERVICE_ACCOUNT = "moorage-backup"
 JOB_CLUSTER_ROLE = "moorage-backup-job"
+# A scheduled recovery drill creates and deletes a scratch Middleware: a grant of its own, so the
+# backup Jobs never hold it.
+DRILL_SERVICE_ACCOUNT = "moorage-drill"
+DRILL_CLUSTER_ROLE = "moorage-drill-job"
+DRILL_COMPONENT = "drill"
 BACKUP_LABEL = "moorage.io/backup"
 RESTORE_LABEL = "moorage.io/restore"
 MIDDLEWARE_LABEL = "moorage.io/middleware"
@@ -133,6 +138,7 @@ def _job(
     repository: BackupRepositorySpec,
     settings: JobSettings,
     catalogs: Iterable[Mapping[str, Any]] | None,
+    service_account: str = JOB_SERVICE_ACCOUNT,
 ) -> Manifest:
     resources = Resources(cpu=settings.cpu, memory=settings.memory)
     catalog_env = [] if catalogs is None else [{"name": CATALOGS_ENV, "value": catalogs_value(catalogs)}]
@@ -165,7 +171,7 @@ def _job(
             "template": {
                 "metadata": {"labels": dict(labels)},
                 "spec": {
-                    "serviceAccountName": JOB_SERVICE_ACCOUNT,
+                    "serviceAccountName": service_account,
                     # The Job reads the Middleware, its pods and its password through the API.
                     "automountServiceAccountToken": True,
                     "restartPolicy": "Never",
@@ -242,6 +248,31 @@ def base_backup_job(
         repository=repository,
         settings=settings,
         catalogs=catalogs,
+    )
+
+
+def drill_job(
+    *,
+    namespace: str,
+    middleware: str,
+    stamp: str,
+    repository: BackupRepositorySpec,
+    settings: JobSettings,
+    catalogs: Iterable[Mapping[str, Any]] | None = None,
+) -> Manifest:
+    """The Job of a scheduled recovery drill of ``middleware`` (``spec.backup.drillSchedule``):
+    ``moorage backup drill``, under the drill ServiceAccount (it creates the scratch Middleware).
+    The outcome is the drill's record in the repository, as for a drill run by hand."""
+    command = ["moorage", "backup", "drill", middleware, "--namespace", namespace, "--runtime", "kubernetes"]
+    return _job(
+        name=job_name(middleware, f"drill-{stamp}"),
+        namespace=namespace,
+        labels=_labels(middleware, DRILL_COMPONENT, {}),
+        command=[*command, "-o", "json"],
+        repository=repository,
+        settings=settings,
+        catalogs=catalogs,
+        service_account=DRILL_SERVICE_ACCOUNT,
     )
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -331,3 +332,23 @@ def drill_scratch(
             yield KubernetesRecovered(target, time.monotonic() - clock)
 
     return scratch
+
+
+@dataclass
+class KubernetesDrills:
+    """``runbook.Drills`` in a cluster: the source's primary through its pod DNS name, a scratch
+    Middleware with ``spec.recovery`` as the recovered copy (what ``moorage backup drill NAME
+    --runtime kubernetes`` runs, by hand or in the operator's drill Job)."""
+
+    targets: KubernetesTargets
+    progress: Progress = no_progress
+
+    def last_started(self, repository: Repository, namespace: str, name: str) -> datetime | None:
+        return pitr_drill.last_drill_started(repository, namespace, name)
+
+    def run(self, repository: Repository, namespace: str, name: str) -> dict[str, Any]:
+        target = self.targets.get(namespace, name)
+        scratch = drill_scratch(self.targets, target)
+        return pitr_drill.run_drill(
+            repository, namespace, name, KubernetesDrillSource(target), scratch, progress=self.progress
+        )

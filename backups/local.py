@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from psycopg import sql
 from backups import pitr, pitr_drill, pitr_restore
 from backups.repository import Repository
 from backups.runbook import Target
-from middleware.engines.base import Connection, MemberPlan
+from middleware.engines.base import Connection, MemberPlan, Progress, no_progress
 from middleware.engines.postgresql.config import (
     FIRST_START_MARKER,
     PGDATA,
@@ -313,3 +314,19 @@ def drill_scratch(
             lifecycle.down(SCRATCH_NAMESPACE, name, purge=True)
 
     return scratch
+
+
+@dataclass
+class LocalDrills:
+    """``runbook.Drills`` on this machine: what ``moorage backup drill NAME`` runs, for a schedule."""
+
+    lifecycle: Lifecycle
+    progress: Progress = no_progress
+
+    def last_started(self, repository: Repository, namespace: str, name: str) -> datetime | None:
+        return pitr_drill.last_drill_started(repository, namespace, name)
+
+    def run(self, repository: Repository, namespace: str, name: str) -> dict[str, Any]:
+        source = LocalRecovery(self.lifecycle, namespace, name)
+        scratch = drill_scratch(self.lifecycle, source, repository)
+        return pitr_drill.run_drill(repository, namespace, name, source, scratch, progress=self.progress)

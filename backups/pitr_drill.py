@@ -111,6 +111,17 @@ def list_drills(repository: Repository, namespace: str, name: str) -> list[dict[
     return sorted(records, key=lambda r: str(r.get("startedAt", "")))
 
 
+def last_drill_started(repository: Repository, namespace: str, name: str) -> datetime | None:
+    """When the newest drill of one Middleware began (drill ids sort by time), passed or not: a
+    drill schedule is due again from then on, as a backup schedule is from the last backup."""
+    prefix = _drill_key(repository, namespace, name).rstrip("/") + "/"
+    newest = max(repository.store.list_keys(prefix), default=None)
+    if newest is None:
+        return None
+    record = cast(dict[str, Any], json.loads(repository.store.get_bytes(newest)))
+    return datetime.fromisoformat(str(record["startedAt"]))
+
+
 def latest_verified_in(repository: Repository, namespace: str, name: str) -> dict[str, Any] | None:
     """``latest_verified`` without reading every record: drill ids sort by time, so the records
     are read newest first until one passed (a failed drill never proves a moment)."""

@@ -572,6 +572,9 @@ class ScheduleOutcome:
     # base backups (with the WAL only they needed) that retention deleted.
     base_backup_id: str | None = None
     pruned_base_backups: list[str] = field(default_factory=list)
+    # With spec.backup.drillSchedule: the drill run when it was due (its record's id and verdict).
+    drill_id: str | None = None
+    drill_ok: bool | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -582,6 +585,8 @@ class ScheduleOutcome:
             "pruned": self.pruned,
             "baseBackupId": self.base_backup_id,
             "prunedBaseBackups": self.pruned_base_backups,
+            "drillId": self.drill_id,
+            "drillOk": self.drill_ok,
             "error": self.error,
             "nextRun": self.next_run,
         }
@@ -599,17 +604,27 @@ def is_due(schedule: str, last: datetime | None, now: datetime) -> tuple[bool, d
     return fired <= now, upcoming
 
 
+class Drills(Protocol):
+    """Recovery drills of one runtime (``backups.pitr_drill``, which imports this module)."""
+
+    def last_started(self, repository: Repository, namespace: str, name: str) -> datetime | None: ...
+
+    def run(self, repository: Repository, namespace: str, name: str) -> dict[str, Any]: ...
+
+
 def run_schedules(
     repositories: Callable[[str, str], Repository],
     targets: Targets,
     deployments: list[tuple[str, str]],
     *,
+    drills: Drills | None = None,
     now: datetime | None = None,
     progress: Progress = no_progress,
 ) -> list[ScheduleOutcome]:
     """One pass of the backup schedules of ``deployments`` (``moorage backup schedule run``; the
     operator runs the same per Middleware from a timer). ``repositories(namespace, name)`` opens
-    the repository a policy names. A failure of one deployment does not stop the others."""
+    the repository a policy names; ``drills`` runs a recovery drill when a ``drillSchedule`` is due. A
+    failure of one deployment does not stop the others; a failed drill is an error."""
     now = now or _now()
     outcomes = []
     for namespace, name in deployments:
@@ -644,6 +659,13 @@ def run_schedules(
                         keep_last=policy.get("keepLast", 7),
                         keep_days=policy.get("keepDays"),
                     )
+            if policy.get("drillSchedule") and drills is not None:
+                last_drill = drills.last_started(repository, namespace, name)
+                if is_due(policy["drillSchedule"], last_drill, now)[0]:
+                    record = drills.run(repository, namespace, name)
+                    outcome.drill_id, outcome.drill_ok = record["drillId"], bool(record["ok"])
+                    if not record["ok"]:
+                        outcome.error = f"drill {record['drillId']} failed: {record.get('reason', '')}"
         except MoorageError as error:
             outcome.error = str(error)
         outcomes.append(outcome)

@@ -177,7 +177,9 @@ OVERLAYS: dict[type[BaseModel], Overlay] = {
             ),
         ),
     ),
-    BackupPolicy: Overlay(fields={"schedule": {"pattern": CRON_PATTERN}}),
+    BackupPolicy: Overlay(
+        fields={"schedule": {"pattern": CRON_PATTERN}, "drill_schedule": {"pattern": CRON_PATTERN}}
+    ),
 }
 
 

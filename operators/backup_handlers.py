@@ -22,12 +22,16 @@ import kopf
 from backups import pitr, pitr_drill, runbook
 from backups.errors import BackupError
 from backups.jobs import (
+    DRILL_CLUSTER_ROLE,
+    DRILL_COMPONENT,
+    DRILL_SERVICE_ACCOUNT,
     JOB_CLUSTER_ROLE,
     JOB_NAME_LABEL,
     JOB_SERVICE_ACCOUNT,
     MIDDLEWARE_LABEL,
     backup_job,
     base_backup_job,
+    drill_job,
     job_name,
     job_outcome,
     pod_failure_message,
@@ -36,7 +40,7 @@ from backups.jobs import (
 from backups.kubernetes import open_repository
 from backups.repository import Repository
 from middleware.errors import MoorageError
-from middleware.kube.builders import MANAGED_BY, MANAGED_BY_LABEL
+from middleware.kube.builders import COMPONENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 from middleware.models.backup import (
     BackupMethod,
     BackupRepositorySpec,
@@ -152,27 +156,24 @@ def _require(
     return found
 
 
-def ensure_job_account(rt: KubernetesRuntime, namespace: str) -> None:
-    """The Jobs' ServiceAccount in ``namespace``, bound to the ``moorage-backup-job`` ClusterRole
-    (created once, never overwritten)."""
+def ensure_job_account(
+    rt: KubernetesRuntime,
+    namespace: str,
+    account: str = JOB_SERVICE_ACCOUNT,
+    cluster_role: str = JOB_CLUSTER_ROLE,
+) -> None:
+    """A Jobs' ServiceAccount in ``namespace``, bound to its ClusterRole (``moorage-backup-job``
+    for backups and restores, ``moorage-drill-job`` for drills; created once, never overwritten)."""
     rt.create(
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": JOB_SERVICE_ACCOUNT, "namespace": namespace},
-        }
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account, "namespace": namespace}}
     )
     rt.create(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": {"name": JOB_SERVICE_ACCOUNT, "namespace": namespace},
-            "roleRef": {
-                "apiGroup": "rbac.authorization.k8s.io",
-                "kind": "ClusterRole",
-                "name": JOB_CLUSTER_ROLE,
-            },
-            "subjects": [{"kind": "ServiceAccount", "name": JOB_SERVICE_ACCOUNT, "namespace": namespace}],
+            "metadata": {"name": account, "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
         }
     )
 
@@ -618,3 +619,65 @@ def recovery_proof(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         metrics.record_verified_point(namespace, name, point)
     if (body.get("status") or {}).get("lastVerifiedRecoveryPoint") != point:
         patch.setdefault("status", {})["lastVerifiedRecoveryPoint"] = point
+
+
+def _drills_scheduled(spec: Mapping[str, Any] | None, **_: Any) -> bool:
+    return bool(((spec or {}).get("backup") or {}).get("drillSchedule"))
+
+
+@kopf.timer(
+    *MIDDLEWARES,
+    id="drill-schedule",
+    interval=operator_config().backup_schedule_interval,
+    when=_drills_scheduled,
+)
+def drill_schedule(body: kopf.Body, **_: Any) -> None:
+    """A recovery drill Job when ``spec.backup.drillSchedule`` fired since the newest drill (never
+    drilled: at once), one at a time. The Job runs ``moorage backup drill`` (a scratch Middleware
+    with ``spec.recovery``, checked, deleted); its record in the repository is the outcome, which
+    the ``recovery-proof`` timer turns into ``status.lastVerifiedRecoveryPoint``."""
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    policy = BackupPolicy.model_validate(dict(body["spec"]["backup"]))
+    if policy.suspend or policy.drill_schedule is None:
+        return
+    rt = context.runtime()
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    jobs = rt.list_objects(
+        "batch/v1", "Job", namespace, {MIDDLEWARE_LABEL: name, COMPONENT_LABEL: DRILL_COMPONENT}
+    )
+    if any(job_outcome(j)[0] == RUNNING for j in jobs):
+        return  # one drill at a time: a second scratch would only compete for the node
+    try:
+        repository = open_repository(rt, namespace, policy.repository.name)
+        last = pitr_drill.last_drill_started(repository, namespace, name)
+    except (MoorageError, BackupError) as exc:
+        log.info("%s/%s: drill schedule not read, the repository did not answer: %s", namespace, name, exc)
+        return
+    # A Job that ended without a record (killed before it wrote one) counts too: no retry storm.
+    started = [_created(j) for j in jobs]
+    last = max([t for t in (last, *started) if t is not None], default=None)
+    now = datetime.now(UTC)
+    due, upcoming = runbook.is_due(policy.drill_schedule, last, now)
+    if not due:
+        return
+    repo = rt.get(API, "BackupRepository", namespace, policy.repository.name)
+    if repo is None:
+        return
+    job = drill_job(
+        namespace=namespace,
+        middleware=name,
+        stamp=now.strftime("%Y%m%dt%H%M%Sz"),
+        repository=_repository_spec(repo),
+        settings=operator_config().job,
+        catalogs=rt.catalogs(),
+    )
+    job["metadata"]["ownerReferences"] = [owner_reference(body)]
+    ensure_job_account(rt, namespace, DRILL_SERVICE_ACCOUNT, DRILL_CLUSTER_ROLE)
+    if rt.create(job) is not None:
+        events.normal(
+            body,
+            reason="DrillScheduled",
+            message=f"Job {job['metadata']['name']} drills the recovery ({policy.drill_schedule}); "
+            f"next {upcoming:%Y-%m-%dT%H:%MZ}",
+        )

@@ -73,10 +73,25 @@ class BackupPolicy(WireModel):
         ),
     )
 
+    drill_schedule: str | None = Field(
+        default=None,
+        description=(
+            "With walArchiving: cron expression (5 fields) of a recovery drill (a random moment of "
+            "the window restored into a scratch Middleware and checked, `moorage backup drill`)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _cron(self) -> BackupPolicy:
         if len(self.schedule.split()) != 5:
             raise ValueError(f"schedule {self.schedule!r} must be a 5-field cron expression")
+        if self.drill_schedule is not None:
+            if len(self.drill_schedule.split()) != 5:
+                raise ValueError(f"drillSchedule {self.drill_schedule!r} must be a 5-field cron expression")
+            if not self.wal_archiving:
+                raise ValueError(
+                    "drillSchedule needs walArchiving: a drill restores a moment of the WAL archive"
+                )
         return self
 
 

@@ -21,10 +21,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from backups import pitr, pitr_drill, pitr_restore, runbook
-from backups.kubernetes import KubernetesDrillSource, KubernetesTargets
-from backups.kubernetes import drill_scratch as kubernetes_drill_scratch
+from backups.kubernetes import KubernetesDrills, KubernetesTargets
 from backups.kubernetes import take_base_backup as kubernetes_base_backup
-from backups.local import LocalRecovery, LocalTargets, drill_scratch
+from backups.local import LocalDrills, LocalRecovery, LocalTargets
 from backups.manifest import BackupManifest
 from backups.repository import Repository
 from backups.store import RepositoryConfig, S3Store
@@ -302,19 +301,15 @@ def backup_drill(
     exactly the markers from before it found there; the outcome and the recovery time kept in the
     repository. Exit 1 when it failed."""
     repository = _repository(repo)
-    source: pitr_drill.DrillSource
-    scratch: pitr_drill.ScratchFactory
-    if runtime == "kubernetes":
-        targets = _targets(state_dir, runtime)
-        assert isinstance(targets, KubernetesTargets)
-        target = targets.get(namespace, name)
-        source, scratch = KubernetesDrillSource(target), kubernetes_drill_scratch(targets, target)
-    else:
-        lifecycle = Lifecycle(local_runtime(state_dir, repo))
-        local = LocalRecovery(lifecycle, namespace, name)
-        source, scratch = local, drill_scratch(lifecycle, local, repository)
     with _progress(not _json(output)) as progress:
-        record = pitr_drill.run_drill(repository, namespace, name, source, scratch, progress=progress)
+        drills: runbook.Drills
+        if runtime == "kubernetes":
+            targets = _targets(state_dir, runtime)
+            assert isinstance(targets, KubernetesTargets)
+            drills = KubernetesDrills(targets, progress)
+        else:
+            drills = LocalDrills(Lifecycle(local_runtime(state_dir, repo)), progress)
+        record = drills.run(repository, namespace, name)
     if _json(output):
         _print_json(record)
     else:
@@ -526,10 +521,15 @@ def schedule_run(
     Locally every policy's repository is the --repo given."""
     as_json = _json(output)
     repository = _repository(repo)
-    targets = LocalTargets(Lifecycle(local_runtime(state_dir, repo)))
+    lifecycle = Lifecycle(local_runtime(state_dir, repo))
+    targets = LocalTargets(lifecycle)
     with _progress(not as_json) as progress:
         outcomes = runbook.run_schedules(
-            lambda _ns, _name: repository, targets, targets.deployments(), progress=progress
+            lambda _ns, _name: repository,
+            targets,
+            targets.deployments(),
+            drills=LocalDrills(lifecycle, progress),
+            progress=progress,
         )
     if as_json:
         _print_json([o.to_wire() for o in outcomes])
@@ -545,6 +545,8 @@ def schedule_run(
                 pruned += (
                     f", pruned base backups {', '.join(o.pruned_base_backups)} with the WAL only they needed"
                 )
+            if o.drill_id:
+                pruned += f", drill {o.drill_id} {'passed' if o.drill_ok else 'failed'}"
             out.print(f"{o.namespace}/{o.name}: {state}{pruned} (next {o.next_run})")
     if any(o.error for o in outcomes):
         raise typer.Exit(1)

@@ -8,7 +8,8 @@ role: barman runs in the primary's container over pods/exec); a switchover, afte
 primary archives on timeline 2; ``restore plan --to-latest`` sees both timelines and the base
 backup; a new Middleware with ``spec.recovery`` (examples/postgresql-pitr.yaml's second document)
 holds exactly the rows from before a moment after the switchover; a drill; the schedule's base
-backup, taken by a Job in the primary's pod, pruning the older one; one with a moment before the
+backup, taken by a Job in the primary's pod, pruning the older one; a scheduled drill run by the
+operator's Job; one with a moment before the
 window is refused; and the source deleted with its data and created again under the same name is
 refused (its archive holds another cluster's WAL now).
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from kubernetes import client
 
 from tests.e2e.cluster import GROUP, REPO_ROOT, VERSION, LocalCluster, wait_for
 from tests.e2e.dba import dba_account, in_a_dba_pod
@@ -318,6 +320,37 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
     assert latest["baseBackup"] == newest and latest["window"]["missingSegments"] == [], latest
     logical = wait_for("the scheduled logical backup done", lambda: scheduled("Logical"), 600, interval=3.0)
     assert logical["status"]["phase"] == "Completed", logical["status"]
+
+    # A drill schedule: due at once (it fires every minute, the last drill was minutes ago), the
+    # operator's Job runs `moorage backup drill` in a pod under the drill ServiceAccount, which
+    # creates, checks and deletes the scratch Middleware; its record joins the repository's.
+    drilled_before = len(
+        cli(local_cluster, pod_s3_server, "backup", "drills", NAME, "-n", ns, "--repo", url)["drills"]
+    )
+    local_cluster.patch_middleware(ns, NAME, {"backup": {"suspend": False, "drillSchedule": "* * * * *"}})
+    batch = client.BatchV1Api(local_cluster.api)
+    selector = f"moorage.io/middleware={NAME},app.kubernetes.io/component=drill"
+
+    def drill_job() -> Any:
+        jobs = batch.list_namespaced_job(ns, label_selector=selector).items
+        return jobs[0] if jobs else None
+
+    job = wait_for("the scheduled drill's Job", drill_job, 180, interval=3.0)
+    local_cluster.patch_middleware(ns, NAME, {"backup": {"suspend": True}})
+    assert job.spec.template.spec.service_account_name == "moorage-drill", job.spec.template.spec
+    finished = wait_for(
+        "the drill Job finished",
+        lambda: (j := drill_job()) and (j.status.succeeded or j.status.failed) and j,
+        900,
+        interval=3.0,
+    )
+    assert finished.status.succeeded == 1, finished.status
+    drills_after = cli(local_cluster, pod_s3_server, "backup", "drills", NAME, "-n", ns, "--repo", url)
+    assert len(drills_after["drills"]) == drilled_before + 1 and drills_after["drills"][-1]["ok"], (
+        drills_after
+    )
+    assert len(batch.list_namespaced_job(ns, label_selector=selector).items) == 1, "one drill per firing"
+    wait_for("the scheduled drill's scratch Middleware gone", lambda: not scratch_left(), 300, interval=2.0)
 
     # A moment before the archive's window is refused before any pod is made, naming the field.
     early = {**recovery, "targetTime": "2020-01-01T00:00:00Z"}

@@ -346,7 +346,26 @@ def test_drills_prove_random_moments_and_a_restore_goes_into_another_deployment(
     assert first["expectedPresent"] + first["expectedAbsent"] == 2 and first["missing"] == [], first
     point = datetime.fromisoformat(first["point"])
     assert datetime.fromisoformat(base["endTime"]) < point < datetime.fromisoformat(first["finishedAt"])
-    second = drill(cli, NAME)
+    # The second from the schedule (`backup schedule run`, as cron runs it): a drillSchedule firing
+    # every minute is due once a minute began after the newest drill did.
+    document = yaml.safe_load((tmp_path / "ledger.yaml").read_text())
+    document["spec"]["backup"]["drillSchedule"] = "* * * * *"
+    (tmp_path / "ledger.yaml").write_text(yaml.safe_dump(document))
+    cli.json("up", "-f", str(tmp_path / "ledger.yaml"))
+    began = datetime.fromisoformat(first["startedAt"])
+    time.sleep(
+        max(
+            0.0,
+            (
+                began.replace(second=0, microsecond=0) + timedelta(minutes=1, seconds=1) - datetime.now(UTC)
+            ).total_seconds(),
+        )
+    )
+    (outcome,) = [o for o in cli.json("backup", "schedule", "run") if o["name"] == NAME]
+    assert outcome["error"] is None and outcome["drillOk"] is True and outcome["drillId"], outcome
+    second = next(
+        d for d in cli.json("backup", "drills", NAME)["drills"] if d["drillId"] == outcome["drillId"]
+    )
     assert second["ok"] is True and second["expectedPresent"] + second["expectedAbsent"] == 4, second
     # The scratch deployments are gone with their data.
     assert [d for d in cli.runtime().list() if d[0] == "moorage-scratch"] == []

@@ -455,3 +455,47 @@ def test_the_schedule_of_an_archiving_postgresql_takes_a_base_backup_beside_the_
         assert command[command.index("--keep-last") + 1] == "2" and "--keep-days" not in command
         time.sleep(5)
         assert len(scheduled() or []) == 2, "one of each per firing, not one per timer tick"
+
+
+def test_a_drill_schedule_runs_one_drill_job_at_a_time_under_its_own_account(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, s3_server: S3Server
+) -> None:
+    """The operator reads when the newest drill began from a real S3 server (none yet: due at once),
+    creates the drill Job under the drill ServiceAccount, and none while it runs. (No kubelet here:
+    the Job never ends; the drill itself runs on real pods in tests/e2e/test_pitr.py.)"""
+    bucket = "dr-" + uuid.uuid4().hex[:10]
+    S3Store(s3_server.config(bucket)).ensure_bucket()
+    core_api(api_client).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "s3-keys"}, "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                                                        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}},
+    )  # fmt: skip
+    repo_spec = {"endpoint": s3_server.endpoint, "bucket": bucket, "credentials": {"name": "s3-keys"}}
+    _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", repo_spec)
+    policy = {**ARCHIVING["backup"], "drillSchedule": "* * * * *", "suspend": False}
+    from kubernetes import client
+
+    batch = client.BatchV1Api(api_client)
+    selector = "moorage.io/middleware=ledger,app.kubernetes.io/component=drill"
+    with operator(control_plane, api_client, namespace):
+        _create(api_client, namespace, "middlewares", "Middleware", "ledger", {**ARCHIVING, "backup": policy})
+        jobs = wait_for(
+            "a drill Job", lambda: batch.list_namespaced_job(namespace, label_selector=selector).items
+        )
+        pod = jobs[0].spec.template.spec
+        assert pod.service_account_name == "moorage-drill"
+        assert pod.containers[0].command == [
+            "moorage", "backup", "drill", "ledger", "--namespace", namespace, "--runtime", "kubernetes",
+            "-o", "json",
+        ]  # fmt: skip
+        binding = client.RbacAuthorizationV1Api(api_client).read_namespaced_role_binding(
+            "moorage-drill", namespace
+        )
+        assert binding.role_ref.name == "moorage-drill-job"
+        assert jobs[0].metadata.owner_references[0].name == "ledger"
+        wait_for(
+            "Event DrillScheduled",
+            lambda: "DrillScheduled" in _events(api_client, namespace, "Middleware", "ledger"),
+        )
+        time.sleep(5)  # two more timer ticks: the schedule fired, but a drill still runs
+        assert len(batch.list_namespaced_job(namespace, label_selector=selector).items) == 1

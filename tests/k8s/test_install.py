@@ -126,7 +126,7 @@ def test_cluster_role_has_no_wildcards_or_dangerous_grants() -> None:
             grant = (rule["resources"], sorted(rule["verbs"]), rule.get("resourceNames"))
             assert grant in (
                 (["rolebindings"], ["create", "get"], None),
-                (["clusterroles"], ["bind"], ["moorage-backup-job"]),
+                (["clusterroles"], ["bind"], ["moorage-backup-job", "moorage-drill-job"]),
             ), rule
         else:
             assert "bind" not in rule["verbs"], rule

@@ -9,11 +9,13 @@ import pytest
 
 from backups.jobs import (
     CATALOGS_ENV,
+    DRILL_SERVICE_ACCOUNT,
     JOB_SERVICE_ACCOUNT,
     JobSettings,
     backup_job,
     base_backup_job,
     catalogs_value,
+    drill_job,
     job_name,
     job_outcome,
     pod_failure_message,
@@ -120,6 +122,24 @@ def test_a_base_backup_job_names_the_backup_after_its_resource(
         "moorage", "backup", "base", "orders", "--namespace", "shop", "--runtime", "kubernetes",
         "--name", "orders-20260101t030000z-base", *retention, "-o", "json",
     ]  # fmt: skip
+
+
+def test_a_drill_job_runs_the_drill_under_its_own_account() -> None:
+    job = drill_job(
+        namespace="shop", middleware="orders", stamp="20260101t040000z", repository=REPO, settings=SETTINGS
+    )
+    assert job["metadata"]["name"] == "orders-drill-20260101t040000z"
+    assert job["metadata"]["labels"]["app.kubernetes.io/component"] == "drill"
+    assert job["metadata"]["labels"]["moorage.io/middleware"] == "orders"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == DRILL_SERVICE_ACCOUNT != JOB_SERVICE_ACCOUNT
+    assert _container(job)["command"] == [
+        "moorage", "backup", "drill", "orders", "--namespace", "shop", "--runtime", "kubernetes",
+        "-o", "json",
+    ]  # fmt: skip
+    assert job["spec"]["backoffLimit"] == 0  # a failed drill is recorded, not retried blindly
+    env = {e["name"]: e for e in _container(job)["env"]}
+    assert "value" not in env["AWS_SECRET_ACCESS_KEY"]
 
 
 @pytest.mark.parametrize(

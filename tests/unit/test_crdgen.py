@@ -615,3 +615,19 @@ def test_schema_rejects_what_the_model_rejects_structurally() -> None:
     spec = {"engine": "redis", "topology": Topology.CLUSTER, "shards": 3, "parameters": {"a": 1, "b": True}}
     ok = Middleware.model_validate({**good, "spec": spec})
     assert schema_errors(doc, ok.to_wire()) == []
+
+
+def test_a_drill_schedule_needs_wal_archiving() -> None:
+    with pytest.raises(ValidationError, match="drillSchedule needs walArchiving"):
+        BackupPolicy.model_validate(
+            {"repository": {"name": "r"}, "schedule": "0 3 * * *", "drillSchedule": "0 4 * * *"}
+        )
+    with pytest.raises(ValidationError, match="must be a 5-field cron"):
+        BackupPolicy.model_validate(
+            {
+                "repository": {"name": "r"},
+                "schedule": "0 3 * * *",
+                "walArchiving": True,
+                "drillSchedule": "daily",
+            }
+        )
