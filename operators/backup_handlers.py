@@ -210,10 +210,10 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     rt = context.runtime()
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
     spec = MiddlewareBackupSpec.model_validate(dict(body["spec"]))
-    _require(rt, body, patch, status, "Middleware", spec.middleware.name, "spec.middleware.name")
+    source = _require(rt, body, patch, status, "Middleware", spec.middleware.name, "spec.middleware.name")
     repo = _require(rt, body, patch, status, "BackupRepository", spec.repository.name, "spec.repository.name")
     if spec.method == BackupMethod.BASE:
-        _start_base_backup(rt, body, patch, status, spec, repo)
+        _start_base_backup(rt, body, patch, status, spec, source, repo)
         return
     backup_id = Repository.new_id(spec.middleware.name)
     job = backup_job(
@@ -237,13 +237,13 @@ def _start_base_backup(
     patch: kopf.Patch,
     status: MiddlewareBackupStatus,
     spec: MiddlewareBackupSpec,
+    source: Mapping[str, Any],
     repo: Mapping[str, Any],
 ) -> None:
-    """A physical base backup: only of an archiving PostgreSQL Middleware, into the repository it
-    archives to (a base backup elsewhere would have no WAL to recover with). The backup is named
-    after this MiddlewareBackup; barman gives its id, written once the Job is done."""
+    """A physical base backup: only of an archiving PostgreSQL Middleware (``source``), into the
+    repository it archives to (a base backup elsewhere would have no WAL to recover with). The
+    backup is named after this MiddlewareBackup; barman gives its id, written once the Job is done."""
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    source = rt.get(API, "Middleware", namespace, spec.middleware.name) or {}
     source_spec = source.get("spec") or {}
     policy = source_spec.get("backup") or {}
     if source_spec.get("engine") != "postgresql" or not policy.get("walArchiving"):

@@ -20,7 +20,7 @@ import redis
 from backups.local import LocalTargets
 from backups.repository import Repository
 from backups.runbook import create_backup
-from backups.store import S3Store
+from backups.store import RepositoryConfig, S3Store
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
 from tests.integration.harness import require_binary
@@ -114,6 +114,23 @@ def _repository(api_client: Any, namespace: str, endpoint: str = "http://127.0.0
     )  # fmt: skip
     spec = {"endpoint": endpoint, "bucket": "backups", "credentials": {"name": "s3-keys"}}
     _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", spec)
+
+
+def _s3_repository(
+    api_client: Any, namespace: str, s3_server: S3Server, bucket_prefix: str
+) -> RepositoryConfig:
+    """The BackupRepository ``repo`` on a fresh bucket of the real S3 server, its keys in a Secret."""
+    bucket = bucket_prefix + uuid.uuid4().hex[:10]
+    config = s3_server.config(bucket)
+    S3Store(config).ensure_bucket()
+    core_api(api_client).create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "s3-keys"}, "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
+                                                        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}},
+    )  # fmt: skip
+    repo_spec = {"endpoint": s3_server.endpoint, "bucket": bucket, "credentials": {"name": "s3-keys"}}
+    _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", repo_spec)
+    return config
 
 
 REDIS = {"engine": "redis", "topology": "standalone", "plan": "small"}
@@ -296,16 +313,7 @@ def test_a_succeeded_backup_job_puts_the_real_manifest_in_status(
     runtime (no kubelet runs the Job's pod here), into a real S3 server; then the Job is marked
     succeeded and the handler must report that backup's manifest."""
     require_binary("redis-server", "redis-server")
-    bucket = "bk-" + uuid.uuid4().hex[:10]
-    config = s3_server.config(bucket)
-    S3Store(config).ensure_bucket()
-    core_api(api_client).create_namespaced_secret(
-        namespace,
-        {"metadata": {"name": "s3-keys"}, "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
-                                                        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}},
-    )  # fmt: skip
-    repo_spec = {"endpoint": s3_server.endpoint, "bucket": bucket, "credentials": {"name": "s3-keys"}}
-    _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", repo_spec)
+    config = _s3_repository(api_client, namespace, s3_server, "bk-")
     _create(api_client, namespace, "middlewares", "Middleware", "cache", REDIS)
 
     lifecycle = Lifecycle(LocalRuntime(tmp_path / "state"))
@@ -463,15 +471,7 @@ def test_a_drill_schedule_runs_one_drill_job_at_a_time_under_its_own_account(
     """The operator reads when the newest drill began from a real S3 server (none yet: due at once),
     creates the drill Job under the drill ServiceAccount, and none while it runs. (No kubelet here:
     the Job never ends; the drill itself runs on real pods in tests/e2e/test_pitr.py.)"""
-    bucket = "dr-" + uuid.uuid4().hex[:10]
-    S3Store(s3_server.config(bucket)).ensure_bucket()
-    core_api(api_client).create_namespaced_secret(
-        namespace,
-        {"metadata": {"name": "s3-keys"}, "stringData": {"AWS_ACCESS_KEY_ID": s3_server.access_key,
-                                                        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key}},
-    )  # fmt: skip
-    repo_spec = {"endpoint": s3_server.endpoint, "bucket": bucket, "credentials": {"name": "s3-keys"}}
-    _create(api_client, namespace, "backuprepositories", "BackupRepository", "repo", repo_spec)
+    _s3_repository(api_client, namespace, s3_server, "dr-")
     policy = {**ARCHIVING["backup"], "drillSchedule": "* * * * *", "suspend": False}
     from kubernetes import client
 
