@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from middleware.errors import SpecError
 
@@ -25,6 +27,11 @@ ANNOTATION_FIELD = f"metadata.annotations[{OPERATION_ANNOTATION}]"
 # The spec the operator last brought the deployment to (written once a change is complete); kopf may
 # ignore it, it is the operator's own record. A client waits for it to equal the spec it wrote.
 APPLIED_SPEC_ANNOTATION = "moorage.io/applied-spec"
+# Set by a point-in-time restore in place (the restore's id) while it works on the members' volumes
+# with the StatefulSet scaled down: the operator leaves the deployment alone until it is gone (no
+# apply would scale the StatefulSet back up, no heal would promote a member that is still
+# recovering). Outside kopf's storage prefix for the same reason as the operation request.
+RESTORE_HOLD_ANNOTATION = "hold.moorage.io/restore"
 # The id of the rolling restart the operator asks for itself when parameters need a restart.
 ROLLOUT_ID_PREFIX = "parameters-"
 
@@ -111,3 +118,9 @@ def request_id(raw: str | None) -> str:
         return ""
     ident = document.get("id") if isinstance(document, dict) else None
     return ident if isinstance(ident, str) and _ID.match(ident) else ""
+
+
+def restore_hold(metadata: Mapping[str, Any]) -> str | None:
+    """The id of the restore holding this Middleware (``RESTORE_HOLD_ANNOTATION``), if any."""
+    value = (metadata.get("annotations") or {}).get(RESTORE_HOLD_ANNOTATION)
+    return str(value) if value else None

@@ -26,6 +26,7 @@ from middleware.errors import SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.models.common import now_precise
 from middleware.models.middleware import MiddlewareStatus, Phase
+from middleware.operations import restore_hold
 from middleware.runtime.kubernetes import KubernetesApiError, KubernetesRuntime, member_up, pod_ready
 from middleware.scaling import Wait
 from middleware.spec import ResolvedSpec, check_change
@@ -72,6 +73,12 @@ def reconcile(
         st.api_refused(status, exc.reason, str(exc))
         events.warning(body, reason=exc.reason, message=str(exc))
         retry(str(exc), config.api_error_retry)
+
+    held_by = restore_hold(body["metadata"])
+    if held_by is not None:
+        # Applying now would scale the StatefulSet back up onto volumes the restore is working on.
+        st.held_by_restore(status, held_by)
+        retry(f"restore {held_by} holds {body['metadata']['name']}", config.restore_hold_retry)
 
     try:
         decoded = context.decode(body, rt)

@@ -14,6 +14,7 @@ from middleware.engines.base import WAL_ARCHIVING, Connection, Engine, Observati
 from middleware.errors import SpecError
 from middleware.kube.builders import ROLE_LABEL, credentials_secret_name
 from middleware.models.common import now_precise
+from middleware.operations import restore_hold
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 from operators import metrics
@@ -144,6 +145,15 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     status = st.load(body)
     if not st.is_provisioned(status) or body["metadata"].get("deletionTimestamp"):
         return
+    held_by = restore_hold(body["metadata"])
+    if held_by is not None:
+        # The members are down or recovering on purpose: no Degraded, and above all no heal (it
+        # would promote a member before it reached the restore's target).
+        if st.held_by_restore(status, held_by):
+            events.normal(body, reason="RestoreInProgress", message=f"restore {held_by} holds the members")
+            st.write(patch, status)
+        return
+    st.restore_released(status)
     rt = context.runtime()
     try:
         decoded = context.decode(body, rt)

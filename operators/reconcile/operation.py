@@ -29,6 +29,7 @@ from middleware.operations import (
     OperationRequest,
     Result,
     request_id,
+    restore_hold,
     rollout_id,
 )
 from middleware.restarting import Outcome, Snapshot, observe_members, restart_step
@@ -71,6 +72,10 @@ def run(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig
     )
     if not st.is_provisioned(status):
         _wait(body, patch, record, "the Middleware is not provisioned yet", config)
+        return
+    held_by = restore_hold(body["metadata"])
+    if held_by is not None:
+        _wait(body, patch, record, f"restore {held_by} holds the members", config)
         return
     rt = context.runtime()
     try:

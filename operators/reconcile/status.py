@@ -82,6 +82,25 @@ def progressing(status: MiddlewareStatus, reason: str, message: str) -> bool:
     return status.set_condition(PROGRESSING, True, reason, message)
 
 
+def held_by_restore(status: MiddlewareStatus, restore_id: str) -> bool:
+    """A point-in-time restore in place works on the members' volumes: the operator waits."""
+    _set(status, Phase.UPDATING, "RestoreInProgress")
+    message = (
+        f"restore {restore_id} holds the members (their data is being replaced); the operator "
+        f"resumes when it ends (`moorage restore status {restore_id}`)"
+    )
+    return status.set_condition(PROGRESSING, True, "RestoreInProgress", message)
+
+
+def restore_released(status: MiddlewareStatus) -> bool:
+    """The hold is gone: a Progressing condition a restore set says so (the observation then
+    writes the phase)."""
+    progressing = status.condition(PROGRESSING)
+    if progressing is None or progressing.reason != "RestoreInProgress" or progressing.status != "True":
+        return False
+    return status.set_condition(PROGRESSING, False, "RestoreEnded", "the restore released the members")
+
+
 def settled(status: MiddlewareStatus) -> None:
     """The spec is fully applied: a Progressing condition, where there is one, says so."""
     if status.condition(PROGRESSING) is not None:

@@ -217,6 +217,40 @@ def test_wal_archiving_waits_for_its_repository_and_renders_no_member_without_it
         assert "ArchiveRepositoryUnavailable" in _event_reasons(api_client, namespace, name)
 
 
+def test_a_middleware_held_by_a_restore_is_left_alone_until_the_hold_is_lifted(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    """A point-in-time restore in place holds the Middleware (``hold.moorage.io/restore``) while
+    the StatefulSet is scaled down: an apply then would scale it back up onto volumes the restore
+    is working on. The status says who holds it; once the annotation goes, the operator applies."""
+    from middleware.operations import RESTORE_HOLD_ANNOTATION
+
+    name = _name("held")
+    body = middleware(name, {"engine": "postgresql", "topology": "standalone"})
+    body["metadata"]["annotations"] = {RESTORE_HOLD_ANNOTATION: "pitr-held-1"}
+    with running_operator(control_plane, api_client, namespace):
+        custom_api(api_client).create_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", body)
+
+        def held() -> dict[str, Any] | None:
+            status = status_of(api_client, namespace, name)
+            return status if status.get("phaseReason") == "RestoreInProgress" else None
+
+        status = wait_for("phaseReason RestoreInProgress", held)
+        assert status["phase"] == "Updating"
+        assert "restore pitr-held-1 holds the members" in condition(status, "Progressing")["message"]
+        assert apps_api(api_client).list_namespaced_stateful_set(namespace).items == []
+
+        custom_api(api_client).patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", name,
+            {"metadata": {"annotations": {RESTORE_HOLD_ANNOTATION: None}}},
+        )  # fmt: skip
+        wait_for(
+            "the StatefulSet once the hold is lifted",
+            lambda: _read(apps_api(api_client).read_namespaced_stateful_set, name, namespace),
+            timeout=90,
+        )
+
+
 @pytest.mark.parametrize("policy", ["Retain", "Delete"])
 def test_deletion_policy_is_honoured_by_the_finalizer(
     control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, policy: str
