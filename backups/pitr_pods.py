@@ -50,6 +50,94 @@ PGPASS_FILE = SECRETS_FILE
 POD_RESTORE_SPOOL = f"{DATA_DIR}/{RESTORE_SPOOL}"
 
 
+# A point-in-time restore in place: one pod per member's claim while the StatefulSet is scaled down.
+CLAIM_CONTAINER = "restore"
+RESTORE_OF_LABEL = "moorage.io/restore-of"
+# Ends by itself if the restore that made it died without deleting it (the claim is then free for
+# `restore rollback`, which makes its own).
+CLAIM_POD_DEADLINE_SECONDS = 24 * 3600
+
+
+def claim_pod_name(member: str) -> str:
+    return f"{member}-restore"
+
+
+def claim_pod(statefulset: Manifest, member: str, claim: str, restore_id: str) -> Manifest:
+    """A pod that holds one member's data volume, at the path the member has it, while a restore in
+    place works on it over exec (set the data aside, restore a base backup into it, bring it back).
+    It runs the PostgreSQL container's image, user, resources and environment (the repository's
+    keys arrive as the same secretKeyRef: barman reads them), and sleeps. Not labelled as a member:
+    no Service or observation picks it up."""
+    template = statefulset["spec"]["template"]
+    pod_spec = template["spec"]
+    container = next(c for c in pod_spec["containers"] if c["name"] == POSTGRES_CONTAINER)
+    data = next(m for m in container["volumeMounts"] if m["mountPath"] == DATA_DIR)
+    meta = statefulset["metadata"]
+    placement = {k: pod_spec[k] for k in ("nodeSelector", "tolerations") if k in pod_spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": claim_pod_name(member),
+            "namespace": meta["namespace"],
+            "labels": {RESTORE_OF_LABEL: meta["name"], "moorage.io/restore-id": restore_id},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "activeDeadlineSeconds": CLAIM_POD_DEADLINE_SECONDS,
+            "terminationGracePeriodSeconds": 1,
+            "automountServiceAccountToken": False,
+            "enableServiceLinks": False,
+            "securityContext": copy.deepcopy(pod_spec.get("securityContext") or {}),
+            **copy.deepcopy(placement),
+            "containers": [
+                {
+                    "name": CLAIM_CONTAINER,
+                    "image": container["image"],
+                    "imagePullPolicy": container.get("imagePullPolicy", "IfNotPresent"),
+                    # exec, not a shell loop: the only process, it exits on the pod's deletion
+                    "command": ["sleep", str(CLAIM_POD_DEADLINE_SECONDS)],
+                    "env": copy.deepcopy(container.get("env") or []),
+                    "resources": copy.deepcopy(container.get("resources") or {}),
+                    "securityContext": copy.deepcopy(container.get("securityContext") or {}),
+                    "volumeMounts": [
+                        {"name": data["name"], "mountPath": DATA_DIR},
+                        {"name": "tmp", "mountPath": "/tmp"},
+                    ],
+                }
+            ],
+            "volumes": [
+                {"name": data["name"], "persistentVolumeClaim": {"claimName": claim}},
+                {"name": "tmp", "emptyDir": {}},
+            ],
+        },
+    }
+
+
+def data_moves_script(action: str, suffix: str | None) -> str:
+    """The shell a claim pod runs to move ``DATA_DIR/pgdata``; it prints ``moved`` when it moved
+    something. ``set-aside``: pgdata -> pgdata.<suffix> (refused if that exists: nothing is ever
+    overwritten); ``discard``: pgdata -> pgdata.<suffix>, or deleted when there is no suffix;
+    ``bring-back``: pgdata.<suffix> -> pgdata (any pgdata left there was discarded before)."""
+    current = f"{DATA_DIR}/pgdata"
+    other = f"{current}.{suffix}" if suffix else None
+    if action in ("set-aside", "discard") and other is not None:
+        return (
+            f'set -eu; [ -d "{current}" ] || exit 0; '
+            f'[ ! -e "{other}" ] || {{ echo "{other} exists already" >&2; exit 3; }}; '
+            f'mv "{current}" "{other}"; echo moved'
+        )
+    if action == "discard":
+        return f'set -eu; [ -d "{current}" ] || exit 0; rm -rf "{current}"; echo moved'
+    if action == "bring-back" and other is not None:
+        return (
+            f'set -eu; [ -d "{other}" ] || exit 0; '
+            f'[ ! -e "{current}" ] || {{ echo "{current} is in the way" >&2; exit 3; }}; '
+            f'mv "{other}" "{current}"; echo moved'
+        )
+    raise ValueError(f"unknown data move {action!r} (suffix {suffix!r})")
+
+
 def with_wal_archiving(
     spec: ResolvedSpec,
     manifests: Iterable[Manifest],
@@ -185,23 +273,47 @@ def recovery_script(source: pitr.WalArchive, backup_id: str, target: pitr.Recove
     the base backup restored from the source's archive, the recovery settings appended (WAL fetched
     through the source's restore script, stop at the target and promote), recovery.signal, and
     the first-start marker (the start script then starts it as the one writable member)."""
-    restore = shlex.join([*source.command(IMAGE_BARMAN_BIN, "barman-cloud-restore"), backup_id])
-    settings = {
-        "restore_command": f'"{CONFIG_DIR}/{SOURCE_RESTORE_SCRIPT}" "%f" "%p"',
-        **target.settings(),
-    }
-    lines = [
-        "#!/bin/sh",
+    return _restore_base_script(
+        source,
+        backup_id,
+        {"restore_command": f'"{CONFIG_DIR}/{SOURCE_RESTORE_SCRIPT}" "%f" "%p"', **target.settings()},
         f"# Written by Moorage (spec.recovery): base backup {backup_id} of "
         f"{source.namespace}/{source.name} from {source.destination}, recovered to {target.settings()}.",
+        "# point-in-time recovery by Moorage (spec.recovery); the init container removes it once promoted",
+    )
+
+
+def restore_in_place_script(archive: pitr.WalArchive, backup_id: str, settings: dict[str, str]) -> str:
+    """What a point-in-time restore in place runs in the first member's claim pod (``$1``: the data
+    directory, set aside before): the base backup of the Middleware's own archive, the recovery
+    settings (WAL fetched through the member's own restore script, which its init container
+    installs when it starts), recovery.signal and the first-start marker. The restore resets the
+    settings once the member promoted."""
+    return _restore_base_script(
+        archive,
+        backup_id,
+        {"restore_command": f'"{CONFIG_DIR}/{RESTORE_SCRIPT}" "%f" "%p"', **settings},
+        f"# Written by Moorage (restore apply): base backup {backup_id} of {archive.namespace}/"
+        f"{archive.name} from {archive.destination}, recovered with {settings}.",
+        "# point-in-time recovery by Moorage; reset once promoted",
+    )
+
+
+def _restore_base_script(
+    archive: pitr.WalArchive, backup_id: str, settings: dict[str, str], header: str, marker: str
+) -> str:
+    restore = shlex.join([*archive.command(IMAGE_BARMAN_BIN, "barman-cloud-restore"), backup_id])
+    lines = [
+        "#!/bin/sh",
+        header,
         "set -eu",
         "pgdata=$1",
         f'rm -rf "{POD_RESTORE_SPOOL}"  # what an earlier recovery fetched ahead is not trusted',
-        f"export AWS_DEFAULT_REGION={shlex.quote(source.config.region)}",
+        f"export AWS_DEFAULT_REGION={shlex.quote(archive.config.region)}",
         f'{restore} "$pgdata"',
         'chmod 0700 "$pgdata"',
         "cat >> \"$pgdata/postgresql.auto.conf\" <<'EOF'",
-        "# point-in-time recovery by Moorage (spec.recovery); the init container removes it once promoted",
+        marker,
         *(f"{key} = {guc_quote(value)}" for key, value in settings.items()),
         "EOF",
         ': > "$pgdata/recovery.signal"',

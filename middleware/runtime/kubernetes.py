@@ -330,6 +330,24 @@ class KubernetesRuntime:
             session.close()
         return int(code if code is not None else -1), "".join(stdout) + "".join(stderr)
 
+    def pod_log(
+        self, namespace: str, pod: str, container: str, *, lines: int = 20, previous: bool = False
+    ) -> str:
+        """The last ``lines`` of a container's log (of its previous run: ``previous``); empty when
+        there is none yet."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            text = client.CoreV1Api(self.api).read_namespaced_pod_log(
+                pod, namespace, container=container, tail_lines=lines, previous=previous
+            )
+        except ApiException as exc:
+            if exc.status in (400, 404):  # not started yet, or gone
+                return ""
+            raise KubernetesApiError(exc.status or 0, "GET", f"pods/{pod}/log", str(exc.reason)) from None
+        return str(text)
+
     def claims(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         return self.list_objects("v1", "PersistentVolumeClaim", namespace, labels)
 

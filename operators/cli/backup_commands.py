@@ -25,6 +25,7 @@ from backups.kubernetes import KubernetesDrills, KubernetesTargets
 from backups.kubernetes import take_base_backup as kubernetes_base_backup
 from backups.local import LocalDrills, LocalRecovery, LocalTargets
 from backups.manifest import BackupManifest
+from backups.pitr_kubernetes import KubernetesRecovery
 from backups.repository import Repository
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import Progress as ProgressFn
@@ -729,20 +730,35 @@ def restore_apply(
     output: Output = "table",
 ) -> None:
     """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails. With a
-    --to-* point (PostgreSQL with walArchiving, local runtime): every member's data set aside, the
-    base backup restored and the archived WAL replayed to that point (from --from's archive: into
-    another deployment, which takes its own credentials), the others re-seeded."""
+    --to-* point (PostgreSQL with walArchiving): every member's data set aside, the base backup
+    restored and the archived WAL replayed to that point (locally also from --from's archive: into
+    another deployment, which takes its own credentials), the others re-seeded. With --runtime
+    kubernetes the Middleware is held and its StatefulSet scaled to 0 meanwhile."""
     as_json = _json(output)
     repository = _repository(repo)
     point = _recovery_target(to_time, to_lsn, to_restore_point, to_latest)
     if point is not None:
-        if runtime != "local":
-            raise MoorageError(
-                "a point-in-time restore runs on the local runtime only for now (docs/backups.md)"
-            )
-        lifecycle = Lifecycle(local_runtime(state_dir, repo))
+        rid = restore_id or Repository.new_id(f"pitr-{to}")
         origin: pitr_restore.Source | None = None
-        if source is not None and source != to:
+        recovery: pitr_restore.RecoveryPort
+        if runtime == "kubernetes":
+            if source is not None and source != to:
+                raise SpecError(
+                    "--from",
+                    "in a cluster a Middleware is restored in place from its own archive only: create a "
+                    "new Middleware with spec.recovery to recover from another one's (docs/backups.md)",
+                )
+            recovery = KubernetesRecovery(
+                KubernetesRuntime.from_environment(),
+                namespace,
+                to,
+                rid,
+                ready_timeout=max(ready_timeout, 900.0),
+            )
+        elif runtime != "local":
+            raise MoorageError(f"--runtime must be local or kubernetes, not {runtime!r}")
+        elif source is not None and source != to:
+            lifecycle = Lifecycle(local_runtime(state_dir, repo))
             # The source's password is what the restored data has until it is made the target's.
             other = LocalRecovery(lifecycle, namespace, source)
             origin = pitr_restore.Source(namespace, source, other.timeline())
@@ -750,7 +766,7 @@ def restore_apply(
                 lifecycle, namespace, to, from_other_archive=True, other_password=other.password
             )
         else:
-            recovery = LocalRecovery(lifecycle, namespace, to)
+            recovery = LocalRecovery(Lifecycle(local_runtime(state_dir, repo)), namespace, to)
         where = f" of {namespace}/{source}" if origin else ""
         _confirm(
             yes, f"this replaces the data of {namespace}/{to} with the state{where} at {point.settings()}"
@@ -758,7 +774,7 @@ def restore_apply(
         with _progress(not as_json) as progress:
             record = pitr_restore.apply_point_in_time(
                 repository, recovery, namespace, to, point, base=backup_id or "latest",
-                restore_id=restore_id, progress=progress, source=origin,
+                restore_id=rid, progress=progress, source=origin,
             )  # fmt: skip
         if as_json:
             _print_json(record)
@@ -801,12 +817,22 @@ def restore_rollback(
     record = repository.load_restore(restore_id)
     _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
     if record.get("kind") == pitr_restore.KIND:
-        recovery = LocalRecovery(
-            Lifecycle(local_runtime(state_dir, repo)),
-            record["namespace"],
-            record["target"],
-            from_other_archive="source" in record,
-        )
+        recovery: pitr_restore.RecoveryPort
+        if runtime == "kubernetes":
+            recovery = KubernetesRecovery(
+                KubernetesRuntime.from_environment(),
+                record["namespace"],
+                record["target"],
+                restore_id,
+                ready_timeout=max(ready_timeout, 900.0),
+            )
+        else:
+            recovery = LocalRecovery(
+                Lifecycle(local_runtime(state_dir, repo)),
+                record["namespace"],
+                record["target"],
+                from_other_archive="source" in record,
+            )
         with _progress(not as_json) as progress:
             record = pitr_restore.rollback_point_in_time(repository, recovery, record, progress=progress)
         if as_json:

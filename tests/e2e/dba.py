@@ -64,10 +64,12 @@ def in_a_dba_pod(
     env_from_secret: str | None = None,
     diagnostics: tuple[str, ...] = (),
     timeout: float = 600,
+    expect_failure: bool = False,
 ) -> Any:
     """``command`` in a pod of the operator's image (which is Moorage's) as ``account``; its JSON.
     ``env_from_secret``: that Secret's keys as environment (S3 keys, as a DBA's pod would mount
-    them); ``diagnostics``: resource kinds of the namespace shown when the command fails."""
+    them); ``diagnostics``: resource kinds of the namespace shown when the command fails;
+    ``expect_failure``: the command must fail, and its whole log is returned instead."""
     operator: Any = cluster.apps.read_namespaced_deployment("moorage-operator", "moorage-system")
     image = operator.spec.template.spec.containers[0].image
     cluster.run_pod(
@@ -82,6 +84,9 @@ def in_a_dba_pod(
     wait_for(f"{pod} to finish", lambda: "exit=" in cluster.pod_log(namespace, pod), timeout, interval=2)
     log = cluster.pod_log(namespace, pod)
     output, _, rest = log.partition("\nexit=")
+    if expect_failure:
+        assert rest and not rest.startswith("0"), log
+        return log
     assert rest.startswith("0"), "\n".join(
         [
             log,

@@ -31,11 +31,16 @@ from backups.pitr import (
     system_id_of,
 )
 from backups.pitr_pods import (
+    CLAIM_CONTAINER,
     IMAGE_BARMAN_BIN,
     PGPASS_FILE,
     POD_RESTORE_SPOOL,
+    RESTORE_OF_LABEL,
     base_backup_command,
+    claim_pod,
+    data_moves_script,
     recovery_target,
+    restore_in_place_script,
     retention_command,
     with_recovery,
     with_wal_archiving,
@@ -441,3 +446,77 @@ def test_the_archive_script_uploads_ahead_in_one_process_and_never_notes_a_faile
     assert again.returncode == 1
     assert "archiving pg_wal/000000010000000000000004 failed: S3 said no" in again.stderr
     assert uploaded() == [f"pg_wal/{n}" for n in segments[4:]]
+
+
+# -- a point-in-time restore in place on Kubernetes (backups/pitr_kubernetes.py) -----------------
+
+
+def test_a_claim_pod_holds_one_members_volume_as_the_member_would_and_is_no_member() -> None:
+    spec = postgres(backup=BACKUP, replicas=2, topology="replication")
+    archive = WalArchive(CONFIG, "shop", spec.name)
+    manifests = with_wal_archiving(
+        spec, get_engine("postgresql").render(spec), archive, CredentialsSecret(name="s3-keys")
+    )
+    statefulset = next(m for m in manifests if m["kind"] == "StatefulSet")
+    member = f"{statefulset['metadata']['name']}-1"
+    pod = claim_pod(statefulset, member, f"data-{member}", "pitr-x-1")
+    assert pod["metadata"]["name"] == f"{member}-restore"
+    # Nothing that selects members (Services, the operator's observation) selects it.
+    selector = statefulset["spec"]["selector"]["matchLabels"]
+    assert not set(selector.items()) <= set(pod["metadata"]["labels"].items())
+    assert pod["metadata"]["labels"][RESTORE_OF_LABEL] == statefulset["metadata"]["name"]
+    spec_ = pod["spec"]
+    assert spec_["volumes"][0] == {"name": "data", "persistentVolumeClaim": {"claimName": f"data-{member}"}}
+    container = spec_["containers"][0]
+    assert container["name"] == CLAIM_CONTAINER
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    member_container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == member_container["image"]
+    assert spec_["securityContext"]["runAsUser"] == 999  # the files it moves stay postgres's
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    keys = {e["name"]: e for e in container["env"]}
+    assert keys["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-keys"
+    assert spec_["restartPolicy"] == "Never" and spec_["activeDeadlineSeconds"] > 0
+
+
+def _moves(data: Path, action: str, suffix: str | None) -> subprocess.CompletedProcess[str]:
+    script = data_moves_script(action, suffix).replace('"/data/', f'"{data}/')
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=False)
+
+
+def test_the_data_moves_never_overwrite_and_say_when_they_moved(tmp_path: Path) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    (pgdata / "PG_VERSION").write_text("18\n")
+    moved = _moves(tmp_path, "set-aside", "before-r1")
+    assert moved.returncode == 0 and moved.stdout.split() == ["moved"]
+    assert not pgdata.exists() and (tmp_path / "pgdata.before-r1" / "PG_VERSION").exists()
+    again = _moves(tmp_path, "set-aside", "before-r1")  # nothing there any more: nothing to do
+    assert again.returncode == 0 and again.stdout == ""
+
+    pgdata.mkdir()  # the restored data
+    refused = _moves(tmp_path, "bring-back", "before-r1")
+    assert refused.returncode == 3 and "is in the way" in refused.stderr
+    assert _moves(tmp_path, "discard", "after-r1").stdout.split() == ["moved"]
+    assert (tmp_path / "pgdata.after-r1").is_dir()
+    assert _moves(tmp_path, "bring-back", "before-r1").stdout.split() == ["moved"]
+    assert (pgdata / "PG_VERSION").read_text() == "18\n"
+
+    (tmp_path / "pgdata.before-r2").mkdir()
+    clash = _moves(tmp_path, "set-aside", "before-r2")
+    assert clash.returncode == 3 and "exists already" in clash.stderr and pgdata.exists()
+    assert _moves(tmp_path, "discard", None).stdout.split() == ["moved"] and not pgdata.exists()
+    with pytest.raises(ValueError, match="unknown data move"):
+        data_moves_script("bring-back", None)
+
+
+def test_restoring_in_place_replays_through_the_members_own_restore_script() -> None:
+    archive = WalArchive(CONFIG, "shop", "ledger")
+    settings = {"recovery_target_lsn": "0/3000060", "recovery_target_timeline": "2"}
+    script = restore_in_place_script(archive, "20261206T050000", settings)
+    assert f"{IMAGE_BARMAN_BIN}/barman-cloud-restore " in script and " ledger 20261206T050000 " in script
+    assert f'restore_command = \'"/etc/postgresql/{RESTORE_SCRIPT}" "%f" "%p"\'' in script
+    assert "recovery_target_lsn = '0/3000060'" in script and "recovery_target_timeline = '2'" in script
+    assert script.index(f'rm -rf "{POD_RESTORE_SPOOL}"') < script.index("barman-cloud-restore")
+    assert 'recovery.signal"' in script and "moorage.first-start" in script
+    assert "s3cr3t" not in script
