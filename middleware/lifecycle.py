@@ -104,7 +104,9 @@ class Lifecycle:
             self._scale(previous, wanted, progress)
         converged = self._provision(wanted, previous.spec.parameters, progress)
         self.runtime.record_manifest(spec, manifest)
-        if converged.reconfigured.needs_restart:
+        # archive_mode (spec.backup.walArchiving turned on or off) only changes with a restart, as
+        # on Kubernetes, where the changed pod template rolls the pods.
+        if converged.reconfigured.needs_restart or previous.spec.wal_archiving != spec.wal_archiving:
             # Rolled out at once, as the operator does: a value written to the config but not in
             # effect would otherwise wait for whatever restart comes next, unnoticed.
             return self.restart(spec.namespace, spec.name, progress)

@@ -176,13 +176,6 @@ def check_change(old: ResolvedSpec, new: ResolvedSpec, engine: Engine) -> None:
                 f"cannot change from {getattr(old, name)!r} to {getattr(new, name)!r} "
                 "(create a new Middleware and restore a backup into it)",
             )
-    if old.wal_archiving != new.wal_archiving:
-        # archive_mode only changes with a restart, and the member configs are written once.
-        raise SpecError(
-            "spec.backup.walArchiving",
-            f"cannot change from {old.wal_archiving} to {new.wal_archiving} on an existing Middleware yet "
-            "(create a new one with it set and restore a backup into it)",
-        )
     if old.recovery != new.recovery:
         raise SpecError(
             "spec.recovery",

@@ -239,6 +239,10 @@ class Engine(Protocol):
     # deployment (a MongoDB member is ready as primary or secondary): on Kubernetes, bootstrap then
     # runs as soon as every member's container has started instead of waiting for Ready.
     ready_before_bootstrap: bool
+    # Config settings that follow the spec on a member whose config file is otherwise kept as the
+    # engine rewrote it (the local runtime writes that file once): rewritten from the template at
+    # every apply, in effect at the next restart (PostgreSQL's archive settings).
+    spec_config_keys: tuple[str, ...]
 
     def start_waves(self, spec: ResolvedSpec) -> list[list[MemberPlan]]:
         """Members grouped by start order: each wave is up before the next is prepared (a primary
@@ -371,6 +375,7 @@ class EngineDefaults:
     """Defaults for the optional parts of the protocol; engines inherit and override what they need."""
 
     ready_before_bootstrap: bool = True
+    spec_config_keys: tuple[str, ...] = ()
 
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         raise NotImplementedError

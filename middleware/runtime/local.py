@@ -205,8 +205,11 @@ class LocalRuntime:
             started: list[MemberPlan] = []
             for member in planned if members is None else members:
                 record = state["members"][member.name]
+                # Asked for first: they may be refused (an archive that is another cluster's), and
+                # then before a running member's config changed.
+                extra = self._extra_member_files(spec, member)
                 config_path = self._write_config(spec, engine, member, record, templates, password)
-                self._write_member_files(spec, engine, member, addressing)
+                self._write_member_files(spec, engine, member, addressing, extra)
                 if not self._alive(record):
                     self._prepare(spec, engine, member, record, conn or Connection([], password))
                     self._start(spec, engine, member, record, config_path)
@@ -214,8 +217,18 @@ class LocalRuntime:
                 self._write_state(spec.namespace, spec.name, state)
             return started
 
+    def _extra_member_files(self, spec: ResolvedSpec, member: MemberPlan) -> dict[str, tuple[str, int]]:
+        if self.extra_member_files is None:
+            return {}
+        return self.extra_member_files(spec, member, self._member_dir(spec, member) / "data")
+
     def _write_member_files(
-        self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, addressing: Addressing
+        self,
+        spec: ResolvedSpec,
+        engine: Engine,
+        member: MemberPlan,
+        addressing: Addressing,
+        extra: dict[str, tuple[str, int]],
     ) -> None:
         data_dir = self._member_dir(spec, member) / "data"
         for file_name, content in engine.member_files(spec, member, addressing).items():
@@ -223,7 +236,6 @@ class LocalRuntime:
             if not path.exists():
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(content)
-        extra = self.extra_member_files(spec, member, data_dir) if self.extra_member_files else {}
         for file_name, (content, mode) in extra.items():
             # Replaced whole, never half-written: the server may run the file at any moment.
             scratch = data_dir / f".{file_name}.tmp"
@@ -305,10 +317,11 @@ class LocalRuntime:
         # those rewrites (e.g. who is master now) must survive restarts. Written once, then kept.
         config_path = data_dir / file_name
         values = self._placeholder_values(spec, member, record)
+        rendered = fill_placeholders(templates[file_name], values)
         if not config_path.exists():
-            config_path.write_text(fill_placeholders(templates[file_name], values))
+            config_path.write_text(rendered)
         else:
-            self._sync_port_lines(config_path, values)
+            self._sync_lines(config_path, values, rendered, engine.spec_config_keys)
         return config_path
 
     def _placeholder_values(
@@ -326,12 +339,23 @@ class LocalRuntime:
         }
 
     @staticmethod
-    def _sync_port_lines(config_path: Path, values: dict[str, str]) -> None:
-        # Ports may have been re-allocated while the member was down; everything else is the
-        # engine's own (rewritten) state and stays as it is.
+    def _sync_lines(
+        config_path: Path, values: dict[str, str], rendered: str, spec_keys: tuple[str, ...]
+    ) -> None:
+        # Ports may have been re-allocated while the member was down, and the engine's
+        # ``spec_config_keys`` follow the spec; everything else is the engine's own (rewritten)
+        # state and stays as it is.
         lines = config_path.read_text().splitlines()
         for directive, key in (("port", "PORT"), ("cluster-port", "BUS_PORT")):
             lines = [f"{directive} {values[key]}" if ln.split(" ", 1)[0] == directive else ln for ln in lines]
+        if spec_keys:
+
+            def setting(line: str) -> str | None:
+                name, equals, _ = line.partition("=")
+                return name.strip() if equals and not line.lstrip().startswith("#") else None
+
+            wanted = [ln for ln in rendered.splitlines() if setting(ln) in spec_keys]
+            lines = [ln for ln in lines if setting(ln) not in spec_keys] + wanted
         replace_config(config_path, "\n".join(lines) + "\n")
 
     def _start(

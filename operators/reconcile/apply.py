@@ -22,7 +22,7 @@ import kopf
 
 from middleware import provisioning, scaling
 from middleware.engines.base import Connection, Engine
-from middleware.errors import SpecError
+from middleware.errors import NotReady, SpecError
 from middleware.kube.builders import credentials_secret_name
 from middleware.models.common import now_precise
 from middleware.models.middleware import MiddlewareStatus, Phase
@@ -111,6 +111,19 @@ def reconcile(
         password = _credentials(rt, body, spec, engine)
     except archiving.RepositoryUnavailable as exc:
         repository_unavailable(exc)
+    if previous is not None and spec.wal_archiving and not previous.spec.wal_archiving:
+        try:
+            live = context.pods_by_name(rt, spec)
+            conn = observe.connection(rt, spec, engine, manifests, live, password, config.cluster_domain)
+            archiving.check_turned_on(rt, spec, conn)
+        except SpecError as exc:
+            st.invalid_spec(status, exc)
+            st.write(patch, status)
+            events.warning(body, reason="InvalidSpec", message=str(exc))
+            outcome["result"] = "invalid"
+            raise kopf.PermanentError(f"invalid spec: {exc}") from None
+        except NotReady as exc:
+            retry(str(exc), config.bootstrap_retry)
     if previous is not None and scaling.shape(previous.spec) != scaling.shape(spec):
         previous = scale.drive(rt, body, patch, status, previous, spec, engine, password, config, retry)
 

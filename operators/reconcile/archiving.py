@@ -15,12 +15,13 @@ import logging
 from typing import Any
 
 import kopf
+import psycopg
 
 from backups import pitr, pitr_pods
 from backups.kubernetes import API_VERSION, open_repository
 from backups.store import S3Store
-from middleware.engines.base import WAL_ARCHIVING_CONDITION, Engine
-from middleware.errors import MoorageError, SpecError
+from middleware.engines.base import WAL_ARCHIVING_CONDITION, Connection, Engine
+from middleware.errors import MoorageError, NotReady, SpecError
 from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from middleware.models.backup import BackupRepositorySpec
 from middleware.models.middleware import MiddlewareStatus
@@ -157,6 +158,31 @@ def report_transition(
         log.warning(
             "%s/%s: %s not audited, the repository did not answer: %s", spec.namespace, spec.name, event, exc
         )
+
+
+def check_turned_on(rt: KubernetesRuntime, spec: ResolvedSpec, conn: Connection) -> None:
+    """walArchiving turned on for a Middleware that has data: the archive must be empty or hold this
+    cluster's base backups (the system identifier, read from any member that answers: standbys share
+    it), before the pods roll onto archive_mode. A SpecError names the field; NotReady when no member
+    answers (tried again). A repository that does not answer is not a refusal, as at creation."""
+    archive, _, store = _archive(rt, spec)
+    try:
+        report = pitr.inspect(store, archive)
+    except MoorageError as exc:
+        log.warning(
+            "%s/%s: archive not checked, the repository did not answer: %s", spec.namespace, spec.name, exc
+        )
+        return
+    if not report.base_backups and not report.segments:
+        return
+    for member in conn.members:
+        try:
+            system_id = pitr.server_system_id(member.endpoint.host, member.endpoint.port, conn.password or "")
+        except psycopg.Error:
+            continue
+        pitr.check_archive_is_ours(report, archive, system_id)
+        return
+    raise NotReady("no member answers: the archive's owner cannot be checked before archiving is turned on")
 
 
 def check_new_archive(rt: KubernetesRuntime, spec: ResolvedSpec) -> None:

@@ -23,12 +23,15 @@ from backups.pitr_pods import RESTORE_OF_LABEL
 from middleware.operations import RESTORE_HOLD_ANNOTATION
 from tests.e2e.cluster import LocalCluster, wait_for
 from tests.e2e.dba import dba_account, in_a_dba_pod
+from tests.e2e.s3 import s3_client
 from tests.e2e.test_backups import KEYS_SECRET, bucket  # noqa: F401  (fixture)
 from tests.e2e.test_pitr import (
     ARCHIVE_TIMEOUT,
     NAME,
     SPEC,
+    archive_root,
     archived_segments,
+    failed,
     repository_url,
     scalar,
     superuser,
@@ -162,3 +165,110 @@ def test_a_dba_restores_a_middleware_in_place_to_a_point_and_rolls_it_back(
 def scalar_on_primary(cluster: LocalCluster, namespace: str, query: str) -> Any:
     with superuser(cluster, namespace) as conn:
         return scalar(conn, query)
+
+
+def test_archiving_turned_on_for_a_middleware_with_data_rolls_its_pods_onto_it(
+    local_cluster: LocalCluster,
+    module_namespace: str,
+    bucket: str,  # noqa: F811  (the fixture imported above)
+    pod_s3_server: S3Server,
+) -> None:
+    """spec.backup.walArchiving set on a 2-member Middleware that was created without it. With
+    another cluster's base backup under its prefix (copied from a second Middleware's real one):
+    refused naming the field, no pod rolled. With the prefix cleared: the changed pod template rolls
+    the pods onto archive_mode, the data stays, the status says Archiving and a switched segment
+    reaches S3 under this Middleware's prefix."""
+    ns, name = module_namespace, f"{NAME}-later"
+    policy = {k: v for k, v in SPEC["backup"].items() if k not in ("walArchiving", "drillSchedule")}
+    local_cluster.create_middleware(ns, name, {**SPEC, "backup": policy})
+    local_cluster.wait_ready(ns, name, timeout=600)
+    with superuser(local_cluster, ns, name) as conn:
+        conn.execute("CREATE TABLE marks (n int PRIMARY KEY)")
+        conn.execute("INSERT INTO marks VALUES (1)")
+        assert scalar(conn, "SHOW archive_mode") == "off"
+
+    # First with another cluster's base backup under this name's prefix (a bucket reused): refused
+    # naming the field, before any pod rolls.
+    other = f"{NAME}-other"
+    local_cluster.create_middleware(
+        ns,
+        other,
+        {**SPEC, "topology": "standalone", "replicas": 1, "backup": {**policy, "walArchiving": True}},
+    )
+    local_cluster.wait_ready(ns, other, timeout=600)
+    with dba_account(local_cluster, ns) as account:
+        in_a_dba_pod(
+            local_cluster,
+            ns,
+            account,
+            f"moorage backup base {other} -n {ns} --runtime kubernetes "
+            f"--repo '{repository_url(pod_s3_server, bucket)}' -o json",
+            pod="dba-other-base",
+            env_from_secret=KEYS_SECRET,
+            timeout=600,
+        )
+    s3: Any = s3_client(pod_s3_server)
+    root = archive_root(ns).removesuffix(NAME)
+    theirs = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{root}{other}/")
+        for item in page.get("Contents", [])
+    ]
+    for key in theirs:
+        s3.copy_object(
+            Bucket=bucket,
+            Key=key.replace(f"/{other}/", f"/{name}/", 1),
+            CopySource={"Bucket": bucket, "Key": key},
+        )
+    pods_before = {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={name}")
+    }
+    local_cluster.patch_middleware(ns, name, {"backup": {**policy, "walArchiving": True}})
+    refused = failed(local_cluster, ns, name)
+    message = next(c for c in refused["conditions"] if c["type"] == "Provisioned")["message"]
+    assert message.startswith("spec.backup.walArchiving:") and "belongs to another cluster" in message, (
+        message
+    )
+    assert {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={name}")
+    } == (pods_before)
+    with superuser(local_cluster, ns, name) as conn:
+        assert scalar(conn, "SHOW archive_mode") == "off"
+
+    # As the refusal says: that prefix cleared, and the spec applied again.
+    mine = [
+        item["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{root}{name}/")
+        for item in page.get("Contents", [])
+    ]
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key} for key in mine]})
+    local_cluster.patch_middleware(ns, name, {"backup": {**policy, "walArchiving": None}})  # merge: removed
+    local_cluster.wait_ready(ns, name, timeout=300)
+    local_cluster.patch_middleware(ns, name, {"backup": {**policy, "walArchiving": True}})
+
+    def archiving() -> dict[str, Any] | None:
+        status = local_cluster.middleware(ns, name).get("status") or {}
+        condition = next(
+            (c for c in status.get("conditions") or [] if c["type"] == "WALArchivingFailing"), None
+        )
+        ready = status.get("phase") == "Ready" and all(m["healthy"] for m in status.get("members") or [])
+        return condition if ready and condition and condition["status"] == "False" else None
+
+    condition = wait_for(f"{name} Ready and archiving", archiving, 600, interval=2.0)
+    assert condition["reason"] == "Archiving", condition
+    with superuser(local_cluster, ns, name) as conn:
+        assert scalar(conn, "SHOW archive_mode") == "on"
+        assert {row[0] for row in conn.execute("SELECT n FROM marks").fetchall()} == {1}
+        conn.execute("INSERT INTO marks VALUES (2)")
+        segment = scalar(conn, "SELECT pg_walfile_name(pg_switch_wal())")
+    wals = archive_root(ns).removesuffix(NAME) + f"{name}/wals/"
+
+    def archived() -> set[str]:
+        s3: Any = s3_client(pod_s3_server)
+        return {
+            item["Key"].rsplit("/", 1)[-1].split(".")[0]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=wals)
+            for item in page.get("Contents", [])
+        }
+
+    wait_for(f"segment {segment} in S3", lambda: segment in archived(), ARCHIVE_TIMEOUT, interval=2.0)

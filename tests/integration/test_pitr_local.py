@@ -306,6 +306,71 @@ def test_restore_to_a_moment_between_markers_then_roll_back_to_the_exact_data_be
     assert kept.is_dir(), "the restored data must be kept beside the rolled-back one"
 
 
+def test_archiving_turned_on_later_restarts_the_members_but_never_into_another_clusters_archive(
+    cli: Moorage, repo: Repo, tmp_path: Path
+) -> None:
+    """walArchiving set on a Middleware that has data: refused while its archive holds another
+    cluster's base backup (nothing restarted, nothing changed), then, with that prefix cleared,
+    `up` restarts the members onto archive_mode with the data kept, and the archive fills."""
+    archiving = write_manifest(tmp_path, "replication", replicas=2)
+    manifest = yaml.safe_load(archiving.read_text())
+    del manifest["spec"]["backup"]["walArchiving"]
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(yaml.safe_dump(manifest))
+    cli.json("up", "-f", str(plain))
+    with primary(cli) as conn:
+        conn.execute("CREATE TABLE marks (id int PRIMARY KEY)")
+        conn.execute("INSERT INTO marks (id) VALUES (1)")
+        assert conn.execute("SHOW archive_mode").fetchone()[0] == "off"
+        started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+    # Another cluster's archive under this name (a bucket reused: its base backup copied in).
+    other = {**manifest, "metadata": {"name": "other"}}
+    other["spec"] = {
+        **manifest["spec"],
+        "topology": "standalone",
+        "replicas": 1,
+        "backup": {**manifest["spec"]["backup"], "walArchiving": True},
+    }
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    cli.json("up", "-f", str(tmp_path / "other.yaml"))
+    cli.json("backup", "base", "other")
+    theirs = WalArchive(repo.store.config, "default", "other")
+    for key in list(repo.store.list_keys(theirs.key(""))):
+        repo.store.put_bytes(repo.archive.key(key.removeprefix(theirs.key(""))), repo.store.get_bytes(key))
+    cli.run("down", "other", "--purge")
+    refused = cli.run("up", "-f", str(archiving), check=False)
+    assert refused.returncode == 2, (refused.returncode, refused.stderr)
+    assert "spec.backup.walArchiving" in refused.stderr and "belongs to another cluster" in refused.stderr
+    with primary(cli) as conn:
+        assert conn.execute("SHOW archive_mode").fetchone()[0] == "off"
+        assert conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
+    config = cli.state_dir / "default" / NAME / "members" / f"{NAME}-0"
+    assert not any("archive_mode = on" in f.read_text() for f in config.glob("*.conf")), "config changed"
+
+    repo.store.delete_keys(list(repo.store.list_keys(repo.archive.key(""))))
+    status = cli.json("up", "-f", str(archiving))
+    assert status["phase"] == "Ready", status
+    assert rows(cli) == {1}
+    with primary(cli) as conn:
+        assert conn.execute("SHOW archive_mode").fetchone()[0] == "on"
+        segment = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("INSERT INTO marks (id) VALUES (2)")
+        conn.execute("SELECT pg_switch_wal()")
+    wait_until(
+        lambda: {
+            s.name for timeline in inspect(repo.store, repo.archive).segments.values() for s in timeline
+        },
+        lambda names: segment in names,
+        120,
+        f"segment {segment} archived",
+        interval=1,
+    )
+    base = cli.json("backup", "base", NAME)
+    assert base["id"] and base["sizeBytes"] > 0, base
+    assert cli.json("restore", "plan", "--to", NAME, "--to-latest")["compatible"] is True
+
+
 def connect_as_owner(cli: Moorage, name: str) -> psycopg.Connection:
     """The superuser of ``name`` with ``name``'s own password (what its clients have)."""
     lifecycle = Lifecycle(LocalRuntime(cli.state_dir))

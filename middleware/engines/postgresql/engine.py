@@ -82,6 +82,8 @@ STARTUP_TIMEOUT = 30.0
 
 class PostgresEngine(EngineDefaults):
     name = "postgresql"
+    # spec.backup.walArchiving may be turned on or off later (the lifecycle restarts the members).
+    spec_config_keys = ("archive_mode", "archive_command", "archive_timeout")
 
     # -- static facts --------------------------------------------------------------------------
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
