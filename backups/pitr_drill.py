@@ -111,15 +111,20 @@ def list_drills(repository: Repository, namespace: str, name: str) -> list[dict[
     return sorted(records, key=lambda r: str(r.get("startedAt", "")))
 
 
-def last_drill_started(repository: Repository, namespace: str, name: str) -> datetime | None:
-    """When the newest drill of one Middleware began (drill ids sort by time), passed or not: a
-    drill schedule is due again from then on, as a backup schedule is from the last backup."""
+def newest_drill(repository: Repository, namespace: str, name: str) -> dict[str, Any] | None:
+    """The record of the newest drill of one Middleware (drill ids sort by time), passed or not."""
     prefix = _drill_key(repository, namespace, name).rstrip("/") + "/"
     newest = max(repository.store.list_keys(prefix), default=None)
     if newest is None:
         return None
-    record = cast(dict[str, Any], json.loads(repository.store.get_bytes(newest)))
-    return datetime.fromisoformat(str(record["startedAt"]))
+    return cast(dict[str, Any], json.loads(repository.store.get_bytes(newest)))
+
+
+def last_drill_started(repository: Repository, namespace: str, name: str) -> datetime | None:
+    """When the newest drill of one Middleware began, passed or not: a drill schedule is due again
+    from then on, as a backup schedule is from the last backup."""
+    record = newest_drill(repository, namespace, name)
+    return datetime.fromisoformat(str(record["startedAt"])) if record else None
 
 
 def latest_verified_in(repository: Repository, namespace: str, name: str) -> dict[str, Any] | None:

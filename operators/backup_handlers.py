@@ -594,6 +594,10 @@ def _archives(spec: Mapping[str, Any] | None, **_: Any) -> bool:
     return bool(((spec or {}).get("backup") or {}).get("walArchiving"))
 
 
+# Failed drills already told as a Warning Event by this operator process.
+_FAILED_DRILLS_REPORTED: set[str] = set()
+
+
 @kopf.timer(
     *MIDDLEWARES,
     id="recovery-proof",
@@ -603,7 +607,8 @@ def _archives(spec: Mapping[str, Any] | None, **_: Any) -> bool:
 def recovery_proof(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """When the recovery was last proven: the moment the newest passed drill restored (drills run
     from the CLI and are kept in the repository) into ``status.lastVerifiedRecoveryPoint`` and the
-    metric ``moorage_pitr_verified_point_timestamp_seconds``."""
+    metric ``moorage_pitr_verified_point_timestamp_seconds``; whether the newest drill passed into
+    ``moorage_pitr_last_drill_ok``, and a Warning Event ``DrillFailed`` with its reason when not."""
     if body["metadata"].get("deletionTimestamp"):
         return
     policy = BackupPolicy.model_validate(dict(body["spec"]["backup"]))
@@ -611,9 +616,21 @@ def recovery_proof(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     try:
         repository = open_repository(context.runtime(), namespace, policy.repository.name)
         record = pitr_drill.latest_verified_in(repository, namespace, name)
+        newest = pitr_drill.newest_drill(repository, namespace, name)
     except (MoorageError, BackupError) as exc:
         log.info("%s/%s: drills not read, the repository did not answer: %s", namespace, name, exc)
         return
+    if newest is not None:
+        metrics.record_last_drill(namespace, name, bool(newest.get("ok")))
+        drill_id = str(newest.get("drillId"))
+        if not newest.get("ok") and drill_id not in _FAILED_DRILLS_REPORTED:
+            # Once per failed drill and operator process: the record stays in the repository.
+            _FAILED_DRILLS_REPORTED.add(drill_id)
+            events.warning(
+                body,
+                reason="DrillFailed",
+                message=f"recovery drill {drill_id} failed: {newest.get('reason')}",
+            )
     point = str(record["point"]) if record else None
     if point is not None:
         metrics.record_verified_point(namespace, name, point)

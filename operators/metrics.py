@@ -57,6 +57,12 @@ PITR_VERIFIED_POINT = Gauge(
     ["namespace", "name"],
 )
 
+PITR_LAST_DRILL_OK = Gauge(
+    "moorage_pitr_last_drill_ok",
+    "1 when the newest recovery drill passed, 0 when it failed (alert on 0).",
+    ["namespace", "name"],
+)
+
 SYNC_LAG_BYTES = Gauge(
     "moorage_sync_lag_bytes",
     "Bytes the source shard's master is ahead of what its redis-shake workload received.",
@@ -108,6 +114,10 @@ def record_archiving(namespace: str, name: str, stat: Mapping[str, Any]) -> None
 
 def record_verified_point(namespace: str, name: str, point: str) -> None:
     PITR_VERIFIED_POINT.labels(namespace, name).set(datetime.fromisoformat(point).timestamp())
+
+
+def record_last_drill(namespace: str, name: str, ok: bool) -> None:
+    PITR_LAST_DRILL_OK.labels(namespace, name).set(1 if ok else 0)
 
 
 def record_health(namespace: str, name: str, engine: str, *, ready: bool, healthy_members: int) -> None:

@@ -23,7 +23,7 @@ from backups.runbook import create_backup
 from backups.store import RepositoryConfig, S3Store
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
-from tests.integration.harness import require_binary
+from tests.integration.harness import free_port, require_binary
 from tests.integration.s3_harness import S3Server
 from tests.k8s.controlplane import ControlPlane
 from tests.k8s.kopf_support import GROUP, VERSION, core_api, custom_api, running_operator, wait_for
@@ -499,3 +499,54 @@ def test_a_drill_schedule_runs_one_drill_job_at_a_time_under_its_own_account(
         )
         time.sleep(5)  # two more timer ticks: the schedule fired, but a drill still runs
         assert len(batch.list_namespaced_job(namespace, label_selector=selector).items) == 1
+
+
+class _UnreachableSource:
+    """A drill source whose primary does not answer: a real connection to a port nobody listens on."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+
+    def connect(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", connect_timeout=2)
+
+    def timeline(self) -> int | None:
+        return None
+
+
+def test_a_failed_drill_is_a_warning_event_and_a_metric(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str, s3_server: S3Server
+) -> None:
+    """A drill that failed (its record in the repository, written by the drill itself: here its
+    source did not answer) is told once as a Warning Event DrillFailed with the reason, and
+    moorage_pitr_last_drill_ok is 0; the verified point stays unset."""
+    from backups import pitr_drill
+    from operators import metrics
+
+    config = _s3_repository(api_client, namespace, s3_server, "df-")
+    record = pitr_drill.run_drill(
+        Repository(S3Store(config)),
+        namespace,
+        "ledger",
+        _UnreachableSource(),
+        lambda _recovery: None,  # type: ignore[arg-type,return-value]
+    )
+    assert record["ok"] is False and record["reason"], record
+    with operator(control_plane, api_client, namespace):
+        _create(api_client, namespace, "middlewares", "Middleware", "ledger", ARCHIVING)
+
+        def warned() -> list[Any]:
+            items = core_api(api_client).list_namespaced_event(namespace).items
+            return [e for e in items if e.reason == "DrillFailed" and e.involved_object.name == "ledger"]
+
+        (event,) = wait_for("Event DrillFailed", warned)
+        assert event.type == "Warning" and record["drillId"] in event.message, event.message
+        assert metrics.PITR_LAST_DRILL_OK.labels(namespace, "ledger")._value.get() == 0
+        time.sleep(5)  # more timer ticks: told once
+        assert len(warned()) == 1 and (warned()[0].count or 1) == 1
+        body = custom_api(api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", "ledger"
+        )
+        assert (body.get("status") or {}).get("lastVerifiedRecoveryPoint") is None
