@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from backups import pitr, pitr_pods
 from backups.kubernetes import API_VERSION, KubernetesTargets
 from middleware.engines.postgresql.config import POSTGRES_PORT, SUPERUSER
+from middleware.engines.postgresql.render import PGDATA
 from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import DATA_VOLUME, ROLE_LABEL
 from middleware.operations import RESTORE_HOLD_ANNOTATION
@@ -106,9 +107,11 @@ class KubernetesRecovery:
                 "Middleware with spec.recovery to recover from another one's (docs/backups.md)"
             )
         member = self.members[0]
-        pod = self._claim_pods([member])[0]
+        pod = self._claim_pods([member]).get(member)
+        if pod is None:
+            raise MoorageError(f"{member} has no volume claim ({DATA_VOLUME}-{member}) to restore into")
         script = pitr_pods.restore_in_place_script(archive, backup.backup_id, settings)
-        command = ["sh", "-c", script, "restore-in-place", f"{pitr_pods.DATA_DIR}/pgdata"]
+        command = ["sh", "-c", script, "restore-in-place", PGDATA]
         code, output = self.rt.exec_in_pod(
             self.namespace, pod, pitr_pods.CLAIM_CONTAINER, command, RESTORE_BASE_TIMEOUT_SECONDS
         )
@@ -189,22 +192,23 @@ class KubernetesRecovery:
         selector = statefulset["spec"]["selector"]["matchLabels"]
         return [p for p in self.rt.pods(self.namespace, selector) if p["metadata"]["name"] in self.members]
 
-    def _claim_pods(self, members: list[str]) -> list[str]:
-        """A pod holding each member's claim (made unless there), once it runs: their names."""
+    def _claim_pods(self, members: list[str]) -> dict[str, str]:
+        """A pod holding each member's claim (made unless there), once it runs: member -> pod name
+        (a member whose claim does not exist, never started, has none: nothing to move there)."""
         statefulset = self.rt.get("apps/v1", "StatefulSet", self.namespace, self.statefulset)
         if statefulset is None:
             raise MoorageError(f"StatefulSet {self.namespace}/{self.statefulset} is gone")
         statefulset.setdefault("metadata", {}).setdefault("namespace", self.namespace)
-        names = []
+        names: dict[str, str] = {}
         for member in members:
             claim = f"{DATA_VOLUME}-{member}"
             if self.rt.get("v1", "PersistentVolumeClaim", self.namespace, claim) is None:
-                continue  # never started: nothing to move
+                continue
             self.rt.create(pitr_pods.claim_pod(statefulset, member, claim, self.restore_id))
-            names.append(pitr_pods.claim_pod_name(member))
+            names[member] = pitr_pods.claim_pod_name(member)
 
         def running() -> bool | None:
-            for name in names:
+            for name in names.values():
                 pod = self.rt.get("v1", "Pod", self.namespace, name)
                 phase = ((pod or {}).get("status") or {}).get("phase")
                 if phase in ("Failed", "Succeeded"):
@@ -228,8 +232,7 @@ class KubernetesRecovery:
     def _move(self, action: str, suffix: str | None) -> list[str]:
         moved = []
         script = pitr_pods.data_moves_script(action, suffix)
-        members = [m for m in self.members]
-        for member, pod in zip(members, self._claim_pods(members), strict=False):
+        for member, pod in self._claim_pods(self.members).items():
             code, output = self.rt.exec_in_pod(
                 self.namespace, pod, pitr_pods.CLAIM_CONTAINER, ["sh", "-c", script], EXEC_TIMEOUT_SECONDS
             )

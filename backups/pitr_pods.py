@@ -32,7 +32,7 @@ from middleware.engines.postgresql.config import (
     SUPERUSER,
     guc_quote,
 )
-from middleware.engines.postgresql.render import CONFIG_DIR, DATA_DIR, SECRETS_FILE
+from middleware.engines.postgresql.render import CONFIG_DIR, DATA_DIR, PGDATA, SECRETS_FILE
 from middleware.errors import MoorageError, SpecError
 from middleware.kube.builders import config_map_name, env_from_secret
 from middleware.models.backup import CredentialsSecret
@@ -115,11 +115,11 @@ def claim_pod(statefulset: Manifest, member: str, claim: str, restore_id: str) -
 
 
 def data_moves_script(action: str, suffix: str | None) -> str:
-    """The shell a claim pod runs to move ``DATA_DIR/pgdata``; it prints ``moved`` when it moved
+    """The shell a claim pod runs to move ``PGDATA``; it prints ``moved`` when it moved
     something. ``set-aside``: pgdata -> pgdata.<suffix> (refused if that exists: nothing is ever
     overwritten); ``discard``: pgdata -> pgdata.<suffix>, or deleted when there is no suffix;
     ``bring-back``: pgdata.<suffix> -> pgdata (any pgdata left there was discarded before)."""
-    current = f"{DATA_DIR}/pgdata"
+    current = PGDATA
     other = f"{current}.{suffix}" if suffix else None
     if action in ("set-aside", "discard") and other is not None:
         return (
