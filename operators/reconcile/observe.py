@@ -153,7 +153,6 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
             events.normal(body, reason="RestoreInProgress", message=f"restore {held_by} holds the members")
             st.write(patch, status)
         return
-    st.restore_released(status)
     rt = context.runtime()
     try:
         decoded = context.decode(body, rt)
@@ -162,6 +161,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     spec, engine = decoded.spec, decoded.engine
     conn, pods = live_connection(rt, spec, engine, config)
     before = status.to_wire()
+    st.restore_released(status)  # after `before`: a change to write even when nothing else changed
     st.restarted_since_pending(status, creation_times(pods))
     in_flight = _change_in_flight(body)
     if not in_flight:

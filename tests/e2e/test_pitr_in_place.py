@@ -48,7 +48,8 @@ def marks(cluster: LocalCluster, namespace: str) -> set[int]:
 
 
 def settled(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
-    """Ready again with both members healthy, the hold gone and no pod holding a claim."""
+    """Ready again with both members healthy, not Progressing, the hold gone and no pod holding a
+    claim."""
 
     def ready() -> dict[str, Any] | None:
         body = cluster.middleware(namespace, NAME)
@@ -56,6 +57,9 @@ def settled(cluster: LocalCluster, namespace: str) -> dict[str, Any]:
         members = status.get("members") or []
         if status.get("phase") != "Ready" or len(members) != 2 or not all(m["healthy"] for m in members):
             return None
+        progressing = next((c for c in status.get("conditions") or [] if c["type"] == "Progressing"), None)
+        if progressing is not None and progressing["status"] == "True":
+            return None  # the hold's RestoreInProgress is set back once the hold is gone
         return body
 
     body: dict[str, Any] = wait_for(f"{NAME} Ready with 2 healthy members", ready, 600, interval=2.0)
