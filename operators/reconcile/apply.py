@@ -69,6 +69,13 @@ def reconcile(
         outcome["result"] = "retry"
         raise kopf.TemporaryError(message, delay=delay)
 
+    def invalid(exc: SpecError) -> NoReturn:
+        st.invalid_spec(status, exc)
+        st.write(patch, status)
+        events.warning(body, reason="InvalidSpec", message=str(exc))
+        outcome["result"] = "invalid"
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+
     def repository_unavailable(exc: archiving.RepositoryUnavailable) -> NoReturn:
         st.api_refused(status, exc.reason, str(exc))
         events.warning(body, reason=exc.reason, message=str(exc))
@@ -93,11 +100,7 @@ def reconcile(
     except archiving.RepositoryUnavailable as exc:
         repository_unavailable(exc)
     except SpecError as exc:
-        st.invalid_spec(status, exc)
-        st.write(patch, status)
-        events.warning(body, reason="InvalidSpec", message=str(exc))
-        outcome["result"] = "invalid"
-        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+        invalid(exc)
     spec, engine = decoded.spec, decoded.engine
     status.version = spec.version
     status.credentials_secret = credentials_secret_name(spec)
@@ -117,11 +120,7 @@ def reconcile(
             conn = observe.connection(rt, spec, engine, manifests, live, password, config.cluster_domain)
             archiving.check_turned_on(rt, spec, conn)
         except SpecError as exc:
-            st.invalid_spec(status, exc)
-            st.write(patch, status)
-            events.warning(body, reason="InvalidSpec", message=str(exc))
-            outcome["result"] = "invalid"
-            raise kopf.PermanentError(f"invalid spec: {exc}") from None
+            invalid(exc)
         except NotReady as exc:
             retry(str(exc), config.bootstrap_retry)
     if previous is not None and scaling.shape(previous.spec) != scaling.shape(spec):
