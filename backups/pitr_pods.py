@@ -22,6 +22,7 @@ from typing import Any
 from backups import pitr
 from backups.store import S3Store
 from middleware.engines.postgresql.config import (
+    ADOPT_MARKER,
     ARCHIVE_SCRIPT,
     FIRST_START_MARKER,
     POSTGRES_PORT,
@@ -271,8 +272,9 @@ def recovery_target(spec: ResolvedSpec) -> pitr.RecoveryTarget:
 def recovery_script(source: pitr.WalArchive, backup_id: str, target: pitr.RecoveryTarget) -> str:
     """What the first member's init container runs instead of initdb (``$1``: the data directory):
     the base backup restored from the source's archive, the recovery settings appended (WAL fetched
-    through the source's restore script, stop at the target and promote), recovery.signal, and
-    the first-start marker (the start script then starts it as the one writable member)."""
+    through the source's restore script, stop at the target and promote), recovery.signal, the
+    first-start marker (the start script then starts it as the one writable member) and the marker
+    that has the init container run the recovery and set this Middleware's password."""
     return _restore_base_script(
         source,
         backup_id,
@@ -280,6 +282,8 @@ def recovery_script(source: pitr.WalArchive, backup_id: str, target: pitr.Recove
         f"# Written by Moorage (spec.recovery): base backup {backup_id} of "
         f"{source.namespace}/{source.name} from {source.destination}, recovered to {target.settings()}.",
         "# point-in-time recovery by Moorage (spec.recovery); the init container removes it once promoted",
+        # The init container then recovers and gives the superuser this Middleware's password.
+        (FIRST_START_MARKER, ADOPT_MARKER),
     )
 
 
@@ -296,11 +300,17 @@ def restore_in_place_script(archive: pitr.WalArchive, backup_id: str, settings: 
         f"# Written by Moorage (restore apply): base backup {backup_id} of {archive.namespace}/"
         f"{archive.name} from {archive.destination}, recovered with {settings}.",
         "# point-in-time recovery by Moorage; reset once promoted",
+        (FIRST_START_MARKER,),
     )
 
 
 def _restore_base_script(
-    archive: pitr.WalArchive, backup_id: str, settings: dict[str, str], header: str, marker: str
+    archive: pitr.WalArchive,
+    backup_id: str,
+    settings: dict[str, str],
+    header: str,
+    marker: str,
+    flags: tuple[str, ...],
 ) -> str:
     restore = shlex.join([*archive.command(IMAGE_BARMAN_BIN, "barman-cloud-restore"), backup_id])
     lines = [
@@ -317,7 +327,7 @@ def _restore_base_script(
         *(f"{key} = {guc_quote(value)}" for key, value in settings.items()),
         "EOF",
         ': > "$pgdata/recovery.signal"',
-        f': > "$pgdata/{FIRST_START_MARKER}"',
+        *(f': > "$pgdata/{flag}"' for flag in flags),
         "",
     ]
     return "\n".join(lines)

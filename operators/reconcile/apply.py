@@ -305,9 +305,9 @@ def _credentials(rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, eng
     password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
     if password is not None:
         return password
-    # Recovered from another Middleware's archive, the data keeps that one's credentials.
-    fresh = archiving.source_password(rt, spec) if spec.recovery is not None else secrets.token_urlsafe(24)
-    created = rt.create_secrets(engine.render_secrets(spec, fresh))
+    # Recovered from another Middleware's archive too: the init container gives the recovered
+    # superuser this password (the source's credentials are not needed, the source may be gone).
+    created = rt.create_secrets(engine.render_secrets(spec, secrets.token_urlsafe(24)))
     if created:
         events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
     # Read back: if another writer won a create race, its password is the one members use.

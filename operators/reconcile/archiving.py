@@ -41,12 +41,6 @@ class RepositoryUnavailable(MoorageError):
     reason = "ArchiveRepositoryUnavailable"
 
 
-class RecoverySourceUnavailable(RepositoryUnavailable):
-    """spec.recovery's source has no credentials Secret (yet): the recovered data keeps its password."""
-
-    reason = "RecoverySourceUnavailable"
-
-
 def _archive(
     rt: KubernetesRuntime, spec: ResolvedSpec, *, of_source: bool = False
 ) -> tuple[pitr.WalArchive, BackupRepositorySpec, S3Store]:
@@ -113,19 +107,6 @@ def choose_recovery(rt: KubernetesRuntime, spec: ResolvedSpec) -> str:
     except MoorageError as exc:
         raise SpecError("spec.recovery", f"{source.destination}/{source.name}: {exc}") from None
     return chosen.backup_id
-
-
-def source_password(rt: KubernetesRuntime, spec: ResolvedSpec) -> str:
-    """The recovered data's superuser password: the source's, from its credentials Secret."""
-    assert spec.recovery is not None
-    secret = f"{spec.recovery.source}-credentials"
-    password = rt.secret_value(spec.namespace, secret, "password")
-    if password is None:
-        raise RecoverySourceUnavailable(
-            f"spec.recovery.source: Secret {spec.namespace}/{secret} has no password: the recovered data "
-            "keeps the source's credentials, and they are needed to create this Middleware's"
-        )
-    return password
 
 
 def failing(status: MiddlewareStatus) -> bool | None:

@@ -10,7 +10,8 @@ backup; a new Middleware with ``spec.recovery`` (examples/postgresql-pitr.yaml's
 holds exactly the rows from before a moment after the switchover; a drill; the schedule's base
 backup, taken by a Job in the primary's pod, pruning the older one; a scheduled drill run by the
 operator's Job; one with a moment before the
-window is refused; and the source deleted with its data and created again under the same name is
+window is refused; the source deleted with its data and its credentials, a new Middleware recovered
+from its archive with its own password; and the source created again under the same name is
 refused (its archive holds another cluster's WAL now).
 """
 
@@ -373,6 +374,31 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
         return not claims and NAME not in {m["metadata"]["name"] for m in listed["items"]}
 
     wait_for("the Middleware and its claims gone", gone, 300, interval=2.0)
+
+    # Its archive outlives it: a new Middleware recovers from it to the end, although the source's
+    # credentials went with it (the recovered superuser takes the new Middleware's own password).
+    assert (
+        local_cluster.core.list_namespaced_secret(
+            ns, field_selector=f"metadata.name={NAME}-credentials"
+        ).items
+        == []
+    )
+    revived = f"{NAME}-revived"
+    local_cluster.create_middleware(
+        ns,
+        revived,
+        {
+            **copy_spec,
+            "topology": "standalone",
+            "replicas": 1,
+            "recovery": {"source": NAME, "repository": recovery["repository"]},
+        },
+    )
+    local_cluster.wait_ready(ns, revived, timeout=600)
+    with superuser(local_cluster, ns, revived) as conn:
+        assert {row[0] for row in conn.execute("SELECT n FROM marks").fetchall()} == {1, 2, 3}
+    local_cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, "middlewares", revived)
+
     local_cluster.create_middleware(ns, NAME, SPEC)
     status = failed(local_cluster, ns, NAME)
     message = next(c for c in status["conditions"] if c["type"] == "Provisioned")["message"]

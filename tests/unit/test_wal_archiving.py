@@ -372,6 +372,18 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     # Once promoted (no recovery.signal), the settings leave every member's data at its next start,
     # and what was fetched past the target with them.
     assert "sed -i -e '/^restore_command[ =]/d' -e '/^recovery_target/d'" in init["command"][-1]
+    # The replay itself runs in the init container (no probe limits it), on a server that only
+    # listens on this pod's socket, and the recovered superuser takes this Middleware's password:
+    # the source's credentials are never needed.
+    assert 'moorage.adopt-credentials"' in script
+    init_sh = init["command"][-1]
+    finish = init_sh.index('if [ -e "$pgdata/moorage.adopt-credentials" ]')
+    assert finish < init_sh.index("sed -i -e '/^restore_command")
+    assert "listen_addresses='' -c unix_socket_directories=/tmp" in init_sh
+    assert "printf 'local all postgres trust\\n' > /tmp/moorage-recovery-hba.conf" in init_sh  # no host line
+    assert "SET log_statement = 'none';\\nALTER ROLE postgres PASSWORD '%s'" in init_sh
+    assert '"$POSTGRES_PASSWORD"' in init_sh and "s3cr3t" not in init_sh
+    assert "moorage.adopt-credentials" not in restore_in_place_script(source, "b", {})
     assert f'rm -rf "{POD_RESTORE_SPOOL}"' in init["command"][-1]
     for container in (init, pod["containers"][0]):
         keys = {e["name"]: e for e in container["env"]}

@@ -26,6 +26,9 @@ APP_DATABASE = "app"
 # Marks a freshly initialised primary: its very first start is the only writable start that does
 # not come from an explicit promotion (see START_SCRIPT).
 FIRST_START_MARKER = "moorage.first-start"
+# Marks data restored from another Middleware's archive (spec.recovery) whose recovery still has to
+# run in the init container, which then gives the recovered superuser this Middleware's password.
+ADOPT_MARKER = "moorage.adopt-credentials"
 # The custom setting that tells live operations where this member's pgpass file is, so the
 # primary_conninfo they write can name it (it differs per member locally).
 PASSFILE_SETTING = "moorage.passfile"

@@ -14,6 +14,7 @@ from typing import Any
 
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.postgresql.config import (
+    ADOPT_MARKER,
     ARCHIVE_SCRIPT,
     FIRST_START_MARKER,
     POSTGRES_PORT,
@@ -254,6 +255,39 @@ def _forget_recovery(spec: ResolvedSpec) -> list[str]:
     ]
 
 
+def _finish_recovery(spec: ResolvedSpec) -> list[str]:
+    """spec.recovery: the restored data replays the archive up to the target and promotes here, in
+    the init container, where no probe limits how long that may take; then its superuser takes this
+    Middleware's password (the source's credentials may be gone with the source). The server only
+    listens on a socket in this pod's /tmp, trusting the superuser there, and is stopped again before
+    the PostgreSQL container starts it for good. Run again after an interrupted init (the marker
+    stays until the password is set)."""
+    if spec.recovery is None:
+        return []
+    hba, log = "/tmp/moorage-recovery-hba.conf", "/tmp/moorage-recovery.log"
+    options = (
+        f"-c config_file={CONFIG_DIR}/{POSTGRESQL_CONF} -c hba_file={hba} "
+        "-c listen_addresses='' -c unix_socket_directories=/tmp"
+    )
+    psql = f"psql -h /tmp -p {POSTGRES_PORT} -U {SUPERUSER} -d postgres -Xq"
+    return [
+        f'if [ -e "$pgdata/{ADOPT_MARKER}" ]; then',
+        f"  printf 'local all {SUPERUSER} trust\\n' > {hba}",
+        f'  pg_ctl -D "$pgdata" -l {log} -W -o "{options}" start',
+        f"  until {psql} -Atc 'SELECT pg_is_in_recovery()' 2>/dev/null | grep -qx f; do",
+        f'    pg_ctl -D "$pgdata" status >/dev/null || {{ tail -n 20 {log} >&2; '
+        'fail "the recovery stopped before it promoted"; }',
+        "    sleep 2",
+        "  done",
+        f"  sp_sql=`printf '%s' \"${PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
+        f"  printf \"SET log_statement = 'none';\\nALTER ROLE {SUPERUSER} PASSWORD '%s';\\n\" \"$sp_sql\" "
+        f"| {psql} -v ON_ERROR_STOP=1",
+        '  pg_ctl -D "$pgdata" -m fast -w -t 300 stop',
+        f'  rm -f "$pgdata/{ADOPT_MARKER}" {hba}',
+        "fi",
+    ]
+
+
 def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> str:
     values = placeholder_values()
     assert set(values) == set(PLACEHOLDERS)
@@ -304,6 +338,7 @@ def init_script(spec: ResolvedSpec, *, headless: str, cluster_domain: str) -> st
         # Data survived (a restart, an old primary after a failover): rewind onto the current primary.
         f'  pg_rewind -D "$pgdata" --source-server="{rewind_source}"',
         "fi",
+        *_finish_recovery(spec),
         *_forget_recovery(spec),
         f'if [ ! -e "$pgdata/{FIRST_START_MARKER}" ] && primary_up; then',
         "  line=\"primary_conninfo = '$conninfo'\"",
