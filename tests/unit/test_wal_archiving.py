@@ -381,8 +381,15 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     assert finish < init_sh.index("sed -i -e '/^restore_command")
     assert "listen_addresses='' -c unix_socket_directories=/tmp" in init_sh
     assert "printf 'local all postgres trust\\n' > /tmp/moorage-recovery-hba.conf" in init_sh  # no host line
-    assert "SET log_statement = 'none';\\nALTER ROLE postgres PASSWORD '%s'" in init_sh
-    assert '"$POSTGRES_PASSWORD"' in init_sh and "s3cr3t" not in init_sh
+    # Both passwords, so the next members can clone before the operator's bootstrap; no commit
+    # waits for a synchronous standby (none exists yet); the replay never pauses as a hot standby.
+    assert (
+        "SET log_statement = 'none';\\nSET synchronous_commit = local;\\n"
+        "ALTER ROLE postgres PASSWORD '%s';\\nALTER ROLE replicator PASSWORD '%s'" in init_sh
+    )
+    assert "-c hot_standby=off" in init_sh
+    assert '"$POSTGRES_PASSWORD"' in init_sh and '"$REPLICATION_PASSWORD"' in init_sh
+    assert "s3cr3t" not in init_sh
     assert "moorage.adopt-credentials" not in restore_in_place_script(source, "b", {})
     assert f'rm -rf "{POD_RESTORE_SPOOL}"' in init["command"][-1]
     for container in (init, pod["containers"][0]):

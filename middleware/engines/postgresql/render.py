@@ -258,16 +258,20 @@ def _forget_recovery(spec: ResolvedSpec) -> list[str]:
 def _finish_recovery(spec: ResolvedSpec) -> list[str]:
     """spec.recovery: the restored data replays the archive up to the target and promotes here, in
     the init container, where no probe limits how long that may take; then its superuser takes this
-    Middleware's password (the source's credentials may be gone with the source). The server only
-    listens on a socket in this pod's /tmp, trusting the superuser there, and is stopped again before
-    the PostgreSQL container starts it for good. Run again after an interrupted init (the marker
-    stays until the password is set)."""
+    Middleware's passwords, its own and the replication role's (the source's credentials may be gone
+    with the source; the next members clone through the replication role before the operator's
+    bootstrap re-sets the roles, which needs every member). The server only listens on a socket in
+    this pod's /tmp, trusting the superuser there, and is stopped again before the PostgreSQL
+    container starts it for good. Hot standby is off: the replay then never pauses for lower
+    settings than the source's (``max_connections`` and the like), which a standby must match but a
+    promoted server need not. Run again after an interrupted init (the marker stays until the
+    passwords are set)."""
     if spec.recovery is None:
         return []
     hba, log = "/tmp/moorage-recovery-hba.conf", "/tmp/moorage-recovery.log"
     options = (
         f"-c config_file={CONFIG_DIR}/{POSTGRESQL_CONF} -c hba_file={hba} "
-        "-c listen_addresses='' -c unix_socket_directories=/tmp"
+        "-c listen_addresses='' -c unix_socket_directories=/tmp -c hot_standby=off"
     )
     psql = f"psql -h /tmp -p {POSTGRES_PORT} -U {SUPERUSER} -d postgres -Xq"
     return [
@@ -280,8 +284,11 @@ def _finish_recovery(spec: ResolvedSpec) -> list[str]:
         "    sleep 2",
         "  done",
         f"  sp_sql=`printf '%s' \"${PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
-        f"  printf \"SET log_statement = 'none';\\nALTER ROLE {SUPERUSER} PASSWORD '%s';\\n\" \"$sp_sql\" "
-        f"| {psql} -v ON_ERROR_STOP=1",
+        f"  rp_sql=`printf '%s' \"${REPLICATION_PASSWORD_ENV}\" | sed \"s/'/''/g\"`",
+        # Not logged, and the commits wait for no synchronous standby (there is none yet).
+        "  printf \"SET log_statement = 'none';\\nSET synchronous_commit = local;\\n"
+        f"ALTER ROLE {SUPERUSER} PASSWORD '%s';\\nALTER ROLE {REPLICATION_USER} PASSWORD '%s';\\n\" "
+        f'"$sp_sql" "$rp_sql" | {psql} -v ON_ERROR_STOP=1',
         '  pg_ctl -D "$pgdata" -m fast -w -t 300 stop',
         f'  rm -f "$pgdata/{ADOPT_MARKER}" {hba}',
         "fi",
