@@ -3,10 +3,12 @@ point-in-time restores."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -22,12 +24,16 @@ from backups import pitr, pitr_drill, pitr_restore
 from backups.repository import Repository
 from backups.runbook import Target
 from middleware.engines.base import Connection, MemberPlan, Progress, no_progress
+from middleware.engines.postgresql.binaries import find_bin_dir
 from middleware.engines.postgresql.config import (
     FIRST_START_MARKER,
     PGDATA,
+    REPLICATION_USER,
     RESTORE_SPOOL,
     SOURCE_RESTORE_SCRIPT,
+    SUPERUSER,
     guc_quote,
+    replication_password,
 )
 from middleware.errors import MoorageError, SpecError
 from middleware.lifecycle import Lifecycle
@@ -74,7 +80,10 @@ class LocalRecovery:
     PostgreSQL data directories ``members/<member>/data/pgdata`` on this machine, where barman's
     tools run as the ``postgres`` user. ``from_other_archive``: the WAL comes from another
     deployment's archive (this one need not archive itself), whose superuser password is
-    ``other_password``: the restored data has it until the restored member is made this one's."""
+    ``other_password``: the restored data has it until the restored member is made this one's.
+    Without ``other_password`` (that deployment is gone, its credentials with it) the restored
+    member replays and promotes on a private socket first and takes this one's passwords there
+    (``_replay_and_adopt``), as the init container of a pod recovered with spec.recovery does."""
 
     def __init__(
         self,
@@ -103,6 +112,7 @@ class LocalRecovery:
         assert isinstance(self.runtime, LocalRuntime)
         self.password = self.runtime.password(self.spec)
         self.other_password = other_password
+        self.adopts_credentials = from_other_archive and other_password is None
         # The superuser password of the data in place (another deployment's, once restored from it).
         self.login_password = self.password
 
@@ -212,6 +222,10 @@ class LocalRecovery:
 
     def start_restored(self, member: str, timeout: float) -> None:
         plan = next(m for m in self.engine.members(self.spec) if m.name == member)
+        started = time.monotonic()
+        if self.adopts_credentials:
+            self._replay_and_adopt(plan, timeout)
+            timeout = max(timeout - (time.monotonic() - started), 60.0)
         self.runtime.apply(self.spec, self.engine, [plan], Connection([], self.password))
         deadline = time.monotonic() + timeout
         endpoint = next(
@@ -233,6 +247,94 @@ class LocalRecovery:
                 pass  # still starting
             time.sleep(1.0)
         raise MoorageError(f"{member} did not reach the recovery target within {timeout:.0f}s")
+
+    def _replay_and_adopt(self, plan: MemberPlan, timeout: float) -> None:
+        """Restored data whose superuser password is unknown: replay it to the target and promote on
+        a server that listens only on a socket in a private directory (0700, the postgres user's)
+        trusting the superuser there, give the superuser and the replication role this deployment's
+        passwords, and stop it; the member then starts as usual, already promoted. Hot standby is
+        off, so lower settings than the source's never pause the replay. A server that stops on the
+        way fails the step with the end of its log."""
+        assert isinstance(self.runtime, LocalRuntime)
+        pgdata = self._pgdata(plan)
+        config = self.runtime.member_config_dir(self.spec, plan) / self.engine.config_file_for(plan)
+        port = next(
+            m.endpoint.port for m in self.runtime.members(self.spec, self.engine) if m.plan.name == plan.name
+        )
+        pg_ctl = str(find_bin_dir() / "pg_ctl")
+        env = dict(os.environ)
+        socket_dir = Path(tempfile.mkdtemp(prefix="moorage-adopt-"))
+        log = socket_dir / "recovery.log"
+        try:
+            (socket_dir / "pg_hba.conf").write_text(f"local all {SUPERUSER} trust\n")
+            if os.geteuid() == 0:
+                owner = pwd.getpwnam("postgres")
+                for path in (socket_dir, socket_dir / "pg_hba.conf"):
+                    os.chown(path, owner.pw_uid, owner.pw_gid)
+            options = (
+                f"-c config_file={config} -c hba_file={socket_dir}/pg_hba.conf -c port={port} "
+                f"-c listen_addresses='' -c unix_socket_directories={socket_dir} -c hot_standby=off"
+            )
+            what = f"the replay of {plan.name} on a private socket"
+            pitr.run_as_postgres(
+                [pg_ctl, "-D", str(pgdata), "-l", str(log), "-W", "-o", options, "start"], env, what
+            )
+            deadline = time.monotonic() + timeout
+            # pg_ctl -W returns before the server writes its pid file: give it a moment to appear.
+            pid_deadline = time.monotonic() + 30
+            while not (pgdata / "postmaster.pid").exists() and time.monotonic() < pid_deadline:
+                time.sleep(0.2)
+            while True:
+                try:
+                    with psycopg.connect(
+                        host=str(socket_dir),
+                        port=port,
+                        user=SUPERUSER,
+                        dbname="postgres",
+                        connect_timeout=3,
+                        autocommit=True,
+                    ) as conn:
+                        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                        if row is not None and not row[0]:
+                            # Not logged; no commit waits for a synchronous standby (none runs).
+                            conn.execute("SET log_statement = 'none'")
+                            conn.execute("SET synchronous_commit = local")
+                            for role, password in (
+                                (SUPERUSER, self.password),
+                                (REPLICATION_USER, replication_password(self.password)),
+                            ):
+                                conn.execute(
+                                    sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                                        sql.Identifier(role), sql.Literal(password)
+                                    )
+                                )
+                            break
+                except psycopg.OperationalError:
+                    pass  # not accepting connections until promoted (hot standby is off)
+                if not (pgdata / "postmaster.pid").exists():
+                    tail = (
+                        "\n".join(log.read_text(errors="replace").splitlines()[-8:]) if log.exists() else ""
+                    )
+                    raise MoorageError(f"{plan.name} stopped during recovery; its log ends:\n{tail}")
+                if time.monotonic() > deadline:
+                    raise MoorageError(f"{plan.name} did not reach the recovery target within {timeout:.0f}s")
+                time.sleep(1.0)
+        except BaseException:
+            # The failure is what matters; the restore then puts the data back anyway.
+            with contextlib.suppress(MoorageError):
+                self._stop_private(pg_ctl, pgdata, env)
+            raise
+        else:
+            self._stop_private(pg_ctl, pgdata, env)
+        finally:
+            shutil.rmtree(socket_dir, ignore_errors=True)
+        self.login_password = self.password
+
+    @staticmethod
+    def _stop_private(pg_ctl: str, pgdata: Path, env: dict[str, str]) -> None:
+        if (pgdata / "postmaster.pid").exists():
+            command = [pg_ctl, "-D", str(pgdata), "-m", "fast", "-w", "-t", "300", "stop"]
+            pitr.run_as_postgres(command, env, "stopping the replay's server")
 
     def start_all(self) -> None:
         self.lifecycle.up(dict(self.manifest))
@@ -259,10 +361,14 @@ class LocalRecovery:
 
 
 def _write_private(path: Path, content: str, mode: int) -> None:
-    """A file only its owner reads (the member's start hands the directory to the postgres user)."""
+    """A file only its owner reads: the postgres user, who runs it (the member's start hands the
+    whole directory over too, but a replay that adopts credentials runs before that start)."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "w") as handle:
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("postgres")
+            os.fchown(handle.fileno(), owner.pw_uid, owner.pw_gid)
         handle.write(content)
 
 

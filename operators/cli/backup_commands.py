@@ -759,12 +759,18 @@ def restore_apply(
             raise MoorageError(f"--runtime must be local or kubernetes, not {runtime!r}")
         elif source is not None and source != to:
             lifecycle = Lifecycle(local_runtime(state_dir, repo))
-            # The source's password is what the restored data has until it is made the target's.
-            other = LocalRecovery(lifecycle, namespace, source)
-            origin = pitr_restore.Source(namespace, source, other.timeline())
-            recovery = LocalRecovery(
-                lifecycle, namespace, to, from_other_archive=True, other_password=other.password
-            )
+            if lifecycle.runtime.applied_manifest(namespace, source) is None:
+                # Gone (or stopped): its archive is all there is. The restored member replays on a
+                # private socket and takes the target's passwords there; the archive's latest timeline.
+                origin = pitr_restore.Source(namespace, source, None)
+                recovery = LocalRecovery(lifecycle, namespace, to, from_other_archive=True)
+            else:
+                # The source's password is what the restored data has until it is made the target's.
+                other = LocalRecovery(lifecycle, namespace, source)
+                origin = pitr_restore.Source(namespace, source, other.timeline())
+                recovery = LocalRecovery(
+                    lifecycle, namespace, to, from_other_archive=True, other_password=other.password
+                )
         else:
             recovery = LocalRecovery(Lifecycle(local_runtime(state_dir, repo)), namespace, to)
         where = f" of {namespace}/{source}" if origin else ""

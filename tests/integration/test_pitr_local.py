@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -482,6 +483,17 @@ def test_drills_prove_random_moments_and_a_restore_goes_into_another_deployment(
     with connect_as_owner(cli, "copy") as conn:
         assert conn.execute("SELECT to_regclass('mine')").fetchone()[0] == "mine"
         assert conn.execute("SELECT to_regclass('marks')").fetchone()[0] is None
+
+    # NAME deleted with its data and credentials: its archive outlives it, and a restore from it
+    # still works (the restored member replays on a private socket and takes copy's passwords).
+    cli.run("down", NAME, "--purge")
+    assert NAME not in {d[1] for d in cli.runtime().list()}
+    revived = cli.json("restore", "apply", "--to", "copy", "--from", NAME, "--to-latest", "--yes")
+    assert revived["phase"] == "Applied" and revived["source"] == f"default/{NAME}", revived
+    with connect_as_owner(cli, "copy") as conn:
+        assert {r[0] for r in conn.execute("SELECT id FROM marks").fetchall()} == {1, 2, 3}
+    assert cli.status("copy")["phase"] == "Ready"
+    assert not list(Path(tempfile.gettempdir()).glob("moorage-adopt-*")), "the private socket is gone"
 
 
 def test_status_audits_archiving_starting_to_fail_and_recovering(repo: Repo) -> None:
