@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST_ARGS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
-.PHONY: help setup barman system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench clean
+.PHONY: help setup barman system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench bench-report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -127,6 +127,10 @@ bench: setup cluster-deps control-plane coredns images ## Benchmarks; results in
 	$(PY) bench/backup_bench.py --out bench/results.json
 	$(PY) bench/pitr_bench.py --out bench/results.json
 	$(PY) bench/k8s_ready_bench.py --out bench/results.json
+	$(PY) bench/report.py bench/results.json
+
+bench-report: $(STAMP) ## The table of bench/results.json: each figure against its reference, and the issues' targets
+	$(PY) bench/report.py bench/results.json
 
 clean: ## Remove the virtualenv and local state
 	rm -rf $(VENV) .moorage .pytest_cache .mypy_cache .ruff_cache
