@@ -7,6 +7,7 @@ import contextlib
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import tempfile
 import time
@@ -271,9 +272,12 @@ class LocalRecovery:
                 owner = pwd.getpwnam("postgres")
                 for path in (socket_dir, socket_dir / "pg_hba.conf"):
                     os.chown(path, owner.pw_uid, owner.pw_gid)
+            # pg_ctl hands these to a shell: paths quoted.
             options = (
-                f"-c config_file={config} -c hba_file={socket_dir}/pg_hba.conf -c port={port} "
-                f"-c listen_addresses='' -c unix_socket_directories={socket_dir} -c hot_standby=off"
+                f"-c config_file={shlex.quote(str(config))} "
+                f"-c hba_file={shlex.quote(str(socket_dir / 'pg_hba.conf'))} -c port={port} "
+                f"-c listen_addresses='' -c unix_socket_directories={shlex.quote(str(socket_dir))} "
+                "-c hot_standby=off"
             )
             what = f"the replay of {plan.name} on a private socket"
             pitr.run_as_postgres(
