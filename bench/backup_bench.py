@@ -6,7 +6,10 @@ A real S3 server (SeaweedFS ``weed mini`` on free ports) and two
 standalone deployments on the local runtime (Redis, PostgreSQL) in a temporary state dir. At two
 sizes (N and N*factor keys/rows of ~100 random bytes) it times:
 
-- raw: ``redis-cli --rdb FILE``; ``pg_dump -Fc -f FILE`` and ``pg_restore -d NEWDB FILE``;
+- raw: ``redis-cli --rdb FILE``, then that RDB loaded into the emptied target by redis-shake's
+  ``rdb_reader`` (``restore``, the reference of our Redis load) and opened by a ``redis-server`` of
+  its own (``server_load``: until it answers with every key, the floor for any load);
+  ``pg_dump -Fc -f FILE`` and ``pg_restore -d NEWDB FILE``;
 - ours: ``create_backup`` into S3, the engine's load alone (``data_load`` from S3), and the whole
   ``apply_restore`` (checksum pass + safety snapshot + load + verify), each in a fresh child
   interpreter whose ``VmHWM`` (peak RSS) is read from /proc at its end. Peak RSS that does not grow
@@ -163,6 +166,8 @@ def _summary(size: int, raw: dict[str, float], ours: dict[str, dict[str, Any]]) 
     if restore_raw is not None:
         out["ratio_load_vs_raw_restore"] = round(restore_raw / ours["load"]["seconds"], 2)
         out["ratio_apply_restore_vs_raw_restore"] = round(restore_raw / ours["restore"]["seconds"], 2)
+    if "server_load" in raw:
+        out["ratio_load_vs_server_load"] = round(raw["server_load"] / ours["load"]["seconds"], 2)
     return out
 
 
@@ -262,6 +267,11 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
                 )
             }
             size = rdb.stat().st_size
+            client.flushall()
+            raw["restore"] = _rdb_reader_load(rdb, endpoint, password, files / "shake")
+            if client.dbsize() != keys:
+                raise RuntimeError(f"after rdb_reader Redis holds {client.dbsize()} keys, not {keys}")
+            raw["server_load"] = _server_load(rdb, keys)
             rdb.unlink()
             backup = ours.run("backup", REDIS_NAME)
             load = ours.run("load", REDIS_NAME, backup["backup_id"])
@@ -278,6 +288,51 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
         client.close()
         lifecycle.down(NAMESPACE, REDIS_NAME, purge=True)
     return {"value_size": VALUE_SIZE, "size_basis": "RDB bytes from redis-cli --rdb", "runs": runs}
+
+
+def _rdb_reader_load(rdb: Path, endpoint: Endpoint, password: str, work: Path) -> float:
+    """redis-shake's rdb_reader loading ``rdb`` into the target (emptied by the caller): seconds
+    until it exits, having written every key (the binary ``make setup`` built)."""
+    from sync.local_runner import find_binary
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    config = work / "shake.toml"
+    config.write_text(
+        "[rdb_reader]\n"
+        f"filepath = {json.dumps(str(rdb))}\n"
+        "[redis_writer]\n"
+        f"address = {json.dumps(endpoint.address)}\n"
+        f"password = {json.dumps(password)}\n"
+        "[advanced]\n"
+        f"dir = {json.dumps(str(work / 'data'))}\n"
+        'log_level = "warn"\n'
+    )
+    config.chmod(0o600)
+    seconds = _timed([find_binary(), str(config)])
+    shutil.rmtree(work, ignore_errors=True)
+    return seconds
+
+
+def _server_load(rdb: Path, keys: int) -> float:
+    """A redis-server of its own opening ``rdb`` (on a private socket): seconds until it answers
+    with every key, which no load into a running server can beat."""
+    from middleware.engines.redis.dump import ScratchServer
+
+    with tempfile.TemporaryDirectory(prefix="moorage-bench-rdb-") as tmp:
+        directory = Path(tmp)
+        directory.chmod(0o700)
+        shutil.copy(rdb, directory / "dump.rdb")
+        began = time.perf_counter()
+        scratch = ScratchServer(directory, "dump.rdb")
+        try:
+            scratch.wait_loaded("bench")
+            seconds = time.perf_counter() - began
+            if scratch.client.dbsize() != keys:
+                raise RuntimeError(f"redis-server opened {scratch.client.dbsize()} keys, not {keys}")
+        finally:
+            scratch.stop()
+    return seconds
 
 
 # -- PostgreSQL --------------------------------------------------------------------------------------
@@ -439,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
                 "mb_per_s: the same data size (RDB bytes / table bytes) over each operation's seconds",
                 "ratio_*: raw seconds / our seconds (1.0: as fast as the raw tool; higher: faster)",
                 "ours_backup: engine -> S3 with checksums; raw dump: to a local file",
+                "redis raw_restore: redis-shake rdb_reader of the raw dump into the emptied target; "
+                "raw_server_load: a redis-server of its own opening that RDB (the floor for any load)",
                 "ours_load: data_load from S3 alone; ours_restore: apply_restore = checksum pass + "
                 "safety snapshot + load + verify, so it does about three times the raw work",
                 "peak_rss_mib: VmHWM of a fresh child interpreter doing only that operation; "
