@@ -16,6 +16,7 @@ import io
 import json
 import random
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -393,6 +394,31 @@ def test_corrupt_or_interrupted_loads_fail_and_a_second_load_is_exact(
     assert 0 < partial < keys
 
     # Loading again from that state (as a rollback would) ends with exactly the dump's data.
+    assert load(sen, saved) == {"keys": keys, "db0/keys": keys}
+    assert_same_data(snapshot(sen), expected)
+
+
+def test_a_target_refusing_keys_half_way_fails_the_load_and_leaves_no_reader_running(
+    src: Env, sen: Env, tmp_path: Path
+) -> None:
+    """The scratch server is read ahead by a thread (``dump._read_ahead``): a RESTORE the target
+    refuses (out of memory: a real maxmemory, no eviction) fails the load with the target's error,
+    the reading thread stops with it, and the next load is exact."""
+    keys = fill(src)
+    expected = snapshot(src)
+    saved = dump(src, tmp_path / "dump")
+    (master,) = sen.masters()
+    client = sen.client(master)
+    sen.flush()
+    room = int(client.info("memory")["used_memory"]) + (LARGE // 2)  # less than the large value
+    client.config_set("maxmemory-policy", "noeviction")
+    client.config_set("maxmemory", str(room))
+    try:
+        with pytest.raises(OperationError, match=r"RESTORE of \d+ keys into .* failed.*OOM"):
+            ENGINE.data_load(sen.spec, sen.conn, saved)
+    finally:
+        client.config_set("maxmemory", "0")
+    assert [t.name for t in threading.enumerate() if t.name == "moorage-redis-read-ahead"] == []
     assert load(sen, saved) == {"keys": keys, "db0/keys": keys}
     assert_same_data(snapshot(sen), expected)
 

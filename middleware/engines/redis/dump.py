@@ -20,13 +20,15 @@ import contextlib
 import ctypes
 import io
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -44,6 +46,9 @@ from middleware.errors import NotReady, OperationError
 
 CHUNK = 4 << 20
 BATCH = 1000
+# Batches read from the scratch server ahead of the one being restored (memory: this many batches).
+READ_AHEAD = 2
+_READ_DONE = object()
 # A key restored with less TTL than this may be gone by the time the restore is verified.
 EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
@@ -329,15 +334,18 @@ class _Loader:
         """Copy every key of the scratch server; returns keys per db that were restored."""
         per_db: dict[int, int] = {}
         for db in sorted(keyspace_counts(scratch.client.info("keyspace"))):
-            with RespConnection(str(scratch.socket), db=db, timeout=BULK_TIMEOUT) as source:
-                for keys in _scan_batches(source):
-                    self._restore_batch(source, db, keys, what)
+            with (
+                RespConnection(str(scratch.socket), db=db, timeout=BULK_TIMEOUT) as source,
+                # Closed (its reader stopped) before the connection is, even when a restore fails.
+                contextlib.closing(_read_ahead(source)) as batches,
+            ):
+                for keys, replies in batches:
+                    self._restore_batch(db, keys, replies, what)
                 (count,) = source.pipeline([(b"DBSIZE",)])
                 per_db[db] = int(count)
         return per_db
 
-    def _restore_batch(self, source: RespConnection, db: int, keys: list[bytes], what: str) -> None:
-        replies = source.pipeline([c for key in keys for c in ((b"PTTL", key), (b"DUMP", key))])
+    def _restore_batch(self, db: int, keys: list[bytes], replies: list[Any], what: str) -> None:
         by_master: dict[int, list[Sequence[bytes]]] = {}
         for i, key in enumerate(keys):
             ttl, payload = replies[2 * i], replies[2 * i + 1]
@@ -362,6 +370,51 @@ class _Loader:
                 )
             self.done += len(commands)
         self.progress("loading keys", self.done, max(self.total, self.done))
+
+
+def _read_ahead(
+    source: RespConnection, depth: int = READ_AHEAD
+) -> Generator[tuple[list[bytes], list[Any]], None, None]:
+    """Batches of keys with their PTTL and DUMP replies, read from the scratch server by a thread
+    up to ``depth`` batches ahead: reading the next batch overlaps restoring this one into the
+    target (each side mostly waits on its own server), and memory stays bounded by ``depth``
+    batches. The thread owns ``source`` until this generator ends; an error there is raised here."""
+    batches: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                batches.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer stopped: nobody will take it
+
+    def read() -> None:
+        try:
+            for keys in _scan_batches(source):
+                replies = source.pipeline([c for key in keys for c in ((b"PTTL", key), (b"DUMP", key))])
+                if not put((keys, replies)):
+                    return
+        except BaseException as error:  # handed over, raised in the consumer
+            put(error)
+            return
+        put(_READ_DONE)
+
+    reader = threading.Thread(target=read, name="moorage-redis-read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            item = batches.get()
+            if item is _READ_DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _scan_batches(client: RespConnection) -> Iterator[list[bytes]]:
