@@ -39,6 +39,12 @@ class Figure:
     unit: str = "s"
 
 
+# The sections of bench/pitr_bench.py's two write loads, and the writer each ran under.
+ARCHIVER_LOADS = {
+    "archiving_under_load": "an unpaced writer",
+    "archiving_paced_load": "a writer at half its rate",
+}
+
 FIGURES: tuple[Figure, ...] = (
     Figure(
         "PostgreSQL backup (1M rows)",
@@ -129,25 +135,18 @@ FIGURES: tuple[Figure, ...] = (
         target=0.8,
         issue="14",
     ),
-    Figure(
-        "PITR archiver under an unpaced writer",
-        ("pitr", "archiving_under_load", "archived_mb_per_s"),
-        ("pitr", "archiving_under_load", "wal_mb_per_s"),
-        "WAL written",
-        "rate",
-        target=1.0,
-        issue="14",
-        unit="MB/s",
-    ),
-    Figure(
-        "PITR archiver under a writer at half its rate",
-        ("pitr", "archiving_paced_load", "archived_mb_per_s"),
-        ("pitr", "archiving_paced_load", "wal_mb_per_s"),
-        "WAL written",
-        "rate",
-        target=1.0,
-        issue="14",
-        unit="MB/s",
+    *(
+        Figure(
+            f"PITR archiver under {writer}",
+            ("pitr", load, "archived_mb_per_s"),
+            ("pitr", load, "wal_mb_per_s"),
+            "WAL written",
+            "rate",
+            target=1.0,
+            issue="14",
+            unit="MB/s",
+        )
+        for load, writer in ARCHIVER_LOADS.items()
     ),
     Figure(
         "PITR recovery to the archive's end",
@@ -207,7 +206,7 @@ def lookup(results: dict[str, Any], path: ResultPath | None) -> float | None:
 def with_derived(results: dict[str, Any]) -> dict[str, Any]:
     """Figures computed from others: the archiver's upload rate under each load (16 MB segments)."""
     derived = json.loads(json.dumps(results))
-    for load in ("archiving_under_load", "archiving_paced_load"):
+    for load in ARCHIVER_LOADS:
         section = derived.get("pitr", {}).get(load)
         if isinstance(section, dict) and "segments_archived_per_s" in section:
             section["archived_mb_per_s"] = round(section["segments_archived_per_s"] * 16, 1)
