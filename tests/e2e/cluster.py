@@ -148,7 +148,25 @@ class LocalCluster:
             self.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)[-4000:]
         )
         parts.append(self.operator_log(tail=60))
+        parts.extend(self._unready_container_logs(namespace))
         return "\n".join(parts)
+
+    def _unready_container_logs(self, namespace: str, tail: int = 30) -> list[str]:
+        """The last lines of every container, init ones included, that is not running ready or
+        has restarted: a crash-looping init container says why only in its own log."""
+        parts = []
+        for pod in self.core.list_namespaced_pod(namespace).items:
+            statuses = [*(pod.status.init_container_statuses or []), *(pod.status.container_statuses or [])]
+            for status in statuses:
+                terminated_ok = status.state.terminated is not None and status.state.terminated.exit_code == 0
+                if (status.ready or terminated_ok) and not status.restart_count:
+                    continue
+                for previous in (False, True) if status.restart_count else (False,):
+                    args = ["-n", namespace, "logs", pod.metadata.name, "-c", status.name, f"--tail={tail}"]
+                    log = self.kubectl(*args, *(["--previous"] if previous else []), check=False)
+                    which = "previous" if previous else "current"
+                    parts.append(f"--- {pod.metadata.name}/{status.name} ({which}) ---\n{log}")
+        return parts
 
     def operator_log(self, tail: int = 100) -> str:
         return self.kubectl(

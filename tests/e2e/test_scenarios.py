@@ -38,6 +38,9 @@ pytestmark = pytest.mark.e2e
 
 NAME = "scenario"
 RESOURCES = {"cpu": "150m", "memory": "256Mi"}
+# One command's bound: half the test's (tests/e2e/conftest.py), so a hang is reported with the
+# cluster's view by the test rather than cut off by pytest-timeout.
+COMMAND_TIMEOUT = 600
 
 
 @dataclass
@@ -72,17 +75,29 @@ class Moorage:
     def run(
         self, *args: str, stdin: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args],
-            env={**os.environ, **self.env},
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=1500,
-        )
-        if check:
-            assert done.returncode == 0, f"moorage {' '.join(args)} ({self.runtime}): {done.stderr[-3000:]}"
+        try:
+            done = subprocess.run(
+                [str(REPO_ROOT / ".venv" / "bin" / "moorage"), *args],
+                env={**os.environ, **self.env},
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            # Well inside the test's own timeout, so what hangs is shown, not only where pytest was.
+            raise AssertionError(
+                f"moorage {' '.join(args)} ({self.runtime}) still running after {COMMAND_TIMEOUT}s"
+                f"{self._cluster_view()}"
+            ) from None
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"moorage {' '.join(args)} ({self.runtime}): {done.stderr[-3000:]}{self._cluster_view()}"
+            )
         return done
+
+    def _cluster_view(self) -> str:
+        return "" if self.cluster is None else "\n" + self.cluster.describe(self.namespace)
 
     def json(self, *args: str) -> Any:
         """A command on the scenario's Middleware (`up` takes the namespace from the manifest)."""
@@ -113,11 +128,14 @@ class Writer(threading.Thread):
         n = 0
         while not self.stop.is_set():
             n += 1
-            done = self.moorage.run(
-                "connect", NAME, "-n", self.moorage.namespace, "--exec",
-                stdin=f"\\set ON_ERROR_STOP 1\nINSERT INTO acked VALUES ({n});\n",
-                check=False,
-            )  # fmt: skip
+            try:
+                done = self.moorage.run(
+                    "connect", NAME, "-n", self.moorage.namespace, "--exec",
+                    stdin=f"\\set ON_ERROR_STOP 1\nINSERT INTO acked VALUES ({n});\n",
+                    check=False,
+                )  # fmt: skip
+            except AssertionError:
+                continue  # a session that hung: not acknowledged, the next number goes on
             if done.returncode == 0 and "INSERT 0 1" in done.stdout:
                 self.acked.add(n)
             else:

@@ -364,7 +364,15 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     assert "s3://pitr-bucket/pitr/shop ledger" in config_map["data"][SOURCE_RESTORE_SCRIPT]
     pod = next(m for m in manifests if m["kind"] == "StatefulSet")["spec"]["template"]["spec"]
     init = pod["initContainers"][0]
-    assert f'sh "/etc/postgresql-templates/{RECOVERY_SCRIPT}" "$pgdata"' in init["command"][-1]
+    # Restored beside the data directory and moved into place once whole: a cut-short restore
+    # leaves no PG_VERSION behind for the next start to take as data.
+    init_sh = init["command"][-1]
+    restored = init_sh.index(f'sh "/etc/postgresql-templates/{RECOVERY_SCRIPT}" "$pgdata.restoring"')
+    assert (
+        init_sh.index('rm -rf "$pgdata.restoring"')
+        < restored
+        < init_sh.index('mv "$pgdata.restoring" "$pgdata"')
+    )
     assert "initdb" not in init["command"][-1]
     # Segments fetched ahead go to the data volume, and what an earlier recovery left is not used.
     assert f'--parallel 8 --spool-dir "{POD_RESTORE_SPOOL}/' in config_map["data"][SOURCE_RESTORE_SCRIPT]
@@ -376,7 +384,6 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
     # listens on this pod's socket, and the recovered superuser takes this Middleware's password:
     # the source's credentials are never needed.
     assert 'moorage.adopt-credentials"' in script
-    init_sh = init["command"][-1]
     finish = init_sh.index('if [ -e "$pgdata/moorage.adopt-credentials" ]')
     assert finish < init_sh.index("sed -i -e '/^restore_command")
     assert "listen_addresses='' -c unix_socket_directories=/tmp" in init_sh
@@ -388,6 +395,10 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
         "ALTER ROLE postgres PASSWORD '%s';\\nALTER ROLE replicator PASSWORD '%s'" in init_sh
     )
     assert "-c hot_standby=off" in init_sh
+    # "Still replaying" is asked of the server process itself, the shell's child: its lock file
+    # may not be written yet when the first check runs on a busy node.
+    assert "  server=$!" in init_sh and 'kill -0 "$server"' in init_sh and 'wait "$server"' in init_sh
+    assert "status" not in init_sh[finish:]
     assert '"$POSTGRES_PASSWORD"' in init_sh and '"$REPLICATION_PASSWORD"' in init_sh
     assert "s3cr3t" not in init_sh
     assert "moorage.adopt-credentials" not in restore_in_place_script(source, "b", {})

@@ -232,12 +232,16 @@ def _initdb() -> list[str]:
 def _recover_from_archive() -> list[str]:
     """spec.recovery: the first member's data is another Middleware's base backup plus its WAL up to
     the target, not initdb. The operator adds the script (it names the archive and the base backup);
-    it restores, writes the recovery settings and recovery.signal, and the start recovers."""
+    it restores, writes the recovery settings and recovery.signal, and the start recovers. It
+    restores next to the data directory and is moved into place once whole: a restore cut short
+    (the pod deleted, S3 unreachable) must not leave a PG_VERSION that the next start takes for data."""
     script = f"{TEMPLATES_DIR}/{RECOVERY_SCRIPT}"
     return [
         f'    [ -s "{script}" ] || fail "no {RECOVERY_SCRIPT} in the ConfigMap (spec.recovery: '
         "the operator adds it from the source's archive)\"",
-        f'    sh "{script}" "$pgdata"',
+        '    rm -rf "$pgdata.restoring"',
+        f'    sh "{script}" "$pgdata.restoring"',
+        '    mv "$pgdata.restoring" "$pgdata"',
     ]
 
 
@@ -277,9 +281,13 @@ def _finish_recovery(spec: ResolvedSpec) -> list[str]:
     return [
         f'if [ -e "$pgdata/{ADOPT_MARKER}" ]; then',
         f"  printf 'local all {SUPERUSER} trust\\n' > {hba}",
-        f'  pg_ctl -D "$pgdata" -l {log} -W -o "{options}" start',
+        # A child of this shell, not `pg_ctl start`: `kill -0` on its PID tells "still replaying"
+        # from "stopped" at once, where `pg_ctl status` reads a lock file the server may not have
+        # written yet on a busy node (a replay taken for failed, and an init container crash loop).
+        f'  postgres -D "$pgdata" {options} > {log} 2>&1 &',
+        "  server=$!",
         f"  until {psql} -Atc 'SELECT pg_is_in_recovery()' 2>/dev/null | grep -qx f; do",
-        f'    pg_ctl -D "$pgdata" status >/dev/null || {{ tail -n 20 {log} >&2; '
+        f'    kill -0 "$server" 2>/dev/null || {{ tail -n 20 {log} >&2; '
         'fail "the recovery stopped before it promoted"; }',
         "    sleep 2",
         "  done",
@@ -290,6 +298,7 @@ def _finish_recovery(spec: ResolvedSpec) -> list[str]:
         f"ALTER ROLE {SUPERUSER} PASSWORD '%s';\\nALTER ROLE {REPLICATION_USER} PASSWORD '%s';\\n\" "
         f'"$sp_sql" "$rp_sql" | {psql} -v ON_ERROR_STOP=1',
         '  pg_ctl -D "$pgdata" -m fast -w -t 300 stop',
+        '  wait "$server"',
         f'  rm -f "$pgdata/{ADOPT_MARKER}" {hba}',
         "fi",
     ]
