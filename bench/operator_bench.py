@@ -30,6 +30,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from operators.settings import OperatorConfig  # noqa: E402
 from tests.k8s.controlplane import ControlPlane  # noqa: E402
 
 NAMESPACE = "bench"
@@ -138,6 +139,7 @@ def run(count: int, timeout: float) -> dict[str, Any]:
     return {
         "middlewares": count,
         "reconciled": len(latencies),
+        "handler_threads": OperatorConfig.from_environment().handler_threads,
         "create_all_s": round(create_seconds, 2),
         "until_all_status_s": round(all_done, 2),
         "status_latency_s": {

@@ -139,14 +139,20 @@ class KubernetesRuntime:
         self.owned_fds: list[int] = []
 
     @classmethod
-    def from_environment(cls, **kwargs: Any) -> KubernetesRuntime:
-        """In a pod: the service account; elsewhere: $KUBECONFIG (or ~/.kube/config)."""
+    def from_environment(cls, *, connections: int | None = None, **kwargs: Any) -> KubernetesRuntime:
+        """In a pod: the service account; elsewhere: $KUBECONFIG (or ~/.kube/config). ``connections``:
+        how many API connections to keep open (one per thread that calls at once; the client's
+        default is 5 per CPU, and a thread finding none free opens and drops a TLS connection)."""
         from kubernetes import client, config
 
+        conf = client.Configuration()
+        if connections is not None:
+            conf.connection_pool_maxsize = connections
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-            return cls(client.ApiClient(), **kwargs)
-        return cls(config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")), **kwargs)
+            config.load_incluster_config(client_configuration=conf)
+        else:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=conf)
+        return cls(client.ApiClient(configuration=conf), **kwargs)
 
     @classmethod
     def from_kubeconfig(cls, text: str, **kwargs: Any) -> KubernetesRuntime:

@@ -14,7 +14,7 @@ from middleware.engines.registry import get_engine
 from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL
 from middleware.runtime.kubernetes import AddressResolver, KubernetesRuntime, pod_dns_address
 from middleware.spec import ResolvedSpec, load_middleware, manifest_of, resolve
-from operators.settings import FIELD_MANAGER
+from operators.settings import FIELD_MANAGER, operator_config
 
 _lock = threading.Lock()
 _runtimes: dict[str, KubernetesRuntime] = {}
@@ -30,7 +30,9 @@ def runtime() -> KubernetesRuntime:
     with _lock:
         found = _runtimes.get(key)
         if found is None:
-            found = KubernetesRuntime.from_environment(field_manager=FIELD_MANAGER)
+            found = KubernetesRuntime.from_environment(
+                field_manager=FIELD_MANAGER, connections=operator_config().handler_threads
+            )
             _runtimes[key] = found
         found.resolve_address = address_resolver
         return found

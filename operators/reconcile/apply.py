@@ -307,10 +307,13 @@ def _credentials(rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, eng
         return password
     # Recovered from another Middleware's archive too: the init container gives the recovered
     # superuser this password (the source's credentials are not needed, the source may be gone).
-    created = rt.create_secrets(engine.render_secrets(spec, secrets.token_urlsafe(24)))
+    generated = secrets.token_urlsafe(24)
+    created = rt.create_secrets(engine.render_secrets(spec, generated))
     if created:
         events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
-    # Read back: if another writer won a create race, its password is the one members use.
+    if name in created:
+        return generated
+    # Another writer won the create race: its password is the one members use.
     password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
     if password is None:
         raise kopf.TemporaryError(f"Secret {name} has no {PASSWORD_KEY!r} key yet", delay=5)
