@@ -87,12 +87,19 @@ def _delete_all(api_client: Any, namespace: str, plurals: Sequence[str], timeout
                 GROUP, VERSION, namespace, plural, item["metadata"]["name"]
             )
 
-    def gone() -> bool:
-        return not any(
-            custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"] for p in plurals
-        )
+    def left() -> list[str]:
+        """What is still there, with its finalizers: the message a timeout needs."""
+        return [
+            f"{p}/{item['metadata']['name']} finalizers={item['metadata'].get('finalizers')}"
+            f" phase={(item.get('status') or {}).get('phase')}"
+            for p in plurals
+            for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"]
+        ]
 
-    wait_for(f"every {'/'.join(plurals)} object to be finalized", gone, timeout=timeout)
+    try:
+        wait_for(f"every {'/'.join(plurals)} object to be finalized", lambda: not left(), timeout=timeout)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; still there: {left()}") from None
 
 
 def custom_api(api_client: Any) -> Any:
