@@ -53,7 +53,7 @@ class OperatorConfig:
     cluster_domain: str = "cluster.local"
     # Threads running the (blocking) handlers, and as many API connections kept open. A reconcile
     # mostly waits on the API server and on members: with 8, 500 Middlewares created at once saw
-    # their first status after 6.4 s (median) on 2 cores, with 16 after ~4 s (bench/operator_bench.py).
+    # their first status after 6.2 s (median) on 2 cores, with 16 after 4.0 s (bench/operator_bench.py).
     handler_threads: int = 16
     # How soon to look again while pods are not Ready yet: pod startup is seconds to minutes.
     member_retry: float = 5.0

@@ -148,7 +148,7 @@ class LocalCluster:
             self.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp", check=False)[-4000:]
         )
         parts.append(self.operator_log(tail=60))
-        parts.extend(self._unready_container_logs(namespace))
+        parts.extend(self._unready_container_logs(namespace))  # last: a cut output keeps its end
         return "\n".join(parts)
 
     def _unready_container_logs(self, namespace: str, tail: int = 30) -> list[str]:
