@@ -7,6 +7,7 @@ writing pod status (``mark_ready``), and every wait polls with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -80,21 +81,27 @@ def running_operator(
 
 
 def _delete_all(api_client: Any, namespace: str, plurals: Sequence[str], timeout: float) -> None:
+    """Delete every object of ``plurals``, again each poll for those not being deleted yet: while
+    the Middlewares are still there their timers may create objects (a scheduled backup) after the
+    first listing."""
     custom = custom_api(api_client)
-    for plural in plurals:
-        for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
-            custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, item["metadata"]["name"]
-            )
 
     def left() -> list[str]:
-        """What is still there, with its finalizers: the message a timeout needs."""
-        return [
-            f"{p}/{item['metadata']['name']} finalizers={item['metadata'].get('finalizers')}"
-            f" phase={(item.get('status') or {}).get('phase')}"
-            for p in plurals
-            for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, p)["items"]
-        ]
+        """Delete what is not being deleted yet; what is still there, with its finalizers."""
+        remaining = []
+        for plural in plurals:
+            for item in custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]:
+                meta = item["metadata"]
+                if not meta.get("deletionTimestamp"):
+                    with contextlib.suppress(Exception):  # gone meanwhile
+                        custom.delete_namespaced_custom_object(
+                            GROUP, VERSION, namespace, plural, meta["name"]
+                        )
+                remaining.append(
+                    f"{plural}/{meta['name']} finalizers={meta.get('finalizers')}"
+                    f" phase={(item.get('status') or {}).get('phase')}"
+                )
+        return remaining
 
     try:
         wait_for(f"every {'/'.join(plurals)} object to be finalized", lambda: not left(), timeout=timeout)
