@@ -268,10 +268,17 @@ class KubernetesRecovery:
                 terminated = (container.get("state") or {}).get("terminated") or {}
                 failed = terminated and terminated.get("exitCode", 0) != 0
                 if failed or container.get("restartCount", 0) > 0:
-                    log = self.rt.pod_log(
-                        self.namespace, name, container["name"], previous=not failed, lines=15
-                    )
-                    raise MoorageError(f"{name}: {container['name']} stopped; its log ends:\n{log.strip()}")
+                    # The stopped run is the current one when the status shows it terminated, the
+                    # previous one once the kubelet restarted it; it may restart between the status
+                    # read and this call, so the other run is read when the first has nothing.
+                    log = ""
+                    for previous in (not failed, bool(failed)):
+                        log = self.rt.pod_log(
+                            self.namespace, name, container["name"], previous=previous, lines=15
+                        ).strip()
+                        if log:
+                            break
+                    raise MoorageError(f"{name}: {container['name']} stopped; its log ends:\n{log}")
 
     def _wait(self, what: str, done: Callable[[], bool | None]) -> None:
         deadline = self.clock() + self.ready_timeout

@@ -455,11 +455,13 @@ def test_scale_replicas_up_and_down(lifecycle: Lifecycle) -> None:
     grown = lifecycle.existing("default", "grow")
     assert count_rows(lifecycle.connection(grown).endpoint("grow-2"), password) == 50
 
-    # Scale in past the current primary: it hands over first.
-    ENGINE.switchover(grown.spec, lifecycle.connection(grown), target="grow-1")
+    # Scale in past the current primary (the highest ordinal, which leaves): it hands over to a
+    # staying replica first.
+    ENGINE.switchover(grown.spec, lifecycle.connection(grown), target="grow-2")
     lifecycle.up(lifecycle.runtime.applied_manifest("default", "grow") or {})
     status = lifecycle.scale("default", "grow", replicas=1 + 1)
     assert {m.name for m in status.members} == {"grow-0", "grow-1"}
+    assert sorted(m.role for m in status.members) == ["primary", "replica"], status.members
     assert all(m.healthy for m in status.members)
     shrunk = lifecycle.existing("default", "grow")
     assert count_rows(rw(lifecycle, shrunk), password) == 50

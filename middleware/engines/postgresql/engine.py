@@ -427,15 +427,35 @@ class PostgresEngine(EngineDefaults):
         self, old: ResolvedSpec, new: ResolvedSpec, conn: Connection, progress: Progress = no_progress
     ) -> Report:
         """New members were cloned from the primary before starting; leaving members are stopped by
-        the runtime after this. A leaving primary hands over to a staying replica first."""
+        the runtime after this. A leaving primary hands over first, to the most advanced staying
+        replica streaming from it (waited for up to STARTUP_TIMEOUT)."""
         report = Report(changed=False)
         data = _by_ordinal(conn.of(DATA_COMPONENT))
         states = _states(data, conn.password)
         primary = _single_primary(states)
         leaving = {m.endpoint for m in data if m.plan.ordinal >= new.replicas}
         if primary is not None and primary.endpoint in leaving:
-            staying = next(m.plan.name for m in data if m.plan.ordinal < new.replicas and m.up)
-            for action in self.switchover(new, conn, target=staying).actions:
+            # To the most advanced staying member that streams from it: the first one up may be a
+            # replica still reconnecting (after a restart), which a switchover refuses.
+            staying = [m for m in data if m.endpoint not in leaving]
+            address = primary.endpoint.address
+            streaming: list[NodeState] = []
+
+            def a_staying_member_streams() -> bool:
+                streaming[:] = [
+                    s
+                    for s in _states(staying, conn.password)
+                    if not s.writable and s.streaming and s.upstream == address
+                ]
+                return bool(streaming)
+
+            replication.wait_for(
+                a_staying_member_streams,
+                STARTUP_TIMEOUT,
+                f"a staying member to stream from the leaving primary {_name(data, primary.endpoint)}",
+            )
+            best = max(streaming, key=lambda s: (s.lsn, -_ordinal(data, s.endpoint)))
+            for action in self.switchover(new, conn, target=_name(data, best.endpoint)).actions:
                 report.add(action)
         for member in data:
             if old.replicas <= member.plan.ordinal < new.replicas:
