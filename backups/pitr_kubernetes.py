@@ -271,8 +271,8 @@ class KubernetesRecovery:
                     # The stopped run is the current one when the status shows it terminated, the
                     # previous one once the kubelet restarted it; it may restart between the status
                     # read and this call, so the other run is read when the first has nothing.
-                    log = ""
-                    for previous in (not failed, bool(failed)):
+                    log, first = "", not failed
+                    for previous in (first, not first):
                         log = self.rt.pod_log(
                             self.namespace, name, container["name"], previous=previous, lines=15
                         ).strip()

@@ -81,9 +81,9 @@ def running_operator(
 
 
 def _delete_all(api_client: Any, namespace: str, plurals: Sequence[str], timeout: float) -> None:
-    """Delete every object of ``plurals``, again each poll for those not being deleted yet: while
-    the Middlewares are still there their timers may create objects (a scheduled backup) after the
-    first listing."""
+    """Delete every object of ``plurals``, and each poll whatever is not being deleted yet (one made
+    after the first listing, e.g. by a schedule of a Middleware not gone yet); a timeout names what
+    is left, with its finalizers."""
     custom = custom_api(api_client)
 
     def left() -> list[str]:
