@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 XDIST_ARGS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope)
 
-.PHONY: help setup barman system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench bench-report clean
+.PHONY: help setup barman exporters system-deps cluster-deps run stop test test-unit test-integration test-k8s test-e2e control-plane coredns redis-shake images cluster-up cluster-down ferretdb crds crds-check lint bench bench-report clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m middleware.engines.postgresql.binaries --install-shared
 	touch $(STAMP)
 
-setup: system-deps $(STAMP) redis-shake barman ## Install everything: Debian packages, virtualenv, Python packages, redis-shake, barman
+setup: system-deps $(STAMP) redis-shake barman exporters ## Install everything: Debian packages, virtualenv, Python packages, redis-shake, barman, exporters
 
 run: setup ## Bring up the examples (3-shard Redis cluster + Redis sentinel) on the local runtime
 	$(BIN)/moorage up $(foreach f,$(EXAMPLES),-f $(f))
@@ -65,6 +65,7 @@ stop: ## Stop the examples (data is kept; `moorage down NAME --purge` deletes it
 test: export MOORAGE_FERRETDB_REQUIRED := 1
 test: export MOORAGE_SHAKE_REQUIRED := 1
 test: export MOORAGE_BARMAN_REQUIRED := 1
+test: export MOORAGE_EXPORTERS_REQUIRED := 1
 test: export MOORAGE_E2E_REQUIRED := 1
 test: setup crds-check cluster-deps control-plane coredns redis-shake ferretdb images ## Install everything and run all tests (unit, integration, k8s, e2e on real pods)
 	MOORAGE_K8S_REQUIRED=1 $(BIN)/pytest tests $(XDIST_ARGS) $(PYTEST_ARGS)
@@ -74,6 +75,7 @@ test-unit: setup ## Unit tests only (pure: rendering, catalog, CRDs, planners)
 
 test-integration: export MOORAGE_SHAKE_REQUIRED := 1
 test-integration: export MOORAGE_BARMAN_REQUIRED := 1
+test-integration: export MOORAGE_EXPORTERS_REQUIRED := 1
 test-integration: setup ferretdb ## Integration tests on real engine servers started on 127.0.0.1
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
@@ -91,6 +93,9 @@ coredns: ## Build CoreDNS (cluster DNS of the local cluster) into ~/.cache/moora
 
 barman: ## barman's cloud tools (PostgreSQL WAL archive / PITR) in a virtualenv the postgres user can run (~20 s once)
 	bash hack/install-barman.sh
+
+exporters: ## Debian's Redis and PostgreSQL Prometheus exporters, binaries only, into /opt/moorage/exporters (~5 s once)
+	bash hack/install-exporters.sh
 
 redis-shake: ## Build redis-shake v4.2.0 (../shared/vendor, else upstream) into ~/.cache/moorage/redis-shake (~40 s once)
 	nice -n 19 bash hack/build-redis-shake.sh >/dev/null

@@ -2,6 +2,7 @@
 # Build Moorage's local container images without Docker or a registry (see docs/images.md):
 #
 #   hack/build-images.sh [NAME...]      # NAME: pause redis zookeeper postgresql redis-shake operator
+#                                       #       redis-exporter postgres-exporter
 #                                       # (default: all). Prints one OCI archive path per image.
 #   ctr -n k8s.io images import "$(hack/build-images.sh redis)"
 #
@@ -40,7 +41,7 @@ REDIS_SHAKE_SRC=${MOORAGE_REDIS_SHAKE_SRC:-$REPO/../shared/vendor/redis-shake-$R
 REDIS_SHAKE_BIN=${MOORAGE_REDIS_SHAKE_BIN:-$HOME/.cache/moorage/redis-shake/$REDIS_SHAKE_VERSION/redis-shake}
 VENV=${MOORAGE_VENV:-$REPO/.venv}
 
-ALL=(pause redis zookeeper postgresql redis-shake operator)
+ALL=(pause redis zookeeper postgresql redis-shake operator redis-exporter postgres-exporter)
 operator_version() { sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/pyproject.toml" | head -n 1; }
 declare -A IMAGE=(
   [pause]=localhost/moorage/pause:3.10
@@ -49,6 +50,10 @@ declare -A IMAGE=(
   [postgresql]=localhost/moorage/postgresql:18
   [redis-shake]=localhost/moorage/redis-shake:$REDIS_SHAKE_VERSION
   [operator]=localhost/moorage/operator:$(operator_version)
+  # The members' metrics sidecars (middleware/catalog/default.yaml exporterImage, which the local
+  # cluster's catalog overrides with these): Debian's exporter packages.
+  [redis-exporter]=localhost/moorage/redis-exporter:1.45.0
+  [postgres-exporter]=localhost/moorage/postgres-exporter:0.11.1
 )
 # The uids the rendered pods run as (the public images' own users); see docs/images.md.
 REDIS_UID=999          # middleware/engines/redis/render.py REDIS_UID
@@ -399,6 +404,25 @@ EOF
     --label "org.opencontainers.image.version=$(cat "$work/versions")" -o "$out" >&2
 }
 
+# exporter_image OUT WORK NAME PACKAGE PORT: Debian's exporter package alone, its binary the
+# entrypoint (the pod gives only the arguments, as to the upstream images the default catalog
+# names). No service starts in the chroot; the pod runs it as the member's uid.
+exporter_image() {
+  local out=$1 work=$2 name=$3 package=$4 port=$5
+  debian_rootfs "$work/rootfs.tar" "$package" \
+    --customize-hook="$(declare -f versions); versions \"\$1\" $package > '$work/versions'"
+  mkoci --layer "$work/rootfs.tar" --name "${IMAGE[$name]}" \
+    --entrypoint "[\"/usr/bin/$package\"]" --user 65534:65534 --expose "$port/tcp" \
+    --label "org.opencontainers.image.title=$name" \
+    --label "org.opencontainers.image.version=$(cat "$work/versions")" -o "$out" >&2
+}
+
+inputs_redis-exporter() { :; }
+build_redis-exporter() { exporter_image "$1" "$2" redis-exporter prometheus-redis-exporter 9121; }
+
+inputs_postgres-exporter() { :; }
+build_postgres-exporter() { exporter_image "$1" "$2" postgres-exporter prometheus-postgres-exporter 9187; }
+
 # ------------------------------------------------------------------------------------------------
 
 recipe_hash() {
@@ -410,6 +434,7 @@ recipe_hash() {
     [ "$name" = postgresql ] && declare -f pg_package
     [ "$name" = redis-shake ] && declare -f redis_shake_binary
     [ "$name" = operator ] && declare -f operator_sources operator_constraints operator_version
+    case $name in *-exporter) declare -f exporter_image ;; esac
     sha256sum < "$HACK/mkoci.py"
     (cd "$REPO" && "inputs_$name")
   } | sha256sum | cut -c1-16

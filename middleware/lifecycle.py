@@ -291,10 +291,18 @@ class Lifecycle:
 
     def _status_from(self, deployment: Deployment, observation: Observation) -> MiddlewareStatus:
         spec = deployment.spec
+        metrics = self.runtime.metrics_addresses(spec, deployment.engine)
         status = MiddlewareStatus(
             observed_generation=spec.generation,
             members=[
-                MemberStatus(name=m.name, address=m.address, role=m.role, healthy=m.healthy, shard=m.shard)
+                MemberStatus(
+                    name=m.name,
+                    address=m.address,
+                    role=m.role,
+                    healthy=m.healthy,
+                    shard=m.shard,
+                    metrics=metrics.get(m.name),
+                )
                 for m in observation.members
             ],
             endpoints=observation.endpoints,

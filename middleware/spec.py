@@ -48,6 +48,10 @@ class ResolvedSpec:
     archive_repository: str | None = None
     # spec.recovery: created from another Middleware's archive, at a point in time.
     recovery: RecoverySource | None = None
+    # spec.monitoring.enabled: an exporter beside every member whose engine has one; in pods, a
+    # sidecar from the catalog's exporter image (None: no sidecar).
+    metrics: bool = True
+    exporter_image: str | None = None
 
     @property
     def is_cluster(self) -> bool:
@@ -136,6 +140,7 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         )
     if spec.recovery is not None and str(spec.engine) not in WAL_ARCHIVING_ENGINES:
         raise SpecError("spec.recovery", f"{spec.engine} has no write-ahead log to recover from")
+    metrics = spec.monitoring is None or spec.monitoring.enabled
     return ResolvedSpec(
         name=middleware.metadata.name,
         namespace=middleware.metadata.namespace,
@@ -158,6 +163,8 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         wal_archiving=wal_archiving,
         archive_repository=spec.backup.repository.name if spec.backup and wal_archiving else None,
         recovery=spec.recovery,
+        metrics=metrics,
+        exporter_image=engine.exporter_image if metrics else None,
     )
 
 

@@ -50,6 +50,13 @@ class Catalog:
                     f"no version {image.version!r} of engine {image.engine!r} in the catalog",
                 )
             version.image = image.image
+        for index, exporter in enumerate(override.exporter_images):
+            engine = merged.get(str(exporter.engine))
+            if engine is None:
+                raise SpecError(
+                    f"spec.exporterImages[{index}]", f"no engine {exporter.engine!r} in the catalog"
+                )
+            engine.exporter_image = exporter.image
         return Catalog(MiddlewareCatalogSpec(engines=list(merged.values())))
 
 

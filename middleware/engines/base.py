@@ -162,6 +162,33 @@ def wal_archiving_condition(observation: Observation) -> tuple[bool, str, str] |
     return False, "Archiving", f"{stat.get('archivedCount')} segments archived; {last}"
 
 
+@dataclass(frozen=True, kw_only=True)
+class Exporter:
+    """A member's Prometheus exporter (KubeBlocks' component "exporter"): Debian's exporter for the
+    engine, run beside the member (a process next to it on the local runtime, a sidecar container
+    in its pod), reading it over loopback and serving ``/metrics``. The engine's password reaches
+    it only through the environment variable ``password_env``, never its command line (``ps``)."""
+
+    # The binary's name, as Debian's package installs it (/usr/bin in the images).
+    binary: str
+    # Where it listens in a pod: the exporter's customary port, the pods' ``metrics`` port.
+    port: int
+    password_env: str
+    # Arguments after the binary; ``${LISTEN}`` is the host:port to serve on, ``${TARGET}`` the
+    # member's host:port. The environment's values may name ``${TARGET}`` too.
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    # The series that is 1 when the exporter reaches its member (``redis_up``, ``pg_up``).
+    up_series: str
+
+    def arguments(self, listen: str, target: str) -> list[str]:
+        return [a.replace("${LISTEN}", listen).replace("${TARGET}", target) for a in self.args]
+
+    def environment(self, target: str) -> dict[str, str]:
+        """Without the password, which the runtime adds from where it keeps it."""
+        return {name: value.replace("${TARGET}", target) for name, value in self.env}
+
+
 @dataclass
 class ReconfigureReport:
     applied_live: dict[str, str] = field(default_factory=dict)
@@ -308,6 +335,11 @@ class Engine(Protocol):
         (``NAME-rw.NAMESPACE.svc:5432``): stable across failovers, for clients in the cluster."""
         ...
 
+    def exporter(self, spec: ResolvedSpec, member: MemberPlan) -> Exporter | None:
+        """The member's Prometheus exporter, or None (no exporter for this engine or member, or
+        ``spec.monitoring.enabled`` false)."""
+        ...
+
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         """Every member the spec asks for, in start order (e.g. sentinels after the data members)."""
         ...
@@ -427,6 +459,9 @@ class EngineDefaults:
 
     def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
         return dict(observed)
+
+    def exporter(self, spec: ResolvedSpec, member: MemberPlan) -> Exporter | None:
+        return None
 
     def data_dump(
         self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress

@@ -30,11 +30,15 @@ MANAGED_BY = "moorage"
 ROLE_LABEL = "moorage.io/role"
 SHARD_LABEL = "moorage.io/shard"
 GENERATED_ANNOTATION = "moorage.io/generated"
+DEFAULT_CONTAINER_ANNOTATION = "kubectl.kubernetes.io/default-container"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 ORDERED_READY = "OrderedReady"
 PARALLEL = "Parallel"
 # Volume names every member pod shares (see ``member_statefulset``).
 TEMPLATES_VOLUME = "templates"
+# The exporter's container port name on every member pod, and the metrics Service's component.
+METRICS_PORT_NAME = "metrics"
+METRICS_COMPONENT = "metrics"
 DATA_VOLUME = "data"
 
 
@@ -142,6 +146,7 @@ def container(
     *,
     resources: Resources,
     command: Sequence[str],
+    args: Sequence[str] = (),
     env: Sequence[Mapping[str, Any]] = (),
     ports: Sequence[tuple[str, int]] = (),
     volume_mounts: Sequence[Mapping[str, Any]] = (),
@@ -155,8 +160,12 @@ def container(
         "name": name,
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(command),
     }
+    # No command: the image's entrypoint runs (with ``args``).
+    if command:
+        spec["command"] = list(command)
+    if args:
+        spec["args"] = list(args)
     if env:
         spec["env"] = [dict(e) for e in env]
     if ports:
@@ -248,6 +257,7 @@ def statefulset(
     volume_claim_templates: Sequence[Mapping[str, Any]] = (),
     extra_labels: Mapping[str, str] | None = None,
     pod_management_policy: str = ORDERED_READY,
+    pod_annotations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``template`` is a pod spec (see ``pod_spec``); labels are added here so they always match the
     selector. OrderedReady by default: starting replicas in parallel lets a fresh, empty member race
@@ -268,7 +278,10 @@ def statefulset(
             "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"},
             "selector": {"matchLabels": selector_labels(spec, component, extra_labels)},
             "template": {
-                "metadata": {"labels": standard_labels(spec, component, extra_labels)},
+                "metadata": {
+                    "labels": standard_labels(spec, component, extra_labels),
+                    **({"annotations": dict(pod_annotations)} if pod_annotations else {}),
+                },
                 "spec": dict(template),
             },
             "volumeClaimTemplates": [dict(t) for t in volume_claim_templates],
@@ -320,6 +333,49 @@ def client_service(
             "type": "ClusterIP",
             "selector": selector_labels(spec, component, extra_selector),
             "ports": _service_ports(ports),
+        },
+    }
+
+
+def metrics_service(spec: ResolvedSpec, *, port: int) -> dict[str, Any]:
+    """``NAME-metrics``: every member pod's ``metrics`` port, whatever its component, for a
+    ServiceMonitor or a Prometheus with endpoints discovery. Headless: Prometheus scrapes each pod,
+    never one picked at random, and members not ready still report (why they are not ready)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        # The annotations the common Prometheus configurations discover service endpoints by
+        # (the operator's own Service carries them too).
+        "metadata": metadata(
+            spec,
+            f"{spec.name}-metrics",
+            METRICS_COMPONENT,
+            annotations={
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(port),
+                "prometheus.io/path": "/metrics",
+            },
+        ),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name},
+            "ports": _service_ports([(METRICS_PORT_NAME, port)]),
+        },
+    }
+
+
+def pod_monitor(spec: ResolvedSpec) -> dict[str, Any]:
+    """The Prometheus Operator's ``PodMonitor`` for every member pod's ``metrics`` port (rendered only
+    where its CRD is installed): each pod is a target, labelled with its pod and the Middleware."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": metadata(spec, f"{spec.name}-metrics", METRICS_COMPONENT),
+        "spec": {
+            "selector": {"matchLabels": {NAME_LABEL: spec.engine, INSTANCE_LABEL: spec.name}},
+            "podTargetLabels": [NAME_LABEL, INSTANCE_LABEL, COMPONENT_LABEL],
+            "podMetricsEndpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics"}],
         },
     }
 
@@ -473,6 +529,8 @@ class MemberWorkload:
     storage_size: str | None = None
     # spec.replicas unless members of this kind are counted otherwise (Redis sentinels).
     replicas: int | None = None
+    # Containers beside the server (the metrics exporter), with resources of their own.
+    sidecars: Sequence[Mapping[str, Any]] = ()
 
 
 def member_statefulset(spec: ResolvedSpec, member: MemberWorkload) -> dict[str, Any]:
@@ -508,7 +566,7 @@ def member_statefulset(spec: ResolvedSpec, member: MemberWorkload) -> dict[str, 
         spread.append((50, selector_labels(spec, member.component)))
     pod = pod_spec(
         init_containers=[init],
-        containers=[main],
+        containers=[main, *member.sidecars],
         volumes=[{"name": TEMPLATES_VOLUME, "configMap": {"name": config_map_name(spec)}}, *member.volumes],
         security_context=pod_security_context(user=member.run_as, group=member.run_as),
         affinity=pod_anti_affinity(spread),
@@ -532,4 +590,6 @@ def member_statefulset(spec: ResolvedSpec, member: MemberWorkload) -> dict[str, 
         ],
         extra_labels=member.group_labels,
         pod_management_policy=member.pod_management_policy,
+        # `kubectl logs/exec POD` mean the server, not a sidecar, when no container is named.
+        pod_annotations={DEFAULT_CONTAINER_ANNOTATION: member.container_name} if member.sidecars else None,
     )

@@ -83,6 +83,13 @@ class EngineEntry(WireModel):
     name: EngineName
     description: str = ""
     versions: list[VersionEntry]
+    exporter_image: str | None = Field(
+        default=None,
+        description=(
+            "The image of the members' Prometheus exporter sidecar, run with its own entrypoint "
+            "(unset: no exporter in pods)."
+        ),
+    )
     topologies: list[TopologyEntry]
     plans: list[PlanEntry]
     default_plan: str = "small"
@@ -121,12 +128,20 @@ class ImageOverride(WireModel):
     image: str
 
 
+class ExporterImageOverride(WireModel):
+    engine: EngineName
+    image: str
+
+
 class MiddlewareCatalogSpec(WireModel):
     engines: list[EngineEntry] = Field(
         default_factory=list, description="Full engine entries; replace the default entry of that engine."
     )
     images: list[ImageOverride] = Field(
         default_factory=list, description="Image overrides (e.g. a private registry) for known versions."
+    )
+    exporter_images: list[ExporterImageOverride] = Field(
+        default_factory=list, description="Exporter image overrides, per engine."
     )
 
 

@@ -95,6 +95,16 @@ class BackupPolicy(WireModel):
         return self
 
 
+class Monitoring(WireModel):
+    enabled: bool = Field(
+        default=True,
+        description=(
+            "A Prometheus exporter beside every member that has one (Redis, PostgreSQL), serving "
+            "/metrics on the pods' 'metrics' port and the NAME-metrics Service (docs/monitoring.md)."
+        ),
+    )
+
+
 class RecoverySource(WireModel):
     """Create a PostgreSQL Middleware from another one's WAL archive, as it was at a moment."""
 
@@ -149,6 +159,7 @@ class MiddlewareSpec(WireModel):
     )
     extensions: list[str] = Field(default_factory=list, description="e.g. ['vector'] for PostgreSQL.")
     backup: BackupPolicy | None = None
+    monitoring: Monitoring | None = Field(default=None, description="Exporters on by default.")
     recovery: RecoverySource | None = Field(
         default=None,
         description=(
@@ -188,6 +199,9 @@ class MemberStatus(WireModel):
     )
     healthy: bool
     shard: int | None = None
+    metrics: str | None = Field(
+        default=None, description="host:port of the member's Prometheus exporter (GET /metrics)."
+    )
 
 
 class OperationStatus(WireModel):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,11 @@ KINDS: dict[tuple[str, str], Kind] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): Kind(
         "/apis/rbac.authorization.k8s.io/v1", "rolebindings"
     ),
+    # The Prometheus Operator's, rendered only where its CRD is installed (``serves``).
+    ("monitoring.coreos.com/v1", "PodMonitor"): Kind("/apis/monitoring.coreos.com/v1", "podmonitors"),
 }
+# How long an answer of ``serves`` is kept: a CRD installed later is seen within that.
+DISCOVERY_TTL_SECONDS = 10.0
 
 
 class KubernetesApiError(MoorageError):
@@ -137,6 +142,7 @@ class KubernetesRuntime:
         self.request_timeout: float | None = None
         # In-memory files (memfd) holding a kubeconfig's client certificate and key; closed with us.
         self.owned_fds: list[int] = []
+        self._served: dict[tuple[str, str], tuple[float, bool]] = {}
 
     @classmethod
     def from_environment(cls, *, connections: int | None = None, **kwargs: Any) -> KubernetesRuntime:
@@ -226,6 +232,19 @@ class KubernetesRuntime:
         if name is not None:
             path += f"/{quote(name)}"
         return path
+
+    def serves(self, api_version: str, kind: str) -> bool:
+        """Whether the API serves ``kind`` now (an optional CRD such as the Prometheus Operator's),
+        from API discovery, remembered for ``DISCOVERY_TTL_SECONDS``."""
+        now = time.monotonic()
+        cached = self._served.get((api_version, kind))
+        if cached is not None and now - cached[0] < DISCOVERY_TTL_SECONDS:
+            return cached[1]
+        info = KINDS[(api_version, kind)]
+        found = self._request("GET", info.prefix, missing_ok=True)
+        served = any(r.get("name") == info.plural for r in (found or {}).get("resources") or [])
+        self._served[(api_version, kind)] = (now, served)
+        return served
 
     # -- generic verbs ------------------------------------------------------------------------
     def apply(self, manifest: Manifest, owner: Mapping[str, Any] | None = None) -> dict[str, Any]:

@@ -28,7 +28,15 @@ from typing import Any
 import yaml
 
 from middleware.endpoints import Endpoint
-from middleware.engines.base import Addressing, Connection, Engine, Member, MemberAddress, MemberPlan
+from middleware.engines.base import (
+    Addressing,
+    Connection,
+    Engine,
+    Exporter,
+    Member,
+    MemberAddress,
+    MemberPlan,
+)
 from middleware.errors import MoorageError, OperationError
 from middleware.runtime.processes import LOOPBACK, port_free, process_start_time, reap
 from middleware.spec import ResolvedSpec
@@ -38,6 +46,10 @@ log = logging.getLogger(__name__)
 STATE_DIR_ENV = "MOORAGE_STATE_DIR"
 STOP_GRACE_SECONDS = 10.0
 PORT_RELEASE_SECONDS = 10.0
+# Where hack/install-exporters.sh puts Debian's exporters (their packages would also start services).
+EXPORTER_DIR_ENV = "MOORAGE_EXPORTER_DIR"
+DEFAULT_EXPORTER_DIR = Path("/opt/moorage/exporters")
+METRICS_PORT = "METRICS"
 
 
 def default_state_dir() -> Path:
@@ -81,6 +93,15 @@ def fill_placeholders(template: str, values: dict[str, str]) -> str:
     if leftover:
         raise OperationError(f"config template has an unfilled placeholder {leftover.group(0)}")
     return text
+
+
+def find_exporter(binary: str) -> str | None:
+    """The exporter's path: ``$MOORAGE_EXPORTER_DIR/bin``, then /opt/moorage/exporters/bin, then PATH."""
+    configured = os.environ.get(EXPORTER_DIR_ENV)
+    for directory in [*([Path(configured)] if configured else []), DEFAULT_EXPORTER_DIR]:
+        if os.access(directory / "bin" / binary, os.X_OK):
+            return str(directory / "bin" / binary)
+    return shutil.which(binary)
 
 
 def _allocate_port(taken: set[int]) -> int:
@@ -194,7 +215,8 @@ class LocalRuntime:
             taken = {p for m in state["members"].values() for p in m["ports"].values()}
             for member in planned:
                 record = state["members"].setdefault(member.name, {"ports": {}})
-                for port_name in member.ports:
+                exporter = engine.exporter(spec, member)
+                for port_name in [*member.ports, *([METRICS_PORT] if exporter else [])]:
                     if port_name not in record["ports"] or not self._port_reusable(record, port_name):
                         record["ports"][port_name] = _allocate_port(taken)
                     taken.add(record["ports"][port_name])
@@ -214,6 +236,7 @@ class LocalRuntime:
                     self._prepare(spec, engine, member, record, conn or Connection([], password))
                     self._start(spec, engine, member, record, config_path)
                     started.append(member)
+                self._run_exporter(spec, engine.exporter(spec, member), member, record, password)
                 self._write_state(spec.namespace, spec.name, state)
             return started
 
@@ -393,6 +416,62 @@ class LocalRuntime:
         record["starttime"] = process_start_time(process.pid)
         log.info("started %s (pid %d)", member.name, process.pid)
 
+    def _run_exporter(
+        self,
+        spec: ResolvedSpec,
+        exporter: Exporter | None,
+        member: MemberPlan,
+        record: dict[str, Any],
+        password: str,
+    ) -> None:
+        """The member's exporter running beside it (started again if it died), or stopped when the
+        spec has none now (spec.monitoring.enabled false). Not a reason to fail the member: without
+        its binary the member runs unobserved, and says why in the log and in its status."""
+        running = record.get("exporter", {})
+        if exporter is None:
+            self._stop(running)
+            record.pop("exporter", None)
+            return
+        if self._alive(running):
+            return
+        binary = find_exporter(exporter.binary)
+        if binary is None:
+            log.warning(
+                "%s: %s not found (in $%s/bin, %s/bin or PATH): no metrics; run `make setup` "
+                "(hack/install-exporters.sh) or set spec.monitoring.enabled: false",
+                member.name,
+                exporter.binary,
+                EXPORTER_DIR_ENV,
+                DEFAULT_EXPORTER_DIR,
+            )
+            record.pop("exporter", None)
+            return
+        member_dir = self._member_dir(spec, member)
+        target = f"{LOOPBACK}:{record['ports']['PORT']}"
+        listen = f"{LOOPBACK}:{record['ports'][METRICS_PORT]}"
+        env = {**os.environ, **exporter.environment(target), exporter.password_env: password}
+        with open(member_dir / "exporter.log", "ab") as log_file:
+            process = subprocess.Popen(
+                [binary, *exporter.arguments(listen, target)],
+                cwd=member_dir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        record["exporter"] = {"pid": process.pid, "starttime": process_start_time(process.pid)}
+        log.info("started %s's exporter (pid %d) on %s", member.name, process.pid, listen)
+
+    def metrics_addresses(self, spec: ResolvedSpec, engine: Engine) -> dict[str, str]:
+        """Each member's exporter (host:port) that is running, by member name."""
+        state = self._read_state(spec.namespace, spec.name)
+        return {
+            name: f"{LOOPBACK}:{record['ports'][METRICS_PORT]}"
+            for name, record in state["members"].items()
+            if METRICS_PORT in record["ports"] and self._alive(record.get("exporter", {}))
+        }
+
     def _alive(self, record: dict[str, Any]) -> bool:
         pid = record.get("pid")
         if not pid:
@@ -437,6 +516,8 @@ class LocalRuntime:
                 if record:
                     self._stop(record)
                     record.pop("pid", None)
+                    self._stop(record.get("exporter", {}))
+                    record.pop("exporter", None)
             self._write_state(spec.namespace, spec.name, state)
 
     def update_config(self, spec: ResolvedSpec, engine: Engine, directives: dict[str, str]) -> None:
@@ -486,6 +567,8 @@ class LocalRuntime:
             if not self._alive(record):
                 config = self._member_dir(spec, member) / "data" / engine.config_file_for(member)
                 self._start(spec, engine, member, record, config)
+            if METRICS_PORT in record["ports"]:
+                self._run_exporter(spec, engine.exporter(spec, member), member, record, self.password(spec))
             self._write_state(spec.namespace, spec.name, state)
 
     def delete(self, namespace: str, name: str, *, purge: bool) -> None:
@@ -497,6 +580,8 @@ class LocalRuntime:
             for record in state["members"].values():
                 self._stop(record)
                 record.pop("pid", None)
+                self._stop(record.get("exporter", {}))
+                record.pop("exporter", None)
             self._write_state(namespace, name, state)
         if purge:
             shutil.rmtree(directory)

@@ -162,6 +162,7 @@ def _status_document(name: str, namespace: str, engine: str, topology: str, stat
         "members": [
             {"name": m.name, "address": m.address, "role": m.role, "healthy": m.healthy}
             | ({"shard": m.shard} if m.shard is not None else {})
+            | ({"metrics": m.metrics} if m.metrics else {})
             for m in status.members
         ],
         "endpoints": status.endpoints,
@@ -179,7 +180,9 @@ def _print_status(doc: dict[str, Any]) -> None:
         f"[bold]{doc['phase']}[/] ({doc['phaseReason']})"
     )
     table = Table(show_header=True, header_style="bold")
-    for column in ("member", "address", "role", "healthy", "shard"):
+    columns = ["member", "address", "role", "healthy", "shard"]
+    with_metrics = any("metrics" in m for m in doc["members"])
+    for column in [*columns, *(["metrics"] if with_metrics else [])]:
         table.add_column(column)
     for member in doc["members"]:
         table.add_row(
@@ -188,6 +191,7 @@ def _print_status(doc: dict[str, Any]) -> None:
             member["role"],
             "yes" if member["healthy"] else "[red]no[/]",
             str(member.get("shard", "")),
+            *([member.get("metrics", "")] if with_metrics else []),
         )
     out.print(table)
     for key, value in doc["endpoints"].items():

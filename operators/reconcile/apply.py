@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import kopf
 
 from middleware import provisioning, scaling
+from middleware.engines import metrics as exporters
 from middleware.engines.base import Connection, Engine
 from middleware.errors import NotReady, SpecError
 from middleware.kube.builders import credentials_secret_name
@@ -108,6 +109,8 @@ def reconcile(
         manifests = archiving.render(rt, spec, engine, config.cluster_domain, status.recovery_base_backup)
     except archiving.RepositoryUnavailable as exc:
         repository_unavailable(exc)
+    if rt.serves(*prune.POD_MONITOR):
+        manifests += exporters.pod_monitors(spec, engine)
 
     _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
     try:
@@ -175,7 +178,9 @@ def reconcile(
     if relabelled:
         events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
     was_failing = archiving.failing(status)
-    if st.observed(status, observation, observed_at):
+    if st.observed(
+        status, observation, observed_at, exporters.pod_addresses(spec, engine, observation.members)
+    ):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
     archiving.report_transition(rt, body, spec, was_failing, status)

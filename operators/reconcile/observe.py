@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 
+from middleware.engines import metrics as exporters
 from middleware.engines.base import WAL_ARCHIVING, Connection, Engine, Observation
 from middleware.errors import SpecError
 from middleware.kube.builders import ROLE_LABEL, credentials_secret_name
@@ -187,7 +188,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
             # members all came back on new IPs, a PostgreSQL whose primary restarted fenced as a
             # standby): run the same heal as the create/update handler, then look again. A member
             # that does not answer cannot be healed from here; the status says so first.
-            _record(rt, body, spec, status, observation, observed_at)
+            _record(rt, body, spec, engine, status, observation, observed_at)
             healed = heal(body, spec, engine, conn)
             if healed:
                 observed_at = now_precise()
@@ -200,7 +201,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
     else:
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        _record(rt, body, spec, status, observation, observed_at)
+        _record(rt, body, spec, engine, status, observation, observed_at)
     if status.to_wire() != before:
         st.write(patch, status)
 
@@ -209,6 +210,7 @@ def _record(
     rt: KubernetesRuntime,
     body: kopf.Body,
     spec: ResolvedSpec,
+    engine: Engine,
     status: MiddlewareStatus,
     observation: Observation,
     observed_at: str,
@@ -218,7 +220,9 @@ def _record(
     from operators.reconcile import status as st
 
     was_failing = archiving.failing(status)
-    if st.observed(status, observation, observed_at):
+    if st.observed(
+        status, observation, observed_at, exporters.pod_addresses(spec, engine, observation.members)
+    ):
         post = events.normal if observation.ready else events.warning
         post(body, reason=observation.reason, message=observation.message or f"phase {status.phase}")
     archiving.report_transition(rt, body, spec, was_failing, status)

@@ -18,6 +18,7 @@ from typing import Any
 
 import kopf
 
+from middleware.engines import metrics as exporters
 from middleware.engines.base import Engine
 from middleware.errors import MoorageError, NotReady, SpecError
 from middleware.models.common import now_precise, now_rfc3339
@@ -112,7 +113,9 @@ def run(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfig
     else:
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        st.observed(status, observation, observed_at)
+        st.observed(
+            status, observation, observed_at, exporters.pod_addresses(spec, engine, observation.members)
+        )
         record.observed_at = observed_at
         st.write(patch, status)
     _finish(body, patch, record, message, result=Result.SUCCEEDED)
@@ -146,7 +149,10 @@ def _restart_step(
         relabelled = observe.label_roles(rt, spec, step.snapshot.observation, port.pods)
         if relabelled:
             events.normal(body, reason="RolesLabelled", message="; ".join(relabelled))
-        st.observed(status, step.snapshot.observation, observed_at)
+        observation = step.snapshot.observation
+        st.observed(
+            status, observation, observed_at, exporters.pod_addresses(spec, engine, observation.members)
+        )
         record.observed_at = observed_at
         st.restarted_since_pending(status, observe.creation_times(port.pods))
         st.write(patch, status)

@@ -16,13 +16,17 @@ from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABE
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec
 
+POD_MONITOR = ("monitoring.coreos.com/v1", "PodMonitor")
 # The StatefulSets first: their pods go before the Services and budgets that describe them.
 PRUNABLE = (
     ("apps/v1", "StatefulSet"),
     ("policy/v1", "PodDisruptionBudget"),
     ("v1", "Service"),
     ("v1", "ConfigMap"),
+    POD_MONITOR,
 )
+# Kinds of optional CRDs: looked at only where the API serves them.
+OPTIONAL = {POD_MONITOR}
 
 
 def prune(
@@ -37,6 +41,8 @@ def prune(
     uid = owner["metadata"]["uid"]
     deleted = []
     for api_version, kind in PRUNABLE:
+        if (api_version, kind) in OPTIONAL and not rt.serves(api_version, kind):
+            continue
         for obj in rt.list_objects(api_version, kind, spec.namespace, labels):
             meta = obj["metadata"]
             if (kind, meta["name"]) in rendered or meta.get("deletionTimestamp"):

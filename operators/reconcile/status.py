@@ -172,13 +172,27 @@ def observe_failed(status: MiddlewareStatus, message: str) -> bool:
     return changed
 
 
-def observed(status: MiddlewareStatus, observation: Observation, observed_at: str | None = None) -> bool:
+def observed(
+    status: MiddlewareStatus,
+    observation: Observation,
+    observed_at: str | None = None,
+    metrics: Mapping[str, str] | None = None,
+) -> bool:
     """After a bootstrap or a timer's observation: members, roles, endpoints, Ready/Degraded.
-    ``observed_at``: when that observation began (``now_precise`` taken before it)."""
+    ``observed_at``: when that observation began (``now_precise`` taken before it); ``metrics``:
+    each member's exporter address, by member name."""
     if observed_at is not None:
         status.observed_at = observed_at
+    metrics = metrics or {}
     status.members = [
-        MemberStatus(name=m.name, address=m.address, role=m.role, healthy=m.healthy, shard=m.shard)
+        MemberStatus(
+            name=m.name,
+            address=m.address,
+            role=m.role,
+            healthy=m.healthy,
+            shard=m.shard,
+            metrics=metrics.get(m.name),
+        )
         for m in observation.members
     ]
     status.endpoints = dict(observation.endpoints)

@@ -271,7 +271,9 @@ def test_sentinel_follows_a_deleted_master(local_cluster: LocalCluster, module_n
                 f"app.kubernetes.io/instance={SENTINEL},app.kubernetes.io/component=sentinel",
             )
         ]
-        logs = "\n".join(f"--- {p}\n{local_cluster.pod_log(module_namespace, p)[-3000:]}" for p in sentinels)
+        logs = "\n".join(
+            f"--- {p}\n{local_cluster.pod_log(module_namespace, p, 'sentinel')[-3000:]}" for p in sentinels
+        )
         raise AssertionError(
             f"{len(lost)} acknowledged writes lost in a failover and a switchover: {lost[:10]}..{lost[-3:]} "
             f"(master {master}, promoted {promoted}, switched {switched})\n"

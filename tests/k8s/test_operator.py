@@ -33,6 +33,7 @@ from tests.k8s.kopf_support import (
     status_of,
     wait_for,
 )
+from tests.pod_monitor_crd import POD_MONITOR_CRD
 
 pytestmark = pytest.mark.k8s
 
@@ -436,10 +437,84 @@ def test_catalog_image_override_reaches_the_next_render(
                 "the StatefulSet", lambda: _read(apps.read_namespaced_stateful_set, name, namespace)
             )
             template = sts.spec.template.spec
-            assert {c.image for c in template.containers} == {image}
+            server, exporter = template.containers
+            assert server.image == image and exporter.name == "metrics"
             assert {c.image for c in template.init_containers or []} <= {image}
     finally:
         custom.delete_cluster_custom_object(GROUP, VERSION, "middlewarecatalogs", catalog)
+
+
+def test_a_pod_monitor_is_rendered_where_the_prometheus_operator_crd_is_installed(
+    control_plane: ControlPlane,
+    api_client: Any,
+    crds: list[str],
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kubernetes import client
+
+    from middleware.runtime import kubernetes as kubernetes_runtime
+
+    # The operator runs in this process: no wait for its discovery cache to expire.
+    monkeypatch.setattr(kubernetes_runtime, "DISCOVERY_TTL_SECONDS", 0.0)
+    custom = custom_api(api_client)
+    ext: Any = client.ApiextensionsV1Api(api_client)
+    name, without = _name("mon"), _name("nomon")
+    with running_operator(control_plane, api_client, namespace):
+        # Without the CRD: the metrics Service only (and no error for the kind the API lacks).
+        spec = {"engine": "redis", "topology": "standalone"}
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", middleware(without, spec)
+        )
+        wait_for(
+            "the metrics Service",
+            lambda: _read(core_api(api_client).read_namespaced_service, f"{without}-metrics", namespace),
+        )
+        ext.create_custom_resource_definition(POD_MONITOR_CRD)
+        try:
+            wait_for("the PodMonitor CRD established", lambda: "podmonitors" in _served(api_client))
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "middlewares", middleware(name, spec)
+            )
+            monitor = wait_for(
+                "the PodMonitor",
+                lambda: _read(
+                    custom.get_namespaced_custom_object,
+                    "monitoring.coreos.com",
+                    "v1",
+                    namespace,
+                    "podmonitors",
+                    f"{name}-metrics",
+                ),
+            )
+            assert monitor["spec"]["selector"]["matchLabels"] == {
+                "app.kubernetes.io/name": "redis",
+                "app.kubernetes.io/instance": name,
+            }
+            assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics"}]
+            (owner,) = monitor["metadata"]["ownerReferences"]
+            assert owner["kind"] == "Middleware" and owner["name"] == name
+            # The pods it selects carry the metrics port it names.
+            sts = wait_for(
+                "the StatefulSet",
+                lambda: _read(apps_api(api_client).read_namespaced_stateful_set, name, namespace),
+            )
+            assert [p.name for c in sts.spec.template.spec.containers for p in c.ports or []] == [
+                "redis",
+                "metrics",
+            ]
+        finally:
+            ext.delete_custom_resource_definition(POD_MONITOR_CRD["metadata"]["name"])
+
+
+def _served(api_client: Any) -> set[str]:
+    from kubernetes import client
+
+    try:
+        resources = client.CustomObjectsApi(api_client).get_api_resources("monitoring.coreos.com", "v1")
+    except Exception:  # not served yet
+        return set()
+    return {r.name for r in resources.resources}
 
 
 def test_the_catalog_override_example_is_accepted_and_holds_middlewares_to_it(
@@ -480,9 +555,10 @@ def test_the_catalog_override_example_is_accepted_and_holds_middlewares_to_it(
             sts = wait_for(
                 "the StatefulSet", lambda: _read(apps.read_namespaced_stateful_set, name, namespace)
             )
-            assert {c.image for c in sts.spec.template.spec.containers} == {
-                "registry.corp.example/redis:7.0.15"
-            }
+            assert [c.image for c in sts.spec.template.spec.containers] == [
+                "registry.corp.example/redis:7.0.15",
+                "registry.corp.example/redis_exporter:v1.45.0",
+            ]
 
             too_many = _name("maxclients")
             spec = {"engine": "redis", "topology": "standalone", "parameters": {"maxclients": "6000"}}

@@ -55,6 +55,18 @@ def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod.get("initContainers", []), *pod["containers"]]
 
 
+def server_container(pod: dict[str, Any]) -> dict[str, Any]:
+    """The engine's own container: the first one (the metrics exporter's sidecar comes after)."""
+    main: dict[str, Any] = pod["containers"][0]
+    assert main["name"] != "metrics"
+    return main
+
+
+def engine_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every container but the metrics exporter's sidecar (which has sizes and a command of its own)."""
+    return [c for c in all_containers(pod) if c["name"] != "metrics"]
+
+
 # --- golden ---------------------------------------------------------------------------------------
 
 

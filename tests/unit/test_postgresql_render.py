@@ -95,6 +95,7 @@ def test_standalone_objects() -> None:
         ("Service", "notes-headless"),
         ("Service", "notes-rw"),
         ("StatefulSet", "notes"),
+        ("Service", "notes-metrics"),
     ]
 
 
@@ -107,6 +108,7 @@ def test_replication_objects_and_role_services() -> None:
         ("Service", "vectors-ro"),
         ("StatefulSet", "vectors"),
         ("PodDisruptionBudget", "vectors"),
+        ("Service", "vectors-metrics"),
     ]
     rw = named(manifests, "Service", "vectors-rw")["spec"]
     ro = named(manifests, "Service", "vectors-ro")["spec"]
@@ -145,7 +147,8 @@ def test_qos_security_and_probes(topology: str) -> None:
         assert_guaranteed_qos(c, c["name"])
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
         assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    (main,) = pod["containers"]
+    main, metrics = pod["containers"]
+    assert metrics["name"] == "metrics" and "startupProbe" not in metrics
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert main[probe]["exec"]["command"][0] == "pg_isready"
     assert main["lifecycle"]["preStop"]["exec"]["command"][:2] == ["pg_ctl", "stop"]
@@ -168,8 +171,11 @@ def test_passwords_never_leave_the_secret(topology: str) -> None:
         assert value not in text
     for c in [*pod_of(render(spec))["initContainers"], *pod_of(render(spec))["containers"]]:
         for env in c.get("env", []):
-            assert "value" not in env, f"{c['name']}: {env['name']} is set literally"
-        for word in c["command"]:
+            if "PASS" in env["name"]:
+                assert "secretKeyRef" in env["valueFrom"], f"{c['name']}: {env['name']} is set literally"
+            else:
+                assert not any(value in env.get("value", "") for value in data.values())
+        for word in [*c.get("command", []), *c.get("args", [])]:
             # Kubelet expands $(NAME) and collapses $$ in commands.
             assert "$(" not in word and "$$" not in word
 

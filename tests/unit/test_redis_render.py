@@ -30,9 +30,11 @@ from tests.unit.manifests import (
     assert_guaranteed_qos,
     assert_strict_valid,
     dump,
+    engine_containers,
     middleware_spec,
     named,
     of_kind,
+    server_container,
 )
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
@@ -123,7 +125,7 @@ def test_every_container_is_guaranteed_qos(topology: str) -> None:
 def test_resources_follow_the_spec() -> None:
     spec = make_spec("cluster", resources={"cpu": "1500m", "memory": "3Gi"})
     for _, pod in pod_specs(render(spec)):
-        for c in all_containers(pod):
+        for c in engine_containers(pod):
             assert c["resources"]["limits"] == {"cpu": "1500m", "memory": "3Gi"}
 
 
@@ -172,6 +174,9 @@ def test_probes_authenticate_from_env(topology: str) -> None:
     for _, pod in pod_specs(render(make_spec(topology))):
         for c in pod["containers"]:
             env = {e["name"]: e for e in c["env"]}
+            if c["name"] == "metrics":  # no probes; its password comes from the Secret as well
+                assert "secretKeyRef" in env["REDIS_PASSWORD"]["valueFrom"]
+                continue
             assert "secretKeyRef" in env["REDISCLI_AUTH"]["valueFrom"]
             for probe in PROBES:
                 command = " ".join(c[probe]["exec"]["command"])
@@ -227,7 +232,12 @@ def test_selectors_never_contain_the_version(topology: str) -> None:
     for selector in selectors:
         assert kube.VERSION_LABEL not in selector
         assert selector[kube.INSTANCE_LABEL]
-        assert selector[kube.COMPONENT_LABEL]
+    # Every selector names its component but the metrics Service's, which spans them all.
+    metrics = named(
+        manifests, "Service", f"{manifests[0]['metadata']['labels'][kube.INSTANCE_LABEL]}-metrics"
+    )
+    for selector in selectors:
+        assert selector.get(kube.COMPONENT_LABEL) or selector == metrics["spec"]["selector"]
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
@@ -286,6 +296,7 @@ def test_standalone() -> None:
         ("Service", "cache-headless"),
         ("Service", "cache"),
         ("StatefulSet", "cache"),
+        ("Service", "cache-metrics"),
     ]
     assert named(manifests, "StatefulSet", "cache")["spec"]["replicas"] == 1
     assert named(manifests, "Service", "cache")["spec"]["ports"][0]["port"] == 6379
@@ -318,7 +329,7 @@ def test_sentinel() -> None:
 
     # Sentinel's config lives on its PVC, so its own rewrites (known master, epochs) survive restarts.
     pod = sentinels["spec"]["template"]["spec"]
-    (main,) = pod["containers"]
+    main = server_container(pod)
     assert main["command"] == ["redis-server", "/data/sentinel.conf", "--sentinel"]
     assert {"name": "data", "mountPath": "/data"} in main["volumeMounts"]
     assert [c["metadata"]["name"] for c in sentinels["spec"]["volumeClaimTemplates"]] == ["data"]
@@ -391,7 +402,7 @@ def test_init_script_renders_every_placeholder(topology: str, workload: str, tmp
     sts = named(manifests, "StatefulSet", workload)
     pod = sts["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    (main,) = pod["containers"]
+    main = server_container(pod)
     sentinel = workload.endswith("-sentinel")
     config_name = "sentinel.conf" if sentinel else "redis.conf"
     config_path = main["command"][1]
@@ -464,7 +475,7 @@ def test_commands_survive_kubelet_expansion(topology: str) -> None:
     for _, pod in pod_specs(render(make_spec(topology))):
         for c in all_containers(pod):
             probes = [c[p]["exec"]["command"] for p in PROBES if p in c]
-            for word in [*c["command"], *(w for probe in probes for w in probe)]:
+            for word in [*c.get("command", []), *c.get("args", []), *(w for probe in probes for w in probe)]:
                 assert "$(" not in word and "$$" not in word
 
 

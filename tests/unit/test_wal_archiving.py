@@ -407,7 +407,8 @@ def test_the_first_member_recovers_instead_of_initdb_and_every_member_forgets_th
         keys = {e["name"]: e for e in container["env"]}
         assert keys["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "keys"
     assert "s3cr3t" not in json.dumps(manifests)
-    plain = get_engine("postgresql").render(postgres())[-2]["spec"]["template"]["spec"]
+    (plain_sts,) = [m for m in get_engine("postgresql").render(postgres()) if m["kind"] == "StatefulSet"]
+    plain = plain_sts["spec"]["template"]["spec"]
     assert "initdb" in plain["initContainers"][0]["command"][-1]
 
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 
+from middleware.engines.base import Exporter
 from middleware.models.common import quantity_to_number
 from middleware.models.middleware import Topology
 from middleware.spec import ResolvedSpec
@@ -47,6 +48,23 @@ RECOVERY_SCRIPT = "recovery-bootstrap"
 RESTORE_SPOOL = "wal-restore.spool"
 ARCHIVE_COMMAND = '"${DATA_DIR}/' + ARCHIVE_SCRIPT + '" "%p"'
 ARCHIVE_TIMEOUT = "60s"
+# Debian's prometheus-postgres-exporter (prometheus-community/postgres_exporter), as the superuser
+# over loopback: pg_stat_replication and pg_stat_archiver need it (pg_monitor would do too).
+EXPORTER = Exporter(
+    binary="prometheus-postgres-exporter",
+    port=9187,
+    password_env="DATA_SOURCE_PASS",
+    args=("--web.listen-address=${LISTEN}",),
+    env=(("DATA_SOURCE_URI", "${TARGET}/postgres?sslmode=disable"), ("DATA_SOURCE_USER", SUPERUSER)),
+    up_series="pg_up",
+)
+
+
+def exporter(spec: ResolvedSpec) -> Exporter | None:
+    """The members' exporter, None when spec.monitoring.enabled is false."""
+    return EXPORTER if spec.metrics else None
+
+
 SHARED_BUFFERS_SHARE = 0.25
 EFFECTIVE_CACHE_SHARE = 0.75
 

@@ -24,6 +24,7 @@ from middleware.engines.base import (
     DumpObject,
     DumpOrigin,
     EngineDefaults,
+    Exporter,
     LoadReport,
     Member,
     MemberPlan,
@@ -53,6 +54,7 @@ from middleware.engines.postgresql.config import (
     SUPERUSER,
     app_password,
     conninfo,
+    exporter,
     guc_quote,
     pg_hba_conf,
     pgpass,
@@ -116,6 +118,9 @@ class PostgresEngine(EngineDefaults):
 
     def render_credentials(self, spec: ResolvedSpec, password: str) -> dict[str, Any]:
         return render_credentials(spec, password)
+
+    def exporter(self, spec: ResolvedSpec, member: MemberPlan) -> Exporter | None:
+        return exporter(spec)
 
     # -- preparing a member before it starts -----------------------------------------------------
     def prepare_commands(

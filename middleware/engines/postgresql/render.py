@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from middleware.engines import metrics
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.postgresql.config import (
     ADOPT_MARKER,
@@ -26,6 +27,7 @@ from middleware.engines.postgresql.config import (
     START_SCRIPT,
     SUPERUSER,
     app_password,
+    exporter,
     pg_hba_conf,
     postgresql_conf,
     replication_password,
@@ -113,7 +115,7 @@ def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list
     if spec.topology == Topology.REPLICATION:
         # No PDB for one pod: minAvailable 1 would block node drains forever (as for Redis).
         manifests.append(kube.pod_disruption_budget(spec, name=name, component=DATA_COMPONENT))
-    return manifests
+    return [*manifests, *metrics.services(spec, exporter(spec))]
 
 
 def render_credentials(spec: ResolvedSpec, password: str) -> Manifest:
@@ -177,6 +179,9 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
                 kube.empty_dir_volume(_SECRETS_VOLUME, size_limit="1Mi", memory=True),
                 kube.empty_dir_volume(_TMP_VOLUME, size_limit="256Mi"),
             ],
+            sidecars=metrics.sidecars(
+                spec, exporter(spec), target_port=POSTGRES_PORT, password_key=PASSWORD_KEY
+            ),
         ),
     )
 

@@ -6,9 +6,26 @@ Passwords are never in these files: they come from ``${SECRETS_FILE}``, which th
 
 from __future__ import annotations
 
+from middleware.engines.base import Exporter
 from middleware.models.common import quantity_to_number
 from middleware.models.middleware import Topology
 from middleware.spec import ResolvedSpec
+
+# Debian's prometheus-redis-exporter (oliver006/redis_exporter) for data members and sentinels
+# alike (it recognises a sentinel and adds the redis_sentinel_* series).
+EXPORTER = Exporter(
+    binary="prometheus-redis-exporter",
+    port=9121,
+    password_env="REDIS_PASSWORD",
+    args=("-web.listen-address=${LISTEN}", "-redis.addr=redis://${TARGET}"),
+    up_series="redis_up",
+)
+
+
+def exporter(spec: ResolvedSpec) -> Exporter | None:
+    """The members' exporter, None when spec.monitoring.enabled is false."""
+    return EXPORTER if spec.metrics else None
+
 
 REDIS_PORT = 6379
 BUS_PORT = 16379

@@ -18,6 +18,7 @@ from middleware.engines.base import (
     DumpObject,
     DumpOrigin,
     EngineDefaults,
+    Exporter,
     LoadReport,
     Member,
     MemberPlan,
@@ -34,6 +35,7 @@ from middleware.engines.redis import cluster, dump, live, sentinel
 from middleware.engines.redis.config import (
     REDIS_PORT,
     SENTINEL_PORT,
+    exporter,
     redis_conf,
     secrets_conf,
     sentinel_conf,
@@ -88,6 +90,9 @@ class RedisEngine(EngineDefaults):
 
     def render_credentials(self, spec: ResolvedSpec, password: str) -> dict[str, Any]:
         return render_credentials(spec, password)
+
+    def exporter(self, spec: ResolvedSpec, member: MemberPlan) -> Exporter | None:
+        return exporter(spec)
 
     # -- live ----------------------------------------------------------------------------------
     def bootstrap(self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Report:

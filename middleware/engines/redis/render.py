@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from middleware.engines import metrics
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.redis.config import (
     BUS_PORT,
     REDIS_PORT,
     SENTINEL_PORT,
+    exporter,
     redis_conf,
     secrets_conf,
     sentinel_conf,
@@ -150,7 +152,7 @@ def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list
     renderer = _RENDERERS.get(Topology(spec.topology))
     if renderer is None:
         raise ValueError(f"redis cannot render topology {spec.topology!r}")
-    return renderer(spec, cluster_domain)
+    return [*renderer(spec, cluster_domain), *metrics.services(spec, exporter(spec))]
 
 
 def render_credentials(spec: ResolvedSpec, password: str) -> Manifest:
@@ -320,6 +322,9 @@ def _data_statefulset(
             probes=_probes(REDIS_PORT),
             volumes=[kube.empty_dir_volume(_CONFIG_VOLUME), _secrets_volume()],
             group_labels=shard_labels,
+            sidecars=metrics.sidecars(
+                spec, exporter(spec), target_port=REDIS_PORT, password_key=PASSWORD_KEY
+            ),
         ),
     )
 
@@ -364,6 +369,9 @@ def _sentinel_statefulset(spec: ResolvedSpec, *, name: str, headless: str, clust
             volumes=[_secrets_volume()],
             resources=SENTINEL_RESOURCES,
             storage_size=SENTINEL_STORAGE,
+            sidecars=metrics.sidecars(
+                spec, exporter(spec), target_port=SENTINEL_PORT, password_key=PASSWORD_KEY
+            ),
         ),
     )
 
