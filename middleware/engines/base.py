@@ -164,12 +164,12 @@ def wal_archiving_condition(observation: Observation) -> tuple[bool, str, str] |
 
 @dataclass(frozen=True, kw_only=True)
 class Exporter:
-    """A member's Prometheus exporter (KubeBlocks' component "exporter"): Debian's exporter for the
-    engine, run beside the member (a process next to it on the local runtime, a sidecar container
+    """A member's Prometheus exporter (KubeBlocks' component "exporter"), run beside the member (a
+    process next to it on the local runtime, a sidecar container from the catalog's exporter image
     in its pod), reading it over loopback and serving ``/metrics``. The engine's password reaches
     it only through the environment variable ``password_env``, never its command line (``ps``)."""
 
-    # The binary's name, as Debian's package installs it (/usr/bin in the images).
+    # The local runtime's binary, as Debian's package names it (a pod runs its image's entrypoint).
     binary: str
     # Where it listens in a pod: the exporter's customary port, the pods' ``metrics`` port.
     port: int
@@ -178,8 +178,6 @@ class Exporter:
     # member's host:port. The environment's values may name ``${TARGET}`` too.
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
-    # The series that is 1 when the exporter reaches its member (``redis_up``, ``pg_up``).
-    up_series: str
 
     def arguments(self, listen: str, target: str) -> list[str]:
         return [a.replace("${LISTEN}", listen).replace("${TARGET}", target) for a in self.args]

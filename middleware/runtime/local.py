@@ -426,7 +426,7 @@ class LocalRuntime:
     ) -> None:
         """The member's exporter running beside it (started again if it died), or stopped when the
         spec has none now (spec.monitoring.enabled false). Not a reason to fail the member: without
-        its binary the member runs unobserved, and says why in the log and in its status."""
+        its binary the member runs unobserved, the log says why, and its status has no address."""
         running = record.get("exporter", {})
         if exporter is None:
             self._stop(running)

@@ -99,8 +99,9 @@ def test_monitoring_disabled_renders_no_exporter(case: str) -> None:
     manifests = _render(spec)
     assert not [m for m in manifests if m["metadata"]["name"] == "m-metrics"]
     for sts in of_kind(manifests, "StatefulSet"):
-        assert [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]] != []
-        assert "metrics" not in [c["name"] for c in sts["spec"]["template"]["spec"]["containers"]]
+        (server,) = sts["spec"]["template"]["spec"]["containers"]
+        assert server["name"] != "metrics"
+        assert "annotations" not in sts["spec"]["template"]["metadata"]
     assert all(
         get_engine(engine).exporter(spec, member) is None for member in get_engine(engine).members(spec)
     )

@@ -56,7 +56,6 @@ EXPORTER = Exporter(
     password_env="DATA_SOURCE_PASS",
     args=("--web.listen-address=${LISTEN}",),
     env=(("DATA_SOURCE_URI", "${TARGET}/postgres?sslmode=disable"), ("DATA_SOURCE_USER", SUPERUSER)),
-    up_series="pg_up",
 )
 
 

@@ -18,7 +18,6 @@ EXPORTER = Exporter(
     port=9121,
     password_env="REDIS_PASSWORD",
     args=("-web.listen-address=${LISTEN}", "-redis.addr=redis://${TARGET}"),
-    up_series="redis_up",
 )
 
 
