@@ -8,6 +8,13 @@ the operator creates make no pods: this measures the operator, not pod churn), i
 COUNT small redis standalone Middlewares one after another. Latency per object is from just before
 its create call to the first watch event showing ``status.observedGeneration == generation`` (the
 operator's first status write). Peak RSS is the operator's ``VmHWM`` from /proc at the end.
+
+The same run first measures the floor of this machine (issue 15): a plain client, on its own fresh
+control plane, that does what the operator must do before its first status write and nothing else:
+it watches the Middlewares and, for each with as many threads as the operator has handler threads,
+server-side-applies the objects its render holds (through the same ``KubernetesRuntime``), creates
+the credentials Secret and writes ``status.observedGeneration`` (``--plain-client``, a subprocess
+like the operator). ``ratio_operator_vs_plain_p50`` is the operator's median over the client's.
 Results go under the ``operator`` key of the results file; other keys are kept.
 """
 
@@ -24,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +84,54 @@ def watch_status(api: Any, seen: dict[str, float], stop: threading.Event) -> Non
             time.sleep(0.5)
 
 
-def run(count: int, timeout: float) -> dict[str, Any]:
+def plain_client(threads: int) -> None:
+    """The floor: watch Middlewares and, per new one, apply its rendered objects and write its
+    observedGeneration, with no operator logic (no catalog objects, no members, no conditions)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubernetes import client, watch
+
+    from middleware.engines.registry import get_engine
+    from middleware.runtime.kubernetes import KubernetesRuntime
+    from middleware.spec import load_middleware, resolve
+
+    rt = KubernetesRuntime.from_environment(connections=threads)
+    custom = client.CustomObjectsApi(rt.api)
+
+    def reconcile(body: dict[str, Any]) -> None:
+        try:
+            apply(body)
+        except Exception:
+            traceback.print_exc()
+
+    def apply(body: dict[str, Any]) -> None:
+        spec = resolve(load_middleware(body))
+        engine = get_engine(spec.engine)
+        for manifest in engine.render(spec):
+            rt.apply(manifest, owner=body)
+        rt.create(engine.render_credentials(spec, "not-a-secret-bench-password"))
+        status = {"status": {"observedGeneration": body["metadata"]["generation"], "phase": "Provisioning"}}
+        custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, NAMESPACE, PLURAL, body["metadata"]["name"], status
+        )
+
+    submitted: set[str] = set()
+    with ThreadPoolExecutor(threads) as pool:
+        while True:
+            # Watched as the operator does, re-listed when the watch ends (a re-list shows every
+            # object again as ADDED; each is applied once).
+            stream = watch.Watch()
+            for event in stream.stream(
+                custom.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE, PLURAL, timeout_seconds=10
+            ):
+                body = event["object"]
+                name = body["metadata"]["name"]
+                if name not in submitted and not body.get("status"):
+                    submitted.add(name)
+                    pool.submit(reconcile, body)
+
+
+def run(count: int, timeout: float, *, plain: bool = False) -> dict[str, Any]:
     from kubernetes import client
 
     with (
@@ -91,6 +146,9 @@ def run(count: int, timeout: float) -> dict[str, Any]:
         env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
         argv = [sys.executable, "-m", "operators.cli.operator_command", "--namespace", NAMESPACE,
                 "--standalone", "--metrics-port", "0"]  # fmt: skip
+        if plain:
+            threads = OperatorConfig.from_environment().handler_threads
+            argv = [sys.executable, str(Path(__file__).resolve()), "--plain-client", str(threads)]
         with log_path.open("wb") as log:
             operator = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -133,6 +191,8 @@ def run(count: int, timeout: float) -> dict[str, Any]:
                     operator.kill()
                     operator.wait(10)
             api.close()
+            if len(seen) < count:  # say why, before the scratch directory goes
+                print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr, flush=True)
     latencies = [seen[n] - created[n] for n in created if n in seen]
     if not latencies:
         raise SystemExit(f"no Middleware got a status within {timeout}s; see the operator log")
@@ -167,8 +227,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for every status")
+    parser.add_argument("--plain-client", type=int, metavar="THREADS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.plain_client:
+        plain_client(args.plain_client)
+        return 0
+    floor = run(args.count, args.timeout, plain=True)
+    print(json.dumps(floor, indent=2), flush=True)
     result = run(args.count, args.timeout)
+    result["plain_client"] = {
+        key: floor[key] for key in ("reconciled", "create_all_s", "until_all_status_s", "status_latency_s")
+    } | {"rss_mib": floor["operator_rss_mib"]}
+    result["ratio_operator_vs_plain_p50"] = round(
+        result["status_latency_s"]["p50"] / floor["status_latency_s"]["p50"], 2
+    )
     print(json.dumps(result, indent=2), flush=True)
     # Read, update one key, write: the other benchmarks' results stay as they are.
     results = json.loads(args.out.read_text()) if args.out.exists() else {}

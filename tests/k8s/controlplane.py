@@ -40,7 +40,7 @@ import yaml
 HOST = "127.0.0.1"
 K8S_VERSION = os.environ.get("MOORAGE_K8S_VERSION", "v1.36.3")
 BINARIES = ("kube-apiserver", "kube-controller-manager", "etcd")
-SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"  # a config value the apiserver needs; no traffic goes there
+SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/16"  # no traffic goes there; room for the bench's 500 ClusterIPs
 START_TIMEOUT = 180.0  # a cold apiserver on a busy 2-core machine takes 20-60 s
 STOP_TIMEOUT = 15.0
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -64,3 +64,19 @@ def test_the_archivers_upload_rate_is_derived_from_segments_per_second(report: M
     (row,) = [r for r in report.rows(results) if r.figure.label == "PITR archiver under an unpaced writer"]
     assert (row.ours, row.reference, row.ratio, row.verdict) == (40.0, 50.0, pytest.approx(0.8), "NOT MET")
     assert "archived_mb_per_s" not in results["pitr"]["archiving_under_load"], "the input is not changed"
+
+
+def test_a_bound_the_reference_itself_misses_is_met_within_its_factor(report: ModuleType) -> None:
+    """Issue 15's operator figure: <= 3 s, or within 1.2x of a plain client that cannot do 3 s here."""
+    figure = report.Figure(
+        "bounded", ("o", "p50"), ("o", "floor"), "floor", "seconds", at_most=3.0, within_reference=1.2
+    )
+    verdicts = [
+        report.rows({"o": {"p50": p50, "floor": floor}}, [figure])[0].verdict
+        for p50, floor in ((2.9, 1.0), (4.0, 3.5), (4.5, 3.5), (4.0, 2.0))
+    ]
+    # Under the bound; within 1.2x of a floor above it; beyond 1.2x; above a floor that meets it.
+    assert verdicts == ["met", "met", "NOT MET", "NOT MET"]
+    assert "or <= 1.2x the reference" in report.markdown(
+        report.rows({"o": {"p50": 1, "floor": 1}}, [figure]), "x"
+    )
