@@ -311,11 +311,14 @@ def test_rendered_cluster_applies_and_statefulsets_create_pods(
     _mark_ready(core, f"{statefulsets[0]}-0")
     _wait_for(f"pod {statefulsets[0]}-1", lambda: _read_pod(core, f"{statefulsets[0]}-1"))
 
-    def one_ready() -> Any:
+    def one_ready_of_two() -> Any:
+        # One status write may count the Ready pod before the controller has counted the pod it
+        # created next (CI saw replicas 1 once): wait for the write that has both.
         status = apps.read_namespaced_stateful_set_status(statefulsets[0], "default").status
-        return status if status.ready_replicas == 1 else None
+        return status if status.ready_replicas == 1 and (status.replicas or 0) >= 2 else None
 
-    assert _wait_for("StatefulSet status.readyReplicas == 1", one_ready).replicas >= 2
+    status = _wait_for("StatefulSet status.readyReplicas == 1 of replicas >= 2", one_ready_of_two)
+    assert status.ready_replicas == 1 and status.replicas >= 2
 
 
 def _read_pod(core: Any, name: str) -> Any:
