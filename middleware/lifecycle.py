@@ -24,12 +24,13 @@ from middleware.engines.base import (
     Observation,
     Progress,
     ReconfigureReport,
+    member_statuses,
     no_progress,
     wal_archiving_condition,
 )
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, NotReady, OperationError
-from middleware.models.middleware import MemberStatus, Middleware, MiddlewareStatus, Phase
+from middleware.models.middleware import Middleware, MiddlewareStatus, Phase
 from middleware.runtime.base import Runtime
 from middleware.spec import ResolvedSpec, check_change, load_middleware, resolve
 
@@ -294,17 +295,7 @@ class Lifecycle:
         metrics = self.runtime.metrics_addresses(spec, deployment.engine)
         status = MiddlewareStatus(
             observed_generation=spec.generation,
-            members=[
-                MemberStatus(
-                    name=m.name,
-                    address=m.address,
-                    role=m.role,
-                    healthy=m.healthy,
-                    shard=m.shard,
-                    metrics=metrics.get(m.name),
-                )
-                for m in observation.members
-            ],
+            members=member_statuses(observation, metrics),
             endpoints=observation.endpoints,
             version=spec.version,
         )

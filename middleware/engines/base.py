@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from middleware.endpoints import Endpoint
 from middleware.errors import OperationError
+from middleware.models.middleware import MemberStatus
 from middleware.spec import ResolvedSpec
 
 # Placeholders in config templates. The Kubernetes runtime fills them in an init container from the
@@ -160,6 +161,22 @@ def wal_archiving_condition(observation: Observation) -> tuple[bool, str, str] |
             f"({stat.get('failedCount')} failures so far; the segments are kept until it succeeds); {last}",
         )
     return False, "Archiving", f"{stat.get('archivedCount')} segments archived; {last}"
+
+
+def member_statuses(observation: Observation, metrics: Mapping[str, str]) -> list[MemberStatus]:
+    """The status's members from an observation, each with its exporter's address (``metrics``, by
+    member name) where it has one: one shape for both runtimes' status."""
+    return [
+        MemberStatus(
+            name=m.name,
+            address=m.address,
+            role=m.role,
+            healthy=m.healthy,
+            shard=m.shard,
+            metrics=metrics.get(m.name),
+        )
+        for m in observation.members
+    ]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,9 +8,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from middleware.engines.base import WAL_ARCHIVING_CONDITION, Observation, wal_archiving_condition
+from middleware.engines.base import (
+    WAL_ARCHIVING_CONDITION,
+    Observation,
+    member_statuses,
+    wal_archiving_condition,
+)
 from middleware.errors import SpecError
-from middleware.models.middleware import MemberStatus, MiddlewareStatus, Phase
+from middleware.models.middleware import MiddlewareStatus, Phase
 
 PROVISIONED = "Provisioned"
 READY = "Ready"
@@ -183,18 +188,7 @@ def observed(
     each member's exporter address, by member name."""
     if observed_at is not None:
         status.observed_at = observed_at
-    metrics = metrics or {}
-    status.members = [
-        MemberStatus(
-            name=m.name,
-            address=m.address,
-            role=m.role,
-            healthy=m.healthy,
-            shard=m.shard,
-            metrics=metrics.get(m.name),
-        )
-        for m in observation.members
-    ]
+    status.members = member_statuses(observation, metrics or {})
     status.endpoints = dict(observation.endpoints)
     message = observation.message or observation.reason
     status.set_condition(PROVISIONED, True, "Bootstrapped", "members up and bootstrapped")

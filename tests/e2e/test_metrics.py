@@ -7,7 +7,6 @@ Service."""
 from __future__ import annotations
 
 import time
-import urllib.request
 from typing import Any
 
 import pytest
@@ -15,22 +14,12 @@ import pytest
 from middleware.runtime.kubernetes import DISCOVERY_TTL_SECONDS
 from tests.e2e.cluster import LocalCluster, wait_for
 from tests.pod_monitor_crd import POD_MONITOR_CRD
+from tests.prometheus_scrape import scrape
 
 pytestmark = pytest.mark.e2e
 
 RESOURCES = {"cpu": "150m", "memory": "256Mi"}
 STORAGE = {"size": "256Mi"}
-
-
-def scrape(ip: str, port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            samples[series] = float(value)
-    return samples
 
 
 def metrics_endpoints(cluster: LocalCluster, namespace: str, name: str) -> dict[str, tuple[str, int]]:
@@ -67,7 +56,7 @@ def test_each_member_pod_serves_its_engines_metrics(
     assert set(endpoints) == {member["name"]}
     ip, service_port = endpoints[member["name"]]
     assert service_port == port
-    samples = wait_for(f"{series} 1", lambda: (s := scrape(ip, port)).get(series) == 1 and s, 60)
+    samples = wait_for(f"{series} 1", lambda: (s := scrape(f"{ip}:{port}")).get(series) == 1 and s, 60)
     if engine == "redis":
         assert samples["redis_connected_clients"] >= 1
     else:

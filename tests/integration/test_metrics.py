@@ -10,7 +10,6 @@ import os
 import signal
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from middleware.spec import load_middleware, resolve
 from tests.integration.cli import Moorage, session
 from tests.integration.harness import require_binary
 from tests.integration.test_postgresql import postgres_unavailable
+from tests.prometheus_scrape import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -64,19 +64,6 @@ def write(path: Path, name: str, **spec: Any) -> Path:
         )
     )
     return path
-
-
-def scrape(address: str) -> dict[str, float]:
-    """The exposition's samples by series (name and labels as written), parsed from the text format."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        assert response.status == 200
-        text = response.read().decode()
-    samples = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            series, _, value = line.rpartition(" ")
-            samples[series] = float(value)
-    return samples
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> Any:
