@@ -52,6 +52,12 @@ def vm_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far, from /proc/PID/stat (fields 14 and 15, in ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
@@ -82,6 +88,26 @@ def watch_status(api: Any, seen: dict[str, float], stop: threading.Event) -> Non
             if stop.is_set():
                 return
             time.sleep(0.5)
+
+
+def api_requests(plane: ControlPlane) -> dict[str, int]:
+    """What the API server served, by verb and resource, from its own ``apiserver_request_total``:
+    the profile of a run (the bench's own creates and watch included, the same in both phases)."""
+    text = plane.kubectl("get", "--raw", "/metrics").stdout
+    counts: dict[str, int] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, _, value = line.rpartition(" ")
+        labels = dict(
+            part.split("=", 1) for part in labels_text[len("apiserver_request_total{") : -1].split(",")
+        )
+        resource = labels.get("resource", '""').strip('"') or "-"
+        subresource = labels.get("subresource", '""').strip('"')
+        key = f"{labels.get('verb', '').strip(chr(34))} {resource}{'/' + subresource if subresource else ''}"
+        if labels.get("group", '""').strip('"') in ("", "apps", "moorage.io", "policy", "events.k8s.io"):
+            counts[key] = counts.get(key, 0) + int(float(value))
+    return dict(sorted(((k, v) for k, v in counts.items() if v >= 50), key=lambda kv: -kv[1]))
 
 
 def plain_client(threads: int) -> None:
@@ -156,6 +182,7 @@ def run(count: int, timeout: float, *, plain: bool = False) -> dict[str, Any]:
             if operator.poll() is not None:
                 raise SystemExit(f"operator exited at start:\n{log_path.read_text()[-3000:]}")
             rss_idle_kib = vm_kib(operator.pid, "VmRSS")
+            cpu_before = cpu_seconds(operator.pid)
             seen: dict[str, float] = {}
             stop = threading.Event()
             watcher = threading.Thread(target=watch_status, args=(api, seen, stop), daemon=True)
@@ -180,6 +207,8 @@ def run(count: int, timeout: float, *, plain: bool = False) -> dict[str, Any]:
                 time.sleep(0.5)
             all_done = time.monotonic() - began
             stop.set()
+            requests = api_requests(plane)
+            cpu_used = cpu_seconds(operator.pid) - cpu_before if operator.poll() is None else None
             peak_kib = vm_kib(operator.pid, "VmHWM") if operator.poll() is None else None
             rss_end_kib = vm_kib(operator.pid, "VmRSS") if operator.poll() is None else None
         finally:
@@ -207,6 +236,8 @@ def run(count: int, timeout: float, *, plain: bool = False) -> dict[str, Any]:
             "p95": round(percentile(latencies, 0.95), 3),
             "max": round(max(latencies), 3),
         },
+        "api_requests": requests,
+        "cpu_seconds": round(cpu_used, 1) if cpu_used is not None else None,
         "operator_rss_mib": {
             "idle": round(rss_idle_kib / 1024, 1),
             "end": round(rss_end_kib / 1024, 1) if rss_end_kib else None,

@@ -223,7 +223,7 @@ def start_backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         backup_id=backup_id,
         repository=_repository_spec(repo),
         settings=operator_config().job,
-        catalogs=rt.catalogs(),
+        catalogs=context.catalog_documents(rt),
     )
     backup_id = _start_job(rt, body, job, backup_id)
     status.backup_id, status.started_at = backup_id, _now()
@@ -278,7 +278,7 @@ def _start_base_backup(
         repository=_repository_spec(repo),
         settings=operator_config().job,
         keep=keep,
-        catalogs=rt.catalogs(),
+        catalogs=context.catalog_documents(rt),
     )
     _start_job(rt, body, job, name)
     status.started_at = _now()
@@ -435,7 +435,7 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         restore_id=restore_id,
         repository=_repository_spec(repo),
         settings=operator_config().job,
-        catalogs=rt.catalogs(),
+        catalogs=context.catalog_documents(rt),
     )
     restore_id = _start_job(rt, body, job, restore_id)
     status.restore_id, status.started_at = restore_id, _now()
@@ -687,7 +687,7 @@ def drill_schedule(body: kopf.Body, **_: Any) -> None:
         stamp=now.strftime("%Y%m%dt%H%M%Sz"),
         repository=_repository_spec(repo),
         settings=operator_config().job,
-        catalogs=rt.catalogs(),
+        catalogs=context.catalog_documents(rt),
     )
     job["metadata"]["ownerReferences"] = [owner_reference(body)]
     ensure_job_account(rt, namespace, DRILL_SERVICE_ACCOUNT, DRILL_CLUSTER_ROLE)

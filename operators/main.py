@@ -6,12 +6,14 @@ decodes, validates, acts through ``KubernetesRuntime`` and writes the status.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kopf
 
 from middleware.operations import OPERATION_ANNOTATION
 from operators import backup_handlers, metrics, sync_handlers
+from operators.kube import context
 from operators.reconcile import apply, catalog, delete, events, observe, operation
 from operators.settings import GROUP, VERSION, configure, operator_config
 
@@ -25,8 +27,17 @@ OPERATION_FIELD = ("metadata", "annotations", OPERATION_ANNOTATION)
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     configure(settings)
+    # kopf passes every index to every handler, this one included (empty yet), fills it from its
+    # MiddlewareCatalog watch before any resource handler runs, and keeps it current: decodes read
+    # catalogs from memory instead of listing them each time.
+    context.use_catalog_index(kwargs["catalog_index"])
+
+
+@kopf.index(*CATALOGS)
+def catalog_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    return {body["metadata"]["name"]: copy.deepcopy(dict(body))}
 
 
 @kopf.on.login()

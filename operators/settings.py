@@ -64,6 +64,9 @@ class OperatorConfig:
     # An API refusal (quota, a StorageClass without expansion) needs a human: retry slowly.
     api_error_retry: float = 60.0
     observe_interval: float = 30.0
+    # A pass that retries (members starting) skips applying a render identical to the one this
+    # process applied less than this long ago; drift made by hand is repaired at most this late.
+    reapply_interval: float = 60.0
     # A Middleware held by a point-in-time restore in place (minutes): looked at again this often.
     restore_hold_retry: float = 15.0
     # A switchover waiting for a replica to catch up (NotReady) is tried again this often...
@@ -89,6 +92,7 @@ class OperatorConfig:
             storage_retry=_float("MOORAGE_STORAGE_RETRY_SECONDS", 2.0),
             api_error_retry=_float("MOORAGE_API_ERROR_RETRY_SECONDS", 60.0),
             observe_interval=_float("MOORAGE_OBSERVE_INTERVAL_SECONDS", 30.0),
+            reapply_interval=_float("MOORAGE_REAPPLY_SECONDS", 60.0),
             restore_hold_retry=_float("MOORAGE_RESTORE_HOLD_RETRY_SECONDS", 15.0),
             operation_retry=_float("MOORAGE_OPERATION_RETRY_SECONDS", 10.0),
             operation_timeout=_float("MOORAGE_OPERATION_TIMEOUT_SECONDS", 600.0),

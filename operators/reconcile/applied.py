@@ -8,7 +8,10 @@ running; a scale that finished records its new shape at once, so a retry never m
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -60,3 +63,39 @@ def with_shape_of(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[s
         else:
             merged.pop(key, None)
     return merged
+
+
+# What this process last server-side-applied for each Middleware (uid -> render digest, when). A pass
+# that retries while members start renders the same objects every few seconds; applying them again
+# changes nothing and, with hundreds of Middlewares starting at once, those no-op applies were most of
+# the API server's work. Kept in memory only: a restarted operator applies everything once more.
+_recent: dict[str, tuple[str, float]] = {}
+_recent_lock = threading.Lock()
+# Dropped once this many entries exist and theirs have expired (deleted Middlewares, long-idle ones).
+_RECENT_SWEEP_AT = 1024
+
+
+def render_digest(manifests: list[dict[str, Any]]) -> str:
+    return hashlib.sha256(json.dumps(manifests, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def applied_recently(uid: str, digest: str, within: float) -> bool:
+    """True when this process applied exactly this render for ``uid`` less than ``within`` seconds
+    ago: drift (an object edited or deleted by hand) is still repaired, at most that much later."""
+    with _recent_lock:
+        found = _recent.get(uid)
+    return found is not None and found[0] == digest and time.monotonic() - found[1] < within
+
+
+def remember_applied(uid: str, digest: str, within: float) -> None:
+    now = time.monotonic()
+    with _recent_lock:
+        _recent[uid] = (digest, now)
+        if len(_recent) >= _RECENT_SWEEP_AT:
+            for key in [k for k, (_, at) in _recent.items() if now - at >= within]:
+                del _recent[key]
+
+
+def forget_applied(uid: str) -> None:
+    with _recent_lock:
+        _recent.pop(uid, None)

@@ -112,33 +112,54 @@ def reconcile(
     if rt.serves(*prune.POD_MONITOR):
         manifests += exporters.pod_monitors(spec, engine)
 
-    _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
-    try:
-        password = _credentials(rt, body, spec, engine)
-    except archiving.RepositoryUnavailable as exc:
-        repository_unavailable(exc)
+    # A retry of a generation this pass already reconciled (members still starting) with the render
+    # this process applied moments ago: the objects are as that pass planned, applied and pruned them.
+    uid = str(body["metadata"].get("uid") or "")
+    digest = applied.render_digest(manifests)
+    unchanged = (
+        bool(uid)
+        and previous_generation == generation
+        and applied.applied_recently(uid, digest, config.reapply_interval)
+    )
+    if not unchanged:
+        _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
+    # Read (or created) once per pass, and in a retry of an unchanged render only when a member is
+    # up to talk to: the Secret was ensured by the pass that applied the render.
+    password = Password(lambda: _credentials(rt, body, spec, engine, first=previous_generation is None))
+    if not unchanged:
+        try:
+            password.get()
+        except archiving.RepositoryUnavailable as exc:
+            repository_unavailable(exc)
     if previous is not None and spec.wal_archiving and not previous.spec.wal_archiving:
         try:
             live = context.pods_by_name(rt, spec)
-            conn = observe.connection(rt, spec, engine, manifests, live, password, config.cluster_domain)
+            conn = observe.connection(
+                rt, spec, engine, manifests, live, password.get(), config.cluster_domain
+            )
             archiving.check_turned_on(rt, spec, conn)
         except SpecError as exc:
             invalid(exc)
         except NotReady as exc:
             retry(str(exc), config.bootstrap_retry)
     if previous is not None and scaling.shape(previous.spec) != scaling.shape(spec):
-        previous = scale.drive(rt, body, patch, status, previous, spec, engine, password, config, retry)
+        previous = scale.drive(rt, body, patch, status, previous, spec, engine, password.get(), config, retry)
+        unchanged = False  # the drive applied its own (widest) shape: the render goes on top again
 
-    try:
-        for manifest in manifests:
-            rt.apply(manifest, owner=body)
-        # Only against a known applied shape: without one, a StatefulSet not rendered might still
-        # hold data (slots) that no scale has moved off yet.
-        pruned = prune.prune(rt, body, spec, manifests) if previous is not None else []
-    except KubernetesApiError as exc:
-        st.api_refused(status, "ApplyFailed", str(exc))
-        events.warning(body, reason="ApplyFailed", message=str(exc))
-        retry(str(exc), config.api_error_retry)
+    pruned: list[str] = []
+    if not unchanged:
+        try:
+            for manifest in manifests:
+                rt.apply(manifest, owner=body)
+            # Only against a known applied shape: without one, a StatefulSet not rendered might still
+            # hold data (slots) that no scale has moved off yet.
+            pruned = prune.prune(rt, body, spec, manifests) if previous is not None else []
+        except KubernetesApiError as exc:
+            st.api_refused(status, "ApplyFailed", str(exc))
+            events.warning(body, reason="ApplyFailed", message=str(exc))
+            retry(str(exc), config.api_error_retry)
+        if uid:
+            applied.remember_applied(uid, digest, config.reapply_interval)
     if pruned:
         events.normal(body, reason="Pruned", message=f"deleted {', '.join(pruned)} (PVCs are kept)")
     if previous_generation != generation:
@@ -192,6 +213,19 @@ def reconcile(
     st.write(patch, status)
 
 
+class Password:
+    """The deployment's password, fetched on first use and kept for the rest of the pass."""
+
+    def __init__(self, fetch: Callable[[], str]) -> None:
+        self._fetch = fetch
+        self._value: str | None = None
+
+    def get(self) -> str:
+        if self._value is None:
+            self._value = self._fetch()
+        return self._value
+
+
 @dataclasses.dataclass
 class PodMembers:
     """``middleware.provisioning.ProvisionPort`` over pods: the StatefulSets were applied earlier in
@@ -201,7 +235,7 @@ class PodMembers:
 
     rt: KubernetesRuntime
     manifests: list[dict[str, Any]]
-    password: str
+    password: Password
     cluster_domain: str
     pods: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -215,7 +249,7 @@ class PodMembers:
 
     def connection(self, spec: ResolvedSpec, engine: Engine) -> Connection:
         return observe.connection(
-            self.rt, spec, engine, self.manifests, self.pods, self.password, self.cluster_domain
+            self.rt, spec, engine, self.manifests, self.pods, self.password.get(), self.cluster_domain
         )
 
     def persist_parameters(self, spec: ResolvedSpec, engine: Engine, changed: dict[str, str]) -> None:
@@ -241,7 +275,7 @@ def _label_ready_members(
     engine: Engine,
     manifests: list[dict[str, Any]],
     pods: dict[str, dict[str, Any]],
-    password: str,
+    password: Password,
     config: OperatorConfig,
 ) -> None:
     """Role labels for the members that are Ready while others are not yet: a PostgreSQL replica's
@@ -254,7 +288,7 @@ def _label_ready_members(
     ``-master`` to members about to become replicas (their writes then lost)."""
     if not any(pod_ready(pod) for pod in pods.values()):
         return
-    conn = observe.connection(rt, spec, engine, manifests, pods, password, config.cluster_domain)
+    conn = observe.connection(rt, spec, engine, manifests, pods, password.get(), config.cluster_domain)
     try:
         observation = engine.observe(spec, conn)
     except Exception as exc:
@@ -304,12 +338,16 @@ def _expand_storage(
     retry("StatefulSets are being recreated with the larger volumeClaimTemplates", config.storage_retry)
 
 
-def _credentials(rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, engine: Engine) -> str:
-    """The deployment's password: read from its Secret, or generated once and stored there first."""
+def _credentials(
+    rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, engine: Engine, *, first: bool
+) -> str:
+    """The deployment's password: read from its Secret, or generated once and stored there first.
+    ``first`` (no status written yet): most likely no Secret exists, so create before reading."""
     name = credentials_secret_name(spec)
-    password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
-    if password is not None:
-        return password
+    if not first:
+        password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
+        if password is not None:
+            return password
     # Recovered from another Middleware's archive too: the init container gives the recovered
     # superuser this password (the source's credentials are not needed, the source may be gone).
     generated = secrets.token_urlsafe(24)
@@ -318,7 +356,8 @@ def _credentials(rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, eng
         events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
     if name in created:
         return generated
-    # Another writer won the create race: its password is the one members use.
+    # It existed (kept by deletionPolicy Retain) or another writer won the create race: its
+    # password is the one members use.
     password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
     if password is None:
         raise kopf.TemporaryError(f"Secret {name} has no {PASSWORD_KEY!r} key yet", delay=5)

@@ -13,7 +13,7 @@ import kopf
 from middleware.kube.builders import INSTANCE_LABEL, MANAGED_BY, MANAGED_BY_LABEL, NAME_LABEL
 from operators import metrics
 from operators.kube import context
-from operators.reconcile import events
+from operators.reconcile import applied, events
 
 
 def delete(body: kopf.Body) -> None:
@@ -44,3 +44,4 @@ def delete(body: kopf.Body) -> None:
             message=f"deletionPolicy Retain: kept {', '.join(kept) or 'nothing (none created yet)'}",
         )
     metrics.forget(namespace, name, engine)
+    applied.forget_applied(str(meta.get("uid") or ""))

@@ -135,6 +135,54 @@ def test_cluster_is_applied_waits_for_members_and_reports_bootstrap_failure(
         assert warnings[0][0] == "Warning"
 
 
+def _retries(api_client: Any, namespace: str, name: str) -> int:
+    """How often kopf has retried the create/update handler (its progress annotation)."""
+    import json
+
+    body = read_middleware(api_client, namespace, name) or {}
+    raw = (body["metadata"].get("annotations") or {}).get("moorage.io/reconcile_middleware")
+    return int(json.loads(raw).get("retries") or 0) if raw else 0
+
+
+def test_a_retry_of_an_unchanged_render_applies_nothing_and_a_new_generation_applies_again(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    """While members start, each retry (every second here) renders the same objects: within
+    MOORAGE_REAPPLY_SECONDS it leaves them alone, so a ConfigMap deleted by hand stays deleted over
+    several retries; a spec change renders anew and is applied at once."""
+    name = _name("quiet")
+    custom, core = custom_api(api_client), core_api(api_client)
+    with running_operator(control_plane, api_client, namespace, env={"MOORAGE_REAPPLY_SECONDS": "600"}):
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "middlewares",
+            middleware(name, {"engine": "redis", "topology": "standalone"}),
+        )
+        wait_for(
+            "status WaitingForMembers",
+            lambda: status_of(api_client, namespace, name).get("phaseReason") == "WaitingForMembers",
+        )
+        config_map = f"{name}-config"
+        core.delete_namespaced_config_map(config_map, namespace)
+        retried = _retries(api_client, namespace, name)
+        wait_for("three more retries", lambda: _retries(api_client, namespace, name) >= retried + 3)
+        assert _read(core.read_namespaced_config_map, config_map, namespace) is None
+        # the same generation, still waiting: the status is written by every retry all the same
+        assert status_of(api_client, namespace, name)["phaseReason"] == "WaitingForMembers"
+
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", name,
+            {"spec": {"parameters": {"maxmemory-policy": "allkeys-lru"}}},
+        )  # fmt: skip
+        applied = wait_for(
+            "the ConfigMap applied again for the new generation",
+            lambda: _read(core.read_namespaced_config_map, config_map, namespace),
+        )
+        assert any("allkeys-lru" in text for text in applied.data.values())
+
+
 @pytest.mark.parametrize(
     ("spec", "field", "fragment"),
     [
