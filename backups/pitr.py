@@ -59,6 +59,7 @@ BASE_BACKUP_OPTIONS = ("--immediate-checkpoint",)
 
 # 16 MB segments (the default, and what the catalog's PostgreSQL uses): 256 per log id.
 SEGMENTS_PER_LOG = 0x100
+SEGMENT_BYTES = 0x100000000 // SEGMENTS_PER_LOG
 _SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.(gz|bz2|xz|snappy|zst|lz4))?$")
 
 
@@ -102,6 +103,21 @@ class Segment:
     def position(self) -> int:
         return self.log * SEGMENTS_PER_LOG + self.number
 
+    @property
+    def end_lsn(self) -> int:
+        """The first LSN after this segment (16 MiB segments, PostgreSQL's default and ours)."""
+        return (self.position() + 1) * SEGMENT_BYTES
+
+
+def parse_lsn(text: str) -> int:
+    """``0/3000090`` -> 50331792 (the high and low 32 bits, in hex)."""
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
 
 @dataclass(frozen=True)
 class BaseBackup:
@@ -115,6 +131,9 @@ class BaseBackup:
     # measures the size only after it wrote backup.info, so it is not in there).
     name: str | None = None
     size_bytes: int | None = None
+    # Where the backup ends in the WAL (``end_xlog``): recovery must replay at least this far before
+    # the copy is consistent, so no LSN target before it can be reached from this backup.
+    end_lsn: int | None = None
 
     @classmethod
     def from_info(cls, backup_id: str, text: str) -> BaseBackup:
@@ -134,6 +153,7 @@ class BaseBackup:
                 end_time=datetime.fromisoformat(info["end_time"]),
                 system_id=info["systemid"],
                 name=info.get("backup_name") or None,
+                end_lsn=parse_lsn(info["end_xlog"]) if info.get("end_xlog") else None,
             )
         except (KeyError, ValueError) as exc:
             raise MoorageError(f"base backup {backup_id}: unreadable backup.info ({exc})") from None
@@ -246,6 +266,8 @@ class ArchiveReport:
         return {
             "earliest": self.earliest.isoformat() if self.earliest else None,
             "latest": self.latest.isoformat() if self.latest else None,
+            "earliestLsn": format_lsn(self.earliest_lsn) if self.earliest_lsn is not None else None,
+            "latestLsn": format_lsn(self.latest_lsn) if self.latest_lsn is not None else None,
             "baseBackups": [
                 {"id": b.backup_id, "timeline": b.timeline, "endTime": b.end_time.isoformat()}
                 for b in self.base_backups
@@ -270,6 +292,15 @@ class ArchiveReport:
         """The earliest recoverable moment: the end of the oldest complete base backup."""
         return min((b.end_time for b in self.base_backups), default=None)
 
+    @property
+    def earliest_lsn(self) -> int | None:
+        return min((b.end_lsn for b in self.base_backups if b.end_lsn is not None), default=None)
+
+    @property
+    def latest_lsn(self) -> int | None:
+        """The end of the newest archived segment: no LSN past it can be replayed."""
+        return max((s[-1].end_lsn for s in self.segments.values() if s), default=None)
+
     def check(self, target: RecoveryTarget) -> BaseBackup:
         """The base backup to restore from for ``target``, or a refusal naming why, before anything
         is touched: no base backup, a target before the earliest point, or a segment missing between
@@ -284,6 +315,19 @@ class ArchiveReport:
                     f"{target.time.isoformat()} is before the recoverable window, which starts at "
                     f"{self.earliest.isoformat() if self.earliest else '?'} "
                     "(the end of the oldest base backup)"
+                )
+        if target.lsn is not None:
+            wanted = parse_lsn(target.lsn)
+            candidates = [b for b in self.base_backups if b.end_lsn is None or b.end_lsn <= wanted]
+            if not candidates:
+                raise MoorageError(
+                    f"LSN {target.lsn} is before the recoverable window, which starts at LSN "
+                    f"{format_lsn(self.earliest_lsn or 0)} (where the oldest base backup ends)"
+                )
+            if self.latest_lsn is not None and wanted >= self.latest_lsn:
+                raise MoorageError(
+                    f"LSN {target.lsn} is after the end of the archive: its newest WAL segment ends at "
+                    f"LSN {format_lsn(self.latest_lsn)}"
                 )
         if target.time is not None and self.latest is not None and target.time > self.latest:
             raise MoorageError(

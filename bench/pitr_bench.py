@@ -137,6 +137,44 @@ def _pg_basebackup(lifecycle: Lifecycle, out: Path) -> float:
     return seconds
 
 
+def _pg_basebackup_to_s3(lifecycle: Lifecycle, bucket: str) -> float:
+    """The floor of any base backup to this S3 server: ``pg_basebackup`` writing one tar to its
+    stdout (``-X none``: the WAL is archived apart, as with barman) streamed by boto3's multipart
+    upload, no catalog, no checksums. What a streamed uploader of our own could reach at best."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+
+    deployment = lifecycle.existing(NAMESPACE, NAME)
+    host, port = lifecycle.status(NAMESPACE, NAME).endpoints["rw"].rsplit(":", 1)
+    env = {**os.environ, "PGPASSWORD": replication_password(lifecycle.runtime.password(deployment.spec))}
+    s3 = boto3.client("s3", endpoint_url=os.environ["MOORAGE_BENCH_S3"], region_name="us-east-1")
+    key = f"floor/base-{secrets.token_hex(4)}.tar"
+    began = time.perf_counter()
+    with subprocess.Popen(
+        [
+            str(find_bin_dir() / "pg_basebackup"),
+            *("-h", host, "-p", port, "-U", "replicator", "-D", "-", "-F", "t"),
+            *("-X", "none", "-c", "fast"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        assert proc.stdout is not None
+        s3.upload_fileobj(
+            proc.stdout,
+            bucket,
+            key,
+            Config=TransferConfig(multipart_chunksize=64 * 1024 * 1024, max_concurrency=4),
+        )
+        stderr = proc.stderr.read() if proc.stderr is not None else b""
+        if proc.wait() != 0:
+            raise RuntimeError(f"pg_basebackup to stdout exited {proc.returncode}: {stderr.decode()[-2000:]}")
+    seconds = time.perf_counter() - began
+    s3.delete_object(Bucket=bucket, Key=key)
+    return seconds
+
+
 def _fill_to(lifecycle: Lifecycle, megabytes: int) -> int:
     """Rows of ~1 kB until the database holds ``megabytes``; returns its size in bytes."""
     with _connect(lifecycle) as conn:
@@ -274,12 +312,16 @@ def main(argv: list[str] | None = None) -> int:
             size = _fill_to(lifecycle, megabytes)
             _wait_archived(lifecycle)
             raw = _pg_basebackup(lifecycle, work / "raw")
+            floor = _pg_basebackup_to_s3(lifecycle, bucket)
             ours = _base_backup(state, bucket, dict(os.environ))
             runs.append(
                 {
                     "database_mb": round(size / MB),
                     "pg_basebackup_seconds": round(raw, 2),
                     "pg_basebackup_mb_per_s": round(size / MB / raw, 1),
+                    "pg_basebackup_streamed_to_s3_seconds": round(floor, 2),
+                    "ratio_streamed_to_s3_vs_pg_basebackup": round(raw / floor, 2),
+                    "ratio_base_backup_vs_streamed_to_s3": round(floor / ours["seconds"], 2),
                     "base_backup_seconds": ours["seconds"],
                     "base_backup_mb_per_s": round(size / MB / ours["seconds"], 1),
                     "ratio_base_backup_vs_pg_basebackup": round(raw / ours["seconds"], 2),
@@ -328,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
             "notes": [
                 "ratio_*: raw seconds / our seconds (1.0: as fast as the raw tool; higher: faster)",
                 "base backup: barman-cloud-backup to S3 (SeaweedFS on this host) against pg_basebackup "
-                "-X fetch to the local disk of the same server",
+                "-X fetch to the local disk of the same server; pg_basebackup_streamed_to_s3: "
+                "pg_basebackup -Ft -D - -X none piped into boto3's multipart upload to the same S3 (the "
+                "floor of any base backup to this S3 server)",
                 "barman_peak_rss_mib: ru_maxrss of the largest barman process of the run",
                 "archiving_under_load: backlog = segments between the one being written and the last "
                 "archived; backlog_grows: second half's mean over the first half's by more than 2",

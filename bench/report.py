@@ -138,6 +138,13 @@ FIGURES: tuple[Figure, ...] = (
         target=0.8,
         issue="14",
     ),
+    Figure(
+        "PITR floor: pg_basebackup streamed to S3 (1 GB)",
+        ("pitr", "base_backup", -1, "pg_basebackup_streamed_to_s3_seconds"),
+        ("pitr", "base_backup", -1, "pg_basebackup_seconds"),
+        "pg_basebackup to local disk",
+        "seconds",
+    ),
     *(
         Figure(
             f"PITR archiver under {writer}",

@@ -3,6 +3,7 @@ The same code against real PostgreSQL, barman and S3: tests/integration/test_pit
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from backups.pitr import (
     Segment,
     WalArchive,
     _gaps,
+    format_lsn,
+    parse_lsn,
     recovery_settings,
 )
 from backups.store import RepositoryConfig
@@ -93,6 +96,28 @@ def test_the_check_names_the_first_missing_segment_after_the_chosen_backup() -> 
         report.check(RecoveryTarget(latest=True))
 
 
+def test_an_lsn_target_is_checked_against_the_window_naming_its_ends() -> None:
+    first = dataclasses.replace(backup("a", T0), end_lsn=parse_lsn("0/2000100"))
+    second = dataclasses.replace(backup("b", T0 + timedelta(hours=1)), end_lsn=parse_lsn("0/5000060"))
+    segments = {1: [seg("000000010000000000000002"), seg("000000010000000000000007")]}
+    report = ArchiveReport([first, second], segments, [])
+    assert report.check(RecoveryTarget(lsn="0/3000000")).backup_id == "a"
+    assert report.check(RecoveryTarget(lsn="0/6FFFFFF")).backup_id == "b"
+    with pytest.raises(MoorageError, match=r"LSN 0/2000000 is before .* starts at LSN 0/2000100"):
+        report.check(RecoveryTarget(lsn="0/2000000"))
+    # segment ...07 holds 0/7000000 up to 0/7FFFFFF: the archive ends at 0/8000000
+    with pytest.raises(MoorageError, match=r"LSN 0/8000000 is after the end .* ends at LSN 0/8000000"):
+        report.check(RecoveryTarget(lsn="0/8000000"))
+    assert (report.window()["earliestLsn"], report.window()["latestLsn"]) == ("0/2000100", "0/8000000")
+
+
+def test_lsns_read_and_print_as_postgresql_does() -> None:
+    assert parse_lsn("0/3000090") == 0x3000090
+    assert parse_lsn("1A/FF") == (0x1A << 32) + 0xFF
+    assert format_lsn(parse_lsn("1A/B00000")) == "1A/B00000"
+    assert seg("000000010000001A000000FF").end_lsn == parse_lsn("1B/0")
+
+
 def test_base_backup_info_must_be_complete() -> None:
     text = "status=FAILED\nbegin_wal=000000010000000000000002\nend_wal=000000010000000000000002\n"
     with pytest.raises(MoorageError, match=r"base backup x: unreadable backup\.info"):
@@ -105,6 +130,8 @@ def test_base_backup_info_gives_the_name_when_barman_was_given_one() -> None:
         "timeline=1\nend_time=2026-12-06 03:00:05.123456+00:00\nsystemid=7400000000000000001\n"
     )
     assert BaseBackup.from_info("20261206T030000", text).name is None
+    assert BaseBackup.from_info("20261206T030000", text).end_lsn is None  # older infos: unchecked
+    assert BaseBackup.from_info("x", text + "end_xlog=0/3000100\n").end_lsn == 0x3000100
     named = BaseBackup.from_info("20261206T030000", text + "backup_name=ledger-nightly\n")
     assert (named.name, named.end_wal.name) == ("ledger-nightly", "000000010000000000000003")
 
