@@ -27,7 +27,9 @@ from backups.pitr import (
     Segment,
     WalArchive,
     find_barman,
+    format_lsn,
     inspect,
+    parse_lsn,
     recovery_settings,
 )
 from backups.store import S3Store
@@ -145,6 +147,7 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
             conn.execute("CREATE TABLE marks (id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())")
             conn.execute("INSERT INTO marks (id) VALUES (1)")
             system_id = str(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+            before_backup = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
         as_postgres(
             *archive.command(barman_bin, "barman-cloud-backup"),
             *("--host", str(workdir), "--port", str(primary.port), "--user", "postgres"),
@@ -152,6 +155,7 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
         )
         with primary.connect() as conn:
             conn.execute("INSERT INTO marks (id) VALUES (2)")
+            after_mark_2 = str(conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0])
             time.sleep(1.1)  # markers a second apart: the target falls strictly between 2 and 3
             target: datetime = conn.execute("SELECT clock_timestamp()").fetchone()[0]
             time.sleep(1.1)
@@ -174,6 +178,15 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
     assert report.gaps == [], report.gaps
     chosen = report.check(RecoveryTarget(time=target))
     assert chosen.end_time <= target and report.earliest == chosen.end_time
+    # LSN targets against the same window: barman's backup.info says where the backup ends
+    assert chosen.end_lsn is not None and report.earliest_lsn == chosen.end_lsn
+    assert parse_lsn(before_backup) < chosen.end_lsn <= parse_lsn(after_mark_2)
+    assert report.check(RecoveryTarget(lsn=after_mark_2)) == chosen
+    with pytest.raises(MoorageError, match=f"LSN {before_backup} is before the recoverable window"):
+        report.check(RecoveryTarget(lsn=before_backup))
+    assert report.latest_lsn is not None
+    with pytest.raises(MoorageError, match="is after the end of the archive"):
+        report.check(RecoveryTarget(lsn=format_lsn(report.latest_lsn)))
 
     # Restore into a new data directory: barman-cloud-restore + the recovery settings we render.
     restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
