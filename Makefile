@@ -94,7 +94,7 @@ coredns: ## Build CoreDNS (cluster DNS of the local cluster) into ~/.cache/moora
 barman: ## barman's cloud tools (PostgreSQL WAL archive / PITR) in a virtualenv the postgres user can run (~20 s once)
 	bash hack/install-barman.sh
 
-exporters: ## Debian's Redis and PostgreSQL Prometheus exporters, binaries only, into /opt/moorage/exporters (~5 s once)
+exporters: ## Debian's Redis and PostgreSQL Prometheus exporters (binaries only) and ZooKeeper's metrics provider jars, into /opt/moorage/exporters (~5 s; ~20 s the first time)
 	bash hack/install-exporters.sh
 
 redis-shake: ## Build redis-shake v4.2.0 (../shared/vendor, else upstream) into ~/.cache/moorage/redis-shake (~40 s once)

@@ -199,9 +199,11 @@ build_redis() {
     --label "org.opencontainers.image.version=$(cat "$work/versions")" -o "$out" >&2
 }
 
-inputs_zookeeper() { :; }
+# ZooKeeper's Prometheus provider (not in Debian's package): its jars, pinned by sha256.
+inputs_zookeeper() { (cd "$("$HACK/zookeeper-metrics-jars.sh")" && sha256sum ./*.jar); }
 build_zookeeper() {
-  local out=$1 work=$2
+  local out=$1 work=$2 metrics_jars
+  metrics_jars=$("$HACK/zookeeper-metrics-jars.sh")
   # Debian's zookeeper depends on default-jre (the full JRE, X11 and GTK included); this empty
   # package provides it with the headless one instead.
   mkdir -p "$work/jre/DEBIAN"
@@ -226,7 +228,9 @@ ZOOCFG=${ZOOCFG:-$ZOOCFGDIR/zoo.cfg}
 ZOO_LOG_DIR=${ZOO_LOG_DIR:-/tmp}
 JAVA=${JAVA:-/usr/bin/java}
 # zookeeper.jar's manifest names the other jars it needs, but no slf4j binding: log4j 1.2 here.
-CLASSPATH="$ZOOCFGDIR:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar${CLASSPATH:+:$CLASSPATH}"
+# Then the Prometheus metrics provider (zoo.cfg's metricsProvider.className) and the servlet API its
+# Jetty endpoint needs.
+CLASSPATH="$ZOOCFGDIR:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar:/usr/share/java/moorage-zookeeper-metrics/*:/usr/share/java/servlet-api.jar${CLASSPATH:+:$CLASSPATH}"
 # Upstream puts -Xmx$ZK_SERVER_HEAP first; a later -Xmx in SERVER_JVMFLAGS still wins.
 ZK_SERVER_HEAP=${ZK_SERVER_HEAP:-1000}
 SERVER_JVMFLAGS="-Xmx${ZK_SERVER_HEAP}m ${SERVER_JVMFLAGS:-}"
@@ -249,6 +253,7 @@ EOF
     --customize-hook="rm -rf \"\$1/var/tmp/\"*" \
     --essential-hook="$(declare -f add_user); add_user \"\$1\" zookeeper $ZOOKEEPER_UID /var/lib/zookeeper /bin/false" \
     --customize-hook="install -m 0644 '$work/zkEnv.sh' \"\$1/usr/share/zookeeper/bin/zkEnv.sh\"" \
+    --customize-hook="install -d -m 0755 \"\$1/usr/share/java/moorage-zookeeper-metrics\" && install -m 0644 '$metrics_jars'/*.jar \"\$1/usr/share/java/moorage-zookeeper-metrics/\"" \
     --customize-hook="install -d -m 0755 \"\$1/conf\" && install -m 0644 '$work/log4j.properties' '$work/zoo.cfg' \"\$1/conf/\"" \
     --customize-hook="install -d -o $ZOOKEEPER_UID -g $ZOOKEEPER_UID -m 0755 \"\$1/data\"" \
     --customize-hook="$(declare -f versions); versions \"\$1\" zookeeper openjdk-17-jre-headless > '$work/versions'"
@@ -256,7 +261,7 @@ EOF
     --env PATH=/usr/share/zookeeper/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     --env ZOOCFGDIR=/conf --env ZOO_LOG_DIR=/tmp --env JMXDISABLE=true \
     --cmd '["zkServer.sh", "start-foreground"]' --user "$ZOOKEEPER_UID:$ZOOKEEPER_UID" --workdir /data \
-    --expose 2181/tcp --expose 2888/tcp --expose 3888/tcp \
+    --expose 2181/tcp --expose 2888/tcp --expose 3888/tcp --expose 7000/tcp \
     --label "org.opencontainers.image.title=zookeeper" \
     --label "org.opencontainers.image.version=$(cat "$work/versions")" -o "$out" >&2
 }

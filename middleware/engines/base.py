@@ -7,6 +7,7 @@ Names follow KubeBlocks' lifecycle actions where they exist: ``bootstrap`` (Post
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
@@ -195,6 +196,10 @@ class Exporter:
     # member's host:port. The environment's values may name ``${TARGET}`` too.
     args: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    # Served by the member's own process (ZooKeeper's Prometheus provider) on ``port``: no process
+    # or sidecar beside it, no binary, no password; the member's config names the port
+    # (``${METRICS_PORT}``), and in a pod the main container declares it.
+    in_process: bool = False
 
     def arguments(self, listen: str, target: str) -> list[str]:
         return [a.replace("${LISTEN}", listen).replace("${TARGET}", target) for a in self.args]
@@ -202,6 +207,18 @@ class Exporter:
     def environment(self, target: str) -> dict[str, str]:
         """Without the password, which the runtime adds from where it keeps it."""
         return {name: value.replace("${TARGET}", target) for name, value in self.env}
+
+
+# Where hack/install-exporters.sh puts what the local runtime's exporters need (Debian's exporter
+# binaries in bin/, ZooKeeper's metrics jars in share/zookeeper-metrics/); $MOORAGE_EXPORTER_DIR wins.
+EXPORTER_DIR_ENV = "MOORAGE_EXPORTER_DIR"
+DEFAULT_EXPORTER_DIR = "/opt/moorage/exporters"
+
+
+def exporter_dirs() -> list[str]:
+    """Where to look for the local runtime's exporters, in order."""
+    configured = os.environ.get(EXPORTER_DIR_ENV)
+    return [*([configured] if configured else []), DEFAULT_EXPORTER_DIR]
 
 
 @dataclass

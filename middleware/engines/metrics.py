@@ -1,6 +1,7 @@
 """Kubernetes pieces of a member's Prometheus exporter (``base.Exporter``), shared by the engines
-that have one: the sidecar container beside the server, the ``NAME-metrics`` Service, and where
-each member's exporter answers."""
+that have one: the sidecar container beside the server (or, for an exporter in the server's own
+process, the main container's ``metrics`` port), the ``NAME-metrics`` Service, and where each
+member's exporter answers."""
 
 from __future__ import annotations
 
@@ -42,18 +43,29 @@ def exporter_container(
     )
 
 
+def served(spec: ResolvedSpec, exporter: Exporter | None) -> bool:
+    """Whether the members' pods serve metrics: an exporter in the server's own process always
+    does; a sidecar needs the catalog's exporter image for the engine."""
+    return exporter is not None and (exporter.in_process or spec.exporter_image is not None)
+
+
 def sidecars(
     spec: ResolvedSpec, exporter: Exporter | None, *, target_port: int, password_key: str
 ) -> list[dict[str, Any]]:
-    """The exporter's container, or none (``spec.monitoring.enabled`` false, or no exporter or no
-    exporter image for the engine)."""
-    if exporter is None or spec.exporter_image is None:
+    """The exporter's container, or none (``spec.monitoring.enabled`` false, no exporter or no
+    exporter image for the engine, or an exporter in the server's own process)."""
+    if exporter is None or exporter.in_process or spec.exporter_image is None:
         return []
     return [exporter_container(spec, exporter, target_port=target_port, password_key=password_key)]
 
 
+def own_ports(exporter: Exporter | None) -> list[tuple[str, int]]:
+    """The main container's ``metrics`` port, for an exporter in the server's own process."""
+    return [(kube.METRICS_PORT_NAME, exporter.port)] if exporter is not None and exporter.in_process else []
+
+
 def services(spec: ResolvedSpec, exporter: Exporter | None) -> list[dict[str, Any]]:
-    if exporter is None or spec.exporter_image is None:
+    if exporter is None or not served(spec, exporter):
         return []
     return [kube.metrics_service(spec, port=exporter.port)]
 
@@ -61,7 +73,7 @@ def services(spec: ResolvedSpec, exporter: Exporter | None) -> list[dict[str, An
 def pod_monitors(spec: ResolvedSpec, engine: Engine) -> list[dict[str, Any]]:
     """The ``PodMonitor`` of the members' exporters (none when no member has one), for clusters with
     the Prometheus Operator."""
-    if spec.exporter_image is None or all(engine.exporter(spec, m) is None for m in engine.members(spec)):
+    if not any(served(spec, engine.exporter(spec, m)) for m in engine.members(spec)):
         return []
     return [kube.pod_monitor(spec)]
 
@@ -73,7 +85,7 @@ def pod_addresses(spec: ResolvedSpec, engine: Engine, observed: Sequence[Observe
     addresses = {}
     for member in observed:
         plan = plans.get(member.name)
-        exporter = engine.exporter(spec, plan) if plan is not None and spec.exporter_image else None
-        if exporter is not None:
+        exporter = engine.exporter(spec, plan) if plan is not None else None
+        if exporter is not None and served(spec, exporter):
             addresses[member.name] = f"{member.address.rsplit(':', 1)[0]}:{exporter.port}"
     return addresses

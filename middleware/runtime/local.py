@@ -29,6 +29,8 @@ import yaml
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
+    DEFAULT_EXPORTER_DIR,
+    EXPORTER_DIR_ENV,
     Addressing,
     Connection,
     Engine,
@@ -36,6 +38,7 @@ from middleware.engines.base import (
     Member,
     MemberAddress,
     MemberPlan,
+    exporter_dirs,
 )
 from middleware.errors import MoorageError, OperationError
 from middleware.runtime.processes import LOOPBACK, port_free, process_start_time, reap
@@ -46,9 +49,6 @@ log = logging.getLogger(__name__)
 STATE_DIR_ENV = "MOORAGE_STATE_DIR"
 STOP_GRACE_SECONDS = 10.0
 PORT_RELEASE_SECONDS = 10.0
-# Where hack/install-exporters.sh puts Debian's exporters (their packages would also start services).
-EXPORTER_DIR_ENV = "MOORAGE_EXPORTER_DIR"
-DEFAULT_EXPORTER_DIR = Path("/opt/moorage/exporters")
 METRICS_PORT = "METRICS"
 
 
@@ -97,10 +97,9 @@ def fill_placeholders(template: str, values: dict[str, str]) -> str:
 
 def find_exporter(binary: str) -> str | None:
     """The exporter's path: ``$MOORAGE_EXPORTER_DIR/bin``, then /opt/moorage/exporters/bin, then PATH."""
-    configured = os.environ.get(EXPORTER_DIR_ENV)
-    for directory in [*([Path(configured)] if configured else []), DEFAULT_EXPORTER_DIR]:
-        if os.access(directory / "bin" / binary, os.X_OK):
-            return str(directory / "bin" / binary)
+    for directory in exporter_dirs():
+        if os.access(Path(directory) / "bin" / binary, os.X_OK):
+            return str(Path(directory) / "bin" / binary)
     return shutil.which(binary)
 
 
@@ -232,11 +231,12 @@ class LocalRuntime:
                 extra = self._extra_member_files(spec, member)
                 config_path = self._write_config(spec, engine, member, record, templates, password)
                 self._write_member_files(spec, engine, member, addressing, extra)
+                exporter = engine.exporter(spec, member)
                 if not self._alive(record):
                     self._prepare(spec, engine, member, record, conn or Connection([], password))
                     self._start(spec, engine, member, record, config_path)
                     started.append(member)
-                self._run_exporter(spec, engine.exporter(spec, member), member, record, password)
+                self._run_exporter(spec, exporter, member, record, password)
                 self._write_state(spec.namespace, spec.name, state)
             return started
 
@@ -356,6 +356,7 @@ class LocalRuntime:
             "BIND": LOOPBACK,
             "PORT": str(ports["PORT"]),
             "BUS_PORT": str(ports.get("BUS_PORT", 0)),
+            "METRICS_PORT": str(ports.get(METRICS_PORT, 0)),
             "DATA_DIR": str(member_dir / "data"),
             "ANNOUNCE_HOST": LOOPBACK,
             "SECRETS_FILE": str(member_dir / "secrets.conf"),
@@ -414,6 +415,9 @@ class LocalRuntime:
             )
         record["pid"] = process.pid
         record["starttime"] = process_start_time(process.pid)
+        # An in-process exporter is configured at start: one turned on later serves from the next.
+        exporter = engine.exporter(spec, member)
+        record["serves_metrics"] = exporter is not None and exporter.in_process
         log.info("started %s (pid %d)", member.name, process.pid)
 
     def _run_exporter(
@@ -428,7 +432,7 @@ class LocalRuntime:
         spec has none now (spec.monitoring.enabled false). Not a reason to fail the member: without
         its binary the member runs unobserved, the log says why, and its status has no address."""
         running = record.get("exporter", {})
-        if exporter is None:
+        if exporter is None or exporter.in_process:
             self._stop(running)
             record.pop("exporter", None)
             return
@@ -464,13 +468,23 @@ class LocalRuntime:
         log.info("started %s's exporter (pid %d) on %s", member.name, process.pid, listen)
 
     def metrics_addresses(self, spec: ResolvedSpec, engine: Engine) -> dict[str, str]:
-        """Each member's exporter (host:port) that is running, by member name."""
+        """Each member's exporter (host:port) that is running, by member name: the exporter's
+        process, or the member's own for an in-process one."""
         state = self._read_state(spec.namespace, spec.name)
-        return {
-            name: f"{LOOPBACK}:{record['ports'][METRICS_PORT]}"
-            for name, record in state["members"].items()
-            if METRICS_PORT in record["ports"] and self._alive(record.get("exporter", {}))
-        }
+        plans = {plan.name: plan for plan in engine.members(spec)}
+        addresses = {}
+        for name, record in state["members"].items():
+            plan = plans.get(name)
+            exporter = engine.exporter(spec, plan) if plan is not None else None
+            if exporter is None or METRICS_PORT not in record["ports"]:
+                continue
+            if exporter.in_process:
+                serving = bool(record.get("serves_metrics")) and self._alive(record)
+            else:
+                serving = self._alive(record.get("exporter", {}))
+            if serving:
+                addresses[name] = f"{LOOPBACK}:{record['ports'][METRICS_PORT]}"
+        return addresses
 
     def _alive(self, record: dict[str, Any]) -> bool:
         pid = record.get("pid")

@@ -1,8 +1,8 @@
 """Every member exports Prometheus metrics on real pods (docs/monitoring.md): the exporter sidecar
-from the local cluster's exporter images (Debian's packages, hack/build-images.sh), scraped from the
-host through the NAME-metrics Service's endpoints, the address each member's status gives, and a
-Middleware whose monitoring is turned off rolling its pods without the sidecar and losing the
-Service."""
+from the local cluster's exporter images (Debian's packages, hack/build-images.sh), or ZooKeeper's
+provider inside the server, scraped from the host through the NAME-metrics Service's endpoints, the
+address each member's status gives, and a Middleware whose monitoring is turned off rolling its pods
+without the sidecar and losing the Service."""
 
 from __future__ import annotations
 
@@ -63,6 +63,32 @@ def test_each_member_pod_serves_its_engines_metrics(
         assert any(s.startswith("pg_stat_database_xact_commit{") for s in samples)
     pod = local_cluster.core.read_namespaced_pod(member["name"], namespace)
     assert [c.name for c in pod.spec.containers][1:] == ["metrics"]
+
+
+def test_zookeeper_serves_metrics_from_its_own_process(local_cluster: LocalCluster, namespace: str) -> None:
+    """ZooKeeper's Prometheus provider in the server's JVM (its jars in the zookeeper image): no
+    sidecar, the main container's `metrics` port behind the NAME-metrics Service."""
+    spec = {
+        "engine": "zookeeper",
+        "topology": "ensemble",
+        "replicas": 1,
+        "resources": {"cpu": "200m", "memory": "384Mi"},
+        "storage": STORAGE,
+    }
+    local_cluster.create_middleware(namespace, "coord", spec)
+    middleware = local_cluster.wait_ready(namespace, "coord", timeout=300)
+    (member,) = middleware["status"]["members"]
+    assert member["metrics"] == f"{member['address'].rpartition(':')[0]}:7000"
+    endpoints = wait_for(
+        "coord-metrics endpoints", lambda: metrics_endpoints(local_cluster, namespace, "coord"), 60
+    )
+    ip, port = endpoints[member["name"]]
+    assert port == 7000
+    samples = wait_for("znode_count", lambda: (s := scrape(f"{ip}:{port}")).get("znode_count") and s, 60)
+    assert samples["quorum_size"] == 1
+    assert any(s.startswith("jvm_memory_bytes_used{") for s in samples)
+    pod = local_cluster.core.read_namespaced_pod(member["name"], namespace)
+    assert [c.name for c in pod.spec.containers] == ["zookeeper"]
 
 
 def test_monitoring_turned_off_rolls_the_pods_without_the_exporter(

@@ -1,7 +1,8 @@
 """Every member's Prometheus exporter on the local runtime (docs/monitoring.md), with Debian's real
-exporters (hack/install-exporters.sh) beside real Redis 7 and PostgreSQL 18 members, driven through
-the `moorage` CLI as a user would: scraped for the engines' own series, followed through a killed
-member and a killed exporter, and turned off by spec.monitoring.enabled."""
+exporters (hack/install-exporters.sh) beside real Redis 7 and PostgreSQL 18 members, and ZooKeeper
+3.8's own Prometheus provider inside real members, driven through the `moorage` CLI as a user would:
+scraped for the engines' own series, followed through a killed member and a killed exporter, and
+turned off by spec.monitoring.enabled."""
 
 from __future__ import annotations
 
@@ -168,3 +169,37 @@ def test_monitoring_disabled_stops_the_exporters(moorage: Moorage, tmp_path: Pat
     moorage.run("up", "-f", str(manifest))
     (again,) = moorage.status("cache")["members"]
     assert wait_for("redis_up 1", lambda: scrape(again["metrics"])["redis_up"] == 1)
+
+
+def test_zookeeper_members_serve_their_own_metrics(moorage: Moorage, tmp_path: Path) -> None:
+    from tests.integration.test_zookeeper import require_zookeeper
+
+    require_zookeeper()
+    manifest = write(tmp_path / "z.json", "coord", engine="zookeeper", topology="ensemble", replicas=3)
+    moorage.run("up", "-f", str(manifest))
+    members = {m["name"]: m for m in moorage.status("coord")["members"]}
+    assert len(members) == 3 and all(m.get("metrics") for m in members.values()), members
+    # no exporter process: the server's own JVM serves /metrics on the port allocated for it
+    state = json.loads((moorage.state_dir / "default" / "coord" / "state.json").read_text())
+    assert not any("exporter" in record for record in state["members"].values())
+    for name, member in members.items():
+        samples = wait_for(f"{name}'s metrics", lambda m=member: scrape(m["metrics"]))
+        assert samples["znode_count"] >= 1, name
+        assert samples["quorum_size"] == 3, name
+        assert any(s.startswith("jvm_memory_bytes_used{") for s in samples), name
+    leaders = [n for n, m in members.items() if scrape(m["metrics"]).get("leader_uptime", 0) > 0]
+    assert leaders == [next(n for n, m in members.items() if m["role"] == "leader")]
+
+    # Off: the status stops naming an address at once; the provider is part of the server, so it
+    # stops serving at each member's next start (a rolling restart here; in pods the template rolls).
+    write(
+        manifest, "coord", engine="zookeeper", topology="ensemble", replicas=3, monitoring={"enabled": False}
+    )
+    moorage.run("up", "-f", str(manifest))
+    for member in moorage.status("coord")["members"]:
+        assert "metrics" not in member, member
+    moorage.run("restart", "coord")
+    for member in members.values():
+        with pytest.raises(OSError):
+            scrape(member["metrics"])
+    assert all(m["healthy"] for m in moorage.status("coord")["members"])

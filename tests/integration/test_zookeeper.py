@@ -9,6 +9,7 @@ rejoins and serves the whole tree again; a scale-in that would leave no quorum i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import threading
@@ -23,9 +24,9 @@ from kazoo.exceptions import KazooException, NoAuthError, NodeExistsError
 from kazoo.security import make_digest_acl
 
 from middleware.endpoints import Endpoint
-from middleware.engines.base import Connection
+from middleware.engines.base import Connection, exporter_dirs
 from middleware.engines.zookeeper import ensemble
-from middleware.engines.zookeeper.engine import DEBIAN_CLASSPATH, ENGINE
+from middleware.engines.zookeeper.engine import DEBIAN_CLASSPATH, ENGINE, METRICS_JARS_SUBDIR
 from middleware.engines.zookeeper.launch import four_letter_word
 from middleware.errors import OperationError
 from middleware.lifecycle import Deployment, Lifecycle
@@ -41,11 +42,22 @@ NAME = "coord"
 
 
 def require_zookeeper() -> None:
-    """Skip (with the fix) unless Java and Debian's ZooKeeper jars are installed."""
+    """Skip (with the fix) unless Java, Debian's ZooKeeper jars and the Prometheus provider's jars
+    (members export metrics by default) are installed; under MOORAGE_EXPORTERS_REQUIRED=1 (make
+    test) a missing provider fails instead."""
     require_binary("java", "openjdk-17-jre-headless")
     missing = [e for e in DEBIAN_CLASSPATH.split(":") if e.endswith(".jar") and not Path(e).exists()]
     if missing:
         pytest.skip(f"{', '.join(missing)} not found: run `make setup` (apt-get install zookeeper)")
+    if not any(
+        Path(d, METRICS_JARS_SUBDIR).glob("zookeeper-prometheus-metrics-*.jar") for d in exporter_dirs()
+    ):
+        why = (
+            "ZooKeeper's Prometheus provider jars not installed: run `make setup` (hack/install-exporters.sh)"
+        )
+        if os.environ.get("MOORAGE_EXPORTERS_REQUIRED") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
 
 
 @pytest.fixture(autouse=True)

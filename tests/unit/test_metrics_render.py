@@ -120,13 +120,41 @@ def test_a_catalog_override_names_the_exporter_image() -> None:
     assert _spec("postgresql", "standalone", {}).exporter_image == EXPORTERS["postgresql"][0]
 
 
-@pytest.mark.parametrize(("engine", "topology"), [("zookeeper", "ensemble"), ("mongodb", "replicaset")])
-def test_engines_without_an_exporter_render_none(engine: str, topology: str) -> None:
-    spec = _spec(engine, topology, {})
+def test_engines_without_an_exporter_render_none() -> None:
+    spec = _spec("mongodb", "replicaset", {})
     manifests = _render(spec)
     assert not [m for m in manifests if m["metadata"]["name"] == "m-metrics"]
+    assert all(get_engine("mongodb").exporter(spec, m) is None for m in get_engine("mongodb").members(spec))
     for sts in of_kind(manifests, "StatefulSet"):
         assert len(sts["spec"]["template"]["spec"]["containers"]) == 1
+        assert "metrics" not in {p["name"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]}
+
+
+def test_zookeeper_serves_metrics_from_its_own_process_no_sidecar() -> None:
+    """ZooKeeper's Prometheus provider runs in the server: no sidecar and no exporter image, the
+    main container's `metrics` port, the metrics Service, and zoo.cfg naming the provider."""
+    spec = _spec("zookeeper", "ensemble", {})
+    assert spec.exporter_image is None
+    manifests = _render(spec)
+    (sts,) = of_kind(manifests, "StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert ("metrics", 7000) in {(p["name"], p["containerPort"]) for p in container["ports"]}
+    service = named(manifests, "Service", "m-metrics")
+    assert [(p["name"], p["port"]) for p in service["spec"]["ports"]] == [("metrics", 7000)]
+    zoo_cfg = named(manifests, "ConfigMap", "m-config")["data"]["zoo.cfg"]
+    assert (
+        "metricsProvider.className=org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider"
+        in zoo_cfg
+    )
+    assert "metricsProvider.httpPort=${METRICS_PORT}" in zoo_cfg
+    # the init script fills the port the container declares
+    assert '-e "s|[$]{METRICS_PORT}|7000|g"' in str(sts["spec"]["template"]["spec"]["initContainers"])
+
+    off = _render(_spec("zookeeper", "ensemble", {"monitoring": {"enabled": False}}))
+    (sts,) = of_kind(off, "StatefulSet")
+    assert "metrics" not in {p["name"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert not [m for m in off if m["metadata"]["name"] == "m-metrics"]
+    assert "metricsProvider" not in named(off, "ConfigMap", "m-config")["data"]["zoo.cfg"]
 
 
 def test_the_exporter_command_never_carries_the_password() -> None:

@@ -88,6 +88,7 @@ def test_objects_services_and_pdb() -> None:
         ("Service", "coord"),
         ("StatefulSet", "coord"),
         ("PodDisruptionBudget", "coord"),
+        ("Service", "coord-metrics"),
     ]
     headless = named(manifests, "Service", "coord-headless")["spec"]
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
@@ -110,7 +111,7 @@ def test_objects_services_and_pdb() -> None:
         "whenScaled": "Retain",
     }
     (main,) = pod_of(manifests)["containers"]
-    assert {p["containerPort"] for p in main["ports"]} == {2181, 2888, 3888}
+    assert {p["containerPort"] for p in main["ports"]} == {2181, 2888, 3888, 7000}  # 7000: metrics
     assert main["command"] == ["zkServer.sh", "start-foreground", "/data/zoo.cfg"]
     assert {"name": "data", "mountPath": "/data"} in main["volumeMounts"]
 
@@ -224,8 +225,10 @@ def test_template_uses_only_placeholders_the_runtimes_know() -> None:
     templates = ENGINE.config_templates(make_spec())
     assert set(templates) == {"zoo.cfg"}
     used = set(re.findall(r"\$\{([A-Z_]+)\}", templates["zoo.cfg"]))
-    assert used and used <= set(PLACEHOLDERS)
-    filled = fill_placeholders(templates["zoo.cfg"], {name: f"/x/{name}" for name in PLACEHOLDERS})
+    # the runtimes' placeholders, and the metrics port both fill (local: allocated; pods: 7000)
+    known = {*PLACEHOLDERS, "METRICS_PORT"}
+    assert used and used <= known and "METRICS_PORT" in used
+    filled = fill_placeholders(templates["zoo.cfg"], {name: f"/x/{name}" for name in known})
     assert "dataDir=/x/DATA_DIR" in filled and "moorage.secretsFile=/x/SECRETS_FILE" in filled
 
 

@@ -15,9 +15,12 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable
 
+from middleware.engines.base import Exporter
 from middleware.engines.zookeeper.launch import (
     DYNAMIC_FILE_PROPERTY,
     INITIAL_DYNAMIC_FILE,
+    METRICS_PROVIDER_CLASS,
+    METRICS_PROVIDER_PROPERTY,
     MYID_FILE,
     SECRETS_FILE_PROPERTY,
     ServerSpec,
@@ -34,6 +37,21 @@ MYID = MYID_FILE
 # client). The deployment's generated password is this user's password.
 SUPER_USER = "super"
 SUPER_DIGEST_PROPERTY = "zookeeper.DigestAuthenticationProvider.superDigest"
+# ZooKeeper's own Prometheus provider (3.6+) serves /metrics from the server's JVM: no exporter
+# process. 7000 is its documented default port. Its jars are not in Debian's package: see
+# hack/zookeeper-metrics-jars.sh (the image and hack/install-exporters.sh put them on the classpath).
+METRICS_PORT = 7000
+METRICS_HOST_PROPERTY = "metricsProvider.httpHost"
+METRICS_PORT_PROPERTY = "metricsProvider.httpPort"
+METRICS_KEYS = (METRICS_PROVIDER_PROPERTY, METRICS_HOST_PROPERTY, METRICS_PORT_PROPERTY)
+EXPORTER = Exporter(binary="", port=METRICS_PORT, password_env="", args=(), in_process=True)
+
+
+def exporter(spec: ResolvedSpec) -> Exporter | None:
+    """The members' metrics endpoint, None when spec.monitoring.enabled is false."""
+    return EXPORTER if spec.metrics else None
+
+
 # Only what Moorage and the probes use; `dump`, `wchp` and friends stay off.
 FOUR_LETTER_WORDS = ("conf", "isro", "mntr", "ruok", "srvr")
 
@@ -51,6 +69,7 @@ MANAGED_KEYS = frozenset(
         "admin.enableServer",
         "skipACL",
         SECRETS_FILE_PROPERTY,
+        *METRICS_KEYS,
     }
 )
 
@@ -69,6 +88,13 @@ def zoo_cfg(spec: ResolvedSpec) -> str:
         "admin.enableServer=false",
         f"4lw.commands.whitelist={','.join(FOUR_LETTER_WORDS)}",
     ]
+    if spec.metrics:
+        # On the member's bind address: loopback on the local runtime, every interface in a pod.
+        lines += [
+            f"{METRICS_PROVIDER_PROPERTY}={METRICS_PROVIDER_CLASS}",
+            f"{METRICS_HOST_PROPERTY}=${{BIND}}",
+            f"{METRICS_PORT_PROPERTY}=${{METRICS_PORT}}",
+        ]
     for key in sorted(spec.parameters):
         if key in MANAGED_KEYS:
             raise ValueError(f"parameter {key} is managed by Moorage")

@@ -23,6 +23,7 @@ from middleware.engines.base import (
     DataSource,
     DumpObject,
     EngineDefaults,
+    Exporter,
     LoadReport,
     Member,
     MemberPlan,
@@ -31,10 +32,11 @@ from middleware.engines.base import (
     Progress,
     ReconfigureReport,
     Report,
+    exporter_dirs,
     no_progress,
     service_host,
 )
-from middleware.engines.zookeeper import dump, ensemble, launch
+from middleware.engines.zookeeper import config, dump, ensemble, launch
 from middleware.engines.zookeeper.config import (
     CLIENT_PORT,
     CONFIG_FILE,
@@ -70,6 +72,11 @@ DEBIAN_CLASSPATH = ":".join(
     ]
 )
 DEBIAN_LOG4J = "file:/etc/zookeeper/conf/log4j.properties"
+# The Prometheus provider's jars (hack/install-exporters.sh) and the servlet API its Jetty endpoint
+# needs (Debian's libservlet-api-java, which zookeeper's Jetty already depends on). Always on the
+# classpath: the launcher refuses a config that asks for the provider when its jars are missing.
+METRICS_JARS_SUBDIR = "share/zookeeper-metrics"
+SERVLET_API_JAR = "/usr/share/java/servlet-api.jar"
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 # Small and quick to start: a local ensemble is for development and tests, not for data volume.
 LOCAL_JVM_FLAGS = (
@@ -83,9 +90,15 @@ LOCAL_JVM_FLAGS = (
 class ZooKeeperEngine(EngineDefaults):
     name = "zookeeper"
 
+    # The metrics lines follow the spec (monitoring on or off, the port the runtime allocated).
+    spec_config_keys = config.METRICS_KEYS
+
     # -- static facts --------------------------------------------------------------------------
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
         return plan_members(spec)
+
+    def exporter(self, spec: ResolvedSpec, member: MemberPlan) -> Exporter | None:
+        return config.exporter(spec)
 
     def config_templates(self, spec: ResolvedSpec) -> dict[str, str]:
         return {CONFIG_FILE: zoo_cfg(spec)}
@@ -120,7 +133,13 @@ class ZooKeeperEngine(EngineDefaults):
             f"-Dlog4j.configuration={DEBIAN_LOG4J}",
             "-Dzookeeper.admin.enableServer=false",
             "-cp",
-            DEBIAN_CLASSPATH,
+            ":".join(
+                [
+                    DEBIAN_CLASSPATH,
+                    *(f"{d}/{METRICS_JARS_SUBDIR}/*" for d in exporter_dirs()),
+                    SERVLET_API_JAR,
+                ]
+            ),
             MAIN_CLASS,
             config_path,
         ]

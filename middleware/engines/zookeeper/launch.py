@@ -35,6 +35,10 @@ from pathlib import Path
 # zoo.cfg names the JVM argument file holding the superuser digest here: the runtime fills the path
 # (${SECRETS_FILE}); ZooKeeper ignores the key (it becomes an unused system property).
 SECRETS_FILE_PROPERTY = "moorage.secretsFile"
+METRICS_PROVIDER_PROPERTY = "metricsProvider.className"
+METRICS_PROVIDER_CLASS = "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider"
+# The provider's own jar; the classpath names its directory with a wildcard (java's `dir/*`).
+METRICS_PROVIDER_JAR_PREFIX = "zookeeper-prometheus-metrics-"
 DYNAMIC_FILE_PROPERTY = "dynamicConfigFile"
 INITIAL_DYNAMIC_FILE = "zoo.cfg.dynamic"
 MYID_FILE = "myid"
@@ -252,6 +256,15 @@ def server_command(config_path: Path, command: list[str]) -> list[str]:
         missing = [e for e in classpath.split(":") if e.endswith(".jar") and not Path(e).exists()]
         if missing:
             raise LaunchError(f"{', '.join(missing)} not found: run `make setup` (apt-get install zookeeper)")
+        if read_properties(config_path).get(METRICS_PROVIDER_PROPERTY) == METRICS_PROVIDER_CLASS:
+            wildcards = [Path(e[:-1]) for e in classpath.split(":") if e.endswith("/*")]
+            if not any(d.is_dir() and any(d.glob(f"{METRICS_PROVIDER_JAR_PREFIX}*.jar")) for d in wildcards):
+                where = ", ".join(map(str, wildcards)) or "the classpath"
+                raise LaunchError(
+                    "ZooKeeper's Prometheus metrics provider is not installed (no "
+                    f"{METRICS_PROVIDER_JAR_PREFIX}*.jar in {where}): run `make setup` "
+                    "(hack/install-exporters.sh), or set spec.monitoring.enabled: false"
+                )
     return command
 
 

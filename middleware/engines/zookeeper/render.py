@@ -17,17 +17,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from middleware.engines import metrics
 from middleware.engines.base import PLACEHOLDERS
 from middleware.engines.zookeeper.config import (
     CLIENT_PORT,
     CONFIG_FILE,
     DYNAMIC_FILE,
     ELECTION_PORT,
+    METRICS_PORT,
     MYID,
     PEER_PORT,
     SUPER_DIGEST_PROPERTY,
     SUPER_USER,
     dynamic_config,
+    exporter,
     server_spec,
     zoo_cfg,
 )
@@ -71,6 +74,10 @@ def pod_host(spec: ResolvedSpec, pod: str, cluster_domain: str) -> str:
     return f"{pod}.{headless_service(spec.name)}.{spec.namespace}.svc.{cluster_domain}"
 
 
+# ZooKeeper's config also names its metrics port (its Prometheus provider runs in the server).
+ZK_PLACEHOLDERS = (*PLACEHOLDERS, "METRICS_PORT")
+
+
 def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list[Manifest]:
     """Every manifest of the ensemble except the credentials Secret (see ``render_credentials``)."""
     if spec.engine != "zookeeper":
@@ -97,6 +104,7 @@ def render(spec: ResolvedSpec, *, cluster_domain: str = "cluster.local") -> list
         # One voluntary eviction at a time: with 3 voters, losing one keeps the quorum. With one
         # member it protects nothing, but it never blocks a drain and keeps the object set stable.
         kube.pod_disruption_budget(spec, name=name, component=DATA_COMPONENT),
+        *metrics.services(spec, exporter(spec)),
     ]
 
 
@@ -180,7 +188,7 @@ def _statefulset(spec: ResolvedSpec, *, name: str, headless: str, cluster_domain
                 {"name": "ZOO_LOG_DIR", "value": TMP_DIR},
                 {"name": "JMXDISABLE", "value": "true"},
             ],
-            ports=_PORTS,
+            ports=[*_PORTS, *metrics.own_ports(exporter(spec))],
             mounts=[
                 kube.volume_mount(_SECRETS_VOLUME, SECRETS_DIR, read_only=True),
                 kube.volume_mount(_TMP_VOLUME, TMP_DIR),
@@ -231,19 +239,20 @@ def placeholder_values(*, headless: str, spec: ResolvedSpec, cluster_domain: str
         "DATA_DIR": DATA_DIR,
         "ANNOUNCE_HOST": f"${{{POD_NAME_ENV}}}.{headless}.{spec.namespace}.svc.{cluster_domain}",
         "SECRETS_FILE": SECRETS_FILE,
+        "METRICS_PORT": str(METRICS_PORT),
     }
 
 
 def init_script(*, values: dict[str, str], client_port: int) -> str:
     """bash (the image's), run before every start of the server. Kubelet rewrites ``$(NAME)`` and
     ``$$`` in commands, so the script uses neither (backticks for command substitution)."""
-    missing = [name for name in PLACEHOLDERS if name not in values]
+    missing = [name for name in ZK_PLACEHOLDERS if name not in values]
     if missing:
         raise ValueError(f"no value for placeholders {missing}")
     template = f"{TEMPLATES_DIR}/{CONFIG_FILE}"
     initial = f"{TEMPLATES_DIR}/{DYNAMIC_FILE}"
     dynamic = f"{DATA_DIR}/{DYNAMIC_FILE}"
-    sed = " ".join(f'-e "s|[$]{{{name}}}|{values[name]}|g"' for name in PLACEHOLDERS)
+    sed = " ".join(f'-e "s|[$]{{{name}}}|{values[name]}|g"' for name in ZK_PLACEHOLDERS)
     lines = [
         "set -eu",
         "umask 077",
