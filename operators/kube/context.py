@@ -87,7 +87,10 @@ def _indexed_catalogs(rt: KubernetesRuntime) -> list[Mapping[str, Any]] | None:
         if indexed is None or _runtimes.get(indexed[0]) is not rt:
             return None
     index = indexed[1]
-    return [document for name in sorted(index) for document in index[name]]
+    try:
+        return [document for name in sorted(index) for document in index[name]]
+    except (RuntimeError, KeyError):  # changed by the watch mid-read (another thread): list instead
+        return None
 
 
 def catalog_documents(rt: KubernetesRuntime) -> list[Mapping[str, Any]]:
