@@ -404,6 +404,22 @@ def test_launcher_adds_the_jvm_argument_file_and_checks_the_install(tmp_path: Pa
         launch.server_command(cfg, ["no-such-java-binary", "Main"])
 
 
+def test_launcher_refuses_a_provider_its_classpath_does_not_hold(tmp_path: Path) -> None:
+    """A config asking for the Prometheus provider starts only with its jar in a classpath
+    directory; without it the member's log says how to get it, or how to turn it off."""
+    cfg = _member_dir(tmp_path, 1, f"{_line(1, 1)}\n")
+    with cfg.open("a") as handle:
+        handle.write(f"{launch.METRICS_PROVIDER_PROPERTY}={launch.METRICS_PROVIDER_CLASS}\n")
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    with pytest.raises(
+        launch.LaunchError, match=r"provider is not installed .*spec\.monitoring\.enabled: false"
+    ):
+        launch.server_command(cfg, ["sh", "-cp", f"/bin:{jars}/*", "Main"])
+    (jars / "zookeeper-prometheus-metrics-3.8.0.jar").write_bytes(b"")
+    assert launch.server_command(cfg, ["sh", "-cp", f"/bin:{jars}/*", "Main"])[-1] == "Main"
+
+
 # --- the init container's script, run for real --------------------------------------------------
 
 _PATH_RE = re.compile(r"(?<![\w.])(/etc/zookeeper-templates|/etc/zookeeper-secrets|/data|/tmp)\b")
