@@ -99,13 +99,15 @@ def api_requests(plane: ControlPlane) -> dict[str, int]:
         if not line.startswith("apiserver_request_total{"):
             continue
         labels_text, _, value = line.rpartition(" ")
-        labels = dict(
-            part.split("=", 1) for part in labels_text[len("apiserver_request_total{") : -1].split(",")
-        )
-        resource = labels.get("resource", '""').strip('"') or "-"
-        subresource = labels.get("subresource", '""').strip('"')
-        key = f"{labels.get('verb', '').strip(chr(34))} {resource}{'/' + subresource if subresource else ''}"
-        if labels.get("group", '""').strip('"') in ("", "apps", "moorage.io", "policy", "events.k8s.io"):
+        labels = {
+            name: quoted.strip('"')
+            for name, _, quoted in (
+                part.partition("=") for part in labels_text[len("apiserver_request_total{") : -1].split(",")
+            )
+        }
+        resource, subresource = labels.get("resource") or "-", labels.get("subresource")
+        key = f"{labels.get('verb', '')} {resource}{'/' + subresource if subresource else ''}"
+        if labels.get("group", "") in ("", "apps", "moorage.io", "policy", "events.k8s.io"):
             counts[key] = counts.get(key, 0) + int(float(value))
     return dict(sorted(((k, v) for k, v in counts.items() if v >= 50), key=lambda kv: -kv[1]))
 

@@ -27,7 +27,7 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import Connection, exporter_dirs
 from middleware.engines.zookeeper import ensemble
 from middleware.engines.zookeeper.engine import DEBIAN_CLASSPATH, ENGINE, METRICS_JARS_SUBDIR
-from middleware.engines.zookeeper.launch import four_letter_word
+from middleware.engines.zookeeper.launch import METRICS_PROVIDER_JAR_PREFIX, four_letter_word
 from middleware.errors import OperationError
 from middleware.lifecycle import Deployment, Lifecycle
 from middleware.runtime.local import LocalRuntime
@@ -50,7 +50,7 @@ def require_zookeeper() -> None:
     if missing:
         pytest.skip(f"{', '.join(missing)} not found: run `make setup` (apt-get install zookeeper)")
     if not any(
-        Path(d, METRICS_JARS_SUBDIR).glob("zookeeper-prometheus-metrics-*.jar") for d in exporter_dirs()
+        Path(d, METRICS_JARS_SUBDIR).glob(f"{METRICS_PROVIDER_JAR_PREFIX}*.jar") for d in exporter_dirs()
     ):
         why = (
             "ZooKeeper's Prometheus provider jars not installed: run `make setup` (hack/install-exporters.sh)"
