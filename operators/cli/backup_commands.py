@@ -696,6 +696,13 @@ def _point_in_time_plan(
                 f"  timeline {line['timeline']}: {line['firstSegment']} .. {line['lastSegment']} "
                 f"(last archived {line['lastArchivedAt']})"
             )
+        for point in window["restorePoints"]:
+            out.print(f"  restore point {point['name']!r}: LSN {point['lsn']}, timeline {point['timeline']}")
+        if window["segmentsNotSearchedForRestorePoints"]:
+            out.print(
+                f"  {window['segmentsNotSearchedForRestorePoints']} segment(s) of the window were archived "
+                "without a search for restore points: a name not listed may still be there"
+            )
         if plan["compatible"]:
             settings = ", ".join(f"{k}={v}" for k, v in plan["recoveryTarget"].items())
             out.print(f"[green]recoverable[/] from base backup {plan['baseBackup']} ({settings})")

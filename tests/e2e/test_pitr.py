@@ -29,6 +29,7 @@ import psycopg
 import pytest
 from kubernetes import client
 
+from backups.pitr import RESTORE_POINT_INDEX
 from tests.e2e.cluster import GROUP, REPO_ROOT, VERSION, LocalCluster, wait_for
 from tests.e2e.dba import dba_account, in_a_dba_pod
 from tests.e2e.s3 import s3_client
@@ -107,6 +108,20 @@ def archived_segments(server: S3Server, bucket_name: str, namespace: str) -> set
     ):
         for item in page.get("Contents", []):
             names.add(item["Key"].rsplit("/", 1)[-1].split(".")[0])
+    return names
+
+
+def searched_segments(server: S3Server, bucket_name: str, namespace: str) -> set[str]:
+    """Segments the archive script searched whole for restore points (backups/wal_batch.py)."""
+    s3: Any = s3_client(server)
+    names: set[str] = set()
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket_name, Prefix=f"{archive_root(namespace)}/{RESTORE_POINT_INDEX}/"
+    ):
+        for item in page.get("Contents", []):
+            segment, leaf = item["Key"].rsplit("/", 2)[-2:]
+            if leaf == "scanned":
+                names.add(segment)
     return names
 
 
@@ -221,6 +236,7 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
     time.sleep(1.1)
     with superuser(local_cluster, ns) as conn:
         between = scalar(conn, "SELECT clock_timestamp()")
+        conn.execute("SELECT pg_create_restore_point('e2e between 2 and 3')")
     time.sleep(1.1)
     third = switch_segment(local_cluster, ns, 3)
     wait_for(
@@ -229,6 +245,22 @@ def test_pods_archive_take_a_base_backup_and_go_on_after_a_switchover(
         ARCHIVE_TIMEOUT,
         interval=2.0,
     )
+
+    # The pods' archive script searched every segment it archived with the image's pg_waldump:
+    # the plan lists the restore point and starts from the base backup before it.
+    wait_for(
+        f"segment {third} searched for restore points",
+        lambda: third in searched_segments(pod_s3_server, bucket, ns),
+        ARCHIVE_TIMEOUT,
+        interval=2.0,
+    )
+    to_point = cli(
+        local_cluster, pod_s3_server, "restore", "plan", "--to", NAME, "-n", ns,
+        "--to-restore-point", "e2e between 2 and 3", "--repo", url,
+    )  # fmt: skip
+    assert to_point["compatible"] is True and to_point["baseBackup"] == taken["id"], to_point
+    assert "e2e between 2 and 3" in {p["name"] for p in to_point["window"]["restorePoints"]}, to_point
+    assert to_point["window"]["segmentsNotSearchedForRestorePoints"] == 0, to_point["window"]
     # The example's second Middleware, with what its comment says to put in: a moment of the window.
     recovery = {**RECOVERED["spec"]["recovery"], "targetTime": between.isoformat()}
     assert recovery["source"] == NAME and recovery["repository"]["name"] == REPOSITORY

@@ -3,8 +3,10 @@
 then ``moorage restore rollback``.
 
 A 2-member archiving Middleware gets marks 1 and 2 around a base backup, the target is the LSN right
-after mark 2, and mark 3 follows. A restore to a restore point the WAL never names fails late, in
-PostgreSQL's recovery, and is undone by itself: marks 1, 2 and 3, Ready. Then the restore to the
+after mark 2, and mark 3 follows. A restore to a restore point the WAL never names is refused
+before anything is touched; with the archive's search for restore points deleted (as for WAL
+archived before the search existed) it fails late, in PostgreSQL's recovery, and is undone by
+itself: marks 1, 2 and 3, Ready. Then the restore to the
 LSN holds the Middleware, scales its StatefulSet to 0, sets every member's data aside through a pod
 per claim, restores the base backup into the first member's volume, lets it recover to the target
 and promote, and re-seeds the second member from it: exactly marks 1 and 2, on a new timeline, the
@@ -19,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from backups.pitr import RESTORE_POINT_INDEX
 from backups.pitr_pods import RESTORE_OF_LABEL
 from middleware.operations import RESTORE_HOLD_ANNOTATION
 from tests.e2e.cluster import LocalCluster, wait_for
@@ -34,6 +37,7 @@ from tests.e2e.test_pitr import (
     failed,
     repository_url,
     scalar,
+    searched_segments,
     superuser,
     switch_segment,
 )
@@ -113,9 +117,31 @@ def test_a_dba_restores_a_middleware_in_place_to_a_point_and_rolls_it_back(
             ).items
         }
 
-        # A restore that fails late (a restore point the WAL never names: PostgreSQL replays to the
-        # end of the archive and stops, "recovery ended before configured recovery target was
-        # reached") puts the data set aside back and says so.
+        # A restore point the WAL never names is refused before anything is touched: the archive
+        # script searched every segment it archived for restore points.
+        wait_for(
+            f"segment {after} searched for restore points",
+            lambda: after in searched_segments(pod_s3_server, bucket, ns),
+            ARCHIVE_TIMEOUT,
+            interval=2.0,
+        )
+        refused = as_dba(
+            f"restore apply --to {NAME} -n {ns} --to-restore-point no-such-point --yes",
+            "dba-refused-restore",
+            expect_failure=True,
+        )
+        assert "'no-such-point' is in none of the archived WAL segments" in refused, refused
+        assert "set aside" not in refused and marks(local_cluster, ns) == {1, 2, 3}, refused
+
+        # Where the segments were never searched (archived before Moorage searched them: the
+        # search's keys deleted here), the name is left to PostgreSQL's recovery. The restore then
+        # fails late (PostgreSQL replays to the end of the archive and stops, "recovery ended
+        # before configured recovery target was reached"), puts the data set aside back and says so.
+        s3: Any = s3_client(pod_s3_server)
+        index = s3.list_objects_v2(Bucket=bucket, Prefix=f"{archive_root(ns)}/{RESTORE_POINT_INDEX}/")
+        keys = [{"Key": item["Key"]} for item in index.get("Contents", [])]
+        assert keys and not index.get("IsTruncated"), index
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
         failure = as_dba(
             f"restore apply --to {NAME} -n {ns} --to-restore-point no-such-point --yes",
             "dba-failed-restore",

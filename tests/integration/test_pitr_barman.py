@@ -22,10 +22,13 @@ from pathlib import Path
 import pytest
 
 from backups.pitr import (
+    ARCHIVE_CREDENTIALS,
     BARMAN_VERSION,
     RecoveryTarget,
     Segment,
     WalArchive,
+    archive_script,
+    credentials_file,
     find_barman,
     format_lsn,
     inspect,
@@ -34,6 +37,7 @@ from backups.pitr import (
 )
 from backups.store import S3Store
 from middleware.engines.postgresql.binaries import find_bin_dir
+from middleware.engines.postgresql.config import ARCHIVE_SCRIPT
 from middleware.errors import MoorageError
 from tests.integration.harness import free_port, wait_until
 from tests.integration.s3_harness import S3Server
@@ -236,3 +240,116 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
             [str(barman_bin / "barman-cloud-backup"), "--version"], capture_output=True, text=True
         ).stdout
     )
+
+
+def test_restore_points_are_found_while_archiving_and_a_plan_checks_a_name_against_them(
+    s3_server: S3Server, barman_bin: Path, workdir: Path
+) -> None:
+    """Our archive script (backups/wal_batch.py with the server's pg_waldump) notes the restore
+    points of each segment it archives. The check refuses a name no segment holds and one before the
+    window, and starts a restore to a name from the newest base backup that ends before it: here
+    the older one, since the newer one ends after the point (a recovery from it would never meet
+    the name and fail at the end of the archive). Restored from there, the data is exactly what it
+    was at the point."""
+    config = s3_server.config("pitr-rp-" + os.urandom(4).hex(), prefix="backups")
+    store = S3Store(config)
+    store.ensure_bucket()
+    archive = WalArchive(config, "prod", "ledger")
+    env = {**os.environ, **archive.environment(), "PGHOST": str(workdir)}
+    bin_dir = find_bin_dir()
+    primary = Server(bin_dir, workdir / "data", workdir, free_port(), env)
+    primary.run(str(bin_dir / "initdb"), "-D", str(primary.data), "-U", "postgres", "--auth=trust")
+    script = workdir / "archive-scripts" / ARCHIVE_SCRIPT
+    script.parent.mkdir()
+    script.write_text(archive_script(archive, barman_bin, bin_dir / "pg_waldump"))
+    script.chmod(0o700)
+    keys = credentials_file(config)
+    assert keys is not None
+    (script.parent / ARCHIVE_CREDENTIALS).write_text(keys)
+    for path in (script.parent, script, script.parent / ARCHIVE_CREDENTIALS):
+        give_to_postgres(path)
+    primary.configure({"archive_mode": "on", "archive_command": f'"{script}" "%p"', "wal_level": "replica"})
+    primary.start()
+
+    def base_backup() -> None:
+        as_postgres(
+            *archive.command(barman_bin, "barman-cloud-backup"),
+            *("--host", str(workdir), "--port", str(primary.port), "--user", "postgres"),
+            env=env,
+        )
+
+    points: dict[str, str] = {}
+    try:
+        with primary.connect() as conn:
+
+            def mark(row: int, point: str) -> None:
+                conn.execute("INSERT INTO marks VALUES (%s)", (row,))
+                points[point] = str(
+                    conn.execute("SELECT pg_create_restore_point(%s)", (point,)).fetchone()[0]
+                )
+
+            conn.execute("CREATE TABLE marks (id int PRIMARY KEY)")
+            mark(1, "before the first base backup")
+            base_backup()
+            mark(2, "release 2.0 / migration")  # a name with spaces and a slash: the key holds it in hex
+            base_backup()
+            mark(3, "after both")
+            last = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+            conn.execute("SELECT pg_switch_wal()")
+        wait_until(
+            lambda: inspect(store, archive),
+            lambda report: Segment.parse(last) in report.searched,
+            60,
+            f"segment {last} archived and searched by our archive script",
+            interval=0.5,
+        )
+    finally:
+        primary.stop()
+
+    report = inspect(store, archive)
+    first, second = report.base_backups
+    found = {p.name: p.lsn for p in report.restore_points}
+    # barman-cloud-backup names one right after each base backup ends: found as any other
+    assert set(found) == {*points, f"barman_{first.backup_id}", f"barman_{second.backup_id}"}
+    for name, returned in points.items():
+        # pg_create_restore_point returns where its record ends; pg_waldump says where it starts
+        assert 0 < parse_lsn(returned) - found[name] <= 128, (name, returned, format_lsn(found[name]))
+    assert report.unsearched() == []
+    assert [p["name"] for p in report.window()["restorePoints"]] == [
+        f"barman_{first.backup_id}",
+        "release 2.0 / migration",
+        f"barman_{second.backup_id}",
+        "after both",
+    ]
+    with pytest.raises(MoorageError, match="'no such point' is in none of the archived WAL segments"):
+        report.check(RecoveryTarget(name="no such point"))
+    with pytest.raises(
+        MoorageError, match=r"'before the first base backup' .* is before the recoverable window"
+    ):
+        report.check(RecoveryTarget(name="before the first base backup"))
+    assert report.check(RecoveryTarget(name="after both")) == second
+    assert report.check(RecoveryTarget(name="release 2.0 / migration")) == first
+    assert report.check(RecoveryTarget(name=f"barman_{second.backup_id}")) == second
+
+    restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
+    as_postgres(
+        *archive.command(barman_bin, "barman-cloud-restore"), first.backup_id, str(restored.data), env=env
+    )
+    restored.data.chmod(0o700)
+    restored.configure(recovery_settings(archive, barman_bin, RecoveryTarget(name="release 2.0 / migration")))
+    (restored.data / "recovery.signal").touch()
+    give_to_postgres(restored.data / "recovery.signal")
+    restored.start()
+    try:
+
+        def in_recovery() -> bool:
+            with restored.connect() as conn:
+                return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+
+        wait_until(
+            in_recovery, lambda recovering: not recovering, 60, "promoted at the restore point", interval=0.5
+        )
+        with restored.connect() as conn:
+            assert [r[0] for r in conn.execute("SELECT id FROM marks ORDER BY id")] == [1, 2], restored.log()
+    finally:
+        restored.stop()

@@ -13,6 +13,7 @@ from backups.pitr import (
     ArchiveReport,
     BaseBackup,
     RecoveryTarget,
+    RestorePoint,
     Segment,
     WalArchive,
     _gaps,
@@ -172,3 +173,50 @@ def test_rendered_commands_and_recovery_settings() -> None:
     # The keys go to the tools' environment, never into a command line.
     assert "s" not in archive.archive_command(barman).split()
     assert archive.environment()["AWS_SECRET_ACCESS_KEY"] == "s"
+
+
+def point(name: str, lsn: str, segment: str = "000000010000000000000005") -> RestorePoint:
+    return RestorePoint(name, parse_lsn(lsn), seg(segment))
+
+
+def test_a_restore_point_target_starts_from_the_newest_base_backup_ending_before_it() -> None:
+    first = dataclasses.replace(backup("a", T0), end_lsn=parse_lsn("0/2000100"))
+    second = dataclasses.replace(
+        backup("b", T0 + timedelta(hours=1), begin_wal="000000010000000000000004"),
+        end_lsn=parse_lsn("0/4000100"),
+    )
+    segments = {1: [seg(f"0000000100000000000000{n:02X}") for n in range(2, 8)]}
+    points = [
+        point("too early", "0/1000200", "000000010000000000000001"),
+        point("nightly", "0/3000200", "000000010000000000000003"),
+        point("release", "0/5000200"),
+        point("nightly", "0/6000200", "000000010000000000000006"),  # the same name again, later
+    ]
+    report = ArchiveReport([first, second], segments, [], restore_points=points, searched=set(segments[1]))
+    # PostgreSQL stops at the first "nightly" it replays: only a base backup ending before it meets it
+    assert report.check(RecoveryTarget(name="nightly")) == first
+    assert report.check(RecoveryTarget(name="release")) == second
+    with pytest.raises(
+        MoorageError, match=r"'too early' \(LSN 0/1000200, timeline 1\) is before the recoverable"
+    ):
+        report.check(RecoveryTarget(name="too early"))
+    with pytest.raises(
+        MoorageError, match=r"'typo' is in none of .*; the archive holds: 'nightly', 'release', 'too"
+    ):
+        report.check(RecoveryTarget(name="typo"))
+    assert [p["name"] for p in report.window()["restorePoints"]] == ["nightly", "release", "nightly"]
+    assert report.window()["segmentsNotSearchedForRestorePoints"] == 0
+
+
+def test_a_restore_point_name_that_may_be_in_unsearched_wal_is_left_to_the_recovery() -> None:
+    only = dataclasses.replace(backup("a", T0), end_lsn=parse_lsn("0/2000100"))
+    segments = {1: [seg(f"0000000100000000000000{n:02X}") for n in range(1, 5)]}
+    # archived before the search existed (01 is before the base backup: not needed, not counted)
+    searched = {seg("000000010000000000000004")}
+    report = ArchiveReport([only], segments, [], searched=searched)
+    assert report.unsearched() == [seg("000000010000000000000002"), seg("000000010000000000000003")]
+    assert report.check(RecoveryTarget(name="anything")) == only
+    assert report.window()["segmentsNotSearchedForRestorePoints"] == 2
+    report.searched |= set(report.unsearched())
+    with pytest.raises(MoorageError, match="the archive holds none"):
+        report.check(RecoveryTarget(name="anything"))

@@ -107,9 +107,12 @@ def test_the_config_archives_through_the_script_beside_it_only_when_asked() -> N
 
 def test_the_script_names_the_destination_and_never_a_key() -> None:
     archive = WalArchive(CONFIG, "shop", "ledger")
-    script = archive_script(archive, Path("/opt/barman/bin"))
+    script = archive_script(archive, Path("/opt/barman/bin"), Path("/opt/pg/bin/pg_waldump"))
     assert script.startswith("#!/bin/sh\n")
-    assert 'exec /opt/barman/bin/python - "$spool" "$1" $ahead -- --cloud-provider aws-s3' in script
+    assert (
+        'exec /opt/barman/bin/python - --waldump /opt/pg/bin/pg_waldump "$spool" "$1" $ahead -- '
+        "--cloud-provider aws-s3"
+    ) in script
     assert "s3://pitr-bucket/pitr/shop ledger" in script and "--endpoint-url http://127.0.0.1:9000" in script
     assert ARCHIVE_CREDENTIALS in script
     assert "s3cr3t" not in script and "AKIDEXAMPLE" not in script
@@ -417,8 +420,21 @@ STAND_IN_BARMAN = {
     "barman/xlog.py": "import re\n"
     "def is_any_xlog_file(path):\n"
     "    return re.search(r'[0-9A-F]{24}$|[0-9A-F]{8}[.]history$', path) is not None\n",
-    "barman/cloud_providers/__init__.py": "def get_cloud_interface(config):\n"
-    "    return open(config.log, 'a')\n",
+    # The "interface" appends each upload to a file, and each index key to another.
+    "barman/cloud_providers/__init__.py": "import os\n"
+    "class Interface:\n"
+    "    path = 'pitr/shop'\n"
+    "    def __init__(self, log):\n"
+    "        self.file = open(log, 'a')\n"
+    "    def write(self, text):\n"
+    "        self.file.write(text)\n"
+    "    def upload_fileobj(self, fileobj, key):\n"
+    "        with open(os.environ['INDEX_LOG'], 'a') as index:\n"
+    "            index.write(f'{key} {fileobj.read().decode()}\\n')\n"
+    "    def close(self):\n"
+    "        self.file.close()\n"
+    "def get_cloud_interface(config):\n"
+    "    return Interface(config.log)\n",
     "barman/clients/__init__.py": "",
     # Records each upload in the file the "interface" is, and fails for segment 04.
     "barman/clients/cloud_walarchive.py": "import argparse, os, threading, time\n"
@@ -458,8 +474,22 @@ def test_the_archive_script_uploads_ahead_in_one_process_and_never_notes_a_faile
         (data / "pg_wal" / "archive_status" / f"{name}.ready").write_bytes(b"")
     (data / "pg_wal" / "archive_status" / "00000002.history.ready").write_bytes(b"")
     script = data / "wal-archive"
-    script.write_text(archive_script(WalArchive(CONFIG, "shop", "ledger"), bin_dir))
-    env = {**os.environ, "PYTHONPATH": str(library), "UPLOAD_LOG": str(log)}
+    # A STAND-IN pg_waldump (the real one reads real WAL in tests/integration/test_pitr_barman.py):
+    # a restore point in 02, 03 unreadable.
+    waldump = tmp_path / "pg_waldump"
+    waldump.write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        "  *--start=0/2000000*) echo 'rmgr: XLOG len (rec/tot): 98/98, tx: 0, lsn: 0/02000110, "
+        "prev 0/020000E8, desc: RESTORE_POINT nightly run' ;;\n"
+        "  *--start=0/3000000*) echo 'pg_waldump: error: could not find a valid record' >&2; exit 1 ;;\n"
+        "esac\n"
+    )
+    waldump.chmod(0o755)
+    index = tmp_path / "index"
+    index.write_text("")
+    script.write_text(archive_script(WalArchive(CONFIG, "shop", "ledger"), bin_dir, waldump))
+    env = {**os.environ, "PYTHONPATH": str(library), "UPLOAD_LOG": str(log), "INDEX_LOG": str(index)}
 
     def archive(name: str) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
@@ -480,6 +510,18 @@ def test_the_archive_script_uploads_ahead_in_one_process_and_never_notes_a_faile
         "not in threads of one process"
     )
     assert "uploading pg_wal/000000010000000000000004 ahead failed" in first.stderr
+    # Each uploaded segment's restore points, then whether it was searched whole; none for 04.
+    keys = index.read_text().splitlines()
+    where = "pitr/shop/ledger/restore-points"
+    assert sorted(keys) == [
+        f"{where}/000000010000000000000001/scanned ",
+        f"{where}/000000010000000000000002/0000000002000110.{b'nightly run'.hex()} ",
+        f"{where}/000000010000000000000002/scanned ",
+        f"{where}/000000010000000000000003/failed pg_waldump: error: could not find a valid record",
+    ]
+    assert keys.index(f"{where}/000000010000000000000002/scanned ") > keys.index(
+        f"{where}/000000010000000000000002/0000000002000110.{b'nightly run'.hex()} "
+    )
     # 02 and 03 were uploaded ahead: answered at once (nothing uploaded again, nor ahead).
     log.write_text("")
     assert archive(segments[1]).returncode == 0 and archive(segments[2]).returncode == 0
