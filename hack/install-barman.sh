@@ -11,8 +11,11 @@ VERSION=${BARMAN_VERSION:-3.19.1}
 DIR=${MOORAGE_BARMAN_DIR:-/opt/moorage/barman-$VERSION}
 log() { echo "[install-barman $(date +%H:%M:%S)] $*" >&2; }
 
-if [ "$("$DIR/bin/barman-cloud-wal-archive" --version 2>/dev/null)" = "barman-cloud-wal-archive $VERSION" ]; then
-  log "barman $VERSION in $DIR runs; nothing to do"
+# With the zstd and lz4 libraries its WAL compression needs (spec.backup.walCompression).
+EXTRAS=cloud,zstandard,lz4
+if [ "$("$DIR/bin/barman-cloud-wal-archive" --version 2>/dev/null)" = "barman-cloud-wal-archive $VERSION" ] &&
+  "$DIR/bin/python" -c 'import zstandard, lz4.frame' 2>/dev/null; then
+  log "barman $VERSION in $DIR runs (with zstd and lz4); nothing to do"
   exit 0
 fi
 SUDO=$( [ "$(id -u)" = 0 ] || echo sudo )
@@ -25,6 +28,7 @@ PYTHON=/usr/bin/python3
 $SUDO rm -rf "$DIR"
 $SUDO mkdir -p "$(dirname "$DIR")"
 $SUDO "$PYTHON" -m venv "$DIR"
-$SUDO "$DIR/bin/pip" install -q --disable-pip-version-check "barman[cloud]==$VERSION"
+$SUDO "$DIR/bin/pip" install -q --disable-pip-version-check "barman[$EXTRAS]==$VERSION"
+"$DIR/bin/python" -c 'import zstandard, lz4.frame'
 $SUDO chmod -R o+rX "$DIR"
 log "barman $VERSION installed in $DIR ($("$DIR/bin/barman-cloud-backup" --version))"

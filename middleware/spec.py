@@ -46,6 +46,7 @@ class ResolvedSpec:
     # repository (the BackupRepository named by spec.backup.repository.name).
     wal_archiving: bool = False
     archive_repository: str | None = None
+    wal_compression: str = "zstd"  # spec.backup.walCompression
     # spec.recovery: created from another Middleware's archive, at a point in time.
     recovery: RecoverySource | None = None
     # spec.monitoring.enabled: an exporter beside every member whose engine has one; in pods, a
@@ -162,6 +163,7 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         generation=middleware.metadata.generation,
         wal_archiving=wal_archiving,
         archive_repository=spec.backup.repository.name if spec.backup and wal_archiving else None,
+        wal_compression=str(spec.backup.wal_compression) if spec.backup else "zstd",
         recovery=spec.recovery,
         metrics=metrics,
         exporter_image=engine.exporter_image if metrics else None,

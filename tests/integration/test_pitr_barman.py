@@ -245,7 +245,8 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
 def test_restore_points_are_found_while_archiving_and_a_plan_checks_a_name_against_them(
     s3_server: S3Server, barman_bin: Path, workdir: Path
 ) -> None:
-    """Our archive script (backups/wal_batch.py with the server's pg_waldump) notes the restore
+    """Our archive script (backups/wal_batch.py with the server's pg_waldump, compressing with zstd
+    as by default) notes the restore
     points of each segment it archives. The check refuses a name no segment holds and one before the
     window, and starts a restore to a name from the newest base backup that ends before it: here
     the older one, since the newer one ends after the point (a recovery from it would never meet
@@ -308,6 +309,10 @@ def test_restore_points_are_found_while_archiving_and_a_plan_checks_a_name_again
 
     report = inspect(store, archive)
     first, second = report.base_backups
+    # spec.backup.walCompression's default: every segment compressed with zstd on its way, and read
+    # back by barman's restore below
+    wal_keys = [k for k in store.list_keys(archive.key("wals") + "/") if Segment.parse(k.rsplit("/", 1)[-1])]
+    assert wal_keys and all(k.endswith(".zst") for k in wal_keys), wal_keys
     found = {p.name: p.lsn for p in report.restore_points}
     # barman-cloud-backup names one right after each base backup ends: found as any other
     assert set(found) == {*points, f"barman_{first.backup_id}", f"barman_{second.backup_id}"}

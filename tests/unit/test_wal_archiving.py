@@ -111,7 +111,7 @@ def test_the_script_names_the_destination_and_never_a_key() -> None:
     assert script.startswith("#!/bin/sh\n")
     assert (
         'exec /opt/barman/bin/python - --waldump /opt/pg/bin/pg_waldump "$spool" "$1" $ahead -- '
-        "--cloud-provider aws-s3"
+        "--zstd --compression-level low --cloud-provider aws-s3"
     ) in script
     assert "s3://pitr-bucket/pitr/shop ledger" in script and "--endpoint-url http://127.0.0.1:9000" in script
     assert ARCHIVE_CREDENTIALS in script
@@ -119,6 +119,23 @@ def test_the_script_names_the_destination_and_never_a_key() -> None:
     keys = credentials_file(CONFIG)
     assert keys is not None and "aws_secret_access_key = s3cr3t/key" in keys
     assert credentials_file(RepositoryConfig(bucket="pitr-bucket")) is None
+
+
+@pytest.mark.parametrize(
+    ("compression", "option"),
+    [("zstd", "--zstd --compression-level low "), ("lz4", "--lz4 --compression-level low "), ("none", "")],
+)
+def test_the_script_compresses_as_spec_backup_wal_compression_says(compression: str, option: str) -> None:
+    spec = postgres(backup={**BACKUP, "walCompression": compression})
+    assert spec.wal_compression == compression
+    script = archive_script(
+        WalArchive(CONFIG, "shop", "ledger"), Path("/b"), Path("/w"), compression=compression
+    )
+    assert f"$ahead -- {option}--cloud-provider aws-s3" in script
+    with pytest.raises(SpecError, match=r"spec.backup.walCompression: 'brotli' is not one of"):
+        archive_script(WalArchive(CONFIG, "shop", "ledger"), Path("/b"), Path("/w"), compression="brotli")
+    with pytest.raises(SpecError, match="walCompression"):
+        postgres(backup={**BACKUP, "walCompression": "brotli"})
 
 
 def test_the_restore_script_fetches_ahead_into_a_spool_of_its_own_archive() -> None:
