@@ -180,6 +180,15 @@ class LocalRecovery:
             if aside.exists():
                 aside.rename(self._pgdata(member))
 
+    def remove_set_aside(self, suffix: str) -> list[str]:
+        removed = []
+        for member in self.engine.members(self.spec):
+            aside = self._pgdata(member).with_name(f"{PGDATA}.{suffix}")
+            if aside.exists():
+                shutil.rmtree(aside)
+                removed.append(member.name)
+        return removed
+
     def restore_base(
         self, archive: pitr.WalArchive, backup: pitr.BaseBackup, settings: dict[str, str]
     ) -> str:

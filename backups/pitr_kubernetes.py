@@ -98,6 +98,33 @@ class KubernetesRecovery:
     def bring_back(self, suffix: str) -> None:
         self._move("bring-back", suffix)
 
+    def remove_set_aside(self, suffix: str) -> list[str]:
+        """In each member's own container, where its volume is mounted: the members run on."""
+        removed: list[str] = []
+        script = pitr_pods.data_moves_script("remove", suffix)
+        for member in self.members:
+            pod = self.rt.get("v1", "Pod", self.namespace, member)
+            if pod is None or not pod_ready(pod):
+                raise MoorageError(
+                    f"{member} is not running: its volume is out of reach (removed so far: "
+                    f"{', '.join(removed) or 'none'}); run the command again once it is Ready"
+                )
+            try:
+                code, output = self.rt.exec_in_pod(
+                    self.namespace,
+                    member,
+                    pitr_pods.POSTGRES_CONTAINER,
+                    ["sh", "-c", script],
+                    EXEC_TIMEOUT_SECONDS,
+                )
+            except ApiException as exc:
+                code, output = -1, f"exec into {member}: {exc.status} {exc.reason}"
+            if code != 0:
+                raise MoorageError(f"removing {member}'s pgdata.{suffix} failed:\n{_tail(output)}")
+            if "moved" in output.split():
+                removed.append(member)
+        return removed
+
     def restore_base(
         self, archive: pitr.WalArchive, backup: pitr.BaseBackup, settings: dict[str, str]
     ) -> str:

@@ -123,7 +123,8 @@ def data_moves_script(action: str, suffix: str | None) -> str:
     """The shell a claim pod runs to move ``PGDATA``; it prints ``moved`` when it moved
     something. ``set-aside``: pgdata -> pgdata.<suffix> (refused if that exists: nothing is ever
     overwritten); ``discard``: pgdata -> pgdata.<suffix>, or deleted when there is no suffix;
-    ``bring-back``: pgdata.<suffix> -> pgdata (any pgdata left there was discarded before)."""
+    ``bring-back``: pgdata.<suffix> -> pgdata (any pgdata left there was discarded before);
+    ``remove``: pgdata.<suffix> deleted (the current data untouched)."""
     current = PGDATA
     other = f"{current}.{suffix}" if suffix else None
     if action in ("set-aside", "discard") and other is not None:
@@ -140,6 +141,8 @@ def data_moves_script(action: str, suffix: str | None) -> str:
             f'[ ! -e "{current}" ] || {{ echo "{current} is in the way" >&2; exit 3; }}; '
             f'mv "{other}" "{current}"; echo moved'
         )
+    if action == "remove" and other is not None:
+        return f'set -eu; [ -e "{other}" ] || exit 0; rm -rf "{other}"; echo moved'
     raise ValueError(f"unknown data move {action!r} (suffix {suffix!r})")
 
 

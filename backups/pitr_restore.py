@@ -13,7 +13,8 @@ the repository's restore record (``kind: pointInTime``), as logical restores are
 
 Any failure after the data was set aside puts it back (the half-restored directory discarded) and
 starts the deployment as it was. ``rollback_point_in_time`` does the same later, keeping the
-restored data beside it (``pgdata.after-<restore id>``) so that nothing is lost either way.
+restored data beside it (``pgdata.after-<restore id>``) so that nothing is lost either way, until
+``discard_point_in_time`` deletes what was set aside, when the DBA says the outcome stays.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ class RecoveryPort(Protocol):
 
     def bring_back(self, suffix: str) -> None:
         """Move ``<it>.<suffix>`` back in place for every member that has one."""
+        ...
+
+    def remove_set_aside(self, suffix: str) -> list[str]:
+        """Delete ``<it>.<suffix>`` of every member, the deployment running on; returns the members
+        that had one (raises naming a member whose volume is out of reach)."""
         ...
 
     def restore_base(
@@ -199,6 +205,11 @@ def rollback_point_in_time(
     rid = record["restoreId"]
     if record.get("rolledBack"):
         raise MoorageError(f"restore {rid} was already rolled back")
+    if record.get("discarded") == f"{BEFORE}-{rid}":
+        raise MoorageError(
+            f"the data from before restore {rid} was removed (`moorage restore discard`): "
+            "nothing to roll back to"
+        )
     _step(
         repository,
         record,
@@ -220,6 +231,40 @@ def rollback_point_in_time(
     )
     repository.audit("rollback", restoreId=rid, kind=KIND)
     progress("rollback", 2, 2)
+    return record
+
+
+def discard_point_in_time(
+    repository: Repository, port: RecoveryPort, record: dict[str, Any], *, progress: Progress = no_progress
+) -> dict[str, Any]:
+    """Delete what a point-in-time restore set aside on the members' volumes, once its outcome is
+    kept: the data from before it (``pgdata.before-<id>``: the restore can no longer be rolled
+    back), or after a rollback the restored data (``pgdata.after-<id>``). Nothing else is touched
+    and the deployment runs on; run again, it removes what is left (a member that was down)."""
+    rid = record["restoreId"]
+    phase = record.get("phase")
+    if phase == str(RestorePhase.FAILED):
+        raise MoorageError(f"restore {rid} failed and was undone: it left nothing set aside")
+    if phase not in (str(RestorePhase.APPLIED), str(RestorePhase.ROLLED_BACK)):
+        raise MoorageError(
+            f"restore {rid} is {phase}, not finished: `moorage restore rollback {rid}` finishes a "
+            "restore that was stopped half-way; discard after that"
+        )
+    suffix = f"{AFTER}-{rid}" if record.get("rolledBack") else f"{BEFORE}-{rid}"
+    what = "the restored data" if record.get("rolledBack") else "the data from before it"
+    progress("discard", 0, 1)
+    removed = port.remove_set_aside(suffix)
+    _step(
+        repository,
+        record,
+        RestorePhase(phase),
+        f"{what} (pgdata.{suffix}) removed from "
+        + (", ".join(removed) if removed else "no member (nothing was left)")
+        + ("; it can no longer be rolled back" if not record.get("rolledBack") else ""),
+        discarded=suffix,
+    )
+    repository.audit("restore-discard", restoreId=rid, kind=KIND, removed=suffix, members=removed)
+    progress("discard", 1, 1)
     return record
 
 

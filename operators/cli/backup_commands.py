@@ -830,22 +830,7 @@ def restore_rollback(
     record = repository.load_restore(restore_id)
     _confirm(yes, f"this returns {record['namespace']}/{record['target']} to its state before {restore_id}")
     if record.get("kind") == pitr_restore.KIND:
-        recovery: pitr_restore.RecoveryPort
-        if runtime == "kubernetes":
-            recovery = KubernetesRecovery(
-                KubernetesRuntime.from_environment(),
-                record["namespace"],
-                record["target"],
-                restore_id,
-                ready_timeout=max(ready_timeout, 900.0),
-            )
-        else:
-            recovery = LocalRecovery(
-                Lifecycle(local_runtime(state_dir, repo)),
-                record["namespace"],
-                record["target"],
-                from_other_archive="source" in record,
-            )
+        recovery = _recovery_port(record, runtime, state_dir, repo, ready_timeout)
         with _progress(not as_json) as progress:
             record = pitr_restore.rollback_point_in_time(repository, recovery, record, progress=progress)
         if as_json:
@@ -858,6 +843,60 @@ def restore_rollback(
         record = runbook.rollback_restore(
             repository, restore_id, target, progress=progress, ready_timeout=ready_timeout
         )
+    if as_json:
+        _print_json(record)
+    else:
+        _print_record(record)
+
+
+def _recovery_port(
+    record: dict[str, Any], runtime: str, state_dir: Path | None, repo: str, ready_timeout: float
+) -> pitr_restore.RecoveryPort:
+    """The runtime side of a point-in-time restore's record."""
+    if runtime == "kubernetes":
+        return KubernetesRecovery(
+            KubernetesRuntime.from_environment(),
+            record["namespace"],
+            record["target"],
+            record["restoreId"],
+            ready_timeout=max(ready_timeout, 900.0),
+        )
+    return LocalRecovery(
+        Lifecycle(local_runtime(state_dir, repo)),
+        record["namespace"],
+        record["target"],
+        from_other_archive="source" in record,
+    )
+
+
+@restore_app.command("discard")
+def restore_discard(
+    restore_id: Annotated[str, typer.Argument(help="Restore id (from `restore apply` or `restore list`).")],
+    repo: RepoOpt = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: StateDir = None,
+    runtime: RuntimeOpt = "local",
+    output: Output = "table",
+) -> None:
+    """Point-in-time restores: delete the data the restore set aside on the members' volumes (the
+    data from before it, or after a rollback the restored data), keeping the outcome for good."""
+    as_json = _json(output)
+    repository = _repository(repo)
+    record = repository.load_restore(restore_id)
+    if record.get("kind") != pitr_restore.KIND:
+        raise MoorageError(
+            f"restore {restore_id} is a logical restore: its safety snapshot is a backup in the "
+            "repository (`moorage backup prune` deletes old ones), nothing is set aside on the volumes"
+        )
+    what = (
+        "the restored data"
+        if record.get("rolledBack")
+        else "the data from before it (no rollback after this)"
+    )
+    _confirm(yes, f"this deletes {what} from {record['namespace']}/{record['target']}'s volumes")
+    recovery = _recovery_port(record, runtime, state_dir, repo, runbook.READY_TIMEOUT_SECONDS)
+    with _progress(not as_json) as progress:
+        record = pitr_restore.discard_point_in_time(repository, recovery, record, progress=progress)
     if as_json:
         _print_json(record)
     else:

@@ -12,7 +12,8 @@ per claim, restores the base backup into the first member's volume, lets it reco
 and promote, and re-seeds the second member from it: exactly marks 1 and 2, on a new timeline, the
 second member streaming, archiving on that timeline, no claim pod and no hold left. The rollback
 brings back the data from before: exactly marks 1, 2 and 3 (mark 4, written after the restore,
-stays in the data kept aside). The claims are the same objects throughout.
+stays in the data kept aside, until ``restore discard`` deletes that from both volumes while the
+members run on). The claims are the same objects throughout.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from backups.pitr import RESTORE_POINT_INDEX
-from backups.pitr_pods import RESTORE_OF_LABEL
+from backups.pitr_pods import POSTGRES_CONTAINER, RESTORE_OF_LABEL
 from middleware.operations import RESTORE_HOLD_ANNOTATION
 from tests.e2e.cluster import LocalCluster, wait_for
 from tests.e2e.dba import dba_account, in_a_dba_pod
@@ -183,6 +184,21 @@ def test_a_dba_restores_a_middleware_in_place_to_a_point_and_rolls_it_back(
         assert back["phase"] == "RolledBack" and back["rolledBack"] is True, back
         settled(local_cluster, ns)
         assert marks(local_cluster, ns) == {1, 2, 3}  # the data from before, exactly
+
+        # Kept for good: the restored data goes from both volumes, in the running members' own
+        # containers; the members run on with the same rows.
+        def set_aside(member: str) -> list[str]:
+            listing = local_cluster.kubectl(
+                "-n", ns, "exec", member, "-c", POSTGRES_CONTAINER, "--", "ls", "-a", "/data"
+            )  # fmt: skip
+            return sorted(n for n in listing.split() if n.startswith("pgdata."))
+
+        after = f"pgdata.after-{record['restoreId']}"
+        assert [set_aside(m) for m in (f"{NAME}-0", f"{NAME}-1")] == [[after], [after]]
+        kept = as_dba(f"restore discard {record['restoreId']} --yes", "dba-discard")
+        assert kept["discarded"] == f"after-{record['restoreId']}", kept
+        assert [set_aside(m) for m in (f"{NAME}-0", f"{NAME}-1")] == [[], []]
+        assert marks(local_cluster, ns) == {1, 2, 3}
     claims_after = {
         c.metadata.name: c.metadata.uid
         for c in local_cluster.core.list_namespaced_persistent_volume_claim(

@@ -306,6 +306,16 @@ def test_restore_to_a_moment_between_markers_then_roll_back_to_the_exact_data_be
     )
     assert kept.is_dir(), "the restored data must be kept beside the rolled-back one"
 
+    # The DBA keeps the rollback's outcome: the restored data goes from both members' volumes, the
+    # deployment running on with the same rows.
+    discarded = cli.json("restore", "discard", record["restoreId"], "--yes")
+    assert discarded["discarded"] == f"after-{record['restoreId']}", discarded
+    assert f"{NAME}-0" in discarded["message"] and f"{NAME}-1" in discarded["message"], discarded
+    assert not list((cli.state_dir / "default" / NAME / "members").glob("*/data/pgdata.*")), (
+        "set-aside data left"
+    )
+    assert rows(cli) == before and cli.status(NAME)["phase"] == "Ready"
+
 
 def test_archiving_turned_on_later_restarts_the_members_but_never_into_another_clusters_archive(
     cli: Moorage, repo: Repo, tmp_path: Path

@@ -58,6 +58,11 @@ class InMemoryRecovery:
         for member in ("db-0", "db-1"):
             self.data[member] = self.data.pop(f"{member}.{suffix}")
 
+    def remove_set_aside(self, suffix: str) -> list[str]:
+        self._call(f"remove_set_aside {suffix.split('-')[0]}")
+        removed = [m for m in ("db-0", "db-1") if self.data.pop(f"{m}.{suffix}", None) is not None]
+        return removed
+
     def restore_base(
         self, archive: pitr.WalArchive, backup: pitr.BaseBackup, settings: dict[str, str]
     ) -> str:
@@ -179,3 +184,46 @@ def test_a_restore_from_another_deployments_archive_follows_that_ones_timeline(
             repository, empty, "shop", "ledger-2", pitr.RecoveryTarget(time=END + timedelta(seconds=1))
         )
     assert empty.calls == []
+
+
+def test_discard_removes_what_was_set_aside_and_a_discarded_restore_cannot_be_rolled_back(
+    repository: Repository,
+) -> None:
+    port = InMemoryRecovery()
+    record = apply(repository, port, END + timedelta(seconds=1))
+    rid = record["restoreId"]
+    # (db-1 clones db-0 when it starts: the port in memory holds no data for it)
+    assert set(port.data) == {"db-0", f"db-0.before-{rid}", f"db-1.before-{rid}"}
+    port.calls.clear()
+    discarded = pitr_restore.discard_point_in_time(repository, port, record)
+    assert port.calls == ["remove_set_aside before"]  # nothing stopped: the deployment runs on
+    assert set(port.data) == {"db-0"} and port.data["db-0"] == "restored from b1"
+    assert discarded["phase"] == "Applied" and discarded["discarded"] == f"before-{rid}", discarded
+    assert "no longer be rolled back" in discarded["message"]
+    assert repository.load_restore(rid)["discarded"] == f"before-{rid}"
+    with pytest.raises(MoorageError, match=f"the data from before restore {rid} was removed"):
+        pitr_restore.rollback_point_in_time(repository, port, repository.load_restore(rid))
+    assert port.calls == ["remove_set_aside before"]  # the refused rollback touched nothing
+    # Again: nothing left, said so.
+    again = pitr_restore.discard_point_in_time(repository, port, repository.load_restore(rid))
+    assert "removed from no member" in again["message"], again
+
+
+def test_discard_after_a_rollback_removes_the_restored_data_and_refuses_a_failed_restore(
+    repository: Repository,
+) -> None:
+    port = InMemoryRecovery()
+    record = apply(repository, port, END + timedelta(seconds=1))
+    rid = record["restoreId"]
+    rolled = pitr_restore.rollback_point_in_time(repository, port, record)
+    assert port.data[f"db-0.after-{rid}"] == "restored from b1"
+    discarded = pitr_restore.discard_point_in_time(repository, port, rolled)
+    assert discarded["phase"] == "RolledBack" and discarded["discarded"] == f"after-{rid}"
+    assert set(port.data) == {"db-0", "db-1"} and port.data["db-0"] == "current"
+
+    failing = InMemoryRecovery(fail_at="start_restored")
+    with pytest.raises(RestoreFailed) as failure:
+        apply(repository, failing, END + timedelta(seconds=1))
+    failed_id = str(failure.value).split()[2]
+    with pytest.raises(MoorageError, match="failed and was undone: it left nothing set aside"):
+        pitr_restore.discard_point_in_time(repository, failing, repository.load_restore(failed_id))
