@@ -537,7 +537,7 @@ def archiving_transition(was_failing: bool | None, failing: bool | None) -> str 
 
 # spec.backup.walCompression -> barman-cloud-wal-archive's options (its restore tells them apart by
 # the file's suffix, so an archive may hold several). Level "low" (zstd 1, gzip 1): barman's default
-# "medium" costs zstd about 4 times the CPU for a few percent of size on WAL, and the archiver's
+# "medium" costs zstd several times the CPU for a few percent of size on WAL, and the archiver's
 # job is to keep up with the primary.
 WAL_COMPRESSION_OPTIONS = {
     name: [f"--{name}", "--compression-level", "low"] for name in ("zstd", "lz4", "gzip")

@@ -18,10 +18,9 @@ Each segment is also searched for restore points (``pg_create_restore_point``) w
 found is written next to barman's layout, after the segment itself:
 ``restore-points/SEGMENT/LSN.NAME`` (the LSN as 16 hex digits, the name's UTF-8 bytes in hex) for
 each, then ``restore-points/SEGMENT/scanned`` last, or ``.../failed`` (holding the reason) when
-pg_waldump could not read it. ``restore plan`` reads
-these keys (backups/pitr.py) to refuse a restore point the WAL never names, and to start from a base
-backup that ends before it, instead of a recovery that fails at the end of the archive. A search
-that fails never fails the archiving.
+pg_waldump could not read it. ``restore plan`` reads these keys (backups/pitr.py) to refuse a
+restore point the WAL never names, and to start from a base backup that ends before it, instead of
+a recovery that fails at the end of the archive. A search that fails never fails the archiving.
 
 Runs as a script (by barman's interpreter), so it imports nothing of Moorage: only the standard
 library and barman.

@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-mb", type=int, default=100)
     parser.add_argument("--large-mb", type=int, default=1000)
     parser.add_argument("--load-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--wal-compression", default="zstd", help="spec.backup.walCompression of the benched Middleware"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--bucket", help=argparse.SUPPRESS)
@@ -276,7 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     pitr.find_barman()  # says how to get barman before anything starts
-    result: dict[str, Any] = {"sizes_mb": [args.small_mb, args.large_mb]}
+    result: dict[str, Any] = {
+        "sizes_mb": [args.small_mb, args.large_mb],
+        "wal_compression": args.wal_compression,
+    }
     began = time.perf_counter()
     with contextlib.ExitStack() as cleanup:
         work = Path(tempfile.mkdtemp(prefix="moorage-pitr-bench-"))
@@ -303,7 +309,12 @@ def main(argv: list[str] | None = None) -> int:
                     "engine": "postgresql",
                     "topology": "standalone",
                     "resources": {"cpu": "1", "memory": "1Gi"},
-                    "backup": {"repository": {"name": "s3"}, "schedule": "0 3 * * *", "walArchiving": True},
+                    "backup": {
+                        "repository": {"name": "s3"},
+                        "schedule": "0 3 * * *",
+                        "walArchiving": True,
+                        "walCompression": args.wal_compression,
+                    },
                 },
             }
         )

@@ -235,6 +235,10 @@ def test_scheduled_base_backups_and_retention_keep_exactly_the_wal_the_kept_ones
     assert [b.backup_id for b in report.base_backups] == [second["id"], third]
     kept_from = next(b for b in report.base_backups if b.backup_id == second["id"]).begin_wal
     assert min(report.segments[1]) >= kept_from, "WAL older than the oldest kept base backup is still there"
+    # The archive script's search for restore points goes with the WAL it was about: barman's
+    # barman_<id> point of the pruned base backup with it (the third's is in a segment not closed yet).
+    assert report.searched and min(report.searched) >= kept_from, sorted(report.searched)[:3]
+    assert {p.name for p in report.restore_points} == {f"barman_{second['id']}"}
     assert report.gaps == [], report.gaps
     assert datetime.fromisoformat(
         cli.json("restore", "plan", "--to", NAME, "--to-latest")["window"]["earliest"]
