@@ -886,7 +886,7 @@ def restore_discard(
     if record.get("kind") != pitr_restore.KIND:
         raise MoorageError(
             f"restore {restore_id} is a logical restore: its safety snapshot is a backup in the "
-            "repository (`moorage backup prune` deletes old ones), nothing is set aside on the volumes"
+            "repository (`moorage backup list --all`), nothing is set aside on the volumes to discard"
         )
     what = (
         "the restored data"

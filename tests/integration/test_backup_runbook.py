@@ -222,6 +222,11 @@ def test_backup_verify_restore_into_another_topology_and_roll_back(runbook: Runb
     assert rolled["phase"] == "RolledBack" and rolled["rolledBack"] is True
     assert runbook.snapshot("cache") == before, "rollback returns the exact pre-restore data"
 
+    # `restore discard` is for point-in-time restores' data on the volumes: refused, nothing changed.
+    refused = runbook.run("restore", "discard", applied["restoreId"], "--yes", expect=1)
+    assert "is a logical restore: its safety snapshot is a backup" in refused.stderr, refused.stderr
+    assert runbook.snapshot("cache") == before
+
     status = runbook.json("restore", "status", applied["restoreId"])
     phases = [step["phase"] for step in status["history"]]
     assert phases == ["Snapshotting", "Restoring", "Verifying", "Applied", "RollingBack", "RolledBack"]
