@@ -109,16 +109,7 @@ class KubernetesRecovery:
                     f"{member} is not running: its volume is out of reach (removed so far: "
                     f"{', '.join(removed) or 'none'}); run the command again once it is Ready"
                 )
-            try:
-                code, output = self.rt.exec_in_pod(
-                    self.namespace,
-                    member,
-                    pitr_pods.POSTGRES_CONTAINER,
-                    ["sh", "-c", script],
-                    EXEC_TIMEOUT_SECONDS,
-                )
-            except ApiException as exc:
-                code, output = -1, f"exec into {member}: {exc.status} {exc.reason}"
+            code, output = self._in_member(member, ["sh", "-c", script])
             if code != 0:
                 raise MoorageError(f"removing {member}'s pgdata.{suffix} failed:\n{_tail(output)}")
             if "moved" in output.split():
@@ -278,6 +269,10 @@ class KubernetesRecovery:
             "-XAtq", "-v", "ON_ERROR_STOP=1",
             *(part for statement in statements for part in ("-c", statement)),
         ]  # fmt: skip
+        return self._in_member(member, command)
+
+    def _in_member(self, member: str, command: list[str]) -> tuple[int, str]:
+        """``command`` in the member's PostgreSQL container: exit code and output."""
         try:
             return self.rt.exec_in_pod(
                 self.namespace, member, pitr_pods.POSTGRES_CONTAINER, command, EXEC_TIMEOUT_SECONDS

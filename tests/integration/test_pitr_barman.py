@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,6 +118,10 @@ class Server:
             f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
         )
 
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        with self.connect() as conn:
+            return conn.execute(statement).fetchall()
+
     def log(self) -> str:
         return Path(f"{self.data}.log").read_text(errors="replace")[-3000:]
 
@@ -129,6 +135,39 @@ def workdir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def recovered(
+    archive: WalArchive,
+    barman_bin: Path,
+    backup_id: str,
+    target: RecoveryTarget,
+    workdir: Path,
+    env: dict[str, str],
+) -> Iterator[Server]:
+    """A new data directory restored by barman-cloud-restore with the recovery settings we render,
+    started and promoted at ``target``; stopped on the way out."""
+    bin_dir = find_bin_dir()
+    restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
+    as_postgres(*archive.command(barman_bin, "barman-cloud-restore"), backup_id, str(restored.data), env=env)
+    restored.data.chmod(0o700)
+    restored.configure(recovery_settings(archive, barman_bin, target))
+    (restored.data / "recovery.signal").touch()
+    give_to_postgres(restored.data / "recovery.signal")
+    restored.start()
+    try:
+
+        def in_recovery() -> bool:
+            with restored.connect() as conn:
+                return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
+
+        wait_until(
+            in_recovery, lambda recovering: not recovering, 60, "the restored server promoted", interval=0.5
+        )
+        yield restored
+    finally:
+        restored.stop()
 
 
 def test_archive_base_backup_and_restore_to_a_moment_between_markers(
@@ -193,33 +232,11 @@ def test_archive_base_backup_and_restore_to_a_moment_between_markers(
         report.check(RecoveryTarget(lsn=format_lsn(report.latest_lsn)))
 
     # Restore into a new data directory: barman-cloud-restore + the recovery settings we render.
-    restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
-    as_postgres(
-        *archive.command(barman_bin, "barman-cloud-restore"), chosen.backup_id, str(restored.data), env=env
-    )
-    restored.data.chmod(0o700)
-    restored.configure(recovery_settings(archive, barman_bin, RecoveryTarget(time=target)))
-    (restored.data / "recovery.signal").touch()
-    give_to_postgres(restored.data / "recovery.signal")
-    restored.start()
-    try:
-
-        def in_recovery() -> bool:
-            with restored.connect() as conn:
-                return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
-
-        wait_until(
-            in_recovery,
-            lambda recovering: not recovering,
-            60,
-            "the restored server promoted at the target",
-            interval=0.5,
-        )
-        with restored.connect() as conn:
-            assert [r[0] for r in conn.execute("SELECT id FROM marks ORDER BY id")] == [1, 2], restored.log()
-            assert conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()[0] == 2
-    finally:
-        restored.stop()
+    moment = RecoveryTarget(time=target)
+    with recovered(archive, barman_bin, chosen.backup_id, moment, workdir, env) as restored:
+        marks = [r[0] for r in restored.query("SELECT id FROM marks ORDER BY id")]
+        assert marks == [1, 2], restored.log()
+        assert restored.query("SELECT timeline_id FROM pg_control_checkpoint()") == [(2,)]
 
     # A segment lost from S3 between the base backup and the end: named before anything is touched.
     lost = Segment.parse(last)
@@ -336,25 +353,7 @@ def test_restore_points_are_found_while_archiving_and_a_plan_checks_a_name_again
     assert report.check(RecoveryTarget(name="release 2.0 / migration")) == first
     assert report.check(RecoveryTarget(name=f"barman_{second.backup_id}")) == second
 
-    restored = Server(bin_dir, workdir / "restored", workdir, free_port(), env)
-    as_postgres(
-        *archive.command(barman_bin, "barman-cloud-restore"), first.backup_id, str(restored.data), env=env
-    )
-    restored.data.chmod(0o700)
-    restored.configure(recovery_settings(archive, barman_bin, RecoveryTarget(name="release 2.0 / migration")))
-    (restored.data / "recovery.signal").touch()
-    give_to_postgres(restored.data / "recovery.signal")
-    restored.start()
-    try:
-
-        def in_recovery() -> bool:
-            with restored.connect() as conn:
-                return bool(conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
-
-        wait_until(
-            in_recovery, lambda recovering: not recovering, 60, "promoted at the restore point", interval=0.5
-        )
-        with restored.connect() as conn:
-            assert [r[0] for r in conn.execute("SELECT id FROM marks ORDER BY id")] == [1, 2], restored.log()
-    finally:
-        restored.stop()
+    point = RecoveryTarget(name="release 2.0 / migration")
+    with recovered(archive, barman_bin, first.backup_id, point, workdir, env) as restored:
+        marks = [r[0] for r in restored.query("SELECT id FROM marks ORDER BY id")]
+        assert marks == [1, 2], restored.log()
