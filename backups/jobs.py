@@ -36,7 +36,7 @@ from middleware.kube.builders import (
     pod_security_context,
     resource_requirements,
 )
-from middleware.models.backup import BackupRepositorySpec, RestoreAction
+from middleware.models.backup import BackupRepositorySpec, RestoreAction, SafetyCopy
 from middleware.models.common import Resources
 
 Manifest = dict[str, Any]
@@ -287,17 +287,21 @@ def restore_job(
     repository: BackupRepositorySpec,
     settings: JobSettings,
     catalogs: Iterable[Mapping[str, Any]] | None = None,
+    safety_copy: SafetyCopy | str = SafetyCopy.AUTO,
 ) -> Manifest:
     """The Job of the MiddlewareRestore ``owner``. Plan and Apply record their outcome under
-    ``restore_id`` in the repository; Rollback undoes the earlier restore ``restore_id``."""
+    ``restore_id`` in the repository; Rollback undoes the earlier restore ``restore_id``, Discard
+    deletes what it set aside."""
     action = RestoreAction(action)
-    if action is RestoreAction.ROLLBACK:
+    if action in (RestoreAction.ROLLBACK, RestoreAction.DISCARD):
         # The restore record names the target's namespace.
-        command = ["moorage", "restore", "rollback", restore_id, "--yes"]
+        command = ["moorage", "restore", action.value.lower(), restore_id, "--yes"]
     else:
         verb = "plan" if action is RestoreAction.PLAN else "apply"
         command = ["moorage", "restore", verb, backup_id, "--to", target, "--namespace", namespace]
-        command += ["--restore-id", restore_id] + (["--yes"] if action is RestoreAction.APPLY else [])
+        command += ["--restore-id", restore_id]
+        if action is RestoreAction.APPLY:
+            command += ["--yes", "--safety-copy", SafetyCopy(safety_copy).value.lower()]
     suffix = action.value.lower()
     return _job(
         name=job_name(owner, suffix),

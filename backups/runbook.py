@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -30,7 +30,16 @@ from backups.errors import BackupError
 from backups.manifest import BackupManifest
 from backups.repository import Repository
 from backups.retention import select_for_pruning
-from middleware.engines.base import Connection, Engine, LoadReport, Progress, no_progress
+from middleware.engines.base import (
+    AsideCopy,
+    Connection,
+    DumpObject,
+    Engine,
+    LoadReport,
+    Progress,
+    SetsAside,
+    no_progress,
+)
 from middleware.errors import MoorageError, NotReady
 from middleware.spec import ResolvedSpec
 
@@ -96,6 +105,9 @@ def serving_inventory(
 # -- backups ------------------------------------------------------------------------------------
 
 
+DataDump = Callable[[ResolvedSpec, Connection, Progress], Iterator[DumpObject]]
+
+
 def tool_versions(target: Target) -> dict[str, str]:
     try:
         ours = version("moorage")
@@ -113,17 +125,22 @@ def create_backup(
     backup_id: str | None = None,
     progress: Progress = no_progress,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
+    dump: DataDump | None = None,
+    inventory: dict[str, int] | None = None,
 ) -> BackupManifest:
     """Dump ``target`` into the repository. The backup exists only once its manifest is written,
     which is the last step; any failure aborts it (objects deleted, nothing listed, audited).
     ``backup_id`` is chosen by the caller when it must be known before the backup starts (the
     operator names it in the status before its Job runs). A target not serving yet is waited for
-    up to ``ready_timeout`` seconds (:func:`serving_inventory`)."""
+    up to ``ready_timeout`` seconds (:func:`serving_inventory`). ``dump`` replaces the engine's full
+    DataDump (a restore's safety snapshot of what setting aside does not keep), ``inventory`` the
+    counts taken first (the caller has them)."""
     writer = repository.begin(
         target.namespace, target.name, kind=kind, restore_id=restore_id, backup_id=backup_id
     )
     try:
-        inventory = serving_inventory(target, progress, ready_timeout)
+        if inventory is None:
+            inventory = serving_inventory(target, progress, ready_timeout)
         started = _now()
         clock = time.monotonic()
         done = 0
@@ -133,7 +150,7 @@ def create_backup(
             done += count
             progress("backing up (bytes)", done, 0)
 
-        for obj in target.engine.data_dump(target.spec, target.conn, progress):
+        for obj in (dump or target.engine.data_dump)(target.spec, target.conn, progress):
             writer.put(obj, on_bytes)
         return writer.commit(
             engine=target.spec.engine,
@@ -380,6 +397,18 @@ class _Record:
         self.repository.save_restore(self.data)
 
 
+class SafetyCopy(StrEnum):
+    """How a restore keeps what it overwrites, so that it can be undone."""
+
+    AUTO = "auto"  # aside where the engine can set data aside, else snapshot
+    ASIDE = "aside"  # renamed inside the target: no time whatever the size; its space until discarded
+    SNAPSHOT = "snapshot"  # a full dump to the repository first: as long as a backup, no space in the target
+
+
+SET_ASIDE = "setAside"
+"""Restore record field: what the engine set aside (``AsideCopy.state``) and its counts."""
+
+
 def apply_restore(
     repository: Repository,
     backup_id: str,
@@ -388,24 +417,32 @@ def apply_restore(
     progress: Progress = no_progress,
     restore_id: str | None = None,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
+    safety_copy: SafetyCopy = SafetyCopy.AUTO,
 ) -> dict[str, Any]:
-    """Safety snapshot → load → verify; on any failure after the snapshot, load the snapshot back.
+    """Safety copy → load → verify; on any failure after the copy, go back to it.
 
-    Refuses before touching the target when the target is incompatible or the backup fails its
-    checksums. Returns the restore record (``restoreId``, ``phase``, ``safetySnapshot``, ...)."""
+    The safety copy is a snapshot (a full dump to the repository) or, where the engine can and
+    ``safety_copy`` allows, the data set aside inside the target (:class:`SetsAside`: renamed, no
+    time whatever the size). Refuses before touching the target when it is incompatible; with a
+    snapshot also when the backup fails its checksums. With the data set aside the checksums are
+    checked as the load reads (no separate pass): a corrupt object fails the load and the data set
+    aside is put back. Returns the restore record (``restoreId``, ``phase``, ``safetySnapshot``,
+    ``setAside``, ...)."""
     plan = plan_restore(repository, backup_id, target, progress=progress, ready_timeout=ready_timeout)
     if not plan.compatible:
         raise RestoreRefused(
             f"cannot restore {backup_id} into {target.namespace}/{target.name}: {plan.reason}"
         )
-    checked = repository.verify(
-        plan.backup, _bytes_progress(progress, "checking the backup", plan.backup.size_bytes)
-    )
-    if not checked.ok:
-        raise RestoreRefused(
-            f"backup {backup_id} failed verification, the target was not touched: "
-            + "; ".join(checked.problems)
+    aside_ops = _aside_ops(target, safety_copy)
+    if aside_ops is None:
+        checked = repository.verify(
+            plan.backup, _bytes_progress(progress, "checking the backup", plan.backup.size_bytes)
         )
+        if not checked.ok:
+            raise RestoreRefused(
+                f"backup {backup_id} failed verification, the target was not touched: "
+                + "; ".join(checked.problems)
+            )
     record = _Record(
         repository,
         {
@@ -417,12 +454,68 @@ def apply_restore(
             "startedAt": _iso(_now()),
             "overwrote": plan.overwrites,
             "rolledBack": False,
+            "safetyCopy": str(SafetyCopy.SNAPSHOT if aside_ops is None else SafetyCopy.ASIDE),
         },
     )
     rid = record.data["restoreId"]
-    record.step(RestorePhase.SNAPSHOTTING, "taking a safety snapshot of the target")
+    record.step(
+        RestorePhase.SNAPSHOTTING,
+        "taking a safety snapshot of the target" if aside_ops is None else "dumping the roles",
+    )
     try:
-        safety = create_backup(
+        safety = _take_safety_copy(repository, target, record, aside_ops, plan, progress, ready_timeout)
+    except BaseException as error:
+        if SET_ASIDE not in record.data:  # nothing moved yet
+            record.step(
+                RestorePhase.FAILED,
+                f"safety copy failed, the target was not touched: {_describe(error)}",
+            )
+            repository.audit(
+                "restore-failed", restoreId=rid, backupId=backup_id, reason=record.data["message"]
+            )
+            raise RestoreFailed(record.data["message"]) from error
+        _undo_failed(repository, target, record, error, "setting aside", progress, ready_timeout)
+    record.step(RestorePhase.RESTORING, f"loading {backup_id}", safetySnapshot=safety.backup_id)
+    try:
+        loaded = target.engine.data_load(target.spec, target.conn, repository.source(plan.backup), progress)
+        record.step(RestorePhase.VERIFYING, "comparing the target with what was loaded", loaded=loaded.counts)
+        _check_holds(target, loaded)
+    except Exception as error:
+        _undo_failed(repository, target, record, error, "restore", progress, ready_timeout)
+    undo = f"undo with `moorage restore rollback {rid}`"
+    if aside_ops is not None:
+        undo += f"; `moorage restore discard {rid}` frees the space of the data set aside"
+    record.step(RestorePhase.APPLIED, f"restored {backup_id}; {undo}")
+    record.data["finishedAt"] = _iso(_now())
+    repository.save_restore(record.data)
+    repository.audit("restore-applied", restoreId=rid, backupId=backup_id, safetySnapshot=safety.backup_id)
+    return record.data
+
+
+def _aside_ops(target: Target, safety_copy: SafetyCopy) -> SetsAside | None:
+    ops = target.engine.data_aside
+    if safety_copy == SafetyCopy.SNAPSHOT:
+        return None
+    if ops is None and safety_copy == SafetyCopy.ASIDE:
+        raise RestoreRefused(
+            f"{target.spec.engine} cannot set its data aside for a restore: use the safety copy "
+            "snapshot (the default for it)"
+        )
+    return ops
+
+
+def _take_safety_copy(
+    repository: Repository,
+    target: Target,
+    record: _Record,
+    aside_ops: SetsAside | None,
+    plan: RestorePlan,
+    progress: Progress,
+    ready_timeout: float,
+) -> BackupManifest:
+    rid = record.data["restoreId"]
+    if aside_ops is None:
+        return create_backup(
             repository,
             target,
             kind="safety-snapshot",
@@ -430,51 +523,70 @@ def apply_restore(
             progress=progress,
             ready_timeout=ready_timeout,
         )
-    except BaseException as error:
+    # What a rename does not keep (roles) goes to the repository; the counts are the plan's, taken
+    # moments ago (the exact ones are counted as each part is set aside).
+    kept = create_backup(
+        repository,
+        target,
+        kind="safety-snapshot",
+        restore_id=rid,
+        progress=progress,
+        ready_timeout=ready_timeout,
+        dump=aside_ops.dump_kept,
+        inventory=plan.overwrites,
+    )
+    aside = aside_ops.plan_aside(target.spec, target.conn, rid)
+    # Recorded before anything moves: a restore killed while setting aside is put back by rollback.
+    record.step(
+        RestorePhase.SNAPSHOTTING,
+        "setting the target's data aside",
+        safetySnapshot=kept.backup_id,
+        **{SET_ASIDE: _aside_wire(aside)},
+    )
+    aside = aside_ops.set_aside(target.spec, target.conn, aside, progress)
+    record.data[SET_ASIDE] = _aside_wire(aside)
+    repository.save_restore(record.data)
+    return kept
+
+
+def _aside_wire(aside: AsideCopy) -> dict[str, Any]:
+    return {"state": aside.state, "counts": aside.counts}
+
+
+def _aside_of(record: dict[str, Any]) -> AsideCopy:
+    wire = record[SET_ASIDE]
+    return AsideCopy(dict(wire.get("state", {})), dict(wire.get("counts", {})))
+
+
+def _undo_failed(
+    repository: Repository,
+    target: Target,
+    record: _Record,
+    error: BaseException,
+    what: str,
+    progress: Progress,
+    ready_timeout: float,
+) -> NoReturn:
+    """After a failure past the safety copy: go back to it by itself, and say where things are."""
+    rid, backup_id = record.data["restoreId"], record.data["backupId"]
+    cause = _describe(error)
+    try:
+        _undo(repository, target, record, progress, f"{what} failed ({cause}); rolling back", ready_timeout)
+    except Exception as rollback_error:
         record.step(
-            RestorePhase.FAILED, f"safety snapshot failed, the target was not touched: {_describe(error)}"
+            RestorePhase.FAILED,
+            f"{what} failed ({cause}) and the automatic rollback failed too "
+            f"({_describe(rollback_error)}); retry with `moorage restore rollback {rid}`",
         )
         repository.audit("restore-failed", restoreId=rid, backupId=backup_id, reason=record.data["message"])
         raise RestoreFailed(record.data["message"]) from error
-    record.step(RestorePhase.RESTORING, f"loading {backup_id}", safetySnapshot=safety.backup_id)
-    try:
-        loaded = target.engine.data_load(target.spec, target.conn, repository.source(plan.backup), progress)
-        record.step(RestorePhase.VERIFYING, "comparing the target with what was loaded", loaded=loaded.counts)
-        _check_holds(target, loaded)
-    except Exception as error:
-        cause = _describe(error)
-        try:
-            _load_snapshot(
-                repository,
-                safety,
-                target,
-                record,
-                progress,
-                f"restore failed ({cause}); rolling back",
-                ready_timeout,
-            )
-        except Exception as rollback_error:
-            record.step(
-                RestorePhase.FAILED,
-                f"restore failed ({cause}) and the automatic rollback failed too "
-                f"({_describe(rollback_error)}); retry with `moorage restore rollback {rid}`",
-            )
-            repository.audit(
-                "restore-failed", restoreId=rid, backupId=backup_id, reason=record.data["message"]
-            )
-            raise RestoreFailed(record.data["message"]) from error
-        repository.audit(
-            "restore-rolled-back", restoreId=rid, backupId=backup_id, automatic=True, reason=cause
-        )
-        raise RestoreFailed(
-            f"restore {rid} failed ({cause}); the target was rolled back to its safety snapshot "
-            f"{safety.backup_id}"
-        ) from error
-    record.step(RestorePhase.APPLIED, f"restored {backup_id}; undo with `moorage restore rollback {rid}`")
-    record.data["finishedAt"] = _iso(_now())
-    repository.save_restore(record.data)
-    repository.audit("restore-applied", restoreId=rid, backupId=backup_id, safetySnapshot=safety.backup_id)
-    return record.data
+    repository.audit("restore-rolled-back", restoreId=rid, backupId=backup_id, automatic=True, reason=cause)
+    where = (
+        "its data set aside was put back"
+        if SET_ASIDE in record.data
+        else f"the target was rolled back to its safety snapshot {record.data['safetySnapshot']}"
+    )
+    raise RestoreFailed(f"restore {rid} failed ({cause}); {where}") from error
 
 
 def rollback_restore(
@@ -485,18 +597,24 @@ def rollback_restore(
     progress: Progress = no_progress,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
 ) -> dict[str, Any]:
-    """Return the target to the safety snapshot of ``restore_id`` (also after a killed restore)."""
+    """Return the target to its state before ``restore_id`` (also after a killed restore): the
+    data set aside put back, or the safety snapshot loaded."""
     data = repository.load_restore(restore_id)
-    if (data["namespace"], data["target"]) != (target.namespace, target.name):
-        raise RestoreRefused(
-            f"restore {restore_id} was into {data['namespace']}/{data['target']}, "
-            f"not {target.namespace}/{target.name}"
-        )
+    _check_target(data, target)
     snapshot_id = data.get("safetySnapshot")
     if not snapshot_id:
         raise RestoreRefused(
             f"restore {restore_id} stopped before its safety snapshot was complete ({data.get('phase')}): "
             "the target was never touched, there is nothing to roll back"
+        )
+    if SET_ASIDE in data and data.get("asideDiscarded"):
+        raise RestoreRefused(
+            f"the data restore {restore_id} set aside was discarded (`moorage restore discard`): "
+            "there is nothing to roll back to; restore a backup instead"
+        )
+    if SET_ASIDE in data and data.get("rolledBack"):
+        raise RestoreRefused(
+            f"restore {restore_id} was rolled back already: the data it set aside is the target's data again"
         )
     snapshot = repository.find(snapshot_id)
     checked = repository.verify(
@@ -508,29 +626,97 @@ def rollback_restore(
             + "; ".join(checked.problems)
         )
     record = _Record(repository, data)
-    _load_snapshot(repository, snapshot, target, record, progress, "rolling back on request", ready_timeout)
+    _undo(repository, target, record, progress, "rolling back on request", ready_timeout)
     repository.audit("restore-rolled-back", restoreId=restore_id, backupId=data["backupId"], automatic=False)
     return record.data
 
 
-def _load_snapshot(
+def discard_restore(
+    repository: Repository, restore_id: str, target: Target, *, progress: Progress = no_progress
+) -> dict[str, Any]:
+    """Delete the data a restore set aside in the target, keeping the restored data for good (no
+    rollback after this)."""
+    data = repository.load_restore(restore_id)
+    _check_target(data, target)
+    refusal = discard_refusal(data)
+    if refusal:
+        raise RestoreRefused(refusal)
+    ops = _aside_ops(target, SafetyCopy.ASIDE)
+    assert ops is not None  # _aside_ops refuses an engine without one
+    progress("deleting the data set aside", 0, 1)
+    dropped = ops.drop_aside(target.spec, target.conn, _aside_of(data))
+    record = _Record(repository, data)
+    record.data["asideDiscarded"] = True
+    record.step(
+        RestorePhase.APPLIED,
+        f"deleted the data set aside ({', '.join(dropped) or 'nothing was left'}); "
+        "the restore can no longer be rolled back",
+    )
+    repository.audit("restore-discarded", restoreId=restore_id, backupId=data["backupId"], deleted=dropped)
+    progress("deleted the data set aside", 1, 1)
+    return record.data
+
+
+def discard_refusal(data: dict[str, Any]) -> str | None:
+    """Why the data a logical restore set aside cannot be discarded (None: it can)."""
+    restore_id = data["restoreId"]
+    if SET_ASIDE not in data:
+        return (
+            f"restore {restore_id} kept a safety snapshot in the repository (`moorage backup list "
+            "--all`): nothing was set aside in the target to discard"
+        )
+    if data.get("asideDiscarded"):
+        return f"the data restore {restore_id} set aside was discarded already"
+    if data.get("rolledBack"):
+        return (
+            f"restore {restore_id} was rolled back: the data it set aside is in place again, "
+            "nothing is left aside"
+        )
+    if data.get("phase") != RestorePhase.APPLIED:
+        return (
+            f"restore {restore_id} is {data.get('phase')}, not Applied: finish it with "
+            f"`moorage restore rollback {restore_id}` first"
+        )
+    return None
+
+
+def _check_target(data: dict[str, Any], target: Target) -> None:
+    if (data["namespace"], data["target"]) != (target.namespace, target.name):
+        raise RestoreRefused(
+            f"restore {data['restoreId']} was into {data['namespace']}/{data['target']}, "
+            f"not {target.namespace}/{target.name}"
+        )
+
+
+def _undo(
     repository: Repository,
-    snapshot: BackupManifest,
     target: Target,
     record: _Record,
     progress: Progress,
     why: str,
     ready_timeout: float,
 ) -> None:
+    snapshot = repository.find(record.data["safetySnapshot"])
     record.step(RestorePhase.ROLLING_BACK, why)
     # A restore that failed because the target stopped serving (a failover mid-load) rolls back
     # once it serves again, not into the same failure.
     serving_inventory(target, progress, ready_timeout)
-    loaded = target.engine.data_load(target.spec, target.conn, repository.source(snapshot), progress)
-    _check_holds(target, loaded)
+    if SET_ASIDE in record.data:
+        ops = _aside_ops(target, SafetyCopy.ASIDE)
+        assert ops is not None
+        aside = _aside_of(record.data)
+        loaded = ops.put_back(target.spec, target.conn, aside, repository.source(snapshot), progress)
+        # Without counts the restore stopped while setting aside: renamed back, nothing to compare.
+        if aside.counts:
+            _check_holds(target, loaded)
+        done = "its data set aside is in place again"
+    else:
+        loaded = target.engine.data_load(target.spec, target.conn, repository.source(snapshot), progress)
+        _check_holds(target, loaded)
+        done = f"the target holds its safety snapshot {snapshot.backup_id} again"
     record.data["rolledBack"] = True
     record.data["finishedAt"] = _iso(_now())
-    record.step(RestorePhase.ROLLED_BACK, f"the target holds its safety snapshot {snapshot.backup_id} again")
+    record.step(RestorePhase.ROLLED_BACK, done)
 
 
 def _check_holds(target: Target, loaded: LoadReport) -> None:

@@ -413,16 +413,17 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     action = RestoreAction(spec.action)
     _require(rt, body, patch, status, "Middleware", spec.target.name, "spec.target.name")
     repo = _require(rt, body, patch, status, "BackupRepository", spec.repository.name, "spec.repository.name")
-    if action is RestoreAction.ROLLBACK:
+    if action in (RestoreAction.ROLLBACK, RestoreAction.DISCARD):
         restore_id = _restore_to_undo(rt, namespace, spec)
         if restore_id is None:
+            what = "roll back" if action is RestoreAction.ROLLBACK else "discard the data set aside of"
             _fail(
                 body,
                 patch,
                 status,
                 "InvalidReference",
                 f"spec.backupId: no MiddlewareRestore applied {spec.backup_id} into {spec.target.name} "
-                "in this namespace, so there is no restore to roll back",
+                f"in this namespace, so there is no restore to {what}",
             )
     else:
         restore_id = runbook.new_restore_id(spec.target.name)
@@ -436,6 +437,7 @@ def start_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         repository=_repository_spec(repo),
         settings=operator_config().job,
         catalogs=context.catalog_documents(rt),
+        safety_copy=spec.safety_copy,
     )
     restore_id = _start_job(rt, body, job, restore_id)
     status.restore_id, status.started_at = restore_id, _now()
@@ -463,7 +465,9 @@ def follow_restore(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         log.info("no restore record for %s: %s", status.restore_id, exc)
     if record:
         status.safety_snapshot = record.get("safetySnapshot")
+        status.safety_copy = record.get("safetyCopy")
         status.rolled_back = bool(record.get("rolledBack"))
+        status.aside_discarded = bool(record.get("asideDiscarded"))
         overwrote = record.get("overwrote")
         if isinstance(overwrote, dict):
             status.plan = {str(k): int(v) for k, v in overwrote.items()}

@@ -292,8 +292,63 @@ class LoadReport:
         return issues
 
 
+@dataclass
+class AsideCopy:
+    """What a restore moved aside *inside* the target instead of copying it out first: renamed, not
+    copied, so it costs no time whatever the data size (the safety copy of a logical restore on
+    engines that can; see :class:`SetsAside`)."""
+
+    # The engine's own record of what went where; JSON, no secrets (it goes in the restore record).
+    state: dict[str, Any]
+    # What the data held when it was set aside, as ``data_inventory`` counts it: putting it back
+    # is checked against these.
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class SetsAside(Protocol):
+    """A restore's safety copy by renaming inside the target (PostgreSQL: each database renamed
+    aside and closed to connections) instead of a full dump to the repository. Whatever a rename
+    does not cover (PostgreSQL's roles) is dumped by ``dump_kept`` into a small safety snapshot."""
+
+    def dump_kept(
+        self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+    ) -> Iterator[DumpObject]:
+        """What setting aside does not keep, as dump objects (stored as the safety snapshot)."""
+        ...
+
+    def plan_aside(self, spec: ResolvedSpec, conn: Connection, tag: str) -> AsideCopy:
+        """Where the data will go, touching nothing (recorded before anything moves, so a restore
+        killed half-way through setting aside can still be put back)."""
+        ...
+
+    def set_aside(
+        self, spec: ResolvedSpec, conn: Connection, aside: AsideCopy, progress: Progress = no_progress
+    ) -> AsideCopy:
+        """Move the data as planned, leaving the target empty for the load; ``counts`` filled."""
+        ...
+
+    def put_back(
+        self,
+        spec: ResolvedSpec,
+        conn: Connection,
+        aside: AsideCopy,
+        kept: DataSource,
+        progress: Progress = no_progress,
+    ) -> LoadReport:
+        """Replace whatever the target holds with the data set aside (and ``kept``'s objects); works
+        after a partial ``set_aside`` too. The report's counts are ``aside.counts``."""
+        ...
+
+    def drop_aside(self, spec: ResolvedSpec, conn: Connection, aside: AsideCopy) -> list[str]:
+        """Delete the data set aside for good; returns what was deleted."""
+        ...
+
+
 class Engine(Protocol):
     name: str
+    # Restores keep their safety copy this way where not None; a full dump to the repository
+    # (the safety snapshot) otherwise.
+    data_aside: SetsAside | None
     # False where a member's readiness probe passes only once bootstrap made it part of the
     # deployment (a MongoDB member is ready as primary or secondary): on Kubernetes, bootstrap then
     # runs as soon as every member's container has started instead of waiting for Ready.
@@ -437,6 +492,8 @@ class Engine(Protocol):
 
 class EngineDefaults:
     """Defaults for the optional parts of the protocol; engines inherit and override what they need."""
+
+    data_aside: SetsAside | None = None
 
     ready_before_bootstrap: bool = True
     spec_config_keys: tuple[str, ...] = ()

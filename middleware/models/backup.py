@@ -105,6 +105,15 @@ class RestoreAction(StrEnum):
     PLAN = "Plan"
     APPLY = "Apply"
     ROLLBACK = "Rollback"
+    DISCARD = "Discard"
+
+
+class SafetyCopy(StrEnum):
+    """How an Apply keeps what it overwrites (backups.runbook.SafetyCopy on the wire)."""
+
+    AUTO = "Auto"
+    ASIDE = "Aside"
+    SNAPSHOT = "Snapshot"
 
 
 class MiddlewareRestoreSpec(WireModel):
@@ -113,14 +122,28 @@ class MiddlewareRestoreSpec(WireModel):
     target: LocalObjectReference = Field(description="Middleware to restore into.")
     action: RestoreAction = Field(
         default=RestoreAction.APPLY,
-        description="Plan: only report what would change. Apply: snapshot, restore, verify. "
-        "Rollback: return the target to the safety snapshot of this restore.",
+        description="Plan: only report what would change. Apply: safety copy, restore, verify. "
+        "Rollback: return the target to its state before the newest Apply of this backup into it. "
+        "Discard: delete the data that Apply set aside in the target (no rollback after it).",
+    )
+    safety_copy: SafetyCopy = Field(
+        default=SafetyCopy.AUTO,
+        description="Apply: how the data overwritten is kept for a rollback. Aside: renamed inside "
+        "the target (PostgreSQL; no time whatever the size, its space until a Discard). Snapshot: "
+        "a full dump to the repository first. Auto: Aside where the engine can, else Snapshot.",
     )
 
 
 class MiddlewareRestoreStatus(ResourceStatus):
     restore_id: str | None = None
-    safety_snapshot: str | None = Field(default=None, description="Backup id of the pre-restore snapshot.")
+    safety_snapshot: str | None = Field(
+        default=None,
+        description="Backup id of the pre-restore snapshot (with the data set aside: of the roles only).",
+    )
+    safety_copy: str | None = Field(
+        default=None, description="aside or snapshot: how the Apply kept the data."
+    )
+    aside_discarded: bool = Field(default=False, description="The data set aside was deleted (Discard).")
     plan: dict[str, int] | None = Field(default=None, description="What is overwritten, with counts.")
     rolled_back: bool = False
     started_at: str | None = None

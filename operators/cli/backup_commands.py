@@ -734,9 +734,18 @@ def restore_apply(
     to_restore_point: ToRestorePoint = None,
     to_latest: ToLatest = False,
     source: FromOpt = None,
+    safety_copy: Annotated[
+        runbook.SafetyCopy,
+        typer.Option(
+            "--safety-copy",
+            help="How the data overwritten is kept to undo the restore: aside (renamed inside the "
+            "target: no time, its space until `restore discard`; PostgreSQL), snapshot (a full dump "
+            "to the repository first), auto (aside where the engine can).",
+        ),
+    ] = runbook.SafetyCopy.AUTO,
     output: Output = "table",
 ) -> None:
-    """Safety snapshot of the target, restore, verify; rolls back by itself if a step fails. With a
+    """Safety copy of the target, restore, verify; rolls back by itself if a step fails. With a
     --to-* point (PostgreSQL with walArchiving): every member's data set aside, the base backup
     restored and the archived WAL replayed to that point (locally also from --from's archive: into
     another deployment, which takes its own credentials), the others re-seeded. With --runtime
@@ -806,6 +815,7 @@ def restore_apply(
             progress=progress,
             restore_id=restore_id,
             ready_timeout=ready_timeout,
+            safety_copy=safety_copy,
         )
     if as_json:
         _print_json(record)
@@ -823,8 +833,8 @@ def restore_rollback(
     ready_timeout: ReadyTimeout = runbook.READY_TIMEOUT_SECONDS,
     output: Output = "table",
 ) -> None:
-    """Return the target of a restore to the safety snapshot taken before it (also after a
-    restore that was killed half-way)."""
+    """Return the target of a restore to its state before it: the data set aside put back, or the
+    safety snapshot loaded (also after a restore that was killed half-way)."""
     as_json = _json(output)
     repository = _repository(repo)
     record = repository.load_restore(restore_id)
@@ -878,16 +888,29 @@ def restore_discard(
     runtime: RuntimeOpt = "local",
     output: Output = "table",
 ) -> None:
-    """Point-in-time restores: delete the data the restore set aside on the members' volumes (the
-    data from before it, or after a rollback the restored data), keeping the outcome for good."""
+    """Delete the data a restore set aside, keeping its outcome for good: a point-in-time restore's
+    on the members' volumes (the data from before it, or after a rollback the restored data), a
+    logical restore's databases renamed aside in the target (`--safety-copy aside`)."""
     as_json = _json(output)
     repository = _repository(repo)
     record = repository.load_restore(restore_id)
     if record.get("kind") != pitr_restore.KIND:
-        raise MoorageError(
-            f"restore {restore_id} is a logical restore: its safety snapshot is a backup in the "
-            "repository (`moorage backup list --all`), nothing is set aside on the volumes to discard"
+        refusal = runbook.discard_refusal(record)
+        if refusal:
+            raise MoorageError(refusal)
+        target = _targets(state_dir, runtime).get(record["namespace"], record["target"])
+        _confirm(
+            yes,
+            f"this deletes the data {restore_id} set aside in {record['namespace']}/{record['target']} "
+            "(no rollback after this)",
         )
+        with _progress(not as_json) as progress:
+            record = runbook.discard_restore(repository, restore_id, target, progress=progress)
+        if as_json:
+            _print_json(record)
+        else:
+            _print_record(record)
+        return
     what = (
         "the restored data"
         if record.get("rolledBack")

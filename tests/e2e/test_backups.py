@@ -4,7 +4,8 @@ as pods of the local cluster against a real S3 server (SeaweedFS on the pod brid
 Per engine: known data is written, a MiddlewareBackup's Job uploads it (the manifest is then read
 from S3 with boto3 and its checksums matched with the status), the data is changed, a
 MiddlewareRestore (Apply) brings the backup back exactly, and a MiddlewareRestore (Rollback)
-brings back exactly what the restore overwrote.
+brings back exactly what the restore overwrote. PostgreSQL's Apply sets the databases aside in the
+pod (renamed), its Rollback renames them back, and a Discard after a second Apply deletes them.
 """
 
 from __future__ import annotations
@@ -120,9 +121,10 @@ def restore(
     cluster: LocalCluster, namespace: str, name: str, target: str, backup_id: str, action: str
 ) -> dict[str, Any]:
     """examples/middleware-restore.yaml: its first document for a Plan or an Apply (the action its
-    comment says to set), its second, the undo, for a Rollback."""
-    resource = document("middleware-restore.yaml", "MiddlewareRestore", 1 if action == "Rollback" else 0)
-    assert resource["spec"]["action"] in (action, "Apply"), resource
+    comment says to set), its second, the undo, for a Rollback or a Discard."""
+    undo = action in ("Rollback", "Discard")
+    resource = document("middleware-restore.yaml", "MiddlewareRestore", 1 if undo else 0)
+    assert resource["spec"]["action"] in (action, "Rollback" if undo else "Apply"), resource
     resource["metadata"]["name"] = name
     resource["spec"].update(backupId=backup_id, target={"name": target}, action=action)
     cluster.apply(resource, namespace)
@@ -481,13 +483,31 @@ def test_postgresql_standalone_backup_restore_rollback(
 
     applied = restore(local_cluster, ns, "ledger-restore", PG, status["backupId"], "Apply")
     job_pod(local_cluster, ns, "moorage.io/restore=ledger-restore")
-    assert applied["safetySnapshot"], applied
+    # PostgreSQL's safety copy: the databases renamed aside in the pod (the snapshot: roles only).
+    assert applied["safetySnapshot"] and applied["safetyCopy"] == "aside", applied
     assert pg_contents_when_serving(local_cluster, ns) == original
+    assert len(databases_set_aside(local_cluster, ns)) == 2, "app and postgres set aside"
 
     rolled = restore(local_cluster, ns, "ledger-rollback", PG, status["backupId"], "Rollback")
     job_pod(local_cluster, ns, "moorage.io/restore=ledger-rollback")
     assert rolled["rolledBack"] is True, rolled
     assert pg_contents_when_serving(local_cluster, ns) == changed
+    assert databases_set_aside(local_cluster, ns) == []
+
+    # Restored again and kept: a Discard deletes the databases set aside.
+    again = restore(local_cluster, ns, "ledger-again", PG, status["backupId"], "Apply")
+    assert len(databases_set_aside(local_cluster, ns)) == 2
+    freed = restore(local_cluster, ns, "ledger-free", PG, status["backupId"], "Discard")
+    job_pod(local_cluster, ns, "moorage.io/restore=ledger-free")
+    assert freed["restoreId"] == again["restoreId"] and freed["asideDiscarded"] is True, freed
+    assert databases_set_aside(local_cluster, ns) == []
+    assert pg_contents_when_serving(local_cluster, ns) == original
+
+
+def databases_set_aside(cluster: LocalCluster, namespace: str) -> list[str]:
+    with _pg(cluster, namespace) as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'moorage-aside-%' ORDER BY 1")
+        return [r[0] for r in rows]
 
 
 def deep_verify_in_a_dba_pod(

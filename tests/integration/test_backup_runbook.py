@@ -224,7 +224,7 @@ def test_backup_verify_restore_into_another_topology_and_roll_back(runbook: Runb
 
     # `restore discard` is for point-in-time restores' data on the volumes: refused, nothing changed.
     refused = runbook.run("restore", "discard", applied["restoreId"], "--yes", expect=1)
-    assert "is a logical restore: its safety snapshot is a backup" in refused.stderr, refused.stderr
+    assert "kept a safety snapshot in the repository" in refused.stderr, refused.stderr
     assert runbook.snapshot("cache") == before
 
     status = runbook.json("restore", "status", applied["restoreId"])

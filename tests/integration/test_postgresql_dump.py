@@ -93,13 +93,16 @@ def fingerprint(endpoint: Endpoint, password: str) -> dict[str, Any]:
     result: dict[str, Any] = {}
     with superuser(endpoint, password) as db:
         databases = [
-            r[0] for r in db.execute("SELECT datname FROM pg_database WHERE NOT datistemplate ORDER BY 1")
+            r[0]
+            for r in db.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate ORDER BY 1"
+            )
         ]
         result["roles"] = db.execute(
             "SELECT rolname, rolcanlogin, rolsuper FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY 1"
         ).fetchall()
         result["owners"] = db.execute(
-            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database ORDER BY 1"
+            "SELECT datname, pg_get_userbyid(datdba) FROM pg_database WHERE datallowconn ORDER BY 1"
         ).fetchall()
     for database in databases:
         with superuser(endpoint, password, database) as db:

@@ -203,7 +203,7 @@ def test_backup_of_a_missing_middleware_fails_naming_the_field(
         assert jobs == []
 
 
-def test_restore_plan_apply_and_rollback_jobs(
+def test_restore_plan_apply_rollback_and_discard_jobs(
     control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
 ) -> None:
     _repository(api_client, namespace)
@@ -237,7 +237,7 @@ def test_restore_plan_apply_and_rollback_jobs(
             "middlewarerestores",
             "MiddlewareRestore",
             "go",
-            {**base, "action": "Apply"},
+            {**base, "action": "Apply", "safetyCopy": "Snapshot"},
         )
         plan = _status_when(api_client, namespace, "middlewarerestores", "look", "Running")
         applied = _status_when(api_client, namespace, "middlewarerestores", "go", "Running")
@@ -247,6 +247,7 @@ def test_restore_plan_apply_and_rollback_jobs(
         command = _job(api_client, namespace, "go-apply").spec.template.spec.containers[0].command
         assert command[:4] == ["moorage", "restore", "apply", backup_id]
         assert applied["restoreId"] in command and "--yes" in command
+        assert command[command.index("--safety-copy") + 1] == "snapshot"
 
         _create(
             api_client,
@@ -260,6 +261,18 @@ def test_restore_plan_apply_and_rollback_jobs(
         assert undo["restoreId"] == applied["restoreId"]
         command = _job(api_client, namespace, "undo-rollback").spec.template.spec.containers[0].command
         assert command[:4] == ["moorage", "restore", "rollback", applied["restoreId"]]
+        _create(
+            api_client,
+            namespace,
+            "middlewarerestores",
+            "MiddlewareRestore",
+            "free",
+            {**base, "action": "Discard"},
+        )
+        freed = _status_when(api_client, namespace, "middlewarerestores", "free", "Running")
+        assert freed["restoreId"] == applied["restoreId"]
+        command = _job(api_client, namespace, "free-discard").spec.template.spec.containers[0].command
+        assert command[:4] == ["moorage", "restore", "discard", applied["restoreId"]]
 
         # the Apply Job fails and the repository is unreachable: the Job's own reason is reported
         _finish_job(api_client, namespace, "go-apply", failed=True)

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from backups import runbook
 from backups.jobs import (
     CATALOGS_ENV,
     DRILL_SERVICE_ACCOUNT,
@@ -148,8 +149,9 @@ def test_a_drill_job_runs_the_drill_under_its_own_account() -> None:
         ("Plan", ["plan", "orders-20260101t000000z-ab12", "--to", "orders", "--namespace", "shop",
                   "--restore-id", "restore-orders-20260102t000000z-cd34"]),
         ("Apply", ["apply", "orders-20260101t000000z-ab12", "--to", "orders", "--namespace", "shop",
-                   "--restore-id", "restore-orders-20260102t000000z-cd34", "--yes"]),
+                   "--restore-id", "restore-orders-20260102t000000z-cd34", "--yes", "--safety-copy", "auto"]),
         ("Rollback", ["rollback", "restore-orders-20260102t000000z-cd34", "--yes"]),
+        ("Discard", ["discard", "restore-orders-20260102t000000z-cd34", "--yes"]),
     ],
 )  # fmt: skip
 def test_restore_jobs_per_action(action: str, verb_args: list[str]) -> None:
@@ -299,3 +301,22 @@ def test_pod_failure_message_is_the_end_of_the_failed_containers_log() -> None:
     long = _pod({"terminated": {"exitCode": 2, "message": "x" * 5000}})
     message = pod_failure_message([long])
     assert message.startswith("...") and len(message) == 603
+
+
+@pytest.mark.parametrize(("asked", "flag"), [("Aside", "aside"), ("Snapshot", "snapshot"), ("Auto", "auto")])
+def test_an_apply_job_passes_the_safety_copy_asked_for(asked: str, flag: str) -> None:
+    job = restore_job(
+        owner="undo",
+        namespace="shop",
+        target="orders",
+        action="Apply",
+        backup_id="orders-20260101t000000z-ab12",
+        restore_id="restore-orders-20260102t000000z-cd34",
+        repository=REPO,
+        settings=SETTINGS,
+        safety_copy=asked,
+    )
+    command = _container(job)["command"]
+    assert command[command.index("--safety-copy") + 1] == flag
+    # The CLI takes exactly these values (its typer choices are the runbook's enum).
+    assert flag in {str(choice) for choice in runbook.SafetyCopy}

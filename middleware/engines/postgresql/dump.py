@@ -112,7 +112,7 @@ def primary(conn: Connection) -> Endpoint:
     return writable[0]
 
 
-def _password(conn: Connection) -> str:
+def password_of(conn: Connection) -> str:
     if not conn.password:
         raise OperationError("postgresql backups need the deployment's password")
     return conn.password
@@ -207,7 +207,7 @@ def _server_facts(db: psycopg.Connection) -> tuple[str, int]:
     return str(row[0]), int(row[1])
 
 
-def _count(db: psycopg.Connection) -> tuple[int, int]:
+def count_tables(db: psycopg.Connection) -> tuple[int, int]:
     tables = db.execute(USER_TABLES).fetchall()
     rows = 0
     for name, ordinary in tables:
@@ -300,7 +300,7 @@ def _globals_stream(endpoint: Endpoint, password: str) -> BinaryIO:
 
 
 def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Iterator[DumpObject]:
-    password = _password(conn)
+    password = password_of(conn)
     endpoint = primary(conn)
     with replication.connect(endpoint, password) as db:
         version, version_num = _server_facts(db)
@@ -309,12 +309,32 @@ def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress)
     common = {"format": FORMAT, "serverVersion": version, "serverVersionNum": version_num}
     total = len(databases) + 1
     progress("dumping roles", 0, total)
-    meta = {**common, ROLES_KEY: len(roles), "roleNames": roles}
-    yield DumpObject(GLOBALS, _globals_stream(endpoint, password), meta)
+    yield _roles_object(endpoint, password, common, roles)
     for done, database in enumerate(databases, start=1):
         progress(f"dumping database {database}", done, total)
         yield _dump_database(endpoint, password, database, common)
     progress("dump complete", total, total)
+
+
+def _roles_object(endpoint: Endpoint, password: str, common: dict[str, Any], roles: list[str]) -> DumpObject:
+    meta = {**common, ROLES_KEY: len(roles), "roleNames": roles}
+    return DumpObject(GLOBALS, _globals_stream(endpoint, password), meta)
+
+
+def dump_roles(
+    spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
+) -> Iterator[DumpObject]:
+    """The user roles alone (``globals.sql``), as in a full dump: what a restore that sets the
+    databases aside keeps in its safety snapshot."""
+    password = password_of(conn)
+    endpoint = primary(conn)
+    with replication.connect(endpoint, password) as db:
+        version, version_num = _server_facts(db)
+        roles = [r[0] for r in db.execute(USER_ROLES, (list(MANAGED_ROLES),)).fetchall()]
+    common = {"format": FORMAT, "serverVersion": version, "serverVersionNum": version_num}
+    progress("dumping roles", 0, 1)
+    yield _roles_object(endpoint, password, common, roles)
+    progress("roles dumped", 1, 1)
 
 
 def _dump_database(endpoint: Endpoint, password: str, database: str, common: dict[str, Any]) -> DumpObject:
@@ -331,7 +351,7 @@ def _dump_database(endpoint: Endpoint, password: str, database: str, common: dic
         row = session.execute("SELECT pg_export_snapshot()").fetchone()
         assert row is not None
         snapshot = str(row[0])
-        tables, rows = _count(session)
+        tables, rows = count_tables(session)
         extensions = _extensions(session)
         argv = [
             str(find_bin_dir() / "pg_dump"),
@@ -354,7 +374,7 @@ def _dump_database(endpoint: Endpoint, password: str, database: str, common: dic
 def inventory(spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
     """Exact counts: every user table of every database is scanned (``count(*)``), so this costs a
     full read of the data; fine for verification, not for a dashboard."""
-    password = _password(conn)
+    password = password_of(conn)
     endpoint = primary(conn)
     with replication.connect(endpoint, password) as db:
         databases = [r[0] for r in db.execute(DUMPED_DATABASES).fetchall()]
@@ -362,7 +382,7 @@ def inventory(spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
     counts = {ROLES_KEY: len(roles)}
     for database in databases:
         with replication.connect(endpoint, password, database) as db:
-            tables, rows = _count(db)
+            tables, rows = count_tables(db)
         counts[tables_key(database)] = tables
         counts[rows_key(database)] = rows
     return counts
@@ -442,7 +462,7 @@ def load(
     """Replace every database and user role with the dump's. Works on a target in any state: every
     database of the dump is dropped (if present) and recreated, so a load killed half-way is
     repaired by the next one."""
-    password = _password(conn)
+    password = password_of(conn)
     endpoint = primary(conn)
     plan = _plan(source)
     report = LoadReport()
@@ -454,45 +474,53 @@ def load(
         total = len(plan.databases) + 1
         if plan.globals_object is not None:
             progress("restoring roles", 0, total)
-            _load_globals(db, source.open(plan.globals_object.name))
+            load_globals(db, source.open(plan.globals_object.name))
             report.actions.append("restored roles")
         existing = [
             r[0]
             for r in db.execute(
-                "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> %s ORDER BY 1",
+                # Databases closed to connections are not dumped, so not dropped either: a
+                # restore's set-aside copy (aside.py) is one.
+                "SELECT datname FROM pg_database WHERE datallowconn AND NOT datistemplate AND datname <> %s "
+                "ORDER BY 1",
                 (KEPT_DATABASE,),
             ).fetchall()
         ]
         for database in existing:
             if database not in wanted:
-                _drop_database(db, database)
+                drop_database(db, database)
                 report.actions.append(f"dropped database {database} (not in the dump)")
         for done, (database, obj) in enumerate(plan.databases, start=1):
             progress(f"restoring database {database}", done, total)
-            _drop_database(db, database)
-            _restore_database(endpoint, password, database, source.open(obj.name))
+            drop_database(db, database)
+            jobs = restore_jobs(obj)
+            if jobs > 1:
+                _restore_database_parallel(endpoint, password, database, source.open(obj.name), jobs)
+            else:
+                _restore_database(endpoint, password, database, source.open(obj.name))
             report.actions.append(f"restored database {database}")
             report.counts[tables_key(database)] = int(obj.meta.get("tables", 0))
             report.counts[rows_key(database)] = int(obj.meta.get("rows", 0))
     if plan.globals_object is not None:
-        dumped_roles = _roles_in(plan.globals_object)
-        for role in _extra_roles(endpoint, password, dumped_roles):
-            report.actions.append(f"dropped role {role} (not in the dump)")
-        report.counts[ROLES_KEY] = len(dumped_roles) if dumped_roles is not None else 0
+        dumped_roles = roles_in(plan.globals_object)
+        dropped, kept = extra_roles(endpoint, password, dumped_roles)
+        report.actions.extend(f"dropped role {role} (not in the dump)" for role in dropped)
+        report.actions.extend(f"kept role {role} without LOGIN: {KEPT_ROLE_REASON}" for role in kept)
+        report.counts[ROLES_KEY] = len(dumped_roles) + len(kept) if dumped_roles is not None else 0
     progress("restore complete", total, total)
     return report
 
 
-def _roles_in(obj: StoredObject) -> set[str] | None:
+def roles_in(obj: StoredObject) -> set[str] | None:
     names = obj.meta.get("roleNames")
     return set(names) if names is not None else None
 
 
-def _drop_database(db: psycopg.Connection, database: str) -> None:
+def drop_database(db: psycopg.Connection, database: str) -> None:
     db.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
 
 
-def _load_globals(db: psycopg.Connection, stream: BinaryIO) -> None:
+def load_globals(db: psycopg.Connection, stream: BinaryIO) -> None:
     """Statement by statement: a role that already exists
     is kept and its attributes, password and settings are set by the ALTER that follows."""
     db.execute("SET log_statement = 'none'")  # the statements carry password verifiers
@@ -510,10 +538,15 @@ def _load_globals(db: psycopg.Connection, stream: BinaryIO) -> None:
                 ) from None
 
 
-def _extra_roles(endpoint: Endpoint, password: str, dumped: set[str] | None) -> list[str]:
-    """Drop the user roles the dump does not have, with what they own in every database left."""
+KEPT_ROLE_REASON = "it owns objects in a database closed to connections (a restore's set-aside copy)"
+
+
+def extra_roles(endpoint: Endpoint, password: str, dumped: set[str] | None) -> tuple[list[str], list[str]]:
+    """Drop the user roles the dump does not have, with what they own in every database left.
+    Returns (dropped, kept): a role that still owns objects in a database no one can connect to (a
+    set-aside copy, which must stay intact to be put back) is kept, without LOGIN."""
     if dumped is None:
-        return []
+        return [], []
     with replication.connect(endpoint, password, MAINTENANCE_DB) as db:
         roles = [r[0] for r in db.execute(USER_ROLES, (list(MANAGED_ROLES),)).fetchall()]
         extra = [r for r in roles if r not in dumped]
@@ -521,15 +554,66 @@ def _extra_roles(endpoint: Endpoint, password: str, dumped: set[str] | None) -> 
             r[0] for r in db.execute("SELECT datname FROM pg_database WHERE datallowconn").fetchall()
         ]
     if not extra:
-        return []
+        return [], []
     for database in databases:
         with replication.connect(endpoint, password, database) as db:
             for role in extra:
                 db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    dropped, kept = [], []
     with replication.connect(endpoint, password, MAINTENANCE_DB) as db:
         for role in extra:
-            db.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-    return extra
+            try:
+                db.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+                dropped.append(role)
+            except psycopg.errors.DependentObjectsStillExist:
+                db.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+                kept.append(role)
+    return dropped, kept
+
+
+PARALLEL_RESTORE_MIN_BYTES = 64 << 20
+"""Below this an archive is restored from the stream as it downloads: one table's data loads in one
+pg_restore worker anyway, and spooling first would only add the download's time."""
+PARALLEL_RESTORE_MAX_JOBS = 4
+
+
+def restore_jobs(obj: StoredObject) -> int:
+    """How many ``pg_restore -j`` workers for ``obj``: one per table up to the CPUs here (at most 4),
+    once the archive is large enough to be worth spooling to a file (``-j`` reads a file, not a
+    pipe); 1 (streamed) otherwise."""
+    tables = int(obj.meta.get("tables", 0))
+    if obj.size < PARALLEL_RESTORE_MIN_BYTES or tables < 2:
+        return 1
+    return max(1, min(tables, os.cpu_count() or 1, PARALLEL_RESTORE_MAX_JOBS))
+
+
+def _restore_database_parallel(
+    endpoint: Endpoint, password: str, database: str, stream: BinaryIO, jobs: int
+) -> None:
+    """pg_restore --create -j JOBS from the archive spooled to a temporary file first: its tables
+    load and its indexes build in parallel. The spool reads the whole object, so its checksum is
+    checked before anything is restored; the file goes as soon as pg_restore is done."""
+    what = f"pg_restore -j {jobs} of database {database!r}"
+    with tempfile.NamedTemporaryFile(prefix="moorage-restore-", suffix=DB_SUFFIX) as spool:
+        with contextlib.closing(stream):
+            while chunk := stream.read(CHUNK):
+                spool.write(chunk)
+        spool.flush()
+        argv = [
+            str(find_bin_dir() / "pg_restore"),
+            "--create",
+            "--exit-on-error",
+            f"--jobs={jobs}",
+            "--dbname",
+            _dsn(endpoint, MAINTENANCE_DB),
+            spool.name,
+        ]
+        with tempfile.TemporaryFile() as stderr:
+            code = subprocess.run(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, env=_env(password)
+            ).returncode
+            if code != 0:
+                raise OperationError(f"{what} failed (exit code {code}): {_scrubbed(stderr, password)}")
 
 
 def _restore_database(endpoint: Endpoint, password: str, database: str, stream: BinaryIO) -> None:

@@ -33,11 +33,13 @@ from middleware.engines.base import (
     Progress,
     ReconfigureReport,
     Report,
+    SetsAside,
     no_progress,
     service_host,
     userinfo,
 )
 from middleware.engines.postgresql import dump, replication
+from middleware.engines.postgresql.aside import PostgresSetAside
 from middleware.engines.postgresql.binaries import find_bin_dir, not_traversable_by_others
 from middleware.engines.postgresql.config import (
     APP_DATABASE,
@@ -86,6 +88,8 @@ class PostgresEngine(EngineDefaults):
     name = "postgresql"
     # spec.backup.walArchiving may be turned on or off later (the lifecycle restarts the members).
     spec_config_keys = ("archive_mode", "archive_command", "archive_timeout")
+    # A logical restore renames the databases aside instead of dumping them first (aside.py).
+    data_aside: SetsAside | None = PostgresSetAside()
 
     # -- static facts --------------------------------------------------------------------------
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
