@@ -63,13 +63,20 @@ FIGURES: tuple[Figure, ...] = (
         "seconds",
     ),
     Figure(
-        "PostgreSQL apply_restore (1M rows)",
+        "PostgreSQL apply_restore (1M rows), data set aside",
         ("backup_restore", "postgresql", "runs", -1, "ours_restore", "seconds"),
         ("backup_restore", "postgresql", "runs", -1, "raw_restore", "seconds"),
         "pg_restore",
         "seconds",
         target=0.5,
         issue="15",
+    ),
+    Figure(
+        "PostgreSQL apply_restore (1M rows), --safety-copy snapshot",
+        ("backup_restore", "postgresql", "runs", -1, "ours_restore_snapshot", "seconds"),
+        ("backup_restore", "postgresql", "runs", -1, "raw_restore", "seconds"),
+        "pg_restore",
+        "seconds",
     ),
     Figure(
         "Redis backup (1M keys)",
