@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from middleware.engines.base import SPOOL_LIMIT_ENV
 from middleware.kube.builders import (
     COMPONENT_LABEL,
     MANAGED_BY,
@@ -37,7 +38,7 @@ from middleware.kube.builders import (
     resource_requirements,
 )
 from middleware.models.backup import BackupRepositorySpec, RestoreAction, SafetyCopy
-from middleware.models.common import Resources
+from middleware.models.common import Resources, quantity_to_number
 
 Manifest = dict[str, Any]
 
@@ -57,6 +58,8 @@ CATALOGS_ENV = "MOORAGE_CATALOGS"
 # The image's user (Dockerfile); same uid as the operator.
 IMAGE_USER = 10001
 _MAX_NAME = 63
+# Left on the scratch volume for everything but a restore's spool (HOME, the CLI's own files).
+SCRATCH_RESERVE = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,10 @@ class JobSettings:
     # Long enough for the operator (even one restarted) to read the outcome; the result itself is
     # in the MiddlewareBackup/Restore status and the repository, not in the Job.
     ttl_seconds_after_finished: int = 7 * 24 * 3600
+    # The Job's /tmp (an emptyDir of this size limit, on the node's disk). A PostgreSQL restore
+    # spools an archive of several tables there to load it with pg_restore -j when it fits; larger
+    # ones stream with one worker. Raise it (MOORAGE_JOB_SCRATCH) where nodes have the disk.
+    scratch: str = "64Mi"
 
 
 def job_name(owner: str, suffix: str) -> str:
@@ -152,6 +159,11 @@ def _job(
             *catalog_env,
             # The CLI writes nothing but its output; HOME on a read-only image must still exist.
             {"name": "HOME", "value": "/tmp"},
+            # What a restore may spool there: the scratch volume less room for everything else.
+            {
+                "name": SPOOL_LIMIT_ENV,
+                "value": str(max(0, int(quantity_to_number(settings.scratch)) - SCRATCH_RESERVE)),
+            },
         ],
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "resources": resource_requirements(resources),
@@ -177,7 +189,7 @@ def _job(
                     "restartPolicy": "Never",
                     "securityContext": pod_security_context(user=IMAGE_USER, group=IMAGE_USER),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": settings.scratch}}],
                 },
             },
         },

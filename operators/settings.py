@@ -103,6 +103,7 @@ class OperatorConfig:
                 image=os.environ.get("MOORAGE_JOB_IMAGE", job.image),
                 cpu=os.environ.get("MOORAGE_JOB_CPU", job.cpu),
                 memory=os.environ.get("MOORAGE_JOB_MEMORY", job.memory),
+                scratch=os.environ.get("MOORAGE_JOB_SCRATCH", job.scratch),
             ),
         )
 

@@ -292,6 +292,10 @@ class LoadReport:
         return issues
 
 
+SPOOL_LIMIT_ENV = "MOORAGE_RESTORE_SPOOL_BYTES"
+"""Bytes a load may write to its temporary directory (a restore Job sets it from its scratch volume)."""
+
+
 @dataclass
 class AsideCopy:
     """What a restore moved aside *inside* the target instead of copying it out first: renamed, not

@@ -12,6 +12,7 @@ from backups.jobs import (
     CATALOGS_ENV,
     DRILL_SERVICE_ACCOUNT,
     JOB_SERVICE_ACCOUNT,
+    SCRATCH_RESERVE,
     JobSettings,
     backup_job,
     base_backup_job,
@@ -26,6 +27,7 @@ from backups.jobs import (
 from backups.kubernetes import catalogs_from_env, merged_catalog
 from backups.store import RepositoryConfig
 from middleware.catalog import merge_catalogs
+from middleware.engines.base import SPOOL_LIMIT_ENV
 from middleware.errors import MoorageError
 from middleware.models.backup import BackupRepositorySpec
 
@@ -320,3 +322,23 @@ def test_an_apply_job_passes_the_safety_copy_asked_for(asked: str, flag: str) ->
     assert command[command.index("--safety-copy") + 1] == flag
     # The CLI takes exactly these values (its typer choices are the runbook's enum).
     assert flag in {str(choice) for choice in runbook.SafetyCopy}
+
+
+def test_the_scratch_volume_bounds_what_a_restore_may_spool() -> None:
+    default = _container(_restore("Apply"))
+    env = {e["name"]: e.get("value") for e in default["env"]}
+    assert env[SPOOL_LIMIT_ENV] == str((64 << 20) - SCRATCH_RESERVE)
+    bigger = restore_job(
+        owner="undo",
+        namespace="shop",
+        target="orders",
+        action="Apply",
+        backup_id="orders-20260101t000000z-ab12",
+        restore_id="restore-orders-20260102t000000z-cd34",
+        repository=REPO,
+        settings=JobSettings(image=SETTINGS.image, scratch="20Gi"),
+    )
+    env = {e["name"]: e.get("value") for e in _container(bigger)["env"]}
+    assert env[SPOOL_LIMIT_ENV] == str((20 << 30) - SCRATCH_RESERVE)
+    (volume,) = bigger["spec"]["template"]["spec"]["volumes"]
+    assert volume == {"name": "tmp", "emptyDir": {"sizeLimit": "20Gi"}}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ from psycopg import sql
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import (
+    SPOOL_LIMIT_ENV,
     Connection,
     DataSource,
     DumpObject,
@@ -577,12 +579,21 @@ pg_restore worker anyway, and spooling first would only add the download's time.
 PARALLEL_RESTORE_MAX_JOBS = 4
 
 
+def spool_limit() -> int:
+    """The most a restore may spool to its temporary directory: what a restore Job's scratch volume
+    allows (``SPOOL_LIMIT_ENV``), else half the free space there."""
+    configured = os.environ.get(SPOOL_LIMIT_ENV)
+    if configured:
+        return int(configured)
+    return shutil.disk_usage(tempfile.gettempdir()).free // 2
+
+
 def restore_jobs(obj: StoredObject) -> int:
     """How many ``pg_restore -j`` workers for ``obj``: one per table up to the CPUs here (at most 4),
     once the archive is large enough to be worth spooling to a file (``-j`` reads a file, not a
-    pipe); 1 (streamed) otherwise."""
+    pipe) and the temporary directory has room for it; 1 (streamed) otherwise."""
     tables = int(obj.meta.get("tables", 0))
-    if obj.size < PARALLEL_RESTORE_MIN_BYTES or tables < 2:
+    if obj.size < PARALLEL_RESTORE_MIN_BYTES or tables < 2 or obj.size > spool_limit():
         return 1
     return max(1, min(tables, os.cpu_count() or 1, PARALLEL_RESTORE_MAX_JOBS))
 

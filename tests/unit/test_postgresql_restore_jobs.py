@@ -1,0 +1,54 @@
+"""When a PostgreSQL load restores an archive with parallel pg_restore workers (dump.restore_jobs):
+only an archive large enough to be worth spooling, of two tables or more, that fits the room the
+load may spool into."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from middleware.engines.base import SPOOL_LIMIT_ENV, StoredObject
+from middleware.engines.postgresql.dump import PARALLEL_RESTORE_MIN_BYTES, restore_jobs
+
+BIG = PARALLEL_RESTORE_MIN_BYTES * 2
+
+
+def archive(size: int, tables: int) -> StoredObject:
+    return StoredObject("db/app.pgdump", size, {"tables": tables})
+
+
+@pytest.mark.parametrize(
+    ("size", "tables", "parallel"),
+    [
+        (PARALLEL_RESTORE_MIN_BYTES - 1, 8, False),  # small: streamed as it downloads
+        (BIG, 1, False),  # one table loads in one worker anyway
+        (BIG, 0, False),
+        (BIG, 2, True),
+        (BIG, 50, True),
+    ],
+)
+def test_parallel_only_for_large_archives_of_several_tables(
+    size: int, tables: int, parallel: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(SPOOL_LIMIT_ENV, str(BIG * 10))
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    jobs = restore_jobs(archive(size, tables))
+    assert (jobs > 1) is parallel
+    assert jobs == (min(tables, 4) if parallel else 1)
+
+
+def test_workers_follow_the_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SPOOL_LIMIT_ENV, str(BIG * 10))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert restore_jobs(archive(BIG, 10)) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert restore_jobs(archive(BIG, 10)) == 1
+
+
+def test_an_archive_larger_than_the_spool_room_streams(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv(SPOOL_LIMIT_ENV, str(BIG - 1))
+    assert restore_jobs(archive(BIG, 10)) == 1
+    monkeypatch.setenv(SPOOL_LIMIT_ENV, str(BIG))
+    assert restore_jobs(archive(BIG, 10)) == 4
