@@ -84,6 +84,18 @@ def replace_config(path: Path, text: str) -> None:
     scratch.replace(path)
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` by rename: a reader in another process (``moorage status`` while a ``set``
+    saves the status) sees the old file or the new one, never a truncated one. The scratch name is
+    this writer's own, so two writers never share one."""
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        scratch.write_text(text)
+        scratch.replace(path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
 def fill_placeholders(template: str, values: dict[str, str]) -> str:
     """Replace ``${NAME}`` placeholders only; any other ``$`` in a config value is left alone."""
     text = template
@@ -161,9 +173,7 @@ class LocalRuntime:
     def _write_state(self, namespace: str, name: str, state: dict[str, Any]) -> None:
         path = self._state_path(namespace, name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        tmp.replace(path)
+        write_atomically(path, json.dumps(state, indent=2, sort_keys=True))
 
     @contextlib.contextmanager
     def _locked(self, namespace: str, name: str) -> Iterator[None]:
@@ -618,7 +628,7 @@ class LocalRuntime:
     def save_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         path = self._dir(namespace, name) / "status.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(status, indent=2, sort_keys=True))
+        write_atomically(path, json.dumps(status, indent=2, sort_keys=True))
 
     def load_status(self, namespace: str, name: str) -> dict[str, Any] | None:
         path = self._dir(namespace, name) / "status.json"
