@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, NoReturn, Protocol
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -87,6 +87,19 @@ def serving_inventory(
     failover or while a member is briefly unreachable: a Job started at that moment would otherwise
     fail a backup or a restore that works a few seconds later. Asked again until ``timeout``, then
     the last ``NotReady`` is raised; nothing has been written by then."""
+    return when_serving(target, target.engine.data_inventory, progress, timeout)
+
+
+T = TypeVar("T")
+
+
+def when_serving(
+    target: Target,
+    call: Callable[[ResolvedSpec, Connection], T],
+    progress: Progress = no_progress,
+    timeout: float = READY_TIMEOUT_SECONDS,
+) -> T:
+    """``call(spec, conn)`` once the target serves (see :func:`serving_inventory`)."""
 
     def waiting(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
@@ -99,7 +112,7 @@ def serving_inventory(
         before_sleep=waiting,
         reraise=True,
     )
-    return retrying(target.engine.data_inventory, target.spec, target.conn)
+    return retrying(call, target.spec, target.conn)
 
 
 # -- backups ------------------------------------------------------------------------------------
@@ -333,12 +346,14 @@ def plan_restore(
     *,
     progress: Progress = no_progress,
     ready_timeout: float = READY_TIMEOUT_SECONDS,
+    count: bool = True,
 ) -> RestorePlan:
     """What a restore of ``backup_id`` into ``target`` would overwrite, and whether it can work.
-    Reads only: nothing is changed."""
+    Reads only: nothing is changed. Without ``count`` the target's data is not counted (a full
+    read: a restore that sets the data aside counts it exactly as it does)."""
     manifest = repository.find(backup_id)
     reason = target.engine.data_compatibility(manifest.origin(), target.spec)
-    overwrites = serving_inventory(target, progress, ready_timeout)
+    overwrites = serving_inventory(target, progress, ready_timeout) if count else {}
     return RestorePlan(
         backup=manifest,
         namespace=target.namespace,
@@ -428,12 +443,15 @@ def apply_restore(
     checked as the load reads (no separate pass): a corrupt object fails the load and the data set
     aside is put back. Returns the restore record (``restoreId``, ``phase``, ``safetySnapshot``,
     ``setAside``, ...)."""
-    plan = plan_restore(repository, backup_id, target, progress=progress, ready_timeout=ready_timeout)
+    aside_ops = _aside_ops(target, safety_copy)
+    # Setting aside counts the target's data exactly: no count of it here beforehand.
+    plan = plan_restore(
+        repository, backup_id, target, progress=progress, ready_timeout=ready_timeout, count=aside_ops is None
+    )
     if not plan.compatible:
         raise RestoreRefused(
             f"cannot restore {backup_id} into {target.namespace}/{target.name}: {plan.reason}"
         )
-    aside_ops = _aside_ops(target, safety_copy)
     if aside_ops is None:
         checked = repository.verify(
             plan.backup, _bytes_progress(progress, "checking the backup", plan.backup.size_bytes)
@@ -523,8 +541,12 @@ def _take_safety_copy(
             progress=progress,
             ready_timeout=ready_timeout,
         )
-    # What a rename does not keep (roles) goes to the repository; the counts are the plan's, taken
-    # moments ago (the exact ones are counted as each part is set aside).
+    # Waits, as a count would, for a target that does not serve right now (a failover).
+    aside = when_serving(
+        target, lambda spec, conn: aside_ops.plan_aside(spec, conn, rid), progress, ready_timeout
+    )
+    # What a rename does not keep (roles) goes to the repository; what the data held is counted
+    # as each part is set aside (the restore's "overwrote").
     kept = create_backup(
         repository,
         target,
@@ -533,9 +555,8 @@ def _take_safety_copy(
         progress=progress,
         ready_timeout=ready_timeout,
         dump=aside_ops.dump_kept,
-        inventory=plan.overwrites,
+        inventory={},
     )
-    aside = aside_ops.plan_aside(target.spec, target.conn, rid)
     # Recorded before anything moves: a restore killed while setting aside is put back by rollback.
     record.step(
         RestorePhase.SNAPSHOTTING,
@@ -545,6 +566,7 @@ def _take_safety_copy(
     )
     aside = aside_ops.set_aside(target.spec, target.conn, aside, progress)
     record.data[SET_ASIDE] = _aside_wire(aside)
+    record.data["overwrote"] = dict(aside.counts)
     repository.save_restore(record.data)
     return kept
 

@@ -104,8 +104,12 @@ def test_restore_sets_the_data_aside_rolls_back_exactly_and_discard_deletes_it(d
     changed = deployed.fingerprint()
     assert changed != backed_up
 
+    target = deployed.target()
+    overwritten = target.engine.data_inventory(target.spec, target.conn)
     record = apply_restore(deployed.repository, backup.backup_id, deployed.target())
     assert record["phase"] == "Applied" and record["safetyCopy"] == "aside", record
+    # What was overwritten, counted while setting aside (no count of its own before).
+    assert record["overwrote"] == overwritten == record[SET_ASIDE]["counts"]
     # Exactly the backup's data, and its roles plus one: the role owning a table in the data set
     # aside is kept, without LOGIN (the restore's own check counted it as loaded).
     restored = deployed.fingerprint()
