@@ -27,6 +27,7 @@ import os
 import platform
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,7 @@ REDIS_NAME = "bench-redis"
 PG_NAME = "bench-pg"
 PG_DB = "bench"
 VALUE_SIZE = 100
+RESTORE_RUNS = 3
 MB = 1_000_000
 
 
@@ -397,27 +399,41 @@ def _bench_postgresql(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list
                 )
             }
             archive_size = archive.stat().st_size
-            admin("DROP DATABASE IF EXISTS bench_raw WITH (FORCE)")
-            admin("CREATE DATABASE bench_raw")
-            raw["restore"] = _timed(
-                [str(bin_dir / "pg_restore"), "--exit-on-error", "-d", dsn("bench_raw"), str(archive)], env
-            )
+
+            def raw_restore(archive: Path = archive, rows: int = rows) -> float:
+                admin("DROP DATABASE IF EXISTS bench_raw WITH (FORCE)")
+                admin("CREATE DATABASE bench_raw")
+                seconds = _timed(
+                    [str(bin_dir / "pg_restore"), "--exit-on-error", "-d", dsn("bench_raw"), str(archive)],
+                    env,
+                )
+                with psycopg.connect(dsn("bench_raw"), password=password) as db:
+                    raw_count = db.execute("SELECT count(*) FROM t").fetchone()
+                if raw_count is None or raw_count[0] != rows:
+                    raise RuntimeError(f"after pg_restore table t holds {raw_count} rows, not {rows}")
+                admin("DROP DATABASE bench_raw WITH (FORCE)")
+                return seconds
+
+            # The restores, ours and the raw one, take about a second here, where this shared
+            # machine's noise is a few tenths: each is the median of RESTORE_RUNS runs.
+            raw["restore"] = statistics.median(raw_restore() for _ in range(RESTORE_RUNS))
             archive.unlink()
-            with psycopg.connect(dsn("bench_raw"), password=password) as db:
-                raw_count = db.execute("SELECT count(*) FROM t").fetchone()
-            if raw_count is None or raw_count[0] != rows:
-                raise RuntimeError(f"after pg_restore table t holds {raw_count} rows, not {rows}")
-            admin("DROP DATABASE bench_raw WITH (FORCE)")
             backup = ours.run("backup", PG_NAME)
             load = ours.run("load", PG_NAME, backup["backup_id"])
-            restore = ours.run("restore", PG_NAME, backup["backup_id"])
-            if restore["safety_copy"] != "aside":
-                raise RuntimeError(
-                    f"PostgreSQL's restore kept a {restore['safety_copy']}, not the data set aside"
-                )
-            # Not timed: the databases set aside are deleted before the next restore (a DBA's
-            # `restore discard` once the restore is good).
-            ours.run("discard", PG_NAME, restore["restore_id"])
+
+            def our_restore(backup: dict[str, Any] = backup) -> dict[str, Any]:
+                result = ours.run("restore", PG_NAME, backup["backup_id"])
+                if result["safety_copy"] != "aside":
+                    raise RuntimeError(
+                        f"PostgreSQL's restore kept a {result['safety_copy']}, not the data set aside"
+                    )
+                # Not timed: the databases set aside are deleted before the next restore (a DBA's
+                # `restore discard` once the restore is good).
+                ours.run("discard", PG_NAME, result["restore_id"])
+                return result
+
+            restores = sorted((our_restore() for _ in range(RESTORE_RUNS)), key=lambda r: r["seconds"])
+            restore = restores[len(restores) // 2]
             # The same restore with a full safety snapshot first (--safety-copy snapshot).
             restore_snapshot = ours.run("restore_snapshot", PG_NAME, backup["backup_id"])
             with psycopg.connect(dsn(PG_DB), password=password) as db:
