@@ -532,21 +532,14 @@ def _take_safety_copy(
     ready_timeout: float,
 ) -> BackupManifest:
     rid = record.data["restoreId"]
-    if aside_ops is None:
-        return create_backup(
-            repository,
-            target,
-            kind="safety-snapshot",
-            restore_id=rid,
-            progress=progress,
-            ready_timeout=ready_timeout,
+    aside = None
+    if aside_ops is not None:
+        # Waits, as a count would, for a target that does not serve right now (a failover).
+        aside = when_serving(
+            target, lambda spec, conn: aside_ops.plan_aside(spec, conn, rid), progress, ready_timeout
         )
-    # Waits, as a count would, for a target that does not serve right now (a failover).
-    aside = when_serving(
-        target, lambda spec, conn: aside_ops.plan_aside(spec, conn, rid), progress, ready_timeout
-    )
-    # What a rename does not keep (roles) goes to the repository; what the data held is counted
-    # as each part is set aside (the restore's "overwrote").
+    # The whole target; or, setting aside, what a rename does not keep (roles), the data being
+    # counted as each part is set aside (the restore's "overwrote").
     kept = create_backup(
         repository,
         target,
@@ -554,9 +547,11 @@ def _take_safety_copy(
         restore_id=rid,
         progress=progress,
         ready_timeout=ready_timeout,
-        dump=aside_ops.dump_kept,
-        inventory={},
+        dump=None if aside_ops is None else aside_ops.dump_kept,
+        inventory=None if aside_ops is None else {},
     )
+    if aside_ops is None or aside is None:
+        return kept
     # Recorded before anything moves: a restore killed while setting aside is put back by rollback.
     record.step(
         RestorePhase.SNAPSHOTTING,

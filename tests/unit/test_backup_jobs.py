@@ -55,7 +55,7 @@ def _backup() -> dict[str, Any]:
     )
 
 
-def _restore(action: str) -> dict[str, Any]:
+def _restore(action: str, settings: JobSettings = SETTINGS, **options: Any) -> dict[str, Any]:
     return restore_job(
         owner="undo",
         namespace="shop",
@@ -64,7 +64,8 @@ def _restore(action: str) -> dict[str, Any]:
         backup_id="orders-20260101t000000z-ab12",
         restore_id="restore-orders-20260102t000000z-cd34",
         repository=REPO,
-        settings=SETTINGS,
+        settings=settings,
+        **options,
     )
 
 
@@ -307,17 +308,7 @@ def test_pod_failure_message_is_the_end_of_the_failed_containers_log() -> None:
 
 @pytest.mark.parametrize(("asked", "flag"), [("Aside", "aside"), ("Snapshot", "snapshot"), ("Auto", "auto")])
 def test_an_apply_job_passes_the_safety_copy_asked_for(asked: str, flag: str) -> None:
-    job = restore_job(
-        owner="undo",
-        namespace="shop",
-        target="orders",
-        action="Apply",
-        backup_id="orders-20260101t000000z-ab12",
-        restore_id="restore-orders-20260102t000000z-cd34",
-        repository=REPO,
-        settings=SETTINGS,
-        safety_copy=asked,
-    )
+    job = _restore("Apply", safety_copy=asked)
     command = _container(job)["command"]
     assert command[command.index("--safety-copy") + 1] == flag
     # The CLI takes exactly these values (its typer choices are the runbook's enum).
@@ -328,16 +319,7 @@ def test_the_scratch_volume_bounds_what_a_restore_may_spool() -> None:
     default = _container(_restore("Apply"))
     env = {e["name"]: e.get("value") for e in default["env"]}
     assert env[SPOOL_LIMIT_ENV] == str((64 << 20) - SCRATCH_RESERVE)
-    bigger = restore_job(
-        owner="undo",
-        namespace="shop",
-        target="orders",
-        action="Apply",
-        backup_id="orders-20260101t000000z-ab12",
-        restore_id="restore-orders-20260102t000000z-cd34",
-        repository=REPO,
-        settings=JobSettings(image=SETTINGS.image, scratch="20Gi"),
-    )
+    bigger = _restore("Apply", settings=JobSettings(image=SETTINGS.image, scratch="20Gi"))
     env = {e["name"]: e.get("value") for e in _container(bigger)["env"]}
     assert env[SPOOL_LIMIT_ENV] == str((20 << 30) - SCRATCH_RESERVE)
     (volume,) = bigger["spec"]["template"]["spec"]["volumes"]

@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import queue
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
@@ -46,6 +44,7 @@ from middleware.engines.postgresql import replication
 from middleware.engines.postgresql.binaries import find_bin_dir
 from middleware.engines.postgresql.config import APP_USER, REPLICATION_USER, SUPERUSER, conninfo
 from middleware.engines.postgresql.topology import DATA_COMPONENT
+from middleware.engines.streams import read_ahead
 from middleware.errors import NotReady, OperationError
 from middleware.spec import ResolvedSpec
 
@@ -633,41 +632,12 @@ READ_AHEAD_CHUNKS = 2
 
 
 def _chunks_ahead(stream: BinaryIO, depth: int = READ_AHEAD_CHUNKS) -> Generator[bytes, None, None]:
-    """The chunks of ``stream``, read by a thread up to ``depth`` chunks ahead: the download from the
-    repository (and its checksum) overlaps pg_restore's work on the chunk before instead of taking
-    turns with it through a 64 KiB pipe. Memory: ``depth`` chunks. An error of the read (a checksum
-    mismatch at the end) is raised here, after the chunks before it."""
-    chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: bytes | BaseException | None) -> bool:
-        while not stop.is_set():
-            try:
-                chunks.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer stopped: nobody will take it
-
-    def read() -> None:
-        try:
-            while chunk := stream.read(CHUNK):
-                if not put(chunk):
-                    return
-            put(None)
-        except BaseException as error:  # handed to the consumer, raised there
-            put(error)
-
-    reader = threading.Thread(target=read, name="pg-restore-read-ahead", daemon=True)
-    reader.start()
-    try:
-        while (item := chunks.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        reader.join()
+    """The chunks of ``stream``, read by a thread up to ``depth`` chunks ahead
+    (``streams.read_ahead``): the download from the repository (and its checksum) overlaps
+    pg_restore's work on the chunk before instead of taking turns with it through a 64 KiB pipe.
+    Memory: ``depth`` chunks. An error of the read (a checksum mismatch at the end) is raised here,
+    after the chunks before it."""
+    return read_ahead(iter(lambda: stream.read(CHUNK), b""), depth, "moorage-pg-restore-read-ahead")
 
 
 def _restore_database(endpoint: Endpoint, password: str, database: str, stream: BinaryIO) -> None:

@@ -20,13 +20,11 @@ import contextlib
 import ctypes
 import io
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,13 +40,13 @@ from middleware.engines.redis import live
 from middleware.engines.redis.rdb_stream import ReplicationRdbStream
 from middleware.engines.redis.resp import RespConnection, RespError
 from middleware.engines.redis.slots import TOTAL_SLOTS, SlotRange
+from middleware.engines.streams import read_ahead
 from middleware.errors import NotReady, OperationError
 
 CHUNK = 4 << 20
 BATCH = 1000
 # Batches read from the scratch server ahead of the one being restored (memory: this many batches).
 READ_AHEAD = 2
-_READ_DONE = object()
 # A key restored with less TTL than this may be gone by the time the restore is verified.
 EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
@@ -376,45 +374,15 @@ def _read_ahead(
     source: RespConnection, depth: int = READ_AHEAD
 ) -> Generator[tuple[list[bytes], list[Any]], None, None]:
     """Batches of keys with their PTTL and DUMP replies, read from the scratch server by a thread
-    up to ``depth`` batches ahead: reading the next batch overlaps restoring this one into the
-    target (each side mostly waits on its own server), and memory stays bounded by ``depth``
-    batches. The thread owns ``source`` until this generator ends; an error there is raised here."""
-    batches: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
+    up to ``depth`` batches ahead (``streams.read_ahead``): reading the next batch overlaps
+    restoring this one into the target, and memory stays bounded by ``depth`` batches. The thread
+    owns ``source`` until this generator ends; an error there is raised here."""
 
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                batches.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False  # the consumer stopped: nobody will take it
+    def batches() -> Iterator[tuple[list[bytes], list[Any]]]:
+        for keys in _scan_batches(source):
+            yield keys, source.pipeline([c for key in keys for c in ((b"PTTL", key), (b"DUMP", key))])
 
-    def read() -> None:
-        try:
-            for keys in _scan_batches(source):
-                replies = source.pipeline([c for key in keys for c in ((b"PTTL", key), (b"DUMP", key))])
-                if not put((keys, replies)):
-                    return
-        except BaseException as error:  # handed over, raised in the consumer
-            put(error)
-            return
-        put(_READ_DONE)
-
-    reader = threading.Thread(target=read, name="moorage-redis-read-ahead", daemon=True)
-    reader.start()
-    try:
-        while True:
-            item = batches.get()
-            if item is _READ_DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        reader.join()
+    return read_ahead(batches(), depth, "moorage-redis-read-ahead")
 
 
 def _scan_batches(client: RespConnection) -> Iterator[list[bytes]]:

@@ -1,0 +1,56 @@
+"""Reading ahead: an iterator run by a thread a bounded number of items ahead of its consumer.
+
+Loads read from one server (or the repository) and write into another; each side mostly waits on
+its own peer, so reading the next item while the current one is written overlaps the two, and
+memory stays bounded by ``depth`` items. Used by the Redis load (key batches from the scratch
+server) and the PostgreSQL load (archive chunks from the repository, ahead of ``pg_restore``).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Generator, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_DONE = object()
+
+
+def read_ahead(items: Iterator[T], depth: int, name: str) -> Generator[T, None, None]:
+    """The items of ``items``, produced by a thread (named ``name``) up to ``depth`` items ahead.
+    The thread owns ``items`` until this generator ends (close it, e.g. with
+    ``contextlib.closing``, when stopping early); an error raised there is raised here, after the
+    items before it."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False  # the consumer stopped: nobody will take it
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+        except BaseException as error:  # handed over, raised in the consumer
+            put(error)
+            return
+        put(_DONE)
+
+    producer = threading.Thread(target=produce, name=name, daemon=True)
+    producer.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        producer.join()
