@@ -13,7 +13,7 @@ import kopf
 
 from middleware.operations import OPERATION_ANNOTATION
 from operators import backup_handlers, metrics, sync_handlers
-from operators.kube import context
+from operators.kube import api_session, context
 from operators.reconcile import apply, catalog, delete, events, observe, operation
 from operators.settings import GROUP, VERSION, configure, operator_config
 
@@ -24,6 +24,10 @@ REGISTERED_ELSEWHERE = (backup_handlers, sync_handlers)
 MIDDLEWARES = (GROUP, VERSION, "middlewares")
 CATALOGS = (GROUP, VERSION, "middlewarecatalogs")
 OPERATION_FIELD = ("metadata", "annotations", OPERATION_ANNOTATION)
+# Every resource kind with a handler: kopf keeps one watch stream per kind and namespace.
+WATCHED_KINDS = frozenset(
+    {MIDDLEWARES, CATALOGS, backup_handlers.BACKUPS, backup_handlers.RESTORES, sync_handlers.SYNCS}
+)
 
 
 @kopf.on.startup()
@@ -41,10 +45,19 @@ def catalog_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.ConnectionInfo | kopf.AiohttpSession | None:
     # kopf's default login goes through the kubernetes client, which fixes the kubeconfig path when it
     # is imported; reading $KUBECONFIG at login time is what an operator started by a CLI expects.
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    if info is None:
+        return None
+    limit = api_session.connection_limit(
+        api_session.watched_scope(), len(WATCHED_KINDS), operator_config().api_connections
+    )
+    if not limit:
+        return info
+    kwargs["logger"].info("API server connections: at most %d (watch streams included)", limit)
+    return api_session.limited_session(info, limit)
 
 
 @kopf.on.resume(*MIDDLEWARES)

@@ -55,6 +55,9 @@ class OperatorConfig:
     # mostly waits on the API server and on members: with 8, 500 Middlewares created at once saw
     # their first status after 6.2 s (median) on 2 cores, with 16 after 4.0 s (bench/operator_bench.py).
     handler_threads: int = 16
+    # API connections kopf may hold besides its watch streams (operators/kube/api_session.py):
+    # kopf alone opened one per concurrent request, 900+ (114 MiB of TLS buffers) for 500 Middlewares.
+    api_connections: int = 32
     # How soon to look again while pods are not Ready yet: pod startup is seconds to minutes.
     member_retry: float = 5.0
     # Bootstrap failures are usually the network or a member still loading data; no need to hammer.
@@ -87,6 +90,7 @@ class OperatorConfig:
         return cls(
             cluster_domain=os.environ.get("MOORAGE_CLUSTER_DOMAIN", "cluster.local"),
             handler_threads=_int("MOORAGE_HANDLER_THREADS", 16),
+            api_connections=_int("MOORAGE_API_CONNECTIONS", 32),
             member_retry=_float("MOORAGE_MEMBER_RETRY_SECONDS", 5.0),
             bootstrap_retry=_float("MOORAGE_BOOTSTRAP_RETRY_SECONDS", 20.0),
             storage_retry=_float("MOORAGE_STORAGE_RETRY_SECONDS", 2.0),

@@ -21,6 +21,7 @@ import typer
 
 from middleware.errors import MoorageError
 from operators import metrics
+from operators.kube import api_session
 
 HANDLERS_MODULE = "operators.main"
 DEFAULT_METRICS_PORT = 8000
@@ -136,6 +137,11 @@ def run(
     chosen = choose_priority(priority, peering)
     if peering is not None:
         ensure_peering(peering, clusterwide=all_namespaces, namespaces=namespaces)
+    api_session.set_watch_scope(
+        api_session.WatchScope(
+            clusterwide=all_namespaces, namespaces=tuple(namespaces), peering=peering is not None
+        )
+    )
     if metrics_port:
         metrics.serve(metrics_port, addr=metrics_address)
     log.info(

@@ -26,6 +26,9 @@ FAST_RETRIES = {
     "MOORAGE_API_ERROR_RETRY_SECONDS": "5",
     # The observe timer reads this when operators.main is first imported (in running_operator).
     "MOORAGE_OBSERVE_INTERVAL_SECONDS": "2",
+    # kopf's pool: its watch streams plus only this many connections for everything else, far below
+    # the default, so every operator test here also shows the watches are counted and nothing starves.
+    "MOORAGE_API_CONNECTIONS": "3",
 }
 
 
@@ -56,6 +59,7 @@ def running_operator(
     operator still runs (so its finalizers are honoured), then the operator stops."""
     from kopf.testing import KopfRunner
 
+    from operators.kube import api_session
     from operators.settings import operator_config
 
     settings = {**FAST_RETRIES, **(env or {})}
@@ -64,6 +68,8 @@ def running_operator(
     os.environ.update(settings)
     operator_config.cache_clear()
     args = ["run", "-m", "operators.main", "--standalone", "--namespace", namespace]
+    # What `moorage operator --namespace NAMESPACE --standalone` tells the login handler.
+    api_session.set_watch_scope(api_session.WatchScope(clusterwide=False, namespaces=(namespace,)))
     try:
         with KopfRunner(args, timeout=60) as runner:
             try:
@@ -78,6 +84,7 @@ def running_operator(
             else:
                 os.environ[key] = value
         operator_config.cache_clear()
+        api_session.set_watch_scope(None)
 
 
 def _delete_all(api_client: Any, namespace: str, plurals: Sequence[str], timeout: float) -> None:
