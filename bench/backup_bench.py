@@ -52,7 +52,7 @@ REDIS_NAME = "bench-redis"
 PG_NAME = "bench-pg"
 PG_DB = "bench"
 VALUE_SIZE = 100
-RESTORE_RUNS = 3
+RESTORE_RUNS = 5
 MB = 1_000_000
 
 
