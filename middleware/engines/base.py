@@ -443,7 +443,7 @@ class Engine(Protocol):
         """Which template a member starts from."""
         ...
 
-    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+    def command(self, spec: ResolvedSpec, member: MemberPlan, config_path: str) -> list[str]:
         """The process command line for a member, given its rendered config file path."""
         ...
 

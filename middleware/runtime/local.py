@@ -396,7 +396,7 @@ class LocalRuntime:
         self, spec: ResolvedSpec, engine: Engine, member: MemberPlan, record: dict[str, Any], config: Path
     ) -> None:
         member_dir = self._member_dir(spec, member)
-        command = engine.command(member, str(config))
+        command = engine.command(spec, member, str(config))
         if shutil.which(command[0]) is None:
             raise MoorageError(
                 f"{command[0]} is not installed: run `make setup` (or apt-get install the engine's package)"

@@ -285,11 +285,12 @@ def test_never_more_than_seven_voters() -> None:
 
 
 def test_local_runtime_refuses_clearly_when_there_is_no_mongod(monkeypatch: pytest.MonkeyPatch) -> None:
-    member = ENGINE.members(make_spec())[0]
+    spec = make_spec()
+    member = ENGINE.members(spec)[0]
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(
         MoorageError, match=r"cannot run on the local runtime .* no mongod binary.*moorage render"
     ):
-        ENGINE.command(member, "/d/mongod.conf")
+        ENGINE.command(spec, member, "/d/mongod.conf")
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
-    assert ENGINE.command(member, "/d/mongod.conf") == ["mongod", "--config", "/d/mongod.conf"]
+    assert ENGINE.command(spec, member, "/d/mongod.conf") == ["mongod", "--config", "/d/mongod.conf"]

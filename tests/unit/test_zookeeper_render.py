@@ -26,7 +26,7 @@ import pytest
 from middleware.engines.base import PLACEHOLDERS, MemberAddress
 from middleware.engines.registry import get_engine
 from middleware.engines.zookeeper import config, launch
-from middleware.engines.zookeeper.render import render, render_credentials
+from middleware.engines.zookeeper.render import heap_mib, render, render_credentials
 from middleware.errors import SpecError
 from middleware.kube import builders as kube
 from middleware.runtime.local import fill_placeholders
@@ -253,12 +253,14 @@ def test_member_files_myid_and_every_member_from_the_addressing() -> None:
 
 
 def test_command_runs_the_launcher_then_the_server() -> None:
-    member = ENGINE.members(make_spec())[0]
-    command = ENGINE.command(member, "/d/data/zoo.cfg")
+    spec = make_spec()
+    member = ENGINE.members(spec)[0]
+    command = ENGINE.command(spec, member, "/d/data/zoo.cfg")
     assert Path(command[1]) == Path(launch.__file__) and Path(command[1]).is_file()
     assert command[2:5] == ["/d/data/zoo.cfg", "--", "java"]
     assert command[-2:] == ["org.apache.zookeeper.server.quorum.QuorumPeerMain", "/d/data/zoo.cfg"]
-    assert "-Xmx128m" in command
+    # The heap as in a pod: 60% of the spec's memory limit.
+    assert [flag for flag in command if flag.startswith("-Xmx")] == [f"-Xmx{heap_mib(spec)}m"]
     # The launcher is run by path: it must not need Moorage importable.
     source = Path(launch.__file__).read_text()
     assert not re.search(r"^\s*(import|from)\s+middleware\b", source, re.M)

@@ -75,7 +75,7 @@ class MongoDBEngine(EngineDefaults):
     def config_file_for(self, member: MemberPlan) -> str:
         return CONFIG_FILE
 
-    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+    def command(self, spec: ResolvedSpec, member: MemberPlan, config_path: str) -> list[str]:
         # The local runtime would report "mongod is not installed: run `make setup`", which is wrong
         # here: `make setup` cannot install one. Say what is true instead.
         if shutil.which(MONGOD) is None:

@@ -110,7 +110,7 @@ class PostgresEngine(EngineDefaults):
     def member_files(self, spec: ResolvedSpec, member: MemberPlan, addressing: Addressing) -> dict[str, str]:
         return {"pg_hba.conf": pg_hba_conf(spec)}
 
-    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+    def command(self, spec: ResolvedSpec, member: MemberPlan, config_path: str) -> list[str]:
         pgdata = str(Path(config_path).parent / PGDATA)
         return ["sh", "-c", START_SCRIPT, "postgres-start", str(find_bin_dir()), config_path, pgdata]
 

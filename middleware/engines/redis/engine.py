@@ -77,7 +77,7 @@ class RedisEngine(EngineDefaults):
     def config_file_for(self, member: MemberPlan) -> str:
         return "sentinel.conf" if member.component == SENTINEL_COMPONENT else "redis.conf"
 
-    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+    def command(self, spec: ResolvedSpec, member: MemberPlan, config_path: str) -> list[str]:
         if member.component == SENTINEL_COMPONENT:
             return ["redis-server", config_path, "--sentinel"]
         return ["redis-server", config_path]

@@ -48,8 +48,8 @@ from middleware.engines.zookeeper.config import (
     server_spec,
     zoo_cfg,
 )
+from middleware.engines.zookeeper.render import heap_mib, render_credentials
 from middleware.engines.zookeeper.render import render as render_manifests
-from middleware.engines.zookeeper.render import render_credentials
 from middleware.engines.zookeeper.topology import (
     CLIENT_PORT_NAME,
     DATA_COMPONENT,
@@ -78,9 +78,10 @@ DEBIAN_LOG4J = "file:/etc/zookeeper/conf/log4j.properties"
 METRICS_JARS_SUBDIR = "share/zookeeper-metrics"
 SERVLET_API_JAR = "/usr/share/java/servlet-api.jar"
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
-# Small and quick to start: a local ensemble is for development and tests, not for data volume.
+# Quick to start: a local ensemble is for development and tests. The heap follows the spec's memory
+# as in a pod (render.heap_mib): ZooKeeper holds the whole tree in it, so a fixed small heap would
+# make a local member die of the first tree larger than that.
 LOCAL_JVM_FLAGS = (
-    "-Xmx128m",
     "-XX:+UseSerialGC",
     "-XX:TieredStopAtLevel=1",
     "-XX:-UsePerfData",
@@ -124,9 +125,11 @@ class ZooKeeperEngine(EngineDefaults):
             )
         return {MYID: f"{server_id(member)}\n", DYNAMIC_FILE: dynamic_config(servers)}
 
-    def command(self, member: MemberPlan, config_path: str) -> list[str]:
+    def command(self, spec: ResolvedSpec, member: MemberPlan, config_path: str) -> list[str]:
         server = [
             "java",
+            f"-Xmx{heap_mib(spec)}m",
+            "-XX:+ExitOnOutOfMemoryError",
             *LOCAL_JVM_FLAGS,
             # Log to stdout: the runtime keeps it in member.log, as kubelet keeps a pod's log.
             "-Dzookeeper.root.logger=INFO,CONSOLE",
