@@ -78,7 +78,9 @@ def ensure_peering(name: str, *, clusterwide: bool, namespaces: list[str]) -> No
         config.load_kube_config()
     api = client.CustomObjectsApi()
     body = {"apiVersion": f"{PEERING_GROUP}/{PEERING_VERSION}", "metadata": {"name": name}}
-    targets: list[str | None] = [None] if clusterwide else [n for n in namespaces if not _is_glob(n)]
+    targets: list[str | None] = (
+        [None] if clusterwide else [n for n in namespaces if not api_session.is_glob(n)]
+    )
     for namespace in targets:
         kind = "ClusterKopfPeering" if namespace is None else "KopfPeering"
         try:
@@ -100,10 +102,6 @@ def ensure_peering(name: str, *, clusterwide: bool, namespaces: list[str]) -> No
                 ) from None
             # Without create rights kopf still works once an admin creates the object: say so, go on.
             log.warning("cannot create %s %s (HTTP %s): kopf waits until it exists", kind, name, error.status)
-
-
-def _is_glob(pattern: str) -> bool:
-    return any(c in pattern for c in "*?[!")
 
 
 def load_handlers(module: str = HANDLERS_MODULE) -> None:

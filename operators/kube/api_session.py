@@ -16,12 +16,14 @@ changes as namespaces come and go, and the pool stays unbounded as in kopf.
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 import aiohttp
 import kopf
 
-log = logging.getLogger(__name__)
+
+def is_glob(pattern: str) -> bool:
+    """A namespace pattern kopf matches against the namespaces it sees (``team-*``)."""
+    return any(c in pattern for c in "*?[!")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,7 @@ class WatchScope:
         """Watch streams kopf keeps open, or None when globs make the number open-ended."""
         if self.clusterwide:
             scopes = 1
-        elif any(any(c in n for c in "*?[!") for n in self.namespaces):
+        elif any(is_glob(n) for n in self.namespaces):
             return None
         else:
             scopes = len(self.namespaces)
