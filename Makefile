@@ -131,7 +131,7 @@ lint: setup ## ruff, mypy and the import layering contracts
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-bench: setup cluster-deps control-plane coredns images ## Benchmarks; results in bench/results.json
+bench: setup cluster-deps control-plane coredns images ferretdb ## Benchmarks; results in bench/results.json
 	$(PY) bench/redis_cluster_bench.py --out bench/results.json
 	$(PY) bench/sync_verify_bench.py --out bench/results.json
 	$(PY) bench/sync_bench.py --out bench/results.json

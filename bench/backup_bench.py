@@ -2,14 +2,20 @@
 
     python bench/backup_bench.py --out bench/results.json [--small N] [--factor 5]
 
-A real S3 server (SeaweedFS ``weed mini`` on free ports) and two
-standalone deployments on the local runtime (Redis, PostgreSQL) in a temporary state dir. At two
-sizes (N and N*factor keys/rows of ~100 random bytes) it times:
+A real S3 server (SeaweedFS ``weed mini`` on free ports), deployments on the local runtime (Redis
+and PostgreSQL standalone, a one-member ZooKeeper ensemble) in a temporary state dir, and for
+MongoDB a FerretDB (SQLite handler; a MongoDB-compatible server, NOT a mongod, which these machines
+cannot install) with the engine's Target built around it. Redis and PostgreSQL run at two sizes (N
+and N*factor keys/rows of ~100 random bytes), MongoDB and ZooKeeper at 100 MB and 1 GB (documents
+of 1 KB, znodes of 10 KB; ``--mongodb-mb``, ``--zookeeper-mb``). It times:
 
 - raw: ``redis-cli --rdb FILE``, then that RDB loaded into the emptied target by redis-shake's
   ``rdb_reader`` (``restore``, the reference of our Redis load) and opened by a ``redis-server`` of
   its own (``server_load``: until it answers with every key, the floor for any load);
-  ``pg_dump -Fc -f FILE`` and ``pg_restore -d NEWDB FILE``;
+  ``pg_dump -Fc -f FILE`` and ``pg_restore -d NEWDB FILE``; MongoDB the mongodump-equivalent
+  (every document read as raw BSON into a file) and mongorestore-equivalent (inserted back in
+  batches of 1,000); ZooKeeper a kazoo walk reading every znode (256 reads in flight) into a file
+  and kazoo creates from it (256 in flight), into the emptied target;
 - ours: ``create_backup`` into S3, the engine's load alone (``data_load`` from S3), and the whole
   ``apply_restore`` (checksum pass + safety snapshot + load + verify), each in a fresh child
   interpreter whose ``VmHWM`` (peak RSS) is read from /proc at its end. Peak RSS that does not grow
@@ -32,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,7 @@ from middleware.lifecycle import Lifecycle  # noqa: E402
 from middleware.runtime.local import LocalRuntime  # noqa: E402
 
 SECTION = "backup_restore"
+ENGINES = ("redis", "postgresql", "mongodb", "zookeeper")
 NAMESPACE = "default"
 REDIS_NAME = "bench-redis"
 PG_NAME = "bench-pg"
@@ -85,7 +93,10 @@ def _child(op: str, state: Path, name: str, bucket: str, backup_id: str | None) 
         prefix="bench",
     )
     repository = Repository(S3Store(config))
-    target = LocalTargets(Lifecycle(LocalRuntime(state))).get(NAMESPACE, name)
+    if name == MONGO_NAME:
+        target = _ferretdb_target()
+    else:
+        target = LocalTargets(Lifecycle(LocalRuntime(state))).get(NAMESPACE, name)
     baseline = _hwm_kib()
     began = time.perf_counter()
     result: dict[str, Any] = {}
@@ -464,6 +475,261 @@ def _bench_postgresql(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list
     }
 
 
+ZK_NAME = "bench-zk"
+ZK_ROOT = "/bench"
+# Values of 10 KB: 100 MB is 10,000 znodes, 1 GB 100,000, under parents of 1,000 children each (a
+# getChildren reply of one flat parent with 100,000 children would pass ZooKeeper's 1 MB jute limit).
+ZNODE_BYTES = 10_000
+ZNODES_PER_PARENT = 1_000
+# Requests in flight at once for the reference's reads and creates (as our load's window).
+ZK_WINDOW = 256
+
+
+def _zk_paths(count: int) -> Iterator[tuple[str, str]]:
+    for i in range(count):
+        yield f"{ZK_ROOT}/p-{i // ZNODES_PER_PARENT:04d}", f"n-{i:07d}"
+
+
+def _zk_write(client: Any, records: Iterable[tuple[str, bytes]]) -> int:
+    """Create every (path, data), parents first, ZK_WINDOW requests in flight; returns the count."""
+    pending: list[Any] = []
+    count = 0
+    for path, data in records:
+        pending.append(client.create_async(path, data))
+        count += 1
+        if len(pending) >= ZK_WINDOW:
+            for request in pending:
+                request.get(timeout=60)
+            pending.clear()
+    for request in pending:
+        request.get(timeout=60)
+    return count
+
+
+def _zk_fill(client: Any, count: int) -> None:
+    client.ensure_path(ZK_ROOT)
+    parents = sorted({parent for parent, _ in _zk_paths(count)})
+    _zk_write(client, ((parent, b"") for parent in parents))
+    _zk_write(client, ((f"{parent}/{name}", os.urandom(ZNODE_BYTES)) for parent, name in _zk_paths(count)))
+
+
+def _zk_raw_dump(client: Any, out: Path) -> int:
+    """The reference walk: every znode under ZK_ROOT read with kazoo, ZK_WINDOW gets in flight,
+    written to a local file as (path, data) records. Returns the znodes read."""
+    import struct
+
+    count = 0
+    with out.open("wb") as file:
+
+        def emit(path: str, data: bytes) -> None:
+            encoded = path.encode()
+            file.write(struct.pack(">II", len(encoded), len(data)) + encoded + data)
+
+        emit(ZK_ROOT, client.get(ZK_ROOT)[0])
+        for parent in sorted(client.get_children(ZK_ROOT)):
+            parent_path = f"{ZK_ROOT}/{parent}"
+            emit(parent_path, client.get(parent_path)[0])
+            children = sorted(client.get_children(parent_path))
+            for start in range(0, len(children), ZK_WINDOW):
+                window = [f"{parent_path}/{name}" for name in children[start : start + ZK_WINDOW]]
+                for path, request in [(path, client.get_async(path)) for path in window]:
+                    emit(path, request.get(timeout=60)[0])
+                    count += 1
+    return count
+
+
+def _zk_raw_restore(client: Any, dump: Path) -> int:
+    """The reference load: the records of _zk_raw_dump created again, ZK_WINDOW in flight."""
+    import struct
+
+    def records() -> Iterator[tuple[str, bytes]]:
+        with dump.open("rb") as file:
+            while header := file.read(8):
+                path_length, data_length = struct.unpack(">II", header)
+                yield file.read(path_length).decode(), file.read(data_length)
+
+    return _zk_write(client, records())
+
+
+def _zk_count(client: Any) -> int:
+    return sum(len(client.get_children(f"{ZK_ROOT}/{p}")) for p in client.get_children(ZK_ROOT))
+
+
+def _bench_zookeeper(lifecycle: Lifecycle, ours: Ours, files: Path, sizes_mb: list[int]) -> dict[str, Any]:
+    from kazoo.client import KazooClient
+
+    manifest = _manifest(ZK_NAME, "zookeeper")
+    # One member; the heap follows the memory (60%, as in a pod): a 1 GB tree needs room.
+    manifest["spec"] |= {"topology": "ensemble", "replicas": 1, "resources": {"cpu": "1", "memory": "4Gi"}}
+    lifecycle.up(manifest)
+    endpoint = Endpoint.parse(lifecycle.status(NAMESPACE, ZK_NAME).members[0].address)
+    client = KazooClient(hosts=endpoint.address, timeout=30)
+    client.start(timeout=30)
+    runs = []
+    try:
+        for size_mb in sizes_mb:
+            count = size_mb * MB // ZNODE_BYTES
+            if client.exists(ZK_ROOT):
+                client.delete(ZK_ROOT, recursive=True)
+            _zk_fill(client, count)
+            if _zk_count(client) != count:
+                raise RuntimeError(f"ZooKeeper holds {_zk_count(client)} znodes under {ZK_ROOT}, not {count}")
+            dump = files / f"zk-{size_mb}.bin"
+            began = time.perf_counter()
+            if _zk_raw_dump(client, dump) != count:
+                raise RuntimeError("the reference walk read fewer znodes than were written")
+            raw = {"dump": time.perf_counter() - began}
+            client.delete(ZK_ROOT, recursive=True)
+            began = time.perf_counter()
+            _zk_raw_restore(client, dump)
+            raw["restore"] = time.perf_counter() - began
+            dump.unlink()
+            if _zk_count(client) != count:
+                raise RuntimeError(f"after the reference load ZooKeeper holds {_zk_count(client)} znodes")
+            backup = ours.run("backup", ZK_NAME)
+            load = ours.run("load", ZK_NAME, backup["backup_id"])
+            if _zk_count(client) != count:
+                raise RuntimeError(f"after our load ZooKeeper holds {_zk_count(client)} znodes, not {count}")
+            restore = ours.run("restore", ZK_NAME, backup["backup_id"])
+            if _zk_count(client) != count:
+                raise RuntimeError(f"after our restore ZooKeeper holds {_zk_count(client)} znodes")
+            size = count * ZNODE_BYTES
+            run = {"znodes": count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
+            run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
+            print(json.dumps(run), flush=True)
+            runs.append(run)
+    finally:
+        client.stop()
+        client.close()
+        lifecycle.down(NAMESPACE, ZK_NAME, purge=True)
+    return {
+        "znode_bytes": ZNODE_BYTES,
+        "size_basis": "znode data bytes under /bench (random, 10 KB each, 1,000 per parent)",
+        "runs": runs,
+    }
+
+
+MONGO_NAME = "bench-mongo"
+# MongoDB locally is FerretDB (SQLite), a MongoDB-compatible server and NOT a mongod: there is no
+# mongod package on these machines (docs/mongodb.md). Documents of about 1 KB, 1,000 per batch.
+DOC_BYTES = 1_000
+MONGO_BATCH = 1_000
+MONGO_DB, MONGO_COLLECTION = "bench", "docs"
+
+
+def _ferretdb_target() -> Any:
+    """The Target our operations run against: the engine's spec and connection, built by hand
+    (the local runtime cannot run MongoDB without mongod) around the FerretDB the bench started."""
+    from backups.runbook import Target
+    from middleware.engines.base import Connection, Member, MemberPlan
+    from middleware.engines.registry import get_engine
+    from middleware.spec import load_middleware, resolve
+
+    manifest = _manifest(MONGO_NAME, "mongodb")
+    manifest["spec"] |= {"topology": "replicaset", "replicas": 1}
+    spec = resolve(load_middleware(manifest))
+    plan = MemberPlan(name=f"{MONGO_NAME}-0", component="data", workload=MONGO_NAME, ordinal=0)
+    endpoint = Endpoint.parse(os.environ["MOORAGE_BENCH_MONGO"])
+    conn = Connection(
+        members=[Member(plan=plan, endpoint=endpoint, up=True)],
+        password=os.environ["MOORAGE_BENCH_MONGO_PASSWORD"],
+    )
+    return Target(NAMESPACE, MONGO_NAME, spec, get_engine("mongodb"), conn, manifest)
+
+
+def _mongo_raw_dump(collection: Any, out: Path) -> int:
+    """The mongodump-equivalent reference: every document read as raw BSON (no decoding), written
+    to a local file as mongodump writes a collection's .bson."""
+    count = 0
+    with out.open("wb") as file:
+        for document in collection.find({}, batch_size=MONGO_BATCH):
+            file.write(document.raw)
+            count += 1
+    return count
+
+
+def _mongo_raw_restore(collection: Any, dump: Path) -> int:
+    """The mongorestore-equivalent reference: the raw BSON documents inserted in batches."""
+    from bson.raw_bson import RawBSONDocument
+
+    count = 0
+    batch: list[Any] = []
+    with dump.open("rb") as file:
+        while header := file.read(4):
+            length = int.from_bytes(header, "little")
+            batch.append(RawBSONDocument(header + file.read(length - 4)))
+            if len(batch) == MONGO_BATCH:
+                collection.insert_many(batch, ordered=False)
+                count += len(batch)
+                batch = []
+    if batch:
+        collection.insert_many(batch, ordered=False)
+        count += len(batch)
+    return count
+
+
+def _bench_mongodb(ours: Ours, work: Path, sizes_mb: list[int]) -> dict[str, Any]:
+    from bson.binary import Binary
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    from tests.integration.ferretdb_harness import FerretDBProcess, ferretdb_binary
+
+    password = secrets.token_urlsafe(16)
+    server = FerretDBProcess(
+        ferretdb_binary(), work / "ferretdb", MONGO_NAME, repl_set_name="rs0", password=password
+    ).start()
+    ours.env |= {"MOORAGE_BENCH_MONGO": server.endpoint.address, "MOORAGE_BENCH_MONGO_PASSWORD": password}
+    client = server.client(timeout_ms=300_000)
+    collection = client[MONGO_DB][MONGO_COLLECTION]
+    raw_collection = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
+    files = work / "files"
+    runs = []
+    try:
+        for size_mb in sizes_mb:
+            count = size_mb * MB // DOC_BYTES
+            collection.drop()
+            for start in range(0, count, MONGO_BATCH):
+                batch = range(start, min(count, start + MONGO_BATCH))
+                collection.insert_many([{"_id": i, "v": Binary(os.urandom(DOC_BYTES))} for i in batch])
+            if collection.count_documents({}) != count:
+                raise RuntimeError(f"FerretDB holds {collection.count_documents({})} documents, not {count}")
+            dump = files / f"mongo-{size_mb}.bson"
+            began = time.perf_counter()
+            if _mongo_raw_dump(raw_collection, dump) != count:
+                raise RuntimeError("the reference read fewer documents than were written")
+            raw = {"dump": time.perf_counter() - began}
+            collection.drop()
+            began = time.perf_counter()
+            _mongo_raw_restore(raw_collection, dump)
+            raw["restore"] = time.perf_counter() - began
+            dump.unlink()
+            for what in ("the reference restore", "our load", "our restore"):
+                if what == "our load":
+                    backup = ours.run("backup", MONGO_NAME)
+                    load = ours.run("load", MONGO_NAME, backup["backup_id"])
+                elif what == "our restore":
+                    restore = ours.run("restore", MONGO_NAME, backup["backup_id"])
+                if collection.count_documents({}) != count:
+                    raise RuntimeError(
+                        f"after {what} FerretDB holds {collection.count_documents({})} documents"
+                    )
+            size = count * DOC_BYTES
+            run = {"documents": count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
+            run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
+            print(json.dumps(run), flush=True)
+            runs.append(run)
+    finally:
+        client.close()
+        server.stop()
+    return {
+        "doc_bytes": DOC_BYTES,
+        "server": "FerretDB (SQLite handler), a MongoDB-compatible server, not mongod",
+        "size_basis": "document payload bytes (random, 1 KB each) in one collection",
+        "runs": runs,
+    }
+
+
 def _growth(section: dict[str, Any]) -> dict[str, Any]:
     """Peak RSS of the large run over the small one, per operation (1.0: flat)."""
     runs = section["runs"]
@@ -484,12 +750,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results.json")
     parser.add_argument("--small", type=int, default=200_000, help="keys / rows of the small run")
     parser.add_argument("--factor", type=int, default=5, help="the large run is this many times larger")
-    parser.add_argument("--skip-postgresql", action="store_true")
-    parser.add_argument(
-        "--skip-redis",
-        action="store_true",
-        help="keep the Redis figures of --out as they are (PostgreSQL only)",
-    )
+    for engine, label in (("mongodb", "MongoDB (FerretDB)"), ("zookeeper", "ZooKeeper")):
+        parser.add_argument(
+            f"--{engine}-mb",
+            type=int,
+            nargs=2,
+            default=[100, 1000],
+            metavar=("SMALL", "LARGE"),
+            help=f"data sizes of the {label} runs, in MB",
+        )
+    for engine in ENGINES:
+        parser.add_argument(
+            f"--skip-{engine}", action="store_true", help=f"keep the {engine} figures of --out as they are"
+        )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
@@ -528,26 +801,27 @@ def main(argv: list[str] | None = None) -> int:
         lifecycle = Lifecycle(LocalRuntime(state))
         cleanup.callback(_down_all, state)
         ours = Ours(state, bucket, env)
-        if args.skip_redis:
-            earlier = json.loads(args.out.read_text()).get(SECTION, {}) if args.out.exists() else {}
-            if "redis" in earlier:
-                result["redis"] = {
-                    **earlier["redis"],
-                    "measured_in_an_earlier_run": earlier.get("measured_at"),
-                }
-        else:
-            result["redis"] = _bench_redis(lifecycle, ours, files, sizes)
-            result["redis"]["peak_rss_growth_large_over_small"] = _growth(result["redis"])
-        if not args.skip_postgresql:
-            result["postgresql"] = _bench_postgresql(lifecycle, ours, files, sizes)
-            result["postgresql"]["peak_rss_growth_large_over_small"] = _growth(result["postgresql"])
+        earlier = json.loads(args.out.read_text()).get(SECTION, {}) if args.out.exists() else {}
+        benches = {
+            "redis": lambda: _bench_redis(lifecycle, ours, files, sizes),
+            "postgresql": lambda: _bench_postgresql(lifecycle, ours, files, sizes),
+            "mongodb": lambda: _bench_mongodb(ours, work, args.mongodb_mb),
+            "zookeeper": lambda: _bench_zookeeper(lifecycle, ours, files, args.zookeeper_mb),
+        }
+        for engine in ENGINES:
+            if getattr(args, f"skip_{engine}"):
+                _keep_earlier(result, earlier, engine)
+            else:
+                result[engine] = benches[engine]()
+                result[engine]["peak_rss_growth_large_over_small"] = _growth(result[engine])
     result.update(
         {
             "sizes": sizes,
             "factor": args.factor,
             "total_seconds": round(time.perf_counter() - began, 1),
             "notes": [
-                "mb_per_s: the same data size (RDB bytes / table bytes) over each operation's seconds",
+                "mb_per_s: the same data size (RDB bytes / table bytes / document or znode payload "
+                "bytes) over each operation's seconds",
                 "ratio_*: raw seconds / our seconds (1.0: as fast as the raw tool; higher: faster)",
                 "ours_backup: engine -> S3 with checksums; raw dump: to a local file",
                 "redis raw_restore: redis-shake rdb_reader of the raw dump into the emptied target; "
@@ -556,7 +830,12 @@ def main(argv: list[str] | None = None) -> int:
                 "verify: for Redis a checksum pass and a full safety snapshot first (about three times "
                 "the raw work); for PostgreSQL the roles dumped and the databases set aside (renamed), "
                 "the checksums checked as the load reads; ours_restore_snapshot: PostgreSQL with "
-                "--safety-copy snapshot (checksum pass + full safety snapshot + load + verify)",
+                "--safety-copy snapshot (checksum pass + full safety snapshot + load + verify); "
+                "MongoDB and ZooKeeper: checksum pass + full safety snapshot + load + verify",
+                "mongodb: FerretDB (SQLite), not mongod; raw dump/restore: every document as raw BSON "
+                "to a file and inserted back in batches of 1,000 (what mongodump/mongorestore do); "
+                "zookeeper raw dump/restore: a kazoo walk (256 reads in flight) to a file and kazoo "
+                "creates from it (256 in flight) into the emptied tree; our load clears the tree first",
                 "peak_rss_mib: VmHWM of a fresh child interpreter doing only that operation; "
                 "baseline_rss_mib: its VmHWM after imports, before the operation",
                 "machine: 2 cores shared with other jobs; S3 (SeaweedFS) and the servers on the same host",
@@ -574,6 +853,14 @@ def main(argv: list[str] | None = None) -> int:
     existing[SECTION] = result
     args.out.write_text(json.dumps(existing, indent=2) + "\n")
     return 0
+
+
+def _keep_earlier(result: dict[str, Any], earlier: dict[str, Any], engine: str) -> None:
+    """An engine skipped in this run keeps its figures from the results file, marked with the time
+    of the run that measured them (kept through any number of later skipping runs)."""
+    if engine in earlier:
+        measured = earlier[engine].get("measured_in_an_earlier_run") or earlier.get("measured_at")
+        result[engine] = {**earlier[engine], "measured_in_an_earlier_run": measured}
 
 
 def _down_all(state: Path) -> None:

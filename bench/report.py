@@ -104,6 +104,27 @@ FIGURES: tuple[Figure, ...] = (
         issue="15",
     ),
     Figure(
+        "ZooKeeper backup (1 GB of znodes)",
+        ("backup_restore", "zookeeper", "runs", -1, "ours_backup", "seconds"),
+        ("backup_restore", "zookeeper", "runs", -1, "raw_dump", "seconds"),
+        "kazoo walk to a local file",
+        "seconds",
+    ),
+    Figure(
+        "ZooKeeper load (1 GB of znodes)",
+        ("backup_restore", "zookeeper", "runs", -1, "ours_load", "seconds"),
+        ("backup_restore", "zookeeper", "runs", -1, "raw_restore", "seconds"),
+        "kazoo creates from that file",
+        "seconds",
+    ),
+    Figure(
+        "ZooKeeper apply_restore (1 GB of znodes)",
+        ("backup_restore", "zookeeper", "runs", -1, "ours_restore", "seconds"),
+        ("backup_restore", "zookeeper", "runs", -1, "raw_restore", "seconds"),
+        "kazoo creates from that file",
+        "seconds",
+    ),
+    Figure(
         "Operator: median create -> first status (500)",
         ("operator", "status_latency_s", "p50"),
         ("operator", "plain_client", "status_latency_s", "p50"),
