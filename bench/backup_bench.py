@@ -684,6 +684,12 @@ def _bench_mongodb(ours: Ours, work: Path, sizes_mb: list[int]) -> dict[str, Any
     collection = client[MONGO_DB][MONGO_COLLECTION]
     raw_collection = collection.with_options(codec_options=CodecOptions(document_class=RawBSONDocument))
     files = work / "files"
+
+    def check(after: str, count: int) -> None:
+        held = collection.count_documents({})
+        if held != count:
+            raise RuntimeError(f"after {after} FerretDB holds {held} documents, not {count}")
+
     runs = []
     try:
         for size_mb in sizes_mb:
@@ -692,8 +698,7 @@ def _bench_mongodb(ours: Ours, work: Path, sizes_mb: list[int]) -> dict[str, Any
             for start in range(0, count, MONGO_BATCH):
                 batch = range(start, min(count, start + MONGO_BATCH))
                 collection.insert_many([{"_id": i, "v": Binary(os.urandom(DOC_BYTES))} for i in batch])
-            if collection.count_documents({}) != count:
-                raise RuntimeError(f"FerretDB holds {collection.count_documents({})} documents, not {count}")
+            check("filling it", count)
             dump = files / f"mongo-{size_mb}.bson"
             began = time.perf_counter()
             if _mongo_raw_dump(raw_collection, dump) != count:
@@ -704,16 +709,12 @@ def _bench_mongodb(ours: Ours, work: Path, sizes_mb: list[int]) -> dict[str, Any
             _mongo_raw_restore(raw_collection, dump)
             raw["restore"] = time.perf_counter() - began
             dump.unlink()
-            for what in ("the reference restore", "our load", "our restore"):
-                if what == "our load":
-                    backup = ours.run("backup", MONGO_NAME)
-                    load = ours.run("load", MONGO_NAME, backup["backup_id"])
-                elif what == "our restore":
-                    restore = ours.run("restore", MONGO_NAME, backup["backup_id"])
-                if collection.count_documents({}) != count:
-                    raise RuntimeError(
-                        f"after {what} FerretDB holds {collection.count_documents({})} documents"
-                    )
+            check("the reference restore", count)
+            backup = ours.run("backup", MONGO_NAME)
+            load = ours.run("load", MONGO_NAME, backup["backup_id"])
+            check("our load", count)
+            restore = ours.run("restore", MONGO_NAME, backup["backup_id"])
+            check("our restore", count)
             size = count * DOC_BYTES
             run = {"documents": count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
             run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
