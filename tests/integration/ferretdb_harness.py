@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pymongo import MongoClient
@@ -146,7 +147,7 @@ class FerretDBProcess:
     def client(self, *, timeout_ms: int = 5000) -> MongoClient[dict[str, object]]:
         """A direct client to this server (as ``admin`` when it has a password), for seeding and
         reading back in tests."""
-        credentials: dict[str, str] = {}
+        credentials: dict[str, Any] = {}
         if self.password is not None:
             credentials = {"username": ADMIN_USER, "password": self.password, "authSource": "admin"}
         return MongoClient(
