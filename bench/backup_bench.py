@@ -34,6 +34,7 @@ import platform
 import secrets
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -516,8 +517,6 @@ def _zk_fill(client: Any, count: int) -> None:
 def _zk_raw_dump(client: Any, out: Path) -> int:
     """The reference walk: every znode under ZK_ROOT read with kazoo, ZK_WINDOW gets in flight,
     written to a local file as (path, data) records. Returns the znodes read."""
-    import struct
-
     count = 0
     with out.open("wb") as file:
 
@@ -540,7 +539,6 @@ def _zk_raw_dump(client: Any, out: Path) -> int:
 
 def _zk_raw_restore(client: Any, dump: Path) -> int:
     """The reference load: the records of _zk_raw_dump created again, ZK_WINDOW in flight."""
-    import struct
 
     def records() -> Iterator[tuple[str, bytes]]:
         with dump.open("rb") as file:
@@ -565,6 +563,12 @@ def _bench_zookeeper(lifecycle: Lifecycle, ours: Ours, files: Path, sizes_mb: li
     endpoint = Endpoint.parse(lifecycle.status(NAMESPACE, ZK_NAME).members[0].address)
     client = KazooClient(hosts=endpoint.address, timeout=30)
     client.start(timeout=30)
+
+    def check(after: str, count: int) -> None:
+        held = _zk_count(client)
+        if held != count:
+            raise RuntimeError(f"after {after} ZooKeeper holds {held} znodes under {ZK_ROOT}, not {count}")
+
     runs = []
     try:
         for size_mb in sizes_mb:
@@ -572,8 +576,7 @@ def _bench_zookeeper(lifecycle: Lifecycle, ours: Ours, files: Path, sizes_mb: li
             if client.exists(ZK_ROOT):
                 client.delete(ZK_ROOT, recursive=True)
             _zk_fill(client, count)
-            if _zk_count(client) != count:
-                raise RuntimeError(f"ZooKeeper holds {_zk_count(client)} znodes under {ZK_ROOT}, not {count}")
+            check("filling it", count)
             dump = files / f"zk-{size_mb}.bin"
             began = time.perf_counter()
             if _zk_raw_dump(client, dump) != count:
@@ -584,15 +587,12 @@ def _bench_zookeeper(lifecycle: Lifecycle, ours: Ours, files: Path, sizes_mb: li
             _zk_raw_restore(client, dump)
             raw["restore"] = time.perf_counter() - began
             dump.unlink()
-            if _zk_count(client) != count:
-                raise RuntimeError(f"after the reference load ZooKeeper holds {_zk_count(client)} znodes")
+            check("the reference load", count)
             backup = ours.run("backup", ZK_NAME)
             load = ours.run("load", ZK_NAME, backup["backup_id"])
-            if _zk_count(client) != count:
-                raise RuntimeError(f"after our load ZooKeeper holds {_zk_count(client)} znodes, not {count}")
+            check("our load", count)
             restore = ours.run("restore", ZK_NAME, backup["backup_id"])
-            if _zk_count(client) != count:
-                raise RuntimeError(f"after our restore ZooKeeper holds {_zk_count(client)} znodes")
+            check("our restore", count)
             size = count * ZNODE_BYTES
             run = {"znodes": count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
             run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
