@@ -11,11 +11,14 @@ and the same TTLs within a tolerance (they count down while the test runs).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import random
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -463,3 +466,144 @@ def test_compatibility_refuses_a_newer_redis_and_names_both_versions(sen: Env, l
     assert ENGINE.data_compatibility(older, on_72) is None
     other = DumpOrigin("postgresql", "18", "replication", 1)
     assert ENGINE.data_compatibility(other, sen.spec) == "the backup is of postgresql, the target runs redis"
+
+
+# --- same shape: loaded by replication ---------------------------------------------------------------
+
+
+def _sentinel_down_after(env: Env) -> dict[str, int]:
+    values = {}
+    for member in env.conn.of("sentinel"):
+        state = live.call(
+            member.endpoint,
+            env.password,
+            lambda c: c.execute_command("SENTINEL", "MASTER", env.spec.name),
+        )
+        fields = dict(zip(state[::2], state[1::2], strict=True))
+        values[member.endpoint.address] = int(fields["down-after-milliseconds"])
+    return values
+
+
+def _target_settings(env: Env, master: Endpoint) -> dict[str, Any]:
+    client = env.client(master)
+    settings = {
+        "role": client.execute_command("ROLE")[0],
+        **client.config_get("masterauth"),
+        **client.config_get("repl-diskless-load"),
+    }
+    client.close()
+    return settings
+
+
+def test_a_one_rdb_dump_loads_into_a_sentinel_master_by_replication_and_everything_is_put_back(
+    sen: Env, tmp_path: Path
+) -> None:
+    """The master reads the dump itself (it follows this process for one full resync); sentinels
+    hold failovers meanwhile, and the master's own settings and role are back after it."""
+    keys = fill(sen)
+    sen.client(sen.masters()[0], 3).set("in-db3", "x")
+    sen.sync_replicas()
+    expected = snapshot(sen, dbs=(0, 3))
+    with_ttl = sum(1 for (db, _), (_, ttl) in expected.items() if db == 0 and ttl > 0)
+    saved = dump(sen, tmp_path / "dump")
+    (master,) = sen.masters()
+    settings, down_after = _target_settings(sen, master), _sentinel_down_after(sen)
+    sen.writer().set("stale", "x")
+    sen.client(master, 5).set("stale-db5", "x")
+
+    held: list[dict[str, int]] = []
+
+    def watch(step: str, done: float, total: float) -> None:
+        if step == "sending the RDB to the target" and not held:
+            held.append(_sentinel_down_after(sen))
+
+    report = ENGINE.data_load(sen.spec, sen.conn, saved, watch)
+    assert report.actions == [f"data.rdb: {keys + 1} keys, loaded by {master.address} itself (replication)"]
+    # While the master followed this process, no sentinel would have called it down for 10 minutes.
+    assert held and all(ms >= 600_000 for ms in held[0].values()) and len(held[0]) == 3, held
+    assert report.counts == {"keys": keys + 1, "db0/keys": keys, "db3/keys": 1}
+    assert ENGINE.data_inventory(sen.spec, sen.conn) == report.counts
+    # Keys with a TTL may expire before a restore is verified: they are the tolerance.
+    assert report.tolerance == {"keys": with_ttl, "db0/keys": with_ttl}
+    assert_same_data(snapshot(sen, dbs=(0, 3, 5)), expected)
+    assert sen.masters() == [master]
+    assert _target_settings(sen, master) == settings
+    assert _sentinel_down_after(sen) == down_after
+    # The replica resynchronises from the master with the loaded data.
+    sen.sync_replicas()
+    (replica,) = [m.endpoint for m in sen.conn.of("data") if m.endpoint != master]
+    assert sen.client(replica).dbsize() == keys
+
+
+def test_a_corrupt_rdb_never_completes_a_load_by_replication(sen: Env, tmp_path: Path) -> None:
+    """The target parses nothing until the end mark, which is sent only after the stored object's
+    checksum (a byte flipped in storage) and the RDB's own CRC64 (a byte flipped before it was
+    stored, so the store's checksum matches it) both held: either way it keeps serving its own data
+    (Redis 7 would terminate on an RDB it cannot parse) and is put back as it was."""
+    fill(sen)
+    saved = dump(sen, tmp_path / "dump")
+    (obj,) = saved.objects
+    (master,) = sen.masters()
+    sen.writer().set("kept", "yes")
+    before = snapshot(sen)
+    settings = _target_settings(sen, master)
+    pid = sen.client(master).info("server")["process_id"]
+
+    _copy_with_rewritten_object(saved, tmp_path / "flipped", obj.name, obj.size // 2)
+    with pytest.raises(ChecksumMismatch):
+        ENGINE.data_load(sen.spec, sen.conn, DirectorySource(tmp_path / "flipped"))
+    assert_same_data(snapshot(sen), before)
+
+    _copy_with_rewritten_object(saved, tmp_path / "bad-rdb", obj.name, obj.size // 2)
+    index_path = tmp_path / "bad-rdb" / "index.json"
+    index = json.loads(index_path.read_text())
+    index["objects"][0]["sha256"] = hashlib.sha256((tmp_path / "bad-rdb" / obj.name).read_bytes()).hexdigest()
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(OperationError, match="RDB's own CRC64 does not match"):
+        ENGINE.data_load(sen.spec, sen.conn, DirectorySource(tmp_path / "bad-rdb"))
+    assert_same_data(snapshot(sen), before)
+
+    assert sen.client(master).info("server")["process_id"] == pid  # never restarted
+    assert sen.masters() == [master]
+    assert _target_settings(sen, master) == settings
+
+
+@contextlib.contextmanager
+def _unwritable(directory: Path) -> Iterator[None]:
+    """No file can be created in ``directory`` while inside: read-only permissions, or for root
+    (whom permissions do not stop) the immutable attribute."""
+    if os.geteuid() != 0:
+        mode = directory.stat().st_mode
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(mode)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None:
+        pytest.skip("running as root without chattr (e2fsprogs): cannot make a directory unwritable")
+    made = subprocess.run([chattr, "+i", str(directory)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"root, and chattr +i failed ({made.stderr.strip()}): cannot make it unwritable")
+    try:
+        yield
+    finally:
+        subprocess.run([chattr, "-i", str(directory)], check=True)
+
+
+def test_a_target_that_cannot_take_a_resync_is_loaded_key_by_key(sen: Env, tmp_path: Path) -> None:
+    """A real refusal on the target's side: with a data directory it cannot write, it cannot open
+    the temporary file a resync needs and drops the connection; the load goes on key by key and is
+    exact."""
+    keys = fill(sen)
+    expected = snapshot(sen)
+    saved = dump(sen, tmp_path / "dump")
+    (master,) = sen.masters()
+    directory = Path(str(sen.client(master).config_get("dir")["dir"]))
+    with _unwritable(directory):
+        report = ENGINE.data_load(sen.spec, sen.conn, saved)
+    assert report.actions[0].startswith("key by key: loading by replication was not possible")
+    assert report.counts == {"keys": keys, "db0/keys": keys}
+    assert_same_data(snapshot(sen), expected)
+    assert sen.masters() == [master]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import logging
 import os
 import re
 import shutil
@@ -38,10 +39,13 @@ from middleware.endpoints import Endpoint
 from middleware.engines.base import DataSource, DumpObject, LoadReport, Progress, StoredObject, no_progress
 from middleware.engines.redis import live
 from middleware.engines.redis.rdb_stream import ReplicationRdbStream
+from middleware.engines.redis.replica_load import FailoverHold, Unavailable, load_by_replication
 from middleware.engines.redis.resp import RespConnection, RespError
 from middleware.engines.redis.slots import TOTAL_SLOTS, SlotRange
 from middleware.engines.streams import read_ahead
 from middleware.errors import NotReady, OperationError
+
+log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
 BATCH = 1000
@@ -53,6 +57,11 @@ EXPIRY_GRACE_MS = 15 * 60 * 1000
 BULK_TIMEOUT = 120.0
 SCRATCH_START_TIMEOUT = 30.0
 SCRATCH_STOP_TIMEOUT = 10.0
+# How a load reaches a target of one master: "auto" (by replication when the dump is one RDB, key by
+# key otherwise or when the target cannot take it so) or "keys" (always key by key: for a network
+# where the target cannot connect back to the restoring process, it saves waiting for that).
+LOAD_METHOD_ENV = "MOORAGE_REDIS_LOAD"
+LOAD_METHODS = ("auto", "keys")
 # Enough for any db index a source could use (the catalog allows up to 64 databases).
 SCRATCH_DATABASES = 64
 _DB = re.compile(r"^db(\d+)$")
@@ -74,10 +83,13 @@ class ShardSource:
 
 @dataclass(frozen=True)
 class LoadTarget:
-    """Every master of the target; on a cluster, ``slot_owner[slot]`` indexes ``masters``."""
+    """Every master of the target; on a cluster, ``slot_owner[slot]`` indexes ``masters``.
+    ``hold_failover`` keeps sentinels from failing the master over while it briefly follows this
+    process (a load by replication)."""
 
     masters: tuple[Endpoint, ...]
     slot_owner: tuple[int, ...] | None = None
+    hold_failover: FailoverHold | None = None
 
     def __post_init__(self) -> None:
         if not self.masters:
@@ -406,20 +418,39 @@ def _stage(source: DataSource, obj: StoredObject, path: Path) -> None:
         stream.close()
 
 
+def load_method() -> str:
+    """``$MOORAGE_REDIS_LOAD`` (default ``auto``), refused when it is not a known method."""
+    method = os.environ.get(LOAD_METHOD_ENV, "auto").strip().lower() or "auto"
+    if method not in LOAD_METHODS:
+        raise OperationError(f"{LOAD_METHOD_ENV}={method!r}: must be one of {', '.join(LOAD_METHODS)}")
+    return method
+
+
 def load_dump(
     target: LoadTarget,
     password: str | None,
     source: DataSource,
     check: Callable[[Sequence[Mapping[str, Any]]], str | None],
     progress: Progress = no_progress,
+    *,
+    by_replication: bool = True,
 ) -> LoadReport:
-    """Replace the target's data with the dump's: ``check`` may refuse before anything is touched."""
+    """Replace the target's data with the dump's: ``check`` may refuse before anything is touched.
+
+    A dump of one RDB into a target of one master is loaded by replication (``replica_load``) unless
+    ``by_replication`` is False; key by key otherwise, and whenever the target cannot take it so."""
     objects = source.objects
     reason = check([o.meta for o in objects])
     if reason is not None:
         raise OperationError(f"cannot restore this backup here: {reason}")
-    _, expected = dump_facts(o.meta for o in objects)
     report = LoadReport()
+    if by_replication and len(objects) == 1 and not target.is_cluster and len(target.masters) == 1:
+        try:
+            return _load_by_replication(target, password, source, objects[0], progress)
+        except Unavailable as why:
+            log.warning("redis load by replication not possible, loading key by key: %s", why)
+            report.actions.append(f"key by key: loading by replication was not possible ({why})")
+    _, expected = dump_facts(o.meta for o in objects)
     loader = _Loader(target, password, progress, total=sum(expected.values()))
     per_db: dict[int, int] = {}
     try:
@@ -446,3 +477,29 @@ def load_dump(
         report.tolerance = counts_by_name(loader.short_lived)
     progress("loaded", loader.done, loader.done)
     return report
+
+
+def _load_by_replication(
+    target: LoadTarget, password: str | None, source: DataSource, obj: StoredObject, progress: Progress
+) -> LoadReport:
+    stream = source.open(obj.name)
+    try:
+        loaded = load_by_replication(
+            target.masters[0],
+            password,
+            stream,
+            size=obj.size,
+            progress=progress,
+            **({"hold_failover": target.hold_failover} if target.hold_failover else {}),
+        )
+    finally:
+        stream.close()
+    total = sum(loaded.keys.values())
+    progress("loaded", total, total)
+    return LoadReport(
+        counts=counts_by_name(loaded.keys),
+        actions=[f"{obj.name}: {total} keys, loaded by {target.masters[0].address} itself (replication)"],
+        # Nothing expires on a replica, so the counts are the RDB's; once the target is a master
+        # again, any key with a TTL may expire before the restore is verified.
+        tolerance=counts_by_name(loaded.expiring) if loaded.expiring else {},
+    )

@@ -5,8 +5,10 @@ live-operation modules. Decisions that depend on topology are made here; the mec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from middleware.endpoints import Endpoint
@@ -42,6 +44,7 @@ from middleware.engines.redis.config import (
 )
 from middleware.engines.redis.render import render as render_manifests
 from middleware.engines.redis.render import render_credentials
+from middleware.engines.redis.replica_load import Unavailable
 from middleware.engines.redis.topology import (
     DATA_COMPONENT,
     SENTINEL_COMPONENT,
@@ -474,6 +477,7 @@ class RedisEngine(EngineDefaults):
             source,
             lambda metas: self._incompatibility(metas, spec),
             progress,
+            by_replication=dump.load_method() == "auto",
         )
 
     @staticmethod
@@ -549,7 +553,13 @@ class RedisEngine(EngineDefaults):
 
     def _load_target(self, spec: ResolvedSpec, conn: Connection) -> dump.LoadTarget:
         if spec.topology == Topology.SENTINEL:
-            return dump.LoadTarget((self._sentinel_master(spec, conn),))
+            hold = partial(
+                _failover_held,
+                _endpoints(_by_ordinal(conn.of(SENTINEL_COMPONENT))),
+                sentinel_master_name(spec),
+                conn.password,
+            )
+            return dump.LoadTarget((self._sentinel_master(spec, conn),), hold_failover=hold)
         if spec.topology != Topology.CLUSTER:
             return dump.LoadTarget((_by_ordinal(conn.of(DATA_COMPONENT))[0].endpoint,))
         view = self._cluster_view(spec, conn)
@@ -562,6 +572,20 @@ class RedisEngine(EngineDefaults):
             for first, last in node.slots:
                 owner[first : last + 1] = [index] * (last - first + 1)
         return dump.LoadTarget(tuple(n.endpoint for n in masters if n.endpoint is not None), tuple(owner))
+
+
+@contextlib.contextmanager
+def _failover_held(
+    sentinels: list[Endpoint], master_name: str, sentinel_password: str | None, seconds: float
+) -> Iterator[None]:
+    """Sentinels hold failovers while the master loads by replication; if they cannot, it loads
+    key by key instead."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(sentinel.failover_held(sentinels, master_name, sentinel_password, seconds))
+        except sentinel.HoldRefused as why:
+            raise Unavailable(str(why)) from None
+        yield
 
 
 def _by_ordinal(members: list[Member]) -> list[Member]:

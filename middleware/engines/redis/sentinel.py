@@ -10,9 +10,10 @@ reshapes them depending on protocol and response mode (and parses CKQUORUM's ``O
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Literal
@@ -755,6 +756,68 @@ def _wait(problems: Callable[[], list[str]], timeout: float, what: str) -> None:
         if time.monotonic() >= deadline:
             raise NotReady(f"{what} not converged after {timeout:.0f}s: {'; '.join(current)}")
         time.sleep(POLL_INTERVAL)
+
+
+# --- holding failovers ----------------------------------------------------------------------------
+
+
+class HoldRefused(Exception):
+    """Not enough sentinels could be told to hold: a failover could still be authorised."""
+
+
+@contextlib.contextmanager
+def failover_held(
+    sentinels: Sequence[Endpoint], master_name: str, sentinel_password: str | None, seconds: float
+) -> Iterator[None]:
+    """While inside, sentinels do not fail ``master_name`` over for ``seconds``: each one's
+    ``down-after-milliseconds`` is raised and put back after, whatever happens.
+
+    Why: a master that reports itself a replica (a load by replication makes it one, briefly) counts
+    as down for sentinels after down-after plus two INFO periods, and a failover then would promote a
+    replica without the data. A failover needs a majority of sentinels to elect a leader, so holding
+    a majority is enough; fewer raises ``HoldRefused`` before anything changed. If this process dies
+    inside, the next reconcile (``bootstrap_sentinel``) sets the spec's value again."""
+    hold_ms = max(int(seconds * 1000), 1)
+    held: dict[Endpoint, int] = {}
+
+    def hold(client: redis.Redis) -> int:
+        before = _int(_as_dict(_sentinel_cmd(client, "MASTER", master_name)), "down-after-milliseconds", -1)
+        _sentinel_cmd(client, "SET", master_name, "down-after-milliseconds", hold_ms)
+        return before
+
+    try:
+        for sentinel in sentinels:
+            try:
+                before = call(sentinel, sentinel_password, hold, attempts=2)
+            except (NotReady, OperationError, redis.RedisError) as exc:
+                log.warning(
+                    "sentinel %s: cannot hold failovers: %s", sentinel, describe_error(exc, sentinel_password)
+                )
+                continue
+            if before > 0:
+                held[sentinel] = before
+        if len(held) < len(sentinels) // 2 + 1:
+            raise HoldRefused(
+                f"only {len(held)} of {len(sentinels)} sentinels could hold failovers of {master_name}"
+            )
+        yield
+    finally:
+        for sentinel, before in held.items():
+            try:
+                call(
+                    sentinel, sentinel_password, partial(_set_down_after, master_name=master_name, ms=before)
+                )
+            except (NotReady, OperationError, redis.RedisError) as exc:
+                log.error(
+                    "sentinel %s: down-after-milliseconds not put back to %d (the next reconcile does): %s",
+                    sentinel,
+                    before,
+                    describe_error(exc, sentinel_password),
+                )
+
+
+def _set_down_after(client: redis.Redis, *, master_name: str, ms: int) -> None:
+    _sentinel_cmd(client, "SET", master_name, "down-after-milliseconds", ms)
 
 
 # --- failover -------------------------------------------------------------------------------------
