@@ -51,6 +51,7 @@ from backups.repository import Repository  # noqa: E402
 from backups.runbook import SafetyCopy, apply_restore, create_backup, discard_restore  # noqa: E402
 from backups.store import RepositoryConfig, S3Store  # noqa: E402
 from middleware.endpoints import Endpoint  # noqa: E402
+from middleware.engines.redis.dump import LOAD_METHOD_ENV  # noqa: E402
 from middleware.lifecycle import Lifecycle  # noqa: E402
 from middleware.runtime.local import LocalRuntime  # noqa: E402
 
@@ -142,12 +143,15 @@ class Ours:
         self.bucket = bucket
         self.env = env
 
-    def run(self, op: str, name: str, backup_id: str | None = None) -> dict[str, Any]:
+    def run(
+        self, op: str, name: str, backup_id: str | None = None, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         argv = [sys.executable, __file__, "--child", op, "--state", str(self.state), "--name", name]
         argv += ["--bucket", self.bucket]
         if backup_id:
             argv += ["--backup-id", backup_id]
-        done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=1800)
+        child_env = {**self.env, **(env or {})}
+        done = subprocess.run(argv, env=child_env, capture_output=True, text=True, timeout=1800)
         if done.returncode != 0:
             raise RuntimeError(f"our {op} of {name} exited {done.returncode}:\n{done.stderr[-3000:]}")
         result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -303,11 +307,23 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
             load = ours.run("load", REDIS_NAME, backup["backup_id"])
             if client.dbsize() != keys:
                 raise RuntimeError(f"after our load Redis holds {client.dbsize()} keys, not {keys}")
+            # The same backup key by key, as any load that reshapes (a cluster's) runs.
+            client.flushall()
+            load_keys = ours.run("load", REDIS_NAME, backup["backup_id"], env={LOAD_METHOD_ENV: "keys"})
+            if client.dbsize() != keys:
+                raise RuntimeError(
+                    f"after our key-by-key load Redis holds {client.dbsize()} keys, not {keys}"
+                )
             restore = ours.run("restore", REDIS_NAME, backup["backup_id"])
             if client.dbsize() != keys:
                 raise RuntimeError(f"after our restore Redis holds {client.dbsize()} keys, not {keys}")
             run = {"keys": keys, "rdb_bytes": size, "stored_bytes": backup["stored_bytes"]}
-            run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
+            run.update(
+                _summary(
+                    size, raw, {"backup": backup, "load": load, "load_keys": load_keys, "restore": restore}
+                )
+            )
+            run["ratio_load_keys_vs_raw_restore"] = round(raw["restore"] / load_keys["seconds"], 2)
             print(json.dumps(run), flush=True)
             runs.append(run)
     finally:
@@ -739,7 +755,8 @@ def _growth(section: dict[str, Any]) -> dict[str, Any]:
     small, large = runs[0], runs[-1]
     return {
         op: round(large[f"ours_{op}"]["peak_rss_mib"] / small[f"ours_{op}"]["peak_rss_mib"], 2)
-        for op in ("backup", "load", "restore")
+        for op in ("backup", "load", "load_keys", "restore")
+        if f"ours_{op}" in large and f"ours_{op}" in small
     }
 
 
@@ -827,6 +844,9 @@ def main(argv: list[str] | None = None) -> int:
                 "ours_backup: engine -> S3 with checksums; raw dump: to a local file",
                 "redis raw_restore: redis-shake rdb_reader of the raw dump into the emptied target; "
                 "raw_server_load: a redis-server of its own opening that RDB (the floor for any load)",
+                "redis ours_load: the standalone target loads the one-RDB backup itself by "
+                "replication (it follows the restoring process for one full resync); ours_load_keys: "
+                "the same backup with MOORAGE_REDIS_LOAD=keys, key by key as a reshaping load runs",
                 "ours_load: data_load from S3 alone; ours_restore: apply_restore = safety copy + load + "
                 "verify: for Redis a checksum pass and a full safety snapshot first (about three times "
                 "the raw work); for PostgreSQL the roles dumped and the databases set aside (renamed), "
