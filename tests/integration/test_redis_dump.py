@@ -18,8 +18,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -607,3 +609,71 @@ def test_a_target_that_cannot_take_a_resync_is_loaded_key_by_key(sen: Env, tmp_p
     assert report.counts == {"keys": keys, "db0/keys": keys}
     assert_same_data(snapshot(sen), expected)
     assert sen.masters() == [master]
+
+
+class _SlowSource:
+    """A DataSource whose streams hand out 64 KiB every 50 ms: a load that takes long enough for a
+    test to kill the process doing it, half-way through the transfer."""
+
+    def __init__(self, inner: DirectorySource) -> None:
+        self._inner = inner
+
+    @property
+    def objects(self) -> list[StoredObject]:
+        return self._inner.objects
+
+    def open(self, name: str) -> BinaryIO:
+        inner = self._inner.open(name)
+
+        class Slow(io.RawIOBase):
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int:
+                time.sleep(0.05)
+                data = inner.read(min(len(buffer), 64 << 10))
+                buffer[: len(data)] = data
+                return len(data)
+
+        return io.BufferedReader(Slow())  # type: ignore[return-value]
+
+
+def test_a_load_by_replication_killed_half_way_is_undone_by_the_next_reconcile(
+    sen: Env, lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """The process loading is SIGKILLed during the transfer: the master is left following a dead
+    address with the one-time masterauth, and the sentinels holding failovers. It still holds its
+    own data (nothing was parsed), and the next reconcile (``moorage up``) makes it a master again
+    with its own masterauth and the spec's down-after."""
+    fill(sen)
+    saved = dump(sen, tmp_path / "dump")
+    sen.writer().set("kept", "yes")
+    before = snapshot(sen)
+    (master,) = sen.masters()
+    settings, down_after = _target_settings(sen, master), _sentinel_down_after(sen)
+
+    pid = os.fork()
+    if pid == 0:  # the child: a load that is killed before it ends
+        try:
+            ENGINE.data_load(sen.spec, sen.conn, _SlowSource(saved))
+        finally:
+            os._exit(0)
+    client = sen.client(master)
+    try:
+        deadline = time.monotonic() + 30
+        while client.info("replication").get("master_sync_in_progress") != 1:
+            assert time.monotonic() < deadline, "the load never started its transfer"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert client.execute_command("ROLE")[0] == b"slave"
+    assert all(ms >= 600_000 for ms in _sentinel_down_after(sen).values())
+
+    status = lifecycle.up(manifest("sen", "sentinel", replicas=2, sentinels=3))
+    assert status.phase == "Ready", status
+    assert sen.masters() == [master]
+    assert _target_settings(sen, master) == settings
+    assert _sentinel_down_after(sen) == down_after
+    assert_same_data(snapshot(sen), before)

@@ -44,7 +44,7 @@ from middleware.engines.redis.config import (
 )
 from middleware.engines.redis.render import render as render_manifests
 from middleware.engines.redis.render import render_credentials
-from middleware.engines.redis.replica_load import Unavailable
+from middleware.engines.redis.replica_load import Unavailable, release_stray_follower
 from middleware.engines.redis.topology import (
     DATA_COMPONENT,
     SENTINEL_COMPONENT,
@@ -125,6 +125,11 @@ class RedisEngine(EngineDefaults):
                 down_after_ms=DOWN_AFTER_MS,
                 failover_timeout_ms=FAILOVER_TIMEOUT_MS,
             )
+            if result_s.released_from is not None:
+                report.add(
+                    f"{result_s.master.address} followed {result_s.released_from.address} (an interrupted "
+                    "restore): master again"
+                )
             if result_s.changed:
                 report.add(f"sentinel: master {result_s.master.address}")
             # A member restarted after a failover may come back believing it is master.
@@ -133,8 +138,14 @@ class RedisEngine(EngineDefaults):
             for endpoint in demoted:
                 report.add(f"demoted stray master {endpoint.address}")
         else:
-            for endpoint in _endpoints(conn.of(DATA_COMPONENT)):
-                live.node_role(endpoint, conn.password)
+            members = _endpoints(conn.of(DATA_COMPONENT))
+            for endpoint in members:
+                released = release_stray_follower(endpoint, conn.password, members)
+                if released is not None:
+                    report.add(
+                        f"{endpoint.address} followed {released.address} (an interrupted restore): "
+                        "master again"
+                    )
         return report
 
     def _sentinel_view(self, spec: ResolvedSpec, conn: Connection) -> sentinel.SentinelView:

@@ -28,7 +28,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -124,6 +124,31 @@ def load_by_replication(
         raise Unavailable(f"{target.address}: {live.describe_error(error, password)}") from None
     finally:
         control.close()
+
+
+def release_stray_follower(
+    endpoint: Endpoint, password: str | None, members: Sequence[Endpoint]
+) -> Endpoint | None:
+    """A deployment's master left following an address outside the deployment: what a load by
+    replication leaves when its process dies before its clean-up (nothing else here makes a master
+    follow a stranger). It takes its role back (``REPLICAOF NO ONE``) and its own ``masterauth``;
+    returns the address it followed, or None when it follows nothing or a member."""
+    role = live.node_role(endpoint, password)
+    if not role.is_replica or role.master is None or any(live.same_node(role.master, m) for m in members):
+        return None
+    log.warning(
+        "redis %s follows %s, outside its deployment (an interrupted restore): making it a master again",
+        endpoint.address,
+        role.master.address,
+    )
+
+    def release(client: redis.Redis) -> None:
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        if password:
+            client.config_set("masterauth", password)
+
+    live.call(endpoint, password, release)
+    return role.master
 
 
 def _local_address(target: Endpoint) -> str:

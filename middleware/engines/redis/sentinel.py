@@ -22,6 +22,7 @@ import redis
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.live import NodeRole, call, describe_error, node_role, same_node
+from middleware.engines.redis.replica_load import release_stray_follower
 from middleware.errors import NotReady, OperationError, SpecError
 
 log = logging.getLogger(__name__)
@@ -425,11 +426,14 @@ class BootstrapReport:
     unreachable: list[Endpoint] = field(default_factory=list)
     sentinels_monitoring: list[Endpoint] = field(default_factory=list)
     sentinel_settings: dict[Endpoint, list[str]] = field(default_factory=dict)
+    # The master followed this address (an interrupted load by replication) and was released.
+    released_from: Endpoint | None = None
 
     @property
     def changed(self) -> bool:
         return bool(
-            self.replicas_attached
+            self.released_from
+            or self.replicas_attached
             or self.demoted_masters
             or self.masterauth_set
             or self.sentinels_monitoring
@@ -662,10 +666,17 @@ def bootstrap_sentinel(
     truth = next(n for n in data_nodes if same_node(n, truth))
     if truth in down:
         raise NotReady(f"{truth.address} (sentinels' master) is unreachable; a failover should follow")
+    released = release_stray_follower(truth, password, data_nodes) if roles[truth].is_replica else None
+    if released is not None:
+        roles[truth] = node_role(truth, password)
     if not roles[truth].is_master:
         raise NotReady(f"{truth.address} (sentinels' master) does not report role master yet")
     report = BootstrapReport(
-        master_name=master_name, master=truth, adopted_existing_master=adopted, unreachable=sorted(down)
+        master_name=master_name,
+        master=truth,
+        adopted_existing_master=adopted,
+        unreachable=sorted(down),
+        released_from=released,
     )
 
     for endpoint in data_nodes:
