@@ -496,7 +496,12 @@ def apply_restore(
     record.step(RestorePhase.RESTORING, f"loading {backup_id}", safetySnapshot=safety.backup_id)
     try:
         loaded = target.engine.data_load(target.spec, target.conn, repository.source(plan.backup), progress)
-        record.step(RestorePhase.VERIFYING, "comparing the target with what was loaded", loaded=loaded.counts)
+        record.step(
+            RestorePhase.VERIFYING,
+            "comparing the target with what was loaded",
+            loaded=loaded.counts,
+            loadActions=loaded.actions,
+        )
         _check_holds(target, loaded)
     except Exception as error:
         _undo_failed(repository, target, record, error, "restore", progress, ready_timeout)

@@ -141,6 +141,19 @@ def job_pod(cluster: LocalCluster, namespace: str, selector: str) -> Any:
     return pod
 
 
+def restore_record(server: S3Server, bucket: str, restore_id: str) -> dict[str, Any]:
+    """The restore's own record in the repository, read with boto3."""
+    client: Any = s3_client(server)
+    keys = [
+        o["Key"]
+        for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])
+        if o["Key"].endswith(f"/_restores/{restore_id}.json")
+    ]
+    assert len(keys) == 1, keys
+    record: dict[str, Any] = json.loads(client.get_object(Bucket=bucket, Key=keys[0])["Body"].read())
+    return record
+
+
 def check_backup_in_s3(server: S3Server, bucket: str, status: dict[str, Any]) -> dict[str, Any]:
     """The manifest at the status' location, read with boto3: its objects exist with their size,
     and their checksums give the status' sha256."""
@@ -329,6 +342,10 @@ def test_redis_sentinel_backup_restore_rollback(
     assert applied["restoreId"] and applied["safetySnapshot"], applied
     assert applied["rolledBack"] is False
     assert redis_contents_when_serving(local_cluster, ns) == original
+    # The master read the backup itself: it followed the restore Job's pod for one full resync.
+    record = restore_record(pod_s3_server, bucket, applied["restoreId"])
+    (action,) = record["loadActions"]
+    assert re.fullmatch(r"data\.rdb: 702 keys, loaded by \S+ itself \(replication\)", action), action
 
     rolled = restore(local_cluster, ns, "cache-rollback", REDIS, status["backupId"], "Rollback")
     job_pod(local_cluster, ns, "moorage.io/restore=cache-rollback")
