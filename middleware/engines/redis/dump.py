@@ -7,9 +7,10 @@ snapshot of its shard (the node forks); shards are not mutually consistent.
 Load, same shape (one RDB into one master): the target reads the RDB itself by replication
 (``replica_load.py``). Any other shape, or when that is not possible: every object is staged to a
 temporary file and opened by a scratch ``redis-server`` (no persistence, on a unix socket in a
-private directory), which sends its keys with ``MIGRATE ... COPY REPLACE KEYS`` to the target master
-owning them (by hash slot on a cluster), after ``FLUSHALL`` on every target master. So a dump of any
-shape loads into any shape, and a load that was interrupted is repaired by running it again.
+private directory), then copied key by key with ``DUMP``/``PTTL`` and ``RESTORE ... REPLACE`` to
+the target master owning the key (by hash slot on a cluster), after ``FLUSHALL`` on every target
+master. So a dump of any shape loads into any shape, and a load that was interrupted is repaired by
+running it again.
 
 The topology decisions (which node is a shard's master, who owns a slot) are made by the engine and
 passed in as plain endpoints; this module only moves bytes and keys.
@@ -33,14 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-import hiredis
 import redis
 from redis.crc import key_slot
 
 from middleware.endpoints import Endpoint
 from middleware.engines.base import DataSource, DumpObject, LoadReport, Progress, StoredObject, no_progress
 from middleware.engines.redis import live
-from middleware.engines.redis.live import scrub
 from middleware.engines.redis.rdb_stream import ReplicationRdbStream
 from middleware.engines.redis.replica_load import FailoverHold, Unavailable, load_by_replication
 from middleware.engines.redis.resp import RespConnection, RespError
@@ -344,73 +343,58 @@ class _Loader:
                 raise NotReady(f"FLUSHALL on {endpoint.address}: {error}") from None
 
     def copy(self, scratch: ScratchServer, what: str) -> dict[int, int]:
-        """Copy every key of the scratch server; returns keys per db that were restored.
-
-        The scratch server itself sends the keys (``MIGRATE ... COPY REPLACE KEYS``: its own DUMP
-        and pipelined RESTOREs, in C); this process only lists them and their TTLs and says which
-        master each batch goes to, so no value passes through Python."""
+        """Copy every key of the scratch server; returns keys per db that were restored."""
         per_db: dict[int, int] = {}
         for db in sorted(keyspace_counts(scratch.client.info("keyspace"))):
             with (
                 RespConnection(str(scratch.socket), db=db, timeout=BULK_TIMEOUT) as source,
-                RespConnection(str(scratch.socket), db=db, timeout=BULK_TIMEOUT) as mover,
-                # Closed (its reader stopped) before the connection is, even when a copy fails.
+                # Closed (its reader stopped) before the connection is, even when a restore fails.
                 contextlib.closing(_read_ahead(source)) as batches,
             ):
-                for keys, ttls in batches:
-                    self._migrate_batch(mover, db, keys, ttls, what)
-                (count,) = mover.pipeline([(b"DBSIZE",)])
+                for keys, replies in batches:
+                    self._restore_batch(db, keys, replies, what)
+                (count,) = source.pipeline([(b"DBSIZE",)])
                 per_db[db] = int(count)
         return per_db
 
-    def _migrate_batch(
-        self, mover: RespConnection, db: int, keys: list[bytes], ttls: list[Any], what: str
-    ) -> None:
-        by_master: dict[int, list[bytes]] = {}
-        for key, ttl in zip(keys, ttls, strict=True):
-            if ttl == -2:
+    def _restore_batch(self, db: int, keys: list[bytes], replies: list[Any], what: str) -> None:
+        by_master: dict[int, list[Sequence[bytes]]] = {}
+        for i, key in enumerate(keys):
+            ttl, payload = replies[2 * i], replies[2 * i + 1]
+            if payload is None or ttl == -2:
                 continue  # expired while we read it: not part of the data any more
             if 0 < ttl < EXPIRY_GRACE_MS:
                 self.short_lived[db] = self.short_lived.get(db, 0) + 1
-            by_master.setdefault(self.target.master_for(key), []).append(key)
-        if not by_master:
-            return
-        masters = list(by_master)
-        commands = [self._migrate(master, db, by_master[master]) for master in masters]
-        try:
-            replies = mover.pipeline(commands, raise_on_error=False)
-        except OSError as error:
-            raise NotReady(f"{what}: copying keys from the scratch server: {error}") from None
-        for master, reply in zip(masters, replies, strict=True):
-            batch = by_master[master]
-            if isinstance(reply, hiredis.ReplyError):
-                endpoint = self.target.masters[master].address
+            restore = (b"RESTORE", key, b"%d" % max(int(ttl), 0), payload, b"REPLACE")
+            by_master.setdefault(self.target.master_for(key), []).append(restore)
+        for master, commands in by_master.items():
+            endpoint = self.target.masters[master].address
+            try:
+                results = self.client(master, db).pipeline(commands, raise_on_error=False)
+            except OSError as error:
+                raise NotReady(f"{what}: restoring into {endpoint}: {error}") from None
+            failed = [(c[1], r) for c, r in zip(commands, results, strict=True) if isinstance(r, Exception)]
+            if failed:
+                first_key, first_error = failed[0]
                 raise OperationError(
-                    f"{what}: RESTORE of {len(batch)} keys into {endpoint} db{db} failed, first "
-                    f"{batch[0][:60]!r}: {scrub(str(reply), [self.password])}"
+                    f"{what}: RESTORE of {len(failed)} keys into {endpoint} db{db} failed, first "
+                    f"{first_key[:60]!r}: {first_error}"
                 )
-            self.done += len(batch)
+            self.done += len(commands)
         self.progress("loading keys", self.done, max(self.total, self.done))
-
-    def _migrate(self, master: int, db: int, keys: list[bytes]) -> tuple[bytes, ...]:
-        endpoint = self.target.masters[master]
-        auth = (b"AUTH", self.password.encode()) if self.password else ()
-        timeout_ms = b"%d" % int(BULK_TIMEOUT * 1000)
-        head = (b"MIGRATE", endpoint.host.encode(), b"%d" % endpoint.port, b"", b"%d" % db, timeout_ms)
-        return (*head, b"COPY", b"REPLACE", *auth, b"KEYS", *keys)
 
 
 def _read_ahead(
     source: RespConnection, depth: int = READ_AHEAD
 ) -> Generator[tuple[list[bytes], list[Any]], None, None]:
-    """Batches of keys with their PTTL replies, read from the scratch server by a thread up to
-    ``depth`` batches ahead (``streams.read_ahead``): listing the next batch overlaps copying this
-    one, and memory stays bounded by ``depth`` batches of key names. The thread owns ``source``
-    until this generator ends; an error there is raised here."""
+    """Batches of keys with their PTTL and DUMP replies, read from the scratch server by a thread
+    up to ``depth`` batches ahead (``streams.read_ahead``): reading the next batch overlaps
+    restoring this one into the target, and memory stays bounded by ``depth`` batches. The thread
+    owns ``source`` until this generator ends; an error there is raised here."""
 
     def batches() -> Iterator[tuple[list[bytes], list[Any]]]:
         for keys in _scan_batches(source):
-            yield keys, source.pipeline([(b"PTTL", key) for key in keys])
+            yield keys, source.pipeline([c for key in keys for c in ((b"PTTL", key), (b"DUMP", key))])
 
     return read_ahead(batches(), depth, "moorage-redis-read-ahead")
 
