@@ -59,6 +59,8 @@ SECTION = "backup_restore"
 ENGINES = ("redis", "postgresql", "mongodb", "zookeeper")
 NAMESPACE = "default"
 REDIS_NAME = "bench-redis"
+# A reshaping load: the standalone's backup into a cluster of 3 masters (key by key, by slot).
+REDIS_CLUSTER_NAME = "bench-redis-cluster"
 PG_NAME = "bench-pg"
 PG_DB = "bench"
 VALUE_SIZE = 100
@@ -277,6 +279,25 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
     password = lifecycle.runtime.password(deployment.spec)
     endpoint = Endpoint.parse(lifecycle.status(NAMESPACE, REDIS_NAME).members[0].address)
     client = redis.Redis(host=endpoint.host, port=endpoint.port, password=password, socket_timeout=300)
+    cluster_doc = _manifest(REDIS_CLUSTER_NAME, "redis")
+    cluster_doc["spec"].update(topology="cluster", shards=3, replicas=1)
+    lifecycle.up(cluster_doc)
+    cluster_password = lifecycle.runtime.password(lifecycle.existing(NAMESPACE, REDIS_CLUSTER_NAME).spec)
+    cluster_endpoints = [
+        Endpoint.parse(m.address) for m in lifecycle.status(NAMESPACE, REDIS_CLUSTER_NAME).members
+    ]
+    cluster_masters = [
+        redis.Redis(host=e.host, port=e.port, password=cluster_password, socket_timeout=300)
+        for e in cluster_endpoints
+    ]
+
+    def cluster_keys() -> int:
+        return sum(int(m.dbsize()) for m in cluster_masters)
+
+    def flush_cluster() -> None:
+        for master in cluster_masters:
+            master.flushall()
+
     env = {**os.environ, "REDISCLI_AUTH": password}  # not -a: argv is visible in ps
     runs = []
     try:
@@ -302,6 +323,12 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
             if client.dbsize() != keys:
                 raise RuntimeError(f"after rdb_reader Redis holds {client.dbsize()} keys, not {keys}")
             raw["server_load"] = _server_load(rdb, keys)
+            flush_cluster()
+            raw["cluster_restore"] = _rdb_reader_load(
+                rdb, cluster_endpoints[0], cluster_password, files / "shake", cluster=True
+            )
+            if cluster_keys() != keys:
+                raise RuntimeError(f"after rdb_reader the cluster holds {cluster_keys()} keys, not {keys}")
             rdb.unlink()
             backup = ours.run("backup", REDIS_NAME)
             load = ours.run("load", REDIS_NAME, backup["backup_id"])
@@ -314,27 +341,48 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
                 raise RuntimeError(
                     f"after our key-by-key load Redis holds {client.dbsize()} keys, not {keys}"
                 )
+            flush_cluster()
+            load_cluster = ours.run("load", REDIS_CLUSTER_NAME, backup["backup_id"])
+            if cluster_keys() != keys:
+                raise RuntimeError(f"after our load the cluster holds {cluster_keys()} keys, not {keys}")
             restore = ours.run("restore", REDIS_NAME, backup["backup_id"])
             if client.dbsize() != keys:
                 raise RuntimeError(f"after our restore Redis holds {client.dbsize()} keys, not {keys}")
             run = {"keys": keys, "rdb_bytes": size, "stored_bytes": backup["stored_bytes"]}
             run.update(
                 _summary(
-                    size, raw, {"backup": backup, "load": load, "load_keys": load_keys, "restore": restore}
+                    size,
+                    raw,
+                    {
+                        "backup": backup,
+                        "load": load,
+                        "load_keys": load_keys,
+                        "load_cluster": load_cluster,
+                        "restore": restore,
+                    },
                 )
             )
             run["ratio_load_keys_vs_raw_restore"] = round(raw["restore"] / load_keys["seconds"], 2)
+            run["ratio_load_cluster_vs_raw_cluster_restore"] = round(
+                raw["cluster_restore"] / load_cluster["seconds"], 2
+            )
             print(json.dumps(run), flush=True)
             runs.append(run)
     finally:
         client.close()
+        for master in cluster_masters:
+            master.close()
         lifecycle.down(NAMESPACE, REDIS_NAME, purge=True)
+        lifecycle.down(NAMESPACE, REDIS_CLUSTER_NAME, purge=True)
     return {"value_size": VALUE_SIZE, "size_basis": "RDB bytes from redis-cli --rdb", "runs": runs}
 
 
-def _rdb_reader_load(rdb: Path, endpoint: Endpoint, password: str, work: Path) -> float:
-    """redis-shake's rdb_reader loading ``rdb`` into the target (emptied by the caller): seconds
-    until it exits, having written every key (the binary ``make setup`` built)."""
+def _rdb_reader_load(
+    rdb: Path, endpoint: Endpoint, password: str, work: Path, cluster: bool = False
+) -> float:
+    """redis-shake's rdb_reader loading ``rdb`` into the target (emptied by the caller; ``cluster``:
+    a Redis cluster, ``endpoint`` one of its nodes): seconds until it exits, having written every
+    key (the binary ``make setup`` built)."""
     from sync.local_runner import find_binary
 
     shutil.rmtree(work, ignore_errors=True)
@@ -344,6 +392,7 @@ def _rdb_reader_load(rdb: Path, endpoint: Endpoint, password: str, work: Path) -
         "[rdb_reader]\n"
         f"filepath = {json.dumps(str(rdb))}\n"
         "[redis_writer]\n"
+        f"cluster = {'true' if cluster else 'false'}\n"
         f"address = {json.dumps(endpoint.address)}\n"
         f"password = {json.dumps(password)}\n"
         "[advanced]\n"
@@ -846,7 +895,9 @@ def main(argv: list[str] | None = None) -> int:
                 "raw_server_load: a redis-server of its own opening that RDB (the floor for any load)",
                 "redis ours_load: the standalone target loads the one-RDB backup itself by "
                 "replication (it follows the restoring process for one full resync); ours_load_keys: "
-                "the same backup with MOORAGE_REDIS_LOAD=keys, key by key as a reshaping load runs",
+                "the same backup with MOORAGE_REDIS_LOAD=keys, key by key as a reshaping load runs; "
+                "ours_load_cluster: that backup into a cluster of 3 masters (key by key, by slot) beside "
+                "raw_cluster_restore, redis-shake rdb_reader of the raw RDB into the same cluster",
                 "ours_load: data_load from S3 alone; ours_restore: apply_restore = safety copy + load + "
                 "verify: for Redis a checksum pass and a full safety snapshot first (about three times "
                 "the raw work); for PostgreSQL the roles dumped and the databases set aside (renamed), "

@@ -95,10 +95,17 @@ FIGURES: tuple[Figure, ...] = (
         issue="15",
     ),
     Figure(
-        "Redis load key by key (1M keys), as any reshaping load",
+        "Redis load key by key (1M keys), the fallback into one master",
         ("backup_restore", "redis", "runs", -1, "ours_load_keys", "seconds"),
         ("backup_restore", "redis", "runs", -1, "raw_restore", "seconds"),
         "redis-shake rdb_reader",
+        "seconds",
+    ),
+    Figure(
+        "Redis load into a 3-master cluster (1M keys), key by key",
+        ("backup_restore", "redis", "runs", -1, "ours_load_cluster", "seconds"),
+        ("backup_restore", "redis", "runs", -1, "raw_cluster_restore", "seconds"),
+        "redis-shake rdb_reader into the cluster",
         "seconds",
         target=1.5,
         issue="15",

@@ -29,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,7 @@ from middleware.engines.base import DataSource, DumpObject, LoadReport, Progress
 from middleware.engines.redis import live
 from middleware.engines.redis.rdb_stream import ReplicationRdbStream
 from middleware.engines.redis.replica_load import FailoverHold, Unavailable, load_by_replication
-from middleware.engines.redis.resp import RespConnection, RespError
+from middleware.engines.redis.resp import RespConnection, RespError, pack
 from middleware.engines.redis.slots import TOTAL_SLOTS, SlotRange
 from middleware.engines.streams import read_ahead
 from middleware.errors import NotReady, OperationError
@@ -53,6 +54,9 @@ CHUNK = 4 << 20
 BATCH = 1000
 # Batches read from the scratch server ahead of the one being restored (memory: this many batches).
 READ_AHEAD = 2
+# Batches sent to the target before the oldest one's answers are read (memory: at most this many
+# batches' commands held until answered).
+IN_FLIGHT = 2
 # A key restored with less TTL than this may be gone by the time the restore is verified.
 EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
@@ -318,6 +322,8 @@ class _Loader:
     clients: dict[tuple[int, int], RespConnection] = field(default_factory=dict)
     # Keys restored with so little TTL left that they may expire before the restore is verified.
     short_lived: dict[int, int] = field(default_factory=dict)
+    # Batches sent and not yet answered, oldest first: (db, what, [(master, commands)]).
+    in_flight: deque[tuple[int, str, list[tuple[int, list[Sequence[bytes]]]]]] = field(default_factory=deque)
 
     def client(self, master: int, db: int) -> RespConnection:
         key = (master, db)
@@ -353,6 +359,7 @@ class _Loader:
             ):
                 for keys, replies in batches:
                     self._restore_batch(db, keys, replies, what)
+                self._settle(0)
                 (count,) = source.pipeline([(b"DBSIZE",)])
                 per_db[db] = int(count)
         return per_db
@@ -367,21 +374,41 @@ class _Loader:
                 self.short_lived[db] = self.short_lived.get(db, 0) + 1
             restore = (b"RESTORE", key, b"%d" % max(int(ttl), 0), payload, b"REPLACE")
             by_master.setdefault(self.target.master_for(key), []).append(restore)
+        # Sent to every master before any answer is read, and answered one batch later: each
+        # master restores this batch while the next one is prepared (and a cluster's masters work
+        # side by side). A Redis server buffers its replies rather than stop reading, so writing
+        # ahead of reading cannot deadlock.
         for master, commands in by_master.items():
-            endpoint = self.target.masters[master].address
             try:
-                results = self.client(master, db).pipeline(commands, raise_on_error=False)
+                self.client(master, db).send(pack(commands))
             except OSError as error:
-                raise NotReady(f"{what}: restoring into {endpoint}: {error}") from None
-            failed = [(c[1], r) for c, r in zip(commands, results, strict=True) if isinstance(r, Exception)]
-            if failed:
-                first_key, first_error = failed[0]
-                raise OperationError(
-                    f"{what}: RESTORE of {len(failed)} keys into {endpoint} db{db} failed, first "
-                    f"{first_key[:60]!r}: {first_error}"
-                )
-            self.done += len(commands)
-        self.progress("loading keys", self.done, max(self.total, self.done))
+                raise NotReady(
+                    f"{what}: restoring into {self.target.masters[master].address}: {error}"
+                ) from None
+        self.in_flight.append((db, what, list(by_master.items())))
+        self._settle(IN_FLIGHT - 1)
+
+    def _settle(self, keep: int) -> None:
+        """Read the answers of the oldest batches until at most ``keep`` are unanswered."""
+        while len(self.in_flight) > keep:
+            db, what, sent = self.in_flight.popleft()
+            for master, commands in sent:
+                endpoint = self.target.masters[master].address
+                try:
+                    results = self.client(master, db).receive(len(commands))
+                except OSError as error:
+                    raise NotReady(f"{what}: restoring into {endpoint}: {error}") from None
+                failed = [
+                    (c[1], r) for c, r in zip(commands, results, strict=True) if isinstance(r, Exception)
+                ]
+                if failed:
+                    first_key, first_error = failed[0]
+                    raise OperationError(
+                        f"{what}: RESTORE of {len(failed)} keys into {endpoint} db{db} failed, first "
+                        f"{first_key[:60]!r}: {first_error}"
+                    )
+                self.done += len(commands)
+            self.progress("loading keys", self.done, max(self.total, self.done))
 
 
 def _read_ahead(
