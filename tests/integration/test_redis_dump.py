@@ -638,6 +638,28 @@ class _SlowSource:
         return io.BufferedReader(Slow())  # type: ignore[return-value]
 
 
+def _kill_a_load_half_way(env: Env, saved: DirectorySource, master: Endpoint) -> None:
+    """Start a load of ``saved`` into ``env`` in a child process and SIGKILL it during the transfer."""
+    pid = os.fork()
+    if pid == 0:  # the child: a load that is killed before it ends
+        try:
+            ENGINE.data_load(env.spec, env.conn, _SlowSource(saved))
+        finally:
+            os._exit(0)
+    client = env.client(master)
+    try:
+        deadline = time.monotonic() + 30
+        while client.info("replication").get("master_sync_in_progress") != 1:
+            assert time.monotonic() < deadline, "the load never started its transfer"
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert client.execute_command("ROLE")[0] == b"slave"
+    client.close()
+
+
 def test_a_load_by_replication_killed_half_way_is_undone_by_the_next_reconcile(
     sen: Env, lifecycle: Lifecycle, tmp_path: Path
 ) -> None:
@@ -652,23 +674,7 @@ def test_a_load_by_replication_killed_half_way_is_undone_by_the_next_reconcile(
     (master,) = sen.masters()
     settings, down_after = _target_settings(sen, master), _sentinel_down_after(sen)
 
-    pid = os.fork()
-    if pid == 0:  # the child: a load that is killed before it ends
-        try:
-            ENGINE.data_load(sen.spec, sen.conn, _SlowSource(saved))
-        finally:
-            os._exit(0)
-    client = sen.client(master)
-    try:
-        deadline = time.monotonic() + 30
-        while client.info("replication").get("master_sync_in_progress") != 1:
-            assert time.monotonic() < deadline, "the load never started its transfer"
-            time.sleep(0.05)
-        time.sleep(0.5)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    assert client.execute_command("ROLE")[0] == b"slave"
+    _kill_a_load_half_way(sen, saved, master)
     assert all(ms >= 600_000 for ms in _sentinel_down_after(sen).values())
 
     status = lifecycle.up(manifest("sen", "sentinel", replicas=2, sentinels=3))
@@ -677,3 +683,56 @@ def test_a_load_by_replication_killed_half_way_is_undone_by_the_next_reconcile(
     assert _target_settings(sen, master) == settings
     assert _sentinel_down_after(sen) == down_after
     assert_same_data(snapshot(sen), before)
+
+
+def test_a_standalone_left_following_a_killed_load_is_a_master_again_after_up(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    solo = up(lifecycle, manifest("solo", "standalone"))
+    try:
+        fill(solo)
+        saved = dump(solo, tmp_path / "dump")
+        before = snapshot(solo)
+        master = solo.conn.of("data")[0].endpoint
+        settings = _target_settings(solo, master)
+
+        _kill_a_load_half_way(solo, saved, master)
+
+        assert lifecycle.up(manifest("solo", "standalone")).phase == "Ready"
+        assert _target_settings(solo, master) == settings
+        assert_same_data(snapshot(solo), before)
+    finally:
+        lifecycle.down("default", "solo", purge=True)
+
+
+def test_a_reconcile_during_a_load_by_replication_leaves_it_alone(
+    sen: Env, lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """``moorage up`` (like the operator's periodic heal) while a load is moving data: the master
+    follows the loading process with the load's token, but its link is up, so it is not released;
+    the load ends by replication and exact."""
+    keys = fill(sen)
+    expected = snapshot(sen)
+    saved = dump(sen, tmp_path / "dump")
+    sen.flush()
+    (master,) = sen.masters()
+    pid = os.fork()
+    if pid == 0:  # the child: a slow load, exit status 0 only if it went by replication
+        code = 1
+        try:
+            report = ENGINE.data_load(sen.spec, sen.conn, _SlowSource(saved))
+            code = 0 if report.actions[0].endswith("(replication)") else 2
+        finally:
+            os._exit(code)
+    client = sen.client(master)
+    deadline = time.monotonic() + 30
+    while client.info("replication").get("master_sync_in_progress") != 1:
+        assert time.monotonic() < deadline, "the load never started its transfer"
+        time.sleep(0.05)
+    # Its bootstrap waits while the master follows the load (not a master yet), then finds it one.
+    assert lifecycle.up(manifest("sen", "sentinel", replicas=2, sentinels=3)).phase == "Ready"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ENGINE.data_inventory(sen.spec, sen.conn) == {"keys": keys, "db0/keys": keys}
+    assert_same_data(snapshot(sen), expected)
+    assert sen.masters() == [master]

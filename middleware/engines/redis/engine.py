@@ -44,7 +44,7 @@ from middleware.engines.redis.config import (
 )
 from middleware.engines.redis.render import render as render_manifests
 from middleware.engines.redis.render import render_credentials
-from middleware.engines.redis.replica_load import Unavailable, release_stray_follower
+from middleware.engines.redis.replica_load import Unavailable, release_interrupted_load
 from middleware.engines.redis.topology import (
     DATA_COMPONENT,
     SENTINEL_COMPONENT,
@@ -138,9 +138,8 @@ class RedisEngine(EngineDefaults):
             for endpoint in demoted:
                 report.add(f"demoted stray master {endpoint.address}")
         else:
-            members = _endpoints(conn.of(DATA_COMPONENT))
-            for endpoint in members:
-                released = release_stray_follower(endpoint, conn.password, members)
+            for endpoint in _endpoints(conn.of(DATA_COMPONENT)):
+                released = release_interrupted_load(endpoint, conn.password)
                 if released is not None:
                     report.add(
                         f"{endpoint.address} followed {released.address} (an interrupted restore): "

@@ -28,7 +28,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -59,6 +59,9 @@ POLL_INTERVAL = 0.05
 # nothing for repl-timeout (60 s) drops the link, which a long load must not trip.
 PING_INTERVAL = 5.0
 MARK_LENGTH = 40
+# The one-time masterauth of a load starts with this: a master found following someone with such
+# a masterauth was left so by a load that did not finish (``release_interrupted_load``).
+TOKEN_PREFIX = "moorage-load-"
 _CRC64 = anycrc.Model("CRC64-REDIS")
 
 
@@ -105,7 +108,7 @@ def load_by_replication(
         here = _local_address(target)
         # The target authenticates to us with a token only this load knows (its own masterauth is
         # what it needs towards its real master after a failover).
-        token = secrets.token_hex(32)
+        token = TOKEN_PREFIX + secrets.token_hex(32)
         with (
             _listener(here) as listener,
             _configured(control, "masterauth", token),
@@ -126,26 +129,33 @@ def load_by_replication(
         control.close()
 
 
-def release_stray_follower(
-    endpoint: Endpoint, password: str | None, members: Sequence[Endpoint]
-) -> Endpoint | None:
-    """A deployment's master left following an address outside the deployment: what a load by
-    replication leaves when its process dies before its clean-up (nothing else here makes a master
-    follow a stranger). It takes its role back (``REPLICAOF NO ONE``) and its own ``masterauth``;
-    returns the address it followed, or None when it follows nothing or a member."""
-    role = live.node_role(endpoint, password)
-    if not role.is_replica or role.master is None or any(live.same_node(role.master, m) for m in members):
+def release_interrupted_load(endpoint: Endpoint, password: str | None) -> Endpoint | None:
+    """A master left following this module's one-shot master by a load whose process died before
+    its clean-up: told apart for certain by its ``masterauth``, still the load's token (nothing else
+    sets a value with that prefix), and its link to that master down. It takes its role back
+    (``REPLICAOF NO ONE``) and its own ``masterauth``; returns the address it followed, or None
+    when it is not such a node."""
+
+    def state(client: redis.Redis) -> tuple[live.NodeRole, str]:
+        role = live.parse_role(endpoint, client.role())
+        return role, str(client.config_get("masterauth").get("masterauth") or "")
+
+    role, masterauth = live.call(endpoint, password, state)
+    if not role.is_replica or role.master is None or not masterauth.startswith(TOKEN_PREFIX):
+        return None
+    if role.link in ("sync", "connected"):
+        # Linked to the load's process: a load in progress (the operator's periodic heal may run
+        # meanwhile), not an interrupted one, whose master is gone and never links.
         return None
     log.warning(
-        "redis %s follows %s, outside its deployment (an interrupted restore): making it a master again",
+        "redis %s still follows %s for a restore that did not finish: making it a master again",
         endpoint.address,
         role.master.address,
     )
 
     def release(client: redis.Redis) -> None:
         client.execute_command("REPLICAOF", "NO", "ONE")
-        if password:
-            client.config_set("masterauth", password)
+        client.config_set("masterauth", password or "")
 
     live.call(endpoint, password, release)
     return role.master

@@ -22,7 +22,7 @@ import redis
 
 from middleware.endpoints import Endpoint
 from middleware.engines.redis.live import NodeRole, call, describe_error, node_role, same_node
-from middleware.engines.redis.replica_load import release_stray_follower
+from middleware.engines.redis.replica_load import release_interrupted_load
 from middleware.errors import NotReady, OperationError, SpecError
 
 log = logging.getLogger(__name__)
@@ -666,7 +666,7 @@ def bootstrap_sentinel(
     truth = next(n for n in data_nodes if same_node(n, truth))
     if truth in down:
         raise NotReady(f"{truth.address} (sentinels' master) is unreachable; a failover should follow")
-    released = release_stray_follower(truth, password, data_nodes) if roles[truth].is_replica else None
+    released = release_interrupted_load(truth, password) if roles[truth].is_replica else None
     if released is not None:
         roles[truth] = node_role(truth, password)
     if not roles[truth].is_master:
