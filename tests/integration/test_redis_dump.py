@@ -514,8 +514,10 @@ def test_a_one_rdb_dump_loads_into_a_sentinel_master_by_replication_and_everythi
     sen.client(master, 5).set("stale-db5", "x")
 
     held: list[dict[str, int]] = []
+    steps: list[tuple[str, float, float]] = []
 
     def watch(step: str, done: float, total: float) -> None:
+        steps.append((step, done, total))
         if step == "sending the RDB to the target" and not held:
             held.append(_sentinel_down_after(sen))
 
@@ -523,6 +525,11 @@ def test_a_one_rdb_dump_loads_into_a_sentinel_master_by_replication_and_everythi
     assert report.actions == [f"data.rdb: {keys + 1} keys, loaded by {master.address} itself (replication)"]
     # While the master followed this process, no sentinel would have called it down for 10 minutes.
     assert held and all(ms >= 600_000 for ms in held[0].values()) and len(held[0]) == 3, held
+    # Progress: the bytes sent, up to the object's size, then the target's own parsing, to its end.
+    size = saved.objects[0].size
+    sent = [done for step, done, _ in steps if step == "sending the RDB to the target"]
+    assert sent == sorted(sent) and sent[-1] == size
+    assert ("the target is loading the RDB", size, size) in steps
     assert report.counts == {"keys": keys + 1, "db0/keys": keys, "db3/keys": 1}
     assert ENGINE.data_inventory(sen.spec, sen.conn) == report.counts
     # Keys with a TTL may expire before a restore is verified: they are the tolerance.

@@ -122,7 +122,7 @@ def load_by_replication(
             replica = _accept(listener, token, target)
             with contextlib.closing(replica):
                 _serve_full_resync(replica, payload, size, progress)
-                return _wait_loaded(control, replica, target)
+                return _wait_loaded(control, replica, target, size, progress)
     except (redis.ConnectionError, redis.TimeoutError) as error:
         raise Unavailable(f"{target.address}: {live.describe_error(error, password)}") from None
     finally:
@@ -341,9 +341,11 @@ class RdbChecksum:
             )
 
 
-def _wait_loaded(control: redis.Redis, replica: socket.socket, target: Endpoint) -> Loaded:
+def _wait_loaded(
+    control: redis.Redis, replica: socket.socket, target: Endpoint, size: int, progress: Progress
+) -> Loaded:
     """Until the target has loaded the payload and links up; its key counts then (nothing expires on
-    a replica, so they are the RDB's)."""
+    a replica, so they are the RDB's). Progress: the bytes the target has parsed so far."""
     replica.setblocking(False)
     stalled_since = time.monotonic()
     pinged = time.monotonic()
@@ -360,9 +362,15 @@ def _wait_loaded(control: redis.Redis, replica: socket.socket, target: Endpoint)
             time.sleep(POLL_INTERVAL)
             continue
         if info.get("master_link_status") == "up":
+            progress("the target is loading the RDB", size, size)
             return _counts(control.info("keyspace"))
         if int(info.get("master_sync_in_progress", 0)):
             stalled_since = time.monotonic()
+            with contextlib.suppress(redis.RedisError):
+                loading = control.info("persistence")
+                if int(loading.get("loading", 0)):
+                    parsed = int(loading.get("loading_loaded_bytes", 0))
+                    progress("the target is loading the RDB", min(parsed, size), size)
         elif time.monotonic() - stalled_since > STALL_TIMEOUT:
             raise Unavailable(
                 f"{target.address} neither loaded the RDB nor linked up in {STALL_TIMEOUT:.0f}s"
