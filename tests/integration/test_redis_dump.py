@@ -683,6 +683,9 @@ def test_a_load_by_replication_killed_half_way_is_undone_by_the_next_reconcile(
 
     _kill_a_load_half_way(sen, saved, master)
     assert all(ms >= 600_000 for ms in _sentinel_down_after(sen).values())
+    # Observed as not ready, saying why (the operator's periodic observation heals from there).
+    observed = lifecycle.status("default", "sen")
+    assert observed.phase != "Ready" and "down-after-milliseconds is not 5000" in str(observed), observed
 
     status = lifecycle.up(manifest("sen", "sentinel", replicas=2, sentinels=3))
     assert status.phase == "Ready", status

@@ -232,6 +232,11 @@ class RedisEngine(EngineDefaults):
             if not view.quorum_ok:
                 problems.append(f"quorum: {view.quorum_detail}")
             problems += [f"{c.kind} {c.endpoint.address}: {c.detail}" for c in view.conflicts]
+        # A hold a restore left behind (its process died before putting it back) would delay every
+        # failover by minutes: not Ready, so the heal (bootstrap) sets the spec's value again.
+        held = sorted(s.address for s, ms in view.down_after_ms.items() if ms != DOWN_AFTER_MS)
+        if held:
+            problems.append(f"sentinels {', '.join(held)}: down-after-milliseconds is not {DOWN_AFTER_MS}")
         endpoints = {
             "sentinels": ",".join(m.endpoint.address for m in conn.of(SENTINEL_COMPONENT)),
             "masterName": sentinel_master_name(spec),

@@ -7,18 +7,24 @@ exactly the dump's dataset:
 
 1. it listens on the address it reaches the target from (the target must be able to connect back:
    true on one host and in a flat pod network, not through a port-forward);
-2. sets the target's ``masterauth`` to a one-time token (the only way in) and sends it
+2. sets the target's ``masterauth`` to a one-time token (the only way in; its prefix also marks a
+   master left following a load that died, for ``release_interrupted_load``) and its
+   ``repl-diskless-load`` to ``disabled``, has the sentinels hold failovers, and sends it
    ``REPLICAOF <us>``;
 3. answers the target's handshake (PING, AUTH, REPLCONF, PSYNC) with ``+FULLRESYNC`` and streams
-   the stored object as a diskless payload (``$EOF:<mark>``), so nothing is staged here;
-4. waits until the target has loaded it (``master_link_status:up``): while it is a replica nothing
+   the stored object as a diskless payload (``$EOF:<mark>``), so nothing is staged here; the
+   target writes it to a temporary file and keeps serving its own data meanwhile;
+4. sends the end mark, which makes the target load the file, only after the stored object's
+   checksum and the RDB's own CRC64 held (Redis 7 terminates on an RDB it cannot parse);
+5. waits until the target has loaded it (``master_link_status:up``): while it is a replica nothing
    expires, so its key count then is exactly the dump's;
-5. always ends with ``REPLICAOF NO ONE`` and the target's own ``masterauth`` back.
+6. always ends with ``REPLICAOF NO ONE``, the target's own settings back and the sentinels' hold
+   released.
 
 If the target never connects, or ends the sync itself (no room for its temporary file, say), the
-caller falls back to the key-by-key load (``Unavailable``). A stored object that fails its checksum
-is never completed: the end mark is only sent after the last byte was read and checked, and a
-replica without its mark discards what it received.
+caller falls back to the key-by-key load (``Unavailable``). A stored object that fails a checksum
+is never completed: without its mark the target discards what it received and still holds its
+own data.
 """
 
 from __future__ import annotations

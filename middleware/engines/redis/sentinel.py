@@ -211,6 +211,8 @@ class SentinelView:
     nodes: dict[Endpoint, NodeRole] = field(default_factory=dict)
     unreachable_nodes: dict[Endpoint, str] = field(default_factory=dict)
     conflicts: tuple[Conflict, ...] = ()
+    # down-after-milliseconds as each monitoring sentinel has it (a restore raises it for a while).
+    down_after_ms: dict[Endpoint, int] = field(default_factory=dict)
 
     @property
     def healthy_replicas(self) -> tuple[ReplicaInfo, ...]:
@@ -253,6 +255,7 @@ def observe_sentinel(
     view.monitored = bool(monitoring)
     view.master_votes = {master.address: len(voters) for master, voters in _tally(monitoring)}
     view.failover_in_progress = any(a.flags & _IN_FLUX_FLAGS for a in monitoring)
+    view.down_after_ms = {a.sentinel: _int(a.state, "down-after-milliseconds", -1) for a in monitoring}
     master, voters = _majority(monitoring, len(sentinels))
     view.master = master
 
