@@ -112,7 +112,7 @@ def _child(op: str, state: Path, name: str, bucket: str, backup_id: str | None) 
         loaded = target.engine.data_load(
             target.spec, target.conn, repository.source(repository.find(backup_id))
         )
-        result = {"loaded": dict(loaded.counts)}
+        result = {"loaded": dict(loaded.counts), "actions": list(loaded.actions)}
     elif op in ("restore", "restore_snapshot"):
         assert backup_id is not None
         safety_copy = SafetyCopy.SNAPSHOT if op == "restore_snapshot" else SafetyCopy.AUTO
@@ -334,6 +334,9 @@ def _bench_redis(lifecycle: Lifecycle, ours: Ours, files: Path, sizes: list[int]
             load = ours.run("load", REDIS_NAME, backup["backup_id"])
             if client.dbsize() != keys:
                 raise RuntimeError(f"after our load Redis holds {client.dbsize()} keys, not {keys}")
+            if not load["actions"][-1].endswith("(replication)"):
+                # The figure is that of the load by replication: a fallback would pass for it.
+                raise RuntimeError(f"our load did not go by replication: {load['actions']}")
             # The same backup key by key, as any load that reshapes (a cluster's) runs.
             client.flushall()
             load_keys = ours.run("load", REDIS_NAME, backup["backup_id"], env={LOAD_METHOD_ENV: "keys"})
