@@ -39,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +174,28 @@ def _timed(argv: list[str], env: dict[str, str] | None = None) -> float:
 
 def _rate(size: int, seconds: float) -> float:
     return round(size / MB / seconds, 1)
+
+
+def _ours_round_trip(
+    ours: Ours,
+    name: str,
+    check: Callable[[str, int], None],
+    raw: dict[str, float],
+    unit: str,
+    count: int,
+    size: int,
+) -> dict[str, Any]:
+    """Our backup, load and restore of ``name`` (holding ``count`` ``unit``s, ``size`` bytes), each
+    checked to leave the data whole, summarised beside the reference's ``raw`` seconds."""
+    backup = ours.run("backup", name)
+    load = ours.run("load", name, backup["backup_id"])
+    check("our load", count)
+    restore = ours.run("restore", name, backup["backup_id"])
+    check("our restore", count)
+    run = {unit: count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
+    run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
+    print(json.dumps(run), flush=True)
+    return run
 
 
 def _summary(size: int, raw: dict[str, float], ours: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -656,16 +678,7 @@ def _bench_zookeeper(lifecycle: Lifecycle, ours: Ours, files: Path, sizes_mb: li
             raw["restore"] = time.perf_counter() - began
             dump.unlink()
             check("the reference load", count)
-            backup = ours.run("backup", ZK_NAME)
-            load = ours.run("load", ZK_NAME, backup["backup_id"])
-            check("our load", count)
-            restore = ours.run("restore", ZK_NAME, backup["backup_id"])
-            check("our restore", count)
-            size = count * ZNODE_BYTES
-            run = {"znodes": count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
-            run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
-            print(json.dumps(run), flush=True)
-            runs.append(run)
+            runs.append(_ours_round_trip(ours, ZK_NAME, check, raw, "znodes", count, count * ZNODE_BYTES))
     finally:
         client.stop()
         client.close()
@@ -778,16 +791,7 @@ def _bench_mongodb(ours: Ours, work: Path, sizes_mb: list[int]) -> dict[str, Any
             raw["restore"] = time.perf_counter() - began
             dump.unlink()
             check("the reference restore", count)
-            backup = ours.run("backup", MONGO_NAME)
-            load = ours.run("load", MONGO_NAME, backup["backup_id"])
-            check("our load", count)
-            restore = ours.run("restore", MONGO_NAME, backup["backup_id"])
-            check("our restore", count)
-            size = count * DOC_BYTES
-            run = {"documents": count, "data_bytes": size, "stored_bytes": backup["stored_bytes"]}
-            run.update(_summary(size, raw, {"backup": backup, "load": load, "restore": restore}))
-            print(json.dumps(run), flush=True)
-            runs.append(run)
+            runs.append(_ours_round_trip(ours, MONGO_NAME, check, raw, "documents", count, count * DOC_BYTES))
     finally:
         client.close()
         server.stop()
