@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 
 from middleware.endpoints import Endpoint
-from middleware.engines.base import DumpOrigin
-from middleware.engines.postgresql import replication
+from middleware.engines.base import DumpObject, DumpOrigin
+from middleware.engines.postgresql import dump, replication
 from middleware.engines.postgresql.binaries import BIN_ENV, find_bin_dir
 from middleware.engines.postgresql.config import app_password
 from middleware.engines.postgresql.engine import ENGINE
@@ -161,10 +163,25 @@ def test_dump_load_round_trip_into_same_and_new_instance(lifecycle: Lifecycle, d
 
     source = save_dump(ENGINE.data_dump(src.spec, conn), dump_dir)
     names = [o.name for o in source.objects]
-    assert names == ["globals.sql", "db/analytics.pgdump", "db/app.pgdump", "db/postgres.pgdump"]
-    app_meta = next(o.meta for o in source.objects if o.name == "db/app.pgdump")
+    assert names == ["globals.sql", "db/analytics.pgdump.zst", "db/app.pgdump.zst", "db/postgres.pgdump.zst"]
+    app_meta = next(o.meta for o in source.objects if o.name == "db/app.pgdump.zst")
     assert "vector" in app_meta["extensions"]
     assert app_meta["serverVersionNum"] // 10000 == 18
+    # What a DBA finds in the repository: `zstd -d` of the object is an archive pg_restore reads.
+    assert app_meta["compression"] == "zstd"
+    archive = dump_dir / "app.pgdump"
+    with source.path("db/app.pgdump.zst").open("rb") as stored, archive.open("wb") as out:
+        zstandard.ZstdDecompressor().copy_stream(stored, out)
+    assert (
+        archive.stat().st_size == app_meta["archiveBytes"] > source.path("db/app.pgdump.zst").stat().st_size
+    )
+    listing = subprocess.run(
+        [str(find_bin_dir() / "pg_restore"), "--list", str(archive)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "TABLE DATA public docs" in listing and "INDEX public docs_hnsw" in listing
     # The managed roles (and their password verifiers) are not in the dump.
     roles_sql = source.path("globals.sql").read_text()
     assert "reader" in roles_sql
@@ -210,6 +227,42 @@ def test_dump_load_round_trip_into_same_and_new_instance(lifecycle: Lifecycle, d
     with app(dst_endpoint, dst_password) as conn2:
         assert conn2.execute("SELECT current_user").fetchone()[0] == "app"
     assert app_password(dst_password) != app_password(password)
+
+
+def test_a_backup_taken_before_zstd_still_loads(lifecycle: Lifecycle, dump_dir: Path) -> None:  # noqa: F811
+    """Backups written before the archives were compressed with zstd hold ``db/<name>.pgdump``: the
+    archive as ``pg_dump --format=custom`` wrote it (its own gzip), no ``compression`` in meta.
+    One is made here the way that version made it, and loads exactly."""
+    src, endpoint, password = up(lifecycle, "legacy")
+    seed(endpoint, password)
+    conn = lifecycle.connection(src)
+    before = ENGINE.data_inventory(src.spec, conn)
+    expected = fingerprint(endpoint, password)
+    legacy = []
+    for obj in ENGINE.data_dump(src.spec, conn):
+        if obj.name == "globals.sql":
+            legacy.append(obj)
+            continue
+        obj.stream.close()
+        database = obj.meta["database"]
+        argv = [str(find_bin_dir() / "pg_dump"), "--format=custom", "--dbname", dump._dsn(endpoint, database)]
+        meta = {k: v for k, v in obj.meta.items() if k not in ("compression", "archiveBytes")}
+        stream = dump.ProcessStream(argv, password, f"pg_dump of {database}")
+        legacy.append(DumpObject(f"db/{database}.pgdump", dump._buffered(stream), meta))
+    source = save_dump(legacy, dump_dir)
+    assert [o.name for o in source.objects] == [
+        "globals.sql",
+        "db/analytics.pgdump",
+        "db/app.pgdump",
+        "db/postgres.pgdump",
+    ]
+    assert source.path("db/app.pgdump").read_bytes()[:5] == b"PGDMP"
+    with superuser(endpoint, password, "app") as db:
+        db.execute("DELETE FROM docs WHERE id % 2 = 0")
+    report = ENGINE.data_load(src.spec, conn, source)
+    assert ENGINE.data_inventory(src.spec, conn) == report.counts == before
+    assert fingerprint(endpoint, password) == expected
+    assert_hnsw_serves(endpoint, password)
 
 
 def fake_bin_dir(script: str) -> Path:
@@ -284,7 +337,7 @@ def test_corrupt_object_and_missing_extension_raise_then_a_new_load_is_exact(
     shutil.copytree(dump_dir / "good", dump_dir / "ext")
     index = json.loads((dump_dir / "ext" / "index.json").read_text())
     for entry in index["objects"]:
-        if entry["name"] == "db/app.pgdump":
+        if entry["name"] == "db/app.pgdump.zst":
             entry["meta"]["extensions"].append("no_such_extension")
     (dump_dir / "ext" / "index.json").write_text(json.dumps(index))
     with superuser(endpoint, password, "app") as db:
@@ -293,9 +346,20 @@ def test_corrupt_object_and_missing_extension_raise_then_a_new_load_is_exact(
         ENGINE.data_load(src.spec, conn, DirectorySource(dump_dir / "ext"))
     with superuser(endpoint, password, "app") as db:
         assert db.execute("SELECT count(*) FROM docs WHERE id = -5").fetchone()[0] == 1
+    # And so is an archive compressed in a way this version cannot read (a newer one's).
+    shutil.copytree(dump_dir / "good", dump_dir / "lz4")
+    index = json.loads((dump_dir / "lz4" / "index.json").read_text())
+    for entry in index["objects"]:
+        if entry["name"] == "db/postgres.pgdump.zst":
+            entry["meta"]["compression"] = "lz4"
+    (dump_dir / "lz4" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(OperationError, match=r"'db/postgres.pgdump.zst' is compressed with 'lz4'"):
+        ENGINE.data_load(src.spec, conn, DirectorySource(dump_dir / "lz4"))
+    with superuser(endpoint, password, "app") as db:
+        assert db.execute("SELECT count(*) FROM docs WHERE id = -5").fetchone()[0] == 1
 
     # A corrupt archive: the load fails loudly half-way (after dropping databases).
-    corrupt = _corrupt_copy(source, dump_dir / "bad", "db/app.pgdump")
+    corrupt = _corrupt_copy(source, dump_dir / "bad", "db/app.pgdump.zst")
     with pytest.raises((ChecksumMismatch, OperationError)):
         ENGINE.data_load(src.spec, conn, corrupt)
 

@@ -151,7 +151,7 @@ def test_a_corrupt_object_fails_the_load_and_the_data_set_aside_is_put_back(depl
     deployed.change()
     changed = deployed.fingerprint()
     # One byte flipped in the middle of the app database's archive, in S3 itself.
-    entry = next(o for o in backup.objects if o.name == "db/app.pgdump")
+    entry = next(o for o in backup.objects if o.name == "db/app.pgdump.zst")
     store = deployed.repository.store
     data = bytearray(store.get_bytes(entry.key))
     data[len(data) // 2] ^= 0xFF
@@ -201,7 +201,7 @@ def test_the_snapshot_safety_copy_is_still_there_for_postgresql(deployed: Deploy
     assert record["safetyCopy"] == "snapshot" and SET_ASIDE not in record
     assert deployed.aside() == []
     snapshot = deployed.repository.find(record["safetySnapshot"])
-    assert "db/app.pgdump" in [o.name for o in snapshot.objects]
+    assert "db/app.pgdump.zst" in [o.name for o in snapshot.objects]
     with superuser(deployed.endpoint, deployed.password, "app") as db:
         assert db.execute("SELECT count(*) FROM docs").fetchone()[0] == ROWS
     rollback_restore(deployed.repository, record["restoreId"], deployed.target())
@@ -219,8 +219,8 @@ def test_an_archive_with_several_tables_restores_with_parallel_workers(
     backup = create_backup(deployed.repository, deployed.target())
     # The seeded archives are small: lowered so that `analytics` (2 tables) takes pg_restore -j.
     monkeypatch.setattr(dump, "PARALLEL_RESTORE_MIN_BYTES", 0)
-    analytics = next(o for o in deployed.repository.source(backup).objects if o.name == "db/analytics.pgdump")
-    app_db = next(o for o in deployed.repository.source(backup).objects if o.name == "db/app.pgdump")
+    objects = {o.name: o for o in deployed.repository.source(backup).objects}
+    analytics, app_db = objects["db/analytics.pgdump.zst"], objects["db/app.pgdump.zst"]
     assert dump.restore_jobs(analytics) == min(2, os.cpu_count() or 1)
     assert dump.restore_jobs(app_db) == 1, "one table: streamed"
     parallel: list[list[str]] = []

@@ -15,7 +15,7 @@ BIG = PARALLEL_RESTORE_MIN_BYTES * 2
 
 
 def archive(size: int, tables: int) -> StoredObject:
-    return StoredObject("db/app.pgdump", size, {"tables": tables})
+    return StoredObject("db/app.pgdump.zst", size, {"tables": tables})
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,17 @@ def test_an_archive_larger_than_the_spool_room_streams(monkeypatch: pytest.Monke
     assert restore_jobs(archive(BIG, 10)) == 1
     monkeypatch.setenv(SPOOL_LIMIT_ENV, str(BIG))
     assert restore_jobs(archive(BIG, 10)) == 4
+
+
+def test_the_size_that_counts_is_the_archive_decompressed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spool holds the archive as pg_restore reads it (``archiveBytes``), not the zstd object."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setenv(SPOOL_LIMIT_ENV, str(BIG))
+    compressed_small = StoredObject("db/app.pgdump.zst", BIG // 4, {"tables": 10, "archiveBytes": BIG})
+    assert restore_jobs(compressed_small) == 4
+    too_big = StoredObject("db/app.pgdump.zst", BIG // 4, {"tables": 10, "archiveBytes": BIG + 1})
+    assert restore_jobs(too_big) == 1, "decompressed, it would not fit the spool room"
+    under_threshold = StoredObject(
+        "db/app.pgdump.zst", BIG // 4, {"tables": 10, "archiveBytes": PARALLEL_RESTORE_MIN_BYTES - 1}
+    )
+    assert restore_jobs(under_threshold) == 1
