@@ -7,7 +7,8 @@ backup's, after the rollback exactly what the restore overwrote (a role the rest
 because it owned objects in the data set aside included). A discard deletes the copies and makes
 rollback refuse. A corrupt object in S3 fails the load half-way and the data set aside is put back
 by itself. Setting aside stopped half-way (an exception after the first database) is put back
-exactly. The snapshot safety copy still works for PostgreSQL when asked for. An archive of several
+exactly. With the databases set aside (``postgres`` too), probes answer from template1. The
+snapshot safety copy still works for PostgreSQL when asked for. An archive of several
 tables restores through ``pg_restore -j`` from a spooled file, exactly.
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from backups.local import LocalTargets
@@ -34,9 +36,10 @@ from backups.runbook import (
     rollback_restore,
 )
 from backups.store import RepositoryConfig, S3Store
-from middleware.engines.base import AsideCopy
-from middleware.engines.postgresql import dump
+from middleware.engines.base import AsideCopy, no_progress
+from middleware.engines.postgresql import dump, replication
 from middleware.engines.postgresql.aside import ASIDE_PREFIX, PostgresSetAside
+from middleware.errors import NotReady
 from middleware.lifecycle import Lifecycle
 from tests.integration.dumpfiles import save_dump
 from tests.integration.test_postgresql import (  # noqa: F401 (fixtures)
@@ -189,6 +192,45 @@ def test_setting_aside_stopped_half_way_is_put_back_exactly(deployed: Deployed, 
     assert deployed.fingerprint() == before
     assert target.engine.data_inventory(target.spec, target.conn) == inventory
     assert deployed.aside() == []
+
+
+def test_with_postgres_set_aside_probes_and_cluster_statements_use_template1(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    """Nothing stands in for ``postgres`` between setting aside and the load: the probes, the
+    load's search for the primary and cluster-wide statements are answered from template1."""
+    target = deployed.target()
+    before = deployed.fingerprint()
+    ops = PostgresSetAside()
+    kept = save_dump(ops.dump_kept(target.spec, target.conn), tmp_path / "kept")
+    aside = ops.set_aside(
+        target.spec, target.conn, ops.plan_aside(target.spec, target.conn, "gap"), no_progress
+    )
+    with pytest.raises(psycopg.OperationalError, match='database "postgres" does not exist'):
+        psycopg.connect(
+            host=deployed.endpoint.host,
+            port=deployed.endpoint.port,
+            user="postgres",
+            password=deployed.password,
+            dbname="postgres",
+        )
+    state = replication.probe(deployed.endpoint, deployed.password)
+    assert state.writable
+    assert dump.primary(target.conn) == deployed.endpoint
+    with replication.connect(deployed.endpoint, deployed.password) as db:
+        assert db.execute("SELECT current_database()").fetchone()[0] == "template1"
+    # Only the cluster database falls back: any other missing one is refused as before.
+    with (
+        pytest.raises(NotReady, match='database "app" does not exist'),
+        replication.connect(deployed.endpoint, deployed.password, "app"),
+    ):
+        pass
+    # Nothing but the catalog entries of the copies: no database open to connections is left.
+    assert target.engine.data_inventory(target.spec, target.conn) == {"roles": 1}
+    ops.put_back(target.spec, target.conn, aside, kept)
+    assert deployed.fingerprint() == before
+    with replication.connect(deployed.endpoint, deployed.password) as db:
+        assert db.execute("SELECT current_database()").fetchone()[0] == "postgres"
 
 
 def test_the_snapshot_safety_copy_is_still_there_for_postgresql(deployed: Deployed) -> None:

@@ -1,6 +1,6 @@
-"""When a PostgreSQL load restores an archive with parallel pg_restore workers (dump.restore_jobs):
-only an archive large enough to be worth spooling, of two tables or more, that fits the room the
-load may spool into."""
+"""How a PostgreSQL load schedules its pg_restores. Parallel workers (dump.restore_jobs): only for
+an archive large enough to be worth spooling, of two tables or more, that fits the room the load
+may spool into. Order (dump._restore_order): the largest database first, then postgres."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 import pytest
 
 from middleware.engines.base import SPOOL_LIMIT_ENV, StoredObject
+from middleware.engines.postgresql import dump
 from middleware.engines.postgresql.dump import PARALLEL_RESTORE_MIN_BYTES, restore_jobs
 
 BIG = PARALLEL_RESTORE_MIN_BYTES * 2
@@ -66,3 +67,23 @@ def test_the_size_that_counts_is_the_archive_decompressed(monkeypatch: pytest.Mo
         "db/app.pgdump.zst", BIG // 4, {"tables": 10, "archiveBytes": PARALLEL_RESTORE_MIN_BYTES - 1}
     )
     assert restore_jobs(under_threshold) == 1
+
+
+def _plan(**sizes: int) -> dump._Plan:
+    return dump._Plan(
+        None, [(name, StoredObject(f"db/{name}.pgdump.zst", size)) for name, size in sizes.items()]
+    )
+
+
+@pytest.mark.parametrize(
+    ("sizes", "order"),
+    [
+        # The largest bounds the load: it starts at once; postgres next, where probes connect.
+        ({"app": 10, "big": 1000, "postgres": 50, "audit": 5}, ["big", "postgres", "audit", "app"]),
+        ({"postgres": 1000, "app": 10, "audit": 5}, ["postgres", "audit", "app"]),
+        ({"postgres": 7}, ["postgres"]),
+        ({"big": 1000, "app": 10}, ["big", "app"]),
+    ],
+)
+def test_databases_restore_largest_first_then_postgres(sizes: dict[str, int], order: list[str]) -> None:
+    assert [name for name, _ in dump._restore_order(_plan(**sizes))] == order

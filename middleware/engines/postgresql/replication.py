@@ -32,27 +32,43 @@ from middleware.errors import NotReady, OperationError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 3
+# Cluster-wide statements (probes, roles, promotion, statistics) run in ``postgres``; while a
+# restore has it set aside and not restored yet, in ``template1``, which every cluster has.
+CLUSTER_DATABASE = "postgres"
+FALLBACK_DATABASE = "template1"
 POLL = 0.1
+
+
+def _connect(endpoint: Endpoint, password: str | None, dbname: str) -> psycopg.Connection:
+    return psycopg.connect(
+        host=endpoint.host,
+        port=endpoint.port,
+        user=SUPERUSER,
+        password=password,
+        dbname=dbname,
+        connect_timeout=CONNECT_TIMEOUT,
+        autocommit=True,
+        application_name="moorage",
+    )
 
 
 @contextlib.contextmanager
 def connect(
-    endpoint: Endpoint, password: str | None, dbname: str = "postgres"
+    endpoint: Endpoint, password: str | None, dbname: str = CLUSTER_DATABASE
 ) -> Iterator[psycopg.Connection]:
     try:
-        connection = psycopg.connect(
-            host=endpoint.host,
-            port=endpoint.port,
-            user=SUPERUSER,
-            password=password,
-            dbname=dbname,
-            connect_timeout=CONNECT_TIMEOUT,
-            autocommit=True,
-            application_name="moorage",
-        )
+        connection = _connect(endpoint, password, dbname)
     except psycopg.OperationalError as error:
         # The message names host and port only; libpq never echoes the password.
-        raise NotReady(f"postgresql {endpoint.address}: {str(error).strip().splitlines()[0]}") from None
+        refused = NotReady(f"postgresql {endpoint.address}: {str(error).strip().splitlines()[0]}")
+        # FATAL: the server answered (a server that does not answer is not asked twice). For the
+        # cluster database that is one that does not exist or takes no connections right now.
+        if dbname != CLUSTER_DATABASE or "FATAL" not in str(error):
+            raise refused from None
+        try:
+            connection = _connect(endpoint, password, FALLBACK_DATABASE)
+        except psycopg.OperationalError:
+            raise refused from None
     try:
         yield connection
     finally:
