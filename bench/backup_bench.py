@@ -12,7 +12,8 @@ of 1 KB, znodes of 10 KB; ``--mongodb-mb``, ``--zookeeper-mb``). It times:
 - raw: ``redis-cli --rdb FILE``, then that RDB loaded into the emptied target by redis-shake's
   ``rdb_reader`` (``restore``, the reference of our Redis load) and opened by a ``redis-server`` of
   its own (``server_load``: until it answers with every key, the floor for any load);
-  ``pg_dump -Fc -f FILE`` and ``pg_restore -d NEWDB FILE``; MongoDB the mongodump-equivalent
+  ``pg_dump -Fc -f FILE`` and ``pg_restore -d NEWDB FILE`` (pg_dump's default gzip; ours store
+  ``--compress=0`` archives zstd-compressed); MongoDB the mongodump-equivalent
   (every document read as raw BSON into a file) and mongorestore-equivalent (inserted back in
   batches of 1,000); ZooKeeper a kazoo walk reading every znode (256 reads in flight) into a file
   and kazoo creates from it (256 in flight), into the emptied target;
@@ -898,6 +899,9 @@ def main(argv: list[str] | None = None) -> int:
                 "bytes) over each operation's seconds",
                 "ratio_*: raw seconds / our seconds (1.0: as fast as the raw tool; higher: faster)",
                 "ours_backup: engine -> S3 with checksums; raw dump: to a local file",
+                "postgresql: our archives are pg_dump -Fc --compress=0 compressed with zstd (level 1) on "
+                "their way to S3; the raw reference is pg_dump -Fc as users run it (its own gzip, the "
+                "only compression this PostgreSQL build has) and pg_restore -d NEWDB of that file",
                 "redis raw_restore: redis-shake rdb_reader of the raw dump into the emptied target; "
                 "raw_server_load: a redis-server of its own opening that RDB (the floor for any load)",
                 "redis ours_load: the standalone target loads the one-RDB backup itself by "
