@@ -235,7 +235,9 @@ class ReconfigureReport:
 @dataclass
 class DumpObject:
     """One object of a dump: a file name inside the backup folder, its bytes as a stream, and
-    engine metadata the loader needs (shard and slot ranges, database name, format)."""
+    engine metadata the loader needs (shard and slot ranges, database name, format). ``meta`` is
+    recorded once the stream has been read to its end and closed, so a stream may add to it what
+    it only knows then (PostgreSQL's ``archiveBytes``)."""
 
     name: str
     stream: BinaryIO
