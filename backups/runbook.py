@@ -38,6 +38,7 @@ from middleware.engines.base import (
     LoadReport,
     Progress,
     SetsAside,
+    StoredObject,
     no_progress,
 )
 from middleware.errors import MoorageError, NotReady
@@ -147,12 +148,15 @@ def create_backup(
     operator names it in the status before its Job runs). A target not serving yet is waited for
     up to ``ready_timeout`` seconds (:func:`serving_inventory`). ``dump`` replaces the engine's full
     DataDump (a restore's safety snapshot of what setting aside does not keep), ``inventory`` the
-    counts taken first (the caller has them)."""
+    counts taken first (the caller has them). The manifest's inventory is what the dump counted
+    where the engine's dump counts what it writes (``Engine.counts_in_dump``: no pass over the data
+    of its own), else the target's counted just before."""
     writer = repository.begin(
         target.namespace, target.name, kind=kind, restore_id=restore_id, backup_id=backup_id
     )
     try:
-        if inventory is None:
+        counted_by_dump = inventory is None and dump is None and target.engine.counts_in_dump
+        if inventory is None and not counted_by_dump:
             inventory = serving_inventory(target, progress, ready_timeout)
         started = _now()
         clock = time.monotonic()
@@ -163,8 +167,11 @@ def create_backup(
             done += count
             progress("backing up (bytes)", done, 0)
 
-        for obj in (dump or target.engine.data_dump)(target.spec, target.conn, progress):
+        for obj in _dump_once_serving(target, dump or target.engine.data_dump, progress, ready_timeout):
             writer.put(obj, on_bytes)
+        if counted_by_dump:
+            stored = [StoredObject(e.name, e.size, dict(e.meta)) for e in writer.entries]
+            inventory = target.engine.data_dump_counts(stored)
         return writer.commit(
             engine=target.spec.engine,
             version=target.spec.version,
@@ -185,6 +192,23 @@ def create_backup(
                 f"backup of {target.namespace}/{target.name} failed: {_describe(error)}"
             ) from error
         raise
+
+
+def _dump_once_serving(
+    target: Target, dump: DataDump, progress: Progress, ready_timeout: float
+) -> Iterator[DumpObject]:
+    """The dump's objects. Its start (finding the primary, listing what to dump: all before the
+    first object) waits for a target that does not serve yet, as :func:`serving_inventory` does;
+    once an object has been written, a failure fails the backup."""
+
+    def start(spec: ResolvedSpec, conn: Connection) -> tuple[DumpObject | None, Iterator[DumpObject]]:
+        objects = iter(dump(spec, conn, progress))
+        return next(objects, None), objects
+
+    first, rest = when_serving(target, start, progress, ready_timeout)
+    if first is not None:
+        yield first
+    yield from rest
 
 
 @dataclass

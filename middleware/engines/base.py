@@ -8,7 +8,7 @@ Names follow KubeBlocks' lifecycle actions where they exist: ``bootstrap`` (Post
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
@@ -355,6 +355,11 @@ class Engine(Protocol):
     # Restores keep their safety copy this way where not None; a full dump to the repository
     # (the safety snapshot) otherwise.
     data_aside: SetsAside | None
+    # True where the dump counts what it writes (its objects' meta), as ``data_inventory`` names the
+    # counts: a backup records ``data_dump_counts`` of what it stored instead of counting the whole
+    # target in a pass of its own first (PostgreSQL: in the dump's own snapshot; MongoDB: the
+    # documents streamed).
+    counts_in_dump: bool
     # False where a member's readiness probe passes only once bootstrap made it part of the
     # deployment (a MongoDB member is ready as primary or secondary): on Kubernetes, bootstrap then
     # runs as soon as every member's container has started instead of waiting for Ready.
@@ -484,6 +489,11 @@ class Engine(Protocol):
         what a restore would overwrite, and what a restore is verified against."""
         ...
 
+    def data_dump_counts(self, objects: Sequence[StoredObject]) -> dict[str, int]:
+        """Where ``counts_in_dump``: what a stored dump holds, from its objects' meta, named as
+        ``data_inventory`` names it."""
+        ...
+
     def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
         """Why a dump from ``origin`` cannot be loaded into ``spec`` (None: it can)."""
         ...
@@ -500,6 +510,7 @@ class EngineDefaults:
     """Defaults for the optional parts of the protocol; engines inherit and override what they need."""
 
     data_aside: SetsAside | None = None
+    counts_in_dump: bool = False
 
     ready_before_bootstrap: bool = True
     spec_config_keys: tuple[str, ...] = ()
@@ -565,6 +576,9 @@ class EngineDefaults:
 
     def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
         raise OperationError(f"backups are not supported for {spec.engine} yet")
+
+    def data_dump_counts(self, objects: Sequence[StoredObject]) -> dict[str, int]:
+        raise OperationError("this engine's dumps do not count what they hold")
 
     def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
         if origin.engine != spec.engine:

@@ -162,6 +162,8 @@ def test_dump_load_round_trip_into_same_and_new_instance(lifecycle: Lifecycle, d
     expected = fingerprint(endpoint, password)
 
     source = save_dump(ENGINE.data_dump(src.spec, conn), dump_dir)
+    # The dump counted what it holds as the inventory names it (what a backup records).
+    assert ENGINE.counts_in_dump and ENGINE.data_dump_counts(source.objects) == before
     names = [o.name for o in source.objects]
     assert names == ["globals.sql", "db/analytics.pgdump.zst", "db/app.pgdump.zst", "db/postgres.pgdump.zst"]
     app_meta = next(o.meta for o in source.objects if o.name == "db/app.pgdump.zst")

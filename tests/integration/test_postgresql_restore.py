@@ -14,8 +14,12 @@ tables restores through ``pg_restore -j`` from a spooled file, exactly.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,9 +104,43 @@ def deployed(lifecycle: Lifecycle, s3_config: RepositoryConfig) -> Iterator[Depl
     yield Deployed(lifecycle, s3_config, "ledger")
 
 
+def test_a_backup_waits_for_a_primary_that_does_not_answer_yet(deployed: Deployed) -> None:
+    """The server frozen (SIGSTOP: connections time out, as during a failover): the backup's dump
+    does not start, and goes through once it answers. Nothing counted the target before it."""
+    target = deployed.target()
+    held = target.engine.data_inventory(target.spec, target.conn)
+    state = json.loads(
+        (deployed.lifecycle.runtime.root / NAMESPACE / deployed.name / "state.json").read_text()
+    )
+    (pid,) = [int(record["pid"]) for record in state["members"].values()]
+    outcome: dict[str, Any] = {}
+
+    def back_up() -> None:
+        try:
+            outcome["backup"] = create_backup(deployed.repository, deployed.target(), ready_timeout=120)
+        except BaseException as error:
+            outcome["error"] = error
+
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        worker = threading.Thread(target=back_up)
+        worker.start()
+        time.sleep(8)  # more than two connection timeouts (3 s each)
+        assert worker.is_alive() and not outcome, outcome
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    worker.join(180)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["backup"].inventory == held
+
+
 def test_restore_sets_the_data_aside_rolls_back_exactly_and_discard_deletes_it(deployed: Deployed) -> None:
     backed_up = deployed.fingerprint()
+    target = deployed.target()
+    held = target.engine.data_inventory(target.spec, target.conn)
     backup = create_backup(deployed.repository, deployed.target())
+    # The backup's inventory is what its dump counted (in each database's snapshot).
+    assert backup.inventory == held
     deployed.change()
     changed = deployed.fingerprint()
     assert changed != backed_up

@@ -119,6 +119,8 @@ def test_dump_change_load_and_into_a_fresh_ensemble(env: Env, tmp_path: Path) ->
         assert obj.name == "znodes.jsonl"
         assert int(obj.meta["zxidEnd"], 16) >= int(obj.meta["zxidStart"], 16) > 0
         assert obj.meta["znodes"] == before["znodes"]
+        # What a backup records: the dump's own count, the ephemeral lock left out as the inventory does.
+        assert ENGINE.counts_in_dump and ENGINE.data_dump_counts(dump.objects) == before
         with dump.path("znodes.jsonl").open() as lines:
             paths = [json.loads(line)["path"] for line in lines]
         assert "/app/lock" not in paths and not any(p.startswith("/zookeeper") for p in paths)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
@@ -262,6 +262,16 @@ def inventory(conn: Connection) -> dict[str, int]:
         except PyMongoError as error:
             raise _failed("counting documents", error) from None
     return counts
+
+
+def dumped_counts(objects: Sequence[StoredObject]) -> dict[str, int]:
+    """What a stored dump holds, named as ``inventory`` names it: the documents of each collection
+    as the dump streamed them (recorded with its indexes, once its documents were read)."""
+    return {
+        inventory_key(str(obj.meta["database"]), str(obj.meta["collection"])): int(obj.meta["documents"])
+        for obj in objects
+        if obj.meta.get("kind") == "indexes"
+    }
 
 
 def compatibility(origin: DumpOrigin) -> str | None:

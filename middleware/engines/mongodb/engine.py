@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from middleware.endpoints import Endpoint
@@ -34,6 +34,7 @@ from middleware.engines.base import (
     Progress,
     ReconfigureReport,
     Report,
+    StoredObject,
     no_progress,
     userinfo,
 )
@@ -64,6 +65,7 @@ class MongoDBEngine(EngineDefaults):
     name = "mongodb"
     # Its readiness probe asks for PRIMARY or SECONDARY: true only after replSetInitiate.
     ready_before_bootstrap = False
+    counts_in_dump = True
 
     # -- static facts --------------------------------------------------------------------------
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
@@ -210,6 +212,9 @@ class MongoDBEngine(EngineDefaults):
 
     def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
         return dump.inventory(conn)
+
+    def data_dump_counts(self, objects: Sequence[StoredObject]) -> dict[str, int]:
+        return dump.dumped_counts(objects)
 
     def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
         return dump.compatibility(origin)

@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import IO, Any, BinaryIO
@@ -427,6 +427,20 @@ def inventory(spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
             tables, rows = count_tables(db)
         counts[tables_key(database)] = tables
         counts[rows_key(database)] = rows
+    return counts
+
+
+def dumped_counts(objects: Sequence[StoredObject]) -> dict[str, int]:
+    """What a stored dump holds, named as ``inventory`` names it: the roles and each database's
+    tables and rows, counted in the snapshot each database was dumped from."""
+    counts: dict[str, int] = {}
+    for obj in objects:
+        if obj.name == GLOBALS:
+            counts[ROLES_KEY] = int(obj.meta[ROLES_KEY])
+        elif obj.name.startswith(DB_PREFIX):
+            database = str(obj.meta["database"])
+            counts[tables_key(database)] = int(obj.meta["tables"])
+            counts[rows_key(database)] = int(obj.meta["rows"])
     return counts
 
 

@@ -9,7 +9,7 @@ shut down, failover only when the primary is unreachable.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from middleware.engines.base import (
     ReconfigureReport,
     Report,
     SetsAside,
+    StoredObject,
     no_progress,
     service_host,
     userinfo,
@@ -90,6 +91,7 @@ class PostgresEngine(EngineDefaults):
     spec_config_keys = ("archive_mode", "archive_command", "archive_timeout")
     # A logical restore renames the databases aside instead of dumping them first (aside.py).
     data_aside: SetsAside | None = PostgresSetAside()
+    counts_in_dump = True
 
     # -- static facts --------------------------------------------------------------------------
     def members(self, spec: ResolvedSpec) -> list[MemberPlan]:
@@ -493,6 +495,9 @@ class PostgresEngine(EngineDefaults):
 
     def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
         return dump.inventory(spec, conn)
+
+    def data_dump_counts(self, objects: Sequence[StoredObject]) -> dict[str, int]:
+        return dump.dumped_counts(objects)
 
     def data_compatibility(self, origin: DumpOrigin, spec: ResolvedSpec) -> str | None:
         return dump.compatibility(origin, spec)

@@ -25,7 +25,7 @@ import contextlib
 import io
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -41,6 +41,7 @@ from middleware.engines.base import (
     DumpObject,
     LoadReport,
     Progress,
+    StoredObject,
     no_progress,
 )
 from middleware.engines.zookeeper.config import SUPER_USER
@@ -225,6 +226,11 @@ def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress)
         progress("dumping znodes", count, count)
 
     yield DumpObject(OBJECT, io.BufferedReader(_LineStream(lines()), CHUNK), meta)
+
+
+def dumped_counts(objects: Sequence[StoredObject]) -> dict[str, int]:
+    """What a stored dump holds, named as ``inventory`` names it: the znodes its walk wrote."""
+    return {COUNT_KEY: sum(int(obj.meta[COUNT_KEY]) for obj in objects if obj.name == OBJECT)}
 
 
 def inventory(spec: ResolvedSpec, conn: Connection) -> dict[str, int]:

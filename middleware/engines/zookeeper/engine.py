@@ -10,7 +10,7 @@ before the runtime stops them. Nothing is ever reinstalled.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from middleware.engines.base import (
     Progress,
     ReconfigureReport,
     Report,
+    StoredObject,
     exporter_dirs,
     no_progress,
     service_host,
@@ -90,6 +91,7 @@ LOCAL_JVM_FLAGS = (
 
 class ZooKeeperEngine(EngineDefaults):
     name = "zookeeper"
+    counts_in_dump = True
 
     # The metrics lines follow the spec (monitoring on or off, the port the runtime allocated).
     spec_config_keys = config.METRICS_KEYS
@@ -288,6 +290,9 @@ class ZooKeeperEngine(EngineDefaults):
 
     def data_inventory(self, spec: ResolvedSpec, conn: Connection) -> dict[str, int]:
         return dump.inventory(spec, conn)
+
+    def data_dump_counts(self, objects: Sequence[StoredObject]) -> dict[str, int]:
+        return dump.dumped_counts(objects)
 
     def data_load(
         self, spec: ResolvedSpec, conn: Connection, source: DataSource, progress: Progress = no_progress
