@@ -146,7 +146,8 @@ def create_backup(
     which is the last step; any failure aborts it (objects deleted, nothing listed, audited).
     ``backup_id`` is chosen by the caller when it must be known before the backup starts (the
     operator names it in the status before its Job runs). A target not serving yet is waited for
-    up to ``ready_timeout`` seconds (:func:`serving_inventory`). ``dump`` replaces the engine's full
+    up to ``ready_timeout`` seconds (by :func:`serving_inventory`, or by the dump's start where the
+    dump counts: :func:`_dump_once_serving`). ``dump`` replaces the engine's full
     DataDump (a restore's safety snapshot of what setting aside does not keep), ``inventory`` the
     counts taken first (the caller has them). The manifest's inventory is what the dump counted
     where the engine's dump counts what it writes (``Engine.counts_in_dump``: no pass over the data

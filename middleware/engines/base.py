@@ -358,7 +358,7 @@ class Engine(Protocol):
     # True where the dump counts what it writes (its objects' meta), as ``data_inventory`` names the
     # counts: a backup records ``data_dump_counts`` of what it stored instead of counting the whole
     # target in a pass of its own first (PostgreSQL: in the dump's own snapshot; MongoDB: the
-    # documents streamed).
+    # documents streamed; ZooKeeper: the znodes walked).
     counts_in_dump: bool
     # False where a member's readiness probe passes only once bootstrap made it part of the
     # deployment (a MongoDB member is ready as primary or secondary): on Kubernetes, bootstrap then
