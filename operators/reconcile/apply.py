@@ -125,7 +125,9 @@ def reconcile(
         _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
     # Read (or created) once per pass, and in a retry of an unchanged render only when a member is
     # up to talk to: the Secret was ensured by the pass that applied the render.
-    password = Password(lambda: _credentials(rt, body, spec, engine, first=previous_generation is None))
+    password = Password(
+        lambda holder: _credentials(rt, body, spec, engine, holder, first=previous_generation is None)
+    )
     if not unchanged:
         try:
             password.get()
@@ -156,18 +158,20 @@ def reconcile(
             pruned = prune.prune(rt, body, spec, manifests) if previous is not None else []
         except KubernetesApiError as exc:
             st.api_refused(status, "ApplyFailed", str(exc))
-            events.warning(body, reason="ApplyFailed", message=str(exc))
+            events.warning(body, reason="ApplyFailed", message=str(exc) + password.created_note())
             retry(str(exc), config.api_error_retry)
         if uid:
             applied.remember_applied(uid, digest, config.reapply_interval)
     if pruned:
         events.normal(body, reason="Pruned", message=f"deleted {', '.join(pruned)} (PVCs are kept)")
-    if previous_generation != generation:
+    applied_now = previous_generation != generation
+    if applied_now:
         kinds = sorted({m["kind"] for m in manifests})
         events.normal(
             body,
             reason="Applied",
-            message=f"applied {len(manifests)} objects ({', '.join(kinds)}) for generation {generation}",
+            message=f"applied {len(manifests)} objects ({', '.join(kinds)}) for generation {generation}"
+            + password.created_note(),
         )
 
     # Members up -> bootstrap -> observe -> changed parameters live: the step `moorage up` runs too.
@@ -187,7 +191,10 @@ def reconcile(
         _label_ready_members(rt, body, spec, engine, manifests, pods, password, config)
         problems = {name: observe.pod_problem(pods[name]) for name in waiting if name in pods}
         failing = {name: problem for name, problem in problems.items() if problem}
-        if st.waiting_for_members(status, len(planned) - len(waiting), len(planned), waiting, failing):
+        changed = st.waiting_for_members(status, len(planned) - len(waiting), len(planned), waiting, failing)
+        # Right after an apply, members not up yet is what the Applied Event implies (the status
+        # says how many): an Event each would double what a creation posts, for nothing new.
+        if changed and (failing or not applied_now):
             post = events.warning if failing else events.normal
             post(body, reason=status.phase_reason or "WaitingForMembers", message=_message(status, st.READY))
         retry(f"{len(waiting)} of {len(planned)} members not Ready", config.member_retry)
@@ -214,16 +221,22 @@ def reconcile(
 
 
 class Password:
-    """The deployment's password, fetched on first use and kept for the rest of the pass."""
+    """The deployment's password, fetched on first use and kept for the rest of the pass; and the
+    credentials Secrets the fetch created, for the pass's Event (``Applied`` names them, so a
+    creation posts one Event, not one per step)."""
 
-    def __init__(self, fetch: Callable[[], str]) -> None:
+    def __init__(self, fetch: Callable[[Password], str]) -> None:
         self._fetch = fetch
         self._value: str | None = None
+        self.created: list[str] = []
 
     def get(self) -> str:
         if self._value is None:
-            self._value = self._fetch()
+            self._value = self._fetch(self)
         return self._value
+
+    def created_note(self) -> str:
+        return f"; created Secret {', '.join(self.created)}" if self.created else ""
 
 
 @dataclasses.dataclass
@@ -339,10 +352,18 @@ def _expand_storage(
 
 
 def _credentials(
-    rt: KubernetesRuntime, body: kopf.Body, spec: ResolvedSpec, engine: Engine, *, first: bool
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    spec: ResolvedSpec,
+    engine: Engine,
+    holder: Password,
+    *,
+    first: bool,
 ) -> str:
     """The deployment's password: read from its Secret, or generated once and stored there first.
-    ``first`` (no status written yet): most likely no Secret exists, so create before reading."""
+    ``first`` (no status written yet): most likely no Secret exists, so create before reading. The
+    Secrets created go to ``holder.created`` when this pass applies (its ``Applied`` Event names
+    them), and to a ``CredentialsCreated`` Event otherwise (a Secret deleted by hand, recreated)."""
     name = credentials_secret_name(spec)
     if not first:
         password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
@@ -352,7 +373,9 @@ def _credentials(
     # superuser this password (the source's credentials are not needed, the source may be gone).
     generated = secrets.token_urlsafe(24)
     created = rt.create_secrets(engine.render_secrets(spec, generated))
-    if created:
+    if created and first:
+        holder.created += created
+    elif created:
         events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
     if name in created:
         return generated
