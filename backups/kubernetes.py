@@ -18,9 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from backups import pitr, pitr_drill, pitr_pods
 from backups.jobs import CATALOGS_ENV
@@ -35,6 +33,9 @@ from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL, credentials_sec
 from middleware.models.backup import BackupRepositorySpec
 from middleware.runtime.kubernetes import KubernetesRuntime
 from middleware.spec import ResolvedSpec, load_middleware, resolve
+
+if TYPE_CHECKING:
+    import psycopg
 
 API_VERSION = "moorage.io/v1alpha1"
 PASSWORD_KEY = "password"
@@ -257,6 +258,8 @@ def _primary(target: Target) -> str:
 
 def _primary_connection(target: Target) -> psycopg.Connection[Any]:
     """The superuser on the primary the engine reports, through its pod's DNS name."""
+    import psycopg  # with its first use: the operator imports this module whatever the engines it runs
+
     endpoint = target.conn.endpoint(_primary(target))
     return psycopg.connect(
         host=endpoint.host,

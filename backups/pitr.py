@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import psycopg
-
 from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import MemberPlan
 from middleware.engines.postgresql.binaries import find_bin_dir
@@ -705,6 +703,8 @@ def run_as_postgres(command: list[str], env: dict[str, str], what: str, timeout:
 
 
 def server_system_id(host: str, port: int, password: str) -> str:
+    import psycopg  # with its first use: the operator imports this module whatever the engines it runs
+
     with psycopg.connect(
         host=host, port=port, user="postgres", password=password, dbname="postgres", connect_timeout=10
     ) as conn:

@@ -24,14 +24,15 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, cast
-
-import psycopg
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from backups import pitr, pitr_restore
 from backups.repository import Repository
 from middleware.engines.base import Progress, no_progress
 from middleware.errors import MoorageError
+
+if TYPE_CHECKING:
+    import psycopg
 
 DRILLS_DIR = "_drills"
 MARKERS = "moorage_drill.markers"
@@ -219,6 +220,8 @@ def choose_point(
 
 
 def markers_found(conn: psycopg.Connection[Any]) -> set[str]:
+    import psycopg  # with its first use: the operator imports this module whatever the engines it runs
+
     try:
         rows = conn.execute(f"SELECT drill, n FROM {MARKERS}").fetchall()
     except psycopg.errors.UndefinedTable:

@@ -7,6 +7,10 @@ during a multipart upload aborts it: no orphaned parts are left to be billed.
 
 S3 errors surface as ``StorageError`` (after boto3's "standard" retries) naming the bucket and
 key; access keys are scrubbed from every message and never chained into the exception.
+
+boto3 and botocore are imported by the methods that use them, not with this module: the operator
+imports it with its backup handlers, and most operators never talk to S3 (botocore alone is 17 MiB
+of the process).
 """
 
 from __future__ import annotations
@@ -22,10 +26,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar, cast
 from urllib.parse import parse_qsl, urlsplit
-
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 
 from backups.errors import ObjectNotFound, StorageError
 from middleware.errors import SpecError
@@ -202,6 +202,9 @@ class S3Store:
     """One bucket. Keys are full keys (the repository adds its prefix)."""
 
     def __init__(self, config: RepositoryConfig, *, part_size: int = 8 << 20, max_attempts: int = 5) -> None:
+        import boto3
+        from botocore.config import Config
+
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size {part_size} is below S3's minimum part size {MIN_PART_SIZE}")
         if max_attempts < 1:
@@ -239,6 +242,8 @@ class S3Store:
         return text
 
     def _fail(self, operation: str, key: str | None, exc: Exception) -> NoReturn:
+        from botocore.exceptions import ClientError
+
         where = self.config.location(key) if key is not None else f"s3://{self.bucket}"
         if isinstance(exc, ClientError):
             error = exc.response.get("Error", {})
@@ -256,6 +261,8 @@ class S3Store:
         raise cls(self._scrub(text), operation=operation, code=code) from None
 
     def _call(self, operation: str, key: str | None, fn: Callable[..., T], **kwargs: Any) -> T:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             return fn(**kwargs)
         except (ClientError, BotoCoreError) as exc:
@@ -273,6 +280,8 @@ class S3Store:
 
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists (safe to call every time)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             self.client.head_bucket(Bucket=self.bucket)
             return
@@ -335,6 +344,8 @@ class S3Store:
             raise
 
     def _create_multipart(self, key: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, **self._sse()}
         if self._part_checksums:
             try:
@@ -477,6 +488,8 @@ class S3Store:
         return cast(BinaryIO, io.BufferedReader(raw, READ_CHUNK))
 
     def exists(self, key: str) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
             return True
@@ -494,6 +507,8 @@ class S3Store:
 
     def list_objects(self, prefix: str) -> Iterator[tuple[str, datetime]]:
         """Every key starting with ``prefix`` with the time it was written, page by page."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -504,6 +519,8 @@ class S3Store:
 
     def list_sizes(self, prefix: str) -> Iterator[tuple[str, int]]:
         """Every key starting with ``prefix`` with its size in bytes, page by page."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         paginator = self.client.get_paginator("list_objects_v2")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -513,6 +530,8 @@ class S3Store:
             self._fail("ListObjectsV2", prefix, exc)
 
     def _uploads(self, prefix: str) -> Iterator[tuple[str, str]]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
         paginator = self.client.get_paginator("list_multipart_uploads")
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
@@ -537,6 +556,8 @@ class _BodyReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        from botocore.exceptions import BotoCoreError
+
         view = memoryview(buffer).cast("B")
         try:
             data = self._body.read(len(view))

@@ -15,7 +15,6 @@ import logging
 from typing import Any
 
 import kopf
-import psycopg
 
 from backups import pitr, pitr_pods
 from backups.kubernetes import API_VERSION, open_repository
@@ -157,6 +156,8 @@ def check_turned_on(rt: KubernetesRuntime, spec: ResolvedSpec, conn: Connection)
     if not report.base_backups and not report.segments:
         return
     for member in conn.members:
+        import psycopg  # imported by server_system_id already; 9 MiB an operator without PostgreSQL skips
+
         try:
             system_id = pitr.server_system_id(member.endpoint.host, member.endpoint.port, conn.password or "")
         except psycopg.Error:
