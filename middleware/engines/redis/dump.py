@@ -62,6 +62,9 @@ EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
 BULK_TIMEOUT = 120.0
 SCRATCH_START_TIMEOUT = 30.0
+# How long a load by replication waits for the master's replicas to take the loaded data: a full
+# resync of the same RDB the master just parsed, so about as long as that load.
+REPLICA_RESYNC_TIMEOUT = 120.0
 SCRATCH_STOP_TIMEOUT = 10.0
 # How a load reaches a target of one master: "auto" (by replication when the dump is one RDB, key by
 # key otherwise or when the target cannot take it so) or "keys" (always key by key: for a network
@@ -91,11 +94,13 @@ class ShardSource:
 class LoadTarget:
     """Every master of the target; on a cluster, ``slot_owner[slot]`` indexes ``masters``.
     ``hold_failover`` keeps sentinels from failing the master over while it briefly follows this
-    process (a load by replication)."""
+    process (a load by replication); ``replicas`` are the master's replicas, which a load by
+    replication leaves on the history from before it until they resynchronise."""
 
     masters: tuple[Endpoint, ...]
     slot_owner: tuple[int, ...] | None = None
     hold_failover: FailoverHold | None = None
+    replicas: tuple[Endpoint, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.masters:
@@ -508,6 +513,62 @@ def load_dump(
     return report
 
 
+def _await_replicas(
+    master: Endpoint,
+    replicas: Sequence[Endpoint],
+    password: str | None,
+    progress: Progress,
+    timeout: float = REPLICA_RESYNC_TIMEOUT,
+) -> list[str]:
+    """Wait until every replica follows the master's history since the load (its replication ID)
+    with the master's offset: until then a replica still serves the data from before the restore
+    (its acknowledged offset, on the old history, can even be past the master's new one, so WAIT
+    cannot tell). A replica that is not there in time is named in the returned actions, not
+    failed: the master holds the restored data and the replica takes it when it resynchronises."""
+    if not replicas:
+        return []
+    deadline = time.monotonic() + timeout
+    pending = list(replicas)
+    while pending:
+        progress("replicas resynchronising", len(replicas) - len(pending), len(replicas))
+        state = _replication_info(master, password)
+        if state is not None:
+            history, offset = state.get("master_replid"), int(state.get("master_repl_offset") or 0)
+            pending = [r for r in pending if not _follows(r, password, history, offset)]
+        if not pending:
+            break
+        if time.monotonic() >= deadline:
+            names = ", ".join(r.address for r in pending)
+            log.warning("redis load by replication: %s not resynchronised after %.0f s", names, timeout)
+            return [
+                f"replica {r.address} had not resynchronised after {timeout:.0f} s: it serves the data "
+                "from before the restore until it does"
+                for r in pending
+            ]
+        time.sleep(0.2)
+    progress("replicas resynchronising", len(replicas), len(replicas))
+    return []
+
+
+def _replication_info(endpoint: Endpoint, password: str | None) -> dict[str, Any] | None:
+    """INFO replication, or None while the node does not answer (asked again until the deadline:
+    the load itself is done, so a node restarting meanwhile must not fail it)."""
+    try:
+        return dict(live.call(endpoint, password, lambda c: c.info("replication"), attempts=1))
+    except (NotReady, redis.RedisError, OSError):
+        return None
+
+
+def _follows(replica: Endpoint, password: str | None, history: str | None, offset: int) -> bool:
+    state = _replication_info(replica, password)
+    return (
+        state is not None
+        and state.get("master_link_status") == "up"
+        and state.get("master_replid") == history
+        and int(state.get("slave_repl_offset") or 0) >= offset
+    )
+
+
 def _load_by_replication(
     target: LoadTarget, password: str | None, source: DataSource, obj: StoredObject, progress: Progress
 ) -> LoadReport:
@@ -524,10 +585,12 @@ def _load_by_replication(
     finally:
         stream.close()
     total = sum(loaded.keys.values())
+    actions = [f"{obj.name}: {total} keys, loaded by {target.masters[0].address} itself (replication)"]
+    actions += _await_replicas(target.masters[0], target.replicas, password, progress)
     progress("loaded", total, total)
     return LoadReport(
         counts=counts_by_name(loaded.keys),
-        actions=[f"{obj.name}: {total} keys, loaded by {target.masters[0].address} itself (replication)"],
+        actions=actions,
         # Nothing expires on a replica, so the counts are the RDB's; once the target is a master
         # again, any key with a TTL may expire before the restore is verified.
         tolerance=counts_by_name(loaded.expiring) if loaded.expiring else {},

@@ -574,7 +574,11 @@ class RedisEngine(EngineDefaults):
                 sentinel_master_name(spec),
                 conn.password,
             )
-            return dump.LoadTarget((self._sentinel_master(spec, conn),), hold_failover=hold)
+            master = self._sentinel_master(spec, conn)
+            replicas = tuple(
+                m.endpoint for m in conn.of(DATA_COMPONENT) if not live.same_node(m.endpoint, master)
+            )
+            return dump.LoadTarget((master,), hold_failover=hold, replicas=replicas)
         if spec.topology != Topology.CLUSTER:
             return dump.LoadTarget((_by_ordinal(conn.of(DATA_COMPONENT))[0].endpoint,))
         view = self._cluster_view(spec, conn)
