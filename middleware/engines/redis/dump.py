@@ -62,10 +62,10 @@ EXPIRY_GRACE_MS = 15 * 60 * 1000
 # Bulk pipelines (FLUSHALL of a large dataset, RESTORE of big values) take longer than a probe.
 BULK_TIMEOUT = 120.0
 SCRATCH_START_TIMEOUT = 30.0
+SCRATCH_STOP_TIMEOUT = 10.0
 # How long a load by replication waits for the master's replicas to take the loaded data: a full
 # resync of the same RDB the master just parsed, so about as long as that load.
 REPLICA_RESYNC_TIMEOUT = 120.0
-SCRATCH_STOP_TIMEOUT = 10.0
 # How a load reaches a target of one master: "auto" (by replication when the dump is one RDB, key by
 # key otherwise or when the target cannot take it so) or "keys" (always key by key: for a network
 # where the target cannot connect back to the restoring process, it saves waiting for that).
