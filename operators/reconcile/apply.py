@@ -125,9 +125,7 @@ def reconcile(
         _expand_storage(rt, body, status, manifests, config, retry, outcome, patch)
     # Read (or created) once per pass, and in a retry of an unchanged render only when a member is
     # up to talk to: the Secret was ensured by the pass that applied the render.
-    password = Password(
-        lambda holder: _credentials(rt, body, spec, engine, holder, first=previous_generation is None)
-    )
+    password = Password(lambda: _credentials(rt, body, spec, engine, first=previous_generation is None))
     if not unchanged:
         try:
             password.get()
@@ -225,14 +223,14 @@ class Password:
     credentials Secrets the fetch created, for the pass's Event (``Applied`` names them, so a
     creation posts one Event, not one per step)."""
 
-    def __init__(self, fetch: Callable[[Password], str]) -> None:
+    def __init__(self, fetch: Callable[[], tuple[str, list[str]]]) -> None:
         self._fetch = fetch
         self._value: str | None = None
         self.created: list[str] = []
 
     def get(self) -> str:
         if self._value is None:
-            self._value = self._fetch(self)
+            self._value, self.created = self._fetch()
         return self._value
 
     def created_note(self) -> str:
@@ -356,35 +354,33 @@ def _credentials(
     body: kopf.Body,
     spec: ResolvedSpec,
     engine: Engine,
-    holder: Password,
     *,
     first: bool,
-) -> str:
+) -> tuple[str, list[str]]:
     """The deployment's password: read from its Secret, or generated once and stored there first.
-    ``first`` (no status written yet): most likely no Secret exists, so create before reading. The
-    Secrets created go to ``holder.created`` when this pass applies (its ``Applied`` Event names
-    them), and to a ``CredentialsCreated`` Event otherwise (a Secret deleted by hand, recreated)."""
+    ``first`` (no status written yet): most likely no Secret exists, so create before reading. With
+    it, the Secrets created, for this pass's ``Applied`` Event to name; a later pass that creates
+    one (deleted by hand) posts ``CredentialsCreated`` itself and returns none."""
     name = credentials_secret_name(spec)
     if not first:
         password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
         if password is not None:
-            return password
+            return password, []
     # Recovered from another Middleware's archive too: the init container gives the recovered
     # superuser this password (the source's credentials are not needed, the source may be gone).
     generated = secrets.token_urlsafe(24)
     created = rt.create_secrets(engine.render_secrets(spec, generated))
-    if created and first:
-        holder.created += created
-    elif created:
+    if created and not first:
         events.normal(body, reason="CredentialsCreated", message=f"created Secret {', '.join(created)}")
+    told_by_applied = created if first else []
     if name in created:
-        return generated
+        return generated, told_by_applied
     # It existed (kept by deletionPolicy Retain) or another writer won the create race: its
     # password is the one members use.
     password = rt.secret_value(spec.namespace, name, PASSWORD_KEY)
     if password is None:
         raise kopf.TemporaryError(f"Secret {name} has no {PASSWORD_KEY!r} key yet", delay=5)
-    return password
+    return password, told_by_applied
 
 
 def _message(status: MiddlewareStatus, condition: str) -> str:

@@ -155,9 +155,9 @@ def check_turned_on(rt: KubernetesRuntime, spec: ResolvedSpec, conn: Connection)
         return
     if not report.base_backups and not report.segments:
         return
-    for member in conn.members:
-        import psycopg  # imported by server_system_id already; 9 MiB an operator without PostgreSQL skips
+    import psycopg  # imported by server_system_id already; 9 MiB an operator without PostgreSQL skips
 
+    for member in conn.members:
         try:
             system_id = pitr.server_system_id(member.endpoint.host, member.endpoint.port, conn.password or "")
         except psycopg.Error:
