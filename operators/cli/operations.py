@@ -80,7 +80,7 @@ def request_operation(
         if clock() > deadline:
             raise MoorageError(
                 f"{request.action.value} of {namespace}/{name} succeeded ({message}) but it is not "
-                f"Ready after {timeout:.0f}s: {status.get('phase')} ({status.get('phaseReason')})"
+                f"Ready after {timeout:.0f}s: {not_ready(status)}"
             )
         time.sleep(POLL_SECONDS)
         body = _get(rt, namespace, name)
@@ -220,8 +220,18 @@ def spec_change_state(body: Mapping[str, Any], generation: int | None) -> SpecCh
         # step has seen the last member back: the rollout's own outcome is the one to wait for.
         return SpecChangeState(False, False, f"rolling restart finishing: {last.get('message')}")
     if phase != "Ready":
-        return SpecChangeState(False, False, f"waiting for Ready: {phase} ({reason})")
+        return SpecChangeState(False, False, f"waiting for Ready: {not_ready(status)}")
     return SpecChangeState(True, False, "Ready")
+
+
+def not_ready(status: Mapping[str, Any]) -> str:
+    """Phase, reason and the Ready condition's message: what a DBA needs to know why, when waiting
+    ends (e.g. the failing observation's error behind ObserveFailed)."""
+    ready: Mapping[str, Any] = next(
+        (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+    )
+    why = ready.get("message")
+    return f"{status.get('phase')} ({status.get('phaseReason')}{': ' + why if why else ''})"
 
 
 def _get(rt: KubernetesRuntime, namespace: str, name: str) -> dict[str, Any]:

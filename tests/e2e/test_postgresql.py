@@ -97,6 +97,9 @@ def _rw(cluster: LocalCluster, namespace: str, *, superuser: bool = False) -> ps
             password=password,
             connect_timeout=5,
             autocommit=True,
+            # A commit waiting for a standby that never comes must not hang the test for the whole
+            # pytest timeout: it ends the statement (with a warning), and the next check fails.
+            options="-c statement_timeout=30s",
         ),
         60,
         interval=1.0,

@@ -282,6 +282,26 @@ def test_switchover_then_old_primary_rejoins(lifecycle: Lifecycle) -> None:
     assert all(m.healthy for m in status.members)
 
 
+def test_a_member_counts_as_fenced_only_on_proof(lifecycle: Lifecycle) -> None:
+    """What a switchover waits for before it promotes: the old primary refusing connections or
+    answering in recovery. A name that does not resolve proves nothing (a busy node's DNS once let a
+    switchover promote while the old primary still shut down, and no standby could follow the new one)."""
+    lifecycle.up(manifest("fence", replicas=2))
+    deployment = lifecycle.existing("default", "fence")
+    password = lifecycle.runtime.password(deployment.spec)
+    conn = lifecycle.connection(deployment)
+    primary, standby = conn.endpoint("fence-0"), conn.endpoint("fence-1")
+    assert not replication.fenced(primary, password)  # writable
+    assert replication.fenced(standby, password)  # in recovery
+    assert not replication.fenced(Endpoint("fence-0.no-such-name.invalid", primary.port), password)
+
+    last_lsn = replication.stop_server(primary, password)
+    assert replication.fenced(primary, password)  # nothing listens: refused
+    # The standby holds the shutdown checkpoint, written after the last position reported.
+    state = replication.probe(standby, password)
+    assert state.lsn > last_lsn, (state.lsn, last_lsn)
+
+
 def started_at(lifecycle: Lifecycle, deployment: Deployment, password: str) -> dict[str, Any]:
     """Per member: (postmaster start time, max_connections)."""
     found = {}

@@ -84,3 +84,18 @@ def test_a_rollout_still_running_is_waited_for_after_pending_restart_cleared() -
     assert not state.done and "db-1" in state.message
     finished = {**running, "result": "Succeeded"}
     assert spec_change_state(_body(conditions=_pending("False"), lastOperation=finished), 4).done
+
+
+def test_waiting_for_ready_says_why_the_operator_sees_it_not_ready() -> None:
+    failing = {
+        "type": "Ready",
+        "status": "False",
+        "reason": "ObserveFailed",
+        "message": "observing the members failed: NotReady: no primary",
+    }
+    state = spec_change_state(_body(phase="Degraded", conditions=[failing]), 4)
+    assert not state.done and not state.failed
+    assert (
+        state.message
+        == "waiting for Ready: Degraded (Degraded: observing the members failed: NotReady: no primary)"
+    )

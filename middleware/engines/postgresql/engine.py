@@ -404,10 +404,12 @@ class PostgresEngine(EngineDefaults):
         new = max(candidates, key=lambda s: (s.lsn, -_ordinal(data, s.endpoint)))
         last_lsn = replication.stop_server(old.endpoint, conn.password)
         report.add(f"stopped primary {_name(data, old.endpoint)} at LSN {last_lsn}")
+        others = [s.endpoint for s in states if s.endpoint not in (old.endpoint, new.endpoint)]
         replication.wait_for(
-            lambda: _lsn_at_least(new.endpoint, conn.password, last_lsn),
+            lambda: _has_everything(new.endpoint, others, conn.password, last_lsn),
             CATCH_UP_TIMEOUT,
-            f"{new.endpoint.address} to receive the old primary's last WAL",
+            f"{new.endpoint.address} to receive the old primary's last WAL (its shutdown checkpoint, "
+            f"past LSN {last_lsn}) and all any other standby has",
         )
         replication.promote(new.endpoint, conn.password)
         report.add(f"promoted {_name(data, new.endpoint)}")
@@ -558,9 +560,19 @@ def _most_advanced(states: list[NodeState], data: list[Member]) -> NodeState:
     return max(states, key=lambda s: (s.lsn, -_ordinal(data, s.endpoint)))
 
 
-def _lsn_at_least(endpoint: Endpoint, password: str | None, lsn: int) -> bool:
-    state = replication.try_probe(endpoint, password)
-    return state is not None and state.lsn >= lsn
+def _has_everything(candidate: Endpoint, others: list[Endpoint], password: str | None, last_lsn: int) -> bool:
+    """The candidate may be promoted without leaving anyone behind on another history: it holds the
+    stopped primary's shutdown checkpoint (written after ``last_lsn``) and at least what every other
+    standby that answers holds (a standby ahead of the fork point could not follow it)."""
+    state = replication.try_probe(candidate, password)
+    if state is None or state.lsn <= last_lsn:
+        return False
+    return all(other.lsn <= state.lsn for other in _answering(others, password))
+
+
+def _answering(endpoints: list[Endpoint], password: str | None) -> list[replication.NodeState]:
+    states = (replication.try_probe(e, password) for e in endpoints)
+    return [s for s in states if s is not None]
 
 
 def _by_ordinal(members: list[Member]) -> list[Member]:

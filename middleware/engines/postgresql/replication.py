@@ -268,12 +268,14 @@ def primary_conninfo_line(primary: Endpoint, application_name: str, passfile: st
     return "primary_conninfo = '" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def stop_server(endpoint: Endpoint, password: str | None, timeout: float = 30.0) -> int:
+def stop_server(endpoint: Endpoint, password: str | None, timeout: float = 60.0) -> int:
     """Fence a member: a fast shutdown of its postmaster, through its own superuser connection, so it
-    works the same in a pod and locally. Returns the last WAL position it had written.
+    works the same in a pod and locally. Returns the last WAL position it had written before the
+    shutdown; returns once the member is proved fenced (``fenced``).
 
     A fast shutdown of a primary first sends every WAL record, the shutdown checkpoint included, to
-    its connected standbys: a standby that then shows a later position has everything."""
+    its connected standbys and waits for them to flush it: once it is over, a standby whose position
+    is past the returned one has everything."""
     with connect(endpoint, password) as conn:
         row = conn.execute(
             "SELECT pg_wal_lsn_diff(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
@@ -289,18 +291,27 @@ def stop_server(endpoint: Endpoint, password: str | None, timeout: float = 30.0)
             conn.execute(
                 sql.SQL("COPY (SELECT 1) TO PROGRAM {}").format(sql.Literal(f"kill -INT {pid_text}"))
             )
-    wait_for(lambda: not _accepts(endpoint), timeout, f"{endpoint.address} to shut down")
+    wait_for(lambda: fenced(endpoint, password), timeout, f"{endpoint.address} to shut down")
     return last_lsn
 
 
-def _accepts(endpoint: Endpoint) -> bool:
+def fenced(endpoint: Endpoint, password: str | None) -> bool:
+    """Proof that a member takes no writes: nothing listens on its port (the connection is refused),
+    or the server answering there is in recovery (the kubelet or ``moorage up`` started it again,
+    fenced). A name that does not resolve or a connect that times out proves nothing (a busy node's
+    DNS, a slow network): taking it for "stopped" promoted a standby while the old primary was still
+    shutting down and sending WAL, leaving the other members on a history the new primary lacks."""
     import socket
 
     try:
-        with socket.create_connection((endpoint.host, endpoint.port), timeout=0.3):
-            return True
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=CONNECT_TIMEOUT):
+            pass
+    except ConnectionRefusedError:
+        return True
     except OSError:
         return False
+    state = try_probe(endpoint, password)  # None while it shuts down or starts up: ask again
+    return state is not None and state.in_recovery
 
 
 def wait_streaming(standby: Endpoint, primary: Endpoint, password: str | None, timeout: float) -> NodeState:
