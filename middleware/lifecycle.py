@@ -369,6 +369,7 @@ class _LocalMembers:
     lifecycle: Lifecycle
     progress: Progress
     started: set[str] = field(default_factory=set)
+    rejoined: set[str] = field(default_factory=set)
 
     def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
         runtime = self.lifecycle.runtime
@@ -398,3 +399,16 @@ class _LocalMembers:
         # Each member's config is written once and then kept (CONFIG REWRITE, sentinel state):
         # changed values are written into it line by line.
         self.lifecycle.runtime.update_config(spec, engine, changed)
+
+    def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
+        # Once per `up`: a member its restart did not bring back is for the user to look at (its
+        # log), not to be restarted in a loop until the start timeout.
+        if name in self.rejoined:
+            return "it was restarted once already in this run and still does not follow (see its log)"
+        # Stopped only: the next step's bring_up starts it through the engine's preparation (the
+        # rewind), which a plain start_member skips.
+        plan = next(m for m in engine.members(spec) if m.name == name)
+        self.lifecycle.runtime.retire(spec, engine, [plan])
+        self.started.discard(name)
+        self.rejoined.add(name)
+        return None

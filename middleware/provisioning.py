@@ -2,10 +2,11 @@
 
 One non-blocking step: every planned member up (``Wait`` while one is not) -> the engine's bootstrap
 (PostProvision: idempotent, so it forms, heals and promotes only what is missing) -> the engine's
-observation (RoleProbe) -> parameters that changed since the last applied spec, applied live by the
-engine and persisted by the runtime. The result says what happened; the caller decides what to show
-(the CLI's progress and status file, the operator's conditions and Events) and what comes next (a
-rolling restart for parameters that only take effect after one).
+observation (RoleProbe) -> members the observation says rejoin only by a restart with their data
+restarted through the port (``Wait`` again) -> parameters that changed since the last applied spec,
+applied live by the engine and persisted by the runtime. The result says what happened; the caller
+decides what to show (the CLI's progress and status file, the operator's conditions and Events) and
+what comes next (a rolling restart for parameters that only take effect after one).
 
 The CLI on the local runtime calls the step until it is done (a start timeout per thing waited for);
 the operator turns ``Wait`` into ``kopf.TemporaryError`` and is called again by kopf. A failure of
@@ -43,6 +44,12 @@ class ProvisionPort(MembersPort, Protocol):
         """Make parameter values the engine just applied survive a restart (the local runtime
         writes them into each member's kept config; on Kubernetes the re-rendered ConfigMap already
         holds them)."""
+        ...
+
+    def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
+        """Restart ``name`` with its data (its start prepares it: PostgreSQL rewinds a member whose
+        history diverged); the reason when not now (a disruption budget, a member that restarted
+        a moment ago and may still be catching up), else None."""
         ...
 
 
@@ -102,6 +109,9 @@ def provision_step(
     bootstrap = _run(Stage.BOOTSTRAP, "bootstrap", lambda: engine.bootstrap(spec, conn, progress))
     progress("bootstrapping", 1, 1)
     observation = _run(Stage.OBSERVE, "observing the members", lambda: engine.observe(spec, conn))
+    rejoining = rejoin(port, spec, engine, observation)
+    if rejoining is not None:
+        return rejoining
     if applied_parameters is None:
         return Converged(bootstrap, observation)
     changed = changed_parameters(applied_parameters, spec.parameters)
@@ -114,6 +124,19 @@ def provision_step(
             lambda: _reconfigure(port, spec, engine, conn, changed),
         )
     return Converged(bootstrap, observation, reconfigured, removed)
+
+
+def rejoin(port: ProvisionPort, spec: ResolvedSpec, engine: Engine, observation: Observation) -> Wait | None:
+    """Restart the members the engine says follow the others only after a restart with their data
+    (``Observation.restart_to_rejoin``); a wait naming them, or None when there are none."""
+    if not observation.restart_to_rejoin:
+        return None
+    words = []
+    for name in observation.restart_to_rejoin:
+        refused = port.restart_member(spec, engine, name)
+        words.append(f"{name} not restarted now: {refused}" if refused else f"{name} restarted")
+    names = ", ".join(observation.restart_to_rejoin)
+    return Wait(f"restarting {names} to rejoin", f"{observation.message} ({'; '.join(words)})")
 
 
 def _reconfigure(

@@ -106,6 +106,10 @@ class Observation:
     message: str = ""
     endpoints: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Members that can follow the others again only after a restart with their data, which the
+    # runtime does (PostgreSQL: a standby whose history went past the point where the primary's
+    # timeline forked off; its start rewinds it onto the primary's).
+    restart_to_rejoin: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

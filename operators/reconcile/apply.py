@@ -266,6 +266,9 @@ class PodMembers:
     def persist_parameters(self, spec: ResolvedSpec, engine: Engine, changed: dict[str, str]) -> None:
         return None
 
+    def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
+        return observe.restart_to_rejoin(self.rt, spec, self.pods, name)
+
 
 def _step_failed(body: kopf.Body, status: MiddlewareStatus, failed: provisioning.StepFailed) -> None:
     message = str(failed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, MutableMapping
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -25,6 +26,10 @@ from operators.reconcile.status import MiddlewareStatus
 from operators.settings import OperatorConfig
 
 log = logging.getLogger(__name__)
+
+# A member the engine says rejoins only by a restart is not evicted again within this long of its
+# container's last start (seconds): time to come back, rewind, and start streaming.
+REJOIN_GRACE = 60.0
 
 
 # Waiting reasons that will not clear by themselves (ContainerCreating and PodInitializing do).
@@ -194,6 +199,7 @@ def tick(body: kopf.Body, patch: MutableMapping[str, Any], config: OperatorConfi
                 observed_at = now_precise()
                 observation, more = observe(rt, spec, engine, conn, pods)
                 relabelled += more
+            rejoin(rt, body, spec, observation, pods)
     except Exception as exc:  # a member unreachable mid-observation: Degraded, not a crash
         message = f"observing the members failed: {type(exc).__name__}: {exc}"
         if st.observe_failed(status, message):
@@ -249,6 +255,55 @@ def _all_pods_ready(engine: Engine, spec: ResolvedSpec, pods: Mapping[str, Mappi
     from middleware.runtime.kubernetes import member_up
 
     return all(m.name in pods and member_up(engine, pods[m.name]) for m in engine.members(spec))
+
+
+def rejoin(
+    rt: KubernetesRuntime,
+    body: kopf.Body,
+    spec: ResolvedSpec,
+    observation: Observation,
+    pods: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """Evict the members the engine says follow the others only after a restart (an Event each);
+    the observation's message already says why, and the next tick whether they came back."""
+    for name in observation.restart_to_rejoin:
+        refused = restart_to_rejoin(rt, spec, pods, name)
+        if refused is None:
+            events.warning(
+                body, reason="Rejoining", message=f"{name} restarted to rejoin: {observation.message}"
+            )
+        else:
+            log.info("%s/%s: %s to rejoin: not now, %s", spec.namespace, spec.name, name, refused)
+
+
+def restart_to_rejoin(
+    rt: KubernetesRuntime, spec: ResolvedSpec, pods: Mapping[str, Mapping[str, Any]], name: str
+) -> str | None:
+    """Evict a member's pod so that its init container prepares it again (PostgreSQL: pg_rewind
+    onto the current primary); the reason when not now. Not within REJOIN_GRACE of its container's
+    last start: a member that has just come back may still be on its way, and a loop of evictions
+    would never let it arrive."""
+    pod = pods.get(name)
+    if pod is None:
+        return "it has no pod yet"
+    started = container_started_at(pod)
+    if started is not None:
+        age = (datetime.now(UTC) - started).total_seconds()
+        if age < REJOIN_GRACE:
+            return f"its container started {age:.0f}s ago (evicted after {REJOIN_GRACE:.0f}s)"
+    if not rt.evict_pod(spec.namespace, name):
+        return f"the PodDisruptionBudget does not allow evicting {name} now"
+    return None
+
+
+def container_started_at(pod: Mapping[str, Any]) -> datetime | None:
+    """When the latest of the pod's containers last started running."""
+    times = [
+        ((status.get("state") or {}).get("running") or {}).get("startedAt")
+        for status in (pod.get("status") or {}).get("containerStatuses") or []
+    ]
+    parsed = [datetime.fromisoformat(str(t).replace("Z", "+00:00")) for t in times if t]
+    return max(parsed) if parsed else None
 
 
 def heal(body: kopf.Body, spec: ResolvedSpec, engine: Engine, conn: Connection) -> bool:

@@ -302,6 +302,49 @@ def test_a_member_counts_as_fenced_only_on_proof(lifecycle: Lifecycle) -> None:
     assert state.lsn > last_lsn, (state.lsn, last_lsn)
 
 
+def test_a_running_standby_that_diverged_is_named_and_rewound_by_up(
+    lifecycle: Lifecycle, state_dir: Path
+) -> None:
+    """A standby that replayed WAL past the point where the new primary's timeline forked off (here:
+    sw-1 promoted while sw-0 still took a commit that sw-2 replayed) can never stream from the new
+    primary. The observation says so and why; `up` restarts it, its start rewinds it, and it
+    streams again without the commit the new primary never had."""
+    doc = manifest("dv", replicas=3)
+    lifecycle.up(doc)
+    deployment = lifecycle.existing("default", "dv")
+    password = lifecycle.runtime.password(deployment.spec)
+    conn = lifecycle.connection(deployment)
+    old, new, other = conn.endpoint("dv-0"), conn.endpoint("dv-1"), conn.endpoint("dv-2")
+    with app(old, password, autocommit=True) as db:
+        db.execute("CREATE TABLE t (i int)")
+        db.execute("INSERT INTO t VALUES (1)")
+    wait_for(
+        "dv-1 and dv-2 to replay the table",
+        lambda: count_rows(new, password) == count_rows(other, password) == 1,
+    )
+
+    replication.promote(new, password)  # a promotion behind the old primary's back
+    with app(old, password, autocommit=True) as db:
+        db.execute("INSERT INTO t VALUES (2)")  # acknowledged by dv-2, the standby still following dv-0
+    wait_for("dv-2 to replay the commit dv-1 never had", lambda: count_rows(other, password) == 2)
+    replication.stop_server(old, password)
+
+    observation = ENGINE.observe(deployment.spec, lifecycle.connection(deployment))
+    assert "dv-2" in observation.restart_to_rejoin, observation
+    assert "dv-2 is replica and not healthy: diverged (replayed timeline 1 up to" in observation.message
+
+    status = lifecycle.up(doc)
+    assert {m.name: m.role for m in status.members} == {
+        "dv-0": "replica",
+        "dv-1": "primary",
+        "dv-2": "replica",
+    }
+    assert all(m.healthy for m in status.members)
+    assert count_rows(other, password) == 1  # on dv-1's history now
+    # Rewound, not cloned afresh.
+    assert not (state_dir / "default/dv/members/dv-2/data/pgdata.rewind-failed").exists()
+
+
 def started_at(lifecycle: Lifecycle, deployment: Deployment, password: str) -> dict[str, Any]:
     """Per member: (postmaster start time, max_connections)."""
     found = {}

@@ -37,10 +37,16 @@ SPEC = middleware_spec(
 class RecordingEngine:
     """The PostgreSQL engine's plan (members, names), with its live work recorded instead of run."""
 
-    def __init__(self, fail_at: Stage | None = None, needs_restart: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        fail_at: Stage | None = None,
+        needs_restart: frozenset[str] = frozenset(),
+        restart_to_rejoin: tuple[str, ...] = (),
+    ) -> None:
         self.real = get_engine("postgresql")
         self.calls: list[str] = []
         self.fail_at, self.needs_restart = fail_at, needs_restart
+        self.restart_to_rejoin = restart_to_rejoin
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -56,6 +62,15 @@ class RecordingEngine:
 
     def observe(self, spec: ResolvedSpec, conn: Connection) -> Observation:
         self._maybe_fail(Stage.OBSERVE)
+        if self.restart_to_rejoin:
+            message = "; ".join(f"{n} is replica and not healthy: diverged" for n in self.restart_to_rejoin)
+            return Observation(
+                [],
+                ready=False,
+                reason="NotReady",
+                message=message,
+                restart_to_rejoin=list(self.restart_to_rejoin),
+            )
         return Observation([], ready=True, reason="Ready")
 
     def reconfigure(self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]) -> ReconfigureReport:
@@ -72,6 +87,8 @@ class InMemoryMembers:
     def __init__(self, up: set[str]) -> None:
         self.up = up
         self.persisted: list[dict[str, str]] = []
+        self.restarted: list[str] = []
+        self.refusals: dict[str, str] = {}
 
     def bring_up(self, spec: ResolvedSpec, engine: Engine) -> list[str]:
         return [m.name for m in engine.members(spec) if m.name not in self.up]
@@ -81,6 +98,10 @@ class InMemoryMembers:
 
     def persist_parameters(self, spec: ResolvedSpec, engine: Engine, changed: dict[str, str]) -> None:
         self.persisted.append(dict(changed))
+
+    def restart_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> str | None:
+        self.restarted.append(name)
+        return self.refusals.get(name)
 
 
 def all_up() -> InMemoryMembers:
@@ -147,3 +168,21 @@ def test_a_member_that_cannot_start_is_the_ports_error_not_a_stage() -> None:
 
 def test_changed_parameters_counts_new_and_different_values_only() -> None:
     assert changed_parameters({"a": "1", "b": "2"}, {"a": "1", "b": "3", "c": "4"}) == {"b": "3", "c": "4"}
+
+
+def test_members_that_rejoin_only_by_a_restart_are_restarted_and_waited_for_before_any_parameter() -> None:
+    engine, port = RecordingEngine(restart_to_rejoin=("db-1",)), all_up()
+    step = provision_step(port, SPEC, engine, {**SPEC.parameters, "work_mem": "4MB"})  # type: ignore[arg-type]
+    assert isinstance(step, Wait)
+    assert port.restarted == ["db-1"]
+    assert step.reason == "restarting db-1 to rejoin"
+    assert "db-1 is replica and not healthy: diverged" in step.detail and "db-1 restarted" in step.detail
+    assert "reconfigure" not in engine.calls and port.persisted == []
+
+
+def test_a_restart_the_port_refuses_now_is_named_in_the_wait() -> None:
+    engine, port = RecordingEngine(restart_to_rejoin=("db-1",)), all_up()
+    port.refusals["db-1"] = "its container started 5s ago"
+    step = provision_step(port, SPEC, engine, None)  # type: ignore[arg-type]
+    assert isinstance(step, Wait)
+    assert "db-1 not restarted now: its container started 5s ago" in step.detail

@@ -296,7 +296,12 @@ class PostgresEngine(EngineDefaults):
             )
         elif not writable:
             problems.append("no primary")
-        problems += [f"{m.name} is {m.role} and not healthy" for m in members if not m.healthy]
+        stuck = _diverged(data, states, primary, conn.password)
+        problems += [
+            f"{m.name} is {m.role} and not healthy" + (f": {stuck[m.name]}" if m.name in stuck else "")
+            for m in members
+            if not m.healthy
+        ]
         endpoints = {}
         if primary is not None:
             endpoints["rw"] = primary.endpoint.address
@@ -316,6 +321,7 @@ class PostgresEngine(EngineDefaults):
             message="; ".join(problems),
             endpoints=endpoints,
             details=details,
+            restart_to_rejoin=sorted(stuck),
         )
 
     def check_change(self, old: ResolvedSpec, new: ResolvedSpec) -> None:
@@ -558,6 +564,37 @@ def _single_primary(states: list[NodeState]) -> NodeState | None:
 def _most_advanced(states: list[NodeState], data: list[Member]) -> NodeState:
     # Highest WAL position; ties go to the lowest ordinal, so a full restart keeps ordinal 0 primary.
     return max(states, key=lambda s: (s.lsn, -_ordinal(data, s.endpoint)))
+
+
+def _diverged(
+    data: list[Member],
+    states: Mapping[Endpoint, replication.NodeState],
+    primary: replication.NodeState | None,
+    password: str | None,
+) -> dict[str, str]:
+    """Standbys that do not stream and replayed past the primary's fork of their timeline: member
+    name -> why, with what it takes. Asked only of standbys not streaming (a healthy deployment
+    costs no query); one that does not answer the question is left for the next look."""
+    if primary is None:
+        return {}
+    waiting = [
+        m for m in data if (s := states.get(m.endpoint)) is not None and not s.writable and not s.streaming
+    ]
+    if not waiting:
+        return {}
+    try:
+        history = replication.history(primary.endpoint, password)
+    except NotReady:
+        return {}
+    found = {}
+    for member in waiting:
+        try:
+            why = replication.diverged(member.endpoint, password, history)
+        except NotReady:
+            continue
+        if why is not None:
+            found[member.plan.name] = f"diverged ({why}): restarting it rewinds it"
+    return found
 
 
 def _has_everything(candidate: Endpoint, others: list[Endpoint], password: str | None, last_lsn: int) -> bool:

@@ -114,6 +114,79 @@ def try_probe(endpoint: Endpoint, password: str | None) -> NodeState | None:
         return None
 
 
+@contextlib.contextmanager
+def _answer_or_not_ready(endpoint: Endpoint) -> Iterator[None]:
+    """A question the member could not answer now (it went away mid-query, it is promoting): "not
+    yet", as for one that does not take the connection."""
+    try:
+        yield
+    except psycopg.Error as error:
+        raise NotReady(f"postgresql {endpoint.address}: {str(error).strip().splitlines()[0]}") from None
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) + int(low, 16)
+
+
+def format_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class History:
+    """A primary's timeline and, per earlier timeline of its history, where it left that one."""
+
+    timeline: int
+    forks: dict[int, int]
+
+
+def history(primary: Endpoint, password: str | None) -> History:
+    with connect(primary, password) as conn, _answer_or_not_ready(primary):
+        row = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        assert row is not None
+        timeline = int(str(row[0])[:8], 16)
+        if timeline == 1:
+            return History(timeline, {})
+        # Timeline history files stay in pg_wal (never recycled); each line: parent, switch point, why.
+        text = conn.execute("SELECT pg_read_file(%s)", (f"pg_wal/{timeline:08X}.history",)).fetchone()
+    forks = {}
+    for line in str(text[0] if text else "").splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit() and "/" in parts[1]:
+            forks[int(parts[0])] = parse_lsn(parts[1])
+    return History(timeline, forks)
+
+
+def diverged(standby: Endpoint, password: str | None, primary: History) -> str | None:
+    """Why ``standby`` cannot stream from a primary with this history, or None: it replayed WAL of an
+    older timeline past the point where the primary's history left that timeline (an old primary
+    with commits no standby had, a standby promoted past; pg_rewind takes it back).
+
+    PostgreSQL tells no standby's replay timeline directly: the later of its last restartpoint's
+    and its minimum recovery point's is taken (pg_rewind sets the latter to the source's, so a
+    rewound member is not named again while it replays towards it). A standby that crossed onto the
+    primary's timeline but recorded neither yet could be named: restarting it rewinds nothing."""
+    with connect(standby, password) as conn, _answer_or_not_ready(standby):
+        row = conn.execute(
+            "SELECT GREATEST((pg_control_checkpoint()).timeline_id,"
+            "                (pg_control_recovery()).min_recovery_end_timeline),"
+            " COALESCE(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0'), 0)::bigint"
+        ).fetchone()
+    assert row is not None
+    timeline, replayed = int(row[0]), int(row[1])
+    if timeline >= primary.timeline:
+        return None
+    fork = primary.forks.get(timeline)
+    if fork is not None and replayed <= fork:
+        return None
+    left = f"left it at {format_lsn(fork)}" if fork is not None else "never had it"
+    return (
+        f"replayed timeline {timeline} up to {format_lsn(replayed)}, and the primary's history "
+        f"(timeline {primary.timeline}) {left}"
+    )
+
+
 @dataclass(frozen=True)
 class StandbyStat:
     application_name: str
