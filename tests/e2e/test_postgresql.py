@@ -379,3 +379,80 @@ def test_primary_pod_deleted_writable_again_nothing_lost(
     with _rw(local_cluster, module_namespace) as conn:
         stored = {row[0] for row in conn.execute("SELECT n FROM acked")}
     assert acked - stored == set(), f"acknowledged commits lost: {sorted(acked - stored)[:20]}"
+
+
+def _sql_in(cluster: LocalCluster, namespace: str, pod: str, statement: str) -> str:
+    """One statement as the superuser inside a member's pod, through its own pgpass file."""
+    psql = "PGPASSFILE=/etc/postgresql-secrets/pgpass psql -h 127.0.0.1 -U postgres -d app -qtAX"
+    return cluster.exec(
+        namespace, pod, ["sh", "-c", f'{psql} -c "{statement}"'], container="postgresql"
+    ).strip()
+
+
+def test_a_standby_promoted_by_hand_leaves_the_others_diverged_and_they_are_rewound(
+    local_cluster: LocalCluster, module_namespace: str
+) -> None:
+    """A DBA promotes a standby behind Moorage's back (`pg_ctl promote`) while the primary still takes
+    a commit that the other standby replays, then stops the old primary. Both the old primary and
+    that standby now hold WAL the new primary's timeline never had: neither can ever stream from it.
+    The operator names them in the status and evicts their pods (a `Rejoining` Event each, not within
+    60 s of a container's start); their init containers rewind them, and the Middleware is Ready on
+    the new primary's history, without the commit it never had."""
+    ns = module_namespace
+    local_cluster.wait_ready(ns, NAME, timeout=300)
+    old = _primary(local_cluster, ns)
+    others = sorted(
+        m["name"] for m in local_cluster.middleware(ns, NAME)["status"]["members"] if m["name"] != old
+    )
+    promoted, follower = others
+    _sql_in(local_cluster, ns, old, "CREATE TABLE IF NOT EXISTS fork (n int)")
+    wait_for(
+        "the table on both standbys",
+        lambda: all(
+            _sql_in(local_cluster, ns, pod, "SELECT count(*) FROM pg_tables WHERE tablename = 'fork'") == "1"
+            for pod in others
+        ),
+        60,
+    )
+
+    # Two writable primaries for a few seconds: the operator refuses to act on that (SplitBrain).
+    local_cluster.exec(
+        ns, promoted, ["pg_ctl", "promote", "-w", "-D", "/data/pgdata"], container="postgresql"
+    )
+    _sql_in(local_cluster, ns, old, "INSERT INTO fork VALUES (1)")  # acknowledged by the follower
+    wait_for(
+        "the follower to replay the commit the promoted member never had",
+        lambda: _sql_in(local_cluster, ns, follower, "SELECT count(*) FROM fork") == "1",
+        60,
+    )
+    uids = {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
+    }
+    local_cluster.exec(
+        ns,
+        old,
+        ["pg_ctl", "stop", "-m", "fast", "-w", "-D", "/data/pgdata"],
+        container="postgresql",
+        check=False,
+    )
+
+    def diverged_named() -> str | None:
+        conditions = local_cluster.middleware(ns, NAME)["status"].get("conditions") or []
+        message = str(next((c for c in conditions if c["type"] == "Ready"), {}).get("message"))
+        return message if "diverged" in message else None
+
+    wait_for("the status to name a diverged member", diverged_named, 180, interval=2)
+    mw = local_cluster.wait_ready(ns, NAME, timeout=420)
+    roles = {m["name"]: m["role"] for m in mw["status"]["members"]}
+    assert roles == {promoted: "primary", old: "replica", follower: "replica"}, roles
+    assert all(m["healthy"] for m in mw["status"]["members"]), mw["status"]["members"]
+    events = local_cluster.kubectl("-n", ns, "get", "events", "--field-selector", "reason=Rejoining")
+    assert follower in events, events
+    now = {
+        p.metadata.name: p.metadata.uid for p in local_cluster.pods(ns, f"app.kubernetes.io/instance={NAME}")
+    }
+    assert now[follower] != uids[follower] and now[old] != uids[old], (uids, now)  # evicted, recreated
+    assert now[promoted] == uids[promoted]
+    # On the promoted member's history: the commit it never had is on no member.
+    for pod in (promoted, old, follower):
+        assert _sql_in(local_cluster, ns, pod, "SELECT count(*) FROM fork") == "0", pod
