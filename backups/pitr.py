@@ -34,6 +34,7 @@ from backups.store import RepositoryConfig, S3Store
 from middleware.engines.base import MemberPlan
 from middleware.engines.postgresql.binaries import find_bin_dir
 from middleware.engines.postgresql.config import ARCHIVE_SCRIPT, PGDATA, RESTORE_SCRIPT, RESTORE_SPOOL
+from middleware.engines.postgresql.lsn import format_lsn, parse_lsn
 from middleware.engines.registry import get_engine
 from middleware.errors import MoorageError, SpecError
 from middleware.spec import ResolvedSpec
@@ -106,16 +107,6 @@ class Segment:
     def end_lsn(self) -> int:
         """The first LSN after this segment (16 MiB segments, PostgreSQL's default and ours)."""
         return (self.position() + 1) * SEGMENT_BYTES
-
-
-def parse_lsn(text: str) -> int:
-    """``0/3000090`` -> 50331792 (the high and low 32 bits, in hex)."""
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def format_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from middleware.engines.postgresql.config import (
     conninfo,
     replication_password,
 )
+from middleware.engines.postgresql.lsn import format_lsn, parse_lsn
 from middleware.errors import NotReady, OperationError
 
 log = logging.getLogger(__name__)
@@ -122,15 +123,6 @@ def _answer_or_not_ready(endpoint: Endpoint) -> Iterator[None]:
         yield
     except psycopg.Error as error:
         raise NotReady(f"postgresql {endpoint.address}: {str(error).strip().splitlines()[0]}") from None
-
-
-def parse_lsn(text: str) -> int:
-    high, _, low = text.partition("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def format_lsn(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)
