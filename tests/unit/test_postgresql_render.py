@@ -293,7 +293,16 @@ def test_start_script_fences_every_start_but_a_fresh_primary(
     assert log.read_text() == f"postgres -D {pgdata} -c config_file={conf}\n"
 
 
-def _run_init(tmp_path: Path, spec: ResolvedSpec, pod: str, *, primary_up: bool, has_data: bool) -> str:
+def _run_init(
+    tmp_path: Path,
+    spec: ResolvedSpec,
+    pod: str,
+    *,
+    primary_up: bool,
+    has_data: bool,
+    rewind_error: str | None = None,
+    expect_failure: bool = False,
+) -> str:
     manifests = render(spec)
     pod_spec = pod_of(manifests)
     script: str = pod_spec["initContainers"][0]["command"][2]
@@ -312,6 +321,11 @@ def _run_init(tmp_path: Path, spec: ResolvedSpec, pod: str, *, primary_up: bool,
     (bin_dir / "pg_isready").chmod(0o755)
     (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "sleep").chmod(0o755)
+    if rewind_error is not None:
+        (bin_dir / "pg_rewind").write_text(
+            f'#!/bin/sh\necho "pg_rewind $*" >> "{log}"\necho "{rewind_error}" >&2\nexit 1\n'
+        )
+    script = script.replace("/tmp/pg_rewind.err", f"{tmp_path}/pg_rewind.err")
     env = {
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
         "POD_NAME": pod,
@@ -319,6 +333,9 @@ def _run_init(tmp_path: Path, spec: ResolvedSpec, pod: str, *, primary_up: bool,
         "REPLICATION_PASSWORD": config.replication_password(PASSWORD),
     }
     result = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True, timeout=30)
+    if expect_failure:
+        assert result.returncode != 0
+        return result.stderr
     assert result.returncode == 0, result.stderr
     rendered = (root / "etc/postgresql/postgresql.conf").read_text()
     assert "${" not in rendered and f"hba_file = '{root}/etc/postgresql/pg_hba.conf'" in rendered
@@ -340,3 +357,36 @@ def test_init_script_initialises_ordinal_zero_and_clones_the_others(tmp_path: Pa
     calls = _run_init(tmp_path / "c", spec, "vectors-0", primary_up=True, has_data=True)
     assert calls.startswith("pg_rewind ") and "host=vectors-rw.ai.svc.cluster.local" in calls
     assert _run_init(tmp_path / "d", spec, "vectors-0", primary_up=False, has_data=True) == ""
+
+
+def test_init_script_clones_afresh_when_the_rewind_cannot_be_done_keeping_the_old_data(
+    tmp_path: Path,
+) -> None:
+    spec = make_spec("replication")
+    calls = _run_init(
+        tmp_path,
+        spec,
+        "vectors-0",
+        primary_up=True,
+        has_data=True,
+        rewind_error="pg_rewind: error: could not find previous WAL record at 0/3000028",
+    )
+    assert calls.splitlines()[0].startswith("pg_rewind ")
+    assert calls.splitlines()[1].startswith("pg_basebackup ") and "application_name=vectors-0" in calls
+    assert (tmp_path / "root/data/pgdata.rewind-failed/PG_VERSION").exists()
+
+
+def test_init_script_does_not_clone_when_the_primary_did_not_answer_the_rewind(tmp_path: Path) -> None:
+    spec = make_spec("replication")
+    stderr = _run_init(
+        tmp_path,
+        spec,
+        "vectors-0",
+        primary_up=True,
+        has_data=True,
+        rewind_error='pg_rewind: error: connection to server at "vectors-rw" failed: Connection refused',
+        expect_failure=True,
+    )
+    assert "trying again at the next start" in stderr
+    assert not (tmp_path / "root/data/pgdata.rewind-failed").exists()
+    assert (tmp_path / "root/data/pgdata/PG_VERSION").exists()
