@@ -1,13 +1,18 @@
-"""Reading ahead: an iterator run by a thread a bounded number of items ahead of its consumer.
+"""Streams between the engines' dumps and loads and the repository.
 
-Loads read from one server (or the repository) and write into another; each side mostly waits on
-its own peer, so reading the next item while the current one is written overlaps the two, and
-memory stays bounded by ``depth`` items. Used by the Redis load (key batches from the scratch
+Reading ahead (``read_ahead``): an iterator run by a thread a bounded number of items ahead of its
+consumer. Loads read from one server (or the repository) and write into another; each side mostly
+waits on its own peer, so reading the next item while the current one is written overlaps the two,
+and memory stays bounded by ``depth`` items. Used by the Redis load (key batches from the scratch
 server) and the PostgreSQL load (archive chunks from the repository, ahead of ``pg_restore``).
+
+``ChunkStream``: the dumps produce their objects as generators of byte chunks (COPY lines, BSON
+documents, znode records); the repository uploads readable streams.
 """
 
 from __future__ import annotations
 
+import io
 import queue
 import threading
 from collections.abc import Generator, Iterator
@@ -54,3 +59,33 @@ def read_ahead(items: Iterator[T], depth: int, name: str) -> Generator[T, None, 
     finally:
         stop.set()
         producer.join()
+
+
+class ChunkStream(io.RawIOBase):
+    """A read-only stream over an iterator of byte chunks; closing it closes the iterator (a
+    generator's ``finally`` then runs: a cursor closed on the server, a child process reaped)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        super().close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -38,6 +39,13 @@ START_ATTEMPTS = 5
 T = TypeVar("T")
 
 _RUNNING: set[RedisProcess] = set()
+
+
+def local_member_records(state_dir: Path, namespace: str, name: str) -> dict[str, dict[str, Any]]:
+    """What the local runtime records of a deployment's members (``pid``, ``ports``, ``exporter``),
+    read from its state file: the PIDs the fault tests signal and the ports they wait on."""
+    state = json.loads((state_dir / namespace / name / "state.json").read_text())
+    return dict(state["members"])
 
 
 def require_binary(name: str, apt_package: str) -> str:

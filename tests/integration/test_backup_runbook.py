@@ -28,7 +28,7 @@ from backups.store import S3Store
 from middleware.endpoints import Endpoint
 from middleware.lifecycle import Lifecycle
 from middleware.runtime.local import LocalRuntime
-from tests.integration.harness import require_binary, wait_until
+from tests.integration.harness import local_member_records, require_binary, wait_until
 from tests.integration.s3_harness import S3Server
 
 pytestmark = pytest.mark.integration
@@ -310,8 +310,8 @@ def test_a_restore_failing_half_way_rolls_back_by_itself(runbook: Runbook, tmp_p
 
 
 def _member_pids(book: Runbook, name: str, component: str) -> list[int]:
-    state = json.loads((book.state_dir / "default" / name / "state.json").read_text())
-    return sorted(int(r["pid"]) for member, r in state["members"].items() if f"-{component}-" in member)
+    records = local_member_records(book.state_dir, "default", name)
+    return sorted(int(r["pid"]) for member, r in records.items() if f"-{component}-" in member)
 
 
 def test_a_restore_waits_while_the_target_does_not_serve(runbook: Runbook, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from middleware.runtime.local import find_exporter
 from middleware.runtime.processes import process_start_time
 from middleware.spec import load_middleware, resolve
 from tests.integration.cli import Moorage, session
-from tests.integration.harness import require_binary
+from tests.integration.harness import local_member_records, require_binary
 from tests.integration.test_postgresql import postgres_unavailable
 from tests.prometheus_scrape import scrape
 
@@ -83,8 +83,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = DEADLINE) -> 
 
 
 def exporter_pid(moorage: Moorage, name: str, member: str) -> int:
-    state = json.loads((moorage.state_dir / "default" / name / "state.json").read_text())
-    return int(state["members"][member]["exporter"]["pid"])
+    return int(local_member_records(moorage.state_dir, "default", name)[member]["exporter"]["pid"])
 
 
 def test_redis_members_and_sentinels_export_their_own_series(moorage: Moorage, tmp_path: Path) -> None:
@@ -180,8 +179,8 @@ def test_zookeeper_members_serve_their_own_metrics(moorage: Moorage, tmp_path: P
     members = {m["name"]: m for m in moorage.status("coord")["members"]}
     assert len(members) == 3 and all(m.get("metrics") for m in members.values()), members
     # no exporter process: the server's own JVM serves /metrics on the port allocated for it
-    state = json.loads((moorage.state_dir / "default" / "coord" / "state.json").read_text())
-    assert not any("exporter" in record for record in state["members"].values())
+    records = local_member_records(moorage.state_dir, "default", "coord")
+    assert not any("exporter" in record for record in records.values())
     for name, member in members.items():
         samples = wait_for(f"{name}'s metrics", lambda m=member: scrape(m["metrics"]))
         assert samples["znode_count"] >= 1, name

@@ -14,7 +14,6 @@ tables restores through ``pg_restore -j`` from a spooled file, exactly.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -46,6 +45,7 @@ from middleware.engines.postgresql.aside import ASIDE_PREFIX, PostgresSetAside
 from middleware.errors import NotReady
 from middleware.lifecycle import Lifecycle
 from tests.integration.dumpfiles import save_dump
+from tests.integration.harness import local_member_records
 from tests.integration.test_postgresql import (  # noqa: F401 (fixtures)
     _postgres_available,
     lifecycle,
@@ -109,10 +109,8 @@ def test_a_backup_waits_for_a_primary_that_does_not_answer_yet(deployed: Deploye
     does not start, and goes through once it answers. Nothing counted the target before it."""
     target = deployed.target()
     held = target.engine.data_inventory(target.spec, target.conn)
-    state = json.loads(
-        (deployed.lifecycle.runtime.root / NAMESPACE / deployed.name / "state.json").read_text()
-    )
-    (pid,) = [int(record["pid"]) for record in state["members"].values()]
+    records = local_member_records(deployed.lifecycle.runtime.root, NAMESPACE, deployed.name)
+    (pid,) = [int(record["pid"]) for record in records.values()]
     outcome: dict[str, Any] = {}
 
     def back_up() -> None:

@@ -8,7 +8,6 @@ rejoins and serves the whole tree again; a scale-in that would leave no quorum i
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -33,7 +32,7 @@ from middleware.lifecycle import Deployment, Lifecycle
 from middleware.runtime.local import LocalRuntime
 from middleware.spec import ResolvedSpec
 from tests.integration.cli import REPO, Moorage, session
-from tests.integration.harness import require_binary
+from tests.integration.harness import local_member_records, require_binary
 
 pytestmark = pytest.mark.integration
 
@@ -184,8 +183,7 @@ def wait_for_ports_released(env: Env, member: str) -> None:
     `up` right then would find the ports busy and give the member new ones, and a ZooKeeper server
     cannot change its addresses behind the ensemble's back (they are in the replicated config):
     wait, as a crash some seconds ago would have."""
-    state = json.loads((env.runtime.root / "default" / NAME / "state.json").read_text())
-    ports = state["members"][member]["ports"].values()
+    ports = local_member_records(env.runtime.root, "default", NAME)[member]["ports"].values()
     wait_for(f"the ports of {member} to be released", lambda: all(_bindable(p) for p in ports))
 
 
@@ -334,9 +332,7 @@ def test_reconfig_needs_the_superuser(env: Env) -> None:
         if path.is_file() and path.name != "member.log":
             assert password not in path.read_text(errors="replace"), path
     assert oct((member_dir / "secrets.conf").stat().st_mode & 0o777) == "0o600"
-    pid = json.loads((env.runtime.root / "default" / NAME / "state.json").read_text())["members"][
-        f"{NAME}-0"
-    ]["pid"]
+    pid = local_member_records(env.runtime.root, "default", NAME)[f"{NAME}-0"]["pid"]
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     assert "QuorumPeerMain" in cmdline and "superDigest" not in cmdline and password not in cmdline
     # The superuser passes every ACL: it reads a znode only its owner may read.

@@ -53,6 +53,7 @@ from middleware.engines.base import (
 from middleware.engines.mongodb import replicaset
 from middleware.engines.mongodb.config import ADMIN_USER
 from middleware.engines.mongodb.topology import DATA_COMPONENT
+from middleware.engines.streams import ChunkStream
 from middleware.errors import NotReady, OperationError
 
 ENGINE = "mongodb"
@@ -150,36 +151,6 @@ def _user_databases(client: Client) -> list[str]:
 # Dump
 
 
-class _ChunkStream(io.RawIOBase):
-    """A read-only stream over an iterator of byte chunks (a generator pulling from a cursor)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            # Closing the generator early closes its cursor on the server too.
-            close = getattr(self._chunks, "close", None)
-            if close is not None:
-                close()
-        super().close()
-
-
 def _document_chunks(client: Client, database: str, collection: str, counter: list[int]) -> Iterator[bytes]:
     """The collection's documents as raw BSON, joined into chunks of about CHUNK bytes."""
     what = f"dumping {database}.{collection}"
@@ -227,7 +198,7 @@ def dump(conn: Connection, progress: Progress = no_progress) -> Iterator[DumpObj
             progress(f"dumping {database}.{collection}", done, len(plan))
             meta = {"database": database, "collection": collection, "format": FORMAT}
             counter = [0]
-            stream = _ChunkStream(_document_chunks(client, database, collection, counter))
+            stream = ChunkStream(_document_chunks(client, database, collection, counter))
             yield DumpObject(
                 f"{database}/{collection}{DOCUMENTS_SUFFIX}",
                 io.BufferedReader(stream, CHUNK),

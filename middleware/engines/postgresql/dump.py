@@ -53,7 +53,7 @@ from middleware.engines.postgresql import replication
 from middleware.engines.postgresql.binaries import find_bin_dir
 from middleware.engines.postgresql.config import APP_USER, REPLICATION_USER, SUPERUSER, conninfo
 from middleware.engines.postgresql.topology import DATA_COMPONENT
-from middleware.engines.streams import read_ahead
+from middleware.engines.streams import ChunkStream, read_ahead
 from middleware.errors import NotReady, OperationError
 from middleware.spec import ResolvedSpec
 
@@ -278,34 +278,6 @@ def _filter_roles(lines: Iterator[str]) -> Iterator[str]:
         yield statement + "\n"
 
 
-class _GeneratorStream(io.RawIOBase):
-    """A generator of byte chunks as a readable stream (closing it closes the generator)."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-        super().close()
-
-
 def _globals_stream(endpoint: Endpoint, password: str) -> BinaryIO:
     # Password verifiers are kept (SCRAM, not clear text): a restored role logs in as before.
     argv = [str(find_bin_dir() / "pg_dumpall"), "--roles-only", "--dbname", _dsn(endpoint, "postgres")]
@@ -317,7 +289,7 @@ def _globals_stream(endpoint: Endpoint, password: str) -> BinaryIO:
             for line in _filter_roles(iter(text)):
                 yield line.encode()
 
-    return _buffered(_GeneratorStream(chunks()))
+    return _buffered(ChunkStream(chunks()))
 
 
 def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Iterator[DumpObject]:
@@ -394,7 +366,7 @@ def _dump_database(endpoint: Endpoint, password: str, database: str, common: dic
         "rows": rows,
         "compression": ZSTD,
     }
-    return DumpObject(object_name(database), _buffered(_GeneratorStream(_compressed(stream, meta))), meta)
+    return DumpObject(object_name(database), _buffered(ChunkStream(_compressed(stream, meta))), meta)
 
 
 def _compressed(archive: io.RawIOBase, meta: dict[str, Any]) -> Iterator[bytes]:

@@ -44,6 +44,7 @@ from middleware.engines.base import (
     StoredObject,
     no_progress,
 )
+from middleware.engines.streams import ChunkStream
 from middleware.engines.zookeeper.config import SUPER_USER
 from middleware.engines.zookeeper.launch import four_letter_word
 from middleware.engines.zookeeper.topology import DATA_COMPONENT
@@ -180,34 +181,6 @@ def _walk_read(
             yield from _walk_read(client, child, child_data, child_stat, child_acls)
 
 
-class _LineStream(io.RawIOBase):
-    """A generator of byte lines as a readable stream; closing it closes the generator."""
-
-    def __init__(self, lines: Iterator[bytes]) -> None:
-        self._lines = lines
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            line = next(self._lines, None)
-            if line is None:
-                return 0
-            self._pending = memoryview(line)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        close = getattr(self._lines, "close", None)
-        if close is not None:
-            close()
-        super().close()
-
-
 def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress) -> Iterator[DumpObject]:
     meta: dict[str, Any] = {"format": FORMAT, "zxidStart": f"{last_zxid(conn):x}"}
 
@@ -225,7 +198,7 @@ def dump(spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress)
         meta[COUNT_KEY] = count
         progress("dumping znodes", count, count)
 
-    yield DumpObject(OBJECT, io.BufferedReader(_LineStream(lines()), CHUNK), meta)
+    yield DumpObject(OBJECT, io.BufferedReader(ChunkStream(lines()), CHUNK), meta)
 
 
 def dumped_counts(objects: Sequence[StoredObject]) -> dict[str, int]:
