@@ -410,7 +410,7 @@ class PostgresEngine(EngineDefaults):
         new = max(candidates, key=lambda s: (s.lsn, -_ordinal(data, s.endpoint)))
         last_lsn = replication.stop_server(old.endpoint, conn.password)
         report.add(f"stopped primary {_name(data, old.endpoint)} at LSN {last_lsn}")
-        others = [s.endpoint for s in states if s.endpoint not in (old.endpoint, new.endpoint)]
+        others = [m for m in data if m.endpoint not in (old.endpoint, new.endpoint)]
         replication.wait_for(
             lambda: _has_everything(new.endpoint, others, conn.password, last_lsn),
             CATCH_UP_TIMEOUT,
@@ -597,19 +597,14 @@ def _diverged(
     return found
 
 
-def _has_everything(candidate: Endpoint, others: list[Endpoint], password: str | None, last_lsn: int) -> bool:
+def _has_everything(candidate: Endpoint, others: list[Member], password: str | None, last_lsn: int) -> bool:
     """The candidate may be promoted without leaving anyone behind on another history: it holds the
     stopped primary's shutdown checkpoint (written after ``last_lsn``) and at least what every other
     standby that answers holds (a standby ahead of the fork point could not follow it)."""
     state = replication.try_probe(candidate, password)
     if state is None or state.lsn <= last_lsn:
         return False
-    return all(other.lsn <= state.lsn for other in _answering(others, password))
-
-
-def _answering(endpoints: list[Endpoint], password: str | None) -> list[replication.NodeState]:
-    states = (replication.try_probe(e, password) for e in endpoints)
-    return [s for s in states if s is not None]
+    return all(other.lsn <= state.lsn for other in _states(others, password))
 
 
 def _by_ordinal(members: list[Member]) -> list[Member]:
