@@ -14,7 +14,7 @@ import kopf
 from middleware.operations import OPERATION_ANNOTATION
 from operators import backup_handlers, metrics, sync_handlers
 from operators.kube import api_session, context
-from operators.reconcile import apply, catalog, delete, events, observe, operation
+from operators.reconcile import apply, catalog, delete, events, observe_loop, operation
 from operators.settings import GROUP, VERSION, configure, operator_config
 
 # Importing these registers their handlers: MiddlewareBackup / MiddlewareRestore with the backup
@@ -30,18 +30,35 @@ WATCHED_KINDS = frozenset(
 )
 
 
+# Observation and deletion of every Middleware: one loop, not a kopf timer per object.
+OBSERVER = observe_loop.ObserveLoop()
+
+
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     configure(settings)
     # kopf passes every index to every handler, this one included (empty yet), fills it from its
     # MiddlewareCatalog watch before any resource handler runs, and keeps it current: decodes read
     # catalogs from memory instead of listing them each time.
     context.use_catalog_index(kwargs["catalog_index"])
+    OBSERVER.start(kwargs["middleware_index"], settings.execution.executor, operator_config())
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    OBSERVER.stop()
 
 
 @kopf.index(*CATALOGS)
 def catalog_index(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {body["metadata"]["name"]: copy.deepcopy(dict(body))}
+
+
+@kopf.index(*MIDDLEWARES)
+async def middleware_index(body: kopf.Body, **_: Any) -> dict[observe_loop.Key, dict[str, Any]]:
+    # async: called on kopf's event loop for every watch event, no thread hop.
+    OBSERVER.notice(body)
+    return {observe_loop.key_of(body): observe_loop.indexed(body)}
 
 
 @kopf.on.login()
@@ -64,6 +81,7 @@ async def login(**kwargs: Any) -> kopf.ConnectionInfo | kopf.AiohttpSession | No
 @kopf.on.create(*MIDDLEWARES)
 @kopf.on.update(*MIDDLEWARES, field="spec")
 def reconcile_middleware(body: kopf.Body, patch: kopf.Patch, reason: str, **_: Any) -> None:
+    delete.protect(body, patch)  # deletionPolicy is honoured by our finalizer, from the first pass
     with metrics.reconcile_timer("Middleware", str(reason)) as outcome:
         apply.reconcile(body, patch, outcome, operator_config())
 
@@ -76,18 +94,6 @@ def reconcile_middleware(body: kopf.Body, patch: kopf.Patch, reason: str, **_: A
 def run_operation(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     with metrics.reconcile_timer("Middleware", "operation"):
         operation.run(body, patch, operator_config())
-
-
-@kopf.on.delete(*MIDDLEWARES, optional=False)
-def delete_middleware(body: kopf.Body, **_: Any) -> None:
-    with metrics.reconcile_timer("Middleware", "delete"):
-        delete.delete(body)
-
-
-@kopf.timer(*MIDDLEWARES, interval=operator_config().observe_interval, initial_delay=5.0)
-def observe_middleware(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    with metrics.reconcile_timer("Middleware", "observe"):
-        observe.tick(body, patch, operator_config())
 
 
 # A MiddlewareCatalog says itself whether it merges (status.phase Accepted / Invalid with the

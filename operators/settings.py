@@ -1,4 +1,5 @@
-"""Operator settings: kopf's (finalizer, progress storage, peering, posting, timeouts) and ours.
+"""Operator settings: kopf's (finalizer of the kinds with timers, progress storage, peering,
+posting, timeouts) and ours.
 
 ``configure`` is called from the one ``@kopf.on.startup`` handler in ``operators.main``. Our own
 knobs are one dataclass, ``OperatorConfig``, read from the environment in one place
@@ -66,7 +67,11 @@ class OperatorConfig:
     storage_retry: float = 2.0
     # An API refusal (quota, a StorageClass without expansion) needs a human: retry slowly.
     api_error_retry: float = 60.0
+    # Every Middleware is observed this often (one operator-wide loop, operators/reconcile/observe_loop.py),
+    # first this long after it is seen, by at most this many handler threads at a time.
     observe_interval: float = 30.0
+    observe_initial_delay: float = 5.0
+    observe_concurrency: int = 8
     # A pass that retries (members starting) skips applying a render identical to the one this
     # process applied less than this long ago; drift made by hand is repaired at most this late.
     reapply_interval: float = 60.0
@@ -96,6 +101,8 @@ class OperatorConfig:
             storage_retry=_float("MOORAGE_STORAGE_RETRY_SECONDS", 2.0),
             api_error_retry=_float("MOORAGE_API_ERROR_RETRY_SECONDS", 60.0),
             observe_interval=_float("MOORAGE_OBSERVE_INTERVAL_SECONDS", 30.0),
+            observe_initial_delay=_float("MOORAGE_OBSERVE_INITIAL_DELAY_SECONDS", 5.0),
+            observe_concurrency=_int("MOORAGE_OBSERVE_CONCURRENCY", 8),
             reapply_interval=_float("MOORAGE_REAPPLY_SECONDS", 60.0),
             restore_hold_retry=_float("MOORAGE_RESTORE_HOLD_RETRY_SECONDS", 15.0),
             operation_retry=_float("MOORAGE_OPERATION_RETRY_SECONDS", 10.0),
@@ -136,7 +143,7 @@ def configure(settings: kopf.OperatorSettings) -> None:
     # Sync handlers run in this pool; engine calls block on the network, so allow some parallelism.
     settings.execution.max_workers = operator_config().handler_threads
     settings.execution.default_backoff = 10
-    # A Middleware being deleted keeps its finalizer until its timers have stopped; one caught in a
-    # call (a repository that does not answer) is looked at again after this, not kopf's 60 s, so a
-    # deletion is not held a minute longer than the call that was running.
+    # An object being deleted keeps kopf's finalizer until its timers (backups, restores, syncs) have
+    # stopped; one caught in a call (a repository that does not answer) is looked at again after
+    # this, not kopf's 60 s, so a deletion is not held a minute longer than the call that was running.
     settings.background.cancellation_polling = 5

@@ -29,6 +29,7 @@ from middleware.spec import ResolvedSpec
 FIELD_MANAGER = "moorage"
 APPLY_PATCH = "application/apply-patch+yaml"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 Manifest = dict[str, Any]
 AddressResolver = Callable[[str, str, int], Endpoint]
@@ -282,10 +283,26 @@ class KubernetesRuntime:
             raise
 
     def merge_patch(
-        self, api_version: str, kind: str, namespace: str | None, name: str, patch: Mapping[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
     ) -> dict[str, Any] | None:
-        path = self._path(api_version, kind, namespace, name)
+        """None when the object is gone. ``subresource="status"`` for a kind whose status is one."""
+        path = self._path(api_version, kind, namespace, name) + (f"/{subresource}" if subresource else "")
         return self._request("PATCH", path, body=dict(patch), content_type=MERGE_PATCH, missing_ok=True)
+
+    def json_patch(
+        self, api_version: str, kind: str, namespace: str | None, name: str, ops: list[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """RFC 6902 operations, applied all or none: a failed ``test`` is a 422 KubernetesApiError.
+        None when the object is gone."""
+        path = self._path(api_version, kind, namespace, name)
+        return self._request("PATCH", path, body=ops, content_type=JSON_PATCH, missing_ok=True)
 
     def delete(
         self, api_version: str, kind: str, namespace: str | None, name: str, *, propagation: str | None = None

@@ -37,7 +37,15 @@ from tests.pod_monitor_crd import POD_MONITOR_CRD
 
 pytestmark = pytest.mark.k8s
 
-FINALIZER = "moorage.io/finalizer"
+# Ours, written by the create handler (kopf's own, "moorage.io/finalizer", is on no Middleware).
+FINALIZER = "moorage.io/deletion-policy"
+KOPF_FINALIZER = "moorage.io/finalizer"
+
+
+def _finalizers(api_client: Any, namespace: str, name: str) -> list[str]:
+    return list(
+        ((read_middleware(api_client, namespace, name) or {}).get("metadata") or {}).get("finalizers") or []
+    )
 
 
 def _name(prefix: str) -> str:
@@ -79,7 +87,9 @@ def test_cluster_is_applied_waits_for_members_and_reports_bootstrap_failure(
         assert status["phase"] == "Provisioning"
         assert condition(status, "Provisioned")["status"] == "False"
         assert "members ready" in condition(status, "Provisioned")["message"]
-        assert FINALIZER in (read_middleware(api_client, namespace, name) or {})["metadata"]["finalizers"]
+        # written in the same pass as the status, just after it
+        finalizers = wait_for("our finalizer", lambda: _finalizers(api_client, namespace, name))
+        assert finalizers == [FINALIZER]
 
         # what was rendered is on the server, each object owned by the Middleware
         statefulsets = {s.metadata.name: s for s in apps.list_namespaced_stateful_set(namespace).items}
@@ -321,8 +331,7 @@ def test_deletion_policy_is_honoured_by_the_finalizer(
             f"PVC {claim}", lambda: _read(core.read_namespaced_persistent_volume_claim, claim, namespace)
         )
         wait_for(f"Secret {secret}", lambda: _read(core.read_namespaced_secret, secret, namespace))
-        body = read_middleware(api_client, namespace, name) or {}
-        assert FINALIZER in body["metadata"]["finalizers"]
+        assert wait_for("our finalizer", lambda: _finalizers(api_client, namespace, name)) == [FINALIZER]
 
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", name)
         wait_for("the Middleware to be gone", lambda: read_middleware(api_client, namespace, name) is None)
@@ -343,6 +352,37 @@ def test_deletion_policy_is_honoured_by_the_finalizer(
             assert _read(core.read_namespaced_secret, secret, namespace) is None
         reason = "DataRetained" if policy == "Retain" else "DataDeleted"
         wait_for(f"Event {reason}", lambda: reason in _event_reasons(api_client, namespace, name))
+
+
+def test_a_middleware_of_an_older_operator_trades_kopfs_finalizer_for_ours_and_keeps_others(
+    control_plane: ControlPlane, api_client: Any, crds: list[str], namespace: str
+) -> None:
+    """Before this operator version kopf kept its own finalizer on every Middleware (its timer and
+    Delete handler needed it). A Middleware carrying it, and another controller's, is taken over:
+    kopf's goes, ours comes, the other stays through the deletion, which we finish for our part."""
+    name = _name("mig")
+    spec = {"engine": "redis", "topology": "standalone", "deletionPolicy": "Retain"}
+    custom = custom_api(api_client)
+    other = "example.com/keep"
+    body = middleware(name, spec)
+    body["metadata"]["finalizers"] = [KOPF_FINALIZER, other]
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", body)
+    with running_operator(control_plane, api_client, namespace):
+        wait_for(
+            "kopf's finalizer traded for ours",
+            lambda: _finalizers(api_client, namespace, name) == [other, FINALIZER],
+        )
+        custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "middlewares", name)
+        wait_for(
+            "our finalizer released, the other kept",
+            lambda: _finalizers(api_client, namespace, name) == [other],
+        )
+        wait_for("Event DataRetained", lambda: "DataRetained" in _event_reasons(api_client, namespace, name))
+        assert (read_middleware(api_client, namespace, name) or {})["metadata"].get("deletionTimestamp")
+        custom.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "middlewares", name, {"metadata": {"finalizers": None}}
+        )
+        wait_for("the Middleware to be gone", lambda: read_middleware(api_client, namespace, name) is None)
 
 
 def test_storage_expansion_patches_claims_and_recreates_the_statefulset(
