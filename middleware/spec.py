@@ -53,6 +53,8 @@ class ResolvedSpec:
     # sidecar from the catalog's exporter image (None: no sidecar).
     metrics: bool = True
     exporter_image: str | None = None
+    # spec.tls.enabled: members serve TLS only, with the deployment's CA (middleware/tls.py).
+    tls: bool = False
 
     @property
     def is_cluster(self) -> bool:
@@ -142,6 +144,12 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
     if spec.recovery is not None and str(spec.engine) not in WAL_ARCHIVING_ENGINES:
         raise SpecError("spec.recovery", f"{spec.engine} has no write-ahead log to recover from")
     metrics = spec.monitoring is None or spec.monitoring.enabled
+    tls = bool(spec.tls and spec.tls.enabled)
+    if tls and (str(spec.engine), str(spec.topology)) not in TLS_TOPOLOGIES:
+        offered = ", ".join(f"{engine} {topology}" for engine, topology in TLS_TOPOLOGIES)
+        raise SpecError(
+            "spec.tls.enabled", f"not yet for {spec.engine} {spec.topology} (offered so far for: {offered})"
+        )
     return ResolvedSpec(
         name=middleware.metadata.name,
         namespace=middleware.metadata.namespace,
@@ -167,10 +175,13 @@ def resolve(middleware: Middleware, catalog: Catalog | None = None) -> ResolvedS
         recovery=spec.recovery,
         metrics=metrics,
         exporter_image=engine.exporter_image if metrics else None,
+        tls=tls,
     )
 
 
 IMMUTABLE_FIELDS = ("engine", "topology")
+# (engine, topology) with spec.tls so far; the local runtime only (the operator refuses it for now).
+TLS_TOPOLOGIES = (("redis", "standalone"), ("redis", "sentinel"))
 WAL_ARCHIVING_ENGINES = ("postgresql",)
 
 

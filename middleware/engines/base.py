@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import quote
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.errors import OperationError
 from middleware.models.middleware import MemberStatus
 from middleware.spec import ResolvedSpec
@@ -205,8 +205,12 @@ class Exporter:
     # (``${METRICS_PORT}``), and in a pod the main container declares it.
     in_process: bool = False
 
-    def arguments(self, listen: str, target: str) -> list[str]:
-        return [a.replace("${LISTEN}", listen).replace("${TARGET}", target) for a in self.args]
+    def arguments(self, listen: str, target: str, tls_dir: str = "") -> list[str]:
+        """``${TLS_DIR}``: where the member's certificates are (cert-manager's file names)."""
+        return [
+            a.replace("${LISTEN}", listen).replace("${TARGET}", target).replace("${TLS_DIR}", tls_dir)
+            for a in self.args
+        ]
 
     def environment(self, target: str) -> dict[str, str]:
         """Without the password, which the runtime adds from where it keeps it."""
@@ -428,8 +432,11 @@ class Engine(Protocol):
         the same endpoints as ``client_access``."""
         ...
 
-    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
-        """The engine's own client against ``address`` (``moorage connect --exec``)."""
+    def client_command(
+        self, spec: ResolvedSpec, address: str, password: str, tls: ClientTls | None = None
+    ) -> ClientCommand:
+        """The engine's own client against ``address`` (``moorage connect --exec``); ``tls``: the
+        deployment's CA and certificate where it has spec.tls."""
         ...
 
     def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
@@ -480,6 +487,12 @@ class Engine(Protocol):
     def reconfigure(
         self, spec: ResolvedSpec, conn: Connection, changed: dict[str, str]
     ) -> ReconfigureReport: ...
+
+    def reload_certificates(self, spec: ResolvedSpec, conn: Connection) -> list[str]:
+        """Make running members serve the certificate files renewed in place (spec.tls), without
+        a restart and without dropping their connections; returns the members that take them only
+        by a restart, which the runtime then restarts one at a time."""
+        ...
 
     def data_dump(
         self, spec: ResolvedSpec, conn: Connection, progress: Progress = no_progress
@@ -548,6 +561,9 @@ class EngineDefaults:
     def check_change(self, old: ResolvedSpec, new: ResolvedSpec) -> None:
         return None
 
+    def reload_certificates(self, spec: ResolvedSpec, conn: Connection) -> list[str]:
+        return []  # an engine without TLS yet (spec.resolve refuses spec.tls for it)
+
     def switchover(self, spec: ResolvedSpec, conn: Connection, target: str | None = None) -> Report:
         raise OperationError(f"switchover is not supported for {spec.engine} {spec.topology}")
 
@@ -559,7 +575,9 @@ class EngineDefaults:
     def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
         raise OperationError(f"no interactive client for {spec.engine}: use a URI from `moorage connect`")
 
-    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+    def client_command(
+        self, spec: ResolvedSpec, address: str, password: str, tls: ClientTls | None = None
+    ) -> ClientCommand:
         raise OperationError(f"no interactive client for {spec.engine}: use a URI from `moorage connect`")
 
     def client_access(

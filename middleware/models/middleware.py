@@ -123,6 +123,18 @@ class Monitoring(WireModel):
     )
 
 
+class Tls(WireModel):
+    enabled: bool = Field(
+        default=False,
+        description=(
+            "Members accept only TLS connections (the plaintext port closed) with certificates of a "
+            "CA Moorage issues for the deployment, renewed before expiry; replication between "
+            "members is encrypted too. So far Redis standalone and sentinel on the local runtime "
+            "(docs/security.md)."
+        ),
+    )
+
+
 class RecoverySource(WireModel):
     """Create a PostgreSQL Middleware from another one's WAL archive, as it was at a moment."""
 
@@ -178,6 +190,7 @@ class MiddlewareSpec(WireModel):
     extensions: list[str] = Field(default_factory=list, description="e.g. ['vector'] for PostgreSQL.")
     backup: BackupPolicy | None = None
     monitoring: Monitoring | None = Field(default=None, description="Exporters on by default.")
+    tls: Tls | None = Field(default=None, description="Encrypted connections to and between members.")
     recovery: RecoverySource | None = Field(
         default=None,
         description=(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from middleware.endpoints import ClientTls
 from middleware.engines.base import Connection, Engine, Member, MemberPlan
 from middleware.spec import ResolvedSpec
 
@@ -36,6 +37,10 @@ class Runtime(Protocol):
 
     def password(self, spec: ResolvedSpec) -> str:
         """The deployment's password: generated once on first use, never regenerated."""
+        ...
+
+    def client_tls(self, spec: ResolvedSpec) -> ClientTls | None:
+        """How a client on this machine reaches the members of a deployment with spec.tls."""
         ...
 
     def retire(self, spec: ResolvedSpec, engine: Engine, members: list[MemberPlan]) -> None:

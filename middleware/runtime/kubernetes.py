@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.engines.base import Connection, Engine, Member
 from middleware.errors import MoorageError
 from middleware.spec import ResolvedSpec
@@ -429,6 +429,9 @@ class KubernetesRuntime:
 
     def catalogs(self) -> list[dict[str, Any]]:
         return self.list_objects("moorage.io/v1alpha1", "MiddlewareCatalog", None)
+
+    def client_tls(self, spec: ResolvedSpec) -> ClientTls | None:
+        return None  # spec.tls is refused on Kubernetes so far (operators/kube/context.decode)
 
     def member_endpoint(self, pod: str, host: str, port: int) -> Endpoint:
         return self.resolve_address(pod, host, port)

@@ -22,12 +22,13 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.engines.base import (
     DEFAULT_EXPORTER_DIR,
     EXPORTER_DIR_ENV,
@@ -49,7 +50,10 @@ log = logging.getLogger(__name__)
 STATE_DIR_ENV = "MOORAGE_STATE_DIR"
 STOP_GRACE_SECONDS = 10.0
 PORT_RELEASE_SECONDS = 10.0
+RESTART_ANSWER_SECONDS = 30.0
 METRICS_PORT = "METRICS"
+# A deployment's TLS files (spec.tls), in cert-manager's names; the CA's key stays here too.
+CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE = "ca.crt", "ca.key", "tls.crt", "tls.key"
 
 
 def default_state_dir() -> Path:
@@ -94,6 +98,21 @@ def write_atomically(path: Path, text: str) -> None:
         scratch.replace(path)
     finally:
         scratch.unlink(missing_ok=True)
+
+
+def _plan(engine: Engine, spec: ResolvedSpec, name: str) -> MemberPlan:
+    return next(m for m in engine.members(spec) if m.name == name)
+
+
+def _write_private(path: Path, content: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` whole with ``content``, created with ``mode`` (never readable by others
+    for a key, not even for a moment)."""
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.unlink(missing_ok=True)
+    fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+    scratch.replace(path)
 
 
 def fill_placeholders(template: str, values: dict[str, str]) -> str:
@@ -187,6 +206,78 @@ class LocalRuntime:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    # -- TLS (spec.tls) ----------------------------------------------------------------------------
+    def _tls_dir(self, spec: ResolvedSpec) -> Path:
+        return self._dir(spec.namespace, spec.name) / "tls"
+
+    def client_tls(self, spec: ResolvedSpec) -> ClientTls | None:
+        """How our clients reach the members: the deployment's CA, and the members' certificate to
+        present (every member is 127.0.0.1 here, so one certificate serves them all)."""
+        if not spec.tls:
+            return None
+        directory = self._tls_dir(spec)
+        return ClientTls(
+            ca_file=str(directory / CA_FILE),
+            cert_file=str(directory / CERT_FILE),
+            key_file=str(directory / KEY_FILE),
+        )
+
+    def _ensure_tls(self, spec: ResolvedSpec, *, now: datetime | None = None) -> bool:
+        """The deployment's CA (made once, kept) and the members' certificate for 127.0.0.1 and
+        localhost, issued when missing and again once a third of its lifetime is left (cert-manager
+        renews at two thirds too). Keys are written 0600, every file replaced whole. Returns whether
+        a certificate was issued for members that may already run with the previous one."""
+        from middleware import tls
+
+        now = now or datetime.now(UTC)
+        directory = self._tls_dir(spec)
+        directory.mkdir(parents=True, exist_ok=True)
+        ca_cert, ca_key = directory / CA_FILE, directory / CA_KEY_FILE
+        if ca_cert.exists() and ca_key.exists():
+            ca = tls.KeyPair(ca_cert.read_bytes(), ca_key.read_bytes())
+        else:
+            ca = tls.new_ca(f"moorage {spec.namespace}/{spec.name} CA", now=now)
+            _write_private(ca_key, ca.key_pem)
+            _write_private(ca_cert, ca.cert_pem, mode=0o644)
+        cert, key = directory / CERT_FILE, directory / KEY_FILE
+        existing = None
+        if cert.exists() and key.exists():
+            existing = tls.KeyPair(cert.read_bytes(), key.read_bytes())
+        if existing is not None and not tls.renewal_due(existing, now=now):
+            return False
+        member = tls.issue(
+            ca, f"{spec.name}.{spec.namespace}", now=now, dns_names=["localhost"], ip_addresses=[LOOPBACK]
+        )
+        # The key first: a member reloading between the two files must not pair a new certificate
+        # with the old key.
+        _write_private(key, member.key_pem)
+        _write_private(cert, member.cert_pem, mode=0o644)
+        return existing is not None
+
+    def _take_renewed_certificates(self, spec: ResolvedSpec, engine: Engine, password: str) -> None:
+        """Running members load the renewed certificate in place; those that cannot (a Redis
+        sentinel) are restarted one at a time, each answering again before the next."""
+        running = [m for m in self.members(spec, engine) if m.up]
+        if not running:
+            return
+        for name in engine.reload_certificates(spec, Connection(running, password)):
+            log.info("%s: restarting to serve the renewed certificate", name)
+            record = self._read_state(spec.namespace, spec.name)["members"][name]
+            self._stop(record)
+            for port_name in record["ports"]:
+                self._port_reusable(record, port_name)  # its sockets released, briefly awaited
+            self._restart_in_lock(spec, engine, name)
+            endpoint = Endpoint(LOOPBACK, int(record["ports"]["PORT"]))
+            deadline = time.monotonic() + RESTART_ANSWER_SECONDS
+            while not _accepts(endpoint):
+                if time.monotonic() > deadline:
+                    tail = self.member_log_tail(spec, _plan(engine, spec, name))
+                    raise OperationError(
+                        f"{name} did not answer within {RESTART_ANSWER_SECONDS:.0f}s of its restart for "
+                        f"the renewed certificate; its log ends: {tail}"
+                    )
+                time.sleep(0.1)
+
     # -- Runtime protocol -------------------------------------------------------------------------
     def password(self, spec: ResolvedSpec) -> str:
         path = self._dir(spec.namespace, spec.name) / "credentials.json"
@@ -218,6 +309,8 @@ class LocalRuntime:
         """
         with self._locked(spec.namespace, spec.name):
             password = self.password(spec)
+            if spec.tls and self._ensure_tls(spec):
+                self._take_renewed_certificates(spec, engine, password)
             templates = engine.config_templates(spec)
             state = self._read_state(spec.namespace, spec.name)
             planned = engine.members(spec)
@@ -370,6 +463,7 @@ class LocalRuntime:
             "DATA_DIR": str(member_dir / "data"),
             "ANNOUNCE_HOST": LOOPBACK,
             "SECRETS_FILE": str(member_dir / "secrets.conf"),
+            "TLS_DIR": str(self._tls_dir(spec)),
         }
 
     @staticmethod
@@ -466,7 +560,7 @@ class LocalRuntime:
         env = {**os.environ, **exporter.environment(target), exporter.password_env: password}
         with open(member_dir / "exporter.log", "ab") as log_file:
             process = subprocess.Popen(
-                [binary, *exporter.arguments(listen, target)],
+                [binary, *exporter.arguments(listen, target, str(self._tls_dir(spec)))],
                 cwd=member_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -510,7 +604,7 @@ class LocalRuntime:
             record = state["members"].get(member.name)
             if record is None or "PORT" not in record["ports"]:
                 continue
-            endpoint = Endpoint(LOOPBACK, int(record["ports"]["PORT"]))
+            endpoint = Endpoint(LOOPBACK, int(record["ports"]["PORT"]), self.client_tls(spec))
             up = self._alive(record) and _accepts(endpoint)
             result.append(Member(plan=member, endpoint=endpoint, up=up))
         return result
@@ -585,15 +679,18 @@ class LocalRuntime:
     def start_member(self, spec: ResolvedSpec, engine: Engine, name: str) -> None:
         """Start one stopped member again with its existing data (a pod restart)."""
         with self._locked(spec.namespace, spec.name):
-            state = self._read_state(spec.namespace, spec.name)
-            member = next(m for m in engine.members(spec) if m.name == name)
-            record = state["members"][name]
-            if not self._alive(record):
-                config = self._member_dir(spec, member) / "data" / engine.config_file_for(member)
-                self._start(spec, engine, member, record, config)
-            if METRICS_PORT in record["ports"]:
-                self._run_exporter(spec, engine.exporter(spec, member), member, record, self.password(spec))
-            self._write_state(spec.namespace, spec.name, state)
+            self._restart_in_lock(spec, engine, name)
+
+    def _restart_in_lock(self, spec: ResolvedSpec, engine: Engine, name: str) -> None:
+        state = self._read_state(spec.namespace, spec.name)
+        member = next(m for m in engine.members(spec) if m.name == name)
+        record = state["members"][name]
+        if not self._alive(record):
+            config = self._member_dir(spec, member) / "data" / engine.config_file_for(member)
+            self._start(spec, engine, member, record, config)
+        if METRICS_PORT in record["ports"]:
+            self._run_exporter(spec, engine.exporter(spec, member), member, record, self.password(spec))
+        self._write_state(spec.namespace, spec.name, state)
 
     def delete(self, namespace: str, name: str, *, purge: bool) -> None:
         directory = self._dir(namespace, name)

@@ -495,7 +495,8 @@ def connect(
             with port_forward(namespace, target.host.split(".")[0], target.port) as local:
                 code = _run_client(engine.client_command(spec, local.address, password))
         else:
-            code = _run_client(engine.client_command(spec, address, password))
+            tls = lifecycle.runtime.client_tls(spec)
+            code = _run_client(engine.client_command(spec, address, password, tls))
         raise typer.Exit(code)
     rows = []
     for access in engine.client_access(spec, endpoints, password):

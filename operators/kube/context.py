@@ -11,6 +11,7 @@ from typing import Any
 from middleware.catalog import Catalog, merge_catalogs
 from middleware.engines.base import Engine
 from middleware.engines.registry import get_engine
+from middleware.errors import SpecError
 from middleware.kube.builders import INSTANCE_LABEL, NAME_LABEL
 from middleware.runtime.kubernetes import AddressResolver, KubernetesRuntime, pod_dns_address
 from middleware.spec import ResolvedSpec, load_middleware, manifest_of, resolve
@@ -121,6 +122,10 @@ def decode(body: Mapping[str, Any], rt: KubernetesRuntime, with_catalog: Catalog
     ``with_catalog`` instead of ``rt``'s catalogs (a Middleware read from another cluster)."""
     middleware = load_middleware(manifest_of(body))
     spec = resolve(middleware, with_catalog if with_catalog is not None else catalog(rt))
+    if spec.tls:
+        # The pods would need the certificates mounted and every client of ours (Jobs, probes,
+        # exporters, redis-shake) told: refused rather than run in plaintext against the spec.
+        raise SpecError("spec.tls.enabled", "not yet on Kubernetes (so far on the local runtime only)")
     return Decoded(body=body, spec=spec, engine=get_engine(spec.engine))
 
 

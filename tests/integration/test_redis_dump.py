@@ -770,3 +770,28 @@ def test_a_reconcile_during_a_load_by_replication_leaves_it_alone(
     assert ENGINE.data_inventory(sen.spec, sen.conn) == {"keys": keys, "db0/keys": keys}
     assert_same_data(snapshot(sen), expected)
     assert sen.masters() == [master]
+
+
+# --- spec.tls ---------------------------------------------------------------------------------------
+
+
+def test_a_tls_deployment_dumps_over_tls_and_loads_into_another_key_by_key(
+    lifecycle: Lifecycle, tmp_path: Path
+) -> None:
+    """With spec.tls the snapshot stream and the load run over TLS with the deployment's CA (its
+    plaintext port is closed); a TLS target is loaded key by key, since loading by replication
+    would have it dial this process over TLS."""
+    sealed = up(lifecycle, manifest("sealed", "sentinel", replicas=2, sentinels=3, tls={"enabled": True}))
+    target = up(lifecycle, manifest("sealed-copy", "standalone", tls={"enabled": True}))
+    assert all(m.endpoint.tls is not None for m in sealed.conn.members)
+    keys = fill(sealed)
+    expected = snapshot(sealed)
+    saved = dump(sealed, tmp_path / "dump")
+    report = ENGINE.data_load(target.spec, target.conn, saved)
+    assert report.counts["keys"] == keys
+    assert ENGINE.data_inventory(target.spec, target.conn) == report.counts
+    assert report.actions[0] == (
+        f"key by key: loading by replication was not possible ({target.masters()[0].address} "
+        "replicates over TLS, which this loader does not serve)"
+    ), report.actions
+    assert_same_data(snapshot(target), expected)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.engines.base import (
     WAL_ARCHIVING,
     Addressing,
@@ -348,7 +348,9 @@ class PostgresEngine(EngineDefaults):
             raise NotReady("no primary observed yet (is it Ready?)")
         return rw
 
-    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+    def client_command(
+        self, spec: ResolvedSpec, address: str, password: str, tls: ClientTls | None = None
+    ) -> ClientCommand:
         """psql as the ``app`` user on the ``app`` database (the superuser is one ``\\c`` away for
         those who know its password); the psql shipped with the server binaries, else PATH's."""
         endpoint = Endpoint.parse(address)

@@ -6,6 +6,8 @@ Passwords are never in these files: they come from ``${SECRETS_FILE}``, which th
 
 from __future__ import annotations
 
+import dataclasses
+
 from middleware.engines.base import Exporter
 from middleware.models.common import quantity_to_number
 from middleware.models.middleware import Topology
@@ -21,9 +23,42 @@ EXPORTER = Exporter(
 )
 
 
+# The same, to a member with TLS: verifying it against the deployment's CA, presenting its certificate.
+TLS_EXPORTER = dataclasses.replace(
+    EXPORTER,
+    args=(
+        "-web.listen-address=${LISTEN}",
+        "-redis.addr=rediss://${TARGET}",
+        "-tls-ca-cert-file=${TLS_DIR}/ca.crt",
+        "-tls-client-cert-file=${TLS_DIR}/tls.crt",
+        "-tls-client-key-file=${TLS_DIR}/tls.key",
+    ),
+)
+
+
 def exporter(spec: ResolvedSpec) -> Exporter | None:
     """The members' exporter, None when spec.monitoring.enabled is false."""
-    return EXPORTER if spec.metrics else None
+    if not spec.metrics:
+        return None
+    return TLS_EXPORTER if spec.tls else EXPORTER
+
+
+def _listen(spec: ResolvedSpec) -> list[str]:
+    """The port lines: plaintext, or TLS only (``port 0`` closes the plaintext port) with the
+    deployment's certificates in ``${TLS_DIR}`` (cert-manager's file names). Clients may present a
+    certificate (one of another CA is refused) and must give the password either way; members
+    replicate over TLS, presenting theirs."""
+    if not spec.tls:
+        return ["port ${PORT}"]
+    return [
+        "port 0",
+        "tls-port ${PORT}",
+        "tls-cert-file ${TLS_DIR}/tls.crt",
+        "tls-key-file ${TLS_DIR}/tls.key",
+        "tls-ca-cert-file ${TLS_DIR}/ca.crt",
+        "tls-auth-clients optional",
+        "tls-replication yes",
+    ]
 
 
 REDIS_PORT = 6379
@@ -54,7 +89,7 @@ def redis_conf(spec: ResolvedSpec) -> str:
     lines = _header(spec, "redis.conf")
     lines += [
         "bind ${BIND}",
-        "port ${PORT}",
+        *_listen(spec),
         "dir ${DATA_DIR}",
         "daemonize no",
         # Auth is always on (requirepass in the secrets file), so protected mode only gets in the way
@@ -93,7 +128,7 @@ def sentinel_conf(spec: ResolvedSpec) -> str:
     lines = _header(spec, "sentinel.conf")
     lines += [
         "bind ${BIND}",
-        "port ${PORT}",
+        *_listen(spec),
         "dir ${DATA_DIR}",
         "daemonize no",
         "protected-mode no",

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.engines.base import (
     ClientAccess,
     ClientCommand,
@@ -389,29 +389,39 @@ class RedisEngine(EngineDefaults):
         self, spec: ResolvedSpec, endpoints: Mapping[str, str], password: str
     ) -> list[ClientAccess]:
         auth = userinfo("default", password)
+        # rediss: TLS, the server's certificate checked against the deployment's CA (docs/security.md).
+        scheme = "rediss" if spec.tls else "redis"
         if spec.topology == Topology.CLUSTER:
             entry = _first(endpoints, "cluster")
             purpose = "cluster (any node; cluster-mode clients follow MOVED)"
-            return [ClientAccess("default", purpose, f"redis://{auth}{entry}", password)]
+            return [ClientAccess("default", purpose, f"{scheme}://{auth}{entry}", password)]
         master = _first(endpoints, "master")
-        access = [ClientAccess("default", "master (reads and writes)", f"redis://{auth}{master}", password)]
+        access = [
+            ClientAccess("default", "master (reads and writes)", f"{scheme}://{auth}{master}", password)
+        ]
         if spec.topology == Topology.SENTINEL:
             sentinels, name = endpoints.get("sentinels", ""), endpoints.get("masterName", "")
             purpose = f"sentinels (ask them for master {name!r}; same password)"
-            uri = f"redis+sentinel://{auth}{sentinels}/{name}"
+            uri = f"{scheme}+sentinel://{auth}{sentinels}/{name}"
             access.append(ClientAccess("default", purpose, uri, password))
         return access
 
     def client_address(self, spec: ResolvedSpec, endpoints: Mapping[str, str]) -> str:
         return _first(endpoints, "cluster" if spec.topology == Topology.CLUSTER else "master")
 
-    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+    def client_command(
+        self, spec: ResolvedSpec, address: str, password: str, tls: ClientTls | None = None
+    ) -> ClientCommand:
         """redis-cli (-c in a cluster: it follows MOVED to the node's own address, which from
         outside a Kubernetes cluster is reachable only where pod IPs are)."""
         endpoint = Endpoint.parse(address)
         argv = ["redis-cli", "-h", endpoint.host, "-p", str(endpoint.port)]
         if spec.topology == Topology.CLUSTER:
             argv.append("-c")
+        if tls is not None:
+            argv += ["--tls", "--cacert", tls.ca_file]
+            if tls.cert_file and tls.key_file:
+                argv += ["--cert", tls.cert_file, "--key", tls.key_file]
         return ClientCommand(argv, {"REDISCLI_AUTH": password})
 
     def service_endpoints(self, spec: ResolvedSpec, observed: Mapping[str, str]) -> dict[str, str]:
@@ -464,6 +474,14 @@ class RedisEngine(EngineDefaults):
             live.apply_parameters(_endpoints(conn.of(DATA_COMPONENT)), conn.password, dynamic)
             report.applied_live.update(dynamic)
         return report
+
+    def reload_certificates(self, spec: ResolvedSpec, conn: Connection) -> list[str]:
+        """A data node reads its certificate files again on CONFIG SET of the tls-* files (the
+        same paths): new connections get the new certificate, established ones stay. A sentinel
+        reads them only when it starts (SENTINEL CONFIG SET has no tls settings)."""
+        for member in conn.of(DATA_COMPONENT):
+            live.reload_tls_files(member.endpoint, conn.password)
+        return [m.plan.name for m in conn.members if m.plan.component != DATA_COMPONENT]
 
     # -- data (DataDump / DataLoad): the mechanics are in dump.py -----------------------------------
     def data_dump(

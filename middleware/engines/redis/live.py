@@ -26,7 +26,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.errors import NotReady, OperationError
 
 log = logging.getLogger(__name__)
@@ -100,9 +100,38 @@ def connect(
         "retry": Retry(NoBackoff(), 0),
         "protocol": 2,
     }
+    if endpoint.tls is not None:
+        options.update(tls_options(endpoint.tls))
     options.update(_NO_CLIENT_SETINFO)
     options.update(kw)
     return redis.Redis(**options)
+
+
+def reload_tls_files(endpoint: Endpoint, password: str | None) -> None:
+    """CONFIG SET of a data node's tls-* files to the paths they have: Redis loads them again, so
+    a certificate renewed in place is served to new connections."""
+
+    def reload(client: redis.Redis) -> None:
+        files = client.config_get("tls-*-file")
+        names = ("tls-cert-file", "tls-key-file", "tls-ca-cert-file")
+        args = [item for name in names if files.get(name) for item in (name, files[name])]
+        if args:
+            client.execute_command("CONFIG", "SET", *args)
+
+    call(endpoint, password, reload)
+
+
+def tls_options(tls: ClientTls) -> dict[str, Any]:
+    """redis-py's options for a member with TLS: the member's certificate verified against the
+    deployment's CA and its name, ours presented."""
+    return {
+        "ssl": True,
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_cert_reqs": "required",
+        "ssl_check_hostname": True,
+    }
 
 
 def call(
@@ -185,14 +214,15 @@ def parse_role(endpoint: Endpoint, reply: list[Any]) -> NodeRole:
     kind = str(reply[0])
     if kind == "master":
         replicas = tuple(
-            ReplicaOffset(Endpoint(str(item[0]), int(item[1])), int(item[2])) for item in reply[2] or []
+            ReplicaOffset(Endpoint(str(item[0]), int(item[1]), endpoint.tls), int(item[2]))
+            for item in reply[2] or []
         )
         return NodeRole(endpoint, "master", offset=int(reply[1]), replicas=replicas)
     if kind == "slave":
         return NodeRole(
             endpoint,
             "replica",
-            master=Endpoint(str(reply[1]), int(reply[2])),
+            master=Endpoint(str(reply[1]), int(reply[2]), endpoint.tls),
             link=str(reply[3]),
             offset=int(reply[4]),
         )

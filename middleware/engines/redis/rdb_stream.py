@@ -58,6 +58,8 @@ class ReplicationRdbStream(io.RawIOBase):
         self.size = 0
         try:
             self._sock = socket.create_connection((endpoint.host, endpoint.port), timeout=CONNECT_TIMEOUT)
+            if endpoint.tls is not None:
+                self._sock = endpoint.tls.wrap(self._sock, endpoint.host)
         except OSError as error:
             raise NotReady(f"redis {endpoint.address}: cannot connect for a snapshot: {error}") from None
         self._sock.settimeout(timeout)

@@ -106,6 +106,10 @@ def load_by_replication(
     hold_failover: FailoverHold = _nothing_to_hold,
 ) -> Loaded:
     """Make ``target`` load ``payload`` (one RDB) by a full resync from this process."""
+    if target.tls is not None:
+        # With tls-replication the target would dial this process over TLS, as a member of its
+        # own deployment: that would take serving a certificate of its CA from here.
+        raise Unavailable(f"{target.address} replicates over TLS, which this loader does not serve")
     control = live.connect(target, password, socket_timeout=SEND_TIMEOUT)
     try:
         role = control.execute_command("ROLE")

@@ -53,6 +53,12 @@ class RespConnection:
             self.where = address.address
             self.sock = socket.create_connection((address.host, address.port), timeout=connect_timeout)
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if address.tls is not None:
+                try:
+                    self.sock = address.tls.wrap(self.sock, address.host)
+                except BaseException:
+                    self.sock.close()
+                    raise
         else:
             self.where = address
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import redis
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.engines.redis.live import NodeRole, call, describe_error, node_role, same_node
 from middleware.engines.redis.replica_load import release_interrupted_load
 from middleware.errors import NotReady, OperationError, SpecError
@@ -69,8 +69,9 @@ def _int(state: Mapping[str, str], key: str, default: int = 0) -> int:
         return default
 
 
-def _address(state: Mapping[str, str]) -> Endpoint:
-    return Endpoint(state["ip"], int(state["port"]))
+def _address(state: Mapping[str, str], tls: ClientTls | None = None) -> Endpoint:
+    """A data node a sentinel lists; ``tls``: how to dial it (as its sentinels are dialled)."""
+    return Endpoint(state["ip"], int(state["port"]), tls)
 
 
 def _sentinel_cmd(client: redis.Redis, *args: str | int) -> Any:
@@ -105,7 +106,7 @@ def _ask_on(client: redis.Redis, sentinel: Endpoint, master_name: str) -> _Answe
         if _no_such_master(exc):  # removed between the two commands
             return _Answer(sentinel, None, {})
         raise
-    return _Answer(sentinel, Endpoint(str(addr[0]), int(addr[1])), state)
+    return _Answer(sentinel, Endpoint(str(addr[0]), int(addr[1]), sentinel.tls), state)
 
 
 def _snapshot(
@@ -249,6 +250,7 @@ def observe_sentinel(
     node claiming master that is not the sentinels' master is a ``second-master`` conflict.
     """
     view = SentinelView(master_name=master_name)
+    tls = next((s.tls for s in sentinels), None)  # one deployment: the data nodes' TLS is theirs
     answers, view.sentinels_unreachable = _ask_all(sentinels, master_name, sentinel_password, attempts=1)
     view.sentinels_reachable = tuple(a.sentinel for a in answers)
     monitoring = [a for a in answers if a.master is not None]
@@ -282,7 +284,7 @@ def observe_sentinel(
     candidates: list[Endpoint] = []
     for endpoint in [
         *([master] if master else []),
-        *(_address(r) for r in sentinel_replicas),
+        *(_address(r, tls) for r in sentinel_replicas),
         *data_nodes,
     ]:
         if not any(same_node(endpoint, seen) for seen in candidates):
@@ -295,7 +297,7 @@ def observe_sentinel(
 
     view.replicas = tuple(
         ReplicaInfo(
-            endpoint=_address(r),
+            endpoint=_address(r, tls),
             flags=_flags(r),
             sentinel_link_ok=r.get("master-link-status") == "ok",
             offset=_int(r, "slave-repl-offset"),

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from middleware.endpoints import Endpoint
+from middleware.endpoints import ClientTls, Endpoint
 from middleware.engines.base import (
     Addressing,
     ClientAccess,
@@ -174,7 +174,9 @@ class ZooKeeperEngine(EngineDefaults):
             raise NotReady("no client endpoint observed yet (is it Ready?)")
         return first
 
-    def client_command(self, spec: ResolvedSpec, address: str, password: str) -> ClientCommand:
+    def client_command(
+        self, spec: ResolvedSpec, address: str, password: str, tls: ClientTls | None = None
+    ) -> ClientCommand:
         """ZooKeeper's own shell (what zkCli.sh runs), on the classpath the members run with; no
         authentication to read and write (``addauth digest super:PASSWORD`` for reconfig and ACLs)."""
         return ClientCommand(
