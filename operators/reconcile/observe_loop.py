@@ -69,9 +69,10 @@ class Schedule:
     asked_while_running: set[Key] = field(default_factory=set)
 
     def track(self, keys: Collection[Key], now: float) -> None:
-        for key in keys:
+        present = set(keys)  # called on every wake: membership must not cost a scan per key
+        for key in present:
             self.due.setdefault(key, now + self.initial_delay)
-        for key in [k for k in self.due if k not in keys and k not in self.running]:
+        for key in [k for k in self.due if k not in present and k not in self.running]:
             del self.due[key]
             self.asked_while_running.discard(key)
 

@@ -16,20 +16,12 @@ from middleware.engines.redis import config
 from middleware.engines.redis.engine import RedisEngine
 from middleware.errors import SpecError
 from middleware.runtime.local import LocalRuntime
-from middleware.spec import ResolvedSpec, load_middleware, resolve
+from middleware.spec import ResolvedSpec
+from tests.unit.manifests import middleware_spec
 
 
 def _spec(topology: str = "standalone", engine: str = "redis", **extra: Any) -> ResolvedSpec:
-    return resolve(
-        load_middleware(
-            {
-                "apiVersion": "moorage.io/v1alpha1",
-                "kind": "Middleware",
-                "metadata": {"name": "vault", "namespace": "prod"},
-                "spec": {"engine": engine, "topology": topology, **extra},
-            }
-        )
-    )
+    return middleware_spec("vault", "prod", {"engine": engine, "topology": topology, **extra})
 
 
 TLS_ON = {"tls": {"enabled": True}}
@@ -156,3 +148,16 @@ def test_the_local_runtime_issues_the_certificates_once_and_renews_them_when_due
     client_tls = runtime.client_tls(spec)
     assert client_tls is not None and client_tls.ca_file == str(directory / "ca.crt")
     assert runtime.client_tls(_spec()) is None
+
+
+def test_turning_tls_on_or_off_for_an_existing_deployment_is_refused_naming_the_field() -> None:
+    from middleware.engines.registry import get_engine
+    from middleware.spec import check_change
+
+    plain, sealed = _spec("sentinel"), _spec("sentinel", **TLS_ON)
+    for old, new in ((plain, sealed), (sealed, plain)):
+        with pytest.raises(SpecError) as error:
+            check_change(old, new, get_engine("redis"))
+        assert error.value.field == "spec.tls.enabled"
+        assert "restore a backup into it" in str(error.value)
+    check_change(sealed, _spec("sentinel", replicas=3, **TLS_ON), get_engine("redis"))
