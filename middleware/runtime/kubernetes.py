@@ -128,6 +128,32 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+# The exec subresource's status channel (kubernetes.stream.ws_client.ERROR_CHANNEL).
+EXEC_ERROR_CHANNEL = 3
+
+
+def exec_outcome(status_text: str) -> tuple[int, str | None]:
+    """The exit code an exec's status channel reports, and why when the command never ran.
+
+    The kubernetes client's ``returncode`` reads the first cause's message as the exit code, which
+    holds only for ``NonZeroExitCode``: an exec into a container that is stopping fails with
+    ``InternalError`` and a sentence there (a ValueError out of the client). Such an exec is a
+    failed command (-1) whose message says why, for the caller to treat like any failure."""
+    try:
+        status = json.loads(status_text) if status_text else None
+    except ValueError:
+        status = None
+    if not isinstance(status, dict):
+        return -1, f"exec gave no status: {status_text[:300]!r}"
+    if status.get("status") == "Success":
+        return 0, None
+    causes = (status.get("details") or {}).get("causes") or []
+    for cause in causes:
+        if cause.get("reason") == "ExitCode" and str(cause.get("message", "")).lstrip("-").isdigit():
+            return int(cause["message"]), None
+    return -1, f"exec failed: {str(status.get('message') or status)[:300]}"
+
+
 class KubernetesRuntime:
     def __init__(
         self,
@@ -367,10 +393,11 @@ class KubernetesRuntime:
             stderr.append(session.read_stderr())
             if session.is_open():
                 raise MoorageError(f"{' '.join(command[:2])} in {namespace}/{pod} ran over {timeout:.0f}s")
-            code = session.returncode
+            code, failure = exec_outcome(session.read_channel(EXEC_ERROR_CHANNEL))
         finally:
             session.close()
-        return int(code if code is not None else -1), "".join(stdout) + "".join(stderr)
+        output = "".join(stdout) + "".join(stderr)
+        return code, output if failure is None else f"{output}{failure}"
 
     def pod_log(
         self, namespace: str, pod: str, container: str, *, lines: int = 20, previous: bool = False
