@@ -2,15 +2,15 @@
 
 An endpoint of a deployment with TLS carries how to reach it (``ClientTls``): every client that
 dials an ``Endpoint`` (the Redis clients, the raw RESP and replication streams) takes TLS from it,
-so no call site has to be told, and one that builds an endpoint from an address a member reported
-(a sentinel's master, a cluster's node) passes the TLS of the endpoint it asked (``with_address``).
+so no call site has to be told; one that builds an endpoint from an address a member reported
+(a sentinel's master, a master's replicas) gives it the ``tls`` of the endpoint it asked.
 """
 
 from __future__ import annotations
 
 import socket
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -57,9 +57,6 @@ class Endpoint:
     def with_address(self, address: str) -> Endpoint:
         """Another member of the same deployment (an address this one reported), reached as this one."""
         return Endpoint.parse(address, self.tls)
-
-    def with_tls(self, tls: ClientTls | None) -> Endpoint:
-        return replace(self, tls=tls)
 
     def __str__(self) -> str:
         return self.address
