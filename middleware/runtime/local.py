@@ -105,8 +105,8 @@ def _plan(engine: Engine, spec: ResolvedSpec, name: str) -> MemberPlan:
 
 
 def _write_private(path: Path, content: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` whole with ``content``, created with ``mode`` (never readable by others
-    for a key, not even for a moment)."""
+    """Replace ``path`` whole with ``content``, created with ``mode`` from the start (a key is
+    never readable by others, a script never runnable half-written, not even for a moment)."""
     scratch = path.with_name(f".{path.name}.tmp")
     scratch.unlink(missing_ok=True)
     fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -364,12 +364,7 @@ class LocalRuntime:
                 path.write_text(content)
         for file_name, (content, mode) in extra.items():
             # Replaced whole, never half-written: the server may run the file at any moment.
-            scratch = data_dir / f".{file_name}.tmp"
-            scratch.unlink(missing_ok=True)
-            fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(content)
-            scratch.replace(data_dir / file_name)
+            _write_private(data_dir / file_name, content.encode(), mode)
         self._hand_over(spec, engine, member)
 
     def _hand_over(self, spec: ResolvedSpec, engine: Engine, member: MemberPlan) -> None:
